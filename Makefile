@@ -1,0 +1,53 @@
+# make test  -- create .venv if missing, build and install the package, run the tests
+# make demo  -- the main job end to end on Fashion-MNIST (runs/demo/)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml
+
+.PHONY: test demo install lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.deps: constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -c constraints.txt scikit-build-core ninja numpy
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(NATIVE_SOURCES)
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[test,bench,onnxruntime]'
+	touch $@
+
+# Fashion-MNIST, the embedded default data set, is Debian's dataset-fashion-mnist package.
+$(FASHION_MNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; \
+	fi
+
+test: install $(FASHION_MNIST)
+	$(PY) -m pytest
+
+demo: install $(FASHION_MNIST)
+	$(VENV)/bin/adderconvert demo
+
+lint: install
+	$(VENV)/bin/ruff check adderconvert tests benchmarks examples
+	$(VENV)/bin/ruff format --check adderconvert tests benchmarks examples
+	$(VENV)/bin/clang-format --dry-run --Werror $$(find custom_ops -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh')
+
+format: install
+	$(VENV)/bin/ruff format adderconvert tests benchmarks examples
+	$(VENV)/bin/ruff check --fix adderconvert tests benchmarks examples
+	$(VENV)/bin/clang-format -i $$(find custom_ops -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh')
+
+bench: install $(FASHION_MNIST)
+	$(PY) benchmarks/layer.py
+
+clean:
+	rm -rf build $(VENV) runs

@@ -1,0 +1,68 @@
+"""ctypes binding of the CPU kernel library (custom_ops/cpu/c_api.cc)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from adderconvert._libs import CPU_LIBRARY, find_library
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}
+_I64x4 = ctypes.c_int64 * 4
+_I64x2 = ctypes.c_int64 * 2
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(find_library(CPU_LIBRARY)))
+    args = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_void_p] * 5
+    args += [ctypes.c_int64, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    for name in ("adderconvert_cpu_forward", "adderconvert_cpu_backward_input"):
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = ctypes.c_int
+    lib.adderconvert_cpu_isa.restype = ctypes.c_char_p
+    return lib
+
+
+def cpu_isa() -> str:
+    """Instruction set the CPU kernel dispatched to on this machine."""
+    return _library().adderconvert_cpu_isa().decode()
+
+
+def _call(name: str, tensors, x_shape, w_shape, stride, padding, dilation, groups, dtype) -> None:
+    error = ctypes.create_string_buffer(512)
+    status = getattr(_library(), name)(
+        _DTYPES[dtype],
+        *[t.data_ptr() if t is not None else None for t in tensors],
+        _I64x4(*x_shape),
+        _I64x4(*w_shape),
+        _I64x2(*stride),
+        _I64x4(*padding),
+        _I64x2(*dilation),
+        groups,
+        torch.get_num_threads(),
+        error,
+        len(error),
+    )
+    if status != 0:
+        raise RuntimeError(error.value.decode())
+
+
+def forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
+    """Fill ``out`` with the adder convolution of contiguous CPU tensors (padding: top, left, bottom, right)."""
+    _call(
+        "adderconvert_cpu_forward",
+        (x, weight, bias, out),
+        x.shape, weight.shape, stride, padding, dilation, groups, x.dtype,
+    )
+
+
+def backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
+    """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous CPU tensors."""
+    _call(
+        "adderconvert_cpu_backward_input",
+        (x, weight, grad_out, grad_x),
+        x.shape, weight.shape, stride, padding, dilation, groups, x.dtype,
+    )

@@ -1,0 +1,228 @@
+#include "adder_conv_cpu.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "adder_conv_cpu_tiles.h"
+
+namespace adderconvert::cpu {
+namespace {
+
+// Uses the identity |x - w| = x + w - 2 min(x, w): the inner loop is a min and an add, and the sums of
+// x (per output position) and of w (per output channel) are added back in the epilogue.
+
+// The widest instruction set this processor has; ADDERCONVERT_CPU_ISA=avx2|generic caps it (for tests).
+template <typename T>
+const TileKernels<T>& Tiles() {
+  static const TileKernels<T> tiles = [] {
+    const char* cap = std::getenv("ADDERCONVERT_CPU_ISA");
+    const std::string limit = cap != nullptr ? cap : "";
+    __builtin_cpu_init();
+    if ((limit.empty() || limit == "avx512") && __builtin_cpu_supports("avx512f")) return TileKernelsAvx512<T>();
+    if (limit != "generic" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      return TileKernelsAvx2<T>();
+    }
+    return TileKernelsGeneric<T>();
+  }();
+  return tiles;
+}
+
+// Gathers the receptive fields of output columns [col0, col0 + count) of group `g` into x_packed
+// (taps x nr, zero for padding and for columns past `count`) and their sums into col_sums.
+template <typename T>
+void PackColumns(const ConvShape& s, const T* x, int64_t g, int64_t col0, int64_t count, int64_t nr,
+                 T* x_packed, T* col_sums, int64_t* y_offsets) {
+  const int64_t positions = s.Positions();
+  const int64_t in_hw = s.in_h * s.in_w;
+  const ConvAttributes& a = s.attrs;
+  std::vector<const T*> base(nr);
+  std::vector<int64_t> ih0(nr), iw0(nr);
+  for (int64_t n = 0; n < count; ++n) {
+    const int64_t col = col0 + n;
+    const int64_t img = col / positions, pos = col % positions;
+    base[n] = x + (img * s.in_channels + g * s.InPerGroup()) * in_hw;
+    ih0[n] = (pos / s.out_w) * a.strides[0] - a.pads[0];
+    iw0[n] = (pos % s.out_w) * a.strides[1] - a.pads[1];
+    y_offsets[n] = img * s.out_channels * positions + pos;
+  }
+  std::fill(col_sums, col_sums + nr, T(0));
+  int64_t k = 0;
+  for (int64_t c = 0; c < s.InPerGroup(); ++c) {
+    for (int64_t i = 0; i < s.kernel_h; ++i) {
+      for (int64_t j = 0; j < s.kernel_w; ++j, ++k) {
+        T* row = x_packed + k * nr;
+        for (int64_t n = 0; n < count; ++n) {
+          const int64_t ih = ih0[n] + i * a.dilations[0];
+          const int64_t iw = iw0[n] + j * a.dilations[1];
+          const bool inside = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+          const T v = inside ? base[n][c * in_hw + ih * s.in_w + iw] : T(0);
+          row[n] = v;
+          col_sums[n] += v;
+        }
+        std::fill(row + count, row + nr, T(0));
+      }
+    }
+  }
+}
+
+template <typename T>
+struct ForwardJob {
+  const ConvShape* shape;
+  const T* x;
+  const T* w_packed;  // per group, in the layout TileKernels::min_sum expects
+  const T* w_sums;    // per output channel
+  Epilogue<T> epilogue;
+  T* y;
+  int64_t tiles_per_group;
+};
+
+template <typename T>
+void ForwardItem(void* data, size_t item) {
+  const auto& job = *static_cast<const ForwardJob<T>*>(data);
+  const ConvShape& s = *job.shape;
+  const TileKernels<T>& tiles = Tiles<T>();
+  const int64_t nr = tiles.columns, taps = s.Taps(), rows = s.OutPerGroup(), positions = s.Positions();
+  const int64_t g = static_cast<int64_t>(item) / job.tiles_per_group;
+  const int64_t col0 = (static_cast<int64_t>(item) % job.tiles_per_group) * nr;
+  const int64_t count = std::min(nr, s.batch * positions - col0);
+
+  thread_local std::vector<T> x_packed, min_sums, col_sums;
+  thread_local std::vector<int64_t> y_offsets;
+  x_packed.resize(taps * nr);
+  min_sums.resize(rows * nr);
+  col_sums.resize(nr);
+  y_offsets.resize(nr);
+  PackColumns(s, job.x, g, col0, count, nr, x_packed.data(), col_sums.data(), y_offsets.data());
+  tiles.min_sum(x_packed.data(), job.w_packed + g * rows * taps, taps, rows, min_sums.data());
+
+  const Epilogue<T>& e = job.epilogue;
+  for (int64_t o = 0; o < rows; ++o) {
+    const int64_t m = g * rows + o;
+    const T bias = e.bias ? e.bias[m] : T(0);
+    const T scale = e.scale ? e.scale[m] : T(1);
+    const T shift = (e.shift ? e.shift[m] : T(0)) + scale * (bias - job.w_sums[m]);
+    const T* ms = min_sums.data() + o * nr;
+    T* y = job.y + m * positions;
+    for (int64_t n = 0; n < count; ++n) {
+      T v = scale * (T(2) * ms[n] - col_sums[n]) + shift;
+      if (e.relu && v < T(0)) v = T(0);
+      y[y_offsets[n]] = v;
+    }
+  }
+}
+
+template <typename T>
+struct BackwardInputJob {
+  const ConvShape* shape;
+  const T* x;
+  const T* w_transposed;  // per group: taps x rows
+  const T* grad_y;
+  T* grad_x;
+};
+
+template <typename T>
+void BackwardInputItem(void* data, size_t item) {
+  const auto& job = *static_cast<const BackwardInputJob<T>*>(data);
+  const ConvShape& s = *job.shape;
+  const ConvAttributes& a = s.attrs;
+  const TileKernels<T>& tiles = Tiles<T>();
+  const int64_t nr = tiles.columns, taps = s.Taps(), rows = s.OutPerGroup(), positions = s.Positions();
+  const int64_t groups = a.group, in_hw = s.in_h * s.in_w;
+  const int64_t img = static_cast<int64_t>(item) / groups, g = static_cast<int64_t>(item) % groups;
+
+  T* grad_x = job.grad_x + (img * s.in_channels + g * s.InPerGroup()) * in_hw;
+  std::fill(grad_x, grad_x + s.InPerGroup() * in_hw, T(0));
+
+  thread_local std::vector<T> x_packed, g_packed, grad_packed, col_sums;
+  thread_local std::vector<int64_t> y_offsets;
+  x_packed.resize(taps * nr);
+  g_packed.resize(rows * nr);
+  grad_packed.resize(taps * nr);
+  col_sums.resize(nr);
+  y_offsets.resize(nr);
+  for (int64_t p0 = 0; p0 < positions; p0 += nr) {
+    const int64_t count = std::min(nr, positions - p0);
+    PackColumns(s, job.x, g, img * positions + p0, count, nr, x_packed.data(), col_sums.data(), y_offsets.data());
+    for (int64_t o = 0; o < rows; ++o) {
+      const T* gy = job.grad_y + ((img * s.out_channels + g * rows + o) * positions + p0);
+      T* row = g_packed.data() + o * nr;
+      std::copy(gy, gy + count, row);
+      std::fill(row + count, row + nr, T(0));
+    }
+    tiles.clamp_dot(x_packed.data(), job.w_transposed + g * taps * rows, g_packed.data(), taps, rows,
+                    grad_packed.data());
+    int64_t k = 0;
+    for (int64_t c = 0; c < s.InPerGroup(); ++c) {
+      for (int64_t i = 0; i < s.kernel_h; ++i) {
+        for (int64_t j = 0; j < s.kernel_w; ++j, ++k) {
+          const T* gk = grad_packed.data() + k * nr;
+          for (int64_t n = 0; n < count; ++n) {
+            const int64_t pos = p0 + n;
+            const int64_t ih = (pos / s.out_w) * a.strides[0] - a.pads[0] + i * a.dilations[0];
+            const int64_t iw = (pos % s.out_w) * a.strides[1] - a.pads[1] + j * a.dilations[1];
+            if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) grad_x[c * in_hw + ih * s.in_w + iw] += gk[n];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
+                      const ParallelFor& parallel) {
+  const int64_t taps = s.Taps(), rows = s.OutPerGroup();
+  std::vector<T> w_packed(s.out_channels * taps), w_sums(s.out_channels, T(0));
+  for (int64_t g = 0; g < s.attrs.group; ++g) {
+    const T* wg = w + g * rows * taps;
+    T* out = w_packed.data() + g * rows * taps;
+    const int64_t blocks = rows / kRowsPerBlock;
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t k = 0; k < taps; ++k) {
+        for (int64_t r = 0; r < kRowsPerBlock; ++r) *out++ = wg[(b * kRowsPerBlock + r) * taps + k];
+      }
+    }
+    out = std::copy(wg + blocks * kRowsPerBlock * taps, wg + rows * taps, out);
+  }
+  for (int64_t m = 0; m < s.out_channels; ++m) {
+    for (int64_t k = 0; k < taps; ++k) w_sums[m] += w[m * taps + k];
+  }
+  const int64_t columns = s.batch * s.Positions();
+  if (columns == 0) return;
+  const int64_t nr = Tiles<T>().columns;
+  ForwardJob<T> job{&s, x, w_packed.data(), w_sums.data(), epilogue, y, (columns + nr - 1) / nr};
+  parallel.Run(static_cast<size_t>(job.tiles_per_group * s.attrs.group), &ForwardItem<T>, &job);
+}
+
+template <typename T>
+void AdderConvBackwardInput(const ConvShape& s, const T* x, const T* w, const T* grad_y, T* grad_x,
+                            const ParallelFor& parallel) {
+  const int64_t taps = s.Taps(), rows = s.OutPerGroup();
+  std::vector<T> w_transposed(s.out_channels * taps);
+  for (int64_t g = 0; g < s.attrs.group; ++g) {
+    for (int64_t o = 0; o < rows; ++o) {
+      for (int64_t k = 0; k < taps; ++k) {
+        w_transposed[(g * taps + k) * rows + o] = w[(g * rows + o) * taps + k];
+      }
+    }
+  }
+  BackwardInputJob<T> job{&s, x, w_transposed.data(), grad_y, grad_x};
+  parallel.Run(static_cast<size_t>(s.batch * s.attrs.group), &BackwardInputItem<T>, &job);
+}
+
+const char* KernelIsa() { return Tiles<float>().isa; }
+
+template void AdderConvForward<float>(const ConvShape&, const float*, const float*, const Epilogue<float>&, float*,
+                                      const ParallelFor&);
+template void AdderConvForward<double>(const ConvShape&, const double*, const double*, const Epilogue<double>&,
+                                       double*, const ParallelFor&);
+template void AdderConvBackwardInput<float>(const ConvShape&, const float*, const float*, const float*, float*,
+                                            const ParallelFor&);
+template void AdderConvBackwardInput<double>(const ConvShape&, const double*, const double*, const double*,
+                                             double*, const ParallelFor&);
+
+}  // namespace adderconvert::cpu

@@ -1,0 +1,30 @@
+// Register-blocked tile kernels, compiled once per instruction set (see adder_conv_cpu_tiles.inc).
+// They only touch raw arrays, so no inline function built for a wider ISA can leak into other code.
+#pragma once
+
+#include <cstdint>
+
+namespace adderconvert::cpu {
+
+// Rows of W (output channels) that one min_sum register block handles; taps per clamp_dot block vary.
+constexpr int64_t kRowsPerBlock = 4;
+
+template <typename T>
+struct TileKernels {
+  const char* isa;
+  int64_t columns;  // output positions per tile (NR)
+  // out[o][n] = sum_k min(x[k][n], w[o][k]) for o < rows. x is packed taps x NR; w is packed in
+  // blocks of kRowsPerBlock rows ([block][k][row]) followed by the remaining rows one by one ([row][k]).
+  void (*min_sum)(const T* x, const T* w_packed, int64_t taps, int64_t rows, T* out);
+  // out[k][n] = sum_o clamp(wt[k][o] - x[k][n], -1, 1) * g[o][n]; x is taps x NR, g is rows x NR.
+  void (*clamp_dot)(const T* x, const T* wt, const T* g, int64_t taps, int64_t rows, T* out);
+};
+
+template <typename T>
+TileKernels<T> TileKernelsAvx512();
+template <typename T>
+TileKernels<T> TileKernelsAvx2();
+template <typename T>
+TileKernels<T> TileKernelsGeneric();
+
+}  // namespace adderconvert::cpu

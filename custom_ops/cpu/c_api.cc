@@ -1,0 +1,110 @@
+// C entry points of libadderconvert_cpu, called from Python (adderconvert/nn/_kernels.py) through ctypes.
+// Every function returns 0 on success, or non-zero with a message written to `error`.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "adder_conv_cpu.h"
+
+namespace {
+
+using adderconvert::ConvAttributes;
+using adderconvert::ConvShape;
+
+class ThreadParallelFor final : public adderconvert::cpu::ParallelFor {
+ public:
+  explicit ThreadParallelFor(int threads) : threads_(std::max(threads, 1)) {}
+
+  void Run(size_t total, void (*fn)(void*, size_t), void* data) const override {
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+      for (size_t i = next++; i < total; i = next++) fn(data, i);
+    };
+    const size_t extra = std::min(static_cast<size_t>(threads_), total) - (total > 0 ? 1 : 0);
+    std::vector<std::thread> pool;
+    pool.reserve(extra);
+    for (size_t t = 0; t < extra; ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool) t.join();
+  }
+
+ private:
+  int threads_;
+};
+
+int Fail(char* error, size_t error_len, const std::string& message) {
+  if (error != nullptr && error_len > 0) std::snprintf(error, error_len, "%s", message.c_str());
+  return 1;
+}
+
+int Resolve(const int64_t* x_dims, const int64_t* w_dims, const int64_t* strides, const int64_t* pads,
+            const int64_t* dilations, int64_t group, ConvShape* shape, char* error, size_t error_len) {
+  ConvAttributes attrs;
+  std::copy(strides, strides + 2, attrs.strides);
+  std::copy(pads, pads + 4, attrs.pads);
+  std::copy(dilations, dilations + 2, attrs.dilations);
+  attrs.group = group;
+  const std::string message = adderconvert::ResolveShape(x_dims, 4, w_dims, 4, attrs, shape);
+  return message.empty() ? 0 : Fail(error, error_len, message);
+}
+
+template <typename T>
+int Forward(const void* x, const void* w, const void* bias, void* y, const ConvShape& shape, int threads) {
+  adderconvert::Epilogue<T> epilogue;
+  epilogue.bias = static_cast<const T*>(bias);
+  adderconvert::cpu::AdderConvForward<T>(shape, static_cast<const T*>(x), static_cast<const T*>(w), epilogue,
+                                         static_cast<T*>(y), ThreadParallelFor(threads));
+  return 0;
+}
+
+template <typename T>
+int BackwardInput(const void* x, const void* w, const void* grad_y, void* grad_x, const ConvShape& shape,
+                  int threads) {
+  adderconvert::cpu::AdderConvBackwardInput<T>(shape, static_cast<const T*>(x), static_cast<const T*>(w),
+                                               static_cast<const T*>(grad_y), static_cast<T*>(grad_x),
+                                               ThreadParallelFor(threads));
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// dtype: 0 float32, 1 float64. Tensors are contiguous NCHW; bias may be null.
+__attribute__((visibility("default"))) int adderconvert_cpu_forward(
+    int dtype, const void* x, const void* w, const void* bias, void* y, const int64_t* x_dims, const int64_t* w_dims,
+    const int64_t* strides, const int64_t* pads, const int64_t* dilations, int64_t group, int threads, char* error,
+    size_t error_len) {
+  try {
+    ConvShape shape;
+    if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
+    if (dtype == 0) return Forward<float>(x, w, bias, y, shape, threads);
+    if (dtype == 1) return Forward<double>(x, w, bias, y, shape, threads);
+    return Fail(error, error_len, "adderconvert_cpu_forward: dtype must be 0 (float32) or 1 (float64)");
+  } catch (const std::exception& e) {
+    return Fail(error, error_len, e.what());
+  }
+}
+
+__attribute__((visibility("default"))) int adderconvert_cpu_backward_input(
+    int dtype, const void* x, const void* w, const void* grad_y, void* grad_x, const int64_t* x_dims,
+    const int64_t* w_dims, const int64_t* strides, const int64_t* pads, const int64_t* dilations, int64_t group,
+    int threads, char* error, size_t error_len) {
+  try {
+    ConvShape shape;
+    if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
+    if (dtype == 0) return BackwardInput<float>(x, w, grad_y, grad_x, shape, threads);
+    if (dtype == 1) return BackwardInput<double>(x, w, grad_y, grad_x, shape, threads);
+    return Fail(error, error_len, "adderconvert_cpu_backward_input: dtype must be 0 (float32) or 1 (float64)");
+  } catch (const std::exception& e) {
+    return Fail(error, error_len, e.what());
+  }
+}
+
+__attribute__((visibility("default"))) const char* adderconvert_cpu_isa() { return adderconvert::cpu::KernelIsa(); }
+
+}  // extern "C"

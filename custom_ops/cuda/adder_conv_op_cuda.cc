@@ -1,0 +1,21 @@
+#include "adder_conv_op_cuda.h"
+
+#include "adder_conv_impl.cuh"
+
+namespace adderconvert::cuda {
+
+OrtStatusPtr AdderConvCudaKernel::ComputeV2(OrtKernelContext* context) {
+  return StatusFrom([&] {
+    Ort::KernelContext ctx(context);
+    const AdderConvInputs in = ReadInputs(ctx, attrs_, form_);
+    float* y = AllocateOutput(ctx, in.shape);
+    auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    const Epilogue<float> epilogue{in.bias, in.scale, in.shift, relu_};
+    const cudaError_t status = LaunchAdderConvForward(stream, in.shape, in.x, in.w, epilogue, y);
+    if (status != cudaSuccess) {
+      throw Ort::Exception(std::string("AdderConv CUDA launch failed: ") + cudaGetErrorString(status), ORT_FAIL);
+    }
+  });
+}
+
+}  // namespace adderconvert::cuda
