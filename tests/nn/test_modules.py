@@ -1,0 +1,89 @@
+"""AdderConv2d as a drop-in for nn.Conv2d: constructor, from_conv, repr and bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+from adderconvert.nn import AdderConv2d
+from adderconvert.nn.functional import adder_conv2d
+from tests.reference import reference_adder_conv2d
+
+
+def test_constructor_matches_conv2d_parameters():
+    conv = nn.Conv2d(6, 9, (3, 2), stride=2, padding=(1, 0), dilation=(2, 1), groups=3, bias=True)
+    layer = AdderConv2d(6, 9, (3, 2), stride=2, padding=(1, 0), dilation=(2, 1), groups=3, bias=True)
+    assert layer.weight.shape == conv.weight.shape
+    assert layer.bias.shape == conv.bias.shape
+    x = torch.randn(2, 6, 11, 10)
+    assert layer(x).shape == conv(x).shape
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", 1, (2, 1)])
+def test_padding_forms_give_conv2d_shapes(padding):
+    conv = nn.Conv2d(3, 4, (4, 3), padding=padding, dilation=(1, 2))
+    layer = AdderConv2d.from_conv(conv)
+    x = torch.randn(1, 3, 9, 10)
+    assert layer(x).shape == conv(x).shape
+
+
+def test_from_conv_copies_weights_and_bias():
+    conv = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=True).double()
+    layer = AdderConv2d.from_conv(conv)
+    assert torch.equal(layer.weight, conv.weight) and torch.equal(layer.bias, conv.bias)
+    assert layer.weight.dtype == torch.float64
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    ref = reference_adder_conv2d(x, conv.weight, conv.bias, (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    torch.testing.assert_close(layer(x), ref)
+    fresh = AdderConv2d.from_conv(conv, copy_weights=False)
+    assert not torch.equal(fresh.weight, conv.weight)
+
+
+def test_extra_repr():
+    layer = AdderConv2d(16, 32, 3, stride=2, padding=1, groups=2)
+    assert repr(layer) == "AdderConv2d(16, 32, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), groups=2, bias=False)"
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
+        AdderConv2d(5, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="out_channels must be divisible by groups"):
+        AdderConv2d(4, 5, 3, groups=2)
+    with pytest.raises(NotImplementedError, match="padding_mode='zeros'"):
+        AdderConv2d(4, 4, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="not supported for strided"):
+        AdderConv2d(4, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="Invalid padding string"):
+        AdderConv2d(4, 4, 3, padding="full")
+
+
+def test_bad_inputs_give_conv2d_like_errors():
+    layer = AdderConv2d(3, 4, 3)
+    with pytest.raises(RuntimeError, match="to have 3 channels, but got 5 channels instead"):
+        layer(torch.randn(1, 5, 8, 8))
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+        layer(torch.randn(1, 3, 2, 8))
+    with pytest.raises(RuntimeError, match="Expected 3D \\(unbatched\\) or 4D"):
+        layer(torch.randn(2, 1, 3, 8, 8))
+    with pytest.raises(TypeError, match="float32 and float64"):
+        layer(torch.randn(1, 3, 8, 8).half())
+    with pytest.raises(TypeError, match="same dtype"):
+        layer(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="must be divisible by groups"):
+        adder_conv2d(torch.randn(1, 4, 8, 8), torch.randn(3, 2, 3, 3), groups=2)
+
+
+def test_trains_with_sgd():
+    """A tiny regression: the paper's gradients decrease the loss."""
+    torch.manual_seed(0)
+    model = nn.Sequential(AdderConv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 1))
+    x, target = torch.randn(32, 2, 6, 6), torch.randn(32, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.mse_loss(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
