@@ -1,0 +1,256 @@
+"""Model surgery: swap the ``nn.Conv2d`` layers of a CNN for :class:`~adderconvert.nn.AdderConv2d`.
+
+:func:`plan_conversion` decides, per conv, whether it is converted and which rule decided (a dry run
+with a report); :func:`convert` applies the plan in place. AdderNets need a normalisation after every
+adder layer, so one ``BatchNorm2d`` is inserted where a converted conv is not followed by one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from adderconvert.nn import AdderConv2d
+
+__all__ = ["INIT_CHOICES", "ConversionReport", "LayerDecision", "convert", "plan_conversion"]
+
+INIT_CHOICES = ("rescale", "copy", "fresh")
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
+
+
+@dataclass
+class LayerDecision:
+    """What happens to one ``nn.Conv2d``."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+    macs: int
+    convert: bool
+    rule: str
+    insert_bn: bool = False
+    input_std: float = 1.0
+
+
+@dataclass
+class ConversionReport:
+    """Per-layer decisions and totals of a conversion."""
+
+    model: str
+    layers: list[LayerDecision] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[LayerDecision]:
+        return [layer for layer in self.layers if layer.convert]
+
+    @property
+    def total_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def converted_macs(self) -> int:
+        return sum(layer.macs for layer in self.converted)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "converted_layers": len(self.converted),
+            "kept_layers": len(self.layers) - len(self.converted),
+            "converted_macs": self.converted_macs,
+            "total_conv_macs": self.total_macs,
+            "layers": [asdict(layer) for layer in self.layers],
+        }
+
+    def table(self) -> str:
+        """A plain-text table of every conv and the totals."""
+        header = f"{'layer':<40} {'shape':>14} {'kernel':>7} {'stride':>6} {'groups':>6} {'MMACs':>9}  decision"
+        lines = [header, "-" * len(header)]
+        for layer in self.layers:
+            shape = f"{layer.in_channels}->{layer.out_channels}"
+            kernel = "x".join(map(str, layer.kernel_size))
+            stride = "x".join(map(str, layer.stride))
+            action = "adder" if layer.convert else "kept"
+            bn = " +BN" if layer.insert_bn else ""
+            lines.append(
+                f"{layer.name:<40} {shape:>14} {kernel:>7} {stride:>6} {layer.groups:>6} "
+                f"{layer.macs / 1e6:>9.2f}  {action}{bn} ({layer.rule})"
+            )
+        share = 100 * self.converted_macs / max(self.total_macs, 1)
+        lines.append("-" * len(header))
+        lines.append(
+            f"{len(self.converted)} of {len(self.layers)} convs to adder layers: "
+            f"{self.converted_macs / 1e6:.1f} of {self.total_macs / 1e6:.1f} M multiply-accumulates "
+            f"({share:.1f}%) become additions"
+        )
+        return "\n".join(lines)
+
+
+def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
+    """Run the model once; return leaf modules in execution order with input std and output shape."""
+    order: list[tuple[str, nn.Module, float, torch.Size]] = []
+    names = {module: name for name, module in model.named_modules()}
+    hooks = []
+
+    def hook(module, inputs, output):
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        std = float(x.detach().float().std()) if x is not None and x.numel() > 1 else 1.0
+        shape = output.shape if isinstance(output, torch.Tensor) else torch.Size()
+        order.append((names[module], module, std, shape))
+
+    for module in model.modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def _matches(name: str, patterns: Sequence[str]) -> str | None:
+    return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
+
+
+def plan_conversion(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    keep_stem: bool = True,
+    keep_classifier: bool = True,
+    insert_bn: bool = True,
+) -> ConversionReport:
+    """Decide which convs become adder layers, without changing the model.
+
+    ``include``/``exclude`` are shell-style wildcard patterns (``fnmatch``) on module names, e.g.
+    ``layer4.*``. With ``include`` only matching convs are converted; ``exclude`` wins over
+    ``include``. A pattern that matches no conv is an error naming it. ``example_input`` is one batch
+    the model accepts; it is used to order layers, count MACs and measure each conv's input scale.
+    """
+    include, exclude = list(include or []), list(exclude or [])
+    order = _trace_leaves(model, example_input)
+    convs = [(i, entry) for i, entry in enumerate(order) if isinstance(entry[1], nn.Conv2d)]
+    conv_names = [entry[0] for _, entry in convs]
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in conv_names):
+                examples = ", ".join(conv_names[:3])
+                raise ValueError(
+                    f"{kind} rule {pattern!r} matches no Conv2d module (conv names look like: {examples})"
+                )
+    layers_after = [e for e in order if isinstance(e[1], (nn.Conv2d, nn.Linear))]
+    classifier = layers_after[-1][0] if layers_after and isinstance(layers_after[-1][1], nn.Conv2d) else None
+    stem = conv_names[0] if conv_names else None
+
+    report = ConversionReport(model=type(model).__name__)
+    seen = set()
+    for index, (name, conv, std, out_shape) in convs:
+        if name in seen:  # a conv called twice is planned once
+            continue
+        seen.add(name)
+        macs = int(out_shape[1:].numel()) * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+        if keep_stem and name == stem:
+            do, rule = False, "stem kept (keep_stem)"
+        elif keep_classifier and name == classifier:
+            do, rule = False, "classifier kept (keep_classifier)"
+        elif (pattern := _matches(name, exclude)) is not None:
+            do, rule = False, f"exclude {pattern!r}"
+        elif include:
+            pattern = _matches(name, include)
+            do, rule = (True, f"include {pattern!r}") if pattern else (False, "not included")
+        else:
+            do, rule = True, "default"
+        if do and conv.padding_mode != "zeros":
+            do, rule = False, f"padding_mode={conv.padding_mode!r} unsupported"
+        follower = order[index + 1][1] if index + 1 < len(order) else None
+        needs_bn = do and insert_bn and not isinstance(follower, _NORMS)
+        report.layers.append(
+            LayerDecision(
+                name=name,
+                in_channels=conv.in_channels,
+                out_channels=conv.out_channels,
+                kernel_size=tuple(conv.kernel_size),
+                stride=tuple(conv.stride),
+                groups=conv.groups,
+                macs=macs,
+                convert=do,
+                rule=rule,
+                insert_bn=needs_bn,
+                input_std=std,
+            )
+        )
+    return report
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _init_weights(layer: AdderConv2d, conv: nn.Conv2d, init: str, input_std: float) -> None:
+    with torch.no_grad():
+        if init == "fresh":
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            layer.weight.mul_(input_std / max(float(layer.weight.std()), 1e-12))
+        elif init == "rescale":
+            # Keep the pretrained filters' pattern, at the scale of the activations they meet:
+            # |x - w| only discriminates when w lives where x does.
+            layer.weight.mul_(input_std / max(float(conv.weight.std()), 1e-12))
+
+
+def convert(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    keep_stem: bool = True,
+    keep_classifier: bool = True,
+    insert_bn: bool = True,
+    init: str = "rescale",
+    report: ConversionReport | None = None,
+) -> nn.Module:
+    """Swap convs for adder layers in place and return ``model``.
+
+    ``init`` chooses the adder weights: ``"rescale"`` (the conv's weights scaled to the std of the
+    layer's input activations, measured on ``example_input``; the default, see benchmarks/accuracy.py),
+    ``"copy"`` (the conv's weights as they are) or ``"fresh"`` (Kaiming init at that scale). Rules are
+    those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
+    """
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
+    if report is None:
+        report = plan_conversion(
+            model,
+            example_input,
+            include=include,
+            exclude=exclude,
+            keep_stem=keep_stem,
+            keep_classifier=keep_classifier,
+            insert_bn=insert_bn,
+        )
+    for decision in report.converted:
+        conv = model.get_submodule(decision.name)
+        layer = AdderConv2d.from_conv(conv).train(conv.training)
+        _init_weights(layer, conv, init, decision.input_std)
+        if decision.insert_bn:
+            bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
+            bn.train(conv.training)
+            _set_module(model, decision.name, nn.Sequential(layer, bn))
+        else:
+            _set_module(model, decision.name, layer)
+    return model
