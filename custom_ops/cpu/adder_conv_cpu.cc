@@ -113,27 +113,30 @@ void ForwardItem(void* data, size_t item) {
   }
 }
 
+// Input gradient in two passes over O(im2col) memory: (1) per (group, column tile) the gradient of
+// every gathered tap, written to grad_cols (group x taps x columns); (2) per (image, group) a scatter
+// of those columns back through the padding into grad_x, so no two items write the same element.
 template <typename T>
 struct BackwardInputJob {
   const ConvShape* shape;
   const T* x;
   const T* w_transposed;  // per group: taps x rows
   const T* grad_y;
+  T* grad_cols;
   T* grad_x;
+  int64_t tiles_per_group;
 };
 
 template <typename T>
-void BackwardInputItem(void* data, size_t item) {
+void GradColumnsItem(void* data, size_t item) {
   const auto& job = *static_cast<const BackwardInputJob<T>*>(data);
   const ConvShape& s = *job.shape;
-  const ConvAttributes& a = s.attrs;
   const TileKernels<T>& tiles = Tiles<T>();
   const int64_t nr = tiles.columns, taps = s.Taps(), rows = s.OutPerGroup(), positions = s.Positions();
-  const int64_t groups = a.group, in_hw = s.in_h * s.in_w;
-  const int64_t img = static_cast<int64_t>(item) / groups, g = static_cast<int64_t>(item) % groups;
-
-  T* grad_x = job.grad_x + (img * s.in_channels + g * s.InPerGroup()) * in_hw;
-  std::fill(grad_x, grad_x + s.InPerGroup() * in_hw, T(0));
+  const int64_t columns = s.batch * positions;
+  const int64_t g = static_cast<int64_t>(item) / job.tiles_per_group;
+  const int64_t col0 = (static_cast<int64_t>(item) % job.tiles_per_group) * nr;
+  const int64_t count = std::min(nr, columns - col0);
 
   thread_local std::vector<T> x_packed, g_packed, grad_packed, col_sums;
   thread_local std::vector<int64_t> y_offsets;
@@ -142,27 +145,42 @@ void BackwardInputItem(void* data, size_t item) {
   grad_packed.resize(taps * nr);
   col_sums.resize(nr);
   y_offsets.resize(nr);
-  for (int64_t p0 = 0; p0 < positions; p0 += nr) {
-    const int64_t count = std::min(nr, positions - p0);
-    PackColumns(s, job.x, g, img * positions + p0, count, nr, x_packed.data(), col_sums.data(), y_offsets.data());
-    for (int64_t o = 0; o < rows; ++o) {
-      const T* gy = job.grad_y + ((img * s.out_channels + g * rows + o) * positions + p0);
-      T* row = g_packed.data() + o * nr;
-      std::copy(gy, gy + count, row);
-      std::fill(row + count, row + nr, T(0));
-    }
-    tiles.clamp_dot(x_packed.data(), job.w_transposed + g * taps * rows, g_packed.data(), taps, rows,
-                    grad_packed.data());
-    int64_t k = 0;
-    for (int64_t c = 0; c < s.InPerGroup(); ++c) {
-      for (int64_t i = 0; i < s.kernel_h; ++i) {
-        for (int64_t j = 0; j < s.kernel_w; ++j, ++k) {
-          const T* gk = grad_packed.data() + k * nr;
-          for (int64_t n = 0; n < count; ++n) {
-            const int64_t pos = p0 + n;
-            const int64_t ih = (pos / s.out_w) * a.strides[0] - a.pads[0] + i * a.dilations[0];
-            const int64_t iw = (pos % s.out_w) * a.strides[1] - a.pads[1] + j * a.dilations[1];
-            if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) grad_x[c * in_hw + ih * s.in_w + iw] += gk[n];
+  PackColumns(s, job.x, g, col0, count, nr, x_packed.data(), col_sums.data(), y_offsets.data());
+  for (int64_t o = 0; o < rows; ++o) {
+    const T* gy = job.grad_y + (g * rows + o) * positions;
+    T* row = g_packed.data() + o * nr;
+    for (int64_t n = 0; n < count; ++n) row[n] = gy[y_offsets[n]];
+    std::fill(row + count, row + nr, T(0));
+  }
+  tiles.clamp_dot(x_packed.data(), job.w_transposed + g * taps * rows, g_packed.data(), taps, rows,
+                  grad_packed.data());
+  T* out = job.grad_cols + g * taps * columns + col0;
+  for (int64_t k = 0; k < taps; ++k) std::copy_n(grad_packed.data() + k * nr, count, out + k * columns);
+}
+
+template <typename T>
+void ScatterItem(void* data, size_t item) {
+  const auto& job = *static_cast<const BackwardInputJob<T>*>(data);
+  const ConvShape& s = *job.shape;
+  const ConvAttributes& a = s.attrs;
+  const int64_t taps = s.Taps(), positions = s.Positions(), columns = s.batch * positions;
+  const int64_t in_hw = s.in_h * s.in_w;
+  const int64_t img = static_cast<int64_t>(item) / a.group, g = static_cast<int64_t>(item) % a.group;
+  T* grad_x = job.grad_x + (img * s.in_channels + g * s.InPerGroup()) * in_hw;
+  std::fill(grad_x, grad_x + s.InPerGroup() * in_hw, T(0));
+  const T* cols = job.grad_cols + g * taps * columns + img * positions;
+  int64_t k = 0;
+  for (int64_t c = 0; c < s.InPerGroup(); ++c) {
+    for (int64_t i = 0; i < s.kernel_h; ++i) {
+      for (int64_t j = 0; j < s.kernel_w; ++j, ++k) {
+        const T* gk = cols + k * columns;
+        T* gx = grad_x + c * in_hw;
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          const int64_t ih = oh * a.strides[0] - a.pads[0] + i * a.dilations[0];
+          if (ih < 0 || ih >= s.in_h) continue;
+          for (int64_t ow = 0; ow < s.out_w; ++ow) {
+            const int64_t iw = ow * a.strides[1] - a.pads[1] + j * a.dilations[1];
+            if (iw >= 0 && iw < s.in_w) gx[ih * s.in_w + iw] += gk[oh * s.out_w + ow];
           }
         }
       }
@@ -210,8 +228,16 @@ void AdderConvBackwardInput(const ConvShape& s, const T* x, const T* w, const T*
       }
     }
   }
-  BackwardInputJob<T> job{&s, x, w_transposed.data(), grad_y, grad_x};
-  parallel.Run(static_cast<size_t>(s.batch * s.attrs.group), &BackwardInputItem<T>, &job);
+  const int64_t columns = s.batch * s.Positions();
+  if (columns == 0) {
+    std::fill(grad_x, grad_x + s.batch * s.in_channels * s.in_h * s.in_w, T(0));
+    return;
+  }
+  const int64_t nr = Tiles<T>().columns;
+  std::vector<T> grad_cols(s.attrs.group * taps * columns);
+  BackwardInputJob<T> job{&s, x, w_transposed.data(), grad_y, grad_cols.data(), grad_x, (columns + nr - 1) / nr};
+  parallel.Run(static_cast<size_t>(job.tiles_per_group * s.attrs.group), &GradColumnsItem<T>, &job);
+  parallel.Run(static_cast<size_t>(s.batch * s.attrs.group), &ScatterItem<T>, &job);
 }
 
 const char* KernelIsa() { return Tiles<float>().isa; }

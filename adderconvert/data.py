@@ -1,0 +1,175 @@
+"""Data sets: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (the embedded default), ImageFolder
+directories (ImageNet layout) and CIFAR-10 from a local torchvision root. Images are adapted to the
+model: grayscale becomes 3 channels, sizes are resized, and ImageNet normalisation is applied so that
+pretrained torchvision weights see what they expect."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_DIR",
+    "DataError",
+    "DatasetSplits",
+    "load_dataset",
+    "read_idx",
+]
+
+DATASETS = ("fashion-mnist", "cifar10", "imagefolder")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(RuntimeError):
+    """A data set is missing or malformed; the message says how to get it."""
+
+
+@dataclass
+class DatasetSplits:
+    train: Dataset
+    test: Dataset
+    classes: list[str]
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {payload.size}")
+    return payload.reshape(dims)
+
+
+class TensorImages(Dataset):
+    """Preprocessed single- or three-channel images held in memory; grayscale is expanded to 3 channels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, flip: bool = False) -> None:
+        self.images, self.labels, self.flip = images, labels, flip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image.expand(3, -1, -1), int(self.labels[index])
+
+
+def _normalise_gray(images: np.ndarray, size: int) -> torch.Tensor:
+    x = torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    # One channel standing for three: use the mean of ImageNet's statistics.
+    mean, std = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
+    return x.sub_(mean).div_(std)
+
+
+def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
+    files = {
+        split: (root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz")
+        for split, prefix in (("train", "train"), ("test", "t10k"))
+    }
+    missing = [str(p) for pair in files.values() for p in pair if not p.is_file()]
+    if missing:
+        raise DataError(
+            "Fashion-MNIST not found (missing: " + ", ".join(missing) + "). "
+            "Install Debian's package: `sudo apt-get install dataset-fashion-mnist` "
+            f"(it provides {FASHION_MNIST_DIR}), or pass --data DIR holding the four idx .gz files."
+        )
+    splits = {}
+    for split, (images, labels) in files.items():
+        x, y = read_idx(images), read_idx(labels)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"Fashion-MNIST files in {root} do not match: {x.shape} images, {y.shape} labels")
+        splits[split] = TensorImages(_normalise_gray(x, image_size), torch.from_numpy(y.astype(np.int64)),
+                                     flip=split == "train")
+    return DatasetSplits(splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), image_size)
+
+
+def _to_rgb(image):
+    return image.convert("RGB")
+
+
+def _torchvision_transforms(image_size: int, train: bool):
+    from torchvision import transforms as T
+
+    if train:
+        steps = [T.RandomResizedCrop(image_size, scale=(0.35, 1.0)), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size)]
+    steps += [T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)
+
+
+def _cifar10(root: Path, image_size: int) -> DatasetSplits:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        train = CIFAR10(str(root), train=True, download=False, transform=_torchvision_transforms(image_size, True))
+        test = CIFAR10(str(root), train=False, download=False, transform=_torchvision_transforms(image_size, False))
+    except RuntimeError as e:
+        raise DataError(
+            f"CIFAR-10 not found under {root} ({e}). Put the extracted 'cifar-10-batches-py' folder there "
+            "(from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) and pass --data with its parent."
+        ) from e
+    return DatasetSplits(train, test, list(train.classes), image_size)
+
+
+def _image_folder(root: Path, image_size: int) -> DatasetSplits:
+    from torchvision.datasets import ImageFolder
+
+    split_dirs = {}
+    for split, names in (("train", ("train",)), ("test", ("val", "test"))):
+        found = next((root / n for n in names if (root / n).is_dir()), None)
+        if found is None:
+            raise DataError(
+                f"ImageFolder data needs {root}/train and {root}/val (or {root}/test), one sub-folder per class "
+                "(the ImageNet layout)"
+            )
+        split_dirs[split] = found
+    train = ImageFolder(str(split_dirs["train"]), transform=_torchvision_transforms(image_size, True))
+    test = ImageFolder(str(split_dirs["test"]), transform=_torchvision_transforms(image_size, False))
+    if train.classes != test.classes:
+        raise DataError(f"class folders differ between {split_dirs['train']} and {split_dirs['test']}")
+    return DatasetSplits(train, test, list(train.classes), image_size)
+
+
+def load_dataset(name: str, root: str | Path | None = None, image_size: int | None = None) -> DatasetSplits:
+    """Load a data set by name (``fashion-mnist``, ``cifar10``, ``imagefolder``).
+
+    ``root`` defaults to Debian's Fashion-MNIST folder for ``fashion-mnist`` and is required for the
+    others. ``image_size`` defaults to each set's native size (28, 32) and to 224 for ImageFolder.
+    """
+    if name == "fashion-mnist":
+        return _fashion_mnist(Path(root) if root else FASHION_MNIST_DIR, image_size or 28)
+    if root is None:
+        raise DataError(f"data set {name!r} needs --data DIR")
+    if name == "cifar10":
+        return _cifar10(Path(root), image_size or 32)
+    if name == "imagefolder":
+        return _image_folder(Path(root), image_size or 224)
+    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")

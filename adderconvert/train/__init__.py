@@ -1,0 +1,20 @@
+"""Fine-tuning adder models: training loop, distillation, checkpoints, multi-process training."""
+
+from adderconvert.train.checkpoint import load, load_checkpoint, save_checkpoint
+from adderconvert.train.distill import distillation_loss
+from adderconvert.train.distributed import GlobalBatchNorm2d, convert_sync_batchnorm, init_distributed
+from adderconvert.train.loop import EpochRecord, TrainConfig, evaluate, fit
+
+__all__ = [
+    "EpochRecord",
+    "GlobalBatchNorm2d",
+    "TrainConfig",
+    "convert_sync_batchnorm",
+    "distillation_loss",
+    "evaluate",
+    "fit",
+    "init_distributed",
+    "load",
+    "load_checkpoint",
+    "save_checkpoint",
+]
