@@ -1,7 +1,31 @@
-"""adderconvert: turn torchvision CNNs into AdderNets, fine-tune them and deploy them with ONNX Runtime."""
+"""adderconvert: turn torchvision CNNs into AdderNets, fine-tune them and deploy them with ONNX Runtime.
+
+Public API: :func:`convert` and :func:`plan_conversion` (model surgery), :class:`AdderConv2d` and
+:func:`scale_adder_gradients_` (the layer and its adaptive learning rate), :func:`load` (rebuild a
+checkpoint), :func:`export_onnx` (ONNX with the ``com.adderconvert`` ops) and :mod:`adderconvert.runtime`.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
 from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
 
-__all__ = ["AdderConv2d", "__version__", "scale_adder_gradients_"]
+# Heavier parts (onnx, onnxscript, torchvision) load on first use.
+_LAZY = {
+    "convert": "adderconvert.convert",
+    "plan_conversion": "adderconvert.convert",
+    "load": "adderconvert.train.checkpoint",
+    "export_onnx": "adderconvert.export",
+}
+
+__all__ = ["AdderConv2d", "__version__", "convert", "export_onnx", "load", "plan_conversion",
+           "scale_adder_gradients_"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'adderconvert' has no attribute {name!r}")

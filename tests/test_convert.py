@@ -1,0 +1,130 @@
+"""Conversion rules, the report, BN insertion and conversion of every torchvision classification CNN."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from adderconvert.convert import convert, plan_conversion
+from adderconvert.models import list_cnn_models
+from adderconvert.nn import AdderConv2d
+
+
+def _resnet18():
+    return torchvision.models.resnet18(num_classes=10)
+
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def test_default_keeps_stem_and_converts_the_rest():
+    model = _resnet18()
+    report = plan_conversion(model, X)
+    decisions = {d.name: d for d in report.layers}
+    assert not decisions["conv1"].convert and "stem" in decisions["conv1"].rule
+    assert all(d.convert for name, d in decisions.items() if name != "conv1")
+    convert(model, X, report=report)
+    assert isinstance(model.conv1, nn.Conv2d) and not isinstance(model.conv1, AdderConv2d)
+    assert isinstance(model.layer1[0].conv1, AdderConv2d)
+    assert isinstance(model.fc, nn.Linear)
+    assert model(X).shape == (2, 10)
+
+
+def test_report_totals_and_macs():
+    report = plan_conversion(_resnet18(), torch.randn(1, 3, 32, 32))
+    # layer1.0.conv1: 64->64, 3x3, output 8x8 (32 -> /2 stem -> /2 maxpool)
+    layer = next(d for d in report.layers if d.name == "layer1.0.conv1")
+    assert layer.macs == 64 * 8 * 8 * 64 * 9
+    assert report.converted_macs == sum(d.macs for d in report.layers if d.convert)
+    assert "become additions" in report.table()
+    assert report.to_dict()["converted_layers"] == 19
+
+
+def test_include_exclude_wildcards():
+    model = _resnet18()
+    report = plan_conversion(model, X, include=["layer4.*"], exclude=["*.downsample.*"])
+    converted = {d.name for d in report.converted}
+    assert converted == {"layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"}
+    rules = {d.name: d.rule for d in report.layers}
+    assert rules["layer4.0.downsample.0"] == "exclude '*.downsample.*'"
+    assert rules["layer1.0.conv1"] == "not included"
+
+
+@pytest.mark.parametrize("kind", ["include", "exclude"])
+def test_unmatched_rule_is_an_error_naming_it(kind):
+    with pytest.raises(ValueError, match=f"{kind} rule 'layer9.\\*' matches no Conv2d"):
+        plan_conversion(_resnet18(), X, **{kind: ["layer9.*"]})
+
+
+def test_convert_stem_when_asked():
+    report = plan_conversion(_resnet18(), X, keep_stem=False)
+    assert next(d for d in report.layers if d.name == "conv1").convert
+
+
+def test_conv_classifier_is_kept_and_bn_inserted_where_missing():
+    model = torchvision.models.squeezenet1_1(num_classes=10)
+    report = plan_conversion(model, torch.randn(2, 3, 64, 64))
+    decisions = {d.name: d for d in report.layers}
+    assert not decisions["classifier.1"].convert and "classifier" in decisions["classifier.1"].rule
+    assert decisions["features.3.squeeze"].insert_bn
+    convert(model, torch.randn(2, 3, 64, 64), report=report)
+    squeeze = model.features[3].squeeze
+    assert isinstance(squeeze[0], AdderConv2d) and isinstance(squeeze[1], nn.BatchNorm2d)
+
+
+def test_no_bn_inserted_where_one_follows():
+    report = plan_conversion(torchvision.models.vgg11_bn(num_classes=10), torch.randn(1, 3, 32, 32))
+    assert not any(d.insert_bn for d in report.layers)
+    report = plan_conversion(torchvision.models.vgg11(num_classes=10), torch.randn(1, 3, 32, 32))
+    assert all(d.insert_bn for d in report.converted)
+
+
+@pytest.mark.parametrize("init", ["copy", "rescale", "fresh"])
+def test_init_choices(init):
+    model = _resnet18()
+    original = model.layer1[0].conv1.weight.detach().clone()
+    convert(model, X, init=init)
+    weight = model.layer1[0].conv1.weight.detach()
+    if init == "copy":
+        assert torch.equal(weight, original)
+    elif init == "rescale":
+        ratio = weight / original
+        torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.flatten()[0])))
+        assert float(ratio.flatten()[0]) > 1  # kaiming conv weights are far smaller than activations
+    else:
+        assert not torch.allclose(weight / original, (weight / original).flatten()[0].expand_as(weight))
+
+
+def test_bad_init_rejected():
+    with pytest.raises(ValueError, match="init must be one of"):
+        convert(_resnet18(), X, init="zeros")
+
+
+def _sizes(name: str) -> int:
+    return 299 if name == "inception_v3" else 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_cnn_models())
+def test_every_torchvision_cnn_converts(name):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    x = torch.randn(2, 3, _sizes(name), _sizes(name))
+    report = plan_conversion(model, x)
+    convert(model, x, report=report)
+    adders = [m for m in model.modules() if isinstance(m, AdderConv2d)]
+    assert len(adders) == len(report.converted) > 0
+    # Every adder layer is followed by a normalisation in execution order.
+    order = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
+             if not list(m.children())]
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    for h in hooks:
+        h.remove()
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    norms = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+    for i, module in enumerate(order):
+        if isinstance(module, AdderConv2d):
+            assert isinstance(order[i + 1], norms), f"{name}: adder layer not followed by a norm"
