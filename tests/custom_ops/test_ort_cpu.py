@@ -1,0 +1,92 @@
+"""The ONNX Runtime CPU kernel: parity with the NumPy reference, threads, and bad input refused cleanly."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from adderconvert.onnx_ops import AdderConv, FusedAdderConv, adder_conv_reference
+from adderconvert.runtime import make_session
+from tests._onnx_models import one_node
+
+RNG = np.random.default_rng(0)
+
+
+def _session(model: onnx.ModelProto, tmp_path, **options):
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return make_session(path, providers=["CPUExecutionProvider"], **options)
+
+
+CASES = [
+    dict(x=(2, 4, 9, 9), w=(6, 4, 3, 3), strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1),
+    dict(x=(3, 6, 11, 8), w=(9, 2, 2, 3), strides=[2, 1], pads=[0, 2, 1, 0], dilations=[2, 1], group=3),
+    dict(x=(1, 8, 7, 7), w=(8, 1, 3, 3), strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=8),
+    dict(x=(2, 64, 14, 14), w=(130, 64, 3, 3), strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1], group=1),
+    dict(x=(1, 3, 5, 5), w=(5, 3, 5, 5), strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("form", ["plain", "bias", "fused", "fused_relu"])
+def test_matches_numpy_reference(case, form, tmp_path):
+    x = RNG.normal(size=case["x"]).astype(np.float32)
+    w = (RNG.normal(size=case["w"]) * 6).astype(np.float32)  # trained adder weights have std ~6
+    attrs = {k: case[k] for k in ("strides", "pads", "dilations", "group")}
+    m = case["w"][0]
+    extra = {}
+    if form == "bias":
+        extra = dict(bias=RNG.normal(size=m))
+    elif form.startswith("fused"):
+        extra = dict(scale=RNG.uniform(0.05, 0.5, m), shift=RNG.normal(size=m) * 50, relu=int(form == "fused_relu"))
+    model = one_node(case["x"], w, **extra, **attrs)
+    got = _session(model, tmp_path).run(None, {"X": x})[0]
+    ref = onnx.reference.ReferenceEvaluator(model, new_ops=[AdderConv, FusedAdderConv])
+    expected = ref.run(None, {"X": x})[0]
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
+    if form == "plain":  # and the reference itself against a direct formula on one output
+        y00 = -np.abs(np.pad(x, ((0, 0), (0, 0), (attrs["pads"][0], attrs["pads"][2]),
+                                 (attrs["pads"][1], attrs["pads"][3])))[0, : case["w"][1], :, :][
+            :, : case["w"][2] * attrs["dilations"][0] : attrs["dilations"][0],
+            : case["w"][3] * attrs["dilations"][1] : attrs["dilations"][1]] - w[0]).sum()
+        assert np.isclose(adder_conv_reference(x, w, **attrs)[0, 0, 0, 0], y00)
+
+
+def test_thread_counts_agree(tmp_path):
+    x = RNG.normal(size=(4, 32, 16, 16)).astype(np.float32)
+    model = one_node(x.shape, RNG.normal(size=(48, 32, 3, 3)), pads=[1, 1, 1, 1])
+    one = _session(model, tmp_path, intra_op_num_threads=1).run(None, {"X": x})[0]
+    two = _session(model, tmp_path, intra_op_num_threads=2).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(one, two)
+
+
+def _refused(model, x, tmp_path, match):
+    with pytest.raises((ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                        ort.capi.onnxruntime_pybind11_state.RuntimeException,
+                        ort.capi.onnxruntime_pybind11_state.InvalidGraph), match=match):
+        _session(model, tmp_path).run(None, {"X": x})
+
+
+def test_bad_inputs_are_refused_without_a_crash(tmp_path):
+    w = RNG.normal(size=(4, 3, 3, 3))
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    _refused(one_node((3, 8, 8), w), x[0], tmp_path, "X must be 4-D")
+    _refused(one_node((1, 5, 8, 8), w), RNG.normal(size=(1, 5, 8, 8)).astype(np.float32), tmp_path,
+             "X has 5 channels but W expects 3")
+    _refused(one_node((1, 3, 2, 8), w), x[:, :, :2], tmp_path, "larger than the padded input")
+    _refused(one_node(x.shape, w, bias=np.ones(5)), x, tmp_path, "B must have shape \\(4,\\)")
+    _refused(one_node(x.shape, w, scale=np.ones(4), shift=np.ones(3)), x, tmp_path, "shift must have shape")
+    _refused(one_node(x.shape, w, pads=[1, 1]), x, tmp_path, "'pads' must have 4 values")
+    _refused(one_node(x.shape, w, strides=[0, 1]), x, tmp_path, "strides must be positive")
+    _refused(one_node((1, 6, 8, 8), RNG.normal(size=(4, 3, 3, 3)), group=4), RNG.normal(size=(1, 6, 8, 8)).astype(
+        np.float32), tmp_path, "divisible by group")
+    # The session survives and still computes.
+    good = _session(one_node(x.shape, w), tmp_path).run(None, {"X": x})[0]
+    assert good.shape == (1, 4, 6, 6)
+
+
+def test_empty_batch(tmp_path):
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    y = _session(one_node(("N", 3, 8, 8), RNG.normal(size=(4, 3, 3, 3))), tmp_path).run(None, {"X": x})[0]
+    assert y.shape == (0, 4, 6, 6)
