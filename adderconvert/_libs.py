@@ -9,6 +9,7 @@ import adderconvert
 
 ORT_LIBRARY = "libadderconvert_ort.so"
 CPU_LIBRARY = "libadderconvert_cpu.so"
+CUDA_LIBRARY = "libadderconvert_cuda.so"
 
 
 def find_library(name: str) -> Path:

@@ -1,4 +1,4 @@
-"""ctypes binding of the CPU kernel library (custom_ops/cpu/c_api.cc)."""
+"""ctypes bindings of the kernel libraries: CPU (custom_ops/cpu/c_api.cc) and CUDA (custom_ops/cuda/c_api.cc)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from adderconvert._libs import CPU_LIBRARY, find_library
+from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY, find_library
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 _I64x4 = ctypes.c_int64 * 4
@@ -66,3 +66,52 @@ def backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, group
         (x, weight, grad_out, grad_x),
         x.shape, weight.shape, stride, padding, dilation, groups, x.dtype,
     )
+
+
+@functools.cache
+def _cuda_library() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(find_library(CUDA_LIBRARY)))
+    except (FileNotFoundError, OSError):
+        return None
+    dims = [ctypes.c_void_p] * 5 + [ctypes.c_int64]
+    lib.adderconvert_cuda_forward.argtypes = [ctypes.c_void_p] * 5 + dims + [ctypes.c_char_p, ctypes.c_size_t]
+    lib.adderconvert_cuda_backward_input.argtypes = [ctypes.c_void_p] * 6 + dims + [ctypes.c_char_p, ctypes.c_size_t]
+    lib.adderconvert_cuda_grad_columns_size.argtypes = dims
+    lib.adderconvert_cuda_grad_columns_size.restype = ctypes.c_int64
+    for name in ("adderconvert_cuda_forward", "adderconvert_cuda_backward_input"):
+        getattr(lib, name).restype = ctypes.c_int
+    return lib
+
+
+def has_cuda_kernels(x: torch.Tensor) -> bool:
+    """True when ``x`` is a float32 CUDA tensor and the CUDA kernel library was built."""
+    return x.is_cuda and x.dtype == torch.float32 and _cuda_library() is not None
+
+
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups):
+    return (_I64x4(*x_shape), _I64x4(*w_shape), _I64x2(*stride), _I64x4(*padding), _I64x2(*dilation), groups)
+
+
+def _cuda_call(name: str, x: torch.Tensor, pointers, geometry) -> None:
+    error = ctypes.create_string_buffer(512)
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        status = getattr(_cuda_library(), name)(stream, *pointers, *geometry, error, len(error))
+    if status != 0:
+        raise RuntimeError(error.value.decode())
+
+
+def cuda_forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
+    """Fill ``out`` with the adder convolution of contiguous float32 CUDA tensors, on the current stream."""
+    pointers = [x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, out.data_ptr()]
+    _cuda_call("adderconvert_cuda_forward", x, pointers, _geometry(x.shape, weight.shape, stride, padding, dilation,
+                                                                    groups))
+
+
+def cuda_backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
+    """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous float32 CUDA tensors."""
+    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    scratch = x.new_empty(_cuda_library().adderconvert_cuda_grad_columns_size(*geometry))
+    pointers = [x.data_ptr(), weight.data_ptr(), grad_out.data_ptr(), scratch.data_ptr(), grad_x.data_ptr()]
+    _cuda_call("adderconvert_cuda_backward_input", x, pointers, geometry)

@@ -7,9 +7,10 @@ Backward follows Chen et al. (CVPR 2020), not autograd of ``|.|``:
 * ``grad_weight = sum (X - W) * grad_out`` (full precision, unscaled; see :mod:`adderconvert.nn.adaptive_lr`)
 * ``grad_input = sum HardTanh(W - X) * grad_out``
 
-On CPU the forward pass and the input gradient run in the C++ kernel of ``custom_ops/cpu``; the weight
-gradient is one GEMM through the identity ``sum (X - W) g = X g^T - W sum g``. Other devices use a
-chunked PyTorch implementation whose extra memory stays within a small multiple of im2col.
+The forward pass and the input gradient run in the C++ kernel of ``custom_ops/cpu`` for CPU tensors and
+in the CUDA kernels of ``custom_ops/cuda`` for float32 CUDA tensors; the weight gradient is one GEMM
+through the identity ``sum (X - W) g = X g^T - W sum g``. Other devices and dtypes use a chunked
+PyTorch implementation whose extra memory stays within a small multiple of im2col.
 """
 
 from __future__ import annotations
@@ -121,10 +122,11 @@ def _adder_conv2d(
     groups: int,
 ) -> Tensor:
     out_hw = _output_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" or _kernels.has_cuda_kernels(x):
         out = x.new_empty(x.shape[0], weight.shape[0], *out_hw)
         b = bias.contiguous() if bias is not None else None
-        _kernels.forward(x.contiguous(), weight.contiguous(), b, out, stride, padding, dilation, groups)
+        run = _kernels.forward if x.device.type == "cpu" else _kernels.cuda_forward
+        run(x.contiguous(), weight.contiguous(), b, out, stride, padding, dilation, groups)
         return out
     out = _forward_chunked(x, weight, stride, padding, dilation, groups).view(x.shape[0], -1, *out_hw)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
@@ -152,11 +154,10 @@ def _adder_conv2d_backward(
     grad_x = x.new_empty(0)
     grad_w = weight.new_empty(0)
     if input_grad:
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" or _kernels.has_cuda_kernels(x):
             grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
-            _kernels.backward_input(
-                x.contiguous(), weight.contiguous(), grad_out, grad_x, stride, padding, dilation, groups
-            )
+            run = _kernels.backward_input if x.device.type == "cpu" else _kernels.cuda_backward_input
+            run(x.contiguous(), weight.contiguous(), grad_out, grad_x, stride, padding, dilation, groups)
         else:
             grad_x = _backward_input_chunked(grad_out, x, weight, stride, padding, dilation, groups)
     if weight_grad:
