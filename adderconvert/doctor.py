@@ -25,7 +25,8 @@ def one_node_model(path: Path, strides=(1, 1), pads=(1, 1, 1, 1), group: int = 1
         [node], "adderconv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4, 9, 9])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)],
+                              ir_version=10)
     onnx.save(model, str(path))
     return path
 

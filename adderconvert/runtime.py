@@ -79,6 +79,9 @@ def make_session(
     options.register_custom_ops_library(get_library_path())
     if providers is None:
         providers = available_providers()
+    if CUDA_PROVIDER in providers and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* pip packages this way (a no-op if absent).
+        ort.preload_dlls()
     else:
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:

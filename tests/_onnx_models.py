@@ -28,5 +28,5 @@ def one_node(x_shape, w, *, bias=None, scale=None, shift=None, relu=0, **attrs) 
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits,
     )
     return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)]
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)], ir_version=10
     )

@@ -29,6 +29,14 @@ const TileKernels<T>& Tiles() {
   return tiles;
 }
 
+// Output columns that share an image and an output row: their inputs lie along one input row.
+template <typename T>
+struct ColumnRun {
+  int64_t first, count;
+  const T* image;  // first input channel of the group in this image
+  int64_t ih0, iw0;
+};
+
 // Gathers the receptive fields of output columns [col0, col0 + count) of group `g` into x_packed
 // (taps x nr, zero for padding and for columns past `count`) and their sums into col_sums.
 template <typename T>
@@ -37,15 +45,18 @@ void PackColumns(const ConvShape& s, const T* x, int64_t g, int64_t col0, int64_
   const int64_t positions = s.Positions();
   const int64_t in_hw = s.in_h * s.in_w;
   const ConvAttributes& a = s.attrs;
-  std::vector<const T*> base(nr);
-  std::vector<int64_t> ih0(nr), iw0(nr);
+  thread_local std::vector<ColumnRun<T>> runs;
+  runs.clear();
   for (int64_t n = 0; n < count; ++n) {
     const int64_t col = col0 + n;
     const int64_t img = col / positions, pos = col % positions;
-    base[n] = x + (img * s.in_channels + g * s.InPerGroup()) * in_hw;
-    ih0[n] = (pos / s.out_w) * a.strides[0] - a.pads[0];
-    iw0[n] = (pos % s.out_w) * a.strides[1] - a.pads[1];
+    const int64_t oh = pos / s.out_w, ow = pos % s.out_w;
     y_offsets[n] = img * s.out_channels * positions + pos;
+    if (ow == 0 || n == 0) {
+      runs.push_back({n, 0, x + (img * s.in_channels + g * s.InPerGroup()) * in_hw, oh * a.strides[0] - a.pads[0],
+                      ow * a.strides[1] - a.pads[1]});
+    }
+    ++runs.back().count;
   }
   std::fill(col_sums, col_sums + nr, T(0));
   int64_t k = 0;
@@ -53,15 +64,28 @@ void PackColumns(const ConvShape& s, const T* x, int64_t g, int64_t col0, int64_
     for (int64_t i = 0; i < s.kernel_h; ++i) {
       for (int64_t j = 0; j < s.kernel_w; ++j, ++k) {
         T* row = x_packed + k * nr;
-        for (int64_t n = 0; n < count; ++n) {
-          const int64_t ih = ih0[n] + i * a.dilations[0];
-          const int64_t iw = iw0[n] + j * a.dilations[1];
-          const bool inside = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
-          const T v = inside ? base[n][c * in_hw + ih * s.in_w + iw] : T(0);
-          row[n] = v;
-          col_sums[n] += v;
+        for (const ColumnRun<T>& run : runs) {
+          T* dst = row + run.first;
+          const int64_t ih = run.ih0 + i * a.dilations[0];
+          if (ih < 0 || ih >= s.in_h) {
+            std::fill(dst, dst + run.count, T(0));
+            continue;
+          }
+          const T* src = run.image + c * in_hw + ih * s.in_w;
+          const int64_t iw = run.iw0 + j * a.dilations[1], step = a.strides[1];
+          // Columns t with 0 <= iw + t * step < in_w read the input; the others are padding.
+          const int64_t lo = iw >= 0 ? 0 : std::min(run.count, (-iw + step - 1) / step);
+          const int64_t hi = iw >= s.in_w ? 0 : std::min(run.count, (s.in_w - iw + step - 1) / step);
+          std::fill(dst, dst + lo, T(0));
+          if (step == 1) {
+            std::copy(src + iw + lo, src + iw + std::max(lo, hi), dst + lo);
+          } else {
+            for (int64_t t = lo; t < hi; ++t) dst[t] = src[iw + t * step];
+          }
+          std::fill(dst + std::max(lo, hi), dst + run.count, T(0));
         }
         std::fill(row + count, row + nr, T(0));
+        for (int64_t n = 0; n < nr; ++n) col_sums[n] += row[n];
       }
     }
   }

@@ -1,0 +1,88 @@
+"""The CUDA kernel through ONNX Runtime's CUDAExecutionProvider (needs onnxruntime-gpu and a GPU)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from adderconvert.onnx_ops import AdderConv, FusedAdderConv
+from adderconvert.runtime import CUDA_PROVIDER, available_providers, get_library_path
+from tests._onnx_models import one_node
+from tests.custom_ops.test_ort_cpu import CASES
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(CUDA_PROVIDER not in ort.get_available_providers(), reason="needs onnxruntime-gpu"),
+]
+
+
+def _cuda_session(model: onnx.ModelProto | str, tmp_path=None):
+    """A session whose every node must run on the CUDA EP (no silent CPU fallback)."""
+    if isinstance(model, onnx.ModelProto):
+        path = tmp_path / "m.onnx"
+        onnx.save(model, str(path))
+        model = str(path)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    # TF32 off: the CNN parts (stem Conv, Gemm) must compute in FP32 to compare at 1e-5.
+    return ort.InferenceSession(model, sess_options=options, providers=[(CUDA_PROVIDER, {"use_tf32": "0"})])
+
+
+def test_cuda_is_picked_by_default():
+    assert available_providers()[0] == CUDA_PROVIDER
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("form", ["plain", "bias", "fused", "fused_relu"])
+def test_cuda_ep_matches_numpy_reference(case, form, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=case["x"]).astype(np.float32)
+    w = (rng.normal(size=case["w"]) * 6).astype(np.float32)
+    attrs = {k: case[k] for k in ("strides", "pads", "dilations", "group")}
+    m = case["w"][0]
+    extra = {}
+    if form == "bias":
+        extra = dict(bias=rng.normal(size=m))
+    elif form.startswith("fused"):
+        extra = dict(scale=rng.uniform(0.05, 0.5, m), shift=rng.normal(size=m) * 50, relu=int(form == "fused_relu"))
+    model = one_node(case["x"], w, **extra, **attrs)
+    got = _cuda_session(model, tmp_path).run(None, {"X": x})[0]
+    expected = onnx.reference.ReferenceEvaluator(model, new_ops=[AdderConv, FusedAdderConv]).run(None, {"X": x})[0]
+    assert np.abs(got - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_exported_models_match_pytorch(name, tmp_path):
+    """CUDA EP vs PyTorch in float64: as accurate as PyTorch's own float32 CPU run.
+
+    The CUDA kernel sums |x - w| in another order than the CPU kernel, and BatchNorms after adder layers
+    (inputs near -10^3, std 1-15) amplify float32 rounding, so both float32 runs are held to the
+    float64 result rather than to each other.
+    """
+    import copy
+
+    from adderconvert.export import export_onnx
+    from tests.test_export import MODELS
+
+    model, x = MODELS[name]()
+    x3 = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(x3.double()).numpy()
+        cpu32 = model(x3).numpy()
+    scale = np.abs(exact).max()
+    cpu_error = np.abs(cpu32 - exact).max() / scale
+    for fuse in (False, True):
+        path = export_onnx(model, tmp_path / f"{name}{int(fuse)}.onnx", x[:2], fuse_bn=fuse)
+        got = _cuda_session(str(path)).run(None, {"input": x3.numpy()})[0]
+        cuda_error = np.abs(got - exact).max() / scale
+        print(f"{name} fuse_bn={fuse}: CUDA EP error {cuda_error:.1e}, PyTorch CPU float32 error {cpu_error:.1e}")
+        assert cuda_error <= max(3 * cpu_error, 1e-5)
+
+
+def test_bad_input_refused_on_cuda(tmp_path):
+    w = np.ones((4, 3, 3, 3), np.float32)
+    model = one_node((1, 5, 8, 8), w)
+    with pytest.raises(Exception, match="X has 5 channels but W expects 3"):
+        _cuda_session(model, tmp_path).run(None, {"X": np.ones((1, 5, 8, 8), np.float32)})
