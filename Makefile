@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml
+CXX_SOURCES := $(shell find custom_ops \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
 
 .PHONY: test demo install lint format bench clean
 
@@ -39,12 +40,12 @@ demo: install $(FASHION_MNIST)
 lint: install
 	$(VENV)/bin/ruff check adderconvert tests benchmarks examples
 	$(VENV)/bin/ruff format --check adderconvert tests benchmarks examples
-	$(VENV)/bin/clang-format --dry-run --Werror $$(find custom_ops -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh')
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 format: install
 	$(VENV)/bin/ruff format adderconvert tests benchmarks examples
 	$(VENV)/bin/ruff check --fix adderconvert tests benchmarks examples
-	$(VENV)/bin/clang-format -i $$(find custom_ops -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh')
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 bench: install $(FASHION_MNIST)
 	$(PY) benchmarks/layer.py

@@ -21,8 +21,7 @@ _LAZY = {
     "export_onnx": "adderconvert.export",
 }
 
-__all__ = ["AdderConv2d", "__version__", "convert", "export_onnx", "load", "plan_conversion",
-           "scale_adder_gradients_"]
+__all__ = ["AdderConv2d", "__version__", "convert", "export_onnx", "load", "plan_conversion", "scale_adder_gradients_"]
 
 
 def __getattr__(name: str):

@@ -58,23 +58,56 @@ def _load_config_file(path: str | None) -> dict:
 
 @main.command("convert", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model")
-@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of options (command-line options win).")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML file of options (command-line options win).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the conversion report and stop.")
 @click.option("--include", multiple=True, help="Convert only convs whose name matches this wildcard (repeatable).")
 @click.option("--exclude", multiple=True, help="Keep convs whose name matches this wildcard (repeatable).")
 @click.option("--keep-stem/--convert-stem", default=None, help="Keep the first conv multiplicative [keep].")
-@click.option("--keep-classifier/--convert-classifier", default=None, help="Keep a conv classifier multiplicative [keep].")
-@click.option("--init", type=click.Choice(["rescale", "copy", "fresh"]), default=None, help="Adder weight init [rescale].")
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "cifar10", "imagefolder"]), default=None, help="Data set [fashion-mnist].")
-@click.option("--data", type=click.Path(file_okay=False), default=None, help="Data folder (default: Debian's Fashion-MNIST).")
-@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Input size [28 Fashion-MNIST, 32 CIFAR, 224 ImageFolder].")
-@click.option("--weights", default=None, help="Teacher weights: DEFAULT (torchvision), a file, or 'none' [DEFAULT; none with --pretrain-epochs].")
-@click.option("--pretrain-epochs", type=click.IntRange(0), default=None, help="Train the CNN on the data set first [1 if its head was resized].")
+@click.option(
+    "--keep-classifier/--convert-classifier", default=None, help="Keep a conv classifier multiplicative [keep]."
+)
+@click.option(
+    "--init", type=click.Choice(["rescale", "copy", "fresh"]), default=None, help="Adder weight init [rescale]."
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["fashion-mnist", "cifar10", "imagefolder"]),
+    default=None,
+    help="Data set [fashion-mnist].",
+)
+@click.option(
+    "--data", type=click.Path(file_okay=False), default=None, help="Data folder (default: Debian's Fashion-MNIST)."
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(16, 1024),
+    default=None,
+    help="Input size [28 Fashion-MNIST, 32 CIFAR, 224 ImageFolder].",
+)
+@click.option(
+    "--weights",
+    default=None,
+    help="Teacher weights: DEFAULT (torchvision), a file, or 'none' [DEFAULT; none with --pretrain-epochs].",
+)
+@click.option(
+    "--pretrain-epochs",
+    type=click.IntRange(0),
+    default=None,
+    help="Train the CNN on the data set first [1 if its head was resized].",
+)
 @click.option("--finetune/--no-finetune", default=None, help="Fine-tune the adder model [finetune].")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Fine-tuning epochs [1].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch size [128].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Learning rate [0.05].")
-@click.option("--eta", type=click.FloatRange(0, min_open=True), default=None, help="Adaptive-LR eta for adder weights [0.2].")
+@click.option(
+    "--eta", type=click.FloatRange(0, min_open=True), default=None, help="Adaptive-LR eta for adder weights [0.2]."
+)
 @click.option("--kd/--no-kd", default=None, help="Distil from the CNN teacher [kd].")
 @click.option("--sync-bn", is_flag=True, default=None, help="Synchronise BatchNorm over torchrun processes.")
 @click.option("--export/--no-export", default=None, help="Export to ONNX and evaluate with ONNX Runtime [export].")
@@ -84,14 +117,19 @@ def _load_config_file(path: str | None) -> dict:
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers [0].")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop each epoch after this many batches.")
-@click.option("--max-drop", type=click.FloatRange(0), default=None, help="Exit non-zero when adder top-1 is more than this many points below the CNN.")
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0),
+    default=None,
+    help="Exit non-zero when adder top-1 is more than this many points below the CNN.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def convert_command(model: str, config_file: str | None, dry_run: bool, quiet: bool, **options) -> None:
     """Convert MODEL (any torchvision classification model) to an AdderNet, fine-tune and export it."""
+    import torchvision
+
     from adderconvert.data import DataError
     from adderconvert.models import WeightsError, list_cnn_models
-
-    import torchvision
 
     if model not in torchvision.models.list_models(module=torchvision.models):
         close = difflib.get_close_matches(model, list_cnn_models(), n=4, cutoff=0.6)

@@ -148,9 +148,7 @@ def plan_conversion(
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in conv_names):
                 examples = ", ".join(conv_names[:3])
-                raise ValueError(
-                    f"{kind} rule {pattern!r} matches no Conv2d module (conv names look like: {examples})"
-                )
+                raise ValueError(f"{kind} rule {pattern!r} matches no Conv2d module (conv names look like: {examples})")
     layers_after = [e for e in order if isinstance(e[1], (nn.Conv2d, nn.Linear))]
     classifier = layers_after[-1][0] if layers_after and isinstance(layers_after[-1][1], nn.Conv2d) else None
     stem = conv_names[0] if conv_names else None
@@ -161,7 +159,9 @@ def plan_conversion(
         if name in seen:  # a conv called twice is planned once
             continue
         seen.add(name)
-        macs = int(out_shape[1:].numel()) * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+        macs = (
+            int(out_shape[1:].numel()) * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+        )
         if keep_stem and name == stem:
             do, rule = False, "stem kept (keep_stem)"
         elif keep_classifier and name == classifier:

@@ -105,8 +105,9 @@ def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
         x, y = read_idx(images), read_idx(labels)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"Fashion-MNIST files in {root} do not match: {x.shape} images, {y.shape} labels")
-        splits[split] = TensorImages(_normalise_gray(x, image_size), torch.from_numpy(y.astype(np.int64)),
-                                     flip=split == "train")
+        splits[split] = TensorImages(
+            _normalise_gray(x, image_size), torch.from_numpy(y.astype(np.int64)), flip=split == "train"
+        )
     return DatasetSplits(splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), image_size)
 
 

@@ -19,14 +19,19 @@ def one_node_model(path: Path, strides=(1, 1), pads=(1, 1, 1, 1), group: int = 1
     from adderconvert.onnx_ops import DOMAIN, OPSET_VERSION
 
     w = np.random.default_rng(0).normal(size=(6, 4 // group, 3, 3)).astype(np.float32)
-    node = helper.make_node("AdderConv", ["X", "W"], ["Y"], domain=DOMAIN, strides=list(strides), pads=list(pads),
-                            group=group)
-    graph = helper.make_graph(
-        [node], "adderconv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4, 9, 9])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")],
+    node = helper.make_node(
+        "AdderConv", ["X", "W"], ["Y"], domain=DOMAIN, strides=list(strides), pads=list(pads), group=group
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)],
-                              ir_version=10)
+    graph = helper.make_graph(
+        [node],
+        "adderconv",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4, 9, 9])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)], ir_version=10
+    )
     onnx.save(model, str(path))
     return path
 
@@ -43,8 +48,10 @@ def run_doctor() -> int:
     from adderconvert.runtime import available_providers, build_info, get_library_path, make_session
 
     print(f"adderconvert {adderconvert.__version__}, Python {platform.python_version()}")
-    print(f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), onnx {onnx.__version__}, "
-          f"onnxruntime {ort.__version__} (providers: {', '.join(ort.get_available_providers())})")
+    print(
+        f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), onnx {onnx.__version__}, "
+        f"onnxruntime {ort.__version__} (providers: {', '.join(ort.get_available_providers())})"
+    )
     print(f"custom-op library: {get_library_path()}")
     for key, value in build_info().items():
         print(f"  {key}: {value}")

@@ -45,8 +45,9 @@ def resize_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     else:
         if layer.out_channels == num_classes:
             return model
-        new = nn.Conv2d(layer.in_channels, num_classes, layer.kernel_size, layer.stride, layer.padding,
-                        bias=layer.bias is not None)
+        new = nn.Conv2d(
+            layer.in_channels, num_classes, layer.kernel_size, layer.stride, layer.padding, bias=layer.bias is not None
+        )
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     # GoogLeNet and Inception carry auxiliary heads with their own classifiers.
@@ -80,7 +81,11 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
     else:
         try:
             enum = torchvision.models.get_model_weights(name)
-            state = enum[weights].get_state_dict(progress=True) if weights != "DEFAULT" else enum.DEFAULT.get_state_dict(progress=True)
+            state = (
+                enum[weights].get_state_dict(progress=True)
+                if weights != "DEFAULT"
+                else enum.DEFAULT.get_state_dict(progress=True)
+            )
         except KeyError as e:
             raise WeightsError(f"{weights!r} is neither a file nor a torchvision weights name for {name}") from e
         except Exception as e:  # offline: URLError, HTTPError, ...

@@ -69,8 +69,12 @@ def plan_only(config: RunConfig) -> ConversionReport:
     splits = load_dataset(config.dataset, config.data, config.image_size)
     model = build_model(config.model, splits.num_classes)
     return plan_conversion(
-        model, _example_batch(splits.test, 2), include=config.include, exclude=config.exclude,
-        keep_stem=config.keep_stem, keep_classifier=config.keep_classifier,
+        model,
+        _example_batch(splits.test, 2),
+        include=config.include,
+        exclude=config.exclude,
+        keep_stem=config.keep_stem,
+        keep_classifier=config.keep_classifier,
     )
 
 
@@ -85,41 +89,72 @@ def run(config: RunConfig) -> dict:
         (out / "config.yaml").write_text(config.to_yaml())
     torch.manual_seed(config.seed)
     splits = load_dataset(config.dataset, config.data, config.image_size)
-    _log(f"data: {config.dataset}, {len(splits.train)} train / {len(splits.test)} test images, "
-         f"{splits.num_classes} classes, {splits.image_size}px", main)
+    _log(
+        f"data: {config.dataset}, {len(splits.train)} train / {len(splits.test)} test images, "
+        f"{splits.num_classes} classes, {splits.image_size}px",
+        main,
+    )
 
     teacher = build_model(config.model, splits.num_classes, config.weights)
     pretrain = config.pretrain_epochs
     if pretrain is None:
         pretrain = 0 if config.weights and _head_pretrained(config.model, splits.num_classes) else 1
-    common = dict(batch_size=config.batch_size, seed=config.seed, workers=config.workers,
-                  max_steps=config.max_steps, progress=config.progress and main, sync_bn=config.sync_bn)
+    common = dict(
+        batch_size=config.batch_size,
+        seed=config.seed,
+        workers=config.workers,
+        max_steps=config.max_steps,
+        progress=config.progress and main,
+        sync_bn=config.sync_bn,
+    )
     if pretrain > 0:
         teacher_dir = out / "teacher"
         _log(f"teacher: training the {config.model} CNN for {pretrain} epoch(s)", main)
-        fit(teacher, splits.train, splits.test,
+        fit(
+            teacher,
+            splits.train,
+            splits.test,
             TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **common),
-            output=teacher_dir, meta={"model_name": config.model, "num_classes": splits.num_classes}, ctx=ctx)
+            output=teacher_dir,
+            meta={"model_name": config.model, "num_classes": splits.num_classes},
+            ctx=ctx,
+        )
     cnn_top1 = evaluate(teacher, splits.test, device=ctx.device, progress=config.progress and main, desc="CNN eval")
     _log(f"CNN top-1: {cnn_top1:.2f}%", main)
 
     student = copy.deepcopy(teacher).cpu()
     report = plan_conversion(
-        student, _example_batch(splits.train), include=config.include, exclude=config.exclude,
-        keep_stem=config.keep_stem, keep_classifier=config.keep_classifier,
+        student,
+        _example_batch(splits.train),
+        include=config.include,
+        exclude=config.exclude,
+        keep_stem=config.keep_stem,
+        keep_classifier=config.keep_classifier,
     )
     convert(student, None, init=config.init, report=report)
     _log(report.table(), main)
 
     adder_top1 = None
     if config.finetune:
-        meta = {"model_name": config.model, "num_classes": splits.num_classes, "conversion": report.to_dict(),
-                "dataset": config.dataset, "image_size": splits.image_size}
-        fit(student, splits.train, splits.test,
+        meta = {
+            "model_name": config.model,
+            "num_classes": splits.num_classes,
+            "conversion": report.to_dict(),
+            "dataset": config.dataset,
+            "image_size": splits.image_size,
+        }
+        fit(
+            student,
+            splits.train,
+            splits.test,
             TrainConfig(epochs=config.epochs, lr=config.lr, eta=config.eta, kd=config.kd, desc="adder", **common),
-            teacher=teacher, output=out, meta=meta, resume=config.resume, ctx=ctx)
-    adder_top1 = evaluate(student, splits.test, device=ctx.device, progress=config.progress and main,
-                          desc="adder eval")
+            teacher=teacher,
+            output=out,
+            meta=meta,
+            resume=config.resume,
+            ctx=ctx,
+        )
+    adder_top1 = evaluate(student, splits.test, device=ctx.device, progress=config.progress and main, desc="adder eval")
     _log(f"adder top-1: {adder_top1:.2f}%", main)
 
     summary = {
@@ -168,10 +203,15 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[f
 
 
 def _stage_table(summary: dict) -> str:
-    rows = [("CNN (teacher)", summary["cnn_top1"]), ("AdderNet (PyTorch)", summary["adder_top1"]),
-            ("AdderNet (ONNX Runtime)", summary["onnx_top1"])]
+    rows = [
+        ("CNN (teacher)", summary["cnn_top1"]),
+        ("AdderNet (PyTorch)", summary["adder_top1"]),
+        ("AdderNet (ONNX Runtime)", summary["onnx_top1"]),
+    ]
     lines = [f"{'stage':<26}{'top-1':>8}", "-" * 34]
     lines += [f"{name:<26}{(f'{v:.2f}%' if v is not None else 'n/a'):>8}" for name, v in rows]
-    lines.append(f"{summary['model']} on {summary['dataset']}, {summary['converted_layers']} adder layers, "
-                 f"{summary['seconds']:.0f}s")
+    lines.append(
+        f"{summary['model']} on {summary['dataset']}, {summary['converted_layers']} adder layers, "
+        f"{summary['seconds']:.0f}s"
+    )
     return "\n".join(lines)

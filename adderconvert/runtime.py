@@ -43,15 +43,14 @@ def _gpu_present() -> bool:
 
 
 def available_providers() -> list[str]:
-    """Providers that can run adder models here: CUDA only when onnxruntime-gpu, our CUDA kernel and a GPU are all present."""
+    """Providers that can run adder models here.
+
+    CUDA comes first only when onnxruntime-gpu, the CUDA build of the kernel and a GPU are all present.
+    """
     import onnxruntime as ort
 
     providers = [CPU_PROVIDER]
-    if (
-        CUDA_PROVIDER in ort.get_available_providers()
-        and build_info().get("cuda") == "1"
-        and _gpu_present()
-    ):
+    if CUDA_PROVIDER in ort.get_available_providers() and build_info().get("cuda") == "1" and _gpu_present():
         providers.insert(0, CUDA_PROVIDER)
     return providers
 

@@ -45,11 +45,14 @@ def main() -> None:
     torch.manual_seed(0)
     started = time.perf_counter()
     teacher = build_model(args.model, splits.num_classes)
-    fit(teacher, splits.train, splits.test, TrainConfig(epochs=args.cnn_epochs, lr=args.lr, kd=False, **common),
-        ctx=ctx)
+    fit(
+        teacher, splits.train, splits.test, TrainConfig(epochs=args.cnn_epochs, lr=args.lr, kd=False, **common), ctx=ctx
+    )
     cnn_top1 = evaluate(teacher, splits.test, device=args.device)
-    print(f"{args.model} CNN, {args.cnn_epochs} epochs: {cnn_top1:.2f}% ({time.perf_counter() - started:.0f}s)",
-          flush=True)
+    print(
+        f"{args.model} CNN, {args.cnn_epochs} epochs: {cnn_top1:.2f}% ({time.perf_counter() - started:.0f}s)",
+        flush=True,
+    )
 
     example = torch.stack([splits.train[i][0] for i in range(64)])
     results = []
@@ -59,16 +62,31 @@ def main() -> None:
             student = copy.deepcopy(teacher).cpu()
             report = plan_conversion(student, example)
             convert(student, None, init=init, report=report)
-            history = fit(student, splits.train, splits.test,
-                          TrainConfig(epochs=args.epochs, lr=args.lr, kd=kd, **common), teacher=teacher, ctx=ctx)
+            history = fit(
+                student,
+                splits.train,
+                splits.test,
+                TrainConfig(epochs=args.epochs, lr=args.lr, kd=kd, **common),
+                teacher=teacher,
+                ctx=ctx,
+            )
             top1 = evaluate(student, splits.test, device=args.device)
-            results.append({"init": init, "kd": kd, "adder_top1": top1, "drop": cnn_top1 - top1,
-                            "epoch_top1": [r.test_top1 for r in history],
-                            "seconds": time.perf_counter() - started})
+            results.append(
+                {
+                    "init": init,
+                    "kd": kd,
+                    "adder_top1": top1,
+                    "drop": cnn_top1 - top1,
+                    "epoch_top1": [r.test_top1 for r in history],
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             print(f"init={init} kd={kd}: {top1:.2f}% ({time.perf_counter() - started:.0f}s)", flush=True)
 
-    print(f"\n{args.model} on Fashion-MNIST: CNN {cnn_top1:.2f}% after {args.cnn_epochs} epochs; adder models "
-          f"fine-tuned {args.epochs} epochs from it ({args.device})\n")
+    print(
+        f"\n{args.model} on Fashion-MNIST: CNN {cnn_top1:.2f}% after {args.cnn_epochs} epochs; adder models "
+        f"fine-tuned {args.epochs} epochs from it ({args.device})\n"
+    )
     print("| init | distillation | adder top-1 | vs CNN |")
     print("|---|---|---:|---:|")
     for r in results:

@@ -52,49 +52,58 @@ def measure(step, repeats: int) -> tuple[float, float]:
     return ms, (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def _resnet20_step(factory, x: torch.Tensor, labels: torch.Tensor):
+    torch.manual_seed(0)
+    model = resnet20(factory).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step():
+        loss = nn.functional.cross_entropy(model(x), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _layer_step(layer_class, channels: int, size: int):
+    x = torch.randn(8, channels, size, size, device="cuda", requires_grad=True)
+    layer = layer_class(channels, channels, 3, padding=1).cuda()
+    grad = torch.randn(8, channels, size, size, device="cuda")
+
+    def step():
+        x.grad = None
+        layer.weight.grad = None
+        layer(x).backward(grad)
+
+    return step
+
+
 def training_table() -> None:
     print("| workload | official ms | ours ms | speed-up | official peak MiB | ours peak MiB | memory ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    rows = []
     x = torch.randn(256, 3, 32, 32, device="cuda")
     labels = torch.randint(0, 10, (256,), device="cuda")
-    for name, factory in (("official", OfficialAdder2d), ("ours", lambda *a, **k: AdderConv2d(*a, **k))):
-        torch.manual_seed(0)
-        model = resnet20(factory).cuda()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def step():
-            loss = nn.functional.cross_entropy(model(x), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        rows.append(measure(step, repeats=5 if name == "official" else 20))
-        del model, opt
+    rows = []
+    for factory, repeats in ((OfficialAdder2d, 5), (AdderConv2d, 20)):
+        rows.append(measure(_resnet20_step(factory, x, labels), repeats=repeats))
         torch.cuda.empty_cache()
     _row("ResNet-20 train step, batch 256", rows)
     for channels, size in R50_LAYERS:
         rows = []
-        for name in ("official", "ours"):
-            x = torch.randn(8, channels, size, size, device="cuda", requires_grad=True)
-            layer = (OfficialAdder2d if name == "official" else AdderConv2d)(channels, channels, 3, padding=1).cuda()
-            grad = torch.randn(8, channels, size, size, device="cuda")
-
-            def step():
-                x.grad = None
-                layer.weight.grad = None
-                layer(x).backward(grad)
-
-            rows.append(measure(step, repeats=5 if name == "official" else 20))
-            del layer, x, grad
+        for layer_class, repeats in ((OfficialAdder2d, 5), (AdderConv2d, 20)):
+            rows.append(measure(_layer_step(layer_class, channels, size), repeats=repeats))
             torch.cuda.empty_cache()
         _row(f"ResNet-50 {channels}ch@{size}, batch 8, fwd+bwd", rows)
 
 
 def _row(name, rows) -> None:
     (o_ms, o_mb), (m_ms, m_mb) = rows
-    print(f"| {name} | {o_ms:.1f} | {m_ms:.2f} | {o_ms / m_ms:.1f}x | {o_mb:.0f} | {m_mb:.0f} | "
-          f"1/{o_mb / max(m_mb, 1e-3):.0f} |", flush=True)
+    print(
+        f"| {name} | {o_ms:.1f} | {m_ms:.2f} | {o_ms / m_ms:.1f}x | {o_mb:.0f} | {m_mb:.0f} | "
+        f"1/{o_mb / max(m_mb, 1e-3):.0f} |",
+        flush=True,
+    )
 
 
 def fp32_lane_peak() -> float:
@@ -136,8 +145,10 @@ def ort_table() -> None:
     feeds = {"input": x.numpy()}
     paths = {"CNN": export_onnx(cnn, tmp / "cnn.onnx", x[:2]), "adder": export_onnx(adder, tmp / "adder.onnx", x[:2])}
     ms = {k: latency(make_session(p, providers=[CUDA_PROVIDER]), feeds, "output") for k, p in paths.items()}
-    print(f"\nORT CUDA EP, ResNet-50, FP32, batch 32, 224x224: CNN {ms['CNN']:.1f} ms, adder {ms['adder']:.1f} ms, "
-          f"ratio {ms['adder'] / ms['CNN']:.2f}x\n")
+    print(
+        f"\nORT CUDA EP, ResNet-50, FP32, batch 32, 224x224: CNN {ms['CNN']:.1f} ms, adder {ms['adder']:.1f} ms, "
+        f"ratio {ms['adder'] / ms['CNN']:.2f}x\n"
+    )
     peak = fp32_lane_peak() / 2
     print(f"Per layer (batch 32, 3x3, stride 1, padding 1), adder-MAC peak {peak / 1e12:.1f} T/s:\n")
     print("| layer | ms | G adder-MACs/s | fraction of peak |")

@@ -34,9 +34,13 @@ LAYERS = [
 
 def conv_model(x_shape, w: np.ndarray, pad: int) -> onnx.ModelProto:
     node = helper.make_node("Conv", ["X", "W"], ["Y"], pads=[pad] * 4)
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "W")])
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "W")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
@@ -55,8 +59,10 @@ def latency_ms(path: Path, feeds: dict, threads: int, repeats: int) -> float:
 def layer_table(batch: int, repeats: int, tmp: Path) -> None:
     cores = os.cpu_count() or 1
     print(f"Per layer, batch {batch}, FP32 (median of {repeats}); ratio = AdderConv / Conv\n")
-    print(f"| layer | Conv 1T ms | AdderConv 1T ms | ratio 1T | Conv {cores}T ms | AdderConv {cores}T ms | "
-          f"ratio {cores}T | AdderConv 1T G MAC/s |")
+    print(
+        f"| layer | Conv 1T ms | AdderConv 1T ms | ratio 1T | Conv {cores}T ms | AdderConv {cores}T ms | "
+        f"ratio {cores}T | AdderConv 1T G MAC/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for name, cin, cout, k, size in LAYERS:
@@ -68,9 +74,12 @@ def layer_table(batch: int, repeats: int, tmp: Path) -> None:
         onnx.save(one_node(x.shape, w, pads=[pad] * 4), str(paths["adder"]))
         t = {(kind, th): latency_ms(p, {"X": x}, th, repeats) for kind, p in paths.items() for th in (1, cores)}
         macs = batch * cout * size * size * cin * k * k
-        print(f"| {name} {cin}ch@{size} | {t['conv', 1]:.2f} | {t['adder', 1]:.2f} | "
-              f"{t['adder', 1] / t['conv', 1]:.2f}x | {t['conv', cores]:.2f} | {t['adder', cores]:.2f} | "
-              f"{t['adder', cores] / t['conv', cores]:.2f}x | {macs / t['adder', 1] / 1e6:.1f} |", flush=True)
+        print(
+            f"| {name} {cin}ch@{size} | {t['conv', 1]:.2f} | {t['adder', 1]:.2f} | "
+            f"{t['adder', 1] / t['conv', 1]:.2f}x | {t['conv', cores]:.2f} | {t['adder', cores]:.2f} | "
+            f"{t['adder', cores] / t['conv', cores]:.2f}x | {macs / t['adder', 1] / 1e6:.1f} |",
+            flush=True,
+        )
 
 
 def model_table(batch: int, repeats: int, tmp: Path) -> None:

@@ -73,9 +73,9 @@ inline const float* PerChannelInput(Ort::KernelContext& ctx, size_t index, int64
   if (static_cast<const OrtValue*>(value) == nullptr) return nullptr;
   const std::vector<int64_t> dims = value.GetTensorTypeAndShapeInfo().GetShape();
   if (dims.size() != 1 || dims[0] != channels) {
-    throw Ort::Exception(std::string("AdderConv: ") + name + " must have shape (" + std::to_string(channels) +
-                             ",) matching W.shape[0]",
-                         ORT_INVALID_ARGUMENT);
+    throw Ort::Exception(
+        std::string("AdderConv: ") + name + " must have shape (" + std::to_string(channels) + ",) matching W.shape[0]",
+        ORT_INVALID_ARGUMENT);
   }
   return value.GetTensorData<float>();
 }

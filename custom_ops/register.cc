@@ -24,14 +24,16 @@ const std::vector<const OrtCustomOp*>& OpTable() {
   static AdderConvOp<adderconvert::cpu::AdderConvCpuKernel> cpu_fused(OpForm::kFused, nullptr);
 #ifdef ADDERCONVERT_WITH_CUDA
   static AdderConvOp<adderconvert::cuda::AdderConvCudaKernel> cuda_plain(OpForm::kPlain,
-                                                                        adderconvert::cuda::kCudaProvider);
+                                                                         adderconvert::cuda::kCudaProvider);
   static AdderConvOp<adderconvert::cuda::AdderConvCudaKernel> cuda_fused(OpForm::kFused,
-                                                                        adderconvert::cuda::kCudaProvider);
+                                                                         adderconvert::cuda::kCudaProvider);
 #endif
   static const std::vector<const OrtCustomOp*> table{
-      &cpu_plain, &cpu_fused,
+      &cpu_plain,
+      &cpu_fused,
 #ifdef ADDERCONVERT_WITH_CUDA
-      &cuda_plain, &cuda_fused,
+      &cuda_plain,
+      &cuda_fused,
 #endif
   };
   return table;

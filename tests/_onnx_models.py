@@ -13,8 +13,10 @@ def one_node(x_shape, w, *, bias=None, scale=None, shift=None, relu=0, **attrs) 
     inputs = ["X", "W"]
     if scale is not None:
         op = "FusedAdderConv"
-        inits += [numpy_helper.from_array(np.asarray(scale, np.float32), "scale"),
-                  numpy_helper.from_array(np.asarray(shift, np.float32), "shift")]
+        inits += [
+            numpy_helper.from_array(np.asarray(scale, np.float32), "scale"),
+            numpy_helper.from_array(np.asarray(shift, np.float32), "shift"),
+        ]
         inputs += ["scale", "shift"]
         attrs["relu"] = relu
     else:
@@ -24,8 +26,11 @@ def one_node(x_shape, w, *, bias=None, scale=None, shift=None, relu=0, **attrs) 
             inputs.append("B")
     node = helper.make_node(op, inputs, ["Y"], domain=DOMAIN, **attrs)
     graph = helper.make_graph(
-        [node], "one_node", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits,
+        [node],
+        "one_node",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
     )
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)], ir_version=10

@@ -39,12 +39,15 @@ def test_unknown_model_is_a_usage_error():
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["resnet18", "--epochs", "0"], "--epochs"),
-    (["resnet18", "--dataset", "mnist9"], "--dataset"),
-    (["resnet18", "--resume", "/nonexistent/last.pt"], "--resume"),
-    (["resnet18", "--include", "layer9.*", "--dry-run"], "include rule 'layer9.*' matches no Conv2d"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["resnet18", "--epochs", "0"], "--epochs"),
+        (["resnet18", "--dataset", "mnist9"], "--dataset"),
+        (["resnet18", "--resume", "/nonexistent/last.pt"], "--resume"),
+        (["resnet18", "--include", "layer9.*", "--dry-run"], "include rule 'layer9.*' matches no Conv2d"),
+    ],
+)
 def test_bad_options(args, message):
     result = CliRunner().invoke(main, args)
     assert result.exit_code in (1, 2) and message in result.output
@@ -87,8 +90,23 @@ def test_offline_weights_message(monkeypatch, tmp_path):
 def test_main_job_end_to_end(tmp_path):
     data = _fake_fashion_mnist(tmp_path)
     out = tmp_path / "run"
-    args = ["resnet18", "--finetune", "--data", str(data), "--pretrain-epochs", "1", "--epochs", "1",
-            "--batch-size", "32", "--output", str(out), "--quiet", "--max-drop", "100"]
+    args = [
+        "resnet18",
+        "--finetune",
+        "--data",
+        str(data),
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--output",
+        str(out),
+        "--quiet",
+        "--max-drop",
+        "100",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -103,8 +121,7 @@ def test_main_job_end_to_end(tmp_path):
     assert "AdderNet (ONNX Runtime)" in result.output
 
     # --resume of a finished run continues without training more, and --max-drop can fail the run.
-    result = CliRunner().invoke(main, args[:-2] + ["--max-drop", "0", "--resume", str(out / "last.pt"),
-                                                   "--no-export"])
+    result = CliRunner().invoke(main, args[:-2] + ["--max-drop", "0", "--resume", str(out / "last.pt"), "--no-export"])
     summary = json.loads((out / "summary.json").read_text())
     if summary["adder_top1"] < summary["cnn_top1"]:
         assert result.exit_code == 1 and "below the CNN" in result.output

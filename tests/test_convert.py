@@ -116,8 +116,9 @@ def test_every_torchvision_cnn_converts(name):
     assert len(adders) == len(report.converted) > 0
     # Every adder layer is followed by a normalisation in execution order.
     order = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
-             if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules() if not list(m.children())
+    ]
     model.eval()
     with torch.no_grad():
         y = model(x)

@@ -55,7 +55,13 @@ def forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
     _call(
         "adderconvert_cpu_forward",
         (x, weight, bias, out),
-        x.shape, weight.shape, stride, padding, dilation, groups, x.dtype,
+        x.shape,
+        weight.shape,
+        stride,
+        padding,
+        dilation,
+        groups,
+        x.dtype,
     )
 
 
@@ -64,7 +70,13 @@ def backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, group
     _call(
         "adderconvert_cpu_backward_input",
         (x, weight, grad_out, grad_x),
-        x.shape, weight.shape, stride, padding, dilation, groups, x.dtype,
+        x.shape,
+        weight.shape,
+        stride,
+        padding,
+        dilation,
+        groups,
+        x.dtype,
     )
 
 
@@ -105,8 +117,9 @@ def _cuda_call(name: str, x: torch.Tensor, pointers, geometry) -> None:
 def cuda_forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
     """Fill ``out`` with the adder convolution of contiguous float32 CUDA tensors, on the current stream."""
     pointers = [x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, out.data_ptr()]
-    _cuda_call("adderconvert_cuda_forward", x, pointers, _geometry(x.shape, weight.shape, stride, padding, dilation,
-                                                                    groups))
+    _cuda_call(
+        "adderconvert_cuda_forward", x, pointers, _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    )
 
 
 def cuda_backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:

@@ -78,8 +78,10 @@ def load(path: str | os.PathLike) -> nn.Module:
     model = build_model(meta["model_name"], meta["num_classes"])
     plan = meta.get("conversion")
     if plan is not None:
-        layers = [LayerDecision(**{**d, "kernel_size": tuple(d["kernel_size"]), "stride": tuple(d["stride"])})
-                  for d in plan["layers"]]
+        layers = [
+            LayerDecision(**{**d, "kernel_size": tuple(d["kernel_size"]), "stride": tuple(d["stride"])})
+            for d in plan["layers"]
+        ]
         convert(model, None, report=ConversionReport(plan["model"], layers))
     model.load_state_dict(payload["model"])
     model.eval()

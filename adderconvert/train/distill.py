@@ -21,7 +21,9 @@ def distillation_loss(
         return ce
     t = temperature
     kl = F.kl_div(
-        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean",
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
         log_target=True,
     )
     return (1 - alpha) * ce + alpha * t * t * kl

@@ -75,8 +75,9 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every ``BatchNorm2d`` with :class:`GlobalBatchNorm2d` (same parameters and buffers), in place."""
     for name, module in list(model.named_children()):
         if type(module) is nn.BatchNorm2d:
-            sync = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                     module.track_running_stats).to(module.weight.device if module.affine else "cpu")
+            sync = GlobalBatchNorm2d(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            ).to(module.weight.device if module.affine else "cpu")
             sync.load_state_dict(module.state_dict())
             sync.train(module.training)
             setattr(model, name, sync)

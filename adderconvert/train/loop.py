@@ -120,7 +120,10 @@ def fit(
         train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
     )
     loader = DataLoader(
-        train_set, batch_size=config.batch_size // ctx.world_size, sampler=sampler, num_workers=config.workers,
+        train_set,
+        batch_size=config.batch_size // ctx.world_size,
+        sampler=sampler,
+        num_workers=config.workers,
         drop_last=True,
     )
     steps = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
@@ -149,8 +152,13 @@ def fit(
         net.train()
         started = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        bar = tqdm(total=steps, desc=f"{config.desc} {epoch + 1}/{config.epochs}", disable=not (config.progress and ctx.is_main),
-                   unit="batch", leave=False)
+        bar = tqdm(
+            total=steps,
+            desc=f"{config.desc} {epoch + 1}/{config.epochs}",
+            disable=not (config.progress and ctx.is_main),
+            unit="batch",
+            leave=False,
+        )
         for step, (images, labels) in enumerate(loader):
             if step >= steps:
                 break
@@ -169,13 +177,19 @@ def fit(
             correct += float((logits.argmax(1) == labels).sum())
             seen += len(labels)
             elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen * ctx.world_size / elapsed:.0f}")
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.3f}",
+                acc=f"{100 * correct / seen:.1f}",
+                img_s=f"{seen * ctx.world_size / elapsed:.0f}",
+            )
             bar.update()
         bar.close()
         seconds = time.perf_counter() - started
-        test_top1 = evaluate(model, test_set, device=device, progress=config.progress and ctx.is_main,
-                             desc=f"eval {epoch + 1}") if ctx.is_main else 0.0
+        test_top1 = (
+            evaluate(model, test_set, device=device, progress=config.progress and ctx.is_main, desc=f"eval {epoch + 1}")
+            if ctx.is_main
+            else 0.0
+        )
         record = EpochRecord(
             epoch=epoch + 1,
             lr=optimizer.param_groups[0]["lr"],
@@ -187,8 +201,10 @@ def fit(
         )
         history.append(record)
         if ctx.is_main and config.progress:
-            tqdm.write(f"{config.desc} epoch {record.epoch}: loss {record.train_loss:.4f}, "
-                       f"train top-1 {record.train_top1:.2f}%, test top-1 {record.test_top1:.2f}% ({seconds:.0f}s)")
+            tqdm.write(
+                f"{config.desc} epoch {record.epoch}: loss {record.train_loss:.4f}, "
+                f"train top-1 {record.train_top1:.2f}%, test top-1 {record.test_top1:.2f}% ({seconds:.0f}s)"
+            )
         if output is not None and ctx.is_main:
             _write_csv(output / "metrics.csv", history)
             payload = {

@@ -40,8 +40,8 @@ struct ColumnRun {
 // Gathers the receptive fields of output columns [col0, col0 + count) of group `g` into x_packed
 // (taps x nr, zero for padding and for columns past `count`) and their sums into col_sums.
 template <typename T>
-void PackColumns(const ConvShape& s, const T* x, int64_t g, int64_t col0, int64_t count, int64_t nr,
-                 T* x_packed, T* col_sums, int64_t* y_offsets) {
+void PackColumns(const ConvShape& s, const T* x, int64_t g, int64_t col0, int64_t count, int64_t nr, T* x_packed,
+                 T* col_sums, int64_t* y_offsets) {
   const int64_t positions = s.Positions();
   const int64_t in_hw = s.in_h * s.in_w;
   const ConvAttributes& a = s.attrs;
@@ -176,8 +176,7 @@ void GradColumnsItem(void* data, size_t item) {
     for (int64_t n = 0; n < count; ++n) row[n] = gy[y_offsets[n]];
     std::fill(row + count, row + nr, T(0));
   }
-  tiles.clamp_dot(x_packed.data(), job.w_transposed + g * taps * rows, g_packed.data(), taps, rows,
-                  grad_packed.data());
+  tiles.clamp_dot(x_packed.data(), job.w_transposed + g * taps * rows, g_packed.data(), taps, rows, grad_packed.data());
   T* out = job.grad_cols + g * taps * columns + col0;
   for (int64_t k = 0; k < taps; ++k) std::copy_n(grad_packed.data() + k * nr, count, out + k * columns);
 }
@@ -268,11 +267,11 @@ const char* KernelIsa() { return Tiles<float>().isa; }
 
 template void AdderConvForward<float>(const ConvShape&, const float*, const float*, const Epilogue<float>&, float*,
                                       const ParallelFor&);
-template void AdderConvForward<double>(const ConvShape&, const double*, const double*, const Epilogue<double>&,
-                                       double*, const ParallelFor&);
+template void AdderConvForward<double>(const ConvShape&, const double*, const double*, const Epilogue<double>&, double*,
+                                       const ParallelFor&);
 template void AdderConvBackwardInput<float>(const ConvShape&, const float*, const float*, const float*, float*,
                                             const ParallelFor&);
-template void AdderConvBackwardInput<double>(const ConvShape&, const double*, const double*, const double*,
-                                             double*, const ParallelFor&);
+template void AdderConvBackwardInput<double>(const ConvShape&, const double*, const double*, const double*, double*,
+                                             const ParallelFor&);
 
 }  // namespace adderconvert::cpu

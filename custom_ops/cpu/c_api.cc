@@ -62,8 +62,7 @@ int Forward(const void* x, const void* w, const void* bias, void* y, const ConvS
 }
 
 template <typename T>
-int BackwardInput(const void* x, const void* w, const void* grad_y, void* grad_x, const ConvShape& shape,
-                  int threads) {
+int BackwardInput(const void* x, const void* w, const void* grad_y, void* grad_x, const ConvShape& shape, int threads) {
   adderconvert::cpu::AdderConvBackwardInput<T>(shape, static_cast<const T*>(x), static_cast<const T*>(w),
                                                static_cast<const T*>(grad_y), static_cast<T*>(grad_x),
                                                ThreadParallelFor(threads));
@@ -75,10 +74,12 @@ int BackwardInput(const void* x, const void* w, const void* grad_y, void* grad_x
 extern "C" {
 
 // dtype: 0 float32, 1 float64. Tensors are contiguous NCHW; bias may be null.
-__attribute__((visibility("default"))) int adderconvert_cpu_forward(
-    int dtype, const void* x, const void* w, const void* bias, void* y, const int64_t* x_dims, const int64_t* w_dims,
-    const int64_t* strides, const int64_t* pads, const int64_t* dilations, int64_t group, int threads, char* error,
-    size_t error_len) {
+__attribute__((visibility("default"))) int adderconvert_cpu_forward(int dtype, const void* x, const void* w,
+                                                                    const void* bias, void* y, const int64_t* x_dims,
+                                                                    const int64_t* w_dims, const int64_t* strides,
+                                                                    const int64_t* pads, const int64_t* dilations,
+                                                                    int64_t group, int threads, char* error,
+                                                                    size_t error_len) {
   try {
     ConvShape shape;
     if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
@@ -90,10 +91,12 @@ __attribute__((visibility("default"))) int adderconvert_cpu_forward(
   }
 }
 
-__attribute__((visibility("default"))) int adderconvert_cpu_backward_input(
-    int dtype, const void* x, const void* w, const void* grad_y, void* grad_x, const int64_t* x_dims,
-    const int64_t* w_dims, const int64_t* strides, const int64_t* pads, const int64_t* dilations, int64_t group,
-    int threads, char* error, size_t error_len) {
+__attribute__((visibility("default"))) int adderconvert_cpu_backward_input(int dtype, const void* x, const void* w,
+                                                                           const void* grad_y, void* grad_x,
+                                                                           const int64_t* x_dims, const int64_t* w_dims,
+                                                                           const int64_t* strides, const int64_t* pads,
+                                                                           const int64_t* dilations, int64_t group,
+                                                                           int threads, char* error, size_t error_len) {
   try {
     ConvShape shape;
     if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;

@@ -1,6 +1,6 @@
-#include "adder_conv_impl.cuh"
-
 #include <algorithm>
+
+#include "adder_conv_impl.cuh"
 
 namespace adderconvert::cuda {
 namespace {
@@ -16,8 +16,8 @@ constexpr int kThreadCols = 4;
 constexpr int kThreads = (kBlockRows / kThreadRows) * (kBlockCols / kThreadCols);
 
 __global__ void __launch_bounds__(kThreads)
-    AdderConvForwardKernel(ConvShape s, const float* __restrict__ x, const float* __restrict__ w,
-                           Epilogue<float> e, float* __restrict__ y) {
+    AdderConvForwardKernel(ConvShape s, const float* __restrict__ x, const float* __restrict__ w, Epilogue<float> e,
+                           float* __restrict__ y) {
   __shared__ float w_tile[kStepTaps][kBlockRows];
   __shared__ float x_tile[kStepTaps][kBlockCols];
 

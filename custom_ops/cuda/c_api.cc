@@ -40,15 +40,13 @@ int Status(cudaError_t status, char* error, size_t error_len) {
 // float32, contiguous NCHW device tensors; bias may be null.
 ADDERCONVERT_EXPORT int adderconvert_cuda_forward(void* stream, const float* x, const float* w, const float* bias,
                                                   float* y, const int64_t* x_dims, const int64_t* w_dims,
-                                                  const int64_t* strides, const int64_t* pads,
-                                                  const int64_t* dilations, int64_t group, char* error,
-                                                  size_t error_len) {
+                                                  const int64_t* strides, const int64_t* pads, const int64_t* dilations,
+                                                  int64_t group, char* error, size_t error_len) {
   ConvShape shape;
   if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
   adderconvert::Epilogue<float> epilogue;
   epilogue.bias = bias;
-  return Status(adderconvert::cuda::LaunchAdderConvForward(static_cast<cudaStream_t>(stream), shape, x, w,
-                                                           epilogue, y),
+  return Status(adderconvert::cuda::LaunchAdderConvForward(static_cast<cudaStream_t>(stream), shape, x, w, epilogue, y),
                 error, error_len);
 }
 
@@ -69,7 +67,7 @@ ADDERCONVERT_EXPORT int adderconvert_cuda_backward_input(void* stream, const flo
                                                          size_t error_len) {
   ConvShape shape;
   if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
-  return Status(adderconvert::cuda::LaunchAdderConvBackwardInput(static_cast<cudaStream_t>(stream), shape, x, w,
-                                                                 grad_y, grad_cols, grad_x),
+  return Status(adderconvert::cuda::LaunchAdderConvBackwardInput(static_cast<cudaStream_t>(stream), shape, x, w, grad_y,
+                                                                 grad_cols, grad_x),
                 error, error_len);
 }

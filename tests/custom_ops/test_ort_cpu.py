@@ -46,10 +46,16 @@ def test_matches_numpy_reference(case, form, tmp_path):
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
     if form == "plain":  # and the reference itself against a direct formula on one output
-        y00 = -np.abs(np.pad(x, ((0, 0), (0, 0), (attrs["pads"][0], attrs["pads"][2]),
-                                 (attrs["pads"][1], attrs["pads"][3])))[0, : case["w"][1], :, :][
-            :, : case["w"][2] * attrs["dilations"][0] : attrs["dilations"][0],
-            : case["w"][3] * attrs["dilations"][1] : attrs["dilations"][1]] - w[0]).sum()
+        y00 = -np.abs(
+            np.pad(x, ((0, 0), (0, 0), (attrs["pads"][0], attrs["pads"][2]), (attrs["pads"][1], attrs["pads"][3])))[
+                0, : case["w"][1], :, :
+            ][
+                :,
+                : case["w"][2] * attrs["dilations"][0] : attrs["dilations"][0],
+                : case["w"][3] * attrs["dilations"][1] : attrs["dilations"][1],
+            ]
+            - w[0]
+        ).sum()
         assert np.isclose(adder_conv_reference(x, w, **attrs)[0, 0, 0, 0], y00)
 
 
@@ -62,9 +68,15 @@ def test_thread_counts_agree(tmp_path):
 
 
 def _refused(model, x, tmp_path, match):
-    with pytest.raises((ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                        ort.capi.onnxruntime_pybind11_state.RuntimeException,
-                        ort.capi.onnxruntime_pybind11_state.InvalidGraph), match=match):
+    with pytest.raises(
+        (
+            ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+        ),
+        match=match,
+    ):
         _session(model, tmp_path).run(None, {"X": x})
 
 
@@ -72,15 +84,23 @@ def test_bad_inputs_are_refused_without_a_crash(tmp_path):
     w = RNG.normal(size=(4, 3, 3, 3))
     x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
     _refused(one_node((3, 8, 8), w), x[0], tmp_path, "X must be 4-D")
-    _refused(one_node((1, 5, 8, 8), w), RNG.normal(size=(1, 5, 8, 8)).astype(np.float32), tmp_path,
-             "X has 5 channels but W expects 3")
+    _refused(
+        one_node((1, 5, 8, 8), w),
+        RNG.normal(size=(1, 5, 8, 8)).astype(np.float32),
+        tmp_path,
+        "X has 5 channels but W expects 3",
+    )
     _refused(one_node((1, 3, 2, 8), w), x[:, :, :2], tmp_path, "larger than the padded input")
     _refused(one_node(x.shape, w, bias=np.ones(5)), x, tmp_path, "B must have shape \\(4,\\)")
     _refused(one_node(x.shape, w, scale=np.ones(4), shift=np.ones(3)), x, tmp_path, "shift must have shape")
     _refused(one_node(x.shape, w, pads=[1, 1]), x, tmp_path, "'pads' must have 4 values")
     _refused(one_node(x.shape, w, strides=[0, 1]), x, tmp_path, "strides must be positive")
-    _refused(one_node((1, 6, 8, 8), RNG.normal(size=(4, 3, 3, 3)), group=4), RNG.normal(size=(1, 6, 8, 8)).astype(
-        np.float32), tmp_path, "divisible by group")
+    _refused(
+        one_node((1, 6, 8, 8), RNG.normal(size=(4, 3, 3, 3)), group=4),
+        RNG.normal(size=(1, 6, 8, 8)).astype(np.float32),
+        tmp_path,
+        "divisible by group",
+    )
     # The session survives and still computes.
     good = _session(one_node(x.shape, w), tmp_path).run(None, {"X": x})[0]
     assert good.shape == (1, 4, 6, 6)

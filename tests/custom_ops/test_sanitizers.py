@@ -15,20 +15,33 @@ def sanitized_test_binary(tmp_path_factory):
         pytest.skip("cmake not installed")
     build = tmp_path_factory.mktemp("asan")
     subprocess.run(
-        ["cmake", "-S", str(REPO / "custom_ops"), "-B", str(build), "-DADDERCONVERT_ORT=OFF",
-         "-DADDERCONVERT_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=Debug"],
-        check=True, capture_output=True,
+        [
+            "cmake",
+            "-S",
+            str(REPO / "custom_ops"),
+            "-B",
+            str(build),
+            "-DADDERCONVERT_ORT=OFF",
+            "-DADDERCONVERT_SANITIZE=ON",
+            "-DCMAKE_BUILD_TYPE=Debug",
+        ],
+        check=True,
+        capture_output=True,
     )
-    subprocess.run(["cmake", "--build", str(build), "--target", "cpu_kernel_test", "-j2"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["cmake", "--build", str(build), "--target", "cpu_kernel_test", "-j2"], check=True, capture_output=True
+    )
     return build / "cpu_kernel_test"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
 def test_cpu_kernel_under_asan_and_ubsan(sanitized_test_binary, isa):
-    env = {"ADDERCONVERT_CPU_ISA": isa, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    env = {
+        "ADDERCONVERT_CPU_ISA": isa,
+        "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    }
     result = subprocess.run([str(sanitized_test_binary)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert " 0 failed" in result.stdout

@@ -98,8 +98,18 @@ def test_device_agnostic_path_matches_reference(cfg):
 
 def test_device_agnostic_path_chunks_output_channels(monkeypatch):
     monkeypatch.setattr(AF, "_CHUNK_ELEMENTS", 1)  # one output channel per chunk
-    cfg = dict(batch=2, channels=4, out=6, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=1, groups=2,
-               size=(6, 7), bias=False)
+    cfg = dict(
+        batch=2,
+        channels=4,
+        out=6,
+        kernel=(3, 3),
+        stride=(1, 1),
+        dilation=(1, 1),
+        padding=1,
+        groups=2,
+        size=(6, 7),
+        bias=False,
+    )
     (x, w), pads = _run(cfg)
     args = ((1, 1), pads, (1, 1), 2)
     y_ref = reference_adder_conv2d(x, w, None, *args)
@@ -136,7 +146,9 @@ def test_narrower_instruction_sets_match(isa, tmp_path):
         "torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(r, x, g)[0])\n"
     )
     env = {**__import__("os").environ, "ADDERCONVERT_CPU_ISA": isa}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env=env, cwd=str(__import__("pathlib").Path(__file__).parents[2])
+    )
 
 
 def test_hand_checked_values():

@@ -75,8 +75,9 @@ def test_bad_inputs_give_conv2d_like_errors():
 def test_trains_with_sgd():
     """A tiny regression: the paper's gradients decrease the loss."""
     torch.manual_seed(0)
-    model = nn.Sequential(AdderConv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 6 * 6, 1))
+    model = nn.Sequential(
+        AdderConv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 1)
+    )
     x, target = torch.randn(32, 2, 6, 6), torch.randn(32, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     losses = []

@@ -34,8 +34,14 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
     torch.manual_seed(123)  # the resumed run must not depend on the state it starts in
     resumed = tiny_model(seed=7)
-    history = fit(resumed, tiny_data(flip=True), tiny_data(16, seed=2), CONFIG, output=tmp_path / "b",
-                  resume=tmp_path / "b" / "last.pt")
+    history = fit(
+        resumed,
+        tiny_data(flip=True),
+        tiny_data(16, seed=2),
+        CONFIG,
+        output=tmp_path / "b",
+        resume=tmp_path / "b" / "last.pt",
+    )
     assert [r.epoch for r in history] == [1, 2]
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name

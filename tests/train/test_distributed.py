@@ -18,9 +18,19 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     worker = "tests/train/_ddp_worker.py"
     subprocess.run([sys.executable, worker, str(tmp_path / "one.pt")], check=True, cwd=REPO, env=env)
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker,
-         str(tmp_path / "two.pt")],
-        check=True, cwd=REPO, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            worker,
+            str(tmp_path / "two.pt"),
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
     )
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)

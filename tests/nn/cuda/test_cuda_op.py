@@ -48,8 +48,14 @@ def test_float32_uses_the_cuda_kernels():
 
 def test_training_step_on_cuda():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(AdderConv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4)).cuda()
+    model = torch.nn.Sequential(
+        AdderConv2d(3, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 4),
+    ).cuda()
     x, y = torch.randn(32, 3, 16, 16, device="cuda"), torch.randint(0, 4, (32,), device="cuda")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []
