@@ -57,7 +57,7 @@ def available_providers() -> list[str]:
 
 def make_session(
     path: str | os.PathLike,
-    providers: Sequence[str] | None = None,
+    providers: Sequence[str | tuple[str, dict]] | None = None,
     **session_options,
 ):
     """Create an ``onnxruntime.InferenceSession`` for an exported adder model.
@@ -78,14 +78,14 @@ def make_session(
     options.register_custom_ops_library(get_library_path())
     if providers is None:
         providers = available_providers()
-    if CUDA_PROVIDER in providers and hasattr(ort, "preload_dlls"):
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    missing = [p for p in names if p not in ort.get_available_providers()]
+    if missing:
+        raise ValueError(
+            f"provider(s) {missing} not available in this onnxruntime (available: "
+            f"{ort.get_available_providers()}); for CUDA install onnxruntime-gpu instead of onnxruntime"
+        )
+    if CUDA_PROVIDER in names and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* pip packages this way (a no-op if absent).
         ort.preload_dlls()
-    else:
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
-            raise ValueError(
-                f"provider(s) {missing} not available in this onnxruntime "
-                f"(available: {ort.get_available_providers()}); for CUDA install onnxruntime-gpu instead of onnxruntime"
-            )
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
