@@ -73,7 +73,7 @@ def _load_config_file(path: str | None) -> dict:
     "--keep-classifier/--convert-classifier", default=None, help="Keep a conv classifier multiplicative [keep]."
 )
 @click.option(
-    "--init", type=click.Choice(["rescale", "copy", "fresh"]), default=None, help="Adder weight init [rescale]."
+    "--init", type=click.Choice(["fresh", "rescale", "copy"]), default=None, help="Adder weight init [fresh]."
 )
 @click.option(
     "--dataset",

@@ -18,7 +18,7 @@ from adderconvert.nn import AdderConv2d
 
 __all__ = ["INIT_CHOICES", "ConversionReport", "LayerDecision", "convert", "plan_conversion"]
 
-INIT_CHOICES = ("rescale", "copy", "fresh")
+INIT_CHOICES = ("fresh", "rescale", "copy")
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
 
 
@@ -221,15 +221,15 @@ def convert(
     keep_stem: bool = True,
     keep_classifier: bool = True,
     insert_bn: bool = True,
-    init: str = "rescale",
+    init: str = "fresh",
     report: ConversionReport | None = None,
 ) -> nn.Module:
     """Swap convs for adder layers in place and return ``model``.
 
-    ``init`` chooses the adder weights: ``"rescale"`` (the conv's weights scaled to the std of the
-    layer's input activations, measured on ``example_input``; the default, see benchmarks/accuracy.py),
-    ``"copy"`` (the conv's weights as they are) or ``"fresh"`` (Kaiming init at that scale). Rules are
-    those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
+    ``init`` chooses the adder weights: ``"fresh"`` (Kaiming init scaled to the std of the layer's input
+    activations, measured on ``example_input``; the default, best on average in benchmarks/accuracy.py),
+    ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
+    Rules are those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
     """
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")

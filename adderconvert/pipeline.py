@@ -35,7 +35,7 @@ class RunConfig:
     lr: float = 0.05
     eta: float = 0.2
     kd: bool = True
-    init: str = "rescale"
+    init: str = "fresh"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     keep_stem: bool = True

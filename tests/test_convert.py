@@ -95,6 +95,13 @@ def test_init_choices(init):
         assert not torch.allclose(weight / original, (weight / original).flatten()[0].expand_as(weight))
 
 
+def test_public_api_names_the_function():
+    import adderconvert
+    import adderconvert.convert  # the submodule of the same name must not shadow the function
+
+    assert adderconvert.convert is convert and callable(adderconvert.plan_conversion)
+
+
 def test_bad_init_rejected():
     with pytest.raises(ValueError, match="init must be one of"):
         convert(_resnet18(), X, init="zeros")

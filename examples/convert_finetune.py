@@ -1,0 +1,70 @@
+"""The Python API in a plain training loop: convert a CNN, fine-tune it with the adaptive learning rate
+and distillation from the CNN, evaluate.
+
+    python examples/convert_finetune.py --steps 300
+"""
+
+import argparse
+import copy
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+
+import adderconvert
+from adderconvert.data import load_dataset
+from adderconvert.train import distillation_loss, evaluate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300, help="training steps for the CNN and for the adder model")
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    data = load_dataset("fashion-mnist")  # Debian's dataset-fashion-mnist
+    loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, drop_last=True)
+
+    def batches():
+        while True:
+            yield from loader
+
+    # 1. A CNN teacher (offline, so trained here briefly instead of torchvision's pretrained weights).
+    cnn = torchvision.models.resnet18(num_classes=data.num_classes)
+    opt = torch.optim.SGD(cnn.parameters(), lr=0.05, momentum=0.9)
+    cnn.train()
+    for _, (x, y) in zip(range(args.steps), batches()):
+        loss = torch.nn.functional.cross_entropy(cnn(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"CNN top-1: {evaluate(cnn, data.test):.2f}%")
+
+    # 2. Convert a copy: every conv but the stem becomes an AdderConv2d.
+    example = next(iter(loader))[0]
+    report = adderconvert.plan_conversion(copy.deepcopy(cnn), example)
+    print(report.table().splitlines()[-1])
+    adder = adderconvert.convert(copy.deepcopy(cnn), example, report=report)
+
+    # 3. Fine-tune: distillation from the CNN, adaptive LR applied to adder gradients before each step.
+    opt = torch.optim.SGD(adder.parameters(), lr=0.05, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
+    cnn.eval()
+    adder.train()
+    for step, (x, y) in zip(range(args.steps), batches()):
+        with torch.no_grad():
+            teacher_logits = cnn(x)
+        loss = distillation_loss(adder(x), y, teacher_logits)
+        opt.zero_grad()
+        loss.backward()
+        adderconvert.scale_adder_gradients_(adder, eta=0.2)
+        opt.step()
+        schedule.step()
+        if step % 50 == 0:
+            print(f"step {step}: loss {loss.item():.3f}")
+    print(f"AdderNet top-1: {evaluate(adder, data.test):.2f}%")
+
+
+if __name__ == "__main__":
+    main()
