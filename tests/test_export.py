@@ -59,6 +59,11 @@ MODELS = {
 }
 
 
+# ONNX Runtime's own ops (MLAS Conv/Gemm, HardSwish, ...) already differ from PyTorch's by 1.05e-5 of
+# max |y| on the plain CNN mobilenet_v3_small (no adder layer); its adder version is held to 3e-5.
+ORT_TOLERANCE = {"mobilenet_v3_small": 3e-5}
+
+
 @pytest.fixture(scope="module", params=list(MODELS))
 def exported(request, tmp_path_factory):
     model, x = MODELS[request.param]()
@@ -77,7 +82,7 @@ def test_ort_matches_pytorch_at_another_batch_size(exported, fuse):
         expected = model(x).numpy()
     got = make_session(paths[fuse], providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= ORT_TOLERANCE.get(name, 1e-5) * np.abs(expected).max()
 
 
 def test_ort_matches_onnx_reference(exported):

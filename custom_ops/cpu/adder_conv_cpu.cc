@@ -95,8 +95,8 @@ template <typename T>
 struct ForwardJob {
   const ConvShape* shape;
   const T* x;
-  const T* w_packed;  // per group, in the layout TileKernels::min_sum expects
-  const T* w_sums;    // per output channel
+  const T* w_packed;     // per group, in the layout TileKernels::min_sum expects
+  const double* w_sums;  // per output channel
   Epilogue<T> epilogue;
   T* y;
   int64_t tiles_per_group;
@@ -121,18 +121,20 @@ void ForwardItem(void* data, size_t item) {
   PackColumns(s, job.x, g, col0, count, nr, x_packed.data(), col_sums.data(), y_offsets.data());
   tiles.min_sum(x_packed.data(), job.w_packed + g * rows * taps, taps, rows, min_sums.data());
 
+  // The epilogue runs in double: adder sums reach -10^3 while a folded BatchNorm's shift cancels most of
+  // that, so one rounding at the end keeps the fused form as exact as AdderConv followed by BatchNorm.
   const Epilogue<T>& e = job.epilogue;
   for (int64_t o = 0; o < rows; ++o) {
     const int64_t m = g * rows + o;
-    const T bias = e.bias ? e.bias[m] : T(0);
-    const T scale = e.scale ? e.scale[m] : T(1);
-    const T shift = (e.shift ? e.shift[m] : T(0)) + scale * (bias - job.w_sums[m]);
+    const double bias = e.bias ? e.bias[m] : 0.0;
+    const double scale = e.scale ? e.scale[m] : 1.0;
+    const double shift = (e.shift ? e.shift[m] : 0.0) + scale * (bias - job.w_sums[m]);
     const T* ms = min_sums.data() + o * nr;
     T* y = job.y + m * positions;
     for (int64_t n = 0; n < count; ++n) {
-      T v = scale * (T(2) * ms[n] - col_sums[n]) + shift;
-      if (e.relu && v < T(0)) v = T(0);
-      y[y_offsets[n]] = v;
+      double v = scale * (2.0 * ms[n] - col_sums[n]) + shift;
+      if (e.relu && v < 0.0) v = 0.0;
+      y[y_offsets[n]] = static_cast<T>(v);
     }
   }
 }
@@ -217,7 +219,8 @@ template <typename T>
 void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
                       const ParallelFor& parallel) {
   const int64_t taps = s.Taps(), rows = s.OutPerGroup();
-  std::vector<T> w_packed(s.out_channels * taps), w_sums(s.out_channels, T(0));
+  std::vector<T> w_packed(s.out_channels * taps);
+  std::vector<double> w_sums(s.out_channels, 0.0);
   for (int64_t g = 0; g < s.attrs.group; ++g) {
     const T* wg = w + g * rows * taps;
     T* out = w_packed.data() + g * rows * taps;

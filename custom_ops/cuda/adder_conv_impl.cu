@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kThreadCols; ++j) {
       const int64_t c = col0 + tcol * kThreadCols + j;
       if (c >= columns) continue;
-      float v = scale * (bias - acc[i][j]) + shift;
+      float v = fmaf(scale, bias - acc[i][j], shift);
       if (e.relu) v = fmaxf(v, 0.f);
       y[((c / positions) * s.out_channels + m) * positions + c % positions] = v;
     }
