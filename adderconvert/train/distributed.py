@@ -7,12 +7,16 @@ all-reduces and so works with gloo on CPU as well as NCCL on GPU.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+# The differentiable all-reduce we need is public only here; its successor in torch is private so far.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
 
 __all__ = ["DistributedContext", "GlobalBatchNorm2d", "convert_sync_batchnorm", "init_distributed"]
 

@@ -1,6 +1,8 @@
 // C entry points of libadderconvert_cpu, called from Python (adderconvert/nn/_kernels.py) through ctypes.
 // Every function returns 0 on success, or non-zero with a message written to `error`.
 
+#include "c_api.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -12,7 +14,8 @@
 
 namespace {
 
-using adderconvert::ConvAttributes;
+using adderconvert::CApiFail;
+using adderconvert::CApiResolve;
 using adderconvert::ConvShape;
 
 class ThreadParallelFor final : public adderconvert::cpu::ParallelFor {
@@ -35,22 +38,6 @@ class ThreadParallelFor final : public adderconvert::cpu::ParallelFor {
  private:
   int threads_;
 };
-
-int Fail(char* error, size_t error_len, const std::string& message) {
-  if (error != nullptr && error_len > 0) std::snprintf(error, error_len, "%s", message.c_str());
-  return 1;
-}
-
-int Resolve(const int64_t* x_dims, const int64_t* w_dims, const int64_t* strides, const int64_t* pads,
-            const int64_t* dilations, int64_t group, ConvShape* shape, char* error, size_t error_len) {
-  ConvAttributes attrs;
-  std::copy(strides, strides + 2, attrs.strides);
-  std::copy(pads, pads + 4, attrs.pads);
-  std::copy(dilations, dilations + 2, attrs.dilations);
-  attrs.group = group;
-  const std::string message = adderconvert::ResolveShape(x_dims, 4, w_dims, 4, attrs, shape);
-  return message.empty() ? 0 : Fail(error, error_len, message);
-}
 
 template <typename T>
 int Forward(const void* x, const void* w, const void* bias, void* y, const ConvShape& shape, int threads) {
@@ -82,12 +69,12 @@ __attribute__((visibility("default"))) int adderconvert_cpu_forward(int dtype, c
                                                                     size_t error_len) {
   try {
     ConvShape shape;
-    if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
+    if (CApiResolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
     if (dtype == 0) return Forward<float>(x, w, bias, y, shape, threads);
     if (dtype == 1) return Forward<double>(x, w, bias, y, shape, threads);
-    return Fail(error, error_len, "adderconvert_cpu_forward: dtype must be 0 (float32) or 1 (float64)");
+    return CApiFail(error, error_len, "adderconvert_cpu_forward: dtype must be 0 (float32) or 1 (float64)");
   } catch (const std::exception& e) {
-    return Fail(error, error_len, e.what());
+    return CApiFail(error, error_len, e.what());
   }
 }
 
@@ -99,12 +86,12 @@ __attribute__((visibility("default"))) int adderconvert_cpu_backward_input(int d
                                                                            int threads, char* error, size_t error_len) {
   try {
     ConvShape shape;
-    if (Resolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
+    if (CApiResolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
     if (dtype == 0) return BackwardInput<float>(x, w, grad_y, grad_x, shape, threads);
     if (dtype == 1) return BackwardInput<double>(x, w, grad_y, grad_x, shape, threads);
-    return Fail(error, error_len, "adderconvert_cpu_backward_input: dtype must be 0 (float32) or 1 (float64)");
+    return CApiFail(error, error_len, "adderconvert_cpu_backward_input: dtype must be 0 (float32) or 1 (float64)");
   } catch (const std::exception& e) {
-    return Fail(error, error_len, e.what());
+    return CApiFail(error, error_len, e.what());
   }
 }
 

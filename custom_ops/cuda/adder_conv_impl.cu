@@ -15,6 +15,17 @@ constexpr int kThreadRows = 4;
 constexpr int kThreadCols = 4;
 constexpr int kThreads = (kBlockRows / kThreadRows) * (kBlockCols / kThreadCols);
 
+// Input value of tap k (channel, kernel row, kernel column) for the output whose window starts at
+// (ih0, iw0) in image x_img; 0 in the padding.
+__device__ __forceinline__ float LoadTap(const ConvShape& s, const float* x_img, int64_t k, int64_t ih0, int64_t iw0) {
+  const int64_t kernel_hw = s.kernel_h * s.kernel_w;
+  const int64_t c = k / kernel_hw, rem = k % kernel_hw;
+  const int64_t ih = ih0 + (rem / s.kernel_w) * s.attrs.dilations[0];
+  const int64_t iw = iw0 + (rem % s.kernel_w) * s.attrs.dilations[1];
+  const bool inside = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+  return inside ? x_img[(c * s.in_h + ih) * s.in_w + iw] : 0.f;
+}
+
 __global__ void __launch_bounds__(kThreads)
     AdderConvForwardKernel(ConvShape s, const float* __restrict__ x, const float* __restrict__ w, Epilogue<float> e,
                            float* __restrict__ y) {
@@ -23,7 +34,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t taps = s.Taps(), rows = s.OutPerGroup(), positions = s.Positions();
   const int64_t columns = s.batch * positions;
-  const int64_t kernel_hw = s.kernel_h * s.kernel_w, in_hw = s.in_h * s.in_w;
+  const int64_t in_hw = s.in_h * s.in_w;
   const int64_t g = blockIdx.z;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kBlockRows;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kBlockCols;
@@ -53,14 +64,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kLoadsPerThread; ++i) {
       const int kk = load_tap + i * (kThreads / kBlockCols);
       const int64_t k = k0 + kk;
-      float v = 0.f;
-      if (col_valid && k < taps) {
-        const int64_t c = k / kernel_hw, rem = k % kernel_hw;
-        const int64_t ih = ih0 + (rem / s.kernel_w) * s.attrs.dilations[0];
-        const int64_t iw = iw0 + (rem % s.kernel_w) * s.attrs.dilations[1];
-        if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) v = x_img[c * in_hw + ih * s.in_w + iw];
-      }
-      x_tile[kk][load_col] = v;
+      x_tile[kk][load_col] = (col_valid && k < taps) ? LoadTap(s, x_img, k, ih0, iw0) : 0.f;
     }
     __syncthreads();
 #pragma unroll
@@ -107,7 +111,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t taps = s.Taps(), rows = s.OutPerGroup(), positions = s.Positions();
   const int64_t columns = s.batch * positions;
-  const int64_t kernel_hw = s.kernel_h * s.kernel_w, in_hw = s.in_h * s.in_w;
+  const int64_t in_hw = s.in_h * s.in_w;
   const int64_t g = blockIdx.z;
   const int64_t tap0 = static_cast<int64_t>(blockIdx.y) * kBlockRows;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kBlockCols;
@@ -124,14 +128,7 @@ __global__ void __launch_bounds__(kThreads)
     const float* x_img = x + (img * s.in_channels + g * s.InPerGroup()) * in_hw;
     for (int i = 0; i < kThreadRows; ++i) {
       const int64_t k = tap0 + ttap * kThreadRows + i;
-      float v = 0.f;
-      if (col_valid && k < taps) {
-        const int64_t c = k / kernel_hw, rem = k % kernel_hw;
-        const int64_t ih = ih0 + (rem / s.kernel_w) * s.attrs.dilations[0];
-        const int64_t iw = iw0 + (rem % s.kernel_w) * s.attrs.dilations[1];
-        if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) v = x_img[c * in_hw + ih * s.in_w + iw];
-      }
-      xr[i][j] = v;
+      xr[i][j] = (col_valid && k < taps) ? LoadTap(s, x_img, k, ih0, iw0) : 0.f;
     }
   }
 

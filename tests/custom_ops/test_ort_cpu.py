@@ -7,7 +7,7 @@ import pytest
 
 from adderconvert.onnx_ops import AdderConv, FusedAdderConv, adder_conv_reference
 from adderconvert.runtime import make_session
-from tests._onnx_models import one_node
+from tests._onnx_models import CASES, FORMS, case_model, one_node
 
 RNG = np.random.default_rng(0)
 
@@ -18,45 +18,28 @@ def _session(model: onnx.ModelProto, tmp_path, **options):
     return make_session(path, providers=["CPUExecutionProvider"], **options)
 
 
-CASES = [
-    dict(x=(2, 4, 9, 9), w=(6, 4, 3, 3), strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1),
-    dict(x=(3, 6, 11, 8), w=(9, 2, 2, 3), strides=[2, 1], pads=[0, 2, 1, 0], dilations=[2, 1], group=3),
-    dict(x=(1, 8, 7, 7), w=(8, 1, 3, 3), strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=8),
-    dict(x=(2, 64, 14, 14), w=(130, 64, 3, 3), strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1], group=1),
-    dict(x=(1, 3, 5, 5), w=(5, 3, 5, 5), strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1),
-]
-
-
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("form", ["plain", "bias", "fused", "fused_relu"])
+@pytest.mark.parametrize("form", FORMS)
 def test_matches_numpy_reference(case, form, tmp_path):
-    x = RNG.normal(size=case["x"]).astype(np.float32)
-    w = (RNG.normal(size=case["w"]) * 6).astype(np.float32)  # trained adder weights have std ~6
-    attrs = {k: case[k] for k in ("strides", "pads", "dilations", "group")}
-    m = case["w"][0]
-    extra = {}
-    if form == "bias":
-        extra = dict(bias=RNG.normal(size=m))
-    elif form.startswith("fused"):
-        extra = dict(scale=RNG.uniform(0.05, 0.5, m), shift=RNG.normal(size=m) * 50, relu=int(form == "fused_relu"))
-    model = one_node(case["x"], w, **extra, **attrs)
+    model, x = case_model(case, form, RNG)
     got = _session(model, tmp_path).run(None, {"X": x})[0]
     ref = onnx.reference.ReferenceEvaluator(model, new_ops=[AdderConv, FusedAdderConv])
     expected = ref.run(None, {"X": x})[0]
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
-    if form == "plain":  # and the reference itself against a direct formula on one output
-        y00 = -np.abs(
-            np.pad(x, ((0, 0), (0, 0), (attrs["pads"][0], attrs["pads"][2]), (attrs["pads"][1], attrs["pads"][3])))[
-                0, : case["w"][1], :, :
-            ][
-                :,
-                : case["w"][2] * attrs["dilations"][0] : attrs["dilations"][0],
-                : case["w"][3] * attrs["dilations"][1] : attrs["dilations"][1],
-            ]
-            - w[0]
-        ).sum()
-        assert np.isclose(adder_conv_reference(x, w, **attrs)[0, 0, 0, 0], y00)
+
+
+def test_numpy_reference_hand_checked():
+    # -(|1-0| + |2-3| + |0-(-1)| + |(-1)-2|) = -6, and with padding 1 a 1x1 input of 1 against a 3x3 kernel
+    # of ones: centre |1-1| = 0 plus eight padded taps |0-1| = 1.
+    x = np.array([[[[1.0, 2.0], [0.0, -1.0]]]])
+    w = np.array([[[[0.0, 3.0], [-1.0, 2.0]]]])
+    assert adder_conv_reference(x, w)[0, 0, 0, 0] == -6.0
+    assert adder_conv_reference(np.ones((1, 1, 1, 1)), np.ones((1, 1, 3, 3)), pads=(1, 1, 1, 1)).item() == -8.0
+    # Groups and stride: output channel 1 reads input channel 1 only, every second column.
+    x = np.arange(2 * 4, dtype=float).reshape(1, 2, 1, 4)
+    w = np.zeros((2, 1, 1, 1))
+    np.testing.assert_array_equal(adder_conv_reference(x, w, strides=(1, 2), group=2)[0, 1, 0], [-4.0, -6.0])
 
 
 def test_thread_counts_agree(tmp_path):

@@ -8,8 +8,7 @@ import torch
 
 from adderconvert.onnx_ops import AdderConv, FusedAdderConv
 from adderconvert.runtime import CUDA_PROVIDER, available_providers, get_library_path
-from tests._onnx_models import one_node
-from tests.custom_ops.test_ort_cpu import CASES
+from tests._onnx_models import CASES, FORMS, case_model, one_node
 
 pytestmark = [
     pytest.mark.gpu,
@@ -35,19 +34,9 @@ def test_cuda_is_picked_by_default():
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("form", ["plain", "bias", "fused", "fused_relu"])
+@pytest.mark.parametrize("form", FORMS)
 def test_cuda_ep_matches_numpy_reference(case, form, tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=case["x"]).astype(np.float32)
-    w = (rng.normal(size=case["w"]) * 6).astype(np.float32)
-    attrs = {k: case[k] for k in ("strides", "pads", "dilations", "group")}
-    m = case["w"][0]
-    extra = {}
-    if form == "bias":
-        extra = dict(bias=rng.normal(size=m))
-    elif form.startswith("fused"):
-        extra = dict(scale=rng.uniform(0.05, 0.5, m), shift=rng.normal(size=m) * 50, relu=int(form == "fused_relu"))
-    model = one_node(case["x"], w, **extra, **attrs)
+    model, x = case_model(case, form, np.random.default_rng(0))
     got = _cuda_session(model, tmp_path).run(None, {"X": x})[0]
     expected = onnx.reference.ReferenceEvaluator(model, new_ops=[AdderConv, FusedAdderConv]).run(None, {"X": x})[0]
     assert np.abs(got - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
