@@ -13,8 +13,6 @@ import yaml
 
 from adderconvert.pipeline import RunConfig
 
-_SUBCOMMANDS = ("list", "doctor")
-
 
 class _ModelGroup(click.Group):
     """A group whose unknown first word is a model name handed to the ``convert`` command."""

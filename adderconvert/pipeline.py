@@ -98,7 +98,8 @@ def run(config: RunConfig) -> dict:
     teacher = build_model(config.model, splits.num_classes, config.weights)
     pretrain = config.pretrain_epochs
     if pretrain is None:
-        pretrain = 0 if config.weights and _head_pretrained(config.model, splits.num_classes) else 1
+        # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
+        pretrain = 0 if config.weights and splits.num_classes == 1000 else 1
     common = dict(
         batch_size=config.batch_size,
         seed=config.seed,
@@ -134,7 +135,6 @@ def run(config: RunConfig) -> dict:
     convert(student, None, init=config.init, report=report)
     _log(report.table(), main)
 
-    adder_top1 = None
     if config.finetune:
         meta = {
             "model_name": config.model,
@@ -177,11 +177,6 @@ def run(config: RunConfig) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary), main)
     return summary
-
-
-def _head_pretrained(model: str, num_classes: int) -> bool:
-    """True when torchvision's pretrained head already has ``num_classes`` outputs (ImageNet's 1000)."""
-    return num_classes == 1000
 
 
 def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[float, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class EpochRecord:
     test_top1: float
     seconds: float
     images_per_second: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -227,7 +226,7 @@ def fit(
 
 def _write_csv(path: Path, history: list[EpochRecord]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = [f for f in EpochRecord.__dataclass_fields__ if f != "extra"]
+    columns = list(EpochRecord.__dataclass_fields__)
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
