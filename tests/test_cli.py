@@ -74,12 +74,13 @@ def test_dry_run_prints_the_report():
 
 
 def test_offline_weights_message(monkeypatch, tmp_path):
-    import torch.hub
+    import torchvision.models._api
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # Also offline where the weights happen to be cached.
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     data = _fake_fashion_mnist(tmp_path)
     result = CliRunner().invoke(main, ["resnet18", "--finetune", "--data", str(data), "--output", str(tmp_path / "o")])
     assert result.exit_code == 1
