@@ -15,7 +15,7 @@ import yaml
 from adderconvert.convert import ConversionReport, convert, plan_conversion
 from adderconvert.data import load_dataset
 from adderconvert.models import build_model
-from adderconvert.train import TrainConfig, evaluate, fit, init_distributed
+from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed
 
 __all__ = ["RunConfig", "run"]
 
@@ -81,6 +81,16 @@ def plan_only(config: RunConfig) -> ConversionReport:
 def run(config: RunConfig) -> dict:
     """Run the main job and return the summary (also written to ``OUTPUT/summary.json``)."""
     ctx = init_distributed(config.device)
+    try:
+        summary = _run(config, ctx)
+    except BaseException:
+        finish_distributed(wait=False)  # the other ranks may be inside a collective: do not wait for them
+        raise
+    finish_distributed()
+    return summary
+
+
+def _run(config: RunConfig, ctx) -> dict:
     main = ctx.is_main
     started = time.perf_counter()
     out = Path(config.output)

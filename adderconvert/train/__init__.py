@@ -2,7 +2,12 @@
 
 from adderconvert.train.checkpoint import load, load_checkpoint, save_checkpoint
 from adderconvert.train.distill import distillation_loss
-from adderconvert.train.distributed import GlobalBatchNorm2d, convert_sync_batchnorm, init_distributed
+from adderconvert.train.distributed import (
+    GlobalBatchNorm2d,
+    convert_sync_batchnorm,
+    finish_distributed,
+    init_distributed,
+)
 from adderconvert.train.loop import EpochRecord, TrainConfig, evaluate, fit
 
 __all__ = [
@@ -12,6 +17,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "distillation_loss",
     "evaluate",
+    "finish_distributed",
     "fit",
     "init_distributed",
     "load",

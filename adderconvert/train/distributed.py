@@ -18,7 +18,13 @@ from torch import nn
 # The differentiable all-reduce we need is public only here; its successor in torch is private so far.
 warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated")
 
-__all__ = ["DistributedContext", "GlobalBatchNorm2d", "convert_sync_batchnorm", "init_distributed"]
+__all__ = [
+    "DistributedContext",
+    "GlobalBatchNorm2d",
+    "convert_sync_batchnorm",
+    "finish_distributed",
+    "init_distributed",
+]
 
 
 @dataclass
@@ -48,6 +54,14 @@ def init_distributed(device: str) -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return DistributedContext(rank=rank, world_size=world_size, device=torch.device(device))
+
+
+def finish_distributed(wait: bool = True) -> None:
+    """Leave the process group, first waiting for every rank (a rank exiting alone can abort in gloo's threads)."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

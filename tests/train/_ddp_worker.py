@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from adderconvert.train import TrainConfig, fit, init_distributed
+from adderconvert.train import TrainConfig, finish_distributed, fit, init_distributed
 from tests.train._tiny import tiny_data, tiny_model
 
 if __name__ == "__main__":
@@ -15,3 +15,4 @@ if __name__ == "__main__":
     fit(model, tiny_data(), tiny_data(16, seed=2), config, ctx=ctx)
     if ctx.is_main:
         torch.save(model.state_dict(), out)
+    finish_distributed()
