@@ -8,32 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["one_node_model", "run_doctor"]
-
-
-def one_node_model(path: Path, strides=(1, 1), pads=(1, 1, 1, 1), group: int = 1) -> Path:
-    """Write a model holding one ``AdderConv`` node: input X (dynamic N, 4, 9, 9), W an initializer."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from adderconvert.onnx_ops import DOMAIN, OPSET_VERSION
-
-    w = np.random.default_rng(0).normal(size=(6, 4 // group, 3, 3)).astype(np.float32)
-    node = helper.make_node(
-        "AdderConv", ["X", "W"], ["Y"], domain=DOMAIN, strides=list(strides), pads=list(pads), group=group
-    )
-    graph = helper.make_graph(
-        [node],
-        "adderconv",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4, 9, 9])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "W")],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)], ir_version=10
-    )
-    onnx.save(model, str(path))
-    return path
+__all__ = ["run_doctor"]
 
 
 def run_doctor() -> int:
@@ -44,7 +19,7 @@ def run_doctor() -> int:
 
     import adderconvert
     from adderconvert.nn import _kernels
-    from adderconvert.onnx_ops import adder_conv_reference
+    from adderconvert.onnx_ops import adder_conv_reference, single_node_model
     from adderconvert.runtime import available_providers, build_info, get_library_path, make_session
 
     print(f"adderconvert {adderconvert.__version__}, Python {platform.python_version()}")
@@ -58,9 +33,10 @@ def run_doctor() -> int:
     print(f"PyTorch CPU kernel ISA: {_kernels.cpu_isa()}")
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        path = one_node_model(Path(tmp) / "one_node.onnx")
+        w = np.random.default_rng(0).normal(size=(6, 4, 3, 3)).astype(np.float32)
+        path = Path(tmp) / "one_node.onnx"
+        onnx.save(single_node_model(("N", 4, 9, 9), w, pads=[1, 1, 1, 1]), str(path))
         x = np.random.default_rng(1).normal(size=(2, 4, 9, 9)).astype(np.float32)
-        w = onnx.numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
         expected = adder_conv_reference(x, w, pads=(1, 1, 1, 1))
         for provider in available_providers():
             try:

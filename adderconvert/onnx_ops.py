@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 from onnx.defs import OpSchema
 from onnx.reference.op_run import OpRun
 
-__all__ = ["DOMAIN", "OPSET_VERSION", "AdderConv", "FusedAdderConv", "adder_conv_reference", "register_schemas"]
+__all__ = [
+    "DOMAIN",
+    "OPSET_VERSION",
+    "AdderConv",
+    "FusedAdderConv",
+    "adder_conv_reference",
+    "register_schemas",
+    "single_node_model",
+]
 
 DOMAIN = "com.adderconvert"
 OPSET_VERSION = 1
@@ -106,6 +114,39 @@ def register_schemas() -> None:
     for schema in (ADDER_CONV_SCHEMA, FUSED_ADDER_CONV_SCHEMA):
         if not onnx.defs.has(schema.name, DOMAIN):
             onnx.defs.register_schema(schema)
+
+
+def single_node_model(x_shape, w, *, bias=None, scale=None, shift=None, relu=0, **attrs) -> onnx.ModelProto:
+    """A model of one node, ``AdderConv`` (or ``FusedAdderConv`` when ``scale``/``shift`` are given), on input
+    ``X`` of ``x_shape`` (names allowed for dynamic axes) with ``W`` and the other inputs as initializers.
+
+    IR version 10 keeps it loadable by ONNX Runtime 1.31 (onnx 1.23 writes 14 by default).
+    """
+    inits = [numpy_helper.from_array(np.asarray(w, np.float32), "W")]
+    inputs = ["X", "W"]
+    if scale is not None:
+        op = "FusedAdderConv"
+        inits += [
+            numpy_helper.from_array(np.asarray(scale, np.float32), "scale"),
+            numpy_helper.from_array(np.asarray(shift, np.float32), "shift"),
+        ]
+        inputs += ["scale", "shift"]
+        attrs["relu"] = relu
+    else:
+        op = "AdderConv"
+        if bias is not None:
+            inits.append(numpy_helper.from_array(np.asarray(bias, np.float32), "B"))
+            inputs.append("B")
+    node = helper.make_node(op, inputs, ["Y"], domain=DOMAIN, **attrs)
+    graph = helper.make_graph(
+        [node],
+        op,
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10)
 
 
 def adder_conv_reference(

@@ -118,10 +118,12 @@ def _run(config: RunConfig, ctx) -> dict:
         progress=config.progress and main,
         sync_bn=config.sync_bn,
     )
+    # fit() evaluates the test set after its last epoch; that figure is reused rather than computed again.
+    cnn_history = []
     if pretrain > 0:
         teacher_dir = out / "teacher"
         _log(f"teacher: training the {config.model} CNN for {pretrain} epoch(s)", main)
-        fit(
+        cnn_history = fit(
             teacher,
             splits.train,
             splits.test,
@@ -130,7 +132,7 @@ def _run(config: RunConfig, ctx) -> dict:
             meta={"model_name": config.model, "num_classes": splits.num_classes},
             ctx=ctx,
         )
-    cnn_top1 = evaluate(teacher, splits.test, device=ctx.device, progress=config.progress and main, desc="CNN eval")
+    cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config.progress and main, "CNN eval")
     _log(f"CNN top-1: {cnn_top1:.2f}%", main)
 
     student = copy.deepcopy(teacher).cpu()
@@ -145,6 +147,7 @@ def _run(config: RunConfig, ctx) -> dict:
     convert(student, None, init=config.init, report=report)
     _log(report.table(), main)
 
+    adder_history = []
     if config.finetune:
         meta = {
             "model_name": config.model,
@@ -153,7 +156,7 @@ def _run(config: RunConfig, ctx) -> dict:
             "dataset": config.dataset,
             "image_size": splits.image_size,
         }
-        fit(
+        adder_history = fit(
             student,
             splits.train,
             splits.test,
@@ -164,7 +167,7 @@ def _run(config: RunConfig, ctx) -> dict:
             resume=config.resume,
             ctx=ctx,
         )
-    adder_top1 = evaluate(student, splits.test, device=ctx.device, progress=config.progress and main, desc="adder eval")
+    adder_top1 = _top1(adder_history, student, splits.test, ctx, config.progress and main, "adder eval")
     _log(f"adder top-1: {adder_top1:.2f}%", main)
 
     summary = {
@@ -187,6 +190,13 @@ def _run(config: RunConfig, ctx) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary), main)
     return summary
+
+
+def _top1(history, model, test_set, ctx, progress: bool, desc: str) -> float:
+    """Test top-1 of ``model``: the last epoch's figure from ``history``, else a fresh evaluation."""
+    if history:
+        return history[-1].test_top1
+    return evaluate(model, test_set, device=ctx.device, progress=progress, desc=desc)
 
 
 def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[float, str]:

@@ -117,8 +117,8 @@ def ort_table() -> None:
 
     from adderconvert.convert import convert
     from adderconvert.export import export_onnx
+    from adderconvert.onnx_ops import single_node_model
     from adderconvert.runtime import CUDA_PROVIDER, make_session
-    from tests._onnx_models import one_node
 
     def latency(session, feeds: dict[str, np.ndarray], output: str, repeats: int = 20) -> float:
         binding = session.io_binding()
@@ -160,7 +160,7 @@ def ort_table() -> None:
         path = tmp / f"layer{channels}.onnx"
         import onnx
 
-        onnx.save(one_node((32, channels, size, size), w, pads=[1, 1, 1, 1]), str(path))
+        onnx.save(single_node_model((32, channels, size, size), w, pads=[1, 1, 1, 1]), str(path))
         xs = rng.normal(size=(32, channels, size, size)).astype(np.float32)
         t = latency(make_session(path, providers=fp32), {"X": xs}, "Y")
         macs = 32 * channels * size * size * channels * 9

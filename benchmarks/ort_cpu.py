@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adderconvert.onnx_ops import single_node_model  # noqa: E402
 from adderconvert.runtime import CPU_PROVIDER, build_info, make_session  # noqa: E402
-from tests._onnx_models import one_node  # noqa: E402
 
 # (name, channels in, channels out, kernel, size): ResNet-50's 3x3 convs per stage and a 1x1 reduction.
 LAYERS = [
@@ -71,7 +71,7 @@ def layer_table(batch: int, repeats: int, tmp: Path) -> None:
         w = rng.normal(size=(cout, cin, k, k)).astype(np.float32)
         paths = {"conv": tmp / "conv.onnx", "adder": tmp / "adder.onnx"}
         onnx.save(conv_model(x.shape, w, pad), str(paths["conv"]))
-        onnx.save(one_node(x.shape, w, pads=[pad] * 4), str(paths["adder"]))
+        onnx.save(single_node_model(x.shape, w, pads=[pad] * 4), str(paths["adder"]))
         t = {(kind, th): latency_ms(p, {"X": x}, th, repeats) for kind, p in paths.items() for th in (1, cores)}
         macs = batch * cout * size * size * cin * k * k
         print(

@@ -31,53 +31,29 @@ def cpu_isa() -> str:
     return _library().adderconvert_cpu_isa().decode()
 
 
-def _call(name: str, tensors, x_shape, w_shape, stride, padding, dilation, groups, dtype) -> None:
+def _call(name: str, x, weight, pointers, stride, padding, dilation, groups) -> None:
     error = ctypes.create_string_buffer(512)
+    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     status = getattr(_library(), name)(
-        _DTYPES[dtype],
-        *[t.data_ptr() if t is not None else None for t in tensors],
-        _I64x4(*x_shape),
-        _I64x4(*w_shape),
-        _I64x2(*stride),
-        _I64x4(*padding),
-        _I64x2(*dilation),
-        groups,
-        torch.get_num_threads(),
-        error,
-        len(error),
+        _DTYPES[x.dtype], *pointers, *geometry, torch.get_num_threads(), error, len(error)
     )
     if status != 0:
         raise RuntimeError(error.value.decode())
 
 
+def _pointers(*tensors) -> list[int | None]:
+    return [t.data_ptr() if t is not None else None for t in tensors]
+
+
 def forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
     """Fill ``out`` with the adder convolution of contiguous CPU tensors (padding: top, left, bottom, right)."""
-    _call(
-        "adderconvert_cpu_forward",
-        (x, weight, bias, out),
-        x.shape,
-        weight.shape,
-        stride,
-        padding,
-        dilation,
-        groups,
-        x.dtype,
-    )
+    _call("adderconvert_cpu_forward", x, weight, _pointers(x, weight, bias, out), stride, padding, dilation, groups)
 
 
 def backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
     """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous CPU tensors."""
-    _call(
-        "adderconvert_cpu_backward_input",
-        (x, weight, grad_out, grad_x),
-        x.shape,
-        weight.shape,
-        stride,
-        padding,
-        dilation,
-        groups,
-        x.dtype,
-    )
+    pointers = _pointers(x, weight, grad_out, grad_x)
+    _call("adderconvert_cpu_backward_input", x, weight, pointers, stride, padding, dilation, groups)
 
 
 @functools.cache
@@ -116,15 +92,12 @@ def _cuda_call(name: str, x: torch.Tensor, pointers, geometry) -> None:
 
 def cuda_forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
     """Fill ``out`` with the adder convolution of contiguous float32 CUDA tensors, on the current stream."""
-    pointers = [x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, out.data_ptr()]
-    _cuda_call(
-        "adderconvert_cuda_forward", x, pointers, _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    )
+    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    _cuda_call("adderconvert_cuda_forward", x, _pointers(x, weight, bias, out), geometry)
 
 
 def cuda_backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
     """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous float32 CUDA tensors."""
     geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     scratch = x.new_empty(_cuda_library().adderconvert_cuda_grad_columns_size(*geometry))
-    pointers = [x.data_ptr(), weight.data_ptr(), grad_out.data_ptr(), scratch.data_ptr(), grad_x.data_ptr()]
-    _cuda_call("adderconvert_cuda_backward_input", x, pointers, geometry)
+    _cuda_call("adderconvert_cuda_backward_input", x, _pointers(x, weight, grad_out, scratch, grad_x), geometry)
