@@ -8,8 +8,8 @@ Backward follows Chen et al. (CVPR 2020), not autograd of ``|.|``:
 * ``grad_input = sum HardTanh(W - X) * grad_out``
 
 The forward pass and the input gradient run in the C++ kernel of ``custom_ops/cpu`` for CPU tensors and
-in the CUDA kernels of ``custom_ops/cuda`` for float32 CUDA tensors; the weight gradient is one GEMM
-through the identity ``sum (X - W) g = X g^T - W sum g``. Other devices and dtypes use a chunked
+in the CUDA kernels of ``custom_ops/cuda`` for float32 CUDA tensors; the weight gradient is a convolution
+weight gradient through the identity ``sum (X - W) g = X g^T - W sum g``. Other devices and dtypes use a chunked
 PyTorch implementation whose extra memory stays within a small multiple of im2col.
 """
 
@@ -161,13 +161,29 @@ def _adder_conv2d_backward(
         else:
             grad_x = _backward_input_chunked(grad_out, x, weight, stride, padding, dilation, groups)
     if weight_grad:
-        # sum (X - W) g = X g^T - W sum g, per group, as one batched GEMM.
-        cols = _unfold(x, weight, stride, padding, dilation, groups)  # N, G, K, L
-        rows = weight.shape[0] // groups
-        g = grad_out.view(x.shape[0], groups, rows, -1)
-        xg = torch.einsum("ngkl,ngml->gmk", cols, g)
-        grad_w = (xg - weight.reshape(groups, rows, -1) * g.sum((0, 3)).unsqueeze(-1)).reshape(weight.shape)
+        # sum (X - W) g = X g^T - W sum g, where X g^T is the weight gradient of an ordinary convolution.
+        grad_w = _conv_weight_grad(grad_out, x, weight, stride, padding, dilation, groups)
+        grad_w -= weight * grad_out.sum((0, 2, 3)).view(-1, 1, 1, 1)
     return grad_x, grad_w
+
+
+def _conv_weight_grad(grad_out, x, weight, stride, padding, dilation, groups) -> Tensor:
+    """``sum_{n,h,w} Xpad[n, g*Cg + c, h*s + i*d, w*s + j*d] * grad_out[n, o, h, w]``: conv2d's weight gradient.
+
+    On CPU it is oneDNN's; elsewhere one batched GEMM over im2col, which stays in full FP32 on CUDA
+    (cuDNN's weight gradient may use TF32).
+    """
+    if x.device.type == "cpu":
+        top, left, bottom, right = padding
+        if (top, left) != (bottom, right):
+            x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
+        mask = [False, True, False]
+        return torch.ops.aten.convolution_backward(
+            grad_out, x, weight, None, stride, [top, left], dilation, False, [0, 0], groups, mask
+        )[1]
+    cols = _unfold(x, weight, stride, padding, dilation, groups)  # N, G, K, L
+    g = grad_out.view(x.shape[0], groups, weight.shape[0] // groups, -1)
+    return torch.einsum("ngkl,ngml->gmk", cols, g).reshape(weight.shape)
 
 
 @_adder_conv2d_backward.register_fake

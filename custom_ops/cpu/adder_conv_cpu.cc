@@ -1,6 +1,7 @@
 #include "adder_conv_cpu.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -29,6 +30,208 @@ const TileKernels<T>& Tiles() {
   return tiles;
 }
 
+// Kernel rows [i0, i1) and columns [j0, j1) that an output position reads from the input; the other taps
+// fall into the zero padding.
+struct TapWindow {
+  int64_t i0, i1, j0, j1;
+  bool operator==(const TapWindow& o) const { return i0 == o.i0 && i1 == o.i1 && j0 == o.j0 && j1 == o.j1; }
+};
+
+// Taps t in [0, kernel) with 0 <= start + t * dilation < size, as [*lo, *hi).
+inline void InsideRange(int64_t start, int64_t dilation, int64_t kernel, int64_t size, int64_t* lo, int64_t* hi) {
+  if (dilation == 1) {
+    *lo = std::min(kernel, std::max<int64_t>(0, -start));
+    *hi = std::max(*lo, std::min(kernel, size - start));
+    return;
+  }
+  *lo = start >= 0 ? 0 : std::min(kernel, (-start + dilation - 1) / dilation);
+  *hi = start >= size ? 0 : std::min(kernel, (size - start + dilation - 1) / dilation);
+  *hi = std::max(*lo, *hi);
+}
+
+TapWindow WindowAt(const ConvShape& s, int64_t pos) {
+  const ConvAttributes& a = s.attrs;
+  TapWindow w{};
+  InsideRange((pos / s.out_w) * a.strides[0] - a.pads[0], a.dilations[0], s.kernel_h, s.in_h, &w.i0, &w.i1);
+  InsideRange((pos % s.out_w) * a.strides[1] - a.pads[1], a.dilations[1], s.kernel_w, s.in_w, &w.j0, &w.j1);
+  return w;
+}
+
+// A tap of the receptive field: index = c * kh * kw + i * kw + j within a group.
+struct Tap {
+  int64_t index, c, i, j;
+};
+
+// The taps that a tile reads and W laid out for them.
+template <typename T>
+struct TapSet {
+  std::vector<Tap> taps;
+  std::vector<T> w_packed;       // forward: per group, in the layout TileKernels::min_sum expects
+  std::vector<double> w_offset;  // forward: per output channel, sum of w over `taps` + sum of |w| over the rest
+  std::vector<T> w_transposed;   // input gradient: per group, taps x rows
+};
+
+// How the output columns (image, position) are grouped into tiles of up to NR columns. By image: NR
+// consecutive columns, reading zeros for padded taps. By position: up to NR images at one output
+// position, which share their padded taps and skip them (a padded tap adds the constant |w|). The
+// second is chosen where it saves work: small feature maps, where padding is a large share of the taps.
+// By position one work item runs the tiles of every position for its images, so no two threads write
+// into the same cache lines of the output.
+template <typename T>
+struct Tiling {
+  bool by_position = false;
+  int64_t tiles = 0;  // per group: column tiles by image, image tiles by position
+  std::vector<TapSet<T>> tap_sets;
+  std::vector<int64_t> tap_set_of_position;  // by position
+
+  int64_t Passes(const ConvShape& s) const { return by_position ? s.Positions() : 1; }
+  const TapSet<T>& TapsOf(int64_t pos) const { return by_position ? tap_sets[tap_set_of_position[pos]] : tap_sets[0]; }
+};
+
+template <typename T>
+struct LayOutJob {
+  const ConvShape* shape;
+  const T* w;
+  const double* abs_sums;  // forward: per output channel, sum of |w| over all taps
+  TapSet<T>* sets;
+};
+
+// Lays out W for tap set `item`: packed with offsets for the forward pass, else transposed.
+template <typename T>
+void LayOutWeights(void* data, size_t item) {
+  const auto& job = *static_cast<const LayOutJob<T>*>(data);
+  const ConvShape& s = *job.shape;
+  const T* w = job.w;
+  TapSet<T>* set = job.sets + item;
+  const bool forward = job.abs_sums != nullptr;
+  const int64_t taps = s.Taps(), rows = s.OutPerGroup(), used = static_cast<int64_t>(set->taps.size());
+  std::vector<int64_t> k(used);
+  for (int64_t t = 0; t < used; ++t) k[t] = set->taps[t].index;
+  if (forward) {
+    set->w_packed.reserve(s.out_channels * used);
+    for (int64_t g = 0; g < s.attrs.group; ++g) {
+      const T* wg = w + g * rows * taps;
+      const int64_t blocks = rows / kRowsPerBlock;
+      for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t t = 0; t < used; ++t) {
+          for (int64_t r = 0; r < kRowsPerBlock; ++r)
+            set->w_packed.push_back(wg[(b * kRowsPerBlock + r) * taps + k[t]]);
+        }
+      }
+      for (int64_t r = blocks * kRowsPerBlock; r < rows; ++r) {
+        for (int64_t t = 0; t < used; ++t) set->w_packed.push_back(wg[r * taps + k[t]]);
+      }
+    }
+    set->w_offset.assign(s.out_channels, 0.0);
+    for (int64_t m = 0; m < s.out_channels; ++m) {
+      const T* wm = w + m * taps;
+      double offset = job.abs_sums[m];
+      for (int64_t t = 0; t < used; ++t) offset += wm[k[t]] - std::abs(static_cast<double>(wm[k[t]]));
+      set->w_offset[m] = offset;
+    }
+  } else {
+    set->w_transposed.resize(s.out_channels * used);
+    for (int64_t g = 0; g < s.attrs.group; ++g) {
+      for (int64_t t = 0; t < used; ++t) {
+        for (int64_t o = 0; o < rows; ++o) {
+          set->w_transposed[(g * used + t) * rows + o] = w[(g * rows + o) * taps + k[t]];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const ParallelFor& parallel) {
+  const int64_t nr = Tiles<T>().columns, positions = s.Positions(), columns = s.batch * positions;
+  const int64_t khw = s.kernel_h * s.kernel_w;
+  Tiling<T> tiling;
+  const int64_t image_tiles = (s.batch + nr - 1) / nr;
+  std::vector<TapWindow> windows(positions);
+  int64_t inside_taps = 0;  // over all positions
+  for (int64_t pos = 0; pos < positions; ++pos) {
+    windows[pos] = WindowAt(s, pos);
+    inside_taps += (windows[pos].i1 - windows[pos].i0) * (windows[pos].j1 - windows[pos].j0) * s.InPerGroup();
+  }
+  // Tap visits of each tiling (tiles x NR x taps); by position must save at least a tenth.
+  const int64_t by_image_cost = (columns + nr - 1) / nr * nr * s.Taps();
+  tiling.by_position = 10 * image_tiles * nr * inside_taps < 9 * by_image_cost;
+  if (!tiling.by_position) {
+    tiling.tiles = (columns + nr - 1) / nr;
+    tiling.tap_sets.resize(1);
+    for (int64_t k = 0; k < s.Taps(); ++k) {
+      tiling.tap_sets[0].taps.push_back({k, k / khw, k % khw / s.kernel_w, k % s.kernel_w});
+    }
+  } else {
+    tiling.tiles = image_tiles;
+    std::vector<TapWindow> distinct;
+    for (const TapWindow& window : windows) {
+      auto found = std::find(distinct.begin(), distinct.end(), window);
+      tiling.tap_set_of_position.push_back(found - distinct.begin());
+      if (found != distinct.end()) continue;
+      distinct.push_back(window);
+      TapSet<T>& set = tiling.tap_sets.emplace_back();
+      for (int64_t c = 0; c < s.InPerGroup(); ++c) {
+        for (int64_t i = window.i0; i < window.i1; ++i) {
+          for (int64_t j = window.j0; j < window.j1; ++j) set.taps.push_back({c * khw + i * s.kernel_w + j, c, i, j});
+        }
+      }
+    }
+  }
+  std::vector<double> abs_sums;
+  if (forward) {
+    abs_sums.assign(s.out_channels, 0.0);
+    for (int64_t m = 0; m < s.out_channels; ++m) {
+      for (int64_t k = 0; k < s.Taps(); ++k) abs_sums[m] += std::abs(static_cast<double>(w[m * s.Taps() + k]));
+    }
+  }
+  LayOutJob<T> job{&s, w, forward ? abs_sums.data() : nullptr, tiling.tap_sets.data()};
+  parallel.Run(tiling.tap_sets.size(), &LayOutWeights<T>, &job);
+  return tiling;
+}
+
+// Output columns (image * positions + position) of one tile.
+struct TileColumns {
+  int64_t count;
+  int64_t first;   // by image: the first column; by position: the first image
+  int64_t stride;  // between consecutive columns: 1 by image, positions by position
+};
+
+// `pos` is the output position of a by-position tile.
+template <typename T>
+TileColumns ColumnsOf(const ConvShape& s, const Tiling<T>& tiling, int64_t tile, int64_t pos, int64_t nr) {
+  const int64_t positions = s.Positions(), first = tile * nr;
+  if (!tiling.by_position) return {std::min(nr, s.batch * positions - first), first, 1};
+  return {std::min(nr, s.batch - first), first * positions + pos, positions};
+}
+
+// Copies a (batch, rest) array to (rest, batch): by-position tiles then read their images contiguously.
+template <typename T>
+struct TransposeJob {
+  const T* in;
+  T* out;
+  int64_t batch, rest;
+};
+
+constexpr int64_t kTransposeBlock = 256;
+
+template <typename T>
+void TransposeItem(void* data, size_t item) {
+  const auto& job = *static_cast<const TransposeJob<T>*>(data);
+  const int64_t r0 = static_cast<int64_t>(item) * kTransposeBlock, r1 = std::min(job.rest, r0 + kTransposeBlock);
+  for (int64_t n = 0; n < job.batch; ++n) {
+    for (int64_t r = r0; r < r1; ++r) job.out[r * job.batch + n] = job.in[n * job.rest + r];
+  }
+}
+
+template <typename T>
+std::vector<T> BatchMinor(const T* a, int64_t batch, int64_t rest, const ParallelFor& parallel) {
+  std::vector<T> out(batch * rest);
+  TransposeJob<T> job{a, out.data(), batch, rest};
+  parallel.Run(static_cast<size_t>((rest + kTransposeBlock - 1) / kTransposeBlock), &TransposeItem<T>, &job);
+  return out;
+}
+
 // Output columns that share an image and an output row: their inputs lie along one input row.
 template <typename T>
 struct ColumnRun {
@@ -37,101 +240,132 @@ struct ColumnRun {
   int64_t ih0, iw0;
 };
 
-// Gathers the receptive fields of output columns [col0, col0 + count) of group `g` into x_packed
-// (taps x nr, zero for padding and for columns past `count`) and their sums into col_sums.
+// Gathers taps[k0, k1) of the tile's columns, for group `g`, into x_packed ((k1 - k0) x nr), with zeros
+// for padding and for columns past the tile's count. By position it reads x_batch_minor (C, H, W, N).
 template <typename T>
-void PackColumns(const ConvShape& s, const T* x, int64_t g, int64_t col0, int64_t count, int64_t nr, T* x_packed,
-                 T* col_sums, int64_t* y_offsets) {
-  const int64_t positions = s.Positions();
-  const int64_t in_hw = s.in_h * s.in_w;
+void PackColumns(const ConvShape& s, const T* x, const T* x_batch_minor, int64_t g, const TileColumns& tile,
+                 const Tap* taps, int64_t k0, int64_t k1, int64_t nr, T* x_packed) {
+  const int64_t positions = s.Positions(), in_hw = s.in_h * s.in_w;
   const ConvAttributes& a = s.attrs;
+  if (tile.stride != 1) {  // by position: every column reads the same taps, all inside, of its own image
+    const int64_t pos = tile.first % positions;
+    const int64_t ih0 = pos / s.out_w * a.strides[0] - a.pads[0], iw0 = pos % s.out_w * a.strides[1] - a.pads[1];
+    const T* base = x_batch_minor + g * s.InPerGroup() * in_hw * s.batch + tile.first / positions;
+    for (int64_t t = k0; t < k1; ++t) {
+      const Tap& tap = taps[t];
+      const int64_t at = tap.c * in_hw + (ih0 + tap.i * a.dilations[0]) * s.in_w + iw0 + tap.j * a.dilations[1];
+      T* row = x_packed + (t - k0) * nr;
+      std::copy_n(base + at * s.batch, tile.count, row);
+      std::fill(row + tile.count, row + nr, T(0));
+    }
+    return;
+  }
   thread_local std::vector<ColumnRun<T>> runs;
   runs.clear();
-  for (int64_t n = 0; n < count; ++n) {
-    const int64_t col = col0 + n;
+  for (int64_t n = 0; n < tile.count; ++n) {
+    const int64_t col = tile.first + n;
     const int64_t img = col / positions, pos = col % positions;
     const int64_t oh = pos / s.out_w, ow = pos % s.out_w;
-    y_offsets[n] = img * s.out_channels * positions + pos;
     if (ow == 0 || n == 0) {
       runs.push_back({n, 0, x + (img * s.in_channels + g * s.InPerGroup()) * in_hw, oh * a.strides[0] - a.pads[0],
                       ow * a.strides[1] - a.pads[1]});
     }
     ++runs.back().count;
   }
-  std::fill(col_sums, col_sums + nr, T(0));
-  int64_t k = 0;
-  for (int64_t c = 0; c < s.InPerGroup(); ++c) {
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      for (int64_t j = 0; j < s.kernel_w; ++j, ++k) {
-        T* row = x_packed + k * nr;
-        for (const ColumnRun<T>& run : runs) {
-          T* dst = row + run.first;
-          const int64_t ih = run.ih0 + i * a.dilations[0];
-          if (ih < 0 || ih >= s.in_h) {
-            std::fill(dst, dst + run.count, T(0));
-            continue;
-          }
-          const T* src = run.image + c * in_hw + ih * s.in_w;
-          const int64_t iw = run.iw0 + j * a.dilations[1], step = a.strides[1];
-          // Columns t with 0 <= iw + t * step < in_w read the input; the others are padding.
-          const int64_t lo = iw >= 0 ? 0 : std::min(run.count, (-iw + step - 1) / step);
-          const int64_t hi = iw >= s.in_w ? 0 : std::min(run.count, (s.in_w - iw + step - 1) / step);
-          std::fill(dst, dst + lo, T(0));
-          if (step == 1) {
-            std::copy(src + iw + lo, src + iw + std::max(lo, hi), dst + lo);
-          } else {
-            for (int64_t t = lo; t < hi; ++t) dst[t] = src[iw + t * step];
-          }
-          std::fill(dst + std::max(lo, hi), dst + run.count, T(0));
-        }
-        std::fill(row + count, row + nr, T(0));
-        for (int64_t n = 0; n < nr; ++n) col_sums[n] += row[n];
-      }
+  // inside[j * runs + r]: the columns [lo, hi) of run r that read the input at kernel column j.
+  thread_local std::vector<std::pair<int64_t, int64_t>> inside;
+  const int64_t step = a.strides[1], run_count = static_cast<int64_t>(runs.size());
+  inside.resize(s.kernel_w * run_count);
+  for (int64_t j = 0; j < s.kernel_w; ++j) {
+    for (int64_t r = 0; r < run_count; ++r) {
+      auto& [lo, hi] = inside[j * run_count + r];
+      InsideRange(runs[r].iw0 + j * a.dilations[1], step, runs[r].count, s.in_w, &lo, &hi);
     }
   }
+  for (int64_t t = k0; t < k1; ++t) {
+    const Tap& tap = taps[t];
+    T* row = x_packed + (t - k0) * nr;
+    for (int64_t r = 0; r < run_count; ++r) {
+      const ColumnRun<T>& run = runs[r];
+      T* dst = row + run.first;
+      const int64_t ih = run.ih0 + tap.i * a.dilations[0];
+      if (ih < 0 || ih >= s.in_h) {
+        std::fill(dst, dst + run.count, T(0));
+        continue;
+      }
+      const T* src = run.image + tap.c * in_hw + ih * s.in_w;
+      const int64_t iw = run.iw0 + tap.j * a.dilations[1];
+      const auto [lo, hi] = inside[tap.j * run_count + r];
+      std::fill(dst, dst + lo, T(0));
+      if (step == 1) {
+        std::copy(src + iw + lo, src + iw + hi, dst + lo);
+      } else {
+        for (int64_t u = lo; u < hi; ++u) dst[u] = src[iw + u * step];
+      }
+      std::fill(dst + hi, dst + run.count, T(0));
+    }
+    std::fill(row + tile.count, row + nr, T(0));
+  }
+}
+
+// Items are (group, tile, split). Where there are few tiles (small feature maps), tiles are split over
+// output channels (forward) or taps (input gradient) into about two items per thread; every split
+// packs its tile again, so there are no more splits than that.
+int64_t SplitsFor(int64_t tiles, int64_t extent, int64_t min_per_split, int threads) {
+  if (tiles >= 4 * threads) return 1;
+  const int64_t wanted = (2 * threads + tiles - 1) / tiles;
+  return std::max<int64_t>(1, std::min(wanted, extent / min_per_split));
 }
 
 template <typename T>
 struct ForwardJob {
   const ConvShape* shape;
+  const Tiling<T>* tiling;
   const T* x;
-  const T* w_packed;     // per group, in the layout TileKernels::min_sum expects
-  const double* w_sums;  // per output channel
+  const T* x_batch_minor;  // by position only
   Epilogue<T> epilogue;
   T* y;
-  int64_t tiles_per_group;
+  int64_t splits, rows_per_split;
 };
 
+// Output channels [r0, r1) of group g for one tile.
 template <typename T>
-void ForwardItem(void* data, size_t item) {
-  const auto& job = *static_cast<const ForwardJob<T>*>(data);
+void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns, const TapSet<T>& set, int64_t r0,
+                 int64_t r1) {
   const ConvShape& s = *job.shape;
-  const TileKernels<T>& tiles = Tiles<T>();
-  const int64_t nr = tiles.columns, taps = s.Taps(), rows = s.OutPerGroup(), positions = s.Positions();
-  const int64_t g = static_cast<int64_t>(item) / job.tiles_per_group;
-  const int64_t col0 = (static_cast<int64_t>(item) % job.tiles_per_group) * nr;
-  const int64_t count = std::min(nr, s.batch * positions - col0);
+  const TileKernels<T>& kernels = Tiles<T>();
+  const int64_t nr = kernels.columns, rows = s.OutPerGroup(), positions = s.Positions();
+  const int64_t taps = static_cast<int64_t>(set.taps.size());
 
   thread_local std::vector<T> x_packed, min_sums, col_sums;
   thread_local std::vector<int64_t> y_offsets;
   x_packed.resize(taps * nr);
-  min_sums.resize(rows * nr);
-  col_sums.resize(nr);
+  min_sums.assign((r1 - r0) * nr, T(0));
+  col_sums.assign(nr, T(0));
   y_offsets.resize(nr);
-  PackColumns(s, job.x, g, col0, count, nr, x_packed.data(), col_sums.data(), y_offsets.data());
-  tiles.min_sum(x_packed.data(), job.w_packed + g * rows * taps, taps, rows, min_sums.data());
+  PackColumns(s, job.x, job.x_batch_minor, g, columns, set.taps.data(), 0, taps, nr, x_packed.data());
+  for (int64_t k = 0; k < taps; ++k) {
+    for (int64_t n = 0; n < nr; ++n) col_sums[n] += x_packed[k * nr + n];
+  }
+  for (int64_t n = 0; n < columns.count; ++n) {
+    const int64_t col = columns.first + n * columns.stride;
+    y_offsets[n] = col / positions * s.out_channels * positions + col % positions;
+  }
+  if (taps > 0) {
+    kernels.min_sum(x_packed.data(), set.w_packed.data() + (g * rows + r0) * taps, taps, r1 - r0, min_sums.data());
+  }
 
   // The epilogue runs in double: adder sums reach -10^3 while a folded BatchNorm's shift cancels most of
   // that, so one rounding at the end keeps the fused form as exact as AdderConv followed by BatchNorm.
   const Epilogue<T>& e = job.epilogue;
-  for (int64_t o = 0; o < rows; ++o) {
+  for (int64_t o = r0; o < r1; ++o) {
     const int64_t m = g * rows + o;
     const double bias = e.bias ? e.bias[m] : 0.0;
     const double scale = e.scale ? e.scale[m] : 1.0;
-    const double shift = (e.shift ? e.shift[m] : 0.0) + scale * (bias - job.w_sums[m]);
-    const T* ms = min_sums.data() + o * nr;
+    const double shift = (e.shift ? e.shift[m] : 0.0) + scale * (bias - set.w_offset[m]);
+    const T* ms = min_sums.data() + (o - r0) * nr;
     T* y = job.y + m * positions;
-    for (int64_t n = 0; n < count; ++n) {
+    for (int64_t n = 0; n < columns.count; ++n) {
       double v = scale * (2.0 * ms[n] - col_sums[n]) + shift;
       if (e.relu && v < 0.0) v = 0.0;
       y[y_offsets[n]] = static_cast<T>(v);
@@ -139,50 +373,91 @@ void ForwardItem(void* data, size_t item) {
   }
 }
 
-// Input gradient in two passes over O(im2col) memory: (1) per (group, column tile) the gradient of
+template <typename T>
+void ForwardItem(void* data, size_t item) {
+  const auto& job = *static_cast<const ForwardJob<T>*>(data);
+  const ConvShape& s = *job.shape;
+  const int64_t nr = Tiles<T>().columns, rows = s.OutPerGroup();
+  const int64_t split = static_cast<int64_t>(item) % job.splits;
+  const int64_t tile = static_cast<int64_t>(item) / job.splits % job.tiling->tiles;
+  const int64_t g = static_cast<int64_t>(item) / job.splits / job.tiling->tiles;
+  const int64_t r0 = split * job.rows_per_split, r1 = std::min(rows, r0 + job.rows_per_split);
+  for (int64_t pos = 0; r0 < r1 && pos < job.tiling->Passes(s); ++pos) {
+    ForwardTile(job, g, ColumnsOf(s, *job.tiling, tile, pos, nr), job.tiling->TapsOf(pos), r0, r1);
+  }
+}
+
+// Input gradient in two passes over O(im2col) memory: (1) per (group, tile, tap range) the gradient of
 // every gathered tap, written to grad_cols (group x taps x columns); (2) per (image, group) a scatter
 // of those columns back through the padding into grad_x, so no two items write the same element.
 template <typename T>
 struct BackwardInputJob {
   const ConvShape* shape;
+  const Tiling<T>* tiling;
   const T* x;
-  const T* w_transposed;  // per group: taps x rows
+  const T* x_batch_minor;  // by position only
   const T* grad_y;
+  const T* grad_y_batch_minor;  // by position only
   T* grad_cols;
   T* grad_x;
-  int64_t tiles_per_group;
+  int64_t splits, taps_per_split;
 };
+
+// The gradients of taps [k0, k1) of group g for one tile.
+template <typename T>
+void GradColumnsTile(const BackwardInputJob<T>& job, int64_t g, const TileColumns& cols, const TapSet<T>& set,
+                     int64_t k0, int64_t k1) {
+  const ConvShape& s = *job.shape;
+  const TileKernels<T>& kernels = Tiles<T>();
+  const int64_t nr = kernels.columns, rows = s.OutPerGroup(), positions = s.Positions();
+  const int64_t columns = s.batch * positions, taps = static_cast<int64_t>(set.taps.size());
+
+  thread_local std::vector<T> x_packed, g_packed, grad_packed;
+  x_packed.resize((k1 - k0) * nr);
+  g_packed.resize(rows * nr);
+  grad_packed.resize((k1 - k0) * nr);
+  PackColumns(s, job.x, job.x_batch_minor, g, cols, set.taps.data(), k0, k1, nr, x_packed.data());
+  for (int64_t o = 0; o < rows; ++o) {
+    const int64_t m = g * rows + o;
+    T* row = g_packed.data() + o * nr;
+    if (job.tiling->by_position) {
+      std::copy_n(job.grad_y_batch_minor + (m * positions + cols.first % positions) * s.batch + cols.first / positions,
+                  cols.count, row);
+    } else {
+      const T* gy = job.grad_y + m * positions;
+      for (int64_t n = 0; n < cols.count; ++n) {
+        const int64_t col = cols.first + n;
+        row[n] = gy[col / positions * s.out_channels * positions + col % positions];
+      }
+    }
+    std::fill(row + cols.count, row + nr, T(0));
+  }
+  kernels.clamp_dot(x_packed.data(), set.w_transposed.data() + (g * taps + k0) * rows, g_packed.data(), k1 - k0, rows,
+                    grad_packed.data());
+  for (int64_t t = k0; t < k1; ++t) {
+    T* out = job.grad_cols + (g * s.Taps() + set.taps[t].index) * columns + cols.first;
+    const T* src = grad_packed.data() + (t - k0) * nr;
+    for (int64_t n = 0; n < cols.count; ++n) out[n * cols.stride] = src[n];
+  }
+}
 
 template <typename T>
 void GradColumnsItem(void* data, size_t item) {
   const auto& job = *static_cast<const BackwardInputJob<T>*>(data);
   const ConvShape& s = *job.shape;
-  const TileKernels<T>& tiles = Tiles<T>();
-  const int64_t nr = tiles.columns, taps = s.Taps(), rows = s.OutPerGroup(), positions = s.Positions();
-  const int64_t columns = s.batch * positions;
-  const int64_t g = static_cast<int64_t>(item) / job.tiles_per_group;
-  const int64_t col0 = (static_cast<int64_t>(item) % job.tiles_per_group) * nr;
-  const int64_t count = std::min(nr, columns - col0);
-
-  thread_local std::vector<T> x_packed, g_packed, grad_packed, col_sums;
-  thread_local std::vector<int64_t> y_offsets;
-  x_packed.resize(taps * nr);
-  g_packed.resize(rows * nr);
-  grad_packed.resize(taps * nr);
-  col_sums.resize(nr);
-  y_offsets.resize(nr);
-  PackColumns(s, job.x, g, col0, count, nr, x_packed.data(), col_sums.data(), y_offsets.data());
-  for (int64_t o = 0; o < rows; ++o) {
-    const T* gy = job.grad_y + (g * rows + o) * positions;
-    T* row = g_packed.data() + o * nr;
-    for (int64_t n = 0; n < count; ++n) row[n] = gy[y_offsets[n]];
-    std::fill(row + count, row + nr, T(0));
+  const int64_t nr = Tiles<T>().columns;
+  const int64_t split = static_cast<int64_t>(item) % job.splits;
+  const int64_t tile = static_cast<int64_t>(item) / job.splits % job.tiling->tiles;
+  const int64_t g = static_cast<int64_t>(item) / job.splits / job.tiling->tiles;
+  for (int64_t pos = 0; pos < job.tiling->Passes(s); ++pos) {
+    const TapSet<T>& set = job.tiling->TapsOf(pos);
+    const int64_t k0 = split * job.taps_per_split;
+    const int64_t k1 = std::min(static_cast<int64_t>(set.taps.size()), k0 + job.taps_per_split);
+    if (k0 < k1) GradColumnsTile(job, g, ColumnsOf(s, *job.tiling, tile, pos, nr), set, k0, k1);
   }
-  tiles.clamp_dot(x_packed.data(), job.w_transposed + g * taps * rows, g_packed.data(), taps, rows, grad_packed.data());
-  T* out = job.grad_cols + g * taps * columns + col0;
-  for (int64_t k = 0; k < taps; ++k) std::copy_n(grad_packed.data() + k * nr, count, out + k * columns);
 }
 
+// Only taps inside the input are read back, so grad_cols entries of padded taps are never used.
 template <typename T>
 void ScatterItem(void* data, size_t item) {
   const auto& job = *static_cast<const BackwardInputJob<T>*>(data);
@@ -218,51 +493,41 @@ void ScatterItem(void* data, size_t item) {
 template <typename T>
 void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
                       const ParallelFor& parallel) {
-  const int64_t taps = s.Taps(), rows = s.OutPerGroup();
-  std::vector<T> w_packed(s.out_channels * taps);
-  std::vector<double> w_sums(s.out_channels, 0.0);
-  for (int64_t g = 0; g < s.attrs.group; ++g) {
-    const T* wg = w + g * rows * taps;
-    T* out = w_packed.data() + g * rows * taps;
-    const int64_t blocks = rows / kRowsPerBlock;
-    for (int64_t b = 0; b < blocks; ++b) {
-      for (int64_t k = 0; k < taps; ++k) {
-        for (int64_t r = 0; r < kRowsPerBlock; ++r) *out++ = wg[(b * kRowsPerBlock + r) * taps + k];
-      }
-    }
-    out = std::copy(wg + blocks * kRowsPerBlock * taps, wg + rows * taps, out);
-  }
-  for (int64_t m = 0; m < s.out_channels; ++m) {
-    for (int64_t k = 0; k < taps; ++k) w_sums[m] += w[m * taps + k];
-  }
-  const int64_t columns = s.batch * s.Positions();
-  if (columns == 0) return;
-  const int64_t nr = Tiles<T>().columns;
-  ForwardJob<T> job{&s, x, w_packed.data(), w_sums.data(), epilogue, y, (columns + nr - 1) / nr};
-  parallel.Run(static_cast<size_t>(job.tiles_per_group * s.attrs.group), &ForwardItem<T>, &job);
+  if (s.batch * s.Positions() == 0) return;
+  const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/true, parallel);
+  const int64_t rows = s.OutPerGroup();
+  const int64_t splits = SplitsFor(tiling.tiles * s.attrs.group, rows, 4 * kRowsPerBlock, parallel.Threads());
+  // Split boundaries fall on whole row blocks of the packed weights.
+  const int64_t per_split = ((rows + splits - 1) / splits + kRowsPerBlock - 1) / kRowsPerBlock * kRowsPerBlock;
+  const std::vector<T> x_batch_minor =
+      tiling.by_position ? BatchMinor(x, s.batch, s.in_channels * s.in_h * s.in_w, parallel) : std::vector<T>();
+  ForwardJob<T> job{&s, &tiling, x, x_batch_minor.data(), epilogue, y, splits, per_split};
+  parallel.Run(static_cast<size_t>(s.attrs.group * tiling.tiles * splits), &ForwardItem<T>, &job);
 }
 
 template <typename T>
 void AdderConvBackwardInput(const ConvShape& s, const T* x, const T* w, const T* grad_y, T* grad_x,
                             const ParallelFor& parallel) {
-  const int64_t taps = s.Taps(), rows = s.OutPerGroup();
-  std::vector<T> w_transposed(s.out_channels * taps);
-  for (int64_t g = 0; g < s.attrs.group; ++g) {
-    for (int64_t o = 0; o < rows; ++o) {
-      for (int64_t k = 0; k < taps; ++k) {
-        w_transposed[(g * taps + k) * rows + o] = w[(g * rows + o) * taps + k];
-      }
-    }
-  }
   const int64_t columns = s.batch * s.Positions();
   if (columns == 0) {
     std::fill(grad_x, grad_x + s.batch * s.in_channels * s.in_h * s.in_w, T(0));
     return;
   }
-  const int64_t nr = Tiles<T>().columns;
-  std::vector<T> grad_cols(s.attrs.group * taps * columns);
-  BackwardInputJob<T> job{&s, x, w_transposed.data(), grad_y, grad_cols.data(), grad_x, (columns + nr - 1) / nr};
-  parallel.Run(static_cast<size_t>(job.tiles_per_group * s.attrs.group), &GradColumnsItem<T>, &job);
+  const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/false, parallel);
+  int64_t most_taps = 0;
+  for (const TapSet<T>& set : tiling.tap_sets) most_taps = std::max<int64_t>(most_taps, set.taps.size());
+  const int64_t splits = SplitsFor(tiling.tiles * s.attrs.group, most_taps, 32, parallel.Threads());
+  const int64_t per_split = std::max<int64_t>(1, (most_taps + splits - 1) / splits);
+  std::vector<T> grad_cols(s.attrs.group * s.Taps() * columns);
+  std::vector<T> x_batch_minor, grad_y_batch_minor;
+  if (tiling.by_position) {
+    x_batch_minor = BatchMinor(x, s.batch, s.in_channels * s.in_h * s.in_w, parallel);
+    grad_y_batch_minor = BatchMinor(grad_y, s.batch, s.out_channels * s.Positions(), parallel);
+  }
+  BackwardInputJob<T> job{
+      &s,     &tiling, x,        x_batch_minor.data(), grad_y, grad_y_batch_minor.data(), grad_cols.data(),
+      grad_x, splits,  per_split};
+  parallel.Run(static_cast<size_t>(s.attrs.group * tiling.tiles * splits), &GradColumnsItem<T>, &job);
   parallel.Run(static_cast<size_t>(s.batch * s.attrs.group), &ScatterItem<T>, &job);
 }
 

@@ -15,6 +15,8 @@ class ParallelFor {
  public:
   virtual ~ParallelFor() = default;
   virtual void Run(size_t total, void (*fn)(void*, size_t), void* data) const = 0;
+  // How many threads Run may use (work is split to keep them busy).
+  virtual int Threads() const = 0;
 };
 
 // y (N, M, Ho, Wo) = epilogue(-sum |x - w|).

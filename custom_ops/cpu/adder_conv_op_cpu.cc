@@ -1,5 +1,8 @@
 #include "adder_conv_op_cpu.h"
 
+#include <algorithm>
+#include <thread>
+
 #include "adder_conv_cpu.h"
 
 namespace adderconvert::cpu {
@@ -12,6 +15,8 @@ class OrtParallelFor final : public ParallelFor {
   void Run(size_t total, void (*fn)(void*, size_t), void* data) const override {
     if (total > 0) ctx_.ParallelFor(fn, total, 0, data);
   }
+  // Kernels cannot query the size of ORT's intra-op pool; its default is one thread per core.
+  int Threads() const override { return std::max(1u, std::thread::hardware_concurrency()); }
 
  private:
   const Ort::KernelContext& ctx_;

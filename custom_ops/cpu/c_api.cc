@@ -4,10 +4,8 @@
 #include "c_api.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <exception>
-#include <thread>
 #include <vector>
 
 #include "adder_conv_cpu.h"
@@ -18,22 +16,17 @@ using adderconvert::CApiFail;
 using adderconvert::CApiResolve;
 using adderconvert::ConvShape;
 
-class ThreadParallelFor final : public adderconvert::cpu::ParallelFor {
+// Runs work items on OpenMP threads. In a PyTorch process this is torch's own pool (see CMakeLists.txt).
+class OpenMpParallelFor final : public adderconvert::cpu::ParallelFor {
  public:
-  explicit ThreadParallelFor(int threads) : threads_(std::max(threads, 1)) {}
+  explicit OpenMpParallelFor(int threads) : threads_(std::max(threads, 1)) {}
 
   void Run(size_t total, void (*fn)(void*, size_t), void* data) const override {
-    std::atomic<size_t> next{0};
-    auto worker = [&] {
-      for (size_t i = next++; i < total; i = next++) fn(data, i);
-    };
-    const size_t extra = std::min(static_cast<size_t>(threads_), total) - (total > 0 ? 1 : 0);
-    std::vector<std::thread> pool;
-    pool.reserve(extra);
-    for (size_t t = 0; t < extra; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& t : pool) t.join();
+    const int64_t count = static_cast<int64_t>(total);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+    for (int64_t i = 0; i < count; ++i) fn(data, static_cast<size_t>(i));
   }
+  int Threads() const override { return threads_; }
 
  private:
   int threads_;
@@ -44,7 +37,7 @@ int Forward(const void* x, const void* w, const void* bias, void* y, const ConvS
   adderconvert::Epilogue<T> epilogue;
   epilogue.bias = static_cast<const T*>(bias);
   adderconvert::cpu::AdderConvForward<T>(shape, static_cast<const T*>(x), static_cast<const T*>(w), epilogue,
-                                         static_cast<T*>(y), ThreadParallelFor(threads));
+                                         static_cast<T*>(y), OpenMpParallelFor(threads));
   return 0;
 }
 
@@ -52,7 +45,7 @@ template <typename T>
 int BackwardInput(const void* x, const void* w, const void* grad_y, void* grad_x, const ConvShape& shape, int threads) {
   adderconvert::cpu::AdderConvBackwardInput<T>(shape, static_cast<const T*>(x), static_cast<const T*>(w),
                                                static_cast<const T*>(grad_y), static_cast<T*>(grad_x),
-                                               ThreadParallelFor(threads));
+                                               OpenMpParallelFor(threads));
   return 0;
 }
 

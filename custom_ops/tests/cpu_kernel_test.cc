@@ -13,7 +13,7 @@ namespace {
 using adderconvert::ConvAttributes;
 using adderconvert::ConvShape;
 
-class Threads final : public adderconvert::cpu::ParallelFor {
+class TwoThreads final : public adderconvert::cpu::ParallelFor {
  public:
   void Run(size_t total, void (*fn)(void*, size_t), void* data) const override {
     std::thread other([&] {
@@ -22,6 +22,7 @@ class Threads final : public adderconvert::cpu::ParallelFor {
     for (size_t i = 0; i < total; i += 2) fn(data, i);
     other.join();
   }
+  int Threads() const override { return 2; }
 };
 
 template <typename T>
@@ -30,9 +31,10 @@ T XAt(const ConvShape& s, const std::vector<T>& x, int64_t n, int64_t c, int64_t
   return x[((n * s.in_channels + c) * s.in_h + ih) * s.in_w + iw];
 }
 
+// `small_maps`: large batches of 1-4 pixel feature maps, where the kernel tiles by output position.
 template <typename T>
-bool CheckOne(std::mt19937& rng, bool fused) {
-  std::uniform_int_distribution<int> small(1, 3), chans(1, 3), size(1, 9), pick(0, 1);
+bool CheckOne(std::mt19937& rng, bool fused, bool small_maps) {
+  std::uniform_int_distribution<int> small(1, 3), chans(1, 3), size(1, 9), pick(0, 1), map(1, 4), batch(40, 130);
   ConvAttributes a;
   a.group = small(rng);
   a.strides[0] = small(rng);
@@ -40,7 +42,8 @@ bool CheckOne(std::mt19937& rng, bool fused) {
   a.dilations[0] = small(rng);
   a.dilations[1] = small(rng);
   for (auto& p : a.pads) p = small(rng) - 1;
-  const int64_t x_dims[4] = {small(rng), chans(rng) * a.group, size(rng) + 4, size(rng) + 4};
+  const int64_t x_dims[4] = {small_maps ? batch(rng) : small(rng), chans(rng) * a.group,
+                             small_maps ? map(rng) : size(rng) + 4, small_maps ? map(rng) : size(rng) + 4};
   const int64_t w_dims[4] = {(chans(rng) + pick(rng) * 5) * a.group, x_dims[1] / a.group, small(rng), small(rng)};
   ConvShape s;
   if (!adderconvert::ResolveShape(x_dims, 4, w_dims, 4, a, &s).empty()) return true;  // kernel too big: skip
@@ -57,7 +60,7 @@ bool CheckOne(std::mt19937& rng, bool fused) {
   for (auto& v : grad_y) v = static_cast<T>(normal(rng));
   adderconvert::Epilogue<T> epilogue;
   if (fused) epilogue = {nullptr, scale.data(), shift.data(), true};
-  Threads threads;
+  TwoThreads threads;
   adderconvert::cpu::AdderConvForward<T>(s, x.data(), w.data(), epilogue, y.data(), threads);
   adderconvert::cpu::AdderConvBackwardInput<T>(s, x.data(), w.data(), grad_y.data(), grad_x.data(), threads);
 
@@ -108,8 +111,10 @@ bool CheckOne(std::mt19937& rng, bool fused) {
 int main() {
   std::mt19937 rng(1234);
   int passed = 0, failed = 0;
-  for (int trial = 0; trial < 150; ++trial) {
-    const bool ok = (trial % 2 == 0) ? CheckOne<float>(rng, trial % 4 == 0) : CheckOne<double>(rng, trial % 3 == 0);
+  for (int trial = 0; trial < 200; ++trial) {
+    const bool small_maps = trial % 4 == 3;
+    const bool ok = (trial % 2 == 0) ? CheckOne<float>(rng, trial % 4 == 0, small_maps)
+                                     : CheckOne<double>(rng, trial % 3 == 0, small_maps);
     (ok ? passed : failed)++;
   }
   std::printf("%d passed, %d failed (kernel isa: %s)\n", passed, failed, adderconvert::cpu::KernelIsa());
