@@ -71,7 +71,10 @@ def _load_config_file(path: str | None) -> dict:
     "--keep-classifier/--convert-classifier", default=None, help="Keep a conv classifier multiplicative [keep]."
 )
 @click.option(
-    "--init", type=click.Choice(["fresh", "rescale", "copy"]), default=None, help="Adder weight init [fresh]."
+    "--init",
+    type=click.Choice(["fresh", "rescale", "copy"]),
+    default=None,
+    help=f"Adder weight init [{RunConfig.init}].",
 )
 @click.option(
     "--dataset",
@@ -100,13 +103,23 @@ def _load_config_file(path: str | None) -> dict:
     help="Train the CNN on the data set first [1 if its head was resized].",
 )
 @click.option("--finetune/--no-finetune", default=None, help="Fine-tune the adder model [finetune].")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Fine-tuning epochs [1].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch size [128].")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Learning rate [0.05].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help=f"Fine-tuning epochs [{RunConfig.epochs}].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help=f"Global batch size [{RunConfig.batch_size}].")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=f"Learning rate [{RunConfig.lr}].")
 @click.option(
-    "--eta", type=click.FloatRange(0, min_open=True), default=None, help="Adaptive-LR eta for adder weights [0.2]."
+    "--eta",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].",
 )
 @click.option("--kd/--no-kd", default=None, help="Distil from the CNN teacher [kd].")
+@click.option(
+    "--feature-kd",
+    type=click.FloatRange(0),
+    default=None,
+    help=f"Weight of feature distillation: each BatchNorm after an adder layer matched to the teacher's; "
+    f"0 turns it off [{RunConfig.feature_kd}].",
+)
 @click.option("--sync-bn", is_flag=True, default=None, help="Synchronise BatchNorm over torchrun processes.")
 @click.option("--export/--no-export", default=None, help="Export to ONNX and evaluate with ONNX Runtime [export].")
 @click.option("--output", type=click.Path(file_okay=False), default=None, help="Output folder [runs/MODEL].")

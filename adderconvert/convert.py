@@ -37,6 +37,7 @@ class LayerDecision:
     rule: str
     insert_bn: bool = False
     input_std: float = 1.0
+    input_min: float = 0.0
 
 
 @dataclass
@@ -93,16 +94,18 @@ class ConversionReport:
 
 
 def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
-    """Run the model once; return leaf modules in execution order with input std and output shape."""
-    order: list[tuple[str, nn.Module, float, torch.Size]] = []
+    """Run the model once; return leaf modules in execution order with input std, input minimum and
+    output shape."""
+    order: list[tuple[str, nn.Module, float, float, torch.Size]] = []
     names = {module: name for name, module in model.named_modules()}
     hooks = []
 
     def hook(module, inputs, output):
         x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         std = float(x.detach().float().std()) if x is not None and x.numel() > 1 else 1.0
+        low = float(x.detach().min()) if x is not None and x.numel() > 0 else 0.0
         shape = output.shape if isinstance(output, torch.Tensor) else torch.Size()
-        order.append((names[module], module, std, shape))
+        order.append((names[module], module, std, low, shape))
 
     for module in model.modules():
         if not list(module.children()):
@@ -155,7 +158,7 @@ def plan_conversion(
 
     report = ConversionReport(model=type(model).__name__)
     seen = set()
-    for index, (name, conv, std, out_shape) in convs:
+    for index, (name, conv, std, low, out_shape) in convs:
         if name in seen:  # a conv called twice is planned once
             continue
         seen.add(name)
@@ -190,6 +193,7 @@ def plan_conversion(
                 rule=rule,
                 insert_bn=needs_bn,
                 input_std=std,
+                input_min=low,
             )
         )
     return report
@@ -201,11 +205,16 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _init_weights(layer: AdderConv2d, conv: nn.Conv2d, init: str, input_std: float) -> None:
+def _init_weights(layer: AdderConv2d, conv: nn.Conv2d, init: str, decision: LayerDecision) -> None:
+    input_std = decision.input_std
     with torch.no_grad():
         if init == "fresh":
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             layer.weight.mul_(input_std / max(float(layer.weight.std()), 1e-12))
+            if decision.input_min >= 0:
+                # Inputs after a ReLU are never negative, and against them a negative weight only adds
+                # |w| + x, the same for every filter: keep weights where the inputs are.
+                layer.weight.abs_()
         elif init == "rescale":
             # Keep the pretrained filters' pattern, at the scale of the activations they meet:
             # |x - w| only discriminates when w lives where x does.
@@ -246,7 +255,7 @@ def convert(
     for decision in report.converted:
         conv = model.get_submodule(decision.name)
         layer = AdderConv2d.from_conv(conv).train(conv.training)
-        _init_weights(layer, conv, init, decision.input_std)
+        _init_weights(layer, conv, init, decision)
         if decision.insert_bn:
             bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
             bn.train(conv.training)

@@ -35,6 +35,7 @@ class RunConfig:
     lr: float = 0.05
     eta: float = 0.2
     kd: bool = True
+    feature_kd: float = 0.0
     init: str = "fresh"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
@@ -160,7 +161,15 @@ def _run(config: RunConfig, ctx) -> dict:
             student,
             splits.train,
             splits.test,
-            TrainConfig(epochs=config.epochs, lr=config.lr, eta=config.eta, kd=config.kd, desc="adder", **common),
+            TrainConfig(
+                epochs=config.epochs,
+                lr=config.lr,
+                eta=config.eta,
+                kd=config.kd,
+                feature_kd=config.feature_kd,
+                desc="adder",
+                **common,
+            ),
             teacher=teacher,
             output=out,
             meta=meta,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["distillation_loss"]
+__all__ = ["FeatureDistillation", "distillation_loss"]
 
 
 def distillation_loss(
@@ -27,3 +28,55 @@ def distillation_loss(
         log_target=True,
     )
     return (1 - alpha) * ce + alpha * t * t * kl
+
+
+class FeatureDistillation:
+    """Matches the student's normalised features to the teacher's, layer by layer.
+
+    The pairs are the normalisation layers that directly follow an adder layer in the student (the
+    BatchNorm the converted conv fed in the CNN) and the same-named layers in the teacher. Forward hooks
+    record both outputs; :meth:`loss` is the mean over pairs of their mean squared difference. BatchNorm
+    outputs have unit scale, so one weight suits every layer.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        names = _norms_after_adders(student)
+        teacher_modules = dict(teacher.named_modules())
+        self.names = [n for n in names if n in teacher_modules]
+        if not self.names:
+            raise ValueError("feature distillation found no BatchNorm after an adder layer to match")
+        self._student: dict[str, torch.Tensor] = {}
+        self._teacher: dict[str, torch.Tensor] = {}
+        student_modules = dict(student.named_modules())
+        self._hooks = [student_modules[n].register_forward_hook(_recorder(self._student, n)) for n in self.names] + [
+            teacher_modules[n].register_forward_hook(_recorder(self._teacher, n)) for n in self.names
+        ]
+
+    def loss(self) -> torch.Tensor:
+        """Mean squared difference of the features recorded by the last student and teacher forwards."""
+        terms = [F.mse_loss(self._student[n], self._teacher[n].detach()) for n in self.names]
+        self._student.clear()
+        self._teacher.clear()
+        return torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _recorder(store: dict, name: str):
+    def hook(module, inputs, output):
+        store[name] = output.clone()  # the model may change its output in place (a residual add, ReLU)
+
+    return hook
+
+
+def _norms_after_adders(model: nn.Module) -> list[str]:
+    from adderconvert.nn import AdderConv2d
+
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    return [
+        name
+        for (_, before), (name, module) in zip(leaves, leaves[1:])
+        if isinstance(before, AdderConv2d) and isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]

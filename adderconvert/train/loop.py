@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from adderconvert.nn import DEFAULT_ETA, adder_weights, scale_adder_gradients_
 from adderconvert.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from adderconvert.train.distill import distillation_loss
+from adderconvert.train.distill import FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import DistributedContext, convert_sync_batchnorm
 
 __all__ = ["EpochRecord", "TrainConfig", "evaluate", "fit"]
@@ -36,6 +36,7 @@ class TrainConfig:
     kd: bool = True
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
+    feature_kd: float = 0.0  # weight of FeatureDistillation's loss (0: off)
     seed: int = 0
     workers: int = 0
     max_steps: int | None = None  # per epoch; None runs the whole epoch
@@ -134,6 +135,9 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
     net = DistributedDataParallel(model) if ctx.enabled else model
     has_adder = next(adder_weights(model), None) is not None
+    features = (
+        FeatureDistillation(model, teacher) if (teacher is not None and config.kd and config.feature_kd > 0) else None
+    )
 
     start_epoch, best, history = 0, -math.inf, []
     if resume is not None:
@@ -166,6 +170,8 @@ def fit(
                 teacher_logits = teacher(images) if (teacher is not None and config.kd) else None
             logits = net(images)
             loss = distillation_loss(logits, labels, teacher_logits, config.kd_alpha, config.kd_temperature)
+            if features is not None:
+                loss = loss + config.feature_kd * features.loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP all-reduces here
             if has_adder:
@@ -221,6 +227,8 @@ def fit(
             if test_top1 > best:
                 save_checkpoint(output / "best.pt", payload)
         best = max(best, test_top1)
+    if features is not None:
+        features.remove()
     return history
 
 

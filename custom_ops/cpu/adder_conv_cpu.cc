@@ -92,52 +92,58 @@ template <typename T>
 struct LayOutJob {
   const ConvShape* shape;
   const T* w;
-  const double* abs_sums;  // forward: per output channel, sum of |w| over all taps
+  bool forward;
   TapSet<T>* sets;
+  int64_t chunks;  // per group
 };
 
-// Lays out W for tap set `item`: packed with offsets for the forward pass, else transposed.
+// Output channels per layout item: a multiple of kRowsPerBlock, so items own whole packed blocks.
+constexpr int64_t kLayOutRows = 64;
+
+// Lays out W for one (tap set, group, chunk of output channels): packed with its offsets for the
+// forward pass, else transposed.
 template <typename T>
 void LayOutWeights(void* data, size_t item) {
   const auto& job = *static_cast<const LayOutJob<T>*>(data);
   const ConvShape& s = *job.shape;
-  const T* w = job.w;
-  TapSet<T>* set = job.sets + item;
-  const bool forward = job.abs_sums != nullptr;
-  const int64_t taps = s.Taps(), rows = s.OutPerGroup(), used = static_cast<int64_t>(set->taps.size());
-  std::vector<int64_t> k(used);
-  for (int64_t t = 0; t < used; ++t) k[t] = set->taps[t].index;
-  if (forward) {
-    set->w_packed.reserve(s.out_channels * used);
-    for (int64_t g = 0; g < s.attrs.group; ++g) {
-      const T* wg = w + g * rows * taps;
-      const int64_t blocks = rows / kRowsPerBlock;
-      for (int64_t b = 0; b < blocks; ++b) {
-        for (int64_t t = 0; t < used; ++t) {
-          for (int64_t r = 0; r < kRowsPerBlock; ++r)
-            set->w_packed.push_back(wg[(b * kRowsPerBlock + r) * taps + k[t]]);
-        }
-      }
-      for (int64_t r = blocks * kRowsPerBlock; r < rows; ++r) {
-        for (int64_t t = 0; t < used; ++t) set->w_packed.push_back(wg[r * taps + k[t]]);
-      }
+  const int64_t taps = s.Taps(), rows = s.OutPerGroup();
+  const int64_t chunk = static_cast<int64_t>(item) % job.chunks;
+  const int64_t g = static_cast<int64_t>(item) / job.chunks % s.attrs.group;
+  TapSet<T>& set = job.sets[static_cast<int64_t>(item) / job.chunks / s.attrs.group];
+  const int64_t used = static_cast<int64_t>(set.taps.size());
+  const int64_t r0 = chunk * kLayOutRows, r1 = std::min(rows, r0 + kLayOutRows);
+  const T* wg = job.w + g * rows * taps;
+  if (!job.forward) {
+    for (int64_t t = 0; t < used; ++t) {
+      T* out = set.w_transposed.data() + (g * used + t) * rows;
+      for (int64_t o = r0; o < r1; ++o) out[o] = wg[o * taps + set.taps[t].index];
     }
-    set->w_offset.assign(s.out_channels, 0.0);
-    for (int64_t m = 0; m < s.out_channels; ++m) {
-      const T* wm = w + m * taps;
-      double offset = job.abs_sums[m];
-      for (int64_t t = 0; t < used; ++t) offset += wm[k[t]] - std::abs(static_cast<double>(wm[k[t]]));
-      set->w_offset[m] = offset;
+    return;
+  }
+  const int64_t block_rows = rows / kRowsPerBlock * kRowsPerBlock;
+  for (int64_t b = r0; b < std::min(r1, block_rows); b += kRowsPerBlock) {
+    T* out = set.w_packed.data() + (g * rows + b) * used;
+    for (int64_t t = 0; t < used; ++t) {
+      for (int64_t r = 0; r < kRowsPerBlock; ++r) *out++ = wg[(b + r) * taps + set.taps[t].index];
     }
-  } else {
-    set->w_transposed.resize(s.out_channels * used);
-    for (int64_t g = 0; g < s.attrs.group; ++g) {
+  }
+  for (int64_t r = std::max(r0, block_rows); r < r1; ++r) {
+    T* out = set.w_packed.data() + (g * rows + r) * used;
+    for (int64_t t = 0; t < used; ++t) out[t] = wg[r * taps + set.taps[t].index];
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* wr = wg + r * taps;
+    double offset = 0.0;
+    if (used == taps) {
+      for (int64_t t = 0; t < taps; ++t) offset += wr[t];
+    } else {
+      for (int64_t t = 0; t < taps; ++t) offset += std::abs(static_cast<double>(wr[t]));
       for (int64_t t = 0; t < used; ++t) {
-        for (int64_t o = 0; o < rows; ++o) {
-          set->w_transposed[(g * used + t) * rows + o] = w[(g * rows + o) * taps + k[t]];
-        }
+        const double v = wr[set.taps[t].index];
+        offset += v - std::abs(v);
       }
     }
+    set.w_offset[g * rows + r] = offset;
   }
 }
 
@@ -178,15 +184,18 @@ Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const Parallel
       }
     }
   }
-  std::vector<double> abs_sums;
-  if (forward) {
-    abs_sums.assign(s.out_channels, 0.0);
-    for (int64_t m = 0; m < s.out_channels; ++m) {
-      for (int64_t k = 0; k < s.Taps(); ++k) abs_sums[m] += std::abs(static_cast<double>(w[m * s.Taps() + k]));
+  for (TapSet<T>& set : tiling.tap_sets) {
+    const int64_t used = static_cast<int64_t>(set.taps.size());
+    if (forward) {
+      set.w_packed.resize(s.out_channels * used);
+      set.w_offset.resize(s.out_channels);
+    } else {
+      set.w_transposed.resize(s.out_channels * used);
     }
   }
-  LayOutJob<T> job{&s, w, forward ? abs_sums.data() : nullptr, tiling.tap_sets.data()};
-  parallel.Run(tiling.tap_sets.size(), &LayOutWeights<T>, &job);
+  const int64_t chunks = (s.OutPerGroup() + kLayOutRows - 1) / kLayOutRows;
+  LayOutJob<T> job{&s, w, forward, tiling.tap_sets.data(), chunks};
+  parallel.Run(static_cast<size_t>(tiling.tap_sets.size() * s.attrs.group * chunks), &LayOutWeights<T>, &job);
   return tiling;
 }
 

@@ -1,0 +1,78 @@
+"""Logit and feature distillation, checked against hand-computed values."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torchvision
+
+from adderconvert.convert import convert
+from adderconvert.train.distill import FeatureDistillation, distillation_loss
+
+
+def test_distillation_loss_matches_hand_computation():
+    student = torch.tensor([[2.0, 0.0]])
+    teacher = torch.tensor([[0.0, 2.0]])
+    target = torch.tensor([0])
+    t, alpha = 2.0, 0.25
+    ce = -math.log(math.exp(2) / (math.exp(2) + 1))
+    p = [math.exp(0) / (1 + math.exp(1)), math.exp(1) / (1 + math.exp(1))]  # teacher softmax at T=2
+    q = [math.exp(1) / (1 + math.exp(1)), math.exp(0) / (1 + math.exp(1))]  # student softmax at T=2
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    expected = (1 - alpha) * ce + alpha * t * t * kl
+    assert float(distillation_loss(student, target, teacher, alpha, t)) == pytest.approx(expected, rel=1e-6)
+    assert float(distillation_loss(student, target, None)) == pytest.approx(ce, rel=1e-6)
+
+
+def _pair():
+    teacher = torchvision.models.resnet18(num_classes=10).eval()
+    student = copy.deepcopy(teacher)
+    convert(student, torch.randn(2, 3, 32, 32))
+    return student.eval(), teacher
+
+
+def test_feature_pairs_are_the_batchnorms_after_adder_layers():
+    student, teacher = _pair()
+    names = FeatureDistillation(student, teacher).names
+    # ResNet-18: two convs in each of 8 blocks and 3 downsample convs, the stem excluded.
+    assert len(names) == 19
+    assert names[0] == "layer1.0.bn1" and "layer2.0.downsample.1" in names and "bn1" not in names
+
+
+def test_feature_loss_is_the_mean_squared_difference():
+    student, teacher = _pair()
+    teacher = copy.deepcopy(student)  # identical features: zero loss
+    features = FeatureDistillation(student, teacher)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        student(x), teacher(x)
+        assert float(features.loss()) == 0.0
+        # Shift the last matched BatchNorm's output by delta: only that pair differs, by delta everywhere.
+        delta = 0.5
+        student.get_submodule(features.names[-1]).bias += delta
+        student(x), teacher(x)
+        loss = float(features.loss())
+    assert loss == pytest.approx(delta**2 / len(features.names), rel=1e-5)
+
+
+def test_feature_loss_gradient_reaches_the_adder_weights():
+    student, teacher = _pair()
+    student.train()
+    features = FeatureDistillation(student, teacher)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        teacher(x)
+    student(x)
+    features.loss().backward()
+    assert student.layer1[0].conv1.weight.grad.abs().sum() > 0
+    features.remove()
+    student(x)
+    assert not features._student  # hooks removed: nothing recorded
+
+
+def test_feature_distillation_needs_a_norm_after_an_adder():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match="no BatchNorm after an adder layer"):
+        FeatureDistillation(model, copy.deepcopy(model))
+
