@@ -32,10 +32,10 @@ class RunConfig:
     finetune: bool = True
     epochs: int = 1
     batch_size: int = 128
-    lr: float = 0.05
-    eta: float = 0.2
+    lr: float = TrainConfig.lr
+    eta: float = TrainConfig.eta
     kd: bool = True
-    feature_kd: float = 0.0
+    feature_kd: float = TrainConfig.feature_kd
     init: str = "fresh"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)

@@ -1,7 +1,9 @@
-"""Fashion-MNIST accuracy of a ResNet-18 CNN vs its AdderNet: weight init choices x distillation on/off.
+"""Fashion-MNIST accuracy of a ResNet-18 CNN vs its AdderNet: weight init choices x distillation.
 
 The CNN teacher is trained once; each adder variant is converted from it and fine-tuned with the same
-schedule. Usage: python benchmarks/accuracy.py [--device cuda] [--cnn-epochs 3] [--epochs 3]
+schedule (the fine-tuning defaults of adderconvert.train.TrainConfig unless overridden). Distillation
+modes: off, logits (soft targets), features (soft targets and BatchNorm features, --feature-kd).
+Usage: python benchmarks/accuracy.py [--device cuda] [--cnn-epochs 3] [--epochs 3] [--kd-modes off features]
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from adderconvert.models import build_model  # noqa: E402
 from adderconvert.train import TrainConfig, evaluate, fit  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
 
+KD_MODES = {"off": "off", "logits": "logits", "features": "logits + features"}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,9 +35,13 @@ def main() -> None:
     parser.add_argument("--cnn-epochs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--cnn-lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--eta", type=float, default=TrainConfig.eta)
+    parser.add_argument("--feature-kd", type=float, default=TrainConfig.feature_kd)
     parser.add_argument("--max-steps", type=int, default=None, help="batches per epoch (for a quick look)")
     parser.add_argument("--inits", nargs="+", default=list(INIT_CHOICES), choices=INIT_CHOICES)
+    parser.add_argument("--kd-modes", nargs="+", default=list(KD_MODES), choices=KD_MODES)
     parser.add_argument("--output", default="runs/accuracy")
     args = parser.parse_args()
     out = Path(args.output)
@@ -46,7 +54,11 @@ def main() -> None:
     started = time.perf_counter()
     teacher = build_model(args.model, splits.num_classes)
     fit(
-        teacher, splits.train, splits.test, TrainConfig(epochs=args.cnn_epochs, lr=args.lr, kd=False, **common), ctx=ctx
+        teacher,
+        splits.train,
+        splits.test,
+        TrainConfig(epochs=args.cnn_epochs, lr=args.cnn_lr, kd=False, **common),
+        ctx=ctx,
     )
     cnn_top1 = evaluate(teacher, splits.test, device=args.device)
     print(
@@ -57,7 +69,7 @@ def main() -> None:
     example = torch.stack([splits.train[i][0] for i in range(64)])
     results = []
     for init in args.inits:
-        for kd in (True, False):
+        for kd in args.kd_modes:
             started = time.perf_counter()
             student = copy.deepcopy(teacher).cpu()
             report = plan_conversion(student, example)
@@ -66,7 +78,14 @@ def main() -> None:
                 student,
                 splits.train,
                 splits.test,
-                TrainConfig(epochs=args.epochs, lr=args.lr, kd=kd, **common),
+                TrainConfig(
+                    epochs=args.epochs,
+                    lr=args.lr,
+                    eta=args.eta,
+                    kd=kd != "off",
+                    feature_kd=args.feature_kd if kd == "features" else 0.0,
+                    **common,
+                ),
                 teacher=teacher,
                 ctx=ctx,
             )
@@ -81,16 +100,17 @@ def main() -> None:
                     "seconds": time.perf_counter() - started,
                 }
             )
-            print(f"init={init} kd={kd}: {top1:.2f}% ({time.perf_counter() - started:.0f}s)", flush=True)
+            print(f"init={init} distillation={kd}: {top1:.2f}% ({time.perf_counter() - started:.0f}s)", flush=True)
 
     print(
         f"\n{args.model} on Fashion-MNIST: CNN {cnn_top1:.2f}% after {args.cnn_epochs} epochs; adder models "
-        f"fine-tuned {args.epochs} epochs from it ({args.device})\n"
+        f"fine-tuned {args.epochs} epochs from it ({args.device}; lr {args.lr}, eta {args.eta}, "
+        f"feature distillation weight {args.feature_kd})\n"
     )
     print("| init | distillation | adder top-1 | vs CNN |")
     print("|---|---|---:|---:|")
     for r in results:
-        print(f"| {r['init']} | {'on' if r['kd'] else 'off'} | {r['adder_top1']:.2f}% | {-r['drop']:+.2f} |")
+        print(f"| {r['init']} | {KD_MODES[r['kd']]} | {r['adder_top1']:.2f}% | {-r['drop']:+.2f} |")
     payload = {"model": args.model, "cnn_top1": cnn_top1, "args": vars(args), "results": results}
     (out / "accuracy.json").write_text(json.dumps(payload, indent=2) + "\n")
 

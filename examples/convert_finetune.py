@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 import adderconvert
 from adderconvert.data import load_dataset
-from adderconvert.train import distillation_loss, evaluate
+from adderconvert.train import FeatureDistillation, distillation_loss, evaluate
 
 
 def main() -> None:
@@ -47,22 +47,25 @@ def main() -> None:
     print(report.table().splitlines()[-1])
     adder = adderconvert.convert(copy.deepcopy(cnn), example, report=report)
 
-    # 3. Fine-tune: distillation from the CNN, adaptive LR applied to adder gradients before each step.
-    opt = torch.optim.SGD(adder.parameters(), lr=0.05, momentum=0.9)
+    # 3. Fine-tune: distillation of the CNN's logits and features, adaptive LR applied to adder gradients
+    #    before each step (eta 2.0: the fine-tuning recipe, see the README).
+    features = FeatureDistillation(adder, cnn)
+    opt = torch.optim.SGD(adder.parameters(), lr=0.1, momentum=0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
     cnn.eval()
     adder.train()
     for step, (x, y) in zip(range(args.steps), batches()):
         with torch.no_grad():
             teacher_logits = cnn(x)
-        loss = distillation_loss(adder(x), y, teacher_logits)
+        loss = distillation_loss(adder(x), y, teacher_logits) + 5.0 * features.loss()
         opt.zero_grad()
         loss.backward()
-        adderconvert.scale_adder_gradients_(adder, eta=0.2)
+        adderconvert.scale_adder_gradients_(adder, eta=2.0)
         opt.step()
         schedule.step()
         if step % 50 == 0:
             print(f"step {step}: loss {loss.item():.3f}")
+    features.remove()
     print(f"AdderNet top-1: {evaluate(adder, data.test):.2f}%")
 
 

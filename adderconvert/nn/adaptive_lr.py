@@ -22,7 +22,7 @@ from adderconvert.nn.modules import AdderConv2d
 
 __all__ = ["DEFAULT_ETA", "adder_weights", "scale_adder_gradients_"]
 
-DEFAULT_ETA = 0.2
+DEFAULT_ETA = 0.2  # the paper's, for training from scratch; fine-tuning uses more (TrainConfig.eta)
 
 
 def adder_weights(model: nn.Module) -> Iterator[nn.Parameter]:

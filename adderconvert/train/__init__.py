@@ -1,7 +1,7 @@
 """Fine-tuning adder models: training loop, distillation, checkpoints, multi-process training."""
 
 from adderconvert.train.checkpoint import load, load_checkpoint, save_checkpoint
-from adderconvert.train.distill import distillation_loss
+from adderconvert.train.distill import FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import (
     GlobalBatchNorm2d,
     convert_sync_batchnorm,
@@ -12,6 +12,7 @@ from adderconvert.train.loop import EpochRecord, TrainConfig, evaluate, fit
 
 __all__ = [
     "EpochRecord",
+    "FeatureDistillation",
     "GlobalBatchNorm2d",
     "TrainConfig",
     "convert_sync_batchnorm",
