@@ -8,7 +8,7 @@ from adderconvert.train.distributed import (
     finish_distributed,
     init_distributed,
 )
-from adderconvert.train.loop import EpochRecord, TrainConfig, evaluate, fit
+from adderconvert.train.loop import EpochRecord, TrainConfig, evaluate, fit, recalibrate_batchnorm
 
 __all__ = [
     "EpochRecord",
@@ -23,5 +23,6 @@ __all__ = [
     "init_distributed",
     "load",
     "load_checkpoint",
+    "recalibrate_batchnorm",
     "save_checkpoint",
 ]

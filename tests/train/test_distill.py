@@ -75,4 +75,3 @@ def test_feature_distillation_needs_a_norm_after_an_adder():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match="no BatchNorm after an adder layer"):
         FeatureDistillation(model, copy.deepcopy(model))
-
