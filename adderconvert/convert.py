@@ -236,7 +236,8 @@ def convert(
     """Swap convs for adder layers in place and return ``model``.
 
     ``init`` chooses the adder weights: ``"fresh"`` (Kaiming init scaled to the std of the layer's input
-    activations, measured on ``example_input``; the default, best on average in benchmarks/accuracy.py),
+    activations, measured on ``example_input``, and made non-negative where those inputs are, as after a
+    ReLU; the default, best on average in benchmarks/accuracy.py),
     ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
     Rules are those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
     """

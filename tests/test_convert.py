@@ -93,6 +93,13 @@ def test_init_choices(init):
         assert float(ratio.flatten()[0]) > 1  # kaiming conv weights are far smaller than activations
     else:
         assert not torch.allclose(weight / original, (weight / original).flatten()[0].expand_as(weight))
+        assert (weight >= 0).all()  # its inputs come after a ReLU
+
+
+def test_fresh_init_keeps_signs_for_inputs_that_go_negative():
+    model = _resnet18()
+    convert(model, X, keep_stem=False)  # the stem sees the normalised image, which has negative values
+    assert (model.conv1.weight < 0).any() and (model.layer1[0].conv1.weight >= 0).all()
 
 
 def test_public_api_names_the_function():
