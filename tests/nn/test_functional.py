@@ -11,7 +11,9 @@ from tests.reference import reference_adder_conv2d
 
 
 @st.composite
-def conv_configs(draw):
+def conv_configs(draw, small_maps: bool = False):
+    """Random geometries; ``small_maps``: 1-4 pixel maps in batches of 40-100, where the CPU kernel tiles
+    by output position and skips padded taps."""
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     depthwise = draw(st.booleans()) and groups == 1
     cg = draw(st.integers(1, 3))
@@ -25,9 +27,10 @@ def conv_configs(draw):
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = draw(st.sampled_from([0, 1, 2, (1, 0), (0, 2), "valid"] + (["same"] if stride == (1, 1) else [])))
-    size = (draw(st.integers(5, 11)), draw(st.integers(5, 11)))
+    sizes = st.integers(1, 4) if small_maps else st.integers(5, 11)
+    size = (draw(sizes), draw(sizes))
     return dict(
-        batch=draw(st.integers(1, 3)),
+        batch=draw(st.integers(40, 100) if small_maps else st.integers(1, 3)),
         channels=channels,
         out=out,
         kernel=kernel,
@@ -76,6 +79,13 @@ def _assert_matches(cfg, device="cpu"):
 @settings(max_examples=150, deadline=None)
 @given(conv_configs())
 def test_matches_reference_cpu(cfg):
+    assume(_fits(cfg))
+    _assert_matches(cfg)
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_configs(small_maps=True))
+def test_small_maps_in_large_batches_match_reference_cpu(cfg):
     assume(_fits(cfg))
     _assert_matches(cfg)
 
