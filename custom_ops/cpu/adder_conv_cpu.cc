@@ -37,15 +37,16 @@ struct TapWindow {
   bool operator==(const TapWindow& o) const { return i0 == o.i0 && i1 == o.i1 && j0 == o.j0 && j1 == o.j1; }
 };
 
-// Taps t in [0, kernel) with 0 <= start + t * dilation < size, as [*lo, *hi).
-inline void InsideRange(int64_t start, int64_t dilation, int64_t kernel, int64_t size, int64_t* lo, int64_t* hi) {
-  if (dilation == 1) {
-    *lo = std::min(kernel, std::max<int64_t>(0, -start));
-    *hi = std::max(*lo, std::min(kernel, size - start));
+// Indices t in [0, count) with 0 <= start + t * step < size, as [*lo, *hi): the taps of a kernel row
+// (step: the dilation) or the columns of a run (step: the stride) that read the input, not the padding.
+inline void InsideRange(int64_t start, int64_t step, int64_t count, int64_t size, int64_t* lo, int64_t* hi) {
+  if (step == 1) {
+    *lo = std::min(count, std::max<int64_t>(0, -start));
+    *hi = std::max(*lo, std::min(count, size - start));
     return;
   }
-  *lo = start >= 0 ? 0 : std::min(kernel, (-start + dilation - 1) / dilation);
-  *hi = start >= size ? 0 : std::min(kernel, (size - start + dilation - 1) / dilation);
+  *lo = start >= 0 ? 0 : std::min(count, (-start + step - 1) / step);
+  *hi = start >= size ? 0 : std::min(count, (size - start + step - 1) / step);
   *hi = std::max(*lo, *hi);
 }
 
@@ -202,7 +203,7 @@ Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const Parallel
 // Output columns (image * positions + position) of one tile.
 struct TileColumns {
   int64_t count;
-  int64_t first;   // by image: the first column; by position: the first image
+  int64_t first;   // the first column
   int64_t stride;  // between consecutive columns: 1 by image, positions by position
 };
 
