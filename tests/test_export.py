@@ -1,5 +1,7 @@
 """Export round trips: PyTorch -> ONNX (AdderConv / FusedAdderConv) -> ONNX Runtime CPU and onnx.reference."""
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -44,24 +46,27 @@ def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-def _converted(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
+def _converted(name: str, size: int, init: str = "fresh") -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10)
     x = torch.randn(4, 3, size, size)
-    convert(model, x)
+    convert(model, x, init=init)
     return _calibrated(model, x), x
 
 
 MODELS = {
     "resnet18": lambda: _converted("resnet18", 32),
-    "mobilenet_v3_small": lambda: _converted("mobilenet_v3_small", 32),
+    # Untrained, with non-negative fresh weights, this model is chaotic in float32 (PyTorch float32 is
+    # 70% of max|y| away from float64 on new inputs), which leaves nothing to compare; rescaled conv
+    # weights keep it well-conditioned.
+    "mobilenet_v3_small": lambda: _converted("mobilenet_v3_small", 32, init="rescale"),
     "geometry": lambda: (_calibrated(Geometry(), torch.randn(4, 3, 17, 15)), torch.randn(4, 3, 17, 15)),
 }
 
 
-# ONNX Runtime's own ops (MLAS Conv/Gemm, HardSwish, ...) already differ from PyTorch's by 1.05e-5 of
-# max |y| on the plain CNN mobilenet_v3_small (no adder layer); its adder version is held to 3e-5.
-ORT_TOLERANCE = {"mobilenet_v3_small": 3e-5}
+# ORT is held to 1e-5 of max|y| from float64 PyTorch, or to 3x PyTorch float32's own error where that
+# is larger (mobilenet_v3_small: its hard-swish/SE layers amplify float32 rounding to ~2e-4).
+ORT_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -79,10 +84,11 @@ def test_ort_matches_pytorch_at_another_batch_size(exported, fuse):
     shape = {"geometry": (3, 3, 17, 15)}.get(name, (3, 3, 32, 32))  # exported at batch 2, run at 3
     x = torch.randn(shape)
     with torch.no_grad():
-        expected = model(x).numpy()
+        expected = copy.deepcopy(model).double()(x.double()).numpy()
+        float32_error = np.abs(model(x).numpy() - expected).max()
     got = make_session(paths[fuse], providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= ORT_TOLERANCE.get(name, 1e-5) * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= max(ORT_TOLERANCE * np.abs(expected).max(), 3 * float32_error)
 
 
 def test_ort_matches_onnx_reference(exported):
