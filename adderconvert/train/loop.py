@@ -185,87 +185,91 @@ def fit(
         history = [EpochRecord(**r) for r in state.get("history", [])]
 
     output = Path(output) if output is not None else None
-    for epoch in range(start_epoch, config.epochs):
-        sampler.set_epoch(epoch)
-        net.train()
-        started = time.perf_counter()
-        loss_sum = correct = seen = 0.0
-        bar = tqdm(
-            total=steps,
-            desc=f"{config.desc} {epoch + 1}/{config.epochs}",
-            disable=not (config.progress and ctx.is_main),
-            unit="batch",
-            leave=False,
-        )
-        for step, (images, labels) in enumerate(loader):
-            if step >= steps:
-                break
-            images, labels = images.to(device), labels.to(device)
-            with torch.no_grad():
-                teacher_logits = teacher(images) if (teacher is not None and config.kd) else None
-            logits = net(images)
-            loss = distillation_loss(logits, labels, teacher_logits, config.kd_alpha, config.kd_temperature)
-            if features is not None:
-                loss = loss + config.feature_kd * features.loss()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP all-reduces here
-            if has_adder:
-                scale_adder_gradients_(model, config.eta)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(labels)
-            correct += float((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(
-                loss=f"{loss_sum / seen:.3f}",
-                acc=f"{100 * correct / seen:.1f}",
-                img_s=f"{seen * ctx.world_size / elapsed:.0f}",
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            sampler.set_epoch(epoch)
+            net.train()
+            started = time.perf_counter()
+            loss_sum = correct = seen = 0.0
+            bar = tqdm(
+                total=steps,
+                desc=f"{config.desc} {epoch + 1}/{config.epochs}",
+                disable=not (config.progress and ctx.is_main),
+                unit="batch",
+                leave=False,
             )
-            bar.update()
-        bar.close()
-        seconds = time.perf_counter() - started
-        # Every rank runs the same batches count, so synchronised BatchNorm's collectives match up.
-        recalibrate_batchnorm(model, loader, min(config.recalibrate_steps, steps), device)
-        test_top1 = (
-            evaluate(model, test_set, device=device, progress=config.progress and ctx.is_main, desc=f"eval {epoch + 1}")
-            if ctx.is_main
-            else 0.0
-        )
-        record = EpochRecord(
-            epoch=epoch + 1,
-            lr=optimizer.param_groups[0]["lr"],
-            train_loss=loss_sum / seen,
-            train_top1=100 * correct / seen,
-            test_top1=test_top1,
-            seconds=seconds,
-            images_per_second=seen * ctx.world_size / seconds,
-        )
-        history.append(record)
-        if ctx.is_main and config.progress:
-            tqdm.write(
-                f"{config.desc} epoch {record.epoch}: loss {record.train_loss:.4f}, "
-                f"train top-1 {record.train_top1:.2f}%, test top-1 {record.test_top1:.2f}% ({seconds:.0f}s)"
+            for step, (images, labels) in enumerate(loader):
+                if step >= steps:
+                    break
+                images, labels = images.to(device), labels.to(device)
+                with torch.no_grad():
+                    teacher_logits = teacher(images) if (teacher is not None and config.kd) else None
+                logits = net(images)
+                loss = distillation_loss(logits, labels, teacher_logits, config.kd_alpha, config.kd_temperature)
+                if features is not None:
+                    loss = loss + config.feature_kd * features.loss()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # DDP all-reduces here
+                if has_adder:
+                    scale_adder_gradients_(model, config.eta)
+                optimizer.step()
+                scheduler.step()
+                loss_sum += float(loss.detach()) * len(labels)
+                correct += float((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(
+                    loss=f"{loss_sum / seen:.3f}",
+                    acc=f"{100 * correct / seen:.1f}",
+                    img_s=f"{seen * ctx.world_size / elapsed:.0f}",
+                )
+                bar.update()
+            bar.close()
+            seconds = time.perf_counter() - started
+            # Every rank runs the same batches count, so synchronised BatchNorm's collectives match up.
+            recalibrate_batchnorm(model, loader, min(config.recalibrate_steps, steps), device)
+            test_top1 = (
+                evaluate(
+                    model, test_set, device=device, progress=config.progress and ctx.is_main, desc=f"eval {epoch + 1}"
+                )
+                if ctx.is_main
+                else 0.0
             )
-        if output is not None and ctx.is_main:
-            _write_csv(output / "metrics.csv", history)
-            payload = {
-                "meta": meta or {},
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "best_top1": max(best, test_top1),
-                "history": [asdict(r) for r in history],
-                "config": asdict(config),
-            }
-            save_checkpoint(output / "last.pt", payload)
-            if test_top1 > best:
-                save_checkpoint(output / "best.pt", payload)
-        best = max(best, test_top1)
-    if features is not None:
-        features.remove()
+            record = EpochRecord(
+                epoch=epoch + 1,
+                lr=optimizer.param_groups[0]["lr"],
+                train_loss=loss_sum / seen,
+                train_top1=100 * correct / seen,
+                test_top1=test_top1,
+                seconds=seconds,
+                images_per_second=seen * ctx.world_size / seconds,
+            )
+            history.append(record)
+            if ctx.is_main and config.progress:
+                tqdm.write(
+                    f"{config.desc} epoch {record.epoch}: loss {record.train_loss:.4f}, "
+                    f"train top-1 {record.train_top1:.2f}%, test top-1 {record.test_top1:.2f}% ({seconds:.0f}s)"
+                )
+            if output is not None and ctx.is_main:
+                _write_csv(output / "metrics.csv", history)
+                payload = {
+                    "meta": meta or {},
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "epoch": epoch,
+                    "best_top1": max(best, test_top1),
+                    "history": [asdict(r) for r in history],
+                    "config": asdict(config),
+                }
+                save_checkpoint(output / "last.pt", payload)
+                if test_top1 > best:
+                    save_checkpoint(output / "best.pt", payload)
+            best = max(best, test_top1)
+    finally:
+        if features is not None:
+            features.remove()
     return history
 
 
