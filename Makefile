@@ -35,7 +35,7 @@ test: install $(FASHION_MNIST)
 	$(PY) -m pytest
 
 # CNN teacher trained offline (2 epochs), converted, fine-tuned 2 epochs with distillation, exported,
-# evaluated in PyTorch and ONNX Runtime; about 13 minutes on 2 cores.
+# evaluated in PyTorch and ONNX Runtime; about 14 minutes on 2 cores from a fresh clone.
 demo: install $(FASHION_MNIST)
 	$(VENV)/bin/adderconvert resnet18 --finetune --pretrain-epochs 2 --epochs 2 --output runs/demo
 
