@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adderconvert.nn import AdderConv2d
+
 __all__ = ["FeatureDistillation", "distillation_loss"]
 
 
@@ -48,8 +50,13 @@ class FeatureDistillation:
         self._student: dict[str, torch.Tensor] = {}
         self._teacher: dict[str, torch.Tensor] = {}
         student_modules = dict(student.named_modules())
-        self._hooks = [student_modules[n].register_forward_hook(_recorder(self._student, n)) for n in self.names] + [
-            teacher_modules[n].register_forward_hook(_recorder(self._teacher, n)) for n in self.names
+        # The student's features count only in a training forward, not in evaluation or BatchNorm
+        # re-estimation (both run without gradients); the teacher always runs without them.
+        self._hooks = [
+            student_modules[n].register_forward_hook(_recorder(self._student, n, needs_grad=True)) for n in self.names
+        ]
+        self._hooks += [
+            teacher_modules[n].register_forward_hook(_recorder(self._teacher, n, needs_grad=False)) for n in self.names
         ]
 
     def loss(self) -> torch.Tensor:
@@ -64,16 +71,16 @@ class FeatureDistillation:
             hook.remove()
 
 
-def _recorder(store: dict, name: str):
+def _recorder(store: dict, name: str, needs_grad: bool):
     def hook(module, inputs, output):
+        if needs_grad and not torch.is_grad_enabled():
+            return
         store[name] = output.clone()  # the model may change its output in place (a residual add, ReLU)
 
     return hook
 
 
 def _norms_after_adders(model: nn.Module) -> list[str]:
-    from adderconvert.nn import AdderConv2d
-
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
     return [
         name

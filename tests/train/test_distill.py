@@ -45,14 +45,16 @@ def test_feature_loss_is_the_mean_squared_difference():
     teacher = copy.deepcopy(student)  # identical features: zero loss
     features = FeatureDistillation(student, teacher)
     x = torch.randn(2, 3, 32, 32)
+    student(x), teacher(x)  # the student's features are recorded in a forward with gradients
+    assert float(features.loss()) == 0.0
+    # Shift the last matched BatchNorm's output by delta: only that pair differs, by delta everywhere.
+    delta = 0.5
     with torch.no_grad():
-        student(x), teacher(x)
-        assert float(features.loss()) == 0.0
-        # Shift the last matched BatchNorm's output by delta: only that pair differs, by delta everywhere.
-        delta = 0.5
         student.get_submodule(features.names[-1]).bias += delta
-        student(x), teacher(x)
-        loss = float(features.loss())
+        student(x)
+    assert not features._student  # a forward without gradients (evaluation) records nothing
+    student(x), teacher(x)
+    loss = float(features.loss())
     assert loss == pytest.approx(delta**2 / len(features.names), rel=1e-5)
 
 
