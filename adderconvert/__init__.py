@@ -11,8 +11,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-# The function `convert` is bound after its module of the same name is imported, so it wins.
-from adderconvert.convert import convert, plan_conversion  # noqa: E402
+from adderconvert.conversion import convert, plan_conversion  # noqa: E402
 from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
 
 # Heavier parts (onnx, onnxscript, torchvision) load on first use.

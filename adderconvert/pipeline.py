@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from adderconvert.convert import ConversionReport, convert, plan_conversion
+from adderconvert.conversion import ConversionReport, convert, plan_conversion
 from adderconvert.data import load_dataset
 from adderconvert.models import build_model
 from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed

@@ -115,7 +115,7 @@ def ort_table() -> None:
     import onnxruntime as ort
     import torchvision
 
-    from adderconvert.convert import convert
+    from adderconvert.conversion import convert
     from adderconvert.export import export_onnx
     from adderconvert.onnx_ops import single_node_model
     from adderconvert.runtime import CUDA_PROVIDER, make_session

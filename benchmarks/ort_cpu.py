@@ -86,7 +86,7 @@ def model_table(batch: int, repeats: int, tmp: Path) -> None:
     import torch
     import torchvision
 
-    from adderconvert.convert import convert
+    from adderconvert.conversion import convert
     from adderconvert.export import export_onnx
 
     torch.manual_seed(0)

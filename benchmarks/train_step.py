@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adderconvert.convert import convert  # noqa: E402
+from adderconvert.conversion import convert  # noqa: E402
 from adderconvert.models import build_model  # noqa: E402
 from adderconvert.nn import scale_adder_gradients_  # noqa: E402
 from adderconvert.train import FeatureDistillation, TrainConfig, distillation_loss  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from adderconvert.convert import convert
+from adderconvert.conversion import convert
 from adderconvert.data import FASHION_MNIST_DIR
 from adderconvert.export import export_onnx
 

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from adderconvert.convert import convert
+from adderconvert.conversion import convert
 from adderconvert.export import export_onnx
 from adderconvert.nn import AdderConv2d
 from adderconvert.onnx_ops import DOMAIN, AdderConv, FusedAdderConv

@@ -70,19 +70,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load(path: str | os.PathLike) -> nn.Module:
     """Rebuild the adder model stored in a checkpoint: architecture, conversion and weights."""
-    from adderconvert.convert import ConversionReport, LayerDecision, convert
+    from adderconvert.conversion import restore
     from adderconvert.models import build_model
 
     payload = load_checkpoint(path)
     meta = payload["meta"]
     model = build_model(meta["model_name"], meta["num_classes"])
-    plan = meta.get("conversion")
-    if plan is not None:
-        layers = [
-            LayerDecision(**{**d, "kernel_size": tuple(d["kernel_size"]), "stride": tuple(d["stride"])})
-            for d in plan["layers"]
-        ]
-        convert(model, None, report=ConversionReport(plan["model"], layers))
+    if meta.get("conversion") is not None:
+        restore(model, meta["conversion"])
     model.load_state_dict(payload["model"])
     model.eval()
     return model

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import adderconvert
-from adderconvert.convert import convert, plan_conversion
+from adderconvert.conversion import convert, plan_conversion
 from adderconvert.nn import AdderConv2d
 from adderconvert.train import TrainConfig, fit, load_checkpoint, save_checkpoint
 from adderconvert.train import loop as train_loop

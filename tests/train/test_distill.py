@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from adderconvert.convert import convert
+from adderconvert.conversion import convert
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from adderconvert.nn import AdderConv2d
 
-__all__ = ["INIT_CHOICES", "ConversionReport", "LayerDecision", "convert", "plan_conversion"]
+__all__ = ["INIT_CHOICES", "ConversionReport", "LayerDecision", "convert", "plan_conversion", "restore"]
 
 INIT_CHOICES = ("fresh", "rescale", "copy")
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
@@ -68,6 +68,17 @@ class ConversionReport:
             "total_conv_macs": self.total_macs,
             "layers": [asdict(layer) for layer in self.layers],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConversionReport:
+        """The report :meth:`to_dict` wrote (totals are recomputed, not read)."""
+        tuples = ("kernel_size", "stride")
+        names = set(LayerDecision.__dataclass_fields__)
+        layers = [
+            LayerDecision(**{k: tuple(v) if k in tuples else v for k, v in row.items() if k in names})
+            for row in data["layers"]
+        ]
+        return cls(data["model"], layers)
 
     def table(self) -> str:
         """A plain-text table of every conv and the totals."""
@@ -264,3 +275,11 @@ def convert(
         else:
             _set_module(model, decision.name, layer)
     return model
+
+
+def restore(model: nn.Module, report: ConversionReport | dict) -> nn.Module:
+    """Give a freshly built CNN the structure ``report`` describes (adder layers, inserted BatchNorms), in
+    place, so that a state dict saved after :func:`convert` loads into it. Weights are left to that load."""
+    if isinstance(report, dict):
+        report = ConversionReport.from_dict(report)
+    return convert(model, None, report=report)
