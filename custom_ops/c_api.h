@@ -1,4 +1,5 @@
-// Helpers shared by the C APIs of the CPU and CUDA kernels (cpu/c_api.cc, cuda/c_api.cc).
+// Helpers shared by the C entry points of the libraries: the C APIs of the CPU and CUDA kernels
+// (cpu/c_api.cc, cuda/c_api.cc, declared for Python in adderconvert/nn/_kernels.py) and register.cc.
 #pragma once
 
 #include <algorithm>
@@ -6,6 +7,9 @@
 #include <string>
 
 #include "adder_conv.h"
+
+// Marks a C entry point the library exports (the build hides every other symbol).
+#define ADDERCONVERT_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace adderconvert {
 

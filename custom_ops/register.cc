@@ -4,13 +4,12 @@
 #include <vector>
 
 #include "adder_conv_op.h"
+#include "c_api.h"
 #include "cpu/adder_conv_cpu.h"
 #include "cpu/adder_conv_op_cpu.h"
 #ifdef ADDERCONVERT_WITH_CUDA
 #include "cuda/adder_conv_op_cuda.h"
 #endif
-
-#define ADDERCONVERT_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace {
 

@@ -12,7 +12,9 @@ namespace adderconvert::cpu {
 namespace {
 
 // Uses the identity |x - w| = x + w - 2 min(x, w): the inner loop is a min and an add, and the sums of
-// x (per output position) and of w (per output channel) are added back in the epilogue.
+// x (per output position) and of w (per output channel) are added back in the epilogue. The identity
+// turns an infinite x or w into inf - inf = NaN, so outputs whose sums are not finite are summed again
+// directly (see AbsSum).
 
 // The widest instruction set this processor has; ADDERCONVERT_CPU_ISA=avx2|generic caps it (for tests).
 template <typename T>
@@ -333,10 +335,25 @@ struct ForwardJob {
   const Tiling<T>* tiling;
   const T* x;
   const T* x_batch_minor;  // by position only
+  const T* w;
   Epilogue<T> epilogue;
   T* y;
   int64_t splits, rows_per_split;
 };
+
+// sum_k |x[k] - w[k]| in double over every tap of a row of W, column n of a packed tile: taps missing
+// from `set` (skipped padding) read 0, as in the reference, so -inf inputs give +inf and NaN stays NaN.
+template <typename T>
+double AbsSum(const TapSet<T>& set, const T* x_packed, int64_t n, int64_t nr, const T* w_row, int64_t taps) {
+  double sum = 0.0;
+  size_t t = 0;
+  for (int64_t k = 0; k < taps; ++k) {
+    const bool inside = t < set.taps.size() && set.taps[t].index == k;
+    const double x = inside ? static_cast<double>(x_packed[t++ * nr + n]) : 0.0;
+    sum += std::abs(x - static_cast<double>(w_row[k]));
+  }
+  return sum;
+}
 
 // Output channels [r0, r1) of group g for one tile.
 template <typename T>
@@ -357,6 +374,8 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
   for (int64_t k = 0; k < taps; ++k) {
     for (int64_t n = 0; n < nr; ++n) col_sums[n] += x_packed[k * nr + n];
   }
+  bool columns_finite = true;
+  for (int64_t n = 0; n < columns.count; ++n) columns_finite = columns_finite && std::isfinite(col_sums[n]);
   for (int64_t n = 0; n < columns.count; ++n) {
     const int64_t col = columns.first + n * columns.stride;
     y_offsets[n] = col / positions * s.out_channels * positions + col % positions;
@@ -375,10 +394,14 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
     const double shift = (e.shift ? e.shift[m] : 0.0) + scale * (bias - set.w_offset[m]);
     const T* ms = min_sums.data() + (o - r0) * nr;
     T* y = job.y + m * positions;
+    const auto store = [&](int64_t n, double v) { y[y_offsets[n]] = static_cast<T>(e.relu && v < 0.0 ? 0.0 : v); };
+    for (int64_t n = 0; n < columns.count; ++n) store(n, scale * (2.0 * ms[n] - col_sums[n]) + shift);
+    const bool row_finite = std::isfinite(set.w_offset[m]);
+    if (row_finite && columns_finite) continue;
     for (int64_t n = 0; n < columns.count; ++n) {
-      double v = scale * (2.0 * ms[n] - col_sums[n]) + shift;
-      if (e.relu && v < 0.0) v = 0.0;
-      y[y_offsets[n]] = static_cast<T>(v);
+      if (row_finite && std::isfinite(col_sums[n])) continue;
+      const double sum = AbsSum(set, x_packed.data(), n, nr, job.w + m * s.Taps(), s.Taps());
+      store(n, scale * (bias - sum) + (e.shift ? e.shift[m] : 0.0));
     }
   }
 }
@@ -511,7 +534,7 @@ void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue
   const int64_t per_split = ((rows + splits - 1) / splits + kRowsPerBlock - 1) / kRowsPerBlock * kRowsPerBlock;
   const std::vector<T> x_batch_minor =
       tiling.by_position ? BatchMinor(x, s.batch, s.in_channels * s.in_h * s.in_w, parallel) : std::vector<T>();
-  ForwardJob<T> job{&s, &tiling, x, x_batch_minor.data(), epilogue, y, splits, per_split};
+  ForwardJob<T> job{&s, &tiling, x, x_batch_minor.data(), w, epilogue, y, splits, per_split};
   parallel.Run(static_cast<size_t>(s.attrs.group * tiling.tiles * splits), &ForwardItem<T>, &job);
 }
 

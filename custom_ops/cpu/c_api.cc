@@ -51,15 +51,11 @@ int BackwardInput(const void* x, const void* w, const void* grad_y, void* grad_x
 
 }  // namespace
 
-extern "C" {
-
 // dtype: 0 float32, 1 float64. Tensors are contiguous NCHW; bias may be null.
-__attribute__((visibility("default"))) int adderconvert_cpu_forward(int dtype, const void* x, const void* w,
-                                                                    const void* bias, void* y, const int64_t* x_dims,
-                                                                    const int64_t* w_dims, const int64_t* strides,
-                                                                    const int64_t* pads, const int64_t* dilations,
-                                                                    int64_t group, int threads, char* error,
-                                                                    size_t error_len) {
+ADDERCONVERT_EXPORT int adderconvert_cpu_forward(int dtype, const void* x, const void* w, const void* bias, void* y,
+                                                 const int64_t* x_dims, const int64_t* w_dims, const int64_t* strides,
+                                                 const int64_t* pads, const int64_t* dilations, int64_t group,
+                                                 int threads, char* error, size_t error_len) {
   try {
     ConvShape shape;
     if (CApiResolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
@@ -71,12 +67,11 @@ __attribute__((visibility("default"))) int adderconvert_cpu_forward(int dtype, c
   }
 }
 
-__attribute__((visibility("default"))) int adderconvert_cpu_backward_input(int dtype, const void* x, const void* w,
-                                                                           const void* grad_y, void* grad_x,
-                                                                           const int64_t* x_dims, const int64_t* w_dims,
-                                                                           const int64_t* strides, const int64_t* pads,
-                                                                           const int64_t* dilations, int64_t group,
-                                                                           int threads, char* error, size_t error_len) {
+ADDERCONVERT_EXPORT int adderconvert_cpu_backward_input(int dtype, const void* x, const void* w, const void* grad_y,
+                                                        void* grad_x, const int64_t* x_dims, const int64_t* w_dims,
+                                                        const int64_t* strides, const int64_t* pads,
+                                                        const int64_t* dilations, int64_t group, int threads,
+                                                        char* error, size_t error_len) {
   try {
     ConvShape shape;
     if (CApiResolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
@@ -88,6 +83,4 @@ __attribute__((visibility("default"))) int adderconvert_cpu_backward_input(int d
   }
 }
 
-__attribute__((visibility("default"))) const char* adderconvert_cpu_isa() { return adderconvert::cpu::KernelIsa(); }
-
-}  // extern "C"
+ADDERCONVERT_EXPORT const char* adderconvert_cpu_isa() { return adderconvert::cpu::KernelIsa(); }

@@ -26,6 +26,9 @@ __device__ __forceinline__ float LoadTap(const ConvShape& s, const float* x_img,
   return inside ? x_img[(c * s.in_h + ih) * s.in_w + iw] : 0.f;
 }
 
+// clamp(d, -1, 1) that keeps NaN (fminf/fmaxf would turn it into a bound), as HardTanh does.
+__device__ __forceinline__ float HardTanh(float d) { return d < -1.f ? -1.f : (d > 1.f ? 1.f : d); }
+
 __global__ void __launch_bounds__(kThreads)
     AdderConvForwardKernel(ConvShape s, const float* __restrict__ x, const float* __restrict__ w, Epilogue<float> e,
                            float* __restrict__ y) {
@@ -162,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < kThreadRows; ++i) {
 #pragma unroll
-        for (int j = 0; j < kThreadCols; ++j) acc[i][j] += fminf(fmaxf(wr[i] - xr[i][j], -1.f), 1.f) * gr[j];
+        for (int j = 0; j < kThreadCols; ++j) acc[i][j] += HardTanh(wr[i] - xr[i][j]) * gr[j];
       }
     }
     __syncthreads();

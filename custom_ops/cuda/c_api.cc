@@ -22,8 +22,6 @@ int Status(cudaError_t status, char* error, size_t error_len) {
 
 }  // namespace
 
-#define ADDERCONVERT_EXPORT extern "C" __attribute__((visibility("default")))
-
 // float32, contiguous NCHW device tensors; bias may be null.
 ADDERCONVERT_EXPORT int adderconvert_cuda_forward(void* stream, const float* x, const float* w, const float* bias,
                                                   float* y, const int64_t* x_dims, const int64_t* w_dims,
