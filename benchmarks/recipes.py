@@ -1,0 +1,271 @@
+"""The fine-tuning recipe across architecture families: CNN teacher -> adder model, one recipe for all.
+
+For each model and a fixed budget, a CNN is trained from scratch on Fashion-MNIST (no pretrained
+weights offline), converted as the main job converts it, and fine-tuned with TrainConfig's defaults
+(or the recipe given with --set, the same for every model). Per model: CNN and adder top-1, the gap,
+wall times, the adder weights' std and saturation (adderconvert.train.diagnostics) and whether training
+diverged (a TrainingDiverged guard, a non-finite loss or chance accuracy). Teachers are cached by model,
+budget and settings, so screening recipes trains each CNN once.
+
+Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set lr=0.03 --set eta=0.2]
+       [--table docs/results/recipes_cpu.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adderconvert.conversion import convert, plan_conversion  # noqa: E402
+from adderconvert.data import load_dataset  # noqa: E402
+from adderconvert.models import build_model  # noqa: E402
+from adderconvert.pipeline import RunConfig  # noqa: E402
+from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit  # noqa: E402
+from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
+from adderconvert.train.distributed import DistributedContext  # noqa: E402
+
+MODELS = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg11_bn", "regnet_y_400mf")
+STATS_BATCHES = 4  # training batches over which the adder layers' input ranges are measured
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much each model gets: image size, batch, epochs and steps per epoch (None: whole epochs) of the
+    CNN and of the adder fine-tuning, test images (None: all 10,000) and the gap the recipe must meet."""
+
+    image_size: int
+    batch_size: int
+    cnn_epochs: int
+    cnn_steps: int | None
+    epochs: int
+    steps: int | None
+    test_images: int | None
+    target_gap: float
+
+
+BUDGETS = {
+    "gpu": Budget(64, 128, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0),
+    "cpu": Budget(32, 64, cnn_epochs=1, cnn_steps=150, epochs=1, steps=150, test_images=2000, target_gap=2.0),
+}
+# TrainConfig fields the budget (or the benchmark) sets: --set may not change them.
+_BUDGET_FIELDS = ("epochs", "batch_size", "max_steps", "eval_max_batches", "progress", "log", "desc")
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings to TrainConfig overrides, each value converted to the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    settable = sorted(set(fields) - set(_BUDGET_FIELDS))
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in settable:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(settable)}")
+        overrides[key] = _parse_value(key, text, str(fields[key].type))
+    return overrides
+
+
+def _parse_value(key: str, text: str, annotation: str) -> object:
+    if text.lower() == "none" and "None" in annotation:
+        return None
+    try:
+        if annotation.startswith("bool"):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        if annotation.startswith("int"):
+            return int(text)
+        if annotation.startswith("float"):
+            return float(text)
+        return text
+    except ValueError:
+        raise SystemExit(f"--set {key}={text}: {key} takes a value of type {annotation}") from None
+
+
+def machine_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} CPU, {torch.get_num_threads()} threads"
+
+
+def _teacher_config(budget: Budget) -> TrainConfig:
+    return TrainConfig(
+        epochs=budget.cnn_epochs,
+        batch_size=budget.batch_size,
+        lr=RunConfig.pretrain_lr,
+        kd=False,
+        max_steps=budget.cnn_steps,
+        progress=False,
+        log=False,
+        desc="CNN",
+    )
+
+
+def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path) -> tuple[torch.nn.Module, dict]:
+    """The CNN trained from scratch as the main job trains it (cached by model and settings)."""
+    config = _teacher_config(budget)
+    key = json.dumps({"model": name, "budget": asdict(budget), "config": asdict(config)}, sort_keys=True)
+    path = cache / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    torch.manual_seed(0)
+    teacher = build_model(name, splits.num_classes)
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        teacher.load_state_dict(saved["model"])
+        return teacher.to(ctx.device), {"cnn_top1": saved["cnn_top1"], "cnn_seconds": saved["cnn_seconds"]}
+    started = time.perf_counter()
+    history = fit(teacher, splits.train, test_set, config, ctx=ctx)
+    result = {"cnn_top1": history[-1].test_top1, "cnn_seconds": time.perf_counter() - started}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": teacher.state_dict(), **result}, path)
+    return teacher, result
+
+
+def run_model(name: str, budget: Budget, overrides: dict, splits, test_set, ctx, cache: Path) -> dict:
+    """One row of the table: teacher, conversion, fine-tuning with the recipe, diagnostics."""
+    teacher, row = train_teacher(name, budget, splits, test_set, ctx, cache)
+    row = {"model": name, **row}
+    student = copy.deepcopy(teacher).cpu()
+    example = torch.stack([splits.train[i][0] for i in range(32)])
+    report = plan_conversion(student, example)
+    convert(student, None, init=RunConfig.init, report=report)
+    config = TrainConfig(
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        max_steps=budget.steps,
+        progress=False,
+        log=False,
+        desc="adder",
+        **overrides,
+    )
+    started = time.perf_counter()
+    diverged = None
+    try:
+        history = fit(student, splits.train, test_set, config, teacher=teacher, ctx=ctx, teacher_top1=row["cnn_top1"])
+        adder_top1, train_loss = history[-1].test_top1, history[-1].train_loss
+    except TrainingDiverged as e:
+        diverged = str(e)
+        adder_top1, train_loss = evaluate(student, test_set, device=ctx.device), math.nan
+    row["adder_seconds"] = time.perf_counter() - started
+    chance = 100.0 / splits.num_classes
+    if diverged is None and not math.isfinite(train_loss):
+        diverged = f"non-finite training loss ({train_loss})"
+    if diverged is None and adder_top1 <= 1.5 * chance:
+        diverged = f"adder top-1 {adder_top1:.2f}% is at chance ({chance:.0f}%)"
+    loader = DataLoader(splits.train, batch_size=budget.batch_size)
+    layers = adder_weight_stats(student, itertools.islice(loader, STATS_BATCHES), ctx.device)
+    summary = saturation_summary(layers)
+    row.update(
+        adder_top1=adder_top1,
+        gap=row["cnn_top1"] - adder_top1,
+        converted_layers=len(report.converted),
+        mean_weight_std=sum(s["weight_std"] for s in layers) / max(len(layers), 1),
+        max_weight_std=summary["max_weight_std"],
+        saturated_fraction=summary["saturated_fraction"],
+        diverged=diverged,
+        layers=layers,
+    )
+    return row
+
+
+def markdown_table(rows: list[dict], budget_name: str, budget: Budget, machine: str, overrides: dict) -> str:
+    recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "TrainConfig defaults"
+    defaults = TrainConfig()
+    settings = {k: overrides.get(k, getattr(defaults, k)) for k in ("lr", "eta", "weight_decay", "feature_kd")}
+    steps = f"{budget.steps} steps" if budget.steps else "whole epochs"
+    cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
+    tests = budget.test_images or "all 10,000"
+    lines = [
+        f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, batch {budget.batch_size}; "
+        f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder {budget.epochs} epoch(s) of {steps}; "
+        f"{tests} test images. Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}).",
+        "",
+        "| model | CNN top-1 | adder top-1 | gap | CNN s | adder s | adder weight std (mean / max) "
+        "| saturated weights | diverged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['cnn_top1']:.2f}% | {r['adder_top1']:.2f}% | {r['gap']:+.2f} | "
+            f"{r['cnn_seconds']:.0f} | {r['adder_seconds']:.0f} | {r['mean_weight_std']:.2f} / "
+            f"{r['max_weight_std']:.2f} | {100 * r['saturated_fraction']:.1f}% | {r['diverged'] or 'no'} |"
+        )
+    if rows:
+        worst = max(r["gap"] for r in rows)
+        met = sum(r["gap"] <= budget.target_gap and not r["diverged"] for r in rows)
+        lines += [
+            "",
+            f"{met} of {len(rows)} within {budget.target_gap} pt of their CNN (worst gap {worst:+.2f} pt); "
+            f"{sum(bool(r['diverged']) for r in rows)} diverged. Gap = CNN - adder top-1.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=BUDGETS, default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default=None, help="results folder (default runs/recipes/BUDGET)")
+    parser.add_argument("--teachers", default="runs/recipes/teachers", help="cache of trained CNN teachers")
+    parser.add_argument("--table", default=None, help="also write the markdown table to this file")
+    args = parser.parse_args()
+    overrides = parse_overrides(args.overrides)
+    budget = BUDGETS[args.budget]
+    device = torch.device(args.device)
+    ctx = DistributedContext(device=device)
+    machine = machine_name(device)
+    out = Path(args.output or f"runs/recipes/{args.budget}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    splits = load_dataset("fashion-mnist", image_size=budget.image_size)
+    test_set = splits.test
+    if budget.test_images is not None:
+        order = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))
+        test_set = Subset(splits.test, order[: budget.test_images].tolist())
+
+    rows = []
+    for name in args.models:
+        row = run_model(name, budget, overrides, splits, test_set, ctx, Path(args.teachers))
+        rows.append(row)
+        print(
+            f"{name}: CNN {row['cnn_top1']:.2f}%, adder {row['adder_top1']:.2f}% (gap {row['gap']:+.2f}), "
+            f"{row['adder_seconds']:.0f}s, weight std max {row['max_weight_std']:.2f}, "
+            f"saturated {100 * row['saturated_fraction']:.1f}%, diverged: {row['diverged'] or 'no'}",
+            flush=True,
+        )
+        payload = {"budget": args.budget, "machine": machine, "overrides": overrides, "rows": rows}
+        (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    table = markdown_table(rows, args.budget, budget, machine, overrides)
+    (out / "table.md").write_text(table)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(table)
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
