@@ -16,7 +16,7 @@ from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
 
 # Heavier parts (onnx, onnxscript, torchvision) load on first use.
 _LAZY = {
-    "load": "adderconvert.train.checkpoint",
+    "load": "adderconvert.checkpoint",
     "export_onnx": "adderconvert.export",
 }
 

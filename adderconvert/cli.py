@@ -1,17 +1,27 @@
-"""Command line: ``adderconvert MODEL [options]``, ``adderconvert list``, ``adderconvert doctor``."""
+"""Command line: ``adderconvert MODEL [options]`` (the main job), and ``list``, ``doctor``, ``evaluate``,
+``export``, ``report`` and ``import-official``.
+
+Bad input ends with one ``Error:`` line and exit status 2, never a traceback; a run that fails after it
+started (divergence) exits with 1.
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import click
 import yaml
 
-from adderconvert.pipeline import RunConfig
+from adderconvert.config import ConfigError, RunConfig, validate_config
+
+
+class InputError(click.ClickException):
+    """A bad input: ``Error: message`` and exit status 2."""
+
+    exit_code = 2
 
 
 class _ModelGroup(click.Group):
@@ -23,45 +33,69 @@ class _ModelGroup(click.Group):
         return super().resolve_command(ctx, args)
 
     def format_usage(self, ctx, formatter):
-        formatter.write_usage("adderconvert", "MODEL [OPTIONS] | list | doctor")
+        formatter.write_usage("adderconvert", "MODEL [OPTIONS] | list | doctor | evaluate | export | report | ...")
 
 
-@click.group(cls=_ModelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_HELP = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=_ModelGroup, context_settings=_HELP)
 @click.version_option(package_name="adderconvert")
 def main() -> None:
     """Turn a torchvision CNN into an AdderNet, fine-tune it and export it to ONNX.
 
     \b
-    adderconvert resnet18 --finetune          the main job on Fashion-MNIST
+    adderconvert resnet18 --finetune          the main job on Fashion-MNIST (writes runs/resnet18/)
     adderconvert resnet50 --dry-run           the conversion report only
     adderconvert MODEL --help                 every option
+    adderconvert evaluate runs/resnet18/best.pt    top-1 of a checkpoint or an .onnx file
+    adderconvert export runs/resnet18/best.pt      ONNX of a checkpoint
     adderconvert list                         models that can be converted
     adderconvert doctor                       versions, build and a one-node check per provider
     """
+
+
+def _input_errors():
+    """The exception types that mean bad input."""
+    from adderconvert.checkpoint import CheckpointError
+    from adderconvert.data import DataError
+    from adderconvert.models import WeightsError
+
+    return (CheckpointError, ConfigError, DataError, WeightsError, ValueError, FileNotFoundError)
 
 
 def _load_config_file(path: str | None) -> dict:
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise click.BadParameter(f"cannot read {path}: {e}", param_hint="-c/--config") from e
-    known = {f.name for f in fields(RunConfig)}
-    unknown = sorted(set(data) - known)
-    if not isinstance(data, dict) or unknown:
-        raise click.BadParameter(f"unknown keys in {path}: {unknown}", param_hint="-c/--config")
+        raise InputError(f"cannot read {path}: {e}") from None
+    data = {} if data is None else data
+    try:
+        validate_config(data)
+    except ConfigError as e:
+        raise InputError(f"{path}: {e}") from None
     return data
 
 
-@main.command("convert", context_settings={"help_option_names": ["-h", "--help"]})
+def _resume_folder(value: str, output: str | None) -> str:
+    """The run folder that ``--resume [PATH]`` names (a run folder, or a last.pt in one)."""
+    path = Path(value)
+    if not path.exists():
+        raise InputError(f"--resume {value}: no such file or folder")
+    folder = path if path.is_dir() else path.parent
+    if folder.name == "teacher" and not (folder / "config.yaml").exists():
+        folder = folder.parent
+    if output is not None and Path(output).resolve() != folder.resolve():
+        raise InputError(f"--resume {value} belongs to the run in {folder}, but --output is {output}")
+    return str(folder)
+
+
+@main.command("convert", context_settings=_HELP)
 @click.argument("model")
 @click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    help="YAML file of options (command-line options win).",
+    "-c", "--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of options (flags win)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the conversion report and stop.")
 @click.option("--include", multiple=True, help="Convert only convs whose name matches this wildcard (repeatable).")
@@ -70,87 +104,73 @@ def _load_config_file(path: str | None) -> dict:
 @click.option(
     "--keep-classifier/--convert-classifier", default=None, help="Keep a conv classifier multiplicative [keep]."
 )
-@click.option(
-    "--init",
-    type=click.Choice(["fresh", "rescale", "copy"]),
-    default=None,
-    help=f"Adder weight init [{RunConfig.init}].",
-)
-@click.option(
-    "--dataset",
-    type=click.Choice(["fashion-mnist", "cifar10", "imagefolder"]),
-    default=None,
-    help="Data set [fashion-mnist].",
-)
-@click.option(
-    "--data", type=click.Path(file_okay=False), default=None, help="Data folder (default: Debian's Fashion-MNIST)."
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(16, 1024),
-    default=None,
-    help="Input size [28 Fashion-MNIST, 32 CIFAR, 224 ImageFolder].",
-)
+@click.option("--init", default=None, help=f"Adder weight init: fresh, rescale or copy [{RunConfig.init}].")
+@click.option("--dataset", default=None, help="fashion-mnist, cifar10 or imagefolder [fashion-mnist].")
+@click.option("--data", default=None, help="Data folder (default: Debian's Fashion-MNIST).")
+@click.option("--image-size", type=int, default=None, help="Input size, 16-1024 [28 Fashion-MNIST, 32 CIFAR, 224].")
 @click.option(
     "--weights",
     default=None,
     help="Teacher weights: DEFAULT (torchvision), a file, or 'none' [DEFAULT; none with --pretrain-epochs].",
 )
-@click.option(
-    "--pretrain-epochs",
-    type=click.IntRange(0),
-    default=None,
-    help="Train the CNN on the data set first [1 if its head was resized].",
-)
+@click.option("--pretrain-epochs", type=int, default=None, help="Train the CNN first [1 if its head was resized].")
 @click.option("--finetune/--no-finetune", default=None, help="Fine-tune the adder model [finetune].")
-@click.option("--epochs", type=click.IntRange(1), default=None, help=f"Fine-tuning epochs [{RunConfig.epochs}].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help=f"Global batch size [{RunConfig.batch_size}].")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=f"Learning rate [{RunConfig.lr}].")
-@click.option(
-    "--eta",
-    type=click.FloatRange(0, min_open=True),
-    default=None,
-    help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].",
-)
+@click.option("--epochs", type=int, default=None, help=f"Fine-tuning epochs [{RunConfig.epochs}].")
+@click.option("--batch-size", type=int, default=None, help=f"Global batch size [{RunConfig.batch_size}].")
+@click.option("--lr", type=float, default=None, help=f"Learning rate [{RunConfig.lr}].")
+@click.option("--eta", type=float, default=None, help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].")
+@click.option("--warmup-steps", type=int, default=None, help=f"Linear LR warm-up steps [{RunConfig.warmup_steps}].")
 @click.option("--kd/--no-kd", default=None, help="Distil from the CNN teacher [kd].")
 @click.option(
     "--feature-kd",
-    type=click.FloatRange(0),
+    type=float,
     default=None,
     help=f"Weight of feature distillation: each BatchNorm after an adder layer matched to the teacher's; "
     f"0 turns it off [{RunConfig.feature_kd}].",
 )
 @click.option("--sync-bn", is_flag=True, default=None, help="Synchronise BatchNorm over torchrun processes.")
+@click.option("--amp", is_flag=True, default=None, help="bfloat16 autocast (adder layers stay float32).")
 @click.option("--export/--no-export", default=None, help="Export to ONNX and evaluate with ONNX Runtime [export].")
-@click.option("--output", type=click.Path(file_okay=False), default=None, help="Output folder [runs/MODEL].")
-@click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None, help="Continue from a last.pt.")
-@click.option("--device", default=None, help="cpu or cuda [cpu].")
+@click.option("--output", default=None, help="Run folder [runs/MODEL].")
+@click.option(
+    "--resume",
+    "resume_from",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    help="Continue the run in --output (or in the run folder / last.pt given).",
+)
+@click.option("--overwrite", is_flag=True, default=None, help="Replace the run already in --output.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto: cuda when there is one].")
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
-@click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader workers [0].")
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop each epoch after this many batches.")
+@click.option("--workers", type=int, default=None, help="DataLoader workers [0].")
+@click.option("--max-steps", type=int, default=None, help="Stop each epoch after this many batches.")
+@click.option("--eval-max-batches", type=int, default=None, help="Evaluate on this many test batches of 256 only.")
 @click.option(
     "--max-drop",
-    type=click.FloatRange(0),
+    type=float,
     default=None,
     help="Exit non-zero when adder top-1 is more than this many points below the CNN.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def convert_command(model: str, config_file: str | None, dry_run: bool, quiet: bool, **options) -> None:
-    """Convert MODEL (any torchvision classification model) to an AdderNet, fine-tune and export it."""
-    import torchvision
+@click.option("--quiet", is_flag=True, help="No progress bars (the per-epoch lines stay).")
+def convert_command(
+    model: str, config_file: str | None, dry_run: bool, quiet: bool, resume_from: str | None, **options
+) -> None:
+    """Convert MODEL (a torchvision classification CNN) to an AdderNet, fine-tune and export it."""
+    from adderconvert.models import list_cnn_models
 
-    from adderconvert.data import DataError
-    from adderconvert.models import WeightsError, list_cnn_models
-
-    if model not in torchvision.models.list_models(module=torchvision.models):
+    if model not in list_cnn_models():
         close = difflib.get_close_matches(model, list_cnn_models(), n=4, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise click.UsageError(f"unknown model {model!r}.{hint} `adderconvert list` shows all.")
+        raise InputError(f"unknown model {model!r} (or not a CNN).{hint} `adderconvert list` shows all.")
     values = _load_config_file(config_file)
     for key in ("include", "exclude"):
         options[key] = list(options[key]) or None
-    explicit = {k: v for k, v in options.items() if v is not None}
-    values.update(explicit)
+    if resume_from is not None:
+        options["resume"] = True
+        if resume_from:
+            options["output"] = _resume_folder(resume_from, options["output"])
+    values.update({k: v for k, v in options.items() if v is not None})
     values["model"] = model
     values.setdefault("output", f"runs/{model}")
     if "weights" not in values:
@@ -158,23 +178,26 @@ def convert_command(model: str, config_file: str | None, dry_run: bool, quiet: b
     if str(values.get("weights")).lower() == "none":
         values["weights"] = None
     values["progress"] = not quiet
-    config = RunConfig(**values)
-    if config.device.startswith("cuda"):
-        import torch
+    try:
+        config = validate_config(values)
+    except ConfigError as e:
+        raise InputError(f"--{e.key.replace('_', '-')}: {str(e).partition(': ')[2]}") from None
+    if config.resume and config.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    from adderconvert.pipeline import plan_only, run
+    from adderconvert.train import TrainingDiverged
 
-        if not torch.cuda.is_available():
-            raise click.UsageError("--device cuda: no CUDA GPU is available here")
     try:
         if dry_run:
-            from adderconvert.pipeline import plan_only
-
             click.echo(plan_only(config).table())
             return
-        from adderconvert.pipeline import run
-
         summary = run(config)
-    except (DataError, WeightsError, ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    except TrainingDiverged as e:
+        raise click.ClickException(str(e)) from None
+    except _input_errors() as e:
+        raise InputError(str(e)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; continue with --resume --output {config.output}") from None
     if config.max_drop is not None and summary["adder_top1"] < summary["cnn_top1"] - config.max_drop:
         raise click.ClickException(
             f"adder top-1 {summary['adder_top1']:.2f}% is more than {config.max_drop} points below the CNN's "
@@ -182,7 +205,7 @@ def convert_command(model: str, config_file: str | None, dry_run: bool, quiet: b
         )
 
 
-@main.command("list")
+@main.command("list", context_settings=_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_command(as_json: bool) -> None:
     """List the torchvision classification CNNs that can be converted."""
@@ -192,12 +215,61 @@ def list_command(as_json: bool) -> None:
     click.echo(json.dumps(names) if as_json else "\n".join(names))
 
 
-@main.command("doctor")
+@main.command("doctor", context_settings=_HELP)
 def doctor_command() -> None:
     """Print versions and build configuration, and run a one-node AdderConv on every available provider."""
     from adderconvert.doctor import run_doctor
 
     sys.exit(run_doctor())
+
+
+@main.command("evaluate", context_settings=_HELP)
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option("--dataset", default=None, help="Data set [the one the model was trained on].")
+@click.option("--data", default=None, help="Data folder [Debian's Fashion-MNIST for fashion-mnist].")
+@click.option("--image-size", type=int, default=None, help="Input size [the model's].")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Evaluation batch size.")
+@click.option("--max-batches", type=int, default=None, help="Evaluate on this many batches only.")
+@click.option("--device", default="auto", show_default=True, help="PyTorch device for a checkpoint.")
+def evaluate_command(target, dataset, data, image_size, batch_size, max_batches, device) -> None:
+    """Top-1 of TARGET on the test split: a checkpoint (.pt, PyTorch) or an ONNX file (ONNX Runtime)."""
+    from adderconvert.saved_models import evaluate_file
+
+    for name, value, low in (("--batch-size", batch_size, 1), ("--max-batches", max_batches, 1)):
+        if value is not None and value < low:
+            raise InputError(f"{name} must be >= {low}, got {value}")
+    try:
+        result = evaluate_file(
+            target,
+            dataset=dataset,
+            data=data,
+            image_size=image_size,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            device=device,
+        )
+    except _input_errors() as e:
+        raise InputError(str(e)) from None
+    click.echo(
+        f"{result['target']}: top-1 {result['top1']:.2f}% on {result['images']} {result['dataset']} test images "
+        f"({result['runtime']})"
+    )
+
+
+@main.command("export", context_settings=_HELP)
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default=None, help="ONNX file [CHECKPOINT with .onnx].")
+@click.option("--dynamic-hw", is_flag=True, help="Height and width as dynamic dimensions (batch always is).")
+@click.option("--portable", is_flag=True, help="Standard ONNX ops only: runs without our library, slower.")
+def export_command(checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool) -> None:
+    """Export the model in CHECKPOINT to ONNX, with its input size, normalisation and classes as metadata."""
+    from adderconvert.saved_models import export_checkpoint
+
+    try:
+        path = export_checkpoint(checkpoint, output, dynamic_hw=dynamic_hw, portable=portable)
+    except _input_errors() as e:
+        raise InputError(str(e)) from None
+    click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

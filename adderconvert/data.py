@@ -42,6 +42,8 @@ class DatasetSplits:
     test: Dataset
     classes: list[str]
     image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation the model's inputs get, per channel
+    std: tuple[float, float, float] = IMAGENET_STD
 
     @property
     def num_classes(self) -> int:
@@ -64,28 +66,38 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 class TensorImages(Dataset):
-    """Preprocessed single- or three-channel images held in memory; grayscale is expanded to 3 channels."""
+    """Single- or three-channel images held in memory, made model inputs one at a time.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, flip: bool = False) -> None:
+    ``images`` is ``(N, C, H, W)``: float images are used as they are; ``uint8`` images are scaled to
+    [0, 1], resized to ``size`` and normalised per item, so memory stays that of the raw bytes whatever
+    the model's input size. Grayscale is expanded to 3 channels.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        flip: bool = False,
+        size: int | None = None,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ) -> None:
         self.images, self.labels, self.flip = images, labels, flip
+        self.size, self.mean, self.std = size, mean, std
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
         image = self.images[index]
+        if image.dtype == torch.uint8:
+            image = image.float().div_(255)
+            if self.size is not None and image.shape[-1] != self.size:
+                image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+            image = image.sub_(self.mean).div_(self.std)
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image.expand(3, -1, -1), int(self.labels[index])
-
-
-def _normalise_gray(images: np.ndarray, size: int) -> torch.Tensor:
-    x = torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    # One channel standing for three: use the mean of ImageNet's statistics.
-    mean, std = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
-    return x.sub_(mean).div_(std)
 
 
 def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
@@ -100,19 +112,35 @@ def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
             "Install Debian's package: `sudo apt-get install dataset-fashion-mnist` "
             f"(it provides {FASHION_MNIST_DIR}), or pass --data DIR holding the four idx .gz files."
         )
+    # One channel standing for three: the mean of ImageNet's statistics normalises it.
+    gray_mean, gray_std = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
     splits = {}
     for split, (images, labels) in files.items():
         x, y = read_idx(images), read_idx(labels)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"Fashion-MNIST files in {root} do not match: {x.shape} images, {y.shape} labels")
         splits[split] = TensorImages(
-            _normalise_gray(x, image_size), torch.from_numpy(y.astype(np.int64)), flip=split == "train"
+            torch.from_numpy(x.copy()).unsqueeze(1),
+            torch.from_numpy(y.astype(np.int64)),
+            flip=split == "train",
+            size=image_size,
+            mean=gray_mean,
+            std=gray_std,
         )
-    return DatasetSplits(splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), image_size)
+    return DatasetSplits(
+        splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), image_size, (gray_mean,) * 3, (gray_std,) * 3
+    )
 
 
-def _to_rgb(image):
-    return image.convert("RGB")
+def _open_rgb(path: str):
+    """ImageFolder's loader, with a message naming a file that is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path} is not a readable image ({e}); remove it or fix it") from e
 
 
 def _torchvision_transforms(image_size: int, train: bool):
@@ -122,7 +150,7 @@ def _torchvision_transforms(image_size: int, train: bool):
         steps = [T.RandomResizedCrop(image_size, scale=(0.35, 1.0)), T.RandomHorizontalFlip()]
     else:
         steps = [T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size)]
-    steps += [T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return T.Compose(steps)
 
 
@@ -152,8 +180,17 @@ def _image_folder(root: Path, image_size: int) -> DatasetSplits:
                 "(the ImageNet layout)"
             )
         split_dirs[split] = found
-    train = ImageFolder(str(split_dirs["train"]), transform=_torchvision_transforms(image_size, True))
-    test = ImageFolder(str(split_dirs["test"]), transform=_torchvision_transforms(image_size, False))
+    try:
+        train, test = (
+            ImageFolder(
+                str(split_dirs[split]),
+                transform=_torchvision_transforms(image_size, split == "train"),
+                loader=_open_rgb,
+            )
+            for split in ("train", "test")
+        )
+    except FileNotFoundError as e:  # a split without class folders or without image files
+        raise DataError(f"no images found in {root}: {e}") from e
     if train.classes != test.classes:
         raise DataError(f"class folders differ between {split_dirs['train']} and {split_dirs['test']}")
     return DatasetSplits(train, test, list(train.classes), image_size)

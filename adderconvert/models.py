@@ -9,7 +9,14 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["WeightsError", "build_model", "list_cnn_models", "load_weights", "resize_classifier"]
+__all__ = [
+    "WeightsError",
+    "build_model",
+    "check_input_size",
+    "list_cnn_models",
+    "load_weights",
+    "resize_classifier",
+]
 
 # Classification models in torchvision that are not CNNs (adder layers would replace only their stem).
 _NOT_CNN = ("vit_", "swin_", "maxvit_")
@@ -59,8 +66,18 @@ def resize_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _state_dict_from_file(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The CNN state dict in a file: a plain state dict, a training checkpoint holding one, or a teacher
+    checkpoint of this tool for the same architecture."""
+    from adderconvert.checkpoint import CheckpointError, check_compatible, load_checkpoint, read_torch_file
+
+    state = read_torch_file(path, WeightsError)
+    if isinstance(state, dict) and "format" in state and "meta" in state:
+        try:
+            meta = load_checkpoint(path)["meta"]
+            check_compatible(meta, path, stage="teacher", model_name=name)
+        except CheckpointError as e:
+            raise WeightsError(f"--weights takes CNN weights: {e}") from e
     for key in ("model", "state_dict", "model_state"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -77,7 +94,7 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
     resized head is trained from scratch.
     """
     if os.path.exists(weights):
-        state = _state_dict_from_file(Path(weights))
+        state = _state_dict_from_file(Path(weights), name)
     else:
         try:
             enum = torchvision.models.get_model_weights(name)
@@ -96,24 +113,55 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
             ) from e
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in compatible]
-    head = _classifier_path(model)[0]
-    unexpected = [k for k in missing if not k.startswith(head + ".") and "num_batches_tracked" not in k]
-    if unexpected:
-        raise WeightsError(
-            f"weights {weights!r} do not fit {name}: {len(unexpected)} tensors missing or of another shape, "
-            f"e.g. {unexpected[:3]}"
-        )
+    head = _classifier_path(model)[0] + "."
+    missing = [k for k in own if k not in compatible and not k.startswith(head) and "num_batches_tracked" not in k]
+    foreign = [k for k in state if k not in own and not k.startswith(head)]
+    if missing or foreign:
+        detail = f"{len(missing)} of its tensors missing or of another shape (e.g. {missing[:3]})" if missing else ""
+        if foreign:
+            detail += ("; " if detail else "") + f"{len(foreign)} tensors {name} does not have (e.g. {foreign[:3]})"
+        raise WeightsError(f"weights {weights!r} are not {name} weights: {detail}")
     model.load_state_dict(compatible, strict=False)
 
 
 def build_model(name: str, num_classes: int, weights: str | None = None) -> nn.Module:
-    """A torchvision classification model with ``num_classes`` outputs, optionally with loaded weights."""
+    """A torchvision classification CNN with ``num_classes`` outputs, optionally with loaded weights."""
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise ValueError(f"unknown model {name!r}; `adderconvert list` shows the {len(available)} available")
+        raise ValueError(f"unknown model {name!r}; `adderconvert list` shows the {len(list_cnn_models())} CNNs")
+    if name.startswith(_NOT_CNN):
+        raise ValueError(
+            f"{name} is a vision transformer, not a CNN: adder layers would replace only its patch embedding. "
+            "`adderconvert list` shows the CNNs"
+        )
     kwargs = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
     model = resize_classifier(torchvision.models.get_model(name, weights=None, **kwargs), num_classes)
     if weights:
         load_weights(model, name, weights)
     return model
+
+
+_CANDIDATE_SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 299, 384, 512)
+
+
+def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
+    """Raise ``ValueError`` suggesting an ``--image-size`` when ``model`` cannot take ``image_size`` inputs."""
+
+    def works(size: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+            return True
+        except (RuntimeError, ValueError):  # "Output size is too small", a kernel larger than its input
+            return False
+
+    was_training = model.training
+    model.eval()
+    try:
+        if works(image_size):
+            return
+        fits = next((s for s in _CANDIDATE_SIZES if s > image_size and works(s)), None)
+    finally:
+        model.train(was_training)
+    hint = f"; pass --image-size {fits} or more" if fits else ""
+    raise ValueError(f"{name} cannot take {image_size}x{image_size} inputs (its feature maps shrink to nothing){hint}")

@@ -1,59 +1,52 @@
 """The main job: CNN teacher -> conversion -> fine-tuning with distillation -> evaluation -> ONNX export
-and ONNX Runtime evaluation, with everything written to one output folder."""
+and ONNX Runtime evaluation, with everything written to one run folder.
+
+The run folder (``--output``) holds ``config.yaml``, ``teacher/`` (the CNN's ``last.pt``, ``best.pt`` and
+``metrics.csv`` when it is trained here), the adder model's ``last.pt``, ``best.pt`` and ``metrics.csv``,
+``MODEL_adder.onnx`` and ``summary.json``. Every input is checked before anything is written; a folder
+that holds a run is continued only with ``resume`` and replaced only with ``overwrite``.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
+from torch import nn
 
+from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
+from adderconvert.config import RunConfig
 from adderconvert.conversion import ConversionReport, convert, plan_conversion
-from adderconvert.data import load_dataset
-from adderconvert.models import build_model
+from adderconvert.data import DatasetSplits, load_dataset
+from adderconvert.models import build_model, check_input_size
 from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed
+from adderconvert.train.loop import check_same_schedule
 
-__all__ = ["RunConfig", "run"]
+__all__ = ["RunConfig", "RunInputError", "plan_only", "resolve_device", "run"]
+
+_RUN_FILES = ("config.yaml", "summary.json", "last.pt", "teacher")
 
 
-@dataclass
-class RunConfig:
-    model: str = "resnet18"
-    dataset: str = "fashion-mnist"
-    data: str | None = None
-    image_size: int | None = None
-    weights: str | None = "DEFAULT"
-    pretrain_epochs: int | None = None  # None: 1 when the classifier had to be resized, else 0
-    pretrain_lr: float = 0.05
-    finetune: bool = True
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = TrainConfig.lr
-    eta: float = TrainConfig.eta
-    kd: bool = True
-    feature_kd: float = TrainConfig.feature_kd
-    init: str = "fresh"
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    keep_stem: bool = True
-    keep_classifier: bool = True
-    sync_bn: bool = False
-    export: bool = True
-    output: str = "runs/adderconvert"
-    resume: str | None = None
-    device: str = "cpu"
-    seed: int = 0
-    workers: int = 0
-    max_steps: int | None = None
-    max_drop: float | None = None
-    progress: bool = True
+class RunInputError(ValueError):
+    """An input of the run (folder, model, device, checkpoint) cannot be used; the message says why."""
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is there, else ``cpu``; a CUDA device that is not there is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RunInputError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise RunInputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
 
 
 def _log(message: str, enabled: bool = True) -> None:
@@ -65,25 +58,154 @@ def _example_batch(dataset, size: int = 32) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(size, len(dataset)))])
 
 
-def plan_only(config: RunConfig) -> ConversionReport:
-    """The conversion report for ``config.model`` on the data set's image size, converting nothing."""
-    splits = load_dataset(config.dataset, config.data, config.image_size)
-    model = build_model(config.model, splits.num_classes)
-    return plan_conversion(
+def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> ConversionReport:
+    report = plan_conversion(
         model,
-        _example_batch(splits.test, 2),
+        example,
         include=config.include,
         exclude=config.exclude,
         keep_stem=config.keep_stem,
         keep_classifier=config.keep_classifier,
     )
+    if not report.converted:
+        raise RunInputError(
+            f"nothing was converted: no Conv2d of {config.model} is left to become an adder layer under these "
+            "rules (--include/--exclude, --keep-stem, --keep-classifier); see `--dry-run`"
+        )
+    return report
+
+
+def plan_only(config: RunConfig) -> ConversionReport:
+    """The conversion report for ``config.model`` on the data set's image size, converting nothing."""
+    splits = load_dataset(config.dataset, config.data, config.image_size)
+    model = build_model(config.model, splits.num_classes)
+    check_input_size(model, config.model, splits.image_size)
+    return _plan(config, model, _example_batch(splits.test, 2))
+
+
+@dataclass
+class _Prepared:
+    """Everything checked and loaded before a run writes anything."""
+
+    splits: DatasetSplits
+    teacher: nn.Module
+    report: ConversionReport
+    pretrain_epochs: int
+    out: Path
+    device: str
+
+
+def _check_folder(config: RunConfig, out: Path) -> None:
+    holds_run = out.is_dir() and any((out / name).exists() for name in _RUN_FILES)
+    if out.exists() and not out.is_dir():
+        raise RunInputError(f"--output {out} is a file, not a folder")
+    if config.resume:
+        if not holds_run:
+            raise RunInputError(f"--resume: {out} holds no run to continue (no config.yaml or last.pt)")
+        return
+    if holds_run and not config.overwrite:
+        raise RunInputError(
+            f"{out} already holds a run. Pass --resume to continue it, --overwrite to replace it, or another --output"
+        )
+    if out.is_dir() and any(out.iterdir()) and not holds_run:
+        raise RunInputError(f"--output {out} is a folder of other files, not a run folder; choose an empty or new one")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir() or not _writable(parent):
+        raise RunInputError(f"--output {out} cannot be created: {parent} is not a writable folder")
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, world_size: int) -> None:
+    per_process = config.batch_size // world_size
+    if config.batch_size % world_size:
+        raise RunInputError(f"--batch-size {config.batch_size} must be divisible by the {world_size} processes")
+    if len(splits.train) < config.batch_size:
+        raise RunInputError(f"--batch-size {config.batch_size} is larger than the {len(splits.train)} training images")
+    if per_process == 1:  # BatchNorm cannot train on one value per channel (a 1x1 map of one image)
+        probe = copy.deepcopy(model).train()
+        try:
+            probe(_example_batch(splits.train, 1))
+        except ValueError as e:
+            raise RunInputError(
+                f"--batch-size {config.batch_size}: {config.model} has BatchNorm layers that see one value per channel "
+                f"in a batch of one at {splits.image_size}px; use --batch-size 2 or more ({e})"
+            ) from None
+
+
+def _prepare(config: RunConfig, world_size: int) -> _Prepared:
+    out = Path(config.output)
+    _check_folder(config, out)
+    device = resolve_device(config.device)
+    splits = load_dataset(config.dataset, config.data, config.image_size)
+    teacher = build_model(config.model, splits.num_classes, config.weights)
+    check_input_size(teacher, config.model, splits.image_size)
+    _check_batch(config, teacher, splits, world_size)
+    report = _plan(config, teacher, _example_batch(splits.train))
+    pretrain = config.pretrain_epochs
+    if pretrain is None:
+        # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
+        pretrain = 0 if config.weights and splits.num_classes == 1000 else 1
+    if config.resume:
+        for path, stage, train_config in (
+            (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1))),
+            (out / "last.pt", "adder", _adder_config(config)),
+        ):
+            if path.is_file():
+                state = load_checkpoint(path)
+                check_compatible(
+                    state["meta"], path, stage=stage, model_name=config.model, num_classes=splits.num_classes
+                )
+                check_same_schedule(state, train_config, path)
+    return _Prepared(splits, teacher, report, pretrain, out, device)
+
+
+def _common(config: RunConfig) -> dict:
+    return dict(
+        batch_size=config.batch_size,
+        seed=config.seed,
+        workers=config.workers,
+        max_steps=config.max_steps,
+        eval_max_batches=config.eval_max_batches,
+        progress=config.progress,
+        sync_bn=config.sync_bn,
+        amp=config.amp,
+    )
+
+
+def _teacher_config(config: RunConfig, pretrain: int) -> TrainConfig:
+    return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config))
+
+
+def _adder_config(config: RunConfig) -> TrainConfig:
+    return TrainConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        eta=config.eta,
+        warmup_steps=config.warmup_steps,
+        kd=config.kd,
+        feature_kd=config.feature_kd,
+        desc="adder",
+        **_common(config),
+    )
 
 
 def run(config: RunConfig) -> dict:
-    """Run the main job and return the summary (also written to ``OUTPUT/summary.json``)."""
-    ctx = init_distributed(config.device)
+    """Run the main job and return the summary (also written to ``OUTPUT/summary.json``).
+
+    Raises :class:`RunInputError` (and the data, weights and checkpoint errors) before writing anything
+    when an input cannot be used.
+    """
+    ctx = init_distributed(resolve_device(config.device))
     try:
-        summary = _run(config, ctx)
+        prepared = _prepare(config, ctx.world_size)
+        if ctx.enabled:  # every rank has checked the folder before the first one writes to it
+            torch.distributed.barrier()
+        summary = _run(config, prepared, ctx)
     except BaseException:
         finish_distributed(wait=False)  # the other ranks may be inside a collective: do not wait for them
         raise
@@ -91,92 +213,87 @@ def run(config: RunConfig) -> dict:
     return summary
 
 
-def _run(config: RunConfig, ctx) -> dict:
-    main = ctx.is_main
-    started = time.perf_counter()
-    out = Path(config.output)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml())
-    torch.manual_seed(config.seed)
-    splits = load_dataset(config.dataset, config.data, config.image_size)
-    _log(
-        f"data: {config.dataset}, {len(splits.train)} train / {len(splits.test)} test images, "
-        f"{splits.num_classes} classes, {splits.image_size}px",
-        main,
+def _meta(config: RunConfig, splits: DatasetSplits, stage: str, report: ConversionReport | None) -> CheckpointMeta:
+    return CheckpointMeta(
+        model_name=config.model,
+        num_classes=splits.num_classes,
+        stage=stage,
+        dataset=config.dataset,
+        image_size=splits.image_size,
+        classes=list(splits.classes),
+        mean=list(splits.mean),
+        std=list(splits.std),
+        conversion=report.to_dict() if report is not None else None,
     )
 
-    teacher = build_model(config.model, splits.num_classes, config.weights)
-    pretrain = config.pretrain_epochs
-    if pretrain is None:
-        # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
-        pretrain = 0 if config.weights and splits.num_classes == 1000 else 1
-    common = dict(
-        batch_size=config.batch_size,
-        seed=config.seed,
-        workers=config.workers,
-        max_steps=config.max_steps,
-        progress=config.progress and main,
-        sync_bn=config.sync_bn,
+
+def _run(config: RunConfig, prepared: _Prepared, ctx) -> dict:
+    main = ctx.is_main
+    started = time.perf_counter()
+    out = prepared.out
+    created = not out.exists()
+    if main:
+        if config.overwrite and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not config.resume:
+            (out / "config.yaml").write_text(config.to_yaml())
+    try:
+        return _stages(config, prepared, ctx, started)
+    except BaseException:
+        # A run that wrote no checkpoint leaves nothing behind; one that did keeps its work for --resume.
+        if main and created and not any(out.rglob("*.pt")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict:
+    main = ctx.is_main
+    out, splits, teacher, report = prepared.out, prepared.splits, prepared.teacher, prepared.report
+    _log(
+        f"data: {config.dataset}, {len(splits.train)} train / {len(splits.test)} test images, "
+        f"{splits.num_classes} classes, {splits.image_size}px; device {prepared.device}",
+        main,
     )
-    # fit() evaluates the test set after its last epoch; that figure is reused rather than computed again.
+    torch.manual_seed(config.seed)
     cnn_history = []
-    if pretrain > 0:
+    if prepared.pretrain_epochs > 0:
         teacher_dir = out / "teacher"
-        _log(f"teacher: training the {config.model} CNN for {pretrain} epoch(s)", main)
+        resume = teacher_dir / "last.pt" if config.resume and (teacher_dir / "last.pt").is_file() else None
+        _log(f"teacher: training the {config.model} CNN for {prepared.pretrain_epochs} epoch(s)", main)
         cnn_history = fit(
             teacher,
             splits.train,
             splits.test,
-            TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **common),
+            _teacher_config(config, prepared.pretrain_epochs),
             output=teacher_dir,
-            meta={"model_name": config.model, "num_classes": splits.num_classes},
+            meta=_meta(config, splits, "teacher", None),
+            resume=resume,
             ctx=ctx,
         )
-    cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config.progress and main, "CNN eval")
+    cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config, "CNN eval")
     _log(f"CNN top-1: {cnn_top1:.2f}%", main)
 
     student = copy.deepcopy(teacher).cpu()
-    report = plan_conversion(
-        student,
-        _example_batch(splits.train),
-        include=config.include,
-        exclude=config.exclude,
-        keep_stem=config.keep_stem,
-        keep_classifier=config.keep_classifier,
-    )
     convert(student, None, init=config.init, report=report)
     _log(report.table(), main)
 
     adder_history = []
     if config.finetune:
-        meta = {
-            "model_name": config.model,
-            "num_classes": splits.num_classes,
-            "conversion": report.to_dict(),
-            "dataset": config.dataset,
-            "image_size": splits.image_size,
-        }
+        resume = out / "last.pt" if config.resume and (out / "last.pt").is_file() else None
         adder_history = fit(
             student,
             splits.train,
             splits.test,
-            TrainConfig(
-                epochs=config.epochs,
-                lr=config.lr,
-                eta=config.eta,
-                kd=config.kd,
-                feature_kd=config.feature_kd,
-                desc="adder",
-                **common,
-            ),
+            _adder_config(config),
             teacher=teacher,
             output=out,
-            meta=meta,
-            resume=config.resume,
+            meta=_meta(config, splits, "adder", report),
+            resume=resume,
             ctx=ctx,
+            teacher_top1=cnn_top1,
         )
-    adder_top1 = _top1(adder_history, student, splits.test, ctx, config.progress and main, "adder eval")
+    adder_top1 = _top1(adder_history, student, splits.test, ctx, config, "adder eval")
     _log(f"adder top-1: {adder_top1:.2f}%", main)
 
     summary = {
@@ -188,7 +305,7 @@ def _run(config: RunConfig, ctx) -> dict:
         "cnn_top1": cnn_top1,
         "adder_top1": adder_top1,
         "onnx_top1": None,
-        "pretrain_epochs": pretrain,
+        "pretrain_epochs": prepared.pretrain_epochs,
         "epochs": config.epochs if config.finetune else 0,
     }
     if config.export and main:
@@ -201,11 +318,18 @@ def _run(config: RunConfig, ctx) -> dict:
     return summary
 
 
-def _top1(history, model, test_set, ctx, progress: bool, desc: str) -> float:
+def _top1(history, model, test_set, ctx, config: RunConfig, desc: str) -> float:
     """Test top-1 of ``model``: the last epoch's figure from ``history``, else a fresh evaluation."""
     if history:
         return history[-1].test_top1
-    return evaluate(model, test_set, device=ctx.device, progress=progress, desc=desc)
+    return evaluate(
+        model,
+        test_set,
+        device=ctx.device,
+        progress=config.progress and ctx.is_main,
+        desc=desc,
+        max_batches=config.eval_max_batches,
+    )
 
 
 def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[float, str]:
@@ -219,7 +343,9 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[f
     session = make_session(path)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=256, num_workers=config.workers)
     correct = total = 0
-    for images, labels in loader:
+    for index, (images, labels) in enumerate(loader):
+        if config.eval_max_batches is not None and index >= config.eval_max_batches:
+            break
         logits = session.run(None, {"input": images.numpy()})[0]
         correct += int((np.argmax(logits, 1) == labels.numpy()).sum())
         total += len(labels)

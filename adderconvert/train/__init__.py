@@ -1,6 +1,5 @@
-"""Fine-tuning adder models: training loop, distillation, checkpoints, multi-process training."""
+"""Fine-tuning adder models: training loop, distillation, checkpoint saving, multi-process training."""
 
-from adderconvert.train.checkpoint import load, load_checkpoint, save_checkpoint
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import (
     GlobalBatchNorm2d,
@@ -8,21 +7,32 @@ from adderconvert.train.distributed import (
     finish_distributed,
     init_distributed,
 )
-from adderconvert.train.loop import EpochRecord, TrainConfig, evaluate, fit, recalibrate_batchnorm
+from adderconvert.train.loop import (
+    EpochRecord,
+    TrainConfig,
+    TrainingDiverged,
+    build_optimizer,
+    evaluate,
+    fit,
+    recalibrate_batchnorm,
+    train_one_epoch,
+)
+from adderconvert.train.saver import CheckpointSaver
 
 __all__ = [
+    "CheckpointSaver",
     "EpochRecord",
     "FeatureDistillation",
     "GlobalBatchNorm2d",
     "TrainConfig",
+    "TrainingDiverged",
+    "build_optimizer",
     "convert_sync_batchnorm",
     "distillation_loss",
     "evaluate",
     "finish_distributed",
     "fit",
     "init_distributed",
-    "load",
-    "load_checkpoint",
     "recalibrate_batchnorm",
-    "save_checkpoint",
+    "train_one_epoch",
 ]

@@ -1,13 +1,16 @@
-"""Fine-tuning: SGD with momentum and a cosine schedule, the adaptive learning rate for adder weights
-(applied after DDP's all-reduce), distillation from the CNN teacher, progress bars, a per-epoch CSV,
-atomic best/last checkpoints and exact resume."""
+"""Fine-tuning: SGD with momentum, linear warm-up then a cosine schedule, the adaptive learning rate for
+adder weights (applied after DDP's all-reduce), distillation from the CNN teacher, divergence guards,
+and a checkpoint after every epoch from which a run resumes exactly.
+
+:func:`fit` runs a whole stage; :func:`train_one_epoch` and :func:`evaluate` are its pieces.
+"""
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +20,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from adderconvert.checkpoint import CheckpointMeta, load_checkpoint
 from adderconvert.nn import adder_weights, scale_adder_gradients_
-from adderconvert.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import DistributedContext, convert_sync_batchnorm
+from adderconvert.train.saver import CheckpointSaver, rng_state, set_rng_state
 
-__all__ = ["EpochRecord", "TrainConfig", "evaluate", "fit", "recalibrate_batchnorm"]
+__all__ = [
+    "EpochRecord",
+    "TrainConfig",
+    "TrainingDiverged",
+    "build_optimizer",
+    "check_same_schedule",
+    "eta_at",
+    "evaluate",
+    "fit",
+    "recalibrate_batchnorm",
+    "train_one_epoch",
+]
 
 
 @dataclass
@@ -39,30 +54,48 @@ class TrainConfig:
     batch_size: int = 128  # global: split evenly over the processes
     lr: float = 0.1
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # on weights with more than one dimension
+    warmup_steps: int = 0  # linear warm-up of the learning rate before the cosine decay
+    adder_lr_scale: float = 1.0  # adder weights' learning rate = lr * adder_lr_scale
+    adder_weight_decay: float | None = None  # None: weight_decay
     eta: float = 2.0
+    eta_final: float | None = None  # eta annealed by cosine from eta to eta_final; None: constant
     kd: bool = True
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     feature_kd: float = 5.0  # weight of FeatureDistillation's loss (0: off)
     recalibrate_steps: int = 20  # training batches that re-estimate BatchNorm statistics before each evaluation
+    amp: bool = False  # bfloat16 autocast for the teacher and the non-adder layers
     seed: int = 0
     workers: int = 0
     max_steps: int | None = None  # per epoch; None runs the whole epoch
+    eval_max_batches: int | None = None  # evaluate on this many test batches only; None: the whole test set
     sync_bn: bool = False
-    progress: bool = True
+    progress: bool = True  # progress bars
+    log: bool = True  # one line per epoch
     desc: str = "train"
+
+
+# Settings that shape the optimizer's trajectory: a resumed run must use the same.
+_SCHEDULE_KEYS = (
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps", "adder_lr_scale",
+    "adder_weight_decay", "eta", "eta_final", "max_steps",
+)  # fmt: skip
 
 
 @dataclass
 class EpochRecord:
     epoch: int
-    lr: float
+    lr: float  # at the epoch's first step
     train_loss: float
     train_top1: float
     test_top1: float
     seconds: float
     images_per_second: float
+
+
+class TrainingDiverged(RuntimeError):
+    """Training left the range where it can recover; the message says what happened and what to try."""
 
 
 @torch.no_grad()
@@ -74,15 +107,21 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
     workers: int = 0,
+    max_batches: int | None = None,
 ) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``dataset``."""
+    """Top-1 accuracy (%) of ``model`` on ``dataset`` (its first ``max_batches`` batches when given)."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     correct = total = 0
-    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+    bar = tqdm(loader, total=total_batches, desc=desc, disable=not progress, leave=False, unit="batch")
+    for index, (images, labels) in enumerate(bar):
+        if index >= total_batches:
+            break
         logits = model(images.to(device))
         correct += int((logits.argmax(1).cpu() == labels).sum())
         total += len(labels)
+    bar.close()
     return 100.0 * correct / max(total, 1)
 
 
@@ -112,13 +151,147 @@ def recalibrate_batchnorm(model: nn.Module, batches, steps: int, device: str | t
     model.train(was_training)
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on BatchNorm parameters and biases."""
-    decay, no_decay = [], []
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD (Nesterov) over three groups, adder weights / other weights / 1-d parameters (no weight decay),
+    and a per-step schedule: linear warm-up over ``warmup_steps``, then cosine decay to zero."""
+    adder = {id(p) for p in adder_weights(model)}
+    groups: dict[str, list[nn.Parameter]] = {"adder": [], "decay": [], "no_decay": []}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.dim() <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups["adder" if id(p) in adder else "decay" if p.dim() > 1 else "no_decay"].append(p)
+    adder_decay = config.weight_decay if config.adder_weight_decay is None else config.adder_weight_decay
+    settings = {
+        "adder": (config.lr * config.adder_lr_scale, adder_decay),
+        "decay": (config.lr, config.weight_decay),
+        "no_decay": (config.lr, 0.0),
+    }
+    param_groups = [
+        {"params": params, "lr": settings[name][0], "weight_decay": settings[name][1], "name": name}
+        for name, params in groups.items()
+        if params
+    ]
+    optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def eta_at(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The adaptive-LR eta at ``step``: constant, or annealed by cosine to ``eta_final``."""
+    if config.eta_final is None:
+        return config.eta
+    return config.eta_final + (config.eta - config.eta_final) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+
+
+class _LossWatch:
+    """Detects a loss that is not finite or has run away: its running mean over 20 steps above four times
+    the mean of the first 10 steps of the run."""
+
+    def __init__(self) -> None:
+        self.start: list[float] = []
+        self.recent: list[float] = []
+
+    def check(self, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return f"the loss became {loss}"
+        if len(self.start) < 10:
+            self.start.append(loss)
+            return None
+        self.recent = [*self.recent[-19:], loss]
+        baseline = sum(self.start) / len(self.start)
+        running = sum(self.recent) / len(self.recent)
+        if len(self.recent) == 20 and running > 4 * baseline:
+            return f"the loss rose from {baseline:.3g} at the start to {running:.3g} (mean of the last 20 steps)"
+        return None
+
+
+def train_one_epoch(
+    net: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    *,
+    steps: int,
+    epoch: int,
+    total_steps: int,
+    ctx: DistributedContext,
+    teacher: nn.Module | None = None,
+    features: FeatureDistillation | None = None,
+    watch: _LossWatch | None = None,
+) -> dict[str, float]:
+    """One epoch of ``steps`` batches; returns ``lr`` (at its first step), ``train_loss``, ``train_top1``,
+    ``seconds`` and ``images_per_second``. Raises :class:`TrainingDiverged` (without stepping the
+    optimizer on the bad loss) when ``watch`` sees the loss diverge."""
+    model = net.module if isinstance(net, DistributedDataParallel) else net
+    device = ctx.device
+    has_adder = next(adder_weights(model), None) is not None
+    net.train()
+    lr = config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)  # the base lr; adder weights' is scaled
+    started = time.perf_counter()
+    loss_sum = correct = seen = 0.0
+    bar = tqdm(
+        total=steps,
+        desc=f"{config.desc} {epoch + 1}/{config.epochs}",
+        disable=not (config.progress and ctx.is_main),
+        unit="batch",
+        leave=False,
+    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
+    for step, (images, labels) in enumerate(loader):
+        if step >= steps:
+            break
+        images, labels = images.to(device), labels.to(device)
+        with autocast:
+            with torch.no_grad():
+                teacher_logits = teacher(images) if (teacher is not None and config.kd) else None
+            logits = net(images)
+            loss = distillation_loss(
+                logits.float(), labels, _float(teacher_logits), config.kd_alpha, config.kd_temperature
+            )
+            if features is not None:
+                loss = loss + config.feature_kd * features.loss()
+        value = float(loss.detach())
+        problem = watch.check(value) if watch is not None else None
+        if problem is not None:
+            bar.close()
+            raise TrainingDiverged(f"{problem} at epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP all-reduces here
+        if has_adder:
+            scale_adder_gradients_(model, eta_at(config, epoch * steps + step, total_steps))
+        optimizer.step()
+        scheduler.step()
+        loss_sum += value * len(labels)
+        correct += float((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(
+            loss=f"{loss_sum / seen:.3f}",
+            acc=f"{100 * correct / seen:.1f}",
+            img_s=f"{seen * ctx.world_size / elapsed:.0f}",
+        )
+        bar.update()
+    bar.close()
+    seconds = time.perf_counter() - started
+    return {
+        "lr": lr,
+        "train_loss": loss_sum / seen,
+        "train_top1": 100 * correct / seen,
+        "seconds": seconds,
+        "images_per_second": seen * ctx.world_size / seconds,
+    }
+
+
+def _float(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.float()
 
 
 def fit(
@@ -129,19 +302,25 @@ def fit(
     *,
     teacher: nn.Module | None = None,
     output: str | Path | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: CheckpointMeta | None = None,
     resume: str | Path | None = None,
     ctx: DistributedContext | None = None,
+    teacher_top1: float | None = None,
 ) -> list[EpochRecord]:
-    """Train ``model`` and return one record per epoch run.
+    """Train ``model`` and return one record per epoch (those of a resumed run's earlier epochs included).
 
-    With ``output`` the run writes ``metrics.csv``, ``last.pt`` and ``best.pt`` there (``meta`` is stored
-    in each checkpoint so :func:`adderconvert.load` can rebuild the model). ``resume`` continues from a
-    ``last.pt``: epoch, weights, optimizer, scheduler and RNG states.
+    With ``output`` the run writes ``last.pt``, ``best.pt`` and ``metrics.csv`` there after every epoch
+    (``meta`` says what the model is; the recipe is added to it). ``resume`` continues from a ``last.pt``
+    written with the same schedule settings: weights, optimizer, scheduler and RNG states. Training stops
+    with :class:`TrainingDiverged` when the loss is not finite or runs away, or when ``teacher_top1`` is
+    given, at least three times chance, and the model ends an epoch at chance; the last checkpoint then
+    stays that of the last good epoch.
     """
     ctx = ctx or DistributedContext()
     if config.batch_size % ctx.world_size != 0:
         raise ValueError(f"batch size {config.batch_size} must be divisible by the {ctx.world_size} processes")
+    if output is not None and meta is None:
+        raise ValueError("fit(output=...) needs meta: what the checkpoints hold")
     device = ctx.device
     torch.manual_seed(config.seed)
     if config.sync_bn:
@@ -164,108 +343,94 @@ def fit(
     steps = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
     if steps == 0:
         raise ValueError(f"training set of {len(train_set)} images gives no batch of {config.batch_size}")
-    optimizer = torch.optim.SGD(
-        _parameter_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
+    total_steps = config.epochs * steps
+    optimizer, scheduler = build_optimizer(model, config, total_steps)
     net = DistributedDataParallel(model) if ctx.enabled else model
-    has_adder = next(adder_weights(model), None) is not None
     features = (
         FeatureDistillation(model, teacher) if (teacher is not None and config.kd and config.feature_kd > 0) else None
     )
+    saver = None
+    if output is not None and ctx.is_main:
+        saver = CheckpointSaver(output, replace(meta, recipe=asdict(config)))
 
     start_epoch, best, history = 0, -math.inf, []
     if resume is not None:
         state = load_checkpoint(resume)
+        check_same_schedule(state, config, resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best_top1"]
         history = [EpochRecord(**r) for r in state.get("history", [])]
+        if start_epoch < config.epochs:
+            message = f"resuming at epoch {start_epoch + 1} of {config.epochs}, step {start_epoch * steps}"
+        else:
+            message = f"all {config.epochs} epoch(s) already done"
+        _log(f"{config.desc}: {message} (from {resume})", config.log and ctx.is_main)
 
-    output = Path(output) if output is not None else None
+    watch = _LossWatch()
+    num_classes = _num_classes(model)
     try:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
-            net.train()
-            started = time.perf_counter()
-            loss_sum = correct = seen = 0.0
-            bar = tqdm(
-                total=steps,
-                desc=f"{config.desc} {epoch + 1}/{config.epochs}",
-                disable=not (config.progress and ctx.is_main),
-                unit="batch",
-                leave=False,
-            )
-            for step, (images, labels) in enumerate(loader):
-                if step >= steps:
-                    break
-                images, labels = images.to(device), labels.to(device)
-                with torch.no_grad():
-                    teacher_logits = teacher(images) if (teacher is not None and config.kd) else None
-                logits = net(images)
-                loss = distillation_loss(logits, labels, teacher_logits, config.kd_alpha, config.kd_temperature)
-                if features is not None:
-                    loss = loss + config.feature_kd * features.loss()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # DDP all-reduces here
-                if has_adder:
-                    scale_adder_gradients_(model, config.eta)
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * len(labels)
-                correct += float((logits.argmax(1) == labels).sum())
-                seen += len(labels)
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(
-                    loss=f"{loss_sum / seen:.3f}",
-                    acc=f"{100 * correct / seen:.1f}",
-                    img_s=f"{seen * ctx.world_size / elapsed:.0f}",
-                )
-                bar.update()
-            bar.close()
-            seconds = time.perf_counter() - started
+            try:
+                stats = train_one_epoch(
+                    net, loader, optimizer, scheduler, config,
+                    steps=steps, epoch=epoch, total_steps=total_steps, ctx=ctx,
+                    teacher=teacher, features=features, watch=watch,
+                )  # fmt: skip
+            except TrainingDiverged as e:
+                raise TrainingDiverged(_diverged_message(str(e), config, history, saver)) from None
             # Every rank runs the same batches count, so synchronised BatchNorm's collectives match up.
             recalibrate_batchnorm(model, loader, min(config.recalibrate_steps, steps), device)
             test_top1 = (
                 evaluate(
-                    model, test_set, device=device, progress=config.progress and ctx.is_main, desc=f"eval {epoch + 1}"
+                    model,
+                    test_set,
+                    device=device,
+                    progress=config.progress and ctx.is_main,
+                    desc=f"eval {epoch + 1}",
+                    max_batches=config.eval_max_batches,
                 )
                 if ctx.is_main
                 else 0.0
             )
-            record = EpochRecord(
-                epoch=epoch + 1,
-                lr=optimizer.param_groups[0]["lr"],
-                train_loss=loss_sum / seen,
-                train_top1=100 * correct / seen,
-                test_top1=test_top1,
-                seconds=seconds,
-                images_per_second=seen * ctx.world_size / seconds,
-            )
-            history.append(record)
-            if ctx.is_main and config.progress:
-                tqdm.write(
-                    f"{config.desc} epoch {record.epoch}: loss {record.train_loss:.4f}, "
-                    f"train top-1 {record.train_top1:.2f}%, test top-1 {record.test_top1:.2f}% ({seconds:.0f}s)"
+            record = EpochRecord(epoch=epoch + 1, test_top1=test_top1, **stats)
+            chance = 100.0 / num_classes if num_classes else None
+            if (
+                ctx.is_main
+                and chance is not None
+                and teacher_top1 is not None
+                and teacher_top1 >= 3 * chance
+                and test_top1 <= 1.5 * chance
+            ):
+                raise TrainingDiverged(
+                    _diverged_message(
+                        f"test top-1 is {test_top1:.2f}% after epoch {epoch + 1}, chance level "
+                        f"({chance:.1f}%), while the teacher has {teacher_top1:.2f}%",
+                        config,
+                        history,
+                        saver,
+                    )
                 )
-            if output is not None and ctx.is_main:
-                _write_csv(output / "metrics.csv", history)
-                payload = {
-                    "meta": meta or {},
+            history.append(record)
+            _log(
+                f"{config.desc} epoch {record.epoch}/{config.epochs}: loss {record.train_loss:.4f}, "
+                f"train top-1 {record.train_top1:.2f}%, test top-1 {record.test_top1:.2f}%, "
+                f"lr {record.lr:.4g} ({record.seconds:.0f}s)",
+                config.log and ctx.is_main,
+            )
+            if saver is not None:
+                state = {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_state(),
                     "epoch": epoch,
                     "best_top1": max(best, test_top1),
-                    "history": [asdict(r) for r in history],
-                    "config": asdict(config),
                 }
-                save_checkpoint(output / "last.pt", payload)
-                if test_top1 > best:
-                    save_checkpoint(output / "best.pt", payload)
+                saver.save(state, [asdict(r) for r in history], is_best=test_top1 > best)
             best = max(best, test_top1)
     finally:
         if features is not None:
@@ -273,13 +438,45 @@ def fit(
     return history
 
 
-def _write_csv(path: Path, history: list[EpochRecord]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(EpochRecord.__dataclass_fields__)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for record in history:
-            writer.writerow([getattr(record, c) for c in columns])
-    tmp.replace(path)
+def _log(message: str, enabled: bool) -> None:
+    if enabled:
+        tqdm.write(message)
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module.out_features
+        elif isinstance(module, nn.Conv2d):
+            last = module.out_channels
+    return last
+
+
+def check_same_schedule(state: dict[str, Any], config: TrainConfig, path: str | Path) -> None:
+    """Raise ``ValueError`` when ``config`` changes a setting of the checkpoint's schedule (epochs, batch size,
+    learning rate, ...): resuming with it would bend the learning-rate schedule mid-run."""
+    meta: CheckpointMeta = state["meta"]
+    saved = meta.recipe if meta.recipe is not None else state.get("config")  # format 1 kept it beside meta
+    if saved is None:
+        return
+    now = asdict(config)
+    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in _SCHEDULE_KEYS if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError(
+            f"{path} was trained with other settings ({'; '.join(changed)}). Resuming must keep them, since "
+            "they set the learning-rate schedule; to train longer or differently, start a new run."
+        )
+
+
+def _diverged_message(problem: str, config: TrainConfig, history: list[EpochRecord], saver) -> str:
+    if saver is not None and history:
+        kept = f"The last good checkpoint is kept: {saver.last} (epoch {history[-1].epoch})."
+    elif saver is not None:
+        kept = "No epoch finished, so no checkpoint was written."
+    else:
+        kept = ""
+    hint = f"Try a lower learning rate (--lr {config.lr / 3:.3g}; now {config.lr:.3g})"
+    if config.eta > 0.2:
+        hint += f" or a lower adaptive-LR eta (--eta {max(config.eta / 4, 0.2):.3g}; now {config.eta:.3g})"
+    return f"{config.desc} training diverged: {problem}. {kept} {hint}.".replace("  ", " ")

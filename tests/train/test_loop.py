@@ -1,10 +1,20 @@
-"""The training loop's pieces: BatchNorm re-estimation."""
+"""The training loop: schedule, parameter groups, BatchNorm re-estimation, exact resume, refused resumes,
+the divergence guard and the per-epoch records."""
 
+import math
+
+import pytest
 import torch
 from torch import nn
 
-from adderconvert.train import recalibrate_batchnorm
-from tests.train._tiny import tiny_model
+from adderconvert.checkpoint import CheckpointMeta, load_checkpoint
+from adderconvert.train import TrainConfig, TrainingDiverged, build_optimizer, fit, recalibrate_batchnorm
+from adderconvert.train import saver as saver_module
+from adderconvert.train.loop import eta_at
+from tests.train._tiny import tiny_data, tiny_model
+
+CONFIG = TrainConfig(epochs=2, batch_size=16, lr=0.05, kd=False, progress=False, log=False)
+META = CheckpointMeta(model_name="tiny", num_classes=4, stage="adder")
 
 
 def test_recalibration_averages_the_batch_statistics():
@@ -28,3 +38,131 @@ def test_recalibration_leaves_weights_alone():
     recalibrate_batchnorm(model, [(torch.randn(8, 3, 8, 8), None)], steps=5)
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_schedule_warms_up_then_decays_by_cosine():
+    config = TrainConfig(lr=0.1, warmup_steps=4)
+    optimizer, scheduler = build_optimizer(tiny_model(), config, total_steps=14)
+    lrs = []
+    for _ in range(14):
+        lrs.append(scheduler.get_last_lr()[0] / config.lr)
+        optimizer.step()
+        scheduler.step()
+    expected = [0.25, 0.5, 0.75, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_adder_weights_get_their_own_lr_and_weight_decay():
+    model = tiny_model()
+    config = TrainConfig(lr=0.1, adder_lr_scale=0.3, weight_decay=5e-4, adder_weight_decay=0.0)
+    optimizer, _ = build_optimizer(model, config, total_steps=10)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["adder"]["params"] == [model[3].weight]
+    assert groups["adder"]["lr"] == pytest.approx(0.03) and groups["adder"]["weight_decay"] == 0.0
+    assert groups["decay"]["weight_decay"] == 5e-4 and groups["no_decay"]["weight_decay"] == 0.0
+    n = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert n == len(list(model.parameters()))
+
+
+def test_eta_schedule():
+    config = TrainConfig(eta=2.0, eta_final=0.2)
+    assert eta_at(config, 0, 100) == pytest.approx(2.0)
+    assert eta_at(config, 50, 100) == pytest.approx(1.1)
+    assert eta_at(config, 100, 100) == pytest.approx(0.2)
+    assert eta_at(TrainConfig(eta=2.0), 70, 100) == 2.0
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    straight = tiny_model()
+    fit(straight, tiny_data(flip=True), tiny_data(16, seed=2), CONFIG, output=tmp_path / "a", meta=META)
+
+    # Stop the second run right after its first checkpoint, as a crash would.
+    real_save = saver_module.save_checkpoint
+
+    def save_then_stop(path, payload):
+        real_save(path, payload)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(saver_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(), tiny_data(flip=True), tiny_data(16, seed=2), CONFIG, output=tmp_path / "b", meta=META)
+    monkeypatch.setattr(saver_module, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 0
+
+    torch.manual_seed(123)  # the resumed run must not depend on the state it starts in
+    resumed = tiny_model(seed=7)
+    history = fit(
+        resumed,
+        tiny_data(flip=True),
+        tiny_data(16, seed=2),
+        CONFIG,
+        output=tmp_path / "b",
+        meta=META,
+        resume=tmp_path / "b" / "last.pt",
+    )
+    assert [r.epoch for r in history] == [1, 2]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    lines = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 3
+
+
+def test_resume_with_a_longer_schedule_is_refused(tmp_path):
+    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), CONFIG, output=tmp_path, meta=META)
+    longer = TrainConfig(**{**CONFIG.__dict__, "epochs": 3})
+    with pytest.raises(ValueError, match="epochs 2 -> 3"):
+        fit(
+            tiny_model(),
+            tiny_data(),
+            tiny_data(16, seed=2),
+            longer,
+            output=tmp_path,
+            meta=META,
+            resume=tmp_path / "last.pt",
+        )
+
+
+def test_records_hold_the_lr_of_each_epochs_first_step(tmp_path):
+    history = fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), CONFIG)
+    assert [r.lr for r in history] == pytest.approx([0.05, 0.05 * 0.5 * (1 + math.cos(math.pi * 4 / 8))])
+
+
+def test_per_epoch_lines_are_printed_without_progress_bars(capsys):
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 1, "log": True})
+    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), config)
+    assert "train epoch 1/1: loss" in capsys.readouterr().out
+
+
+def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path):
+    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), CONFIG, output=tmp_path, meta=META)
+    good = load_checkpoint(tmp_path / "last.pt")
+    huge = TrainConfig(**{**CONFIG.__dict__, "lr": 1e6, "epochs": 3, "max_steps": 4})
+    with pytest.raises(TrainingDiverged) as info:
+        fit(tiny_model(), tiny_data(256), tiny_data(16, seed=2), huge, output=tmp_path / "h", meta=META)
+    message = str(info.value)
+    assert "diverged" in message and "--lr" in message
+    # The other run's checkpoint is untouched, and a diverging run writes none for its bad epoch.
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["3.weight"], good["model"]["3.weight"])
+    assert not (tmp_path / "h" / "last.pt").exists() or "last good checkpoint" in message
+
+
+def test_chance_accuracy_with_a_good_teacher_counts_as_divergence(tmp_path, monkeypatch):
+    from adderconvert.train import loop
+
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: 25.0)  # 4 classes: chance
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 1})
+    with pytest.raises(TrainingDiverged, match="chance level"):
+        fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), config, teacher_top1=90.0)
+    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), config, teacher_top1=30.0)  # a weak teacher: no verdict
+
+
+def test_evaluation_can_be_capped():
+    from adderconvert.train import evaluate
+
+    model = tiny_model().eval()
+    data = tiny_data(64, seed=3)
+    capped = evaluate(model, data, batch_size=16, max_batches=1)
+    first = torch.stack([data[i][0] for i in range(16)])
+    labels = torch.tensor([data[i][1] for i in range(16)])
+    with torch.no_grad():
+        assert capped == pytest.approx(100 * float((model(first).argmax(1) == labels).float().mean()))

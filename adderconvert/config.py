@@ -1,0 +1,163 @@
+"""The main job's options, :class:`RunConfig`, and the one schema that checks them, whether they come from
+a YAML file (``-c``), from command-line flags or from Python."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from adderconvert.conversion import INIT_CHOICES
+from adderconvert.data import DATASETS
+from adderconvert.train import TrainConfig
+
+__all__ = ["ConfigError", "RunConfig", "validate_config"]
+
+
+@dataclass
+class RunConfig:
+    model: str = "resnet18"
+    dataset: str = "fashion-mnist"
+    data: str | None = None
+    image_size: int | None = None
+    weights: str | None = "DEFAULT"
+    pretrain_epochs: int | None = None  # None: 1 when the classifier had to be resized, else 0
+    pretrain_lr: float = 0.05
+    finetune: bool = True
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = TrainConfig.lr
+    eta: float = TrainConfig.eta
+    warmup_steps: int = TrainConfig.warmup_steps
+    kd: bool = True
+    feature_kd: float = TrainConfig.feature_kd
+    init: str = "fresh"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    keep_stem: bool = True
+    keep_classifier: bool = True
+    sync_bn: bool = False
+    amp: bool = False
+    export: bool = True
+    output: str = "runs/adderconvert"
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    max_steps: int | None = None
+    eval_max_batches: int | None = None
+    max_drop: float | None = None
+    progress: bool = True
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """An option has a wrong type or value; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type  # int, float, bool, str or list (of str)
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+    pattern: str | None = None
+    hint: str = ""
+
+
+_DEVICE = r"auto|cpu|cuda(:\d+)?"
+_RULES: dict[str, _Rule] = {
+    "model": _Rule(str),
+    "dataset": _Rule(str, choices=DATASETS),
+    "data": _Rule(str, optional=True),
+    "image_size": _Rule(int, optional=True, low=16, high=1024),
+    "weights": _Rule(str, optional=True),
+    "pretrain_epochs": _Rule(int, optional=True, low=0),
+    "pretrain_lr": _Rule(float, low=0, low_open=True),
+    "finetune": _Rule(bool),
+    "epochs": _Rule(int, low=1),
+    "batch_size": _Rule(int, low=1),
+    "lr": _Rule(float, low=0, low_open=True),
+    "eta": _Rule(float, low=0, low_open=True),
+    "warmup_steps": _Rule(int, low=0),
+    "kd": _Rule(bool),
+    "feature_kd": _Rule(float, low=0),
+    "init": _Rule(str, choices=INIT_CHOICES),
+    "include": _Rule(list),
+    "exclude": _Rule(list),
+    "keep_stem": _Rule(bool),
+    "keep_classifier": _Rule(bool),
+    "sync_bn": _Rule(bool),
+    "amp": _Rule(bool),
+    "export": _Rule(bool),
+    "output": _Rule(str),
+    "resume": _Rule(bool),
+    "overwrite": _Rule(bool),
+    "device": _Rule(str, pattern=_DEVICE, hint="auto, cpu, cuda or cuda:N"),
+    "seed": _Rule(int),
+    "workers": _Rule(int, low=0),
+    "max_steps": _Rule(int, optional=True, low=1),
+    "eval_max_batches": _Rule(int, optional=True, low=1),
+    "max_drop": _Rule(float, optional=True, low=0),
+    "progress": _Rule(bool),
+}
+assert set(_RULES) == {f.name for f in fields(RunConfig)}, "every RunConfig option needs a rule"
+
+
+def _check(key: str, value: Any, rule: _Rule) -> Any:
+    """``value`` converted to the rule's type (an int for a float, a string for a one-item list), or
+    :class:`ConfigError`."""
+    if value is None:
+        if rule.optional:
+            return None
+        raise ConfigError(key, "a value is required")
+    if rule.kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if rule.kind is list:
+        if isinstance(value, str):
+            return [value]  # one wildcard, not a list of letters
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"must be a wildcard or a list of wildcards, got {value!r}")
+        return list(value)
+    if rule.kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        if rule.choices is not None and value not in rule.choices:
+            raise ConfigError(key, f"must be one of {', '.join(rule.choices)}, got {value!r}")
+        if rule.pattern is not None and not re.fullmatch(rule.pattern, value):
+            raise ConfigError(key, f"must be {rule.hint}, got {value!r}")
+        return value
+    numeric = (int,) if rule.kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        name = "an integer" if rule.kind is int else "a number"
+        raise ConfigError(key, f"must be {name}, got {value!r}")
+    value = rule.kind(value)
+    if rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low):
+        raise ConfigError(key, f"must be {'>' if rule.low_open else '>='} {rule.low:g}, got {value}")
+    if rule.high is not None and value > rule.high:
+        raise ConfigError(key, f"must be <= {rule.high:g}, got {value}")
+    return value
+
+
+def validate_config(values: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from ``values`` (unset keys take their defaults), every value checked;
+    :class:`ConfigError` names the first bad key."""
+    if not isinstance(values, dict):
+        raise ConfigError("config", f"must be a mapping of option: value, got {type(values).__name__}")
+    unknown = sorted(k for k in values if k not in _RULES)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown option (known: {', '.join(_RULES)})")
+    return RunConfig(**{key: _check(key, value, _RULES[key]) for key, value in values.items()})
