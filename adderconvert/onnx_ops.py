@@ -21,6 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.defs import OpSchema
 from onnx.reference.op_run import OpRun
 
+from adderconvert.nn.geometry import output_length
+
 __all__ = [
     "DOMAIN",
     "OPSET_VERSION",
@@ -35,10 +37,10 @@ DOMAIN = "com.adderconvert"
 OPSET_VERSION = 1
 
 _ATTRIBUTES = [
-    OpSchema.Attribute("strides", OpSchema.AttrType.INTS, "Stride along each spatial axis (default 1, 1)"),
-    OpSchema.Attribute("pads", OpSchema.AttrType.INTS, "Zero padding [top, left, bottom, right] (default 0)"),
-    OpSchema.Attribute("dilations", OpSchema.AttrType.INTS, "Dilation along each spatial axis (default 1, 1)"),
-    OpSchema.Attribute("group", OpSchema.AttrType.INT, "Number of channel groups (default 1)"),
+    OpSchema.Attribute("strides", helper.make_attribute("strides", [1, 1]), "Stride along each spatial axis"),
+    OpSchema.Attribute("pads", helper.make_attribute("pads", [0, 0, 0, 0]), "Zero padding [top, left, bottom, right]"),
+    OpSchema.Attribute("dilations", helper.make_attribute("dilations", [1, 1]), "Dilation along each spatial axis"),
+    OpSchema.Attribute("group", helper.make_attribute("group", 1), "Number of channel groups"),
 ]
 _T = [("T", ["tensor(float)"], "float32 tensors; accumulation is float32")]
 
@@ -67,8 +69,9 @@ def _infer_shape(ctx) -> None:
             dim = shape.dim.add()
             x, k = x_dims[2 + axis], w_dims[2 + axis]
             if x.HasField("dim_value") and k.HasField("dim_value"):
-                span = dilations[axis] * (k.dim_value - 1) + 1
-                dim.dim_value = (x.dim_value + pads[axis] + pads[axis + 2] - span) // strides[axis] + 1
+                dim.dim_value = output_length(
+                    x.dim_value, k.dim_value, strides[axis], pads[axis], pads[axis + 2], dilations[axis]
+                )
     ctx.set_output_type(0, out)
 
 
@@ -105,7 +108,7 @@ FUSED_ADDER_CONV_SCHEMA = _schema(
         _param("scale", "Per-channel scale (M)"),
         _param("shift", "Per-channel shift (M)"),
     ],
-    [OpSchema.Attribute("relu", OpSchema.AttrType.INT, "Apply ReLU after the affine epilogue (default 0)")],
+    [OpSchema.Attribute("relu", helper.make_attribute("relu", 0), "Apply ReLU after the affine epilogue")],
 )
 
 
@@ -157,7 +160,11 @@ def adder_conv_reference(
     dilations=(1, 1),
     group: int = 1,
 ) -> np.ndarray:
-    """``-sum |Xpad - W|`` computed with NumPy in float64, one output channel at a time."""
+    """``-sum |Xpad - W|`` computed with NumPy in float64, one output channel at a time.
+
+    Infinities follow from ``|x - w|``: an infinite x or w gives ``-inf``, unless x and w are the same
+    infinity (``inf - inf``: NaN); NaN stays NaN.
+    """
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     top, left, bottom, right = pads
@@ -168,10 +175,11 @@ def adder_conv_reference(
     windows = windows[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]  # N, C, Ho, Wo, kh, kw
     mg = m // group
     y = np.empty((x.shape[0], m, windows.shape[2], windows.shape[3]))
-    for o in range(m):
-        g = o // mg
-        patch = windows[:, g * cg : (g + 1) * cg]
-        y[:, o] = -np.abs(patch - w[o][None, :, None, None]).sum(axis=(1, 4, 5))
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, as intended
+        for o in range(m):
+            g = o // mg
+            patch = windows[:, g * cg : (g + 1) * cg]
+            y[:, o] = -np.abs(patch - w[o][None, :, None, None]).sum(axis=(1, 4, 5))
     return y
 
 

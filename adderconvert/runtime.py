@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adderconvert._libs import ORT_LIBRARY, find_library
+from adderconvert.nn._kernels import ort_build_info
 
 __all__ = ["available_providers", "build_info", "get_library_path", "make_session"]
 
@@ -24,11 +25,9 @@ def get_library_path() -> str:
 @functools.cache
 def build_info() -> dict[str, str]:
     """How the library was built: ``ort_api``, ``cuda`` (``"1"``/``"0"``), ``cuda_archs``, ``cpu_isa`` (in use)."""
-    lib = ctypes.CDLL(get_library_path())
-    lib.AdderConvertBuildInfo.restype = ctypes.c_char_p
-    lib.AdderConvertCpuIsa.restype = ctypes.c_char_p
-    info = dict(item.split("=", 1) for item in lib.AdderConvertBuildInfo().decode().split())
-    info["cpu_isa"] = lib.AdderConvertCpuIsa().decode()
+    description, cpu_isa = ort_build_info()
+    info = dict(item.split("=", 1) for item in description.split())
+    info["cpu_isa"] = cpu_isa
     return info
 
 

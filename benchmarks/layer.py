@@ -31,7 +31,7 @@ def child(impl: str, batch: int, channels: int, size: int, repeats: int) -> dict
     import torch
 
     from adderconvert.nn.functional import adder_conv2d
-    from tests.reference import reference_adder_conv2d
+    from adderconvert.nn.reference import reference_adder_conv2d
 
     def make_step(batch, channels, size):
         x = torch.randn(batch, channels, size, size, requires_grad=True)

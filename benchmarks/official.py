@@ -1,17 +1,13 @@
-"""The official-style AdderNet layer as an nn.Module (the reference of tests/reference.py), for baselines."""
+"""The official-style AdderNet layer as an nn.Module (adderconvert.nn.reference), for baselines."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.reference import reference_adder_conv2d  # noqa: E402
+from adderconvert.nn.reference import reference_adder_conv2d
 
 
 class OfficialAdder2d(nn.Module):

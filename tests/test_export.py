@@ -130,14 +130,3 @@ def test_static_batch_export(tmp_path):
 def test_export_rejects_several_inputs(tmp_path):
     with pytest.raises(ValueError, match="one example input"):
         export_onnx(nn.Identity(), tmp_path / "x.onnx", (torch.zeros(1), torch.zeros(1)))
-
-
-def test_make_session_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
-        make_session(tmp_path / "missing.onnx")
-    model, x = MODELS["geometry"]()
-    path = export_onnx(model, tmp_path / "g.onnx", x[:2])
-    with pytest.raises(TypeError, match="no attribute 'no_such_option'"):
-        make_session(path, no_such_option=1)
-    with pytest.raises(ValueError, match="onnxruntime-gpu"):
-        make_session(path, providers=["CUDAExecutionProvider"])

@@ -1,103 +1,164 @@
-"""ctypes bindings of the kernel libraries: CPU (custom_ops/cpu/c_api.cc) and CUDA (custom_ops/cuda/c_api.cc)."""
+"""ctypes declarations of the native libraries' C entry points, and the calls into them.
+
+Each entry point is declared once, in :data:`C_API`, with its C prototype beside it: libadderconvert_cpu
+(``custom_ops/cpu/c_api.cc``), libadderconvert_cuda (``custom_ops/cuda/c_api.cc``) and the ONNX Runtime
+library's information functions (``custom_ops/register.cc``). A declaration that does not match its C
+function corrupts memory silently; ``tests/nn/test_kernels.py`` checks every one against the C sources.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_void_p
 
 import torch
 
-from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY, find_library
+from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY, ORT_LIBRARY, find_library
 
-_DTYPES = {torch.float32: 0, torch.float64: 1}
-_I64x4 = ctypes.c_int64 * 4
-_I64x2 = ctypes.c_int64 * 2
+__all__ = [
+    "C_API",
+    "cpu_backward_input",
+    "cpu_forward",
+    "cpu_isa",
+    "cuda_backward_input",
+    "cuda_forward",
+    "has_cuda_library",
+    "ort_build_info",
+]
+
+_DIMS = POINTER(c_int64)  # const int64_t*
+# Shared tails: the geometry of x_dims, w_dims, strides, pads, dilations, group; and the error buffer.
+_GEOMETRY = [_DIMS, _DIMS, _DIMS, _DIMS, _DIMS, c_int64]
+_ERROR = [c_char_p, c_size_t]
+
+# library -> {function: (restype, argtypes)}
+C_API: dict[str, dict[str, tuple[type | None, list[type]]]] = {
+    CPU_LIBRARY: {
+        # int adderconvert_cpu_forward(int dtype, const void* x, const void* w, const void* bias, void* y,
+        #     const int64_t* x_dims, const int64_t* w_dims, const int64_t* strides, const int64_t* pads,
+        #     const int64_t* dilations, int64_t group, int threads, char* error, size_t error_len)
+        "adderconvert_cpu_forward": (
+            c_int,
+            [c_int, c_void_p, c_void_p, c_void_p, c_void_p, *_GEOMETRY, c_int, *_ERROR],
+        ),
+        # int adderconvert_cpu_backward_input(int dtype, const void* x, const void* w, const void* grad_y,
+        #     void* grad_x, const int64_t* x_dims, const int64_t* w_dims, const int64_t* strides,
+        #     const int64_t* pads, const int64_t* dilations, int64_t group, int threads, char* error,
+        #     size_t error_len)
+        "adderconvert_cpu_backward_input": (
+            c_int,
+            [c_int, c_void_p, c_void_p, c_void_p, c_void_p, *_GEOMETRY, c_int, *_ERROR],
+        ),
+        # const char* adderconvert_cpu_isa()
+        "adderconvert_cpu_isa": (c_char_p, []),
+    },
+    CUDA_LIBRARY: {
+        # int adderconvert_cuda_forward(void* stream, const float* x, const float* w, const float* bias, float* y,
+        #     const int64_t* x_dims, const int64_t* w_dims, const int64_t* strides, const int64_t* pads,
+        #     const int64_t* dilations, int64_t group, char* error, size_t error_len)
+        "adderconvert_cuda_forward": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, *_GEOMETRY, *_ERROR]),
+        # int64_t adderconvert_cuda_grad_columns_size(const int64_t* x_dims, const int64_t* w_dims,
+        #     const int64_t* strides, const int64_t* pads, const int64_t* dilations, int64_t group)
+        "adderconvert_cuda_grad_columns_size": (c_int64, [*_GEOMETRY]),
+        # int adderconvert_cuda_backward_input(void* stream, const float* x, const float* w, const float* grad_y,
+        #     float* grad_cols, float* grad_x, const int64_t* x_dims, const int64_t* w_dims,
+        #     const int64_t* strides, const int64_t* pads, const int64_t* dilations, int64_t group,
+        #     char* error, size_t error_len)
+        "adderconvert_cuda_backward_input": (
+            c_int,
+            [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, *_GEOMETRY, *_ERROR],
+        ),
+    },
+    ORT_LIBRARY: {
+        # const char* AdderConvertBuildInfo()
+        "AdderConvertBuildInfo": (c_char_p, []),
+        # const char* AdderConvertCpuIsa()
+        "AdderConvertCpuIsa": (c_char_p, []),
+    },
+}
+
+_DTYPES = {torch.float32: 0, torch.float64: 1}  # the CPU API's dtype codes
 
 
 @functools.cache
-def _library() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(find_library(CPU_LIBRARY)))
-    args = [ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_void_p] * 5
-    args += [ctypes.c_int64, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-    for name in ("adderconvert_cpu_forward", "adderconvert_cpu_backward_input"):
-        getattr(lib, name).argtypes = args
-        getattr(lib, name).restype = ctypes.c_int
-    lib.adderconvert_cpu_isa.restype = ctypes.c_char_p
+def _library(name: str) -> ctypes.CDLL:
+    """The library ``name`` with every entry point of :data:`C_API` declared."""
+    lib = ctypes.CDLL(str(find_library(name)))
+    for function, (restype, argtypes) in C_API[name].items():
+        getattr(lib, function).restype = restype
+        getattr(lib, function).argtypes = argtypes
     return lib
 
 
 def cpu_isa() -> str:
     """Instruction set the CPU kernel dispatched to on this machine."""
-    return _library().adderconvert_cpu_isa().decode()
+    return _library(CPU_LIBRARY).adderconvert_cpu_isa().decode()
 
 
-def _call(name: str, x, weight, pointers, stride, padding, dilation, groups) -> None:
-    error = ctypes.create_string_buffer(512)
-    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    status = getattr(_library(), name)(
-        _DTYPES[x.dtype], *pointers, *geometry, torch.get_num_threads(), error, len(error)
-    )
-    if status != 0:
-        raise RuntimeError(error.value.decode())
+def ort_build_info() -> tuple[str, str]:
+    """The ONNX Runtime library's build description (``key=value`` pairs) and the CPU kernel's instruction set."""
+    lib = _library(ORT_LIBRARY)
+    return lib.AdderConvertBuildInfo().decode(), lib.AdderConvertCpuIsa().decode()
 
 
-def _pointers(*tensors) -> list[int | None]:
+def has_cuda_library() -> bool:
+    """True when the CUDA kernel library was built (and loads)."""
+    try:
+        _library(CUDA_LIBRARY)
+    except (FileNotFoundError, OSError):
+        return False
+    return True
+
+
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups) -> list:
+    dims = [(c_int64 * len(v))(*v) for v in (x_shape, w_shape, stride, padding, dilation)]
+    return [*dims, groups]
+
+
+def _pointers(*tensors: torch.Tensor | None) -> list[int | None]:
     return [t.data_ptr() if t is not None else None for t in tensors]
 
 
-def forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
+def _check(status: int, error: ctypes.Array) -> None:
+    if status != 0:
+        raise RuntimeError(error.value.decode())
+
+
+def _cpu_call(function: str, x, weight, tensors, stride, padding, dilation, groups) -> None:
+    error = ctypes.create_string_buffer(512)
+    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    call = getattr(_library(CPU_LIBRARY), function)
+    _check(call(_DTYPES[x.dtype], *_pointers(*tensors), *geometry, torch.get_num_threads(), error, len(error)), error)
+
+
+def cpu_forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
     """Fill ``out`` with the adder convolution of contiguous CPU tensors (padding: top, left, bottom, right)."""
-    _call("adderconvert_cpu_forward", x, weight, _pointers(x, weight, bias, out), stride, padding, dilation, groups)
+    _cpu_call("adderconvert_cpu_forward", x, weight, (x, weight, bias, out), stride, padding, dilation, groups)
 
 
-def backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
+def cpu_backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
     """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous CPU tensors."""
-    pointers = _pointers(x, weight, grad_out, grad_x)
-    _call("adderconvert_cpu_backward_input", x, weight, pointers, stride, padding, dilation, groups)
+    tensors = (x, weight, grad_out, grad_x)
+    _cpu_call("adderconvert_cpu_backward_input", x, weight, tensors, stride, padding, dilation, groups)
 
 
-@functools.cache
-def _cuda_library() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(str(find_library(CUDA_LIBRARY)))
-    except (FileNotFoundError, OSError):
-        return None
-    dims = [ctypes.c_void_p] * 5 + [ctypes.c_int64]
-    lib.adderconvert_cuda_forward.argtypes = [ctypes.c_void_p] * 5 + dims + [ctypes.c_char_p, ctypes.c_size_t]
-    lib.adderconvert_cuda_backward_input.argtypes = [ctypes.c_void_p] * 6 + dims + [ctypes.c_char_p, ctypes.c_size_t]
-    lib.adderconvert_cuda_grad_columns_size.argtypes = dims
-    lib.adderconvert_cuda_grad_columns_size.restype = ctypes.c_int64
-    for name in ("adderconvert_cuda_forward", "adderconvert_cuda_backward_input"):
-        getattr(lib, name).restype = ctypes.c_int
-    return lib
-
-
-def has_cuda_kernels(x: torch.Tensor) -> bool:
-    """True when ``x`` is a float32 CUDA tensor and the CUDA kernel library was built."""
-    return x.is_cuda and x.dtype == torch.float32 and _cuda_library() is not None
-
-
-def _geometry(x_shape, w_shape, stride, padding, dilation, groups):
-    return (_I64x4(*x_shape), _I64x4(*w_shape), _I64x2(*stride), _I64x4(*padding), _I64x2(*dilation), groups)
-
-
-def _cuda_call(name: str, x: torch.Tensor, pointers, geometry) -> None:
+def _cuda_call(function: str, x: torch.Tensor, tensors, geometry) -> None:
     error = ctypes.create_string_buffer(512)
     with torch.cuda.device(x.device):
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        status = getattr(_cuda_library(), name)(stream, *pointers, *geometry, error, len(error))
-    if status != 0:
-        raise RuntimeError(error.value.decode())
+        call = getattr(_library(CUDA_LIBRARY), function)
+        _check(call(stream, *_pointers(*tensors), *geometry, error, len(error)), error)
 
 
 def cuda_forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
     """Fill ``out`` with the adder convolution of contiguous float32 CUDA tensors, on the current stream."""
     geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    _cuda_call("adderconvert_cuda_forward", x, _pointers(x, weight, bias, out), geometry)
+    _cuda_call("adderconvert_cuda_forward", x, (x, weight, bias, out), geometry)
 
 
 def cuda_backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
     """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous float32 CUDA tensors."""
     geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    scratch = x.new_empty(_cuda_library().adderconvert_cuda_grad_columns_size(*geometry))
-    _cuda_call("adderconvert_cuda_backward_input", x, _pointers(x, weight, grad_out, scratch, grad_x), geometry)
+    scratch = x.new_empty(_library(CUDA_LIBRARY).adderconvert_cuda_grad_columns_size(*geometry))
+    _cuda_call("adderconvert_cuda_backward_input", x, (x, weight, grad_out, scratch, grad_x), geometry)

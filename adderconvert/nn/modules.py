@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from adderconvert.nn.functional import _pair, adder_conv2d, resolve_padding
+from adderconvert.nn.functional import adder_conv2d
+from adderconvert.nn.geometry import pair, resolve_padding
 
 __all__ = ["AdderConv2d"]
 
@@ -48,10 +49,10 @@ class AdderConv2d(nn.Module):
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
-        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
         self.groups = groups
         self.padding_mode = padding_mode
         # Validates 'same' with stride, negative values and so on at construction, as Conv2d does.

@@ -1,12 +1,17 @@
 """The official-style AdderNet layer (huawei-noah/AdderNet adder.py): a slow, memory-hungry broadcast
-over a (Cout, Cin*kh*kw, N*L) tensor. Kept in tests/ only, as the independent reference for the
-forward pass and the paper's gradients, and as the baseline in benchmarks/layer.py."""
+over a (Cout, Cin*kh*kw, N*L) tensor. It is the independent reference for the forward pass and the paper's
+gradients (the tests run it in float64) and the baseline of benchmarks/layer.py and benchmarks/official.py;
+nothing in the package computes with it."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from adderconvert.nn.geometry import output_size
+
+__all__ = ["reference_adder_conv2d"]
 
 
 class _OfficialAdder(torch.autograd.Function):
@@ -38,8 +43,7 @@ def reference_adder_conv2d(
     top, left, bottom, right = padding
     xp = F.pad(x, (left, right, top, bottom))
     kh, kw = weight.shape[2:]
-    out_h = (xp.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (xp.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out_h, out_w = output_size(x.shape[2:], (kh, kw), stride, padding, dilation)
     cg, mg = x.shape[1] // groups, weight.shape[0] // groups
     outs = []
     for g in range(groups):

@@ -8,6 +8,7 @@ import pytest
 from adderconvert.onnx_ops import AdderConv, FusedAdderConv, adder_conv_reference
 from adderconvert.runtime import make_session
 from tests._onnx_models import CASES, FORMS, case_model, one_node
+from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
 
 RNG = np.random.default_rng(0)
 
@@ -27,19 +28,6 @@ def test_matches_numpy_reference(case, form, tmp_path):
     expected = ref.run(None, {"X": x})[0]
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
-
-
-def test_numpy_reference_hand_checked():
-    # -(|1-0| + |2-3| + |0-(-1)| + |(-1)-2|) = -6, and with padding 1 a 1x1 input of 1 against a 3x3 kernel
-    # of ones: centre |1-1| = 0 plus eight padded taps |0-1| = 1.
-    x = np.array([[[[1.0, 2.0], [0.0, -1.0]]]])
-    w = np.array([[[[0.0, 3.0], [-1.0, 2.0]]]])
-    assert adder_conv_reference(x, w)[0, 0, 0, 0] == -6.0
-    assert adder_conv_reference(np.ones((1, 1, 1, 1)), np.ones((1, 1, 3, 3)), pads=(1, 1, 1, 1)).item() == -8.0
-    # Groups and stride: output channel 1 reads input channel 1 only, every second column.
-    x = np.arange(2 * 4, dtype=float).reshape(1, 2, 1, 4)
-    w = np.zeros((2, 1, 1, 1))
-    np.testing.assert_array_equal(adder_conv_reference(x, w, strides=(1, 2), group=2)[0, 1, 0], [-4.0, -6.0])
 
 
 def test_thread_counts_agree(tmp_path):
@@ -93,3 +81,22 @@ def test_empty_batch(tmp_path):
     x = np.zeros((0, 3, 8, 8), np.float32)
     y = _session(one_node(("N", 3, 8, 8), RNG.normal(size=(4, 3, 3, 3))), tmp_path).run(None, {"X": x})[0]
     assert y.shape == (0, 4, 6, 6)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "pads"), GEOMETRIES)
+@pytest.mark.parametrize("form", ["plain", "fused_relu"])
+def test_infinities_and_nan_as_the_reference(x_shape, w_shape, pads, form, tmp_path):
+    x, w = special_inputs(x_shape, w_shape)
+    expected = adder_conv_reference(x, w, pads=pads)
+    extra = {}
+    if form == "fused_relu":
+        scale, shift = np.full(w_shape[0], 0.5), np.linspace(-2, 2, w_shape[0])
+        extra = dict(scale=scale, shift=shift, relu=1)
+        with np.errstate(invalid="ignore"):
+            expected = np.maximum(expected * scale[None, :, None, None] + shift[None, :, None, None], 0)
+    got = _session(one_node(x.shape, w, pads=list(pads), **extra), tmp_path).run(None, {"X": x})[0]
+    if form == "plain":
+        assert_same_specials(got, expected, rtol=1e-5)
+    else:  # ReLU turns -inf into 0; NaN stays NaN
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.nanmax(np.abs(expected)))

@@ -3,66 +3,16 @@
 import pytest
 import torch
 from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
-from adderconvert.nn import functional as AF
-from adderconvert.nn.functional import adder_conv2d, resolve_padding
-from tests.reference import reference_adder_conv2d
-
-
-@st.composite
-def conv_configs(draw, small_maps: bool = False):
-    """Random geometries; ``small_maps``: 1-4 pixel maps in batches of 40-100, where the CPU kernel tiles
-    by output position and skips padded taps."""
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    depthwise = draw(st.booleans()) and groups == 1
-    cg = draw(st.integers(1, 3))
-    channels = cg * groups
-    if depthwise:
-        groups = channels = draw(st.integers(2, 6))
-        out = channels * draw(st.integers(1, 2))
-    else:
-        out = groups * draw(st.integers(1, 6))
-    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = draw(st.sampled_from([0, 1, 2, (1, 0), (0, 2), "valid"] + (["same"] if stride == (1, 1) else [])))
-    sizes = st.integers(1, 4) if small_maps else st.integers(5, 11)
-    size = (draw(sizes), draw(sizes))
-    return dict(
-        batch=draw(st.integers(40, 100) if small_maps else st.integers(1, 3)),
-        channels=channels,
-        out=out,
-        kernel=kernel,
-        stride=stride,
-        dilation=dilation,
-        padding=padding,
-        groups=groups,
-        size=size,
-        bias=draw(st.booleans()),
-    )
-
-
-def _run(cfg, device="cpu", impl=adder_conv2d):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(cfg["batch"], cfg["channels"], *cfg["size"], dtype=torch.float64, generator=gen)
-    w = torch.randn(cfg["out"], cfg["channels"] // cfg["groups"], *cfg["kernel"], dtype=torch.float64, generator=gen)
-    b = torch.randn(cfg["out"], dtype=torch.float64, generator=gen) if cfg["bias"] else None
-    pads = resolve_padding(cfg["padding"], cfg["kernel"], cfg["stride"], cfg["dilation"])
-    tensors = [t.to(device).requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
-    return tensors, pads
-
-
-def _fits(cfg) -> bool:
-    pads = resolve_padding(cfg["padding"], cfg["kernel"], cfg["stride"], cfg["dilation"])
-    return all(
-        d * (k - 1) + 1 <= size + pads[a] + pads[a + 2]
-        for a, (d, k, size) in enumerate(zip(cfg["dilation"], cfg["kernel"], cfg["size"]))
-    )
+from adderconvert.nn.functional import adder_conv2d
+from adderconvert.nn.reference import reference_adder_conv2d
+from adderconvert.onnx_ops import adder_conv_reference
+from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
+from tests.nn._configs import conv_configs, fits, make_inputs
 
 
 def _assert_matches(cfg, device="cpu"):
-    (x, w, *b), pads = _run(cfg, device)
+    (x, w, *b), pads = make_inputs(cfg, device)
     bias = b[0] if b else None
     y = adder_conv2d(x, w, bias, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
     y_ref = reference_adder_conv2d(x, w, bias, cfg["stride"], pads, cfg["dilation"], cfg["groups"])
@@ -79,51 +29,15 @@ def _assert_matches(cfg, device="cpu"):
 @settings(max_examples=150, deadline=None)
 @given(conv_configs())
 def test_matches_reference_cpu(cfg):
-    assume(_fits(cfg))
+    assume(fits(cfg))
     _assert_matches(cfg)
 
 
 @settings(max_examples=40, deadline=None)
 @given(conv_configs(small_maps=True))
 def test_small_maps_in_large_batches_match_reference_cpu(cfg):
-    assume(_fits(cfg))
+    assume(fits(cfg))
     _assert_matches(cfg)
-
-
-@settings(max_examples=40, deadline=None)
-@given(conv_configs())
-def test_device_agnostic_path_matches_reference(cfg):
-    """The path used for non-CPU tensors, run here on CPU tensors through its helpers."""
-    assume(_fits(cfg))
-    (x, w, *b), pads = _run(cfg)
-    args = (cfg["stride"], pads, cfg["dilation"], cfg["groups"])
-    y_ref = reference_adder_conv2d(x, w, None, *args)
-    y = AF._forward_chunked(x.detach(), w.detach(), *args).view_as(y_ref)
-    torch.testing.assert_close(y, y_ref.detach(), rtol=1e-10, atol=1e-10)
-    grad = torch.randn_like(y_ref)
-    (gx_ref,) = torch.autograd.grad(y_ref, [x], grad)
-    gx = AF._backward_input_chunked(grad, x.detach(), w.detach(), *args)
-    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-10)
-
-
-def test_device_agnostic_path_chunks_output_channels(monkeypatch):
-    monkeypatch.setattr(AF, "_CHUNK_ELEMENTS", 1)  # one output channel per chunk
-    cfg = dict(
-        batch=2,
-        channels=4,
-        out=6,
-        kernel=(3, 3),
-        stride=(1, 1),
-        dilation=(1, 1),
-        padding=1,
-        groups=2,
-        size=(6, 7),
-        bias=False,
-    )
-    (x, w), pads = _run(cfg)
-    args = ((1, 1), pads, (1, 1), 2)
-    y_ref = reference_adder_conv2d(x, w, None, *args)
-    torch.testing.assert_close(AF._forward_chunked(x, w, *args).view_as(y_ref), y_ref)
 
 
 def test_float32_matches_float64():
@@ -145,7 +59,7 @@ def test_narrower_instruction_sets_match(isa, tmp_path):
         "import torch\n"
         "from adderconvert.nn import _kernels\n"
         "from adderconvert.nn.functional import adder_conv2d\n"
-        "from tests.reference import reference_adder_conv2d\n"
+        "from adderconvert.nn.reference import reference_adder_conv2d\n"
         f"assert _kernels.cpu_isa() == {isa!r}, _kernels.cpu_isa()\n"
         "x = torch.randn(2, 6, 9, 9, dtype=torch.float64, requires_grad=True)\n"
         "w = torch.randn(10, 3, 3, 3, dtype=torch.float64, requires_grad=True)\n"
@@ -198,3 +112,14 @@ def test_opcheck():
         (x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 2),
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
     )
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "pads"), GEOMETRIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infinities_and_nan_as_the_reference(x_shape, w_shape, pads, dtype):
+    """-inf inputs give -inf (not inf - inf = NaN), NaN stays NaN, in the CPU kernel."""
+    x, w = special_inputs(x_shape, w_shape)
+    bias = torch.linspace(-1, 1, w_shape[0], dtype=dtype)
+    y = adder_conv2d(torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype), bias, padding=pads[0])
+    expected = adder_conv_reference(x, w, pads=pads) + bias.double().numpy()[None, :, None, None]
+    assert_same_specials(y.numpy(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12)

@@ -6,7 +6,7 @@ from torch import nn
 
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.functional import adder_conv2d
-from tests.reference import reference_adder_conv2d
+from adderconvert.nn.reference import reference_adder_conv2d
 
 
 def test_constructor_matches_conv2d_parameters():

@@ -1,12 +1,15 @@
-"""The PyTorch op on CUDA tensors (CUDA kernels for float32, the chunked path otherwise) against the
-float64 CPU reference: forward and both gradients."""
+"""The CUDA backend: the PyTorch op on CUDA tensors (CUDA kernels for float32, the chunked path otherwise)
+against the float64 references: forward and both gradients, infinities and NaN."""
 
 import pytest
 import torch
 
-from adderconvert.nn import AdderConv2d, _kernels
+from adderconvert.nn import AdderConv2d
+from adderconvert.nn.backends import cuda
 from adderconvert.nn.functional import adder_conv2d, resolve_padding
-from tests.reference import reference_adder_conv2d
+from adderconvert.nn.reference import reference_adder_conv2d
+from adderconvert.onnx_ops import adder_conv_reference
+from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -43,7 +46,7 @@ def test_cuda_matches_reference(cfg, dtype):
 
 
 def test_float32_uses_the_cuda_kernels():
-    assert _kernels.has_cuda_kernels(torch.zeros(1, device="cuda"))
+    assert cuda.has_kernels(torch.zeros(1, device="cuda"))
 
 
 def test_training_step_on_cuda():
@@ -66,3 +69,19 @@ def test_training_step_on_cuda():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "pads"), GEOMETRIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infinities_and_nan_as_the_reference(x_shape, w_shape, pads, dtype):
+    x, w = special_inputs(x_shape, w_shape)
+    xt = torch.from_numpy(x).to("cuda", dtype).requires_grad_()
+    y = adder_conv2d(xt, torch.from_numpy(w).to("cuda", dtype), padding=pads[0])
+    assert_same_specials(y.detach().cpu().numpy(), adder_conv_reference(x, w, pads=pads), rtol=1e-5)
+    # The input gradient keeps NaN where the reference's HardTanh(w - x) does.
+    xr = torch.from_numpy(x).double().requires_grad_()
+    y_ref = reference_adder_conv2d(xr, torch.from_numpy(w).double(), None, (1, 1), pads, (1, 1), 1)
+    grad = torch.ones_like(y_ref)
+    (gx_ref,) = torch.autograd.grad(y_ref, xr, grad)
+    (gx,) = torch.autograd.grad(y, xt, grad.to("cuda", dtype))
+    torch.testing.assert_close(gx.double().cpu(), gx_ref, rtol=1e-5, atol=1e-4, equal_nan=True)

@@ -1,0 +1,49 @@
+"""adderconvert.runtime: the library path, its build description, providers and make_session's checks."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from adderconvert.onnx_ops import adder_conv_reference, single_node_model
+from adderconvert.runtime import CPU_PROVIDER, available_providers, build_info, get_library_path, make_session
+
+
+@pytest.fixture
+def one_node_path(tmp_path):
+    w = np.random.default_rng(0).normal(size=(4, 3, 3, 3))
+    path = tmp_path / "one_node.onnx"
+    onnx.save(single_node_model(("N", 3, 8, 8), w, pads=[1, 1, 1, 1]), str(path))
+    return path, w
+
+
+def test_library_and_build_info():
+    assert get_library_path().endswith("libadderconvert_ort.so")
+    info = build_info()
+    assert info["ort_api"] == "21" and info["cuda"] in ("0", "1")
+    assert info["cpu_isa"] in ("avx512", "avx2", "generic")
+
+
+def test_cpu_is_always_available():
+    providers = available_providers()
+    assert providers[-1] == CPU_PROVIDER and set(providers) <= set(ort.get_available_providers())
+
+
+def test_make_session_runs_with_options(one_node_path):
+    path, w = one_node_path
+    session = make_session(path, intra_op_num_threads=1)
+    x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    expected = adder_conv_reference(x, w.astype(np.float32), pads=(1, 1, 1, 1))
+    np.testing.assert_allclose(session.run(None, {"X": x})[0], expected, rtol=1e-5, atol=1e-4)
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_make_session_errors(one_node_path, tmp_path):
+    path, _ = one_node_path
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        make_session(tmp_path / "missing.onnx")
+    with pytest.raises(TypeError, match="no attribute 'no_such_option'"):
+        make_session(path, no_such_option=1)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ValueError, match="onnxruntime-gpu"):
+            make_session(path, providers=["CUDAExecutionProvider"])
