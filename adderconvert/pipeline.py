@@ -337,9 +337,11 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[f
 
     from adderconvert.export import export_onnx
     from adderconvert.runtime import make_session
+    from adderconvert.saved_models import deployment_metadata
 
     model = model.cpu().eval()
-    path = export_onnx(model, out / f"{config.model}_adder.onnx", _example_batch(splits.test, 2))
+    metadata = deployment_metadata(_meta(config, splits, "adder", None))
+    path = export_onnx(model, out / f"{config.model}_adder.onnx", _example_batch(splits.test, 2), metadata=metadata)
     session = make_session(path)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=256, num_workers=config.workers)
     correct = total = 0

@@ -78,7 +78,8 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
     metadata = read_metadata(model)
     shape = model.graph.input[0].type.tensor_type.shape.dim
     fixed = shape[-1].dim_value if shape and shape[-1].HasField("dim_value") else None
-    size = image_size or metadata.get("image_size") or fixed
+    stored = metadata.get("image_size")
+    size = image_size or (stored[-1] if isinstance(stored, list) and stored else None) or fixed
     name, splits = _dataset_for(metadata.get("dataset"), dataset, data, size)
     session = make_session(target)
     correct = total = 0
@@ -129,13 +130,10 @@ def export_checkpoint(
 
 
 def deployment_metadata(meta: CheckpointMeta) -> dict[str, Any]:
-    """What an ONNX file needs to be used alone: input size, normalisation, classes, layout, data set."""
-    return {
-        "image_size": meta.image_size,
-        "mean": meta.mean,
-        "std": meta.std,
-        "classes": meta.classes,
-        "layout": "NCHW",
-        "dataset": meta.dataset,
-        "model_name": meta.official_arch or meta.model_name,
-    }
+    """What an ONNX file needs to be used alone: input size, normalisation, classes, layout, data set, model."""
+    from adderconvert.export import input_metadata
+
+    values = input_metadata(
+        image_size=meta.image_size, mean=meta.mean, std=meta.std, classes=meta.classes, dataset=meta.dataset
+    )
+    return {**values, "model_name": meta.official_arch or meta.model_name}

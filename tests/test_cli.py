@@ -54,16 +54,111 @@ def test_bad_options(args, message):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_bad_config_file(tmp_path):
+def _input_error(result, *fragments):
+    """Bad input: exit status 2, one clear ``Error:`` line naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Error:" in result.output and "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    for fragment in fragments:
+        assert fragment in result.output, (fragment, result.output)
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("epochz: 3\n", ["epochz", "unknown option"]),
+        ("- epochs\n- 3\n", ["must be a mapping"]),
+        ("epochs: abc\n", ["epochs", "must be an integer"]),
+        ('kd: "no"\n', ["kd", "true or false"]),
+        ("image_size: 3\n", ["image_size", ">= 16"]),
+        ("device: gpu\n", ["device", "auto, cpu, cuda or cuda:N"]),
+        ("include: [1, 2]\n", ["include", "wildcard"]),
+    ],
+)
+def test_bad_config_file(tmp_path, text, fragments):
     config = tmp_path / "c.yaml"
-    config.write_text("epochz: 3\n")
-    result = CliRunner().invoke(main, ["resnet18", "-c", str(config)])
-    assert result.exit_code == 2 and "unknown keys" in result.output
+    config.write_text(text)
+    _input_error(CliRunner().invoke(main, ["resnet18", "-c", str(config)]), str(config), *fragments)
+
+
+def test_config_wildcard_is_one_pattern_not_letters(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("include: 'layer4.*'\n")
+    result = CliRunner().invoke(main, ["resnet18", "-c", str(config), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "include 'layer4.*'" in result.output and "not included" in result.output
+
+
+def _offline_args(data, out, *extra):
+    return ["--data", str(data), "--weights", "none", "--pretrain-epochs", "1", "--output", str(out), *extra]
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["vgg11"], ["vgg11 cannot take 28x28", "--image-size"]),
+        (["vit_b_16"], ["not a CNN"]),
+        (["resnet18", "--device", "gpu"], ["--device", "auto, cpu, cuda or cuda:N"]),
+        (["resnet18", "--batch-size", "1", "--image-size", "32"], ["--batch-size 1", "2 or more"]),
+        (["resnet18", "--exclude", "*"], ["nothing was converted"]),
+        (["resnet18", "--epochs", "0"], ["--epochs", ">= 1"]),
+    ],
+)
+def test_inputs_are_checked_before_anything_is_written(tmp_path, args, fragments):
+    data = _fake_fashion_mnist(tmp_path)
+    out = tmp_path / "run"
+    _input_error(CliRunner().invoke(main, [*args, *_offline_args(data, out)]), *fragments)
+    assert not out.exists()  # no half folder
+
+
+def test_output_that_cannot_be_created(tmp_path):
+    data = _fake_fashion_mnist(tmp_path)
+    (tmp_path / "file").write_text("x")
+    _input_error(
+        CliRunner().invoke(main, ["resnet18", *_offline_args(data, tmp_path / "file" / "run")]), "cannot be created"
+    )
+
+
+def test_corrupt_weights_and_resume_files(tmp_path):
+    data = _fake_fashion_mnist(tmp_path)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint" * 20)
+    args = ["resnet18", "--data", str(data), "--output", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, [*args, "--weights", str(bad)])
+    _input_error(result, "not a readable PyTorch file")
+    assert "weights_only" not in result.output
+
+
+def test_unreadable_image_is_named_and_leaves_no_half_folder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = tmp_path / "images" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (60 * i, 0, 0)).save(folder / f"{i}.png")
+    (tmp_path / "images" / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    args = ["resnet18", "--dataset", "imagefolder", "--data", str(tmp_path / "images"), "--image-size", "32"]
+    result = CliRunner().invoke(main, [*args, "--weights", "none", "--batch-size", "4", "--output", str(out)])
+    _input_error(result, "broken.jpg is not a readable image")
+    assert not out.exists()
+
+
+def test_weights_of_another_architecture_or_stage_are_refused(tmp_path):
+    import torch
+    import torchvision
+
+    data = _fake_fashion_mnist(tmp_path)
+    torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), tmp_path / "r34.pt")
+    args = ["resnet18", "--data", str(data), "--output", str(tmp_path / "o")]
+    _input_error(CliRunner().invoke(main, [*args, "--weights", str(tmp_path / "r34.pt")]), "are not resnet18 weights")
 
 
 def test_missing_dataset_message(tmp_path):
     result = CliRunner().invoke(main, ["resnet18", "--data", str(tmp_path), "--pretrain-epochs", "1"])
-    assert result.exit_code == 1 and "dataset-fashion-mnist" in result.output
+    _input_error(result, "dataset-fashion-mnist")
 
 
 def test_dry_run_prints_the_report():
@@ -83,8 +178,7 @@ def test_offline_weights_message(monkeypatch, tmp_path):
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     data = _fake_fashion_mnist(tmp_path)
     result = CliRunner().invoke(main, ["resnet18", "--finetune", "--data", str(data), "--output", str(tmp_path / "o")])
-    assert result.exit_code == 1
-    assert "--weights PATH" in result.output and "--pretrain-epochs" in result.output
+    _input_error(result, "--weights PATH", "--pretrain-epochs")
 
 
 @pytest.mark.slow
@@ -105,10 +199,8 @@ def test_main_job_end_to_end(tmp_path):
         "--output",
         str(out),
         "--quiet",
-        "--max-drop",
-        "100",
     ]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args, "--max-drop", "100"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     for key in ("model", "dataset", "converted_layers", "cnn_top1", "adder_top1", "onnx_top1", "epochs", "seconds"):
@@ -120,14 +212,71 @@ def test_main_job_end_to_end(tmp_path):
     for name in ("last.pt", "best.pt", "metrics.csv", "resnet18_adder.onnx", "teacher/last.pt"):
         assert (out / name).is_file(), name
     assert "AdderNet (ONNX Runtime)" in result.output
+    assert "CNN epoch 1/1" in result.output and "adder epoch 1/1" in result.output  # --quiet keeps them
 
-    # --resume of a finished run continues without training more, and --max-drop can fail the run.
-    result = CliRunner().invoke(main, args[:-2] + ["--max-drop", "0", "--resume", str(out / "last.pt"), "--no-export"])
+    # The run folder is not clobbered by a second run.
+    best = (out / "best.pt").read_bytes()
+    _input_error(CliRunner().invoke(main, args), "already holds a run", "--resume", "--overwrite")
+    assert (out / "best.pt").read_bytes() == best
+
+    # A longer --epochs on resume would restart the cosine schedule: refused (teacher/last.pt names the run).
+    teacher = CliRunner().invoke(main, [*args[:-3], "--resume", str(out / "teacher" / "last.pt"), "--epochs", "2"])
+    _input_error(teacher, "epochs 1 -> 2")
+
+    # --resume of a finished run trains nothing more, and --max-drop can fail the run.
+    result = CliRunner().invoke(
+        main, [*args[:-3], "--quiet", "--max-drop", "0", "--resume", "--output", str(out), "--no-export"]
+    )
+    assert "already done" in result.output and "training the resnet18 CNN" in result.output
     summary = json.loads((out / "summary.json").read_text())
     if summary["adder_top1"] < summary["cnn_top1"]:
         assert result.exit_code == 1 and "below the CNN" in result.output
     else:
-        assert result.exit_code == 0
+        assert result.exit_code == 0, result.output
+
+    # Saved models: evaluate the checkpoint and its ONNX export; export with the metadata.
+    result = CliRunner().invoke(main, ["evaluate", str(out / "best.pt"), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert f"top-1 {summary['adder_top1']:.2f}%" in result.output
+    result = CliRunner().invoke(main, ["export", str(out / "best.pt"), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.onnx"), "--data", str(data)])
+    assert result.exit_code == 0 and "ONNX Runtime" in result.output, result.output
+    onnx_top1 = float(result.output.split("top-1 ")[1].split("%")[0])
+    assert abs(onnx_top1 - summary["adder_top1"]) <= 100 / 64 + 1e-9
+
+    # --overwrite replaces it.
+    result = CliRunner().invoke(main, [*args, "--overwrite", "--no-finetune", "--no-export"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "best.pt").exists() and (out / "teacher" / "last.pt").is_file()
+
+
+def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path):
+    """--resume teacher/last.pt would load the CNN into the adder model: refused, naming both."""
+    import torch
+
+    from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
+
+    data = _fake_fashion_mnist(tmp_path)
+    out = tmp_path / "run"
+    (out / "teacher").mkdir(parents=True)
+    (out / "config.yaml").write_text("model: resnet18\n")
+    meta = CheckpointMeta(model_name="resnet18", num_classes=10, stage="teacher")
+    save_checkpoint(out / "last.pt", {"meta": meta, "model": {}, "epoch": 0, "best_top1": 0.0})
+    _input_error(
+        CliRunner().invoke(main, ["resnet18", *_offline_args(data, out), "--resume"]),
+        "resnet18 CNN",
+        "needs stage 'adder'",
+    )
+    assert torch.load(out / "last.pt", weights_only=True)["meta"]["stage"] == "teacher"  # untouched
+
+
+def test_evaluate_and_export_errors(tmp_path):
+    _input_error(CliRunner().invoke(main, ["evaluate", str(tmp_path / "none.pt")]), "no such file")
+    (tmp_path / "x.onnx").write_bytes(b"garbage")
+    _input_error(CliRunner().invoke(main, ["evaluate", str(tmp_path / "x.onnx")]), "not a readable ONNX file")
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    _input_error(CliRunner().invoke(main, ["export", str(tmp_path / "x.pt")]), "not a readable PyTorch file")
 
 
 def test_doctor():

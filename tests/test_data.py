@@ -52,6 +52,20 @@ def test_fashion_mnist_from_a_folder_and_resized(tmp_path):
     assert len(splits.train) == 6 and splits.test[0][0].shape == (3, 32, 32)
 
 
+def test_images_are_resized_per_item_not_held_at_the_model_size(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    splits = load_dataset("fashion-mnist", tmp_path, image_size=512)
+    assert splits.test.images.dtype == torch.uint8 and splits.test.images.shape[-1] == 28  # raw bytes only
+    image, _ = splits.test[0]
+    raw = torch.from_numpy(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")[:1].astype(np.float32) / 255)
+    expected = torch.nn.functional.interpolate(raw[None], size=(512, 512), mode="bilinear", align_corners=False)
+    mean, std = splits.mean[0], splits.std[0]
+    torch.testing.assert_close(image[0], (expected[0, 0] - mean) / std)
+
+
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", tmp_path)
