@@ -8,7 +8,8 @@ MAC (``|x - w|`` accumulated) is 2 additions; a bias is 1 addition per output. T
 (``multiplications``, ``additions``, ``energy_pj``, ``energy_ratio``) cover every Conv2d, AdderConv2d
 and Linear layer, as the paper does. BatchNorm is counted apart (``batchnorm``, ``energy_pj_with_batchnorm``):
 after a convolution or linear layer it folds into the weights at inference (free), while after an adder
-layer (or anywhere else) it stays a per-element scale and shift, 1 multiplication + 1 addition.
+layer (or anywhere else) it stays a per-element scale and shift, 1 multiplication + 1 addition (a BatchNorm
+right after another merges into it).
 Energies use 45 nm figures from Horowitz, ISSCC 2014 (:data:`ENERGY_PJ`).
 """
 
@@ -115,6 +116,7 @@ def count_operations(model: nn.Module, input_shape: tuple[int, int, int]) -> _Co
     def on_batchnorm(module: nn.Module, inputs, output: torch.Tensor) -> None:
         if id(inputs[0]) not in foldable:
             bn_ops[0] += output[0].numel()
+        foldable[id(output)] = output  # a BatchNorm right after this one merges into the same scale and shift
 
     was_training = model.training
     model.eval()
@@ -312,8 +314,8 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
     from adderconvert.export import export_onnx
 
     run_dir = Path(run_dir)
-    notes: list[str] = []
     summary = _read_json(run_dir / "summary.json")
+    notes: list[str] = [str(n) for n in summary.get("notes", [])]
     config = _read_yaml(run_dir / "config.yaml")
     adder, cnn, meta = _load_models(run_dir, notes)
     image_size = meta.get("image_size") or config.get("image_size")
@@ -455,8 +457,8 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         )
         ax.set_xticks(list(index), [r["name"] for r in layers], rotation=90, fontsize=7)
         ax.set_ylabel("operations per image")
-        ax.set_title("Per-layer operations (a CNN layer also does as many additions as multiplications)")
-        ax.legend(fontsize=8)
+        ax.set_title("Per-layer operations (a CNN layer does as many additions as multiplications)", pad=30)
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=3)
         plots["Per-layer operations"] = _png(fig)
         plt.close(fig)
     by_precision = report["energy_pj_by_precision"]

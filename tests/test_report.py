@@ -1,0 +1,203 @@
+"""The cost report: operation counts against hand-computed values, a run folder with and without its
+pieces, and the HTML rendered by a real browser (headless Debian chromium)."""
+
+import csv
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
+from adderconvert.conversion import convert, plan_conversion
+from adderconvert.export import export_onnx
+from adderconvert.models import build_model
+from adderconvert.nn import AdderConv2d
+from adderconvert.report import ENERGY_PJ, cnn_twin, count_operations, energy_pj, write_report
+
+IMAGE = 16  # ResNet-18 at 16 px: stem 64x8x8, stages 4, 2, 1, 1
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)  # 3x8x8 -> 4x8x8, bias
+        self.bn1 = nn.BatchNorm2d(4)  # folds into conv
+        self.adder = AdderConv2d(4, 6, 3, stride=2, padding=1, groups=2)  # -> 6x4x4
+        self.bn2 = nn.BatchNorm2d(6)  # after an adder layer: a real scale and shift
+        self.bn3 = nn.BatchNorm2d(6)  # right after bn2: merges into it
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv(x)))
+        x = self.bn3(self.bn2(self.adder(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_counts_match_hand_computed_values():
+    counts = count_operations(Tiny(), (3, 8, 8))
+    rows = {layer.name: layer for layer in counts.layers}
+    assert [layer.name for layer in counts.layers] == ["conv", "adder", "fc"]
+    conv, adder, fc = rows["conv"], rows["adder"], rows["fc"]
+    # conv: 4*8*8 outputs x 3*3*3 taps; bias adds one addition per output.
+    assert (conv.kind, conv.output_shape, conv.weight_shape) == ("conv", [4, 8, 8], [4, 3, 3, 3])
+    assert (conv.macs, conv.multiplications, conv.additions) == (6912, 6912, 6912 + 256)
+    # adder: 6*4*4 outputs x (4/2)*3*3 taps; |x - w| and its accumulation are two additions.
+    assert (adder.kind, adder.output_shape) == ("adder", [6, 4, 4])
+    assert (adder.macs, adder.multiplications, adder.additions) == (1728, 0, 3456)
+    assert (fc.kind, fc.macs, fc.multiplications, fc.additions) == ("linear", 30, 30, 35)
+    assert (counts.multiplications, counts.additions) == (6942, 10659)
+    assert (counts.bn_multiplications, counts.bn_additions) == (96, 96)  # bn2 only
+    twin = count_operations(cnn_twin(Tiny()), (3, 8, 8))
+    assert [layer.kind for layer in twin.layers] == ["conv", "conv", "linear"]
+    assert (twin.multiplications, twin.additions, twin.bn_multiplications) == (8670, 8931, 0)
+
+
+def test_energy_table():
+    assert ENERGY_PJ["fp32"] == {"multiplication": 3.7, "addition": 0.9}
+    assert ENERGY_PJ["int8"] == {"multiplication": 0.2, "addition": 0.03}
+    assert ENERGY_PJ["int32"] == {"multiplication": 3.1, "addition": 0.1}
+    assert energy_pj(10, 100) == pytest.approx(10 * 3.7 + 100 * 0.9)
+    assert energy_pj(10, 100, "int8") == pytest.approx(10 * 0.2 + 100 * 0.03)
+
+
+def _write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["epoch", "lr", "train_loss", "train_top1", "test_top1", "seconds", "images_per_second"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([[i + 1, 0.1, loss, top1 - 1, top1, 10.0, 100.0] for i, (loss, top1) in enumerate(rows)])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A complete run folder of a ResNet-18 converted at 16 px (untrained: the costs do not need training)."""
+    out = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10)
+    x = torch.randn(2, 3, IMAGE, IMAGE)
+    plan = plan_conversion(model, x)
+    convert(model, x, report=plan)
+    model.eval()
+    meta = CheckpointMeta("resnet18", 10, dataset="fashion-mnist", image_size=IMAGE, conversion=plan.to_dict())
+    save_checkpoint(out / "best.pt", {"meta": meta, "model": model.state_dict()})
+    onnx_path = export_onnx(model, out / "resnet18_adder.onnx", x)
+    summary = {"model": "resnet18", "dataset": "fashion-mnist", "cnn_top1": 88.97, "adder_top1": 88.27}
+    summary.update(onnx_top1=88.26, onnx_path=str(onnx_path), seconds=1.0)
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "config.yaml").write_text(yaml.safe_dump({"model": "resnet18", "batch_size": 4}))
+    _write_csv(out / "metrics.csv", [(0.9, 86.5), (0.6, 88.27)])
+    _write_csv(out / "teacher" / "metrics.csv", [(0.5, 87.1), (0.3, 88.97)])
+    html_path, json_path = write_report(out, latency_budget_s=0.2)
+    return out, plan, html_path, json.loads(json_path.read_text())
+
+
+def test_run_report_numbers(run):
+    _, plan, html_path, report = run
+    kept = {d.name: d.macs for d in plan.layers if not d.convert}
+    assert set(kept) == {"conv1"}  # the stem stays a convolution, the classifier is a Linear
+    fc = 512 * 10
+    # Independent of ConversionReport's own count: the CNN multiplies once per conv MAC and per fc MAC.
+    assert report["multiplications"] == {"cnn": plan.total_macs + fc, "adder": kept["conv1"] + fc}
+    assert kept["conv1"] == 64 * 8 * 8 * 3 * 7 * 7
+    assert report["additions"]["cnn"] == plan.total_macs + fc + 10
+    assert report["additions"]["adder"] == 2 * plan.converted_macs + kept["conv1"] + fc + 10
+    for label in ("cnn", "adder"):
+        assert report["energy_pj"][label] == pytest.approx(
+            3.7 * report["multiplications"][label] + 0.9 * report["additions"][label]
+        )
+    assert report["energy_ratio"] == pytest.approx(report["energy_pj"]["cnn"] / report["energy_pj"]["adder"])
+    assert report["energy_ratio"] > 1
+    assert report["batchnorm"]["cnn"] == {"multiplications": 0, "additions": 0}
+    assert report["batchnorm"]["adder"]["multiplications"] > 0
+    assert sum(r["macs"] for r in report["layers"] if r["kind"] == "adder") == plan.converted_macs
+    assert (
+        report["parameters"]["adder"]
+        == report["parameters"]["cnn"]
+        == sum(p.numel() for p in build_model("resnet18", 10).parameters())
+    )
+    assert report["onnx_file_bytes"]["adder"] > 0 and report["onnx_file_bytes"]["cnn"] > 0
+    assert [(r["provider"], r["batch"]) for r in report["latency_ms"]][:2] == [
+        ("CPUExecutionProvider", 1),
+        ("CPUExecutionProvider", 4),
+    ]
+    assert all(r["cnn_ms"] > 0 and r["adder_ms"] > 0 for r in report["latency_ms"])
+    assert report["accuracy"] == {"cnn_top1": 88.97, "adder_top1": 88.27, "onnx_top1": 88.26}
+    assert [r["test_top1"] for r in report["curves"]["cnn"]] == [87.1, 88.97]
+    assert report["notes"] == []
+    text = html_path.read_text()
+    assert f"{report['multiplications']['adder']:,}" in text and "88.27 %" in text
+    assert text.count('src="data:image/png;base64,') == 3
+    assert "http://" not in text and "https://" not in text  # self-contained
+
+
+def test_missing_pieces_read_na(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"model": "resnet18", "cnn_top1": 90.0}))
+    html_path, json_path = write_report(tmp_path, latency_budget_s=0.1)
+    report = json.loads(json_path.read_text())
+    assert report["multiplications"] == {"cnn": None, "adder": None}
+    assert report["energy_ratio"] is None and report["latency_ms"] == []
+    assert report["accuracy"]["adder_top1"] is None and report["curves"] == {"cnn": [], "adder": []}
+    assert any("no adder checkpoint" in n for n in report["notes"])
+    assert "n/a" in html_path.read_text()
+    (tmp_path / "best.pt").write_bytes(b"damaged")
+    report = json.loads(write_report(tmp_path, latency_budget_s=0.1)[1].read_text())
+    assert any("could not rebuild the model from best.pt" in n for n in report["notes"])
+    with pytest.raises(FileNotFoundError, match="run folder not found"):
+        write_report(tmp_path / "nowhere")
+
+
+CHROMIUM = shutil.which("chromium")
+_CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Counts the images the browser decoded (naturalWidth > 0) into the DOM that --dump-dom prints.
+_PROBE = (
+    "<script>window.addEventListener('load', () => document.body.setAttribute('data-images-loaded', "
+    "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length));</script>"
+)
+
+
+def _chromium(tmp_path, *args):
+    profile = tmp_path / "profile"
+    return subprocess.run(
+        [CHROMIUM, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_chromium(run, tmp_path):
+    import matplotlib.image
+
+    _, _, html_path, report = run
+    screenshot = tmp_path / "report.png"
+    _chromium(tmp_path, f"--screenshot={screenshot}", "--window-size=1200,1600", html_path.as_uri())
+    pixels = matplotlib.image.imread(screenshot)[..., :3]
+    assert pixels.shape[:2] == (1600, 1200)
+    not_white = (pixels < 0.9).any(-1).mean()
+    assert 0.02 < not_white < 0.9  # text, tables and plots on a white page
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # coloured plots, not just black text
+    probed = tmp_path / "probed.html"
+    probed.write_text(html_path.read_text().replace("</body>", _PROBE + "</body>"))
+    dom = _chromium(tmp_path, "--dump-dom", "--virtual-time-budget=10000", probed.as_uri()).stdout
+    assert 'data-images-loaded="3"' in dom
+    for number in (report["multiplications"]["cnn"], report["multiplications"]["adder"]):
+        assert f"{number:,}" in dom
+    assert f"{report['energy_ratio']:,.2f}x" in dom
+    assert "88.97 %" in dom
