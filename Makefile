@@ -31,7 +31,16 @@ $(FASHION_MNIST):
 	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; \
 	fi
 
-test: install $(FASHION_MNIST)
+# Headless chromium renders the HTML report in tests/test_report.py (skipped where it is absent).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "chromium is missing: run 'sudo apt-get install chromium' (the report's browser test is skipped)" >&2; \
+	fi
+
+test: install $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest
 
 # CNN teacher trained offline (2 epochs), converted, fine-tuned 2 epochs with distillation, exported,
