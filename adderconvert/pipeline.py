@@ -295,6 +295,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         )
     adder_top1 = _top1(adder_history, student, splits.test, ctx, config, "adder eval")
     _log(f"adder top-1: {adder_top1:.2f}%", main)
+    weights = _weight_health(student, splits, ctx, main)
 
     summary = {
         "model": config.model,
@@ -307,6 +308,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         "onnx_top1": None,
         "pretrain_epochs": prepared.pretrain_epochs,
         "epochs": config.epochs if config.finetune else 0,
+        "adder_weights": weights,
     }
     if config.export and main:
         summary["onnx_top1"], summary["onnx_path"] = _export_and_evaluate(student, splits, out, config)
@@ -316,6 +318,26 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary), main)
     return summary
+
+
+def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, main: bool) -> dict:
+    """Per adder layer weight std and saturation (on 4 test batches), with a warning when most weights
+    are saturated: beyond every input their tap reads, where |x - w| is only a sign-weighted x."""
+    from itertools import islice
+
+    from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
+
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=64)
+    layers = adder_weight_stats(student, islice(loader, 4), ctx.device)
+    summary = saturation_summary(layers)
+    if summary["saturated_fraction"] > 0.5:
+        _log(
+            f"warning: {100 * summary['saturated_fraction']:.0f}% of the adder weights lie beyond the range of "
+            "the inputs they meet (saturated): those taps compute a sign-weighted sum, not a distance. "
+            "A lower --eta or --lr keeps them in range.",
+            main,
+        )
+    return {**summary, "per_layer": layers}
 
 
 def _top1(history, model, test_set, ctx, config: RunConfig, desc: str) -> float:

@@ -206,6 +206,8 @@ def test_main_job_end_to_end(tmp_path):
     for key in ("model", "dataset", "converted_layers", "cnn_top1", "adder_top1", "onnx_top1", "epochs", "seconds"):
         assert key in summary
     assert summary["converted_layers"] == 19 and summary["epochs"] == 1
+    layers = summary["adder_weights"]["per_layer"]
+    assert len(layers) == 19 and all(row["weight_std"] > 0 and 0 <= row["saturation"] <= 1 for row in layers)
     # ONNX Runtime and PyTorch classify the test set alike.
     assert abs(summary["onnx_top1"] - summary["adder_top1"]) <= 100 / 64 + 1e-9
     assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "resnet18"

@@ -97,6 +97,11 @@ _adder_conv2d_backward.register_kernel("cpu")(cpu.backward)
 _adder_conv2d.register_kernel("cuda")(cuda.forward)
 _adder_conv2d_backward.register_kernel("cuda")(cuda.backward)
 
+# Under torch.autocast (bf16/fp16) the op takes float32 inputs: |x - w| summed over thousands of taps
+# needs float32's mantissa, and the kernels are float32.
+for _device_type in ("cpu", "cuda"):
+    torch.library.register_autocast("adderconvert::adder_conv2d", _device_type, torch.float32)
+
 
 # --- public functional API ----------------------------------------------------------------------------
 
@@ -108,11 +113,12 @@ def _check_inputs(x: Tensor, weight: Tensor, bias: Tensor | None, padding, dilat
         )
     if weight.dim() != 4:
         raise RuntimeError(f"adder_conv2d expects a 4D weight (out, in/groups, kh, kw), got {list(weight.shape)}")
-    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(f"adder_conv2d supports float32 and float64 tensors; {name} is {t.dtype}")
-    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
-        raise TypeError(f"adder_conv2d: input ({x.dtype}) and weight/bias must have the same dtype")
+    if not torch.is_autocast_enabled(x.device.type):  # under autocast the op casts its inputs to float32
+        for name, t in (("input", x), ("weight", weight), ("bias", bias)):
+            if t is not None and t.dtype not in _SUPPORTED_DTYPES:
+                raise TypeError(f"adder_conv2d supports float32 and float64 tensors; {name} is {t.dtype}")
+        if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+            raise TypeError(f"adder_conv2d: input ({x.dtype}) and weight/bias must have the same dtype")
     if weight.device != x.device or (bias is not None and bias.device != x.device):
         raise RuntimeError(f"adder_conv2d: input is on {x.device} but weight/bias are on {weight.device}")
     if groups <= 0 or weight.shape[0] % groups != 0:

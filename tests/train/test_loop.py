@@ -166,3 +166,16 @@ def test_evaluation_can_be_capped():
     labels = torch.tensor([data[i][1] for i in range(16)])
     with torch.no_grad():
         assert capped == pytest.approx(100 * float((model(first).argmax(1) == labels).float().mean()))
+
+
+def test_amp_trains_in_bfloat16_with_float32_adder_layers():
+    seen = []
+    model = tiny_model()
+    model[3].register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 1, "amp": True, "max_steps": 2})
+    history = fit(model, tiny_data(), tiny_data(16, seed=2), config)
+    assert math.isfinite(history[0].train_loss)
+    assert (torch.bfloat16, torch.float32) in seen  # the conv before it ran in bf16; the adder op in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.randn(2, 3, 8, 8)
+        assert model.eval()(x).dtype == torch.bfloat16  # the Linear head runs in bf16 under autocast
