@@ -50,6 +50,8 @@ def main() -> None:
     adderconvert MODEL --help                 every option
     adderconvert evaluate runs/resnet18/best.pt    top-1 of a checkpoint or an .onnx file
     adderconvert export runs/resnet18/best.pt      ONNX of a checkpoint
+    adderconvert report runs/resnet18         cost report: operations, energy, latency (HTML + JSON)
+    adderconvert import-official PATH --output DIR   a checkpoint of the official AdderNet code
     adderconvert list                         models that can be converted
     adderconvert doctor                       versions, build and a one-node check per provider
     """
@@ -270,6 +272,40 @@ def export_command(checkpoint: str, output: str | None, dynamic_hw: bool, portab
     except _input_errors() as e:
         raise InputError(str(e)) from None
     click.echo(f"wrote {path}")
+
+
+@main.command("report", context_settings=_HELP)
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report_command(run_dir: str) -> None:
+    """Write RUN_DIR/report.html and report.json: operations, energy, size, accuracy and latency, CNN vs adder."""
+    from adderconvert.report import write_report
+
+    try:
+        html, data = write_report(run_dir)
+    except _input_errors() as e:
+        raise InputError(str(e)) from None
+    click.echo(f"wrote {html} and {data}")
+
+
+@main.command("import-official", context_settings=_HELP)
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--arch", default="resnet20", show_default=True, help="resnet20 (CIFAR-10) or resnet50 (ImageNet).")
+@click.option("--output", required=True, help="Run folder to write (checkpoint, ONNX, report).")
+@click.option("--overwrite", is_flag=True, help="Replace what is in --output.")
+def import_official_command(path: str, arch: str, output: str, overwrite: bool) -> None:
+    """Import a checkpoint of the official AdderNet code (huawei-noah/AdderNet) as a run folder."""
+    from adderconvert.official import ARCHS, import_official
+
+    if arch not in ARCHS:
+        raise InputError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    out = Path(output)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} is not empty; pass --overwrite to replace it, or another --output")
+    try:
+        summary = import_official(path, arch, out)
+    except _input_errors() as e:
+        raise InputError(str(e)) from None
+    click.echo(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -317,6 +317,11 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary), main)
+        if config.finetune:
+            from adderconvert.report import write_report
+
+            html, _ = write_report(out)
+            _log(f"cost report: {html}", main)
     return summary
 
 

@@ -211,7 +211,7 @@ def test_main_job_end_to_end(tmp_path):
     # ONNX Runtime and PyTorch classify the test set alike.
     assert abs(summary["onnx_top1"] - summary["adder_top1"]) <= 100 / 64 + 1e-9
     assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "resnet18"
-    for name in ("last.pt", "best.pt", "metrics.csv", "resnet18_adder.onnx", "teacher/last.pt"):
+    for name in ("last.pt", "best.pt", "metrics.csv", "resnet18_adder.onnx", "teacher/last.pt", "report.html"):
         assert (out / name).is_file(), name
     assert "AdderNet (ONNX Runtime)" in result.output
     assert "CNN epoch 1/1" in result.output and "adder epoch 1/1" in result.output  # --quiet keeps them
@@ -271,6 +271,27 @@ def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path):
         "needs stage 'adder'",
     )
     assert torch.load(out / "last.pt", weights_only=True)["meta"]["stage"] == "teacher"  # untouched
+
+
+def test_import_official_then_report(tmp_path):
+    from pathlib import Path
+
+    official = Path(__file__).parent / "data" / "ResNet20-AdderNet.pth"
+    out = tmp_path / "r20"
+    result = CliRunner().invoke(main, ["import-official", str(official), "--arch", "resnet20", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "best.pt").is_file() and (out / "report.html").is_file()
+    (out / "report.html").unlink()
+    result = CliRunner().invoke(main, ["report", str(out)])
+    assert result.exit_code == 0 and (out / "report.html").is_file(), result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["energy_ratio"] > 1  # additions are cheaper than multiplications
+    _input_error(CliRunner().invoke(main, ["import-official", str(official), "--output", str(out)]), "not empty")
+    _input_error(
+        CliRunner().invoke(main, ["import-official", str(official), "--arch", "vgg", "--output", str(tmp_path / "v")]),
+        "--arch",
+    )
+    _input_error(CliRunner().invoke(main, ["report", str(tmp_path / "missing")]), "not found")
 
 
 def test_evaluate_and_export_errors(tmp_path):
