@@ -3,13 +3,20 @@
 With ``fuse_bn`` (the default) every ``AdderConv -> BatchNormalization [-> Relu]`` chain whose
 BatchNorm feeds nothing else is folded into one ``FusedAdderConv`` node: BatchNorm's scale cannot be
 folded into adder weights, so the kernel applies it in its FP32 epilogue.
+
+With ``portable`` every ``AdderConv`` is written with standard ONNX ops instead (:func:`make_portable`),
+for runtimes that cannot load the custom-op library. Model metadata (input size, normalisation, class
+names, layout) goes into ``metadata_props`` as JSON values (:func:`input_metadata`, :func:`read_metadata`).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,10 +32,19 @@ from adderconvert.onnx_ops import (
     register_schemas,
 )
 
-__all__ = ["export_onnx", "fuse_batchnorm"]
+__all__ = ["export_onnx", "fuse_batchnorm", "input_metadata", "make_portable", "read_metadata"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+# Names of the input's dynamic dimensions.
+_DIM_NAMES = ("batch", None, "height", "width")
+# metadata_props written by every export; user metadata may not override them.
+_RESERVED_METADATA = ("adderconvert_version", "torch_version", "adder_form")
+# The portable form materialises |patches - weights| for a chunk of output channels at a time, at most this
+# many elements per image.
+PORTABLE_CHUNK_ELEMENTS = 1 << 22
+# The portable form warns when one layer's patch tensor exceeds this many bytes per image.
+PORTABLE_WARN_BYTES = 32 << 20
 
 
 def _translation_table() -> dict:
@@ -113,15 +129,55 @@ def fuse_batchnorm(model: onnx.ModelProto) -> int:
     return folded
 
 
-def _name_batch_dim(model: onnx.ModelProto) -> None:
-    """Call the exporter's symbol for the batch size "batch" everywhere it appears."""
-    symbol = model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
-    if not symbol:
-        return
+def _name_dynamic_dims(model: onnx.ModelProto) -> None:
+    """Call the exporter's symbols for the input's dynamic dims "batch", "height", "width" everywhere."""
+    renames = {
+        dim.dim_param: name
+        for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim, _DIM_NAMES)
+        if dim.dim_param and name
+    }
     for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == symbol:
-                dim.dim_param = "batch"
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+
+
+def input_metadata(
+    *,
+    image_size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """Metadata describing the model's input for :func:`export_onnx` (``None`` values are left out).
+
+    ``image_size`` is stored as [height, width]; ``mean``/``std`` are the per-channel normalisation applied
+    to [0, 1] pixels; ``layout`` is always ``"NCHW"``.
+    """
+    if isinstance(image_size, int):
+        image_size = [image_size, image_size]
+    values = {
+        "image_size": list(image_size) if image_size is not None else None,
+        "mean": [float(v) for v in mean] if mean is not None else None,
+        "std": [float(v) for v in std] if std is not None else None,
+        "classes": list(classes) if classes is not None else None,
+        "dataset": dataset,
+        "layout": "NCHW",
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def read_metadata(model: str | os.PathLike | onnx.ModelProto) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file or model, JSON values decoded (other values as strings)."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    metadata = {}
+    for prop in proto.metadata_props:
+        try:
+            metadata[prop.key] = json.loads(prop.value)
+        except ValueError:
+            metadata[prop.key] = prop.value
+    return metadata
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
@@ -131,20 +187,164 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
+def _static_shapes(model: onnx.ModelProto, input_shape: Sequence[int]) -> dict[str, list[int]]:
+    """Shapes of the graph's values when its input has ``input_shape`` (by ONNX shape inference)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for dim, size in zip(fixed.graph.input[0].type.tensor_type.shape.dim, input_shape):
+        dim.Clear()
+        dim.dim_value = size
+    del fixed.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(fixed)
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    return shapes
+
+
+def make_portable(
+    model: onnx.ModelProto,
+    input_shape: Sequence[int],
+    *,
+    chunk_elements: int = PORTABLE_CHUNK_ELEMENTS,
+    warn_bytes: int = PORTABLE_WARN_BYTES,
+) -> int:
+    """Rewrite every ``com.adderconvert::AdderConv`` with standard ONNX ops, in place; return how many.
+
+    Each layer becomes: ``Conv`` with one-hot kernels (``group`` = input channels) that gathers the
+    zero-padded receptive fields exactly into a patch tensor P (N, C*kh*kw, Ho, Wo); then, for chunks of
+    output channels (at most ``chunk_elements`` per image), ``Sub`` (P - W), ``Abs`` and ``ReduceSum``;
+    ``Concat``, ``Neg``, a ``Reshape`` back to (N, O, Ho, Wo) and ``Add`` for a bias. ``input_shape`` (the
+    export's example shape) sizes the chunks; the graph itself keeps its dynamic dims. Warns when a
+    layer's patch tensor exceeds ``warn_bytes`` per image. ``FusedAdderConv`` nodes are not rewritten
+    (export without ``fuse_bn``).
+    """
+    graph = model.graph
+    if any(n.op_type == "FusedAdderConv" and n.domain == DOMAIN for n in graph.node):
+        raise ValueError("make_portable rewrites AdderConv only: export with fuse_bn=False")
+    shapes = _static_shapes(model, input_shape)
+    inits = {t.name: t for t in graph.initializer}
+    new_nodes, new_inits, rewritten, large = [], [], 0, []
+    for node in graph.node:
+        if node.op_type != "AdderConv" or node.domain != DOMAIN:
+            new_nodes.append(node)
+            continue
+        if node.input[1] not in inits:
+            raise ValueError(f"AdderConv {node.name!r} has non-constant weights; the portable form needs them constant")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        group = int(attrs.get("group", 1))
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        out_channels, group_channels, kh, kw = weight.shape
+        channels, taps = group_channels * group, kh * kw
+        out_shape = shapes.get(node.output[0])
+        if out_shape is None:
+            raise ValueError(f"could not infer the output shape of AdderConv {node.name!r}")
+        positions = out_shape[2] * out_shape[3]
+        patch_bytes = 4 * channels * taps * positions
+        if patch_bytes > warn_bytes:
+            large.append(f"{node.name or node.output[0]} ({patch_bytes / 2**20:.0f} MiB)")
+        prefix = f"{node.name or node.output[0]}_portable"
+        one_hot = np.zeros((channels * taps, 1, kh, kw), np.float32)
+        one_hot.reshape(channels, taps, taps)[:, np.arange(taps), np.arange(taps)] = 1
+        new_inits.append(numpy_helper.from_array(one_hot, f"{prefix}_one_hot"))
+        conv_attrs = {k: attrs[k] for k in ("strides", "pads", "dilations") if k in attrs}
+        new_nodes.append(
+            helper.make_node(
+                "Conv",
+                [node.input[0], f"{prefix}_one_hot"],
+                [f"{prefix}_patches"],
+                name=f"{prefix}_gather",
+                group=channels,
+                kernel_shape=[kh, kw],
+                **conv_attrs,
+            )
+        )
+        per_group = out_channels // group
+        span = group_channels * taps
+        new_inits.append(numpy_helper.from_array(np.array([0, group, 1, span, -1], np.int64), f"{prefix}_patch_shape"))
+        new_nodes.append(
+            helper.make_node("Reshape", [f"{prefix}_patches", f"{prefix}_patch_shape"], [f"{prefix}_grouped"])
+        )
+        # (group, out per group, Cg*kh*kw) weights, broadcast against (N, group, 1, Cg*kh*kw, L) patches.
+        grouped = weight.reshape(group, per_group, span)
+        step = max(1, min(per_group, chunk_elements // max(1, group * span * positions)))
+        sums = []
+        new_inits.append(numpy_helper.from_array(np.array([3], np.int64), f"{prefix}_axis"))
+        for start in range(0, per_group, step):
+            tag = f"{prefix}_{start}"
+            chunk = grouped[:, start : start + step, :, None][None]
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(chunk), f"{tag}_w"))
+            new_nodes += [
+                helper.make_node("Sub", [f"{prefix}_grouped", f"{tag}_w"], [f"{tag}_diff"]),
+                helper.make_node("Abs", [f"{tag}_diff"], [f"{tag}_abs"]),
+                helper.make_node("ReduceSum", [f"{tag}_abs", f"{prefix}_axis"], [f"{tag}_sum"], keepdims=0),
+            ]
+            sums.append(f"{tag}_sum")
+        if len(sums) > 1:
+            new_nodes.append(helper.make_node("Concat", sums, [f"{prefix}_sum"], axis=2))
+        else:
+            new_nodes.append(helper.make_node("Identity", sums, [f"{prefix}_sum"]))
+        new_nodes += [
+            helper.make_node("Neg", [f"{prefix}_sum"], [f"{prefix}_flat"]),
+            helper.make_node("Shape", [f"{prefix}_patches"], [f"{prefix}_batch"], start=0, end=1),
+            helper.make_node("Shape", [f"{prefix}_patches"], [f"{prefix}_hw"], start=2, end=4),
+            helper.make_node(
+                "Concat", [f"{prefix}_batch", f"{prefix}_channels", f"{prefix}_hw"], [f"{prefix}_out_shape"], axis=0
+            ),
+        ]
+        new_inits.append(numpy_helper.from_array(np.array([out_channels], np.int64), f"{prefix}_channels"))
+        has_bias = len(node.input) > 2 and node.input[2]
+        reshaped = f"{prefix}_nobias" if has_bias else node.output[0]
+        new_nodes.append(helper.make_node("Reshape", [f"{prefix}_flat", f"{prefix}_out_shape"], [reshaped]))
+        if has_bias:
+            bias_shape = f"{prefix}_bias_shape"
+            new_inits.append(numpy_helper.from_array(np.array([1, -1, 1, 1], np.int64), bias_shape))
+            new_nodes += [
+                helper.make_node("Reshape", [node.input[2], bias_shape], [f"{prefix}_bias"]),
+                helper.make_node("Add", [reshaped, f"{prefix}_bias"], [node.output[0]]),
+            ]
+        rewritten += 1
+    if large:
+        warnings.warn(
+            f"portable ONNX: the patch tensors of {len(large)} layer(s) exceed {warn_bytes / 2**20:.0f} MiB per "
+            f"image ({', '.join(large[:3])}{' ...' if len(large) > 3 else ''}); memory grows with the batch size. "
+            "The custom-op form (portable=False) needs none of it.",
+            stacklevel=2,
+        )
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(new_inits)
+    _drop_unused_initializers(graph)
+    kept = [o for o in model.opset_import if o.domain != DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return rewritten
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     dynamic_batch: bool = True,
+    dynamic_hw: bool = False,
     opset: int = 18,
     fuse_bn: bool = True,
+    portable: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` (in eval mode, on CPU) to one self-contained ONNX file and return its path.
 
-    Adder layers become ``com.adderconvert::AdderConv`` (or ``FusedAdderConv`` with ``fuse_bn``). The
-    file passes ``onnx.checker`` with ``full_check`` and records the adderconvert version in its metadata.
-    Run it with :func:`adderconvert.runtime.make_session`.
+    Adder layers become ``com.adderconvert::AdderConv`` (or ``FusedAdderConv`` with ``fuse_bn``); run the
+    file with :func:`adderconvert.runtime.make_session`. With ``portable`` they become standard ONNX ops
+    (see :func:`make_portable`; BatchNorm stays ``BatchNormalization``, ``fuse_bn`` is ignored), which any
+    ONNX runtime runs without the library, more slowly and with more memory. ``dynamic_batch`` and
+    ``dynamic_hw`` make the batch and the spatial size dynamic dims ("batch", "height", "width").
+    ``metadata`` (e.g. :func:`input_metadata`) goes into ``metadata_props`` (strings as they are, other
+    values as JSON) beside ``adderconvert_version``, ``torch_version`` and ``adder_form``
+    (``custom_op`` or ``portable``). The file passes ``onnx.checker`` with ``full_check``.
     """
     register_schemas()
     path = Path(path)
@@ -152,10 +352,15 @@ def export_onnx(
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if len(inputs) != 1:
         raise ValueError(f"export_onnx expects one example input tensor, got {len(inputs)}")
+    clash = sorted(set(metadata or {}) & set(_RESERVED_METADATA))
+    if clash:
+        raise ValueError(f"metadata keys {clash} are written by export_onnx itself")
     was_training = model.training
     model.eval()
     try:
-        dynamic_shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
+        dims = {0: torch.export.Dim.DYNAMIC} if dynamic_batch else {}
+        if dynamic_hw:
+            dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
         program = torch.onnx.export(
             model,
             inputs,
@@ -163,7 +368,7 @@ def export_onnx(
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=dynamic_shapes,
+            dynamic_shapes=(dims,) if dims else None,
             custom_translation_table=_translation_table(),
             report=False,
             verbose=False,
@@ -171,16 +376,22 @@ def export_onnx(
     finally:
         model.train(was_training)
     proto = program.model_proto
-    if dynamic_batch:
-        _name_batch_dim(proto)
-    if fuse_bn:
-        fuse_batchnorm(proto)
-    if not any(o.domain == DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    _name_dynamic_dims(proto)
+    if portable:
+        make_portable(proto, list(inputs[0].shape))
+    else:
+        if fuse_bn:
+            fuse_batchnorm(proto)
+        if not any(o.domain == DOMAIN for o in proto.opset_import):
+            proto.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(
-        proto, {"adderconvert_version": adderconvert.__version__, "torch_version": torch.__version__}
+    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    props.update(
+        adderconvert_version=adderconvert.__version__,
+        torch_version=torch.__version__,
+        adder_form="portable" if portable else "custom_op",
     )
+    onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     return path

@@ -1,16 +1,18 @@
 """Export round trips: PyTorch -> ONNX (AdderConv / FusedAdderConv) -> ONNX Runtime CPU and onnx.reference."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from adderconvert.conversion import convert
-from adderconvert.export import export_onnx
+from adderconvert.export import export_onnx, input_metadata, make_portable, read_metadata
 from adderconvert.nn import AdderConv2d
 from adderconvert.onnx_ops import DOMAIN, AdderConv, FusedAdderConv
 from adderconvert.runtime import make_session
@@ -74,6 +76,7 @@ def exported(request, tmp_path_factory):
     model, x = MODELS[request.param]()
     out = tmp_path_factory.mktemp(request.param)
     paths = {fuse: export_onnx(model, out / f"fuse{int(fuse)}.onnx", x[:2], fuse_bn=fuse) for fuse in (False, True)}
+    paths["portable"] = export_onnx(model, out / "portable.onnx", x[:2], portable=True)
     return request.param, model, paths
 
 
@@ -94,7 +97,7 @@ def test_ort_matches_pytorch_at_another_batch_size(exported, fuse):
 def test_ort_matches_onnx_reference(exported):
     name, _, paths = exported
     x = np.random.default_rng(2).normal(size={"geometry": (2, 3, 17, 15)}.get(name, (2, 3, 32, 32))).astype(np.float32)
-    for path in paths.values():
+    for path in (paths[False], paths[True]):
         model = onnx.load(str(path))
         ref = onnx.reference.ReferenceEvaluator(model, new_ops=[AdderConv, FusedAdderConv]).run(None, {"input": x})[0]
         got = make_session(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -118,7 +121,7 @@ def test_graph_contents(exported):
     assert fused.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     onnx.checker.check_model(fused, full_check=True)
     # One self-contained file.
-    assert sorted(p.name for p in paths[True].parent.iterdir()) == ["fuse0.onnx", "fuse1.onnx"]
+    assert sorted(p.name for p in paths[True].parent.iterdir()) == ["fuse0.onnx", "fuse1.onnx", "portable.onnx"]
 
 
 def test_static_batch_export(tmp_path):
@@ -130,3 +133,101 @@ def test_static_batch_export(tmp_path):
 def test_export_rejects_several_inputs(tmp_path):
     with pytest.raises(ValueError, match="one example input"):
         export_onnx(nn.Identity(), tmp_path / "x.onnx", (torch.zeros(1), torch.zeros(1)))
+
+
+# --- portable form: standard ONNX ops only --------------------------------------------------------------
+
+
+def _plain_session(path) -> ort.InferenceSession:
+    """onnxruntime with no custom-op library registered."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_portable_graph_has_standard_ops_only(exported):
+    name, model, paths = exported
+    portable = onnx.load(str(paths["portable"]))
+    assert all(n.domain in ("", "ai.onnx") for n in portable.graph.node)
+    assert all(o.domain in ("", "ai.onnx") for o in portable.opset_import)
+    ops = [n.op_type for n in portable.graph.node]
+    adders = sum(isinstance(m, AdderConv2d) for m in model.modules())
+    assert ops.count("ReduceSum") >= adders and "Abs" in ops
+    plain = [n.op_type for n in onnx.load(str(paths[False])).graph.node]
+    assert ops.count("BatchNormalization") == plain.count("BatchNormalization") > 0
+    assert read_metadata(portable)["adder_form"] == "portable"
+    onnx.checker.check_model(portable, full_check=True)
+
+
+def test_portable_runs_in_plain_onnxruntime(exported):
+    name, model, paths = exported
+    torch.manual_seed(3)
+    x = torch.randn({"geometry": (3, 3, 17, 15)}.get(name, (3, 3, 32, 32)))
+    with torch.no_grad():
+        expected = copy.deepcopy(model).double()(x.double()).numpy()
+        float32_error = np.abs(model(x).numpy() - expected).max()
+    portable = _plain_session(paths["portable"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(portable - expected).max() <= max(ORT_TOLERANCE * np.abs(expected).max(), 3 * float32_error)
+    # Against the custom op: 1e-5 of max|y|, or twice the custom op's own distance from float64 where
+    # float32 rounding is amplified (e.g. resnet18 on this input: custom op 8e-4 of max|y| off float64,
+    # the portable form's plain |x - w| sums 2e-5).
+    custom = make_session(paths[False], providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    custom_error = np.abs(custom - expected).max()
+    assert np.abs(portable - custom).max() <= max(1e-5 * np.abs(expected).max(), 2 * custom_error)
+
+
+def test_portable_parity_on_trained_official_weights(tmp_path):
+    """One layer of the published ResNet-20 (|w| up to 71) on ReLU-like inputs: portable vs custom op."""
+    state = torch.load(Path(__file__).parent / "data" / "ResNet20-AdderNet.pth", map_location="cpu", weights_only=True)
+    layer = AdderConv2d(64, 64, 3, padding=1)
+    with torch.no_grad():
+        layer.weight.copy_(state["module.layer3.0.conv2.adder"])
+    x = torch.relu(torch.randn(2, 64, 8, 8) * 3)
+    paths = [
+        export_onnx(layer, tmp_path / f"{form}.onnx", x, portable=form == "portable") for form in ("c", "portable")
+    ]
+    custom = make_session(paths[0], providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    portable = _plain_session(paths[1]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = layer.double()(x.double()).numpy()
+    assert np.abs(portable - custom).max() <= 1e-5 * np.abs(custom).max()
+    assert np.abs(portable - expected).max() <= 1e-6 * np.abs(expected).max()
+
+
+def test_portable_warns_when_patches_are_large(tmp_path):
+    layer = AdderConv2d(64, 8, 3, padding=1)  # patches: 64*9 values x 128*128 positions x 4 B = 36 MiB per image
+    with pytest.warns(UserWarning, match=r"patch tensors of 1 layer\(s\) exceed 32 MiB per image"):
+        export_onnx(layer, tmp_path / "big.onnx", torch.randn(1, 64, 128, 128), portable=True)
+
+
+def test_make_portable_refuses_fused_graphs(tmp_path):
+    model, x = MODELS["geometry"]()
+    fused = onnx.load(str(export_onnx(model, tmp_path / "fused.onnx", x[:2], fuse_bn=True)))
+    with pytest.raises(ValueError, match="export with fuse_bn=False"):
+        make_portable(fused, list(x[:2].shape))
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_metadata_and_dynamic_height_width(tmp_path, portable):
+    model, x = MODELS["geometry"]()
+    meta = input_metadata(image_size=(17, 15), mean=[0.5] * 3, std=[0.25] * 3, classes=list("abcdefgh"))
+    path = export_onnx(model, tmp_path / "m.onnx", x[:2], dynamic_hw=True, portable=portable, metadata=meta)
+    proto = onnx.load(str(path))
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "", "height", "width"]
+    stored = read_metadata(path)
+    assert stored["image_size"] == [17, 15] and stored["mean"] == [0.5] * 3 and stored["std"] == [0.25] * 3
+    assert stored["classes"] == list("abcdefgh") and stored["layout"] == "NCHW"
+    assert stored["adder_form"] == ("portable" if portable else "custom_op")
+    session = _plain_session(path) if portable else make_session(path, providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["layout"] == "NCHW"
+    for shape in [(2, 3, 17, 15), (1, 3, 24, 20)]:
+        xx = torch.randn(shape)
+        with torch.no_grad():
+            expected = copy.deepcopy(model).double()(xx.double()).numpy()
+        got = session.run(None, {"input": xx.numpy()})[0]
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_metadata_may_not_override_export_keys(tmp_path):
+    with pytest.raises(ValueError, match="adderconvert_version"):
+        export_onnx(nn.Identity(), tmp_path / "x.onnx", torch.zeros(1, 3, 4, 4), metadata={"adderconvert_version": "9"})
