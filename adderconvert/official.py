@@ -201,7 +201,8 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
     """Turn an official checkpoint into a run folder and return its summary (also ``OUTPUT/summary.json``).
 
     Writes ``best.pt`` (an adderconvert checkpoint whose meta names ``official_arch``), the ONNX model
-    (``official_ARCH_adder.onnx``, checked against PyTorch on random inputs: ``onnx_max_abs_diff``) and
+    (``official_ARCH_adder.onnx`` with the input size, normalisation and classes as metadata, checked
+    against PyTorch on random inputs: ``onnx_max_abs_diff``) and
     ``report.html``/``report.json``. No data set is evaluated, so the accuracies are ``None``.
     """
     import numpy as np
@@ -210,6 +211,7 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
     from adderconvert.export import export_onnx
     from adderconvert.report import write_report
     from adderconvert.runtime import make_session
+    from adderconvert.saved_models import deployment_metadata
 
     model = load(path, arch)
     spec = ARCHS[arch]
@@ -231,7 +233,7 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
     save_checkpoint(out / "best.pt", {"meta": meta, "model": model.state_dict()})
     torch.manual_seed(0)
     x = torch.randn(2, 3, image_size, image_size)
-    onnx_path = export_onnx(model, out / f"{name}_adder.onnx", x)
+    onnx_path = export_onnx(model, out / f"{name}_adder.onnx", x, metadata=deployment_metadata(meta))
     with torch.no_grad():
         expected = model(x).numpy()
     got = make_session(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]

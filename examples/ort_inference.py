@@ -1,43 +1,101 @@
-"""Run an exported adder model with plain ONNX Runtime, as a deployment would: register the custom-op
-library and feed images. Only onnxruntime, numpy and the library path are needed at run time.
+"""Run an exported adder model with plain ONNX Runtime, as a deployment would: read the model's metadata
+(input size, normalisation, class names, data set), register the custom-op library unless the model is
+in the portable form, and classify Fashion-MNIST test images. At run time only onnxruntime, numpy and
+the library path are needed (onnx to read the form, torch only to resize images to another input size).
 
     python examples/ort_inference.py runs/demo/resnet18_adder.onnx
 """
 
 import argparse
+import json
 import sys
 
 import numpy as np
 import onnxruntime as ort
 
-from adderconvert.runtime import get_library_path
+from adderconvert.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, read_idx
+
+DATASET = "fashion-mnist"
 
 
-def main() -> None:
+def model_metadata(session: ort.InferenceSession) -> dict:
+    """The model's metadata_props, JSON values decoded (adderconvert's export writes lists as JSON)."""
+    metadata = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        try:
+            metadata[key] = json.loads(value)
+        except ValueError:
+            metadata[key] = value
+    return metadata
+
+
+def load_images(count: int, size: int, mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` Fashion-MNIST test images as normalised NCHW float32 (gray repeated over the
+    channels) and their labels."""
+    images = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")[:count].astype(np.float32) / 255
+    labels = read_idx(FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz")[:count].astype(np.int64)
+    x = np.repeat(images[:, None], len(mean), axis=1)
+    if x.shape[-1] != size:
+        import torch
+
+        x = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear").numpy()
+    x = (x - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]
+    return x.astype(np.float32), labels
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="an .onnx file written by adderconvert (--export or export_onnx)")
+    parser.add_argument("model", help="an .onnx file written by adderconvert (the main job, `export` or export_onnx)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
     parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST test images to classify")
     args = parser.parse_args()
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
-    options.register_custom_ops_library(get_library_path())
+    # The portable form runs without the custom-op library; onnx reads the form before a session exists.
+    import onnx
+
+    stored = {p.key: p.value for p in onnx.load(args.model, load_external_data=False).metadata_props}
+    if stored.get("adder_form") != "portable":
+        from adderconvert.runtime import get_library_path
+
+        options.register_custom_ops_library(get_library_path())
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     session = ort.InferenceSession(args.model, sess_options=options, providers=providers)
+    metadata = model_metadata(session)
     shape = session.get_inputs()[0].shape
-    print(f"{args.model}: input {shape}, providers {session.get_providers()}")
+    print(f"{args.model}: input {shape}, providers {session.get_providers()}, form {metadata.get('adder_form', '?')}")
 
-    from adderconvert.data import load_dataset
+    trained_on = metadata.get("dataset")
+    if trained_on is not None and trained_on != DATASET:
+        print(
+            f"warning: the model's metadata says it was trained on {trained_on!r}; scoring it on {DATASET} "
+            "measures nothing useful",
+            file=sys.stderr,
+        )
+    size = (metadata.get("image_size") or [shape[-1] if isinstance(shape[-1], int) else 28])[-1]
+    if "mean" in metadata and "std" in metadata:
+        mean, std = metadata["mean"], metadata["std"]
+    else:
+        # adderconvert's Fashion-MNIST preprocessing: the mean of ImageNet's statistics on every channel.
+        mean, std = [float(np.mean(IMAGENET_MEAN))] * 3, [float(np.mean(IMAGENET_STD))] * 3
+        print("warning: the model has no normalisation metadata; using adderconvert's defaults", file=sys.stderr)
+    classes = metadata.get("classes") or FASHION_MNIST_CLASSES
 
-    test = load_dataset("fashion-mnist", image_size=shape[-1]).test
-    count = min(args.images, len(test))
-    images = np.stack([test[i][0].numpy() for i in range(count)])
-    labels = np.array([test[i][1] for i in range(count)])
-    logits = np.concatenate(
-        [session.run(None, {session.get_inputs()[0].name: images[i : i + 256]})[0] for i in range(0, count, 256)]
+    count = min(args.images, 10_000)
+    images, labels = load_images(count, size, mean, std)
+    name = session.get_inputs()[0].name
+    logits = np.concatenate([session.run(None, {name: images[i : i + 256]})[0] for i in range(0, count, 256)])
+    if logits.shape[1] != len(FASHION_MNIST_CLASSES):
+        print(f"error: the model has {logits.shape[1]} outputs, {DATASET} has 10 classes", file=sys.stderr)
+        return 1
+    predicted = logits.argmax(1)
+    print(
+        "first predictions: "
+        + ", ".join(f"{classes[p]} ({FASHION_MNIST_CLASSES[t]})" for p, t in zip(predicted[:5], labels))
     )
-    print(f"top-1 on {count} test images: {100 * (logits.argmax(1) == labels).mean():.2f}%")
+    print(f"top-1 on {count} test images: {100 * (predicted == labels).mean():.2f}%")
+    return 0
 
 
 if __name__ == "__main__":

@@ -41,3 +41,41 @@ def test_convert_finetune_example():
         text=True,
     ).stdout
     assert "CNN top-1" in out and "AdderNet top-1" in out and "become additions" in out
+
+
+def _tiny_adder_model() -> torch.nn.Module:
+    from adderconvert.nn import AdderConv2d
+
+    return torch.nn.Sequential(
+        AdderConv2d(3, 8, 3, stride=2),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    ).eval()
+
+
+@pytest.mark.parametrize(("portable", "dataset"), [(True, "fashion-mnist"), (False, "cifar10")])
+def test_ort_inference_example_reads_metadata(tmp_path, portable, dataset):
+    from adderconvert.export import input_metadata
+
+    metadata = input_metadata(
+        image_size=32, mean=[0.5] * 3, std=[0.25] * 3, classes=list("ABCDEFGHIJ"), dataset=dataset
+    )
+    path = export_onnx(
+        _tiny_adder_model(), tmp_path / "m.onnx", torch.randn(2, 3, 32, 32), portable=portable, metadata=metadata
+    )
+    result = subprocess.run(
+        [sys.executable, "examples/ort_inference.py", str(path), "--images", "100"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert f"form {'portable' if portable else 'custom_op'}" in result.stdout
+    assert "input ['batch', 3, 32, 32]" in result.stdout and "top-1 on 100 test images" in result.stdout
+    assert "first predictions: " in result.stdout and result.stdout.split("first predictions: ")[1][0] in "ABCDEFGHIJ"
+    warned = "trained on 'cifar10'" in result.stderr
+    assert warned == (dataset == "cifar10")
+    assert "no normalisation metadata" not in result.stderr
