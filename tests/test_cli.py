@@ -97,6 +97,8 @@ def _offline_args(data, out, *extra):
     "args, fragments",
     [
         (["vgg11"], ["vgg11 cannot take 28x28", "--image-size"]),
+        (["alexnet"], ["alexnet cannot take 28x28", "--image-size"]),
+        (["densenet121"], ["densenet121 cannot take 28x28", "--image-size"]),
         (["vit_b_16"], ["not a CNN"]),
         (["resnet18", "--device", "gpu"], ["--device", "auto, cpu, cuda or cuda:N"]),
         (["resnet18", "--batch-size", "1", "--image-size", "32"], ["--batch-size 1", "2 or more"]),
@@ -225,11 +227,22 @@ def test_main_job_end_to_end(tmp_path):
     teacher = CliRunner().invoke(main, [*args[:-3], "--resume", str(out / "teacher" / "last.pt"), "--epochs", "2"])
     _input_error(teacher, "epochs 1 -> 2")
 
+    # A corrupt last.pt is named, not loaded.
+    teacher_bytes = (out / "teacher" / "last.pt").read_bytes()
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "config.yaml").write_text("model: resnet18\n")
+    (tmp_path / "copy" / "last.pt").write_bytes(b"\x00truncated" * 8)
+    _input_error(
+        CliRunner().invoke(main, [*args[:-3], "--resume", str(tmp_path / "copy" / "last.pt")]),
+        "not a readable PyTorch file",
+    )
+
     # --resume of a finished run trains nothing more, and --max-drop can fail the run.
     result = CliRunner().invoke(
         main, [*args[:-3], "--quiet", "--max-drop", "0", "--resume", "--output", str(out), "--no-export"]
     )
     assert "already done" in result.output and "training the resnet18 CNN" in result.output
+    assert (out / "teacher" / "last.pt").read_bytes() == teacher_bytes  # the teacher was not trained again
     summary = json.loads((out / "summary.json").read_text())
     if summary["adder_top1"] < summary["cnn_top1"]:
         assert result.exit_code == 1 and "below the CNN" in result.output
@@ -240,8 +253,18 @@ def test_main_job_end_to_end(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(out / "best.pt"), "--data", str(data)])
     assert result.exit_code == 0, result.output
     assert f"top-1 {summary['adder_top1']:.2f}%" in result.output
+    from adderconvert.export import read_metadata
+
+    stored = read_metadata(out / "resnet18_adder.onnx")
+    assert stored["image_size"] == [28, 28] and stored["classes"][9] == "Ankle boot" and len(stored["mean"]) == 3
     result = CliRunner().invoke(main, ["export", str(out / "best.pt"), "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["export", str(out / "best.pt"), "-o", str(tmp_path / "hw.onnx"), "--dynamic-hw"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        main, ["evaluate", str(tmp_path / "hw.onnx"), "--data", str(data), "--image-size", "36"]
+    )
+    assert result.exit_code == 0 and "top-1" in result.output, result.output
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.onnx"), "--data", str(data)])
     assert result.exit_code == 0 and "ONNX Runtime" in result.output, result.output
     onnx_top1 = float(result.output.split("top-1 ")[1].split("%")[0])
@@ -251,6 +274,18 @@ def test_main_job_end_to_end(tmp_path):
     result = CliRunner().invoke(main, [*args, "--overwrite", "--no-finetune", "--no-export"])
     assert result.exit_code == 0, result.output
     assert not (out / "best.pt").exists() and (out / "teacher" / "last.pt").is_file()
+
+
+def test_weights_refuse_an_adder_checkpoint(tmp_path):
+    from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
+
+    data = _fake_fashion_mnist(tmp_path)
+    meta = CheckpointMeta(model_name="resnet18", num_classes=10, stage="adder")
+    save_checkpoint(tmp_path / "adder.pt", {"meta": meta, "model": {}})
+    args = ["resnet18", "--data", str(data), "--output", str(tmp_path / "o"), "--weights", str(tmp_path / "adder.pt")]
+    _input_error(
+        CliRunner().invoke(main, args), "--weights takes CNN weights", "resnet18 adder model", "stage 'teacher'"
+    )
 
 
 def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path):
