@@ -2,12 +2,19 @@
 
 :func:`plan_conversion` decides, per conv, whether it is converted and which rule decided (a dry run
 with a report); :func:`convert` applies the plan in place. AdderNets need a normalisation after every
-adder layer, so one ``BatchNorm2d`` is inserted where a converted conv is not followed by one.
+adder layer, so one ``BatchNorm2d`` is inserted where a converted conv is not followed by one: the conv
+``name`` becomes ``nn.Sequential(adder, bn)`` (``name.0``, ``name.1``). "The norm after a layer" is the
+leaf module that runs next in one forward pass (:func:`norms_after_adders`), the same rule for conversion,
+feature distillation and anything else that asks.
+
+Without an example batch, the model runs on standard-normal images with the channels of its first conv,
+at the first of :data:`DEFAULT_INPUT_SIZES` it accepts (224, ImageNet's, for torchvision's models).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -16,9 +23,20 @@ from torch import nn
 
 from adderconvert.nn import AdderConv2d
 
-__all__ = ["INIT_CHOICES", "ConversionReport", "LayerDecision", "convert", "plan_conversion", "restore"]
+__all__ = [
+    "DEFAULT_INPUT_SIZES",
+    "INIT_CHOICES",
+    "ConversionReport",
+    "LayerDecision",
+    "convert",
+    "norms_after_adders",
+    "plan_conversion",
+    "restore",
+]
 
 INIT_CHOICES = ("fresh", "rescale", "copy")
+# Square image sizes tried in order when no example batch is given; the first the model accepts is used.
+DEFAULT_INPUT_SIZES = (224, 32, 28, 64, 96, 299)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
 
 
@@ -38,6 +56,7 @@ class LayerDecision:
     insert_bn: bool = False
     input_std: float = 1.0
     input_min: float = 0.0
+    supported: bool = True  # False: a convolution adder layers do not replace (Conv1d, Conv3d, transposed)
 
 
 @dataclass
@@ -88,7 +107,7 @@ class ConversionReport:
             shape = f"{layer.in_channels}->{layer.out_channels}"
             kernel = "x".join(map(str, layer.kernel_size))
             stride = "x".join(map(str, layer.stride))
-            action = "adder" if layer.convert else "kept"
+            action = "adder" if layer.convert else "kept" if layer.supported else "not supported"
             bn = " +BN" if layer.insert_bn else ""
             lines.append(
                 f"{layer.name:<40} {shape:>14} {kernel:>7} {stride:>6} {layer.groups:>6} "
@@ -107,7 +126,7 @@ class ConversionReport:
 def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
     """Run the model once; return leaf modules in execution order with input std, input minimum and
     output shape."""
-    order: list[tuple[str, nn.Module, float, float, torch.Size]] = []
+    order: list[tuple[str, nn.Module, float, float, torch.Size, torch.Size]] = []
     names = {module: name for name, module in model.named_modules()}
     hooks = []
 
@@ -116,7 +135,7 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
         std = float(x.detach().float().std()) if x is not None and x.numel() > 1 else 1.0
         low = float(x.detach().min()) if x is not None and x.numel() > 0 else 0.0
         shape = output.shape if isinstance(output, torch.Tensor) else torch.Size()
-        order.append((names[module], module, std, low, shape))
+        order.append((names[module], module, std, low, x.shape if x is not None else torch.Size(), shape))
 
     for module in model.modules():
         if not list(module.children()):
@@ -133,13 +152,82 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
     return order
 
 
+def _trace(model: nn.Module, example_input: torch.Tensor | None, sizes: Sequence[int] = DEFAULT_INPUT_SIZES):
+    """:func:`_trace_leaves` on ``example_input``, or on the first default input of ``sizes`` the model accepts."""
+    if example_input is not None:
+        return _trace_leaves(model, example_input)
+    first = next((m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, AdderConv2d))), None)
+    if not isinstance(first, (nn.Conv2d, AdderConv2d)):
+        found = f"its first convolution is {type(first).__name__}" if first is not None else "it has no convolution"
+        raise ValueError(f"no default input for {type(model).__name__} ({found}): pass an example batch")
+    param = next(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    failures = []
+    for size in sizes:
+        x = torch.randn(2, first.in_channels, size, size, generator=generator)
+        try:
+            return _trace_leaves(model, x.to(param.device, param.dtype))
+        except RuntimeError as e:  # the model does not take this size
+            failures.append(f"{size}x{size}: {str(e).splitlines()[0]}")
+    raise ValueError(
+        f"{type(model).__name__} accepts none of the default input sizes; pass an example batch. Tried:\n  "
+        + "\n  ".join(failures)
+    )
+
+
+def _norm_after(order, index: int) -> str | None:
+    """The name of the normalisation layer that runs right after leaf ``index`` of ``order``, if one does."""
+    if index + 1 < len(order) and isinstance(order[index + 1][1], _NORMS):
+        return order[index + 1][0]
+    return None
+
+
+def norms_after_adders(model: nn.Module, example_input: torch.Tensor | None = None) -> dict[str, str]:
+    """Each adder layer of ``model`` that a normalisation layer directly follows, in execution order, mapped
+    to that layer's name (inserted BatchNorms included: ``{"features.3.0": "features.3.1", ...}``).
+
+    The model runs once, in eval mode and without gradients, on ``example_input`` or a default input (the
+    smallest it accepts: the order of execution does not depend on the size).
+    """
+    order = _trace(model, example_input, sorted(DEFAULT_INPUT_SIZES))
+    pairs = {}
+    for index, (name, module, *_) in enumerate(order):
+        norm = _norm_after(order, index)
+        if isinstance(module, AdderConv2d) and norm is not None:
+            pairs.setdefault(name, norm)
+    return pairs
+
+
+def _macs(conv: nn.modules.conv._ConvNd, in_shape: torch.Size, out_shape: torch.Size) -> int:
+    """Multiply-accumulates of one image through ``conv``."""
+    if conv.transposed:  # every input element meets out_channels / groups filters
+        return int(in_shape[1:].numel()) * (conv.out_channels // conv.groups) * math.prod(conv.kernel_size)
+    return int(out_shape[1:].numel()) * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
+
+
+def _unsupported(name: str, conv: nn.Module, in_shape: torch.Size, out_shape: torch.Size) -> LayerDecision:
+    """The report row of a convolution that adder layers do not replace."""
+    return LayerDecision(
+        name=name,
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=tuple(conv.kernel_size),
+        stride=tuple(conv.stride),
+        groups=conv.groups,
+        macs=_macs(conv, in_shape, out_shape),
+        convert=False,
+        rule=f"{type(conv).__name__}: adder layers replace Conv2d only",
+        supported=False,
+    )
+
+
 def _matches(name: str, patterns: Sequence[str]) -> str | None:
     return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
 
 
 def plan_conversion(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | None = None,
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
@@ -152,12 +240,13 @@ def plan_conversion(
     ``include``/``exclude`` are shell-style wildcard patterns (``fnmatch``) on module names, e.g.
     ``layer4.*``. With ``include`` only matching convs are converted; ``exclude`` wins over
     ``include``. A pattern that matches no conv is an error naming it. ``example_input`` is one batch
-    the model accepts; it is used to order layers, count MACs and measure each conv's input scale.
+    the model accepts; it is used to order layers, count MACs and measure each conv's input scale
+    (``None``: a default input, see the module's docstring). Other convolutions (Conv1d, Conv3d,
+    transposed) are listed as not supported and left as they are.
     """
     include, exclude = list(include or []), list(exclude or [])
-    order = _trace_leaves(model, example_input)
-    convs = [(i, entry) for i, entry in enumerate(order) if isinstance(entry[1], nn.Conv2d)]
-    conv_names = [entry[0] for _, entry in convs]
+    order = _trace(model, example_input)
+    conv_names = [name for name, module, *_ in order if isinstance(module, nn.Conv2d)]
     for kind, patterns in (("include", include), ("exclude", exclude)):
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in conv_names):
@@ -169,13 +258,13 @@ def plan_conversion(
 
     report = ConversionReport(model=type(model).__name__)
     seen = set()
-    for index, (name, conv, std, low, out_shape) in convs:
-        if name in seen:  # a conv called twice is planned once
+    for index, (name, conv, std, low, in_shape, out_shape) in enumerate(order):
+        if name in seen or not isinstance(conv, nn.modules.conv._ConvNd):  # a conv called twice is planned once
             continue
         seen.add(name)
-        macs = (
-            int(out_shape[1:].numel()) * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
-        )
+        if not isinstance(conv, nn.Conv2d):
+            report.layers.append(_unsupported(name, conv, in_shape, out_shape))
+            continue
         if keep_stem and name == stem:
             do, rule = False, "stem kept (keep_stem)"
         elif keep_classifier and name == classifier:
@@ -189,8 +278,7 @@ def plan_conversion(
             do, rule = True, "default"
         if do and conv.padding_mode != "zeros":
             do, rule = False, f"padding_mode={conv.padding_mode!r} unsupported"
-        follower = order[index + 1][1] if index + 1 < len(order) else None
-        needs_bn = do and insert_bn and not isinstance(follower, _NORMS)
+        needs_bn = do and insert_bn and _norm_after(order, index) is None
         report.layers.append(
             LayerDecision(
                 name=name,
@@ -199,7 +287,7 @@ def plan_conversion(
                 kernel_size=tuple(conv.kernel_size),
                 stride=tuple(conv.stride),
                 groups=conv.groups,
-                macs=macs,
+                macs=_macs(conv, in_shape, out_shape),
                 convert=do,
                 rule=rule,
                 insert_bn=needs_bn,
@@ -234,7 +322,7 @@ def _init_weights(layer: AdderConv2d, conv: nn.Conv2d, init: str, decision: Laye
 
 def convert(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | None = None,
     *,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,

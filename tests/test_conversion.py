@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from adderconvert.conversion import convert, plan_conversion
+from adderconvert.conversion import ConversionReport, convert, norms_after_adders, plan_conversion, restore
 from adderconvert.models import list_cnn_models
 from adderconvert.nn import AdderConv2d
 
@@ -144,3 +144,109 @@ def test_every_torchvision_cnn_converts(name):
     for i, module in enumerate(order):
         if isinstance(module, AdderConv2d):
             assert isinstance(order[i + 1], norms), f"{name}: adder layer not followed by a norm"
+
+
+def test_plan_and_convert_without_an_example_use_imagenet_images():
+    model = _resnet18()
+    report = plan_conversion(model)
+    layer = next(d for d in report.layers if d.name == "layer1.0.conv1")
+    assert layer.macs == 64 * 56 * 56 * 64 * 9  # 224 -> /2 stem -> /2 maxpool = 56
+    assert len(report.converted) == 19
+    convert(model)
+    assert isinstance(model.layer1[0].conv1, AdderConv2d)
+    assert model(X).shape == (2, 10)
+
+
+class _SmallImages(nn.Module):
+    """Takes 28x28 images with one channel only (its classifier is sized for them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(self.stem(x)))).flatten(1))
+
+
+def test_default_input_size_is_the_first_the_model_accepts():
+    report = plan_conversion(_SmallImages())
+    conv = next(d for d in report.layers if d.name == "conv")
+    assert conv.convert and not conv.insert_bn
+    assert conv.macs == 4 * 26 * 26 * 4 * 9
+
+
+def test_models_without_a_default_input_get_a_clear_error():
+    with pytest.raises(ValueError, match="it has no convolution\\): pass an example batch"):
+        plan_conversion(nn.Sequential(nn.Linear(3, 3)))
+    with pytest.raises(ValueError, match="first convolution is Conv1d"):
+        plan_conversion(nn.Sequential(nn.Conv1d(3, 3, 3)))
+    with pytest.raises(ValueError, match="accepts none of the default input sizes.*\n  224x224"):
+        plan_conversion(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(5, 2)))
+
+
+class _MixedConvs(nn.Module):
+    """Conv2d layers around a Conv1d, a Conv3d and a transposed conv, which adder layers do not replace."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.temporal = nn.Conv1d(8, 8, 3, padding=1)
+        self.volume = nn.Conv3d(1, 1, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.head = nn.Conv2d(4, 10, 1)
+
+    def forward(self, x):
+        x = self.conv(self.stem(x))
+        n, c, h, w = x.shape
+        x = self.temporal(x.flatten(2)).view(n, c, h, w)
+        x = self.volume(x.unsqueeze(1)).squeeze(1)
+        return self.head(self.up(x)).mean((2, 3))
+
+
+def test_other_convolutions_are_reported_as_not_supported_and_round_trip(tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    model = _MixedConvs()
+    report = plan_conversion(model, x)
+    rows = {d.name: d for d in report.layers}
+    assert list(rows) == ["stem", "conv", "temporal", "volume", "up", "head"]
+    assert [d.name for d in report.converted] == ["conv"]
+    for name, kind in (("temporal", "Conv1d"), ("volume", "Conv3d"), ("up", "ConvTranspose2d")):
+        assert not rows[name].supported and not rows[name].convert and rows[name].rule.startswith(kind)
+    assert rows["temporal"].macs == 8 * 64 * 8 * 3 and rows["temporal"].kernel_size == (3,)
+    assert rows["volume"].macs == 8 * 8 * 8 * 27 and rows["volume"].kernel_size == (3, 3, 3)
+    assert rows["up"].macs == 8 * 8 * 8 * 4 * 4  # every input element meets 4 filters of 2x2
+    assert "not supported (Conv1d: adder layers replace Conv2d only)" in report.table()
+    data = report.to_dict()
+    assert data["kept_layers"] == 5 and data["total_conv_macs"] == sum(d.macs for d in report.layers)
+    assert ConversionReport.from_dict(data).layers == report.layers
+    convert(model, x, report=report)
+    path = tmp_path / "state.pt"
+    torch.save(model.state_dict(), path)
+    fresh = restore(_MixedConvs(), data)
+    fresh.load_state_dict(torch.load(path))
+    assert isinstance(fresh.conv[0], AdderConv2d) and isinstance(fresh.temporal, nn.Conv1d)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x))
+
+
+def test_reports_from_before_the_supported_field_still_load():
+    data = plan_conversion(_resnet18(), X).to_dict()
+    for row in data["layers"]:
+        del row["supported"]
+    assert all(d.supported for d in ConversionReport.from_dict(data).layers)
+
+
+def test_norms_after_adders_are_the_norms_conversion_relies_on():
+    model = torchvision.models.vgg11(num_classes=10)
+    report = plan_conversion(model, torch.randn(1, 3, 32, 32))
+    convert(model, torch.randn(1, 3, 32, 32), report=report)
+    assert norms_after_adders(model) == {f"{d.name}.0": f"{d.name}.1" for d in report.converted}
+    resnet = _resnet18()
+    report = plan_conversion(resnet, X)
+    convert(resnet, X, report=report)
+    norms = norms_after_adders(resnet, X)
+    assert norms["layer1.0.conv1"] == "layer1.0.bn1" and norms["layer2.0.downsample.0"] == "layer2.0.downsample.1"
+    assert set(norms) == {d.name for d in report.converted} and not any(d.insert_bn for d in report.converted)

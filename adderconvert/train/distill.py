@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adderconvert.nn import AdderConv2d
+from adderconvert.conversion import norms_after_adders
 
 __all__ = ["FeatureDistillation", "distillation_loss"]
 
@@ -35,28 +35,41 @@ def distillation_loss(
 class FeatureDistillation:
     """Matches the student's normalised features to the teacher's, layer by layer.
 
-    The pairs are the normalisation layers that directly follow an adder layer in the student (the
-    BatchNorm the converted conv fed in the CNN) and the same-named layers in the teacher. Forward hooks
-    record both outputs; :meth:`loss` is the mean over pairs of their mean squared difference. BatchNorm
-    outputs have unit scale, so one weight suits every layer.
+    The pairs are the normalisation layers that directly follow an adder layer in the student, as
+    :func:`adderconvert.conversion.norms_after_adders` finds them (one forward pass of the student on
+    ``example_input`` or a default input). A norm the CNN had is matched to the same-named layer of the
+    teacher; a BatchNorm the conversion inserted (conv ``name`` became ``name.0``, its norm ``name.1``) is
+    matched to the teacher's conv ``name``, standardised per channel over the batch as an untrained
+    BatchNorm would. Forward hooks record both outputs; :meth:`loss` is the mean over pairs of their mean
+    squared difference. Normalised outputs have unit scale, so one weight suits every layer.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
-        names = _norms_after_adders(student)
+    def __init__(self, student: nn.Module, teacher: nn.Module, example_input: torch.Tensor | None = None) -> None:
         teacher_modules = dict(teacher.named_modules())
-        self.names = [n for n in names if n in teacher_modules]
-        if not self.names:
+        pairs = []  # (student norm, teacher module, standardise the teacher's output)
+        for adder, norm in norms_after_adders(student, example_input).items():
+            conv = adder.removesuffix(".0")
+            if norm in teacher_modules:
+                pairs.append((norm, norm, False))
+            elif norm == f"{conv}.1" and isinstance(teacher_modules.get(conv), nn.Conv2d):
+                pairs.append((norm, conv, True))
+        if not pairs:
             raise ValueError("feature distillation found no BatchNorm after an adder layer to match")
+        self.names = [norm for norm, _, _ in pairs]
         self._student: dict[str, torch.Tensor] = {}
         self._teacher: dict[str, torch.Tensor] = {}
         student_modules = dict(student.named_modules())
         # The student's features count only in a training forward, not in evaluation or BatchNorm
         # re-estimation (both run without gradients); the teacher always runs without them.
         self._hooks = [
-            student_modules[n].register_forward_hook(_recorder(self._student, n, needs_grad=True)) for n in self.names
+            student_modules[norm].register_forward_hook(_recorder(self._student, norm, needs_grad=True))
+            for norm, _, _ in pairs
         ]
         self._hooks += [
-            teacher_modules[n].register_forward_hook(_recorder(self._teacher, n, needs_grad=False)) for n in self.names
+            teacher_modules[source].register_forward_hook(
+                _recorder(self._teacher, norm, needs_grad=False, standardise=standardise)
+            )
+            for norm, source, standardise in pairs
         ]
 
     def loss(self) -> torch.Tensor:
@@ -71,19 +84,13 @@ class FeatureDistillation:
             hook.remove()
 
 
-def _recorder(store: dict, name: str, needs_grad: bool):
+def _recorder(store: dict, name: str, needs_grad: bool, standardise: bool = False):
     def hook(module, inputs, output):
         if needs_grad and not torch.is_grad_enabled():
             return
-        store[name] = output.clone()  # the model may change its output in place (a residual add, ReLU)
+        if standardise:  # per channel over the batch and positions, as BatchNorm2d in training
+            store[name] = F.batch_norm(output, None, None, training=True)
+        else:
+            store[name] = output.clone()  # the model may change its output in place (a residual add, ReLU)
 
     return hook
-
-
-def _norms_after_adders(model: nn.Module) -> list[str]:
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    return [
-        name
-        for (_, before), (name, module) in zip(leaves, leaves[1:])
-        if isinstance(before, AdderConv2d) and isinstance(module, nn.modules.batchnorm._BatchNorm)
-    ]

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from adderconvert.conversion import convert
+from adderconvert.conversion import convert, plan_conversion
+from adderconvert.nn import AdderConv2d
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 
 
@@ -77,3 +78,57 @@ def test_feature_distillation_needs_a_norm_after_an_adder():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match="no BatchNorm after an adder layer"):
         FeatureDistillation(model, copy.deepcopy(model))
+
+
+def _vgg11_pair():
+    """VGG-11 without BatchNorms: conversion inserts one after every adder layer."""
+    torch.manual_seed(0)
+    teacher = torchvision.models.vgg11(num_classes=10).eval()
+    student = copy.deepcopy(teacher)
+    report = plan_conversion(student, torch.randn(2, 3, 32, 32))
+    convert(student, None, report=report)
+    return student.train(), teacher, report
+
+
+def test_inserted_batchnorms_take_part_in_feature_distillation():
+    student, teacher, report = _vgg11_pair()
+    assert all(d.insert_bn for d in report.converted) and len(report.converted) == 7
+    features = FeatureDistillation(student, teacher)
+    assert features.names == [f"{d.name}.1" for d in report.converted]  # features.3.1, features.6.1, ...
+    # The teacher's side of an inserted BatchNorm is its conv's output, standardised per channel.
+    x = torch.randn(4, 3, 32, 32)
+    convs = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            convs[name] = output.clone()  # before the in-place ReLU that follows
+
+        return hook
+
+    hooks = [teacher.get_submodule(d.name).register_forward_hook(record(d.name)) for d in report.converted]
+    with torch.no_grad():
+        teacher(x)
+    for h in hooks:
+        h.remove()
+    student(x)
+    expected_terms = []
+    for d in report.converted:
+        conv = convs[d.name].double()
+        mean, var = conv.mean((0, 2, 3), keepdim=True), conv.var((0, 2, 3), unbiased=False, keepdim=True)
+        standardised = (conv - mean) / torch.sqrt(var + 1e-5)
+        torch.testing.assert_close(features._teacher[f"{d.name}.1"].double(), standardised, rtol=1e-4, atol=1e-4)
+        expected_terms.append(((features._student[f"{d.name}.1"].double() - standardised) ** 2).mean())
+    loss = features.loss()
+    assert float(loss) == pytest.approx(float(torch.stack(expected_terms).mean()), rel=1e-4)
+
+
+def test_inserted_batchnorm_features_train_the_adder_weights():
+    student, teacher, _ = _vgg11_pair()
+    features = FeatureDistillation(student, teacher, torch.randn(2, 3, 32, 32))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        teacher(x)
+    student(x)
+    features.loss().backward()
+    adder = student.features[3][0]
+    assert isinstance(adder, AdderConv2d) and adder.weight.grad.abs().sum() > 0
