@@ -11,6 +11,7 @@ names, layout) goes into ``metadata_props`` as JSON values (:func:`input_metadat
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -352,6 +353,9 @@ def export_onnx(
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if len(inputs) != 1:
         raise ValueError(f"export_onnx expects one example input tensor, got {len(inputs)}")
+    if any(t.dtype == torch.float64 for t in (*inputs, *model.parameters(), *model.buffers())):
+        warnings.warn("the adder ONNX ops are float32: exporting a float32 copy of the float64 model", stacklevel=2)
+        model, inputs = copy.deepcopy(model).float(), tuple(t.float() for t in inputs)
     clash = sorted(set(metadata or {}) & set(_RESERVED_METADATA))
     if clash:
         raise ValueError(f"metadata keys {clash} are written by export_onnx itself")

@@ -130,6 +130,18 @@ def test_static_batch_export(tmp_path):
     assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
 
 
+def test_float64_model_exports_as_float32_with_a_warning(tmp_path):
+    model, x = MODELS["geometry"]()
+    model = model.double()
+    with pytest.warns(UserWarning, match="float32 copy of the float64 model"):
+        path = export_onnx(model, tmp_path / "f64.onnx", x[:2].double())
+    assert next(model.parameters()).dtype == torch.float64  # the caller's model is left as it was
+    with torch.no_grad():
+        expected = model(x.double()).numpy()
+    got = make_session(path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
 def test_export_rejects_several_inputs(tmp_path):
     with pytest.raises(ValueError, match="one example input"):
         export_onnx(nn.Identity(), tmp_path / "x.onnx", (torch.zeros(1), torch.zeros(1)))
