@@ -6,9 +6,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from adderconvert.onnx_ops import AdderConv, FusedAdderConv
+from adderconvert.onnx_ops import AdderConv, FusedAdderConv, adder_conv_reference
 from adderconvert.runtime import CUDA_PROVIDER, available_providers, get_library_path
 from tests._onnx_models import CASES, FORMS, case_model, one_node
+from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,6 +41,13 @@ def test_cuda_ep_matches_numpy_reference(case, form, tmp_path):
     got = _cuda_session(model, tmp_path).run(None, {"X": x})[0]
     expected = onnx.reference.ReferenceEvaluator(model, new_ops=[AdderConv, FusedAdderConv]).run(None, {"X": x})[0]
     assert np.abs(got - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "pads"), GEOMETRIES)
+def test_cuda_ep_infinities_and_nan_as_the_reference(x_shape, w_shape, pads, tmp_path):
+    x, w = special_inputs(x_shape, w_shape)
+    got = _cuda_session(one_node(x.shape, w, pads=list(pads)), tmp_path).run(None, {"X": x})[0]
+    assert_same_specials(got, adder_conv_reference(x, w, pads=pads), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
