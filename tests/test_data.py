@@ -18,6 +18,14 @@ def _write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+def _write_fashion_mnist(root):
+    """Random images and labels in Fashion-MNIST's four files: 6 training and 4 test images."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+
+
 def test_read_idx_round_trip(tmp_path):
     array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     _write_idx(tmp_path / "a.gz", array)
@@ -44,19 +52,13 @@ def test_debian_fashion_mnist():
 
 
 def test_fashion_mnist_from_a_folder_and_resized(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 6), ("t10k", 4)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    _write_fashion_mnist(tmp_path)
     splits = load_dataset("fashion-mnist", tmp_path, image_size=32)
     assert len(splits.train) == 6 and splits.test[0][0].shape == (3, 32, 32)
 
 
 def test_images_are_resized_per_item_not_held_at_the_model_size(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 6), ("t10k", 4)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    _write_fashion_mnist(tmp_path)
     splits = load_dataset("fashion-mnist", tmp_path, image_size=512)
     assert splits.test.images.dtype == torch.uint8 and splits.test.images.shape[-1] == 28  # raw bytes only
     image, _ = splits.test[0]
