@@ -205,22 +205,6 @@ def _macs(conv: nn.modules.conv._ConvNd, in_shape: torch.Size, out_shape: torch.
     return int(out_shape[1:].numel()) * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
 
 
-def _unsupported(name: str, conv: nn.Module, in_shape: torch.Size, out_shape: torch.Size) -> LayerDecision:
-    """The report row of a convolution that adder layers do not replace."""
-    return LayerDecision(
-        name=name,
-        in_channels=conv.in_channels,
-        out_channels=conv.out_channels,
-        kernel_size=tuple(conv.kernel_size),
-        stride=tuple(conv.stride),
-        groups=conv.groups,
-        macs=_macs(conv, in_shape, out_shape),
-        convert=False,
-        rule=f"{type(conv).__name__}: adder layers replace Conv2d only",
-        supported=False,
-    )
-
-
 def _matches(name: str, patterns: Sequence[str]) -> str | None:
     return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
 
@@ -262,10 +246,10 @@ def plan_conversion(
         if name in seen or not isinstance(conv, nn.modules.conv._ConvNd):  # a conv called twice is planned once
             continue
         seen.add(name)
-        if not isinstance(conv, nn.Conv2d):
-            report.layers.append(_unsupported(name, conv, in_shape, out_shape))
-            continue
-        if keep_stem and name == stem:
+        supported = isinstance(conv, nn.Conv2d)
+        if not supported:
+            do, rule = False, f"{type(conv).__name__}: adder layers replace Conv2d only"
+        elif keep_stem and name == stem:
             do, rule = False, "stem kept (keep_stem)"
         elif keep_classifier and name == classifier:
             do, rule = False, "classifier kept (keep_classifier)"
@@ -293,6 +277,7 @@ def plan_conversion(
                 insert_bn=needs_bn,
                 input_std=std,
                 input_min=low,
+                supported=supported,
             )
         )
     return report

@@ -15,6 +15,7 @@ from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_void_p
 import torch
 
 from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY, ORT_LIBRARY, find_library
+from adderconvert.nn.geometry import output_size
 
 __all__ = [
     "C_API",
@@ -125,40 +126,64 @@ def _check(status: int, error: ctypes.Array) -> None:
         raise RuntimeError(error.value.decode())
 
 
-def _cpu_call(function: str, x, weight, tensors, stride, padding, dilation, groups) -> None:
+def _forward_tensors(x, weight, bias, stride, padding, dilation) -> tuple:
+    """The kernels' forward arguments: contiguous x, weight and bias, and the output to fill."""
+    out = x.new_empty(
+        x.shape[0], weight.shape[0], *output_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    )
+    return x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None, out
+
+
+def _backward_input_tensors(x, weight, grad_out) -> tuple:
+    """The kernels' input-gradient arguments: contiguous x, weight and grad_out, and the gradient to fill."""
+    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return x.contiguous(), weight.contiguous(), grad_out.contiguous(), grad_x
+
+
+def _cpu_call(function: str, tensors, stride, padding, dilation, groups) -> torch.Tensor:
+    """Run ``function`` on ``tensors`` (x, weight, ..., the output last) and return the output."""
+    x, weight, out = tensors[0], tensors[1], tensors[-1]
     error = ctypes.create_string_buffer(512)
     geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     call = getattr(_library(CPU_LIBRARY), function)
     _check(call(_DTYPES[x.dtype], *_pointers(*tensors), *geometry, torch.get_num_threads(), error, len(error)), error)
+    return out
 
 
-def cpu_forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
-    """Fill ``out`` with the adder convolution of contiguous CPU tensors (padding: top, left, bottom, right)."""
-    _cpu_call("adderconvert_cpu_forward", x, weight, (x, weight, bias, out), stride, padding, dilation, groups)
+def cpu_forward(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    """The adder convolution (plus bias) of CPU tensors; padding is (top, left, bottom, right)."""
+    tensors = _forward_tensors(x, weight, bias, stride, padding, dilation)
+    return _cpu_call("adderconvert_cpu_forward", tensors, stride, padding, dilation, groups)
 
 
-def cpu_backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
-    """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous CPU tensors."""
-    tensors = (x, weight, grad_out, grad_x)
-    _cpu_call("adderconvert_cpu_backward_input", x, weight, tensors, stride, padding, dilation, groups)
+def cpu_backward_input(grad_out, x, weight, stride, padding, dilation, groups) -> torch.Tensor:
+    """sum HardTanh(W - X) * grad_out for CPU tensors."""
+    tensors = _backward_input_tensors(x, weight, grad_out)
+    return _cpu_call("adderconvert_cpu_backward_input", tensors, stride, padding, dilation, groups)
 
 
-def _cuda_call(function: str, x: torch.Tensor, tensors, geometry) -> None:
+def _cuda_call(function: str, tensors, stride, padding, dilation, groups, scratch: bool = False) -> torch.Tensor:
+    """Run ``function`` on ``tensors`` (x, weight, ..., the output last) on the current stream; with
+    ``scratch``, the grad-columns buffer goes before the output. Returns the output."""
+    x, weight, out = tensors[0], tensors[1], tensors[-1]
+    lib = _library(CUDA_LIBRARY)
+    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    if scratch:
+        tensors = (*tensors[:-1], x.new_empty(lib.adderconvert_cuda_grad_columns_size(*geometry)), out)
     error = ctypes.create_string_buffer(512)
     with torch.cuda.device(x.device):
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        call = getattr(_library(CUDA_LIBRARY), function)
-        _check(call(stream, *_pointers(*tensors), *geometry, error, len(error)), error)
+        _check(getattr(lib, function)(stream, *_pointers(*tensors), *geometry, error, len(error)), error)
+    return out
 
 
-def cuda_forward(x, weight, bias, out, stride, padding, dilation, groups) -> None:
-    """Fill ``out`` with the adder convolution of contiguous float32 CUDA tensors, on the current stream."""
-    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    _cuda_call("adderconvert_cuda_forward", x, (x, weight, bias, out), geometry)
+def cuda_forward(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    """The adder convolution (plus bias) of float32 CUDA tensors, on the current stream."""
+    tensors = _forward_tensors(x, weight, bias, stride, padding, dilation)
+    return _cuda_call("adderconvert_cuda_forward", tensors, stride, padding, dilation, groups)
 
 
-def cuda_backward_input(x, weight, grad_out, grad_x, stride, padding, dilation, groups) -> None:
-    """Fill ``grad_x`` with sum HardTanh(W - X) * grad_out for contiguous float32 CUDA tensors."""
-    geometry = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
-    scratch = x.new_empty(_library(CUDA_LIBRARY).adderconvert_cuda_grad_columns_size(*geometry))
-    _cuda_call("adderconvert_cuda_backward_input", x, (x, weight, grad_out, scratch, grad_x), geometry)
+def cuda_backward_input(grad_out, x, weight, stride, padding, dilation, groups) -> torch.Tensor:
+    """sum HardTanh(W - X) * grad_out for float32 CUDA tensors, on the current stream."""
+    tensors = _backward_input_tensors(x, weight, grad_out)
+    return _cuda_call("adderconvert_cuda_backward_input", tensors, stride, padding, dilation, groups, scratch=True)

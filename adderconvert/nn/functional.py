@@ -14,6 +14,7 @@ below; the chunked PyTorch implementation is the default for devices without a k
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -64,7 +65,15 @@ def _adder_conv2d_backward(
     weight_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     """Default implementation, for devices without a kernel of their own."""
-    return chunked.backward(grad_out, x, weight, stride, padding, dilation, groups, input_grad, weight_grad)
+    return _gradients(chunked, grad_out, x, weight, stride, padding, dilation, groups, input_grad, weight_grad)
+
+
+def _gradients(backend, grad_out, x, weight, stride, padding, dilation, groups, input_grad, weight_grad):
+    """The requested gradients from ``backend`` (an empty tensor for one not requested)."""
+    args = (grad_out.contiguous(), x, weight, stride, padding, dilation, groups)
+    grad_x = backend.backward_input(*args) if input_grad else x.new_empty(0)
+    grad_w = backend.grad_weight(*args) if weight_grad else weight.new_empty(0)
+    return grad_x, grad_w
 
 
 @_adder_conv2d_backward.register_fake
@@ -91,11 +100,15 @@ def _backward(ctx, grad_out):
 
 _adder_conv2d.register_autograd(_backward, setup_context=_setup_context)
 
-# The kernels by device type.
-_adder_conv2d.register_kernel("cpu")(cpu.forward)
-_adder_conv2d_backward.register_kernel("cpu")(cpu.backward)
-_adder_conv2d.register_kernel("cuda")(cuda.forward)
-_adder_conv2d_backward.register_kernel("cuda")(cuda.backward)
+
+# The kernels by device type; the default implementation (chunked) serves the others.
+def _register_kernels(device_type: str, backend) -> None:
+    _adder_conv2d.register_kernel(device_type)(backend.forward)
+    _adder_conv2d_backward.register_kernel(device_type)(functools.partial(_gradients, backend))
+
+
+_register_kernels("cpu", cpu)
+_register_kernels("cuda", cuda)
 
 # Under torch.autocast (bf16/fp16) the op takes float32 inputs: |x - w| summed over thousands of taps
 # needs float32's mantissa, and the kernels are float32.

@@ -123,3 +123,16 @@ def test_infinities_and_nan_as_the_reference(x_shape, w_shape, pads, dtype):
     y = adder_conv2d(torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype), bias, padding=pads[0])
     expected = adder_conv_reference(x, w, pads=pads) + bias.double().numpy()[None, :, None, None]
     assert_same_specials(y.numpy(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize(("input_grad", "weight_grad"), [(True, False), (False, True)])
+def test_backward_op_computes_only_the_requested_gradients(input_grad, weight_grad):
+    x, w = torch.randn(1, 2, 5, 5, dtype=torch.float64), torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    grad = torch.randn(1, 3, 3, 3, dtype=torch.float64)
+    args = ([1, 1], [0, 0, 0, 0], [1, 1], 1)
+    gx, gw = torch.ops.adderconvert.adder_conv2d_backward(grad, x, w, *args, input_grad, weight_grad)
+    assert (gx.shape == x.shape) == input_grad and (gx.numel() == 0) == (not input_grad)
+    assert (gw.shape == w.shape) == weight_grad and (gw.numel() == 0) == (not weight_grad)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = torch.autograd.grad(reference_adder_conv2d(xr, wr, None, *args), [xr, wr], grad)
+    torch.testing.assert_close(gx if input_grad else gw, ref[0] if input_grad else ref[1])

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from adderconvert.nn.geometry import output_size
 
-__all__ = ["backward", "backward_input", "forward", "grad_weight"]
+__all__ = ["backward_input", "forward", "grad_weight"]
 
 # Elements one chunk may materialise besides im2col.
 CHUNK_ELEMENTS = 1 << 24
@@ -69,21 +69,3 @@ def grad_weight(grad_out: Tensor, x: Tensor, weight: Tensor, stride, padding, di
     g = grad_out.reshape(x.shape[0], groups, weight.shape[0] // groups, -1)
     products = torch.einsum("ngkl,ngml->gmk", cols, g).reshape(weight.shape)
     return products - weight * grad_out.sum((0, 2, 3)).view(-1, 1, 1, 1)
-
-
-def backward(
-    grad_out: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    stride,
-    padding,
-    dilation,
-    groups: int,
-    input_grad: bool,
-    weight_grad: bool,
-) -> tuple[Tensor, Tensor]:
-    """The requested gradients (an empty tensor for one not requested)."""
-    args = (grad_out.contiguous(), x, weight, stride, padding, dilation, groups)
-    grad_x = backward_input(*args) if input_grad else x.new_empty(0)
-    grad_w = grad_weight(*args) if weight_grad else weight.new_empty(0)
-    return grad_x, grad_w

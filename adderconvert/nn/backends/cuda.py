@@ -9,9 +9,10 @@ from torch import Tensor
 
 from adderconvert.nn import _kernels
 from adderconvert.nn.backends import chunked
-from adderconvert.nn.geometry import output_size
 
-__all__ = ["backward", "forward", "has_kernels"]
+__all__ = ["backward_input", "forward", "grad_weight", "has_kernels"]
+
+grad_weight = chunked.grad_weight
 
 
 def has_kernels(x: Tensor) -> bool:
@@ -21,37 +22,11 @@ def has_kernels(x: Tensor) -> bool:
 
 def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups: int) -> Tensor:
     """``-sum |Xpad - W| (+ bias)``; padding is (top, left, bottom, right)."""
-    if not has_kernels(x):
-        return chunked.forward(x, weight, bias, stride, padding, dilation, groups)
-    out = x.new_empty(
-        x.shape[0], weight.shape[0], *output_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)
-    )
-    b = bias.contiguous() if bias is not None else None
-    _kernels.cuda_forward(x.contiguous(), weight.contiguous(), b, out, stride, padding, dilation, groups)
-    return out
+    implementation = _kernels.cuda_forward if has_kernels(x) else chunked.forward
+    return implementation(x, weight, bias, stride, padding, dilation, groups)
 
 
-def backward(
-    grad_out: Tensor,
-    x: Tensor,
-    weight: Tensor,
-    stride,
-    padding,
-    dilation,
-    groups: int,
-    input_grad: bool,
-    weight_grad: bool,
-) -> tuple[Tensor, Tensor]:
-    """The requested gradients (an empty tensor for one not requested)."""
-    if not has_kernels(x):
-        return chunked.backward(grad_out, x, weight, stride, padding, dilation, groups, input_grad, weight_grad)
-    grad_out = grad_out.contiguous()
-    grad_x, grad_w = x.new_empty(0), weight.new_empty(0)
-    if input_grad:
-        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
-        _kernels.cuda_backward_input(
-            x.contiguous(), weight.contiguous(), grad_out, grad_x, stride, padding, dilation, groups
-        )
-    if weight_grad:
-        grad_w = chunked.grad_weight(grad_out, x, weight, stride, padding, dilation, groups)
-    return grad_x, grad_w
+def backward_input(grad_out: Tensor, x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> Tensor:
+    """``sum HardTanh(W - X) * grad_out``, scattered back through the padding."""
+    implementation = _kernels.cuda_backward_input if has_kernels(x) else chunked.backward_input
+    return implementation(grad_out, x, weight, stride, padding, dilation, groups)
