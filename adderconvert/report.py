@@ -38,10 +38,13 @@ __all__ = [
     "ENERGY_PJ",
     "ENERGY_SOURCE",
     "LayerCost",
+    "OperationCounts",
+    "build_report",
     "cnn_twin",
     "count_operations",
     "energy_pj",
     "measure_latency",
+    "render_html",
     "write_report",
 ]
 
@@ -70,7 +73,9 @@ class LayerCost:
 
 
 @dataclass
-class _Counts:
+class OperationCounts:
+    """Per-image operations of a model: its Conv2d/AdderConv2d/Linear layers and its BatchNorm epilogue."""
+
     layers: list[LayerCost]
     bn_multiplications: int
     bn_additions: int
@@ -84,7 +89,7 @@ class _Counts:
         return sum(layer.additions for layer in self.layers)
 
 
-def count_operations(model: nn.Module, input_shape: tuple[int, int, int]) -> _Counts:
+def count_operations(model: nn.Module, input_shape: tuple[int, int, int]) -> OperationCounts:
     """Count per-image operations of ``model`` on one ``(C, H, W)`` input by forward hooks.
 
     Returns the Conv2d/AdderConv2d/Linear layers in call order and the BatchNorm epilogue's operations
@@ -135,7 +140,7 @@ def count_operations(model: nn.Module, input_shape: tuple[int, int, int]) -> _Co
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return _Counts(layers, bn_ops[0], bn_ops[0])
+    return OperationCounts(layers, bn_ops[0], bn_ops[0])
 
 
 def energy_pj(multiplications: int, additions: int, precision: str = "fp32") -> float:
@@ -254,7 +259,7 @@ def _find_onnx(run_dir: Path, summary: dict[str, Any]) -> Path | None:
     return None
 
 
-def _totals(counts: _Counts | None) -> dict[str, Any]:
+def _totals(counts: OperationCounts | None) -> dict[str, Any]:
     if counts is None:
         return {"multiplications": None, "additions": None, "bn_multiplications": None, "bn_additions": None}
     return {
