@@ -3,7 +3,7 @@
 import torch
 from hypothesis import strategies as st
 
-from adderconvert.nn.geometry import resolve_padding
+from adderconvert.nn.geometry import output_size, resolve_padding
 
 
 @st.composite
@@ -50,8 +50,6 @@ def make_inputs(cfg, device="cpu"):
 
 
 def fits(cfg) -> bool:
+    """Whether the (dilated) kernel fits in the padded input, i.e. there is at least one output."""
     pads = resolve_padding(cfg["padding"], cfg["kernel"], cfg["stride"], cfg["dilation"])
-    return all(
-        d * (k - 1) + 1 <= size + pads[a] + pads[a + 2]
-        for a, (d, k, size) in enumerate(zip(cfg["dilation"], cfg["kernel"], cfg["size"]))
-    )
+    return min(output_size(cfg["size"], cfg["kernel"], (1, 1), pads, cfg["dilation"])) >= 1
