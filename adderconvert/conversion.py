@@ -56,7 +56,7 @@ class LayerDecision:
     insert_bn: bool = False
     input_std: float = 1.0
     input_min: float = 0.0
-    supported: bool = True  # False: a convolution adder layers do not replace (Conv1d, Conv3d, transposed)
+    supported: bool = True  # False: adder layers cannot replace it (Conv1d, Conv3d, transposed, non-zero padding)
 
 
 @dataclass
@@ -246,9 +246,11 @@ def plan_conversion(
         if name in seen or not isinstance(conv, nn.modules.conv._ConvNd):  # a conv called twice is planned once
             continue
         seen.add(name)
-        supported = isinstance(conv, nn.Conv2d)
-        if not supported:
+        supported = isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
+        if not isinstance(conv, nn.Conv2d):
             do, rule = False, f"{type(conv).__name__}: adder layers replace Conv2d only"
+        elif not supported:
+            do, rule = False, f"padding_mode={conv.padding_mode!r}: adder layers pad with zeros only"
         elif keep_stem and name == stem:
             do, rule = False, "stem kept (keep_stem)"
         elif keep_classifier and name == classifier:
@@ -260,8 +262,6 @@ def plan_conversion(
             do, rule = (True, f"include {pattern!r}") if pattern else (False, "not included")
         else:
             do, rule = True, "default"
-        if do and conv.padding_mode != "zeros":
-            do, rule = False, f"padding_mode={conv.padding_mode!r} unsupported"
         needs_bn = do and insert_bn and _norm_after(order, index) is None
         report.layers.append(
             LayerDecision(

@@ -232,6 +232,14 @@ def test_other_convolutions_are_reported_as_not_supported_and_round_trip(tmp_pat
     torch.testing.assert_close(fresh.eval()(x), model.eval()(x))
 
 
+def test_padding_modes_other_than_zeros_are_not_supported():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Conv2d(4, 4, 1))
+    row = plan_conversion(model, torch.randn(2, 3, 8, 8)).layers[1]
+    assert (
+        not row.supported and not row.convert and row.rule == "padding_mode='reflect': adder layers pad with zeros only"
+    )
+
+
 def test_reports_from_before_the_supported_field_still_load():
     data = plan_conversion(_resnet18(), X).to_dict()
     for row in data["layers"]:
