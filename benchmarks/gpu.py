@@ -102,17 +102,20 @@ def ort_latency_ms(session, feeds: dict[str, np.ndarray], output: str, repeats: 
     return float(np.median(times))
 
 
-def cuda_providers(tf32: bool) -> list:
-    from adderconvert.runtime import CUDA_PROVIDER
+def cuda_session(path: Path, tf32: bool):
+    """An ORT session on the CUDA EP; stops when ORT fell back to the CPU (e.g. CUDA libraries missing)."""
+    from adderconvert.runtime import CUDA_PROVIDER, build_info, make_session
 
-    return [(CUDA_PROVIDER, {"use_tf32": "1" if tf32 else "0"})]
+    session = make_session(path, providers=[(CUDA_PROVIDER, {"use_tf32": "1" if tf32 else "0"})])
+    if session.get_providers()[0] != CUDA_PROVIDER or build_info().get("cuda") != "1":
+        raise SystemExit(f"{path.name}: not on the CUDA EP (providers {session.get_providers()}, {build_info()})")
+    return session
 
 
 def ort_table(tmp: Path, repeats: int, results: dict) -> None:
     import torchvision
 
     from adderconvert.export import export_onnx
-    from adderconvert.runtime import make_session
 
     torch.manual_seed(0)
     x = torch.randn(32, 3, 224, 224)
@@ -123,7 +126,7 @@ def ort_table(tmp: Path, repeats: int, results: dict) -> None:
     print("| batch | TF32 | adder ms | CNN ms | adder / CNN |")
     print("|---:|---|---:|---:|---:|")
     for tf32 in (False, True):
-        sessions = {name: make_session(path, providers=cuda_providers(tf32)) for name, path in paths.items()}
+        sessions = {name: cuda_session(path, tf32) for name, path in paths.items()}
         for batch in (1, 32):
             feeds = {"input": x[:batch].numpy()}
             ms = {name: ort_latency_ms(s, feeds, "output", repeats) for name, s in sessions.items()}
@@ -191,7 +194,6 @@ def layer_table(tmp: Path, repeats: int, results: dict) -> None:
     import onnx
 
     from adderconvert.onnx_ops import single_node_model
-    from adderconvert.runtime import make_session
 
     peak, how = adder_peak_macs()
     print(
@@ -205,7 +207,7 @@ def layer_table(tmp: Path, repeats: int, results: dict) -> None:
         path = tmp / f"layer{channels}.onnx"
         onnx.save(single_node_model((32, channels, size, size), w, pads=[1, 1, 1, 1]), str(path))
         x = rng.normal(size=(32, channels, size, size)).astype(np.float32)
-        ms = ort_latency_ms(make_session(path, providers=cuda_providers(False)), {"X": x}, "Y", repeats)
+        ms = ort_latency_ms(cuda_session(path, tf32=False), {"X": x}, "Y", repeats)
         macs = 32 * channels * size * size * channels * 9
         fraction = macs / (ms / 1e3) / peak
         print(f"| {channels}ch@{size} | {ms:.3f} | {macs / ms / 1e6:.0f} | {fraction:.2f} |")
