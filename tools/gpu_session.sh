@@ -32,13 +32,13 @@ sys.exit(0 if info.get("cuda") == "1" else "the library was built without CUDA: 
   echo "carry [\".dev\"] and run: bash tools/gpu_session.sh"
 }
 
-# Puts onnxruntime-gpu (from .dev/ort) first on PYTHONPATH and the libraries (from .dev/lib.tar.xz) into
-# adderconvert/_lib, unless they are there already.
+# Puts onnxruntime-gpu (from .dev/ort, unpacked once per machine) first on PYTHONPATH and the libraries
+# (from .dev/lib.tar.xz, every time: a warm machine keeps the last call's) into adderconvert/_lib.
 setup() {
   local site=/tmp/adderconvert-site
   if [ -f .dev/ort/unpack.py ] && [ ! -d "$site/onnxruntime" ]; then python3 .dev/ort/unpack.py "$site"; fi
   export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  if [ -f .dev/lib.tar.xz ] && [ ! -f adderconvert/_lib/libadderconvert_ort.so ]; then
+  if [ -f .dev/lib.tar.xz ]; then
     mkdir -p adderconvert/_lib
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' .dev/lib.tar.xz adderconvert/_lib
   fi
