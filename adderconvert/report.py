@@ -339,11 +339,15 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
                 counts[label] = count_operations(model, (3, image_size, image_size))
                 parameters[label] = sum(p.numel() for p in model.parameters())
             example = torch.zeros(2, 3, image_size, image_size)
-            files["cnn"] = export_onnx(cnn, Path(tmp) / "cnn.onnx", example)
             if files["adder"] is None:
                 notes.append("the run has no adder ONNX model: the report exported one to measure it")
-                files["adder"] = export_onnx(adder, Path(tmp) / "adder.onnx", example)
-            file_sizes = {k: p.stat().st_size for k, p in files.items()}
+            for label, model in (("cnn", cnn), ("adder", adder)):
+                if files[label] is None:
+                    try:
+                        files[label] = export_onnx(model, Path(tmp) / f"{label}.onnx", example)
+                    except Exception as e:  # an architecture the exporter cannot trace: no size or latency
+                        notes.append(f"could not export the {label} model to ONNX: {type(e).__name__}: {e}")
+            file_sizes = {k: p.stat().st_size if p is not None else None for k, p in files.items()}
             batches = sorted({1, int(batch_size)}) if isinstance(batch_size, int) and batch_size > 0 else [1]
             latency = _latencies(files, image_size, batches, latency_budget_s, notes)
         elif files["adder"] is not None:
@@ -462,8 +466,8 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         )
         ax.set_xticks(list(index), [r["name"] for r in layers], rotation=90, fontsize=7)
         ax.set_ylabel("operations per image")
-        ax.set_title("Per-layer operations (a CNN layer does as many additions as multiplications)", pad=30)
-        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=3)
+        ax.set_title("Per-layer operations (a CNN layer does as many additions as multiplications)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
         plots["Per-layer operations"] = _png(fig)
         plt.close(fig)
     by_precision = report["energy_pj_by_precision"]
@@ -479,7 +483,7 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
             ax.set_title(f"{precision.upper()} (ratio {report['energy_ratio_by_precision'][precision]:.2f}x)")
             ax.set_ylabel("µJ per image")
         axes[0].legend(fontsize=8)
-        fig.suptitle("Energy per image, convolution and linear layers")
+        fig.suptitle("Energy per image, convolution and linear layers", y=1.03)
         plots["Energy split"] = _png(fig)
         plt.close(fig)
     curves = {k: v for k, v in report["curves"].items() if v}
@@ -512,7 +516,7 @@ def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> s
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; } th { background: #f0f0f0; }
