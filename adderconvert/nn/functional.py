@@ -105,15 +105,13 @@ _adder_conv2d.register_autograd(_backward, setup_context=_setup_context)
 def _register_kernels(device_type: str, backend) -> None:
     _adder_conv2d.register_kernel(device_type)(backend.forward)
     _adder_conv2d_backward.register_kernel(device_type)(functools.partial(_gradients, backend))
+    # Under torch.autocast (bf16/fp16) the op takes float32 inputs: |x - w| summed over thousands of taps
+    # needs float32's mantissa, and the kernels are float32.
+    torch.library.register_autocast("adderconvert::adder_conv2d", device_type, torch.float32)
 
 
 _register_kernels("cpu", cpu)
 _register_kernels("cuda", cuda)
-
-# Under torch.autocast (bf16/fp16) the op takes float32 inputs: |x - w| summed over thousands of taps
-# needs float32's mantissa, and the kernels are float32.
-for _device_type in ("cpu", "cuda"):
-    torch.library.register_autocast("adderconvert::adder_conv2d", _device_type, torch.float32)
 
 
 # --- public functional API ----------------------------------------------------------------------------
