@@ -41,6 +41,9 @@ from adderconvert.train.distributed import DistributedContext  # noqa: E402
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg11_bn", "regnet_y_400mf")
 STATS_BATCHES = 4  # training batches over which the adder layers' input ranges are measured
+# The CNNs train from scratch with the main job's --pretrain-lr after a linear warm-up over this share of
+# their steps: without it VGG-11-BN's loss turns NaN at step 17 of the cpu budget.
+CNN_WARMUP = 0.1
 
 
 @dataclass(frozen=True)
@@ -111,11 +114,13 @@ def machine_name(device: torch.device) -> str:
     return f"{model} CPU, {torch.get_num_threads()} threads"
 
 
-def _teacher_config(budget: Budget) -> TrainConfig:
+def _teacher_config(budget: Budget, train_images: int) -> TrainConfig:
+    steps_per_epoch = budget.cnn_steps or train_images // budget.batch_size
     return TrainConfig(
         epochs=budget.cnn_epochs,
         batch_size=budget.batch_size,
         lr=RunConfig.pretrain_lr,
+        warmup_steps=round(CNN_WARMUP * budget.cnn_epochs * steps_per_epoch),
         kd=False,
         max_steps=budget.cnn_steps,
         progress=False,
@@ -125,8 +130,8 @@ def _teacher_config(budget: Budget) -> TrainConfig:
 
 
 def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path) -> tuple[torch.nn.Module, dict]:
-    """The CNN trained from scratch as the main job trains it (cached by model and settings)."""
-    config = _teacher_config(budget)
+    """The CNN trained from scratch (cached by model and settings). Raises TrainingDiverged."""
+    config = _teacher_config(budget, len(splits.train))
     key = json.dumps({"model": name, "budget": asdict(budget), "config": asdict(config)}, sort_keys=True)
     path = cache / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     torch.manual_seed(0)
@@ -145,7 +150,11 @@ def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path)
 
 def run_model(name: str, budget: Budget, overrides: dict, splits, test_set, ctx, cache: Path) -> dict:
     """One row of the table: teacher, conversion, fine-tuning with the recipe, diagnostics."""
-    teacher, row = train_teacher(name, budget, splits, test_set, ctx, cache)
+    started = time.perf_counter()
+    try:
+        teacher, row = train_teacher(name, budget, splits, test_set, ctx, cache)
+    except TrainingDiverged as e:
+        return {"model": name, "cnn_seconds": time.perf_counter() - started, "diverged": f"the CNN: {e}"}
     row = {"model": name, **row}
     student = copy.deepcopy(teacher).cpu()
     example = torch.stack([splits.train[i][0] for i in range(32)])
@@ -207,14 +216,17 @@ def markdown_table(rows: list[dict], budget_name: str, budget: Budget, machine: 
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        if "adder_top1" not in r:
+            lines.append(f"| {r['model']} | n/a | n/a | n/a | {r['cnn_seconds']:.0f} | | | | {r['diverged']} |")
+            continue
         lines.append(
             f"| {r['model']} | {r['cnn_top1']:.2f}% | {r['adder_top1']:.2f}% | {r['gap']:+.2f} | "
             f"{r['cnn_seconds']:.0f} | {r['adder_seconds']:.0f} | {r['mean_weight_std']:.2f} / "
             f"{r['max_weight_std']:.2f} | {100 * r['saturated_fraction']:.1f}% | {r['diverged'] or 'no'} |"
         )
     if rows:
-        worst = max(r["gap"] for r in rows)
-        met = sum(r["gap"] <= budget.target_gap and not r["diverged"] for r in rows)
+        worst = max(r.get("gap", math.inf) for r in rows)
+        met = sum(r.get("gap", math.inf) <= budget.target_gap and not r["diverged"] for r in rows)
         lines += [
             "",
             f"{met} of {len(rows)} within {budget.target_gap} pt of their CNN (worst gap {worst:+.2f} pt); "
@@ -252,7 +264,9 @@ def main() -> None:
         row = run_model(name, budget, overrides, splits, test_set, ctx, Path(args.teachers))
         rows.append(row)
         print(
-            f"{name}: CNN {row['cnn_top1']:.2f}%, adder {row['adder_top1']:.2f}% (gap {row['gap']:+.2f}), "
+            f"{name}: the CNN diverged: {row['diverged']}"
+            if "adder_top1" not in row
+            else f"{name}: CNN {row['cnn_top1']:.2f}%, adder {row['adder_top1']:.2f}% (gap {row['gap']:+.2f}), "
             f"{row['adder_seconds']:.0f}s, weight std max {row['max_weight_std']:.2f}, "
             f"saturated {100 * row['saturated_fraction']:.1f}%, diverged: {row['diverged'] or 'no'}",
             flush=True,
