@@ -255,6 +255,8 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
             f"(max |logit| {np.abs(expected).max():.3g})",
         ],
     }
+    if not np.isfinite(expected).all():
+        summary["notes"].append("PyTorch's logits on random inputs are not finite: are the weights trained?")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     html, js = write_report(out)
     summary["report_html"], summary["report_json"] = str(html), str(js)
