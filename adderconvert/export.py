@@ -222,6 +222,7 @@ def make_portable(
     layer's patch tensor exceeds ``warn_bytes`` per image. ``FusedAdderConv`` nodes are not rewritten
     (export without ``fuse_bn``).
     """
+    register_schemas()  # shape inference sizes the chunks
     graph = model.graph
     if any(n.op_type == "FusedAdderConv" and n.domain == DOMAIN for n in graph.node):
         raise ValueError("make_portable rewrites AdderConv only: export with fuse_bn=False")

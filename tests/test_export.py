@@ -14,7 +14,7 @@ from torch import nn
 from adderconvert.conversion import convert
 from adderconvert.export import export_onnx, input_metadata, make_portable, read_metadata
 from adderconvert.nn import AdderConv2d
-from adderconvert.onnx_ops import DOMAIN, AdderConv, FusedAdderConv
+from adderconvert.onnx_ops import DOMAIN, AdderConv, FusedAdderConv, adder_conv_reference, single_node_model
 from adderconvert.runtime import make_session
 
 
@@ -150,9 +150,10 @@ def test_export_rejects_several_inputs(tmp_path):
 # --- portable form: standard ONNX ops only --------------------------------------------------------------
 
 
-def _plain_session(path) -> ort.InferenceSession:
-    """onnxruntime with no custom-op library registered."""
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _plain_session(model) -> ort.InferenceSession:
+    """onnxruntime with no custom-op library registered, for a path or serialized model."""
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
 
 
 def test_portable_graph_has_standard_ops_only(exported):
@@ -202,6 +203,24 @@ def test_portable_parity_on_trained_official_weights(tmp_path):
         expected = layer.double()(x.double()).numpy()
     assert np.abs(portable - custom).max() <= 1e-5 * np.abs(custom).max()
     assert np.abs(portable - expected).max() <= 1e-6 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 500, 1 << 22])
+def test_make_portable_single_node_against_the_numpy_reference(chunk_elements):
+    """Grouped, dilated, strided, asymmetrically padded AdderConv with bias, in one or many channel chunks."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(6, 2, 3, 2)).astype(np.float32) * 3
+    bias = rng.normal(size=6).astype(np.float32)
+    attrs = dict(strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2], group=3)
+    model = single_node_model(["N", 6, 9, 8], w, bias=bias, **attrs)
+    assert make_portable(model, [2, 6, 9, 8], chunk_elements=chunk_elements) == 1
+    subs = sum(n.op_type == "Sub" for n in model.graph.node)
+    assert subs == {1: 2, 500: 2, 1 << 22: 1}[chunk_elements]  # 2 output channels per group, 1 per chunk at most
+    x = rng.normal(size=(3, 6, 9, 8)).astype(np.float32)
+    got = _plain_session(model.SerializeToString()).run(None, {"X": x})[0]
+    expected = adder_conv_reference(x.astype(np.float64), w.astype(np.float64), **attrs) + bias.reshape(1, -1, 1, 1)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-6 * np.abs(expected).max()
 
 
 def test_portable_warns_when_patches_are_large(tmp_path):
