@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "adder_conv_cpu_tiles.h"
@@ -80,15 +83,16 @@ struct TapSet {
 // second is chosen where it saves work: small feature maps, where padding is a large share of the taps.
 // By position one work item runs the tiles of every position for its images, so no two threads write
 // into the same cache lines of the output.
+// Tap sets are shared: a WeightLayoutCache keeps them across calls.
 template <typename T>
 struct Tiling {
   bool by_position = false;
   int64_t tiles = 0;  // per group: column tiles by image, image tiles by position
-  std::vector<TapSet<T>> tap_sets;
+  std::vector<std::shared_ptr<const TapSet<T>>> tap_sets;
   std::vector<int64_t> tap_set_of_position;  // by position
 
   int64_t Passes(const ConvShape& s) const { return by_position ? s.Positions() : 1; }
-  const TapSet<T>& TapsOf(int64_t pos) const { return by_position ? tap_sets[tap_set_of_position[pos]] : tap_sets[0]; }
+  const TapSet<T>& TapsOf(int64_t pos) const { return *tap_sets[by_position ? tap_set_of_position[pos] : 0]; }
 };
 
 template <typename T>
@@ -96,7 +100,7 @@ struct LayOutJob {
   const ConvShape* shape;
   const T* w;
   bool forward;
-  TapSet<T>* sets;
+  TapSet<T>* const* sets;
   int64_t chunks;  // per group
 };
 
@@ -112,7 +116,7 @@ void LayOutWeights(void* data, size_t item) {
   const int64_t taps = s.Taps(), rows = s.OutPerGroup();
   const int64_t chunk = static_cast<int64_t>(item) % job.chunks;
   const int64_t g = static_cast<int64_t>(item) / job.chunks % s.attrs.group;
-  TapSet<T>& set = job.sets[static_cast<int64_t>(item) / job.chunks / s.attrs.group];
+  TapSet<T>& set = *job.sets[static_cast<int64_t>(item) / job.chunks / s.attrs.group];
   const int64_t used = static_cast<int64_t>(set.taps.size());
   const int64_t r0 = chunk * kLayOutRows, r1 = std::min(rows, r0 + kLayOutRows);
   const T* wg = job.w + g * rows * taps;
@@ -150,10 +154,43 @@ void LayOutWeights(void* data, size_t item) {
   }
 }
 
-template <typename T>
-Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const ParallelFor& parallel) {
-  const int64_t nr = Tiles<T>().columns, positions = s.Positions(), columns = s.batch * positions;
+// The taps of `window`, in W's order (c, i, j); the full kernel window holds every tap.
+std::vector<Tap> TapsIn(const ConvShape& s, const TapWindow& window) {
   const int64_t khw = s.kernel_h * s.kernel_w;
+  std::vector<Tap> taps;
+  taps.reserve(s.InPerGroup() * (window.i1 - window.i0) * (window.j1 - window.j0));
+  for (int64_t c = 0; c < s.InPerGroup(); ++c) {
+    for (int64_t i = window.i0; i < window.i1; ++i) {
+      for (int64_t j = window.j0; j < window.j1; ++j) taps.push_back({c * khw + i * s.kernel_w + j, c, i, j});
+    }
+  }
+  return taps;
+}
+
+}  // namespace
+
+// Forward layouts by tap window; entries are immutable once kept.
+template <typename T>
+struct WeightLayoutCache<T>::Entries {
+  std::mutex mutex;
+  std::vector<std::pair<TapWindow, std::shared_ptr<const TapSet<T>>>> sets;
+  int64_t kept_values = 0;  // of w_packed over `sets`
+};
+
+template <typename T>
+WeightLayoutCache<T>::WeightLayoutCache() : entries_(std::make_unique<Entries>()) {}
+
+template <typename T>
+WeightLayoutCache<T>::~WeightLayoutCache() = default;
+
+namespace {
+
+// Plans the tiles and lays out W for the tap set of every distinct window they read. `cache` (forward
+// only) supplies the layouts it holds and keeps the new ones it has room for.
+template <typename T>
+Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const ParallelFor& parallel,
+                    WeightLayoutCache<T>* cache) {
+  const int64_t nr = Tiles<T>().columns, positions = s.Positions(), columns = s.batch * positions;
   Tiling<T> tiling;
   const int64_t image_tiles = (s.batch + nr - 1) / nr;
   std::vector<TapWindow> windows(positions);
@@ -165,40 +202,62 @@ Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const Parallel
   // Tap visits of each tiling (tiles x NR x taps); by position must save at least a tenth.
   const int64_t by_image_cost = (columns + nr - 1) / nr * nr * s.Taps();
   tiling.by_position = 10 * image_tiles * nr * inside_taps < 9 * by_image_cost;
+  std::vector<TapWindow> distinct;
   if (!tiling.by_position) {
     tiling.tiles = (columns + nr - 1) / nr;
-    tiling.tap_sets.resize(1);
-    for (int64_t k = 0; k < s.Taps(); ++k) {
-      tiling.tap_sets[0].taps.push_back({k, k / khw, k % khw / s.kernel_w, k % s.kernel_w});
-    }
+    distinct.push_back({0, s.kernel_h, 0, s.kernel_w});
   } else {
     tiling.tiles = image_tiles;
-    std::vector<TapWindow> distinct;
     for (const TapWindow& window : windows) {
       auto found = std::find(distinct.begin(), distinct.end(), window);
       tiling.tap_set_of_position.push_back(found - distinct.begin());
-      if (found != distinct.end()) continue;
-      distinct.push_back(window);
-      TapSet<T>& set = tiling.tap_sets.emplace_back();
-      for (int64_t c = 0; c < s.InPerGroup(); ++c) {
-        for (int64_t i = window.i0; i < window.i1; ++i) {
-          for (int64_t j = window.j0; j < window.j1; ++j) set.taps.push_back({c * khw + i * s.kernel_w + j, c, i, j});
-        }
+      if (found == distinct.end()) distinct.push_back(window);
+    }
+  }
+  tiling.tap_sets.resize(distinct.size());
+  if (cache != nullptr) {
+    auto& entries = cache->entries();
+    std::lock_guard<std::mutex> lock(entries.mutex);
+    for (size_t d = 0; d < distinct.size(); ++d) {
+      for (const auto& [window, set] : entries.sets) {
+        if (window == distinct[d]) tiling.tap_sets[d] = set;
       }
     }
   }
-  for (TapSet<T>& set : tiling.tap_sets) {
-    const int64_t used = static_cast<int64_t>(set.taps.size());
+  std::vector<TapSet<T>*> missing;
+  std::vector<size_t> missing_index;
+  for (size_t d = 0; d < distinct.size(); ++d) {
+    if (tiling.tap_sets[d] != nullptr) continue;
+    auto set = std::make_shared<TapSet<T>>();
+    set->taps = TapsIn(s, distinct[d]);
+    const int64_t used = static_cast<int64_t>(set->taps.size());
     if (forward) {
-      set.w_packed.resize(s.out_channels * used);
-      set.w_offset.resize(s.out_channels);
+      set->w_packed.resize(s.out_channels * used);
+      set->w_offset.resize(s.out_channels);
     } else {
-      set.w_transposed.resize(s.out_channels * used);
+      set->w_transposed.resize(s.out_channels * used);
+    }
+    missing.push_back(set.get());
+    missing_index.push_back(d);
+    tiling.tap_sets[d] = std::move(set);
+  }
+  if (missing.empty()) return tiling;
+  const int64_t chunks = (s.OutPerGroup() + kLayOutRows - 1) / kLayOutRows;
+  LayOutJob<T> job{&s, w, forward, missing.data(), chunks};
+  parallel.Run(static_cast<size_t>(missing.size() * s.attrs.group * chunks), &LayOutWeights<T>, &job);
+  if (cache != nullptr) {
+    auto& entries = cache->entries();
+    const int64_t budget = WeightLayoutCache<T>::kMaxCopies * s.out_channels * s.Taps();
+    std::lock_guard<std::mutex> lock(entries.mutex);
+    for (size_t d : missing_index) {
+      const bool kept = std::any_of(entries.sets.begin(), entries.sets.end(),
+                                    [&](const auto& entry) { return entry.first == distinct[d]; });
+      const int64_t size = static_cast<int64_t>(tiling.tap_sets[d]->w_packed.size());
+      if (kept || entries.kept_values + size > budget) continue;  // another call kept it first, or no room
+      entries.sets.emplace_back(distinct[d], tiling.tap_sets[d]);
+      entries.kept_values += size;
     }
   }
-  const int64_t chunks = (s.OutPerGroup() + kLayOutRows - 1) / kLayOutRows;
-  LayOutJob<T> job{&s, w, forward, tiling.tap_sets.data(), chunks};
-  parallel.Run(static_cast<size_t>(tiling.tap_sets.size() * s.attrs.group * chunks), &LayOutWeights<T>, &job);
   return tiling;
 }
 
@@ -525,9 +584,9 @@ void ScatterItem(void* data, size_t item) {
 
 template <typename T>
 void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
-                      const ParallelFor& parallel) {
+                      const ParallelFor& parallel, WeightLayoutCache<T>* cache) {
   if (s.batch * s.Positions() == 0) return;
-  const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/true, parallel);
+  const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/true, parallel, cache);
   const int64_t rows = s.OutPerGroup();
   const int64_t splits = SplitsFor(tiling.tiles * s.attrs.group, rows, 4 * kRowsPerBlock, parallel.Threads());
   // Split boundaries fall on whole row blocks of the packed weights.
@@ -546,9 +605,9 @@ void AdderConvBackwardInput(const ConvShape& s, const T* x, const T* w, const T*
     std::fill(grad_x, grad_x + s.batch * s.in_channels * s.in_h * s.in_w, T(0));
     return;
   }
-  const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/false, parallel);
+  const Tiling<T> tiling = PlanTiles<T>(s, w, /*forward=*/false, parallel, nullptr);
   int64_t most_taps = 0;
-  for (const TapSet<T>& set : tiling.tap_sets) most_taps = std::max<int64_t>(most_taps, set.taps.size());
+  for (const auto& set : tiling.tap_sets) most_taps = std::max<int64_t>(most_taps, set->taps.size());
   const int64_t splits = SplitsFor(tiling.tiles * s.attrs.group, most_taps, 32, parallel.Threads());
   const int64_t per_split = std::max<int64_t>(1, (most_taps + splits - 1) / splits);
   std::vector<T> grad_cols(s.attrs.group * s.Taps() * columns);
@@ -566,10 +625,12 @@ void AdderConvBackwardInput(const ConvShape& s, const T* x, const T* w, const T*
 
 const char* KernelIsa() { return Tiles<float>().isa; }
 
+template class WeightLayoutCache<float>;
+template class WeightLayoutCache<double>;
 template void AdderConvForward<float>(const ConvShape&, const float*, const float*, const Epilogue<float>&, float*,
-                                      const ParallelFor&);
+                                      const ParallelFor&, WeightLayoutCache<float>*);
 template void AdderConvForward<double>(const ConvShape&, const double*, const double*, const Epilogue<double>&, double*,
-                                       const ParallelFor&);
+                                       const ParallelFor&, WeightLayoutCache<double>*);
 template void AdderConvBackwardInput<float>(const ConvShape&, const float*, const float*, const float*, float*,
                                             const ParallelFor&);
 template void AdderConvBackwardInput<double>(const ConvShape&, const double*, const double*, const double*, double*,

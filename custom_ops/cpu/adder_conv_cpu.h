@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 
 #include "adder_conv.h"
 
@@ -19,10 +20,30 @@ class ParallelFor {
   virtual int Threads() const = 0;
 };
 
-// y (N, M, Ho, Wo) = epilogue(-sum |x - w|).
+// The layouts of one W that never changes (an ONNX Runtime initializer) for the forward pass, kept
+// across calls. Each set of taps that the inputs' shapes need is laid out on first use and kept while
+// all kept layouts take at most kMaxCopies times W's size; later ones are laid out per call.
+// Safe to share between concurrent calls; it must only ever be used with the same W.
+template <typename T>
+class WeightLayoutCache {
+ public:
+  static constexpr int64_t kMaxCopies = 6;
+  struct Entries;  // defined in adder_conv_cpu.cc
+
+  WeightLayoutCache();
+  ~WeightLayoutCache();
+  WeightLayoutCache(const WeightLayoutCache&) = delete;
+  WeightLayoutCache& operator=(const WeightLayoutCache&) = delete;
+  Entries& entries() const { return *entries_; }
+
+ private:
+  std::unique_ptr<Entries> entries_;
+};
+
+// y (N, M, Ho, Wo) = epilogue(-sum |x - w|). `cache`, when given, holds W's layouts across calls.
 template <typename T>
 void AdderConvForward(const ConvShape& shape, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
-                      const ParallelFor& parallel);
+                      const ParallelFor& parallel, WeightLayoutCache<T>* cache = nullptr);
 
 // grad_x (N, C, H, W) = sum over outputs of HardTanh(w - x) * grad_y, scattered back through the padding.
 template <typename T>

@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <thread>
 
-#include "adder_conv_cpu.h"
-
 namespace adderconvert::cpu {
 namespace {
 
@@ -24,13 +22,24 @@ class OrtParallelFor final : public ParallelFor {
 
 }  // namespace
 
+AdderConvCpuKernel::AdderConvCpuKernel(const OrtKernelInfo* info, OpForm form) : AdderConvKernelBase(info, form) {
+  int is_constant = 0;
+  const Ort::ConstValue w = Ort::ConstKernelInfo(info).GetTensorConstantInput(1, &is_constant);
+  if (is_constant != 0 && static_cast<const OrtValue*>(w) != nullptr) {
+    constant_w_ = w.GetTensorData<float>();
+    w_layouts_ = std::make_unique<WeightLayoutCache<float>>();
+  }
+}
+
 OrtStatusPtr AdderConvCpuKernel::ComputeV2(OrtKernelContext* context) {
   return StatusFrom([&] {
     Ort::KernelContext ctx(context);
     const AdderConvInputs in = ReadInputs(ctx, attrs_, form_);
     float* y = AllocateOutput(ctx, in.shape);
     Epilogue<float> epilogue{in.bias, in.scale, in.shift, relu_};
-    AdderConvForward<float>(in.shape, in.x, in.w, epilogue, y, OrtParallelFor(ctx));
+    // The kept layouts belong to the constant W; any other W is laid out for this call only.
+    WeightLayoutCache<float>* layouts = in.w == constant_w_ ? w_layouts_.get() : nullptr;
+    AdderConvForward<float>(in.shape, in.x, in.w, epilogue, y, OrtParallelFor(ctx), layouts);
   });
 }
 

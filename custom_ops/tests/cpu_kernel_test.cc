@@ -70,6 +70,31 @@ bool CheckOne(std::mt19937& rng, bool fused, bool small_maps, bool specials) {
   TwoThreads threads;
   adderconvert::cpu::AdderConvForward<T>(s, x.data(), w.data(), epilogue, y.data(), threads);
   adderconvert::cpu::AdderConvBackwardInput<T>(s, x.data(), w.data(), grad_y.data(), grad_x.data(), threads);
+  // Layouts kept across calls: two concurrent calls fill the cache, a third reads it; all give y exactly.
+  adderconvert::cpu::WeightLayoutCache<T> cache;
+  std::vector<std::vector<T>> cached(3, std::vector<T>(y.size()));
+  auto cached_forward = [&](std::vector<T>* out) {
+    adderconvert::cpu::AdderConvForward<T>(s, x.data(), w.data(), epilogue, out->data(), threads, &cache);
+  };
+  std::thread first(cached_forward, &cached[0]);
+  cached_forward(&cached[1]);
+  first.join();
+  cached_forward(&cached[2]);
+  // The first image alone may tile differently (so round differently): the cache gains the layouts it needs.
+  ConvShape first_image = s;
+  first_image.batch = 1;
+  std::vector<T> y_first(s.out_channels * s.Positions()), y_first_cached(y_first.size());
+  adderconvert::cpu::AdderConvForward<T>(first_image, x.data(), w.data(), epilogue, y_first.data(), threads);
+  adderconvert::cpu::AdderConvForward<T>(first_image, x.data(), w.data(), epilogue, y_first_cached.data(), threads,
+                                         &cache);
+  const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (a[i] != b[i] && !(std::isnan(a[i]) && std::isnan(b[i]))) return false;
+    }
+    return true;
+  };
+  bool cache_ok = same(y_first_cached, y_first);
+  for (const auto& out : cached) cache_ok = cache_ok && same(out, y);
 
   const double tol = sizeof(T) == 4 ? 1e-4 : 1e-10;
   std::vector<double> ref_gx(x.size(), 0.0);
@@ -116,10 +141,10 @@ bool CheckOne(std::mt19937& rng, bool fused, bool small_maps, bool specials) {
     max_gerr = std::fmax(max_gerr, std::fabs(grad_x[i] - ref_gx[i]));
     max_gref = std::fmax(max_gref, std::fabs(ref_gx[i]));
   }
-  const bool ok = specials_ok && max_err <= tol * max_ref && max_gerr <= tol * max_gref;
+  const bool ok = specials_ok && cache_ok && max_err <= tol * max_ref && max_gerr <= tol * max_gref;
   if (!ok) {
-    std::printf("mismatch: forward %g / %g, grad_x %g / %g, infinities and NaN %s\n", max_err, max_ref, max_gerr,
-                max_gref, specials_ok ? "ok" : "differ");
+    std::printf("mismatch: forward %g / %g, grad_x %g / %g, infinities and NaN %s, cached layouts %s\n", max_err,
+                max_ref, max_gerr, max_gref, specials_ok ? "ok" : "differ", cache_ok ? "ok" : "differ");
   }
   return ok;
 }

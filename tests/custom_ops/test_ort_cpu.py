@@ -100,3 +100,61 @@ def test_infinities_and_nan_as_the_reference(x_shape, w_shape, pads, form, tmp_p
     else:  # ReLU turns -inf into 0; NaN stays NaN
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.nanmax(np.abs(expected)))
+
+
+def _fused_reference(x, w, scale, shift):
+    y = adder_conv_reference(x, w, pads=(1, 1, 1, 1)) * scale[None, :, None, None] + shift[None, :, None, None]
+    return np.maximum(y, 0.0)
+
+
+@pytest.mark.parametrize("size", [2, 9])
+def test_initializer_weights_laid_out_once_serve_every_run(size, tmp_path):
+    # The kernel keeps W's layouts across runs; batches 1 to 100 tile differently (by image, by position)
+    # and so need different layouts of the same W.
+    w = RNG.normal(size=(20, 16, 3, 3)) * 3
+    scale, shift = RNG.uniform(0.1, 0.5, 20), RNG.normal(size=20) * 20
+    session = _session(one_node(("N", 16, size, size), w, scale=scale, shift=shift, relu=1, pads=[1] * 4), tmp_path)
+    first = {}
+    for batch in (1, 100, 3, 1, 100, 3, 1):
+        x = RNG.normal(size=(batch, 16, size, size)).astype(np.float32)
+        got = session.run(None, {"X": x})[0]
+        expected = _fused_reference(x, w, scale, shift)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+        # The same input again gives the same bits, whichever run laid W out.
+        x0 = first.setdefault(batch, x)
+        np.testing.assert_array_equal(session.run(None, {"X": x0})[0], session.run(None, {"X": x0})[0])
+
+
+def _graph_input_w_model(x_shape, w_shape, w_default=None) -> onnx.ModelProto:
+    """AdderConv(X, W, pads=1) with W a graph input; `w_default` also makes it an (overridable) initializer."""
+    node = onnx.helper.make_node("AdderConv", ["X", "W"], ["Y"], domain="com.adderconvert", pads=[1] * 4)
+    inits = [] if w_default is None else [onnx.numpy_helper.from_array(w_default.astype(np.float32), "W")]
+    graph = onnx.helper.make_graph(
+        [node],
+        "w_input",
+        [
+            onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, list(x_shape)),
+            onnx.helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, list(w_shape)),
+        ],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("com.adderconvert", 1)]
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10)
+
+
+@pytest.mark.parametrize("with_default", [False, True])
+def test_weights_fed_as_graph_input_are_followed(with_default, tmp_path):
+    w_shape = (12, 8, 3, 3)
+    w_default = RNG.normal(size=w_shape) if with_default else None
+    session = _session(_graph_input_w_model(("N", 8, 5, 5), w_shape, w_default), tmp_path)
+    for batch in (2, 1, 2):
+        x = RNG.normal(size=(batch, 8, 5, 5)).astype(np.float32)
+        w = RNG.normal(size=w_shape).astype(np.float32)
+        got = session.run(None, {"X": x, "W": w})[0]
+        expected = adder_conv_reference(x, w, pads=(1, 1, 1, 1))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+        if with_default:  # not fed: the initializer's value
+            expected = adder_conv_reference(x, w_default, pads=(1, 1, 1, 1))
+            got = session.run(None, {"X": x})[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
