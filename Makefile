@@ -20,7 +20,7 @@ $(VENV)/.deps: constraints.txt
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(NATIVE_SOURCES)
-	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[test,bench,onnxruntime]'
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[test,onnxruntime]'
 	touch $@
 
 # Fashion-MNIST, the embedded default data set, is Debian's dataset-fashion-mnist package.
