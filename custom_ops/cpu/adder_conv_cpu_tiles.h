@@ -16,6 +16,9 @@ struct TileKernels {
   // out[o][n] = sum_k min(x[k][n], w[o][k]) for o < rows. x is packed taps x NR; w is packed in
   // blocks of kRowsPerBlock rows ([block][k][row]) followed by the remaining rows one by one ([row][k]).
   void (*min_sum)(const T* x, const T* w_packed, int64_t taps, int64_t rows, T* out);
+  // min_sum for one column, for tiles of a few columns: out[o * out_stride] = sum_k min(x[k], w[o][k]),
+  // with x given as x_rep, each tap kRowsPerBlock times in a row, so that it lines up with w's row blocks.
+  void (*min_sum_column)(const T* x_rep, const T* w_packed, int64_t taps, int64_t rows, T* out, int64_t out_stride);
   // out[k][n] = sum_o clamp(wt[k][o] - x[k][n], -1, 1) * g[o][n]; x is taps x NR, g is rows x NR.
   void (*clamp_dot)(const T* x, const T* wt, const T* g, int64_t taps, int64_t rows, T* out);
 };
