@@ -400,15 +400,16 @@ struct ForwardJob {
   int64_t splits, rows_per_split;
 };
 
-// sum_k |x[k] - w[k]| in double over every tap of a row of W, column n of a packed tile: taps missing
-// from `set` (skipped padding) read 0, as in the reference, so -inf inputs give +inf and NaN stays NaN.
+// sum_k |x[k] - w[k]| in double over every tap of a row of W, column n of a packed tile `width` columns
+// wide: taps missing from `set` (skipped padding) read 0, as in the reference, so -inf inputs give +inf
+// and NaN stays NaN.
 template <typename T>
-double AbsSum(const TapSet<T>& set, const T* x_packed, int64_t n, int64_t nr, const T* w_row, int64_t taps) {
+double AbsSum(const TapSet<T>& set, const T* x_packed, int64_t n, int64_t width, const T* w_row, int64_t taps) {
   double sum = 0.0;
   size_t t = 0;
   for (int64_t k = 0; k < taps; ++k) {
     const bool inside = t < set.taps.size() && set.taps[t].index == k;
-    const double x = inside ? static_cast<double>(x_packed[t++ * nr + n]) : 0.0;
+    const double x = inside ? static_cast<double>(x_packed[t++ * width + n]) : 0.0;
     sum += std::abs(x - static_cast<double>(w_row[k]));
   }
   return sum;
@@ -427,16 +428,18 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
   const TileKernels<T>& kernels = Tiles<T>();
   const int64_t nr = kernels.columns, rows = s.OutPerGroup(), positions = s.Positions();
   const int64_t taps = static_cast<int64_t>(set.taps.size());
+  const bool few_columns = columns.count <= nr / kFewColumnsDivisor;
+  const int64_t width = few_columns ? columns.count : nr;  // of the packed tile
 
   thread_local std::vector<T> x_packed, min_sums, col_sums;
   thread_local std::vector<int64_t> y_offsets;
-  x_packed.resize(taps * nr);
+  x_packed.resize(taps * width);
   min_sums.assign((r1 - r0) * nr, T(0));
   col_sums.assign(nr, T(0));
   y_offsets.resize(nr);
-  PackColumns(s, job.x, job.x_batch_minor, g, columns, set.taps.data(), 0, taps, nr, x_packed.data());
+  PackColumns(s, job.x, job.x_batch_minor, g, columns, set.taps.data(), 0, taps, width, x_packed.data());
   for (int64_t k = 0; k < taps; ++k) {
-    for (int64_t n = 0; n < nr; ++n) col_sums[n] += x_packed[k * nr + n];
+    for (int64_t n = 0; n < width; ++n) col_sums[n] += x_packed[k * width + n];
   }
   bool columns_finite = true;
   for (int64_t n = 0; n < columns.count; ++n) columns_finite = columns_finite && std::isfinite(col_sums[n]);
@@ -445,12 +448,13 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
     y_offsets[n] = col / positions * s.out_channels * positions + col % positions;
   }
   const T* w_packed = set.w_packed.data() + (g * rows + r0) * taps;
-  if (taps > 0 && columns.count <= nr / kFewColumnsDivisor) {
+  if (taps > 0 && few_columns) {
     thread_local std::vector<T> x_rep;
     x_rep.resize(taps * kRowsPerBlock);
     for (int64_t n = 0; n < columns.count; ++n) {
-      for (int64_t k = 0; k < taps; ++k)
-        std::fill_n(x_rep.data() + k * kRowsPerBlock, kRowsPerBlock, x_packed[k * nr + n]);
+      for (int64_t k = 0; k < taps; ++k) {
+        std::fill_n(x_rep.data() + k * kRowsPerBlock, kRowsPerBlock, x_packed[k * width + n]);
+      }
       kernels.min_sum_column(x_rep.data(), w_packed, taps, r1 - r0, min_sums.data() + n, nr);
     }
   } else if (taps > 0) {
@@ -473,7 +477,7 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
     if (row_finite && columns_finite) continue;
     for (int64_t n = 0; n < columns.count; ++n) {
       if (row_finite && std::isfinite(col_sums[n])) continue;
-      const double sum = AbsSum(set, x_packed.data(), n, nr, job.w + m * s.Taps(), s.Taps());
+      const double sum = AbsSum(set, x_packed.data(), n, width, job.w + m * s.Taps(), s.Taps());
       store(n, scale * (bias - sum) + (e.shift ? e.shift[m] : 0.0));
     }
   }
