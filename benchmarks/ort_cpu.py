@@ -1,7 +1,13 @@
 """ONNX Runtime CPU latency: AdderConv vs ORT's own Conv on ResNet-50 layer shapes (1 thread and all
-threads), and whole-model adder vs CNN ResNet-50, side by side in one run.
+threads), whole-model adder vs CNN ResNet-50, and batch-1 latency of whole models (ResNet-18 at 28x28,
+ResNet-50 at 224x224, 1 and all threads), side by side in one run.
 
-Usage: python benchmarks/ort_cpu.py [--batch 4] [--repeats 10] [--skip-model]
+``--baseline-library PATH`` also times the adder models of the batch-1 table with another build of the
+custom-op library (for example one built from an older revision into its own folder), run for run
+beside this checkout's build, so a change to the kernel is measured under the same load.
+
+Usage: python benchmarks/ort_cpu.py [--batch 4] [--repeats 10] [--skip-model] [--skip-layers]
+                                    [--batch1-repeats 30] [--baseline-library PATH]
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.onnx_ops import single_node_model  # noqa: E402
-from adderconvert.runtime import CPU_PROVIDER, build_info, make_session  # noqa: E402
+from adderconvert.runtime import CPU_PROVIDER, build_info, get_library_path, make_session  # noqa: E402
 
 # (name, channels in, channels out, kernel, size): ResNet-50's 3x3 convs per stage and a 1x1 reduction.
 LAYERS = [
@@ -104,19 +110,92 @@ def model_table(batch: int, repeats: int, tmp: Path) -> None:
         print(f"| {name} | {ms[name]:.0f} | {ms[name] / ms['CNN']:.2f}x |", flush=True)
 
 
+def _session_with_library(path: Path, library: str | None, threads: int):
+    """A CPU session of ``path`` with ``library`` registered (none: a model of standard ops only)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if library is not None:
+        options.register_custom_ops_library(library)
+    return ort.InferenceSession(str(path), sess_options=options, providers=[CPU_PROVIDER])
+
+
+def interleaved_latency_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
+    """Median ms of one run of each session, taking turns run by run so that they share the same load."""
+    for session in sessions.values():
+        for _ in range(2):
+            session.run(None, feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def batch1_table(repeats: int, tmp: Path, baseline_library: str | None) -> None:
+    import torch
+    import torchvision
+
+    from adderconvert.conversion import convert
+    from adderconvert.export import export_onnx
+
+    cores = os.cpu_count() or 1
+    thread_counts = sorted({1, cores})
+    baseline = " | AdderNet baseline lib ms" if baseline_library else ""
+    print(f"\nWhole model, batch 1, FP32 (median of {repeats}, runs interleaved); ratio = AdderNet / CNN\n")
+    print(f"| model | input | threads | CNN ms | AdderNet ms | ratio{baseline} |")
+    print("|---|---|---:|---:|---:|---:|" + ("---:|" if baseline_library else ""))
+    torch.manual_seed(0)
+    for name, build, size, classes in (
+        ("ResNet-18", torchvision.models.resnet18, 28, 10),
+        ("ResNet-50", torchvision.models.resnet50, 224, 1000),
+    ):
+        x = torch.randn(2, 3, size, size)
+        paths = {
+            "cnn": export_onnx(build(num_classes=classes).eval(), tmp / f"{name}_cnn.onnx", x[:1]),
+            "adder": export_onnx(convert(build(num_classes=classes), x).eval(), tmp / f"{name}_adder.onnx", x[:1]),
+        }
+        for threads in thread_counts:
+            sessions = {
+                "cnn": _session_with_library(paths["cnn"], None, threads),
+                "adder": _session_with_library(paths["adder"], get_library_path(), threads),
+            }
+            if baseline_library:
+                sessions["baseline"] = _session_with_library(paths["adder"], baseline_library, threads)
+            ms = interleaved_latency_ms(sessions, {"input": x[:1].numpy()}, repeats)
+            extra = f" | {ms['baseline']:.2f}" if baseline_library else ""
+            print(
+                f"| {name} | {size}x{size} | {threads} | {ms['cnn']:.2f} | {ms['adder']:.2f} | "
+                f"{ms['adder'] / ms['cnn']:.1f}x{extra} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--skip-layers", action="store_true")
+    parser.add_argument("--batch1-repeats", type=int, default=30)
+    parser.add_argument("--baseline-library", type=Path, help="another build of libadderconvert_ort.so to compare")
     args = parser.parse_args()
+    if args.baseline_library is not None and not args.baseline_library.is_file():
+        parser.error(f"--baseline-library: no such file: {args.baseline_library}")
     import onnxruntime
 
     print(f"onnxruntime {onnxruntime.__version__}, AdderConv CPU kernel ISA {build_info()['cpu_isa']}\n")
     with tempfile.TemporaryDirectory() as tmp:
-        layer_table(args.batch, args.repeats, Path(tmp))
+        if not args.skip_layers:
+            layer_table(args.batch, args.repeats, Path(tmp))
         if not args.skip_model:
             model_table(args.batch, max(3, args.repeats // 3), Path(tmp))
+        baseline = str(args.baseline_library) if args.baseline_library else None
+        batch1_table(args.batch1_repeats, Path(tmp), baseline)
 
 
 if __name__ == "__main__":
