@@ -271,13 +271,14 @@ def main() -> None:
             f"saturated {100 * row['saturated_fraction']:.1f}%, diverged: {row['diverged'] or 'no'}",
             flush=True,
         )
+        # Written after every model, so that an interrupted run keeps the rows it has.
         payload = {"budget": args.budget, "machine": machine, "overrides": overrides, "rows": rows}
         (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    table = markdown_table(rows, args.budget, budget, machine, overrides)
-    (out / "table.md").write_text(table)
-    if args.table:
-        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(table)
+        table = markdown_table(rows, args.budget, budget, machine, overrides)
+        (out / "table.md").write_text(table)
+        if args.table:
+            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.table).write_text(table)
     print("\n" + table)
 
 
