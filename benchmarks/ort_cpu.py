@@ -6,8 +6,11 @@ ResNet-50 at 224x224, 1 and all threads), side by side in one run.
 custom-op library (for example one built from an older revision into its own folder), run for run
 beside this checkout's build, so a change to the kernel is measured under the same load.
 
+``--no-spin`` stops ORT's idle intra-op threads from spin-waiting in the batch-1 table: on a machine
+shared with other work a spinning thread takes a core from the one that computes.
+
 Usage: python benchmarks/ort_cpu.py [--batch 4] [--repeats 10] [--skip-model] [--skip-layers]
-                                    [--batch1-repeats 30] [--baseline-library PATH]
+                                    [--batch1-repeats 30] [--baseline-library PATH] [--no-spin]
 """
 
 from __future__ import annotations
@@ -110,13 +113,14 @@ def model_table(batch: int, repeats: int, tmp: Path) -> None:
         print(f"| {name} | {ms[name]:.0f} | {ms[name] / ms['CNN']:.2f}x |", flush=True)
 
 
-def _session_with_library(path: Path, library: str | None, threads: int):
+def _session_with_library(path: Path, library: str | None, threads: int, spin: bool):
     """A CPU session of ``path`` with ``library`` registered (none: a model of standard ops only)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if library is not None:
         options.register_custom_ops_library(library)
     return ort.InferenceSession(str(path), sess_options=options, providers=[CPU_PROVIDER])
@@ -136,7 +140,7 @@ def interleaved_latency_ms(sessions: dict, feeds: dict, repeats: int) -> dict[st
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def batch1_table(repeats: int, tmp: Path, baseline_library: str | None) -> None:
+def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bool) -> None:
     import torch
     import torchvision
 
@@ -146,7 +150,8 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None) -> None:
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores})
     baseline = " | AdderNet baseline lib ms" if baseline_library else ""
-    print(f"\nWhole model, batch 1, FP32 (median of {repeats}, runs interleaved); ratio = AdderNet / CNN\n")
+    spinning = "" if spin else ", idle threads not spinning"
+    print(f"\nWhole model, batch 1, FP32 (median of {repeats}, runs interleaved{spinning}); ratio = AdderNet / CNN\n")
     print(f"| model | input | threads | CNN ms | AdderNet ms | ratio{baseline} |")
     print("|---|---|---:|---:|---:|---:|" + ("---:|" if baseline_library else ""))
     torch.manual_seed(0)
@@ -161,11 +166,11 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None) -> None:
         }
         for threads in thread_counts:
             sessions = {
-                "cnn": _session_with_library(paths["cnn"], None, threads),
-                "adder": _session_with_library(paths["adder"], get_library_path(), threads),
+                "cnn": _session_with_library(paths["cnn"], None, threads, spin),
+                "adder": _session_with_library(paths["adder"], get_library_path(), threads, spin),
             }
             if baseline_library:
-                sessions["baseline"] = _session_with_library(paths["adder"], baseline_library, threads)
+                sessions["baseline"] = _session_with_library(paths["adder"], baseline_library, threads, spin)
             ms = interleaved_latency_ms(sessions, {"input": x[:1].numpy()}, repeats)
             extra = f" | {ms['baseline']:.2f}" if baseline_library else ""
             print(
@@ -183,6 +188,7 @@ def main() -> None:
     parser.add_argument("--skip-layers", action="store_true")
     parser.add_argument("--batch1-repeats", type=int, default=30)
     parser.add_argument("--baseline-library", type=Path, help="another build of libadderconvert_ort.so to compare")
+    parser.add_argument("--no-spin", action="store_true", help="batch-1 table: idle ORT threads sleep, not spin")
     args = parser.parse_args()
     if args.baseline_library is not None and not args.baseline_library.is_file():
         parser.error(f"--baseline-library: no such file: {args.baseline_library}")
@@ -195,7 +201,7 @@ def main() -> None:
         if not args.skip_model:
             model_table(args.batch, max(3, args.repeats // 3), Path(tmp))
         baseline = str(args.baseline_library) if args.baseline_library else None
-        batch1_table(args.batch1_repeats, Path(tmp), baseline)
+        batch1_table(args.batch1_repeats, Path(tmp), baseline, spin=not args.no_spin)
 
 
 if __name__ == "__main__":
