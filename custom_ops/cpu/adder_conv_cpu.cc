@@ -431,11 +431,12 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
   const bool few_columns = columns.count <= nr / kFewColumnsDivisor;
   const int64_t width = few_columns ? columns.count : nr;  // of the packed tile
 
-  thread_local std::vector<T> x_packed, min_sums, col_sums;
+  thread_local std::vector<T> x_packed, min_sums;
+  thread_local std::vector<double> col_sums;  // sum of x over the taps, in double like the epilogue
   thread_local std::vector<int64_t> y_offsets;
   x_packed.resize(taps * width);
   min_sums.assign((r1 - r0) * nr, T(0));
-  col_sums.assign(nr, T(0));
+  col_sums.assign(nr, 0.0);
   y_offsets.resize(nr);
   PackColumns(s, job.x, job.x_batch_minor, g, columns, set.taps.data(), 0, taps, width, x_packed.data());
   for (int64_t k = 0; k < taps; ++k) {
