@@ -89,7 +89,8 @@ def test_infinities_and_nan_as_the_reference(x_shape, w_shape, pads, dtype):
 
 def test_long_sums_as_accurate_as_the_cpu_kernel():
     """4,608 taps (ResNet's 512-channel 3x3 layers): the float32 error, relative to each channel's spread
-    (what a following BatchNorm divides by), is no larger than the CPU kernel's on the same input."""
+    (what a following BatchNorm divides by), is within 3x the CPU kernel's on the same input (issue 11's goal;
+    a CPU emulation of the CUDA summing order gives 8.7e-6 against the CPU kernel's 5.5e-6)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 512, 7, 7, generator=gen)
     w = torch.randn(32, 512, 3, 3, generator=gen)
@@ -99,4 +100,4 @@ def test_long_sums_as_accurate_as_the_cpu_kernel():
     gpu = adder_conv2d(x.cuda(), w.cuda(), padding=1).double().cpu()
     cpu_error = ((cpu - exact).abs() / spread).max()
     gpu_error = ((gpu - exact).abs() / spread).max()
-    assert gpu_error <= cpu_error, f"CUDA {gpu_error:.1e}, CPU {cpu_error:.1e}"
+    assert gpu_error <= 3 * cpu_error, f"CUDA {gpu_error:.1e}, CPU {cpu_error:.1e}"
