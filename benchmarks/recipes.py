@@ -111,7 +111,8 @@ def machine_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{model} CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{model} CPU, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def _teacher_config(budget: Budget, train_images: int) -> TrainConfig:
