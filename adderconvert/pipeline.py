@@ -326,8 +326,9 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
 
 
 def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, main: bool) -> dict:
-    """Per adder layer weight std and saturation (on 4 test batches), with a warning when most weights
-    are saturated: beyond every input their tap reads, where |x - w| is only a sign-weighted x."""
+    """Per adder layer weight std and saturation (on 4 test batches), with a warning when nearly all weights
+    are saturated: beyond every input their tap reads, where |x - w| is only a sign-weighted x. Healthy runs
+    of benchmarks/recipes.py ended at 46-86% saturated; the lr 0.1 ones at 82-97%."""
     from itertools import islice
 
     from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
@@ -335,7 +336,7 @@ def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, main: bool) -
     loader = torch.utils.data.DataLoader(splits.test, batch_size=64)
     layers = adder_weight_stats(student, islice(loader, 4), ctx.device)
     summary = saturation_summary(layers)
-    if summary["saturated_fraction"] > 0.5:
+    if summary["saturated_fraction"] > 0.9:
         _log(
             f"warning: {100 * summary['saturated_fraction']:.0f}% of the adder weights lie beyond the range of "
             "the inputs they meet (saturated): those taps compute a sign-weighted sum, not a distance. "
