@@ -133,17 +133,26 @@ def test_per_epoch_lines_are_printed_without_progress_bars(capsys):
     assert "train epoch 1/1: loss" in capsys.readouterr().out
 
 
-def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path):
-    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), CONFIG, output=tmp_path, meta=META)
-    good = load_checkpoint(tmp_path / "last.pt")
-    huge = TrainConfig(**{**CONFIG.__dict__, "lr": 1e6, "epochs": 3, "max_steps": 4})
+def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from adderconvert.train import loop
+
+    real_build = loop.build_optimizer
+
+    def huge_lr_from_epoch_2(model, config, total_steps):
+        optimizer, scheduler = real_build(model, config, total_steps)
+        scheduler.lr_lambdas[0] = lambda step: 1.0 if step < 4 else math.inf  # epoch 1 (4 steps) trains normally
+        return optimizer, scheduler
+
+    monkeypatch.setattr(loop, "build_optimizer", huge_lr_from_epoch_2)
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 3, "max_steps": 4})
     with pytest.raises(TrainingDiverged) as info:
-        fit(tiny_model(), tiny_data(256), tiny_data(16, seed=2), huge, output=tmp_path / "h", meta=META)
+        fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), config, output=tmp_path, meta=META)
     message = str(info.value)
-    assert "diverged" in message and "--lr" in message
-    # The other run's checkpoint is untouched, and a diverging run writes none for its bad epoch.
-    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["3.weight"], good["model"]["3.weight"])
-    assert not (tmp_path / "h" / "last.pt").exists() or "last good checkpoint" in message
+    assert "diverged" in message and "--lr" in message and "epoch 2" in message
+    assert f"last good checkpoint is kept: {tmp_path / 'last.pt'} (epoch 1)" in message
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2  # header + the good epoch
 
 
 def test_chance_accuracy_with_a_good_teacher_counts_as_divergence(tmp_path, monkeypatch):
