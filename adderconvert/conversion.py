@@ -283,12 +283,6 @@ def plan_conversion(
     return report
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def _init_weights(layer: AdderConv2d, conv: nn.Conv2d, init: str, decision: LayerDecision) -> None:
     input_std = decision.input_std
     with torch.no_grad():
@@ -344,9 +338,9 @@ def convert(
         if decision.insert_bn:
             bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
             bn.train(conv.training)
-            _set_module(model, decision.name, nn.Sequential(layer, bn))
+            model.set_submodule(decision.name, nn.Sequential(layer, bn))
         else:
-            _set_module(model, decision.name, layer)
+            model.set_submodule(decision.name, layer)
     return model
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -110,14 +111,8 @@ def _check_folder(config: RunConfig, out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not holds_run:
         raise RunInputError(f"--output {out} is a folder of other files, not a run folder; choose an empty or new one")
     parent = next(p for p in (out, *out.parents) if p.exists())
-    if not parent.is_dir() or not _writable(parent):
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise RunInputError(f"--output {out} cannot be created: {parent} is not a writable folder")
-
-
-def _writable(folder: Path) -> bool:
-    import os
-
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, world_size: int) -> None:

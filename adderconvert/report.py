@@ -156,18 +156,7 @@ def cnn_twin(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     for name, module in list(twin.named_modules()):
         if isinstance(module, AdderConv2d):
-            conv = nn.Conv2d(
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,
-                stride=module.stride,
-                padding=module.padding,
-                dilation=module.dilation,
-                groups=module.groups,
-                bias=module.bias is not None,
-            )
-            parent, _, child = name.rpartition(".")
-            setattr(twin.get_submodule(parent) if parent else twin, child, conv)
+            twin.set_submodule(name, module.to_conv(copy_weights=False))
     return twin.eval()
 
 

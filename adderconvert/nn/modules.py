@@ -93,6 +93,29 @@ class AdderConv2d(nn.Module):
                     layer.bias.copy_(conv.bias)
         return layer
 
+    def to_conv(self, copy_weights: bool = True) -> nn.Conv2d:
+        """The ``nn.Conv2d`` of the same geometry (and, by default, a copy of the weights and bias): the inverse
+        of :meth:`from_conv`, e.g. the CNN an adder model stands for."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        if copy_weights:
+            with torch.no_grad():
+                conv.weight.copy_(self.weight)
+                if self.bias is not None:
+                    conv.bias.copy_(self.bias)
+        return conv
+
     @property
     def pads(self) -> tuple[int, int, int, int]:
         """Resolved zero padding as (top, left, bottom, right)."""

@@ -83,6 +83,10 @@ _SCHEDULE_KEYS = (
 )  # fmt: skip
 
 
+# An epoch this short may end at chance without anything being wrong (a smoke test, --max-steps 5).
+_CHANCE_MIN_STEPS = 50
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -313,8 +317,8 @@ def fit(
     (``meta`` says what the model is; the recipe is added to it). ``resume`` continues from a ``last.pt``
     written with the same schedule settings: weights, optimizer, scheduler and RNG states. Training stops
     with :class:`TrainingDiverged` when the loss is not finite or runs away, or when ``teacher_top1`` is
-    given, at least three times chance, and the model ends an epoch at chance; the last checkpoint then
-    stays that of the last good epoch.
+    given, at least three times chance, and the model ends an epoch of 50 steps or more at chance; the last
+    checkpoint then stays that of the last good epoch.
     """
     ctx = ctx or DistributedContext()
     if config.batch_size % ctx.world_size != 0:
@@ -402,6 +406,7 @@ def fit(
                 ctx.is_main
                 and chance is not None
                 and teacher_top1 is not None
+                and steps >= _CHANCE_MIN_STEPS
                 and teacher_top1 >= 3 * chance
                 and test_top1 <= 1.5 * chance
             ):

@@ -88,3 +88,15 @@ def test_trains_with_sgd():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.75 * losses[0]
+
+
+def test_to_conv_is_the_inverse_of_from_conv():
+    conv = torch.nn.Conv2d(6, 4, (3, 1), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2, bias=True)
+    back = AdderConv2d.from_conv(conv).to_conv()
+    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
+        assert getattr(back, attr) == getattr(conv, attr), attr
+    assert torch.equal(back.weight, conv.weight) and torch.equal(back.bias, conv.bias)
+    x = torch.randn(2, 6, 9, 9)
+    torch.testing.assert_close(back(x), conv(x))
+    fresh = AdderConv2d.from_conv(conv).to_conv(copy_weights=False)
+    assert fresh.weight.shape == conv.weight.shape and not torch.equal(fresh.weight, conv.weight)

@@ -161,8 +161,9 @@ def test_chance_accuracy_with_a_good_teacher_counts_as_divergence(tmp_path, monk
     monkeypatch.setattr(loop, "evaluate", lambda *a, **k: 25.0)  # 4 classes: chance
     config = TrainConfig(**{**CONFIG.__dict__, "epochs": 1})
     with pytest.raises(TrainingDiverged, match="chance level"):
-        fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), config, teacher_top1=90.0)
-    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), config, teacher_top1=30.0)  # a weak teacher: no verdict
+        fit(tiny_model(), tiny_data(16 * 50), tiny_data(16, seed=2), config, teacher_top1=90.0)
+    fit(tiny_model(), tiny_data(16 * 50), tiny_data(16, seed=2), config, teacher_top1=30.0)  # a weak teacher
+    fit(tiny_model(), tiny_data(16 * 4), tiny_data(16, seed=2), config, teacher_top1=90.0)  # 4 steps: no verdict
 
 
 def test_evaluation_can_be_capped():
