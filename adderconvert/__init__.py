@@ -2,7 +2,7 @@
 
 Public API: :func:`convert` and :func:`plan_conversion` (model surgery), :class:`AdderConv2d` and
 :func:`scale_adder_gradients_` (the layer and its adaptive learning rate), :func:`load` (rebuild a
-checkpoint), :func:`export_onnx` (ONNX with the ``com.adderconvert`` ops) and :mod:`adderconvert.runtime`.
+checkpoint), :func:`export_onnx` (ONNX with the ``com.adderconvert`` ops) and :mod:`adderconvert.deploy.runtime`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
 # Heavier parts (onnx, onnxscript, torchvision) load on first use.
 _LAZY = {
     "load": "adderconvert.checkpoint",
-    "export_onnx": "adderconvert.export",
+    "export_onnx": "adderconvert.deploy.export",
 }
 
 __all__ = ["AdderConv2d", "__version__", "convert", "export_onnx", "load", "plan_conversion", "scale_adder_gradients_"]

@@ -210,13 +210,13 @@ def check_compatible(
 def load(path: str | os.PathLike) -> nn.Module:
     """Rebuild the model a checkpoint holds (CNN or adder model: architecture, conversion and weights),
     in eval mode."""
+    from adderconvert.architectures.cnn import build_model
     from adderconvert.conversion import restore
-    from adderconvert.models import build_model
 
     payload = load_checkpoint(path)
     meta: CheckpointMeta = payload["meta"]
     if meta.official_arch is not None:
-        from adderconvert.official import build
+        from adderconvert.architectures.official import build
 
         model = build(meta.official_arch, meta.num_classes)
     else:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adderconvert.nn import AdderConv2d
@@ -26,6 +27,8 @@ from adderconvert.nn import AdderConv2d
 __all__ = [
     "DEFAULT_INPUT_SIZES",
     "INIT_CHOICES",
+    "SIGN_MARGIN",
+    "calibrate_inserted_norms",
     "ConversionReport",
     "LayerDecision",
     "convert",
@@ -34,7 +37,10 @@ __all__ = [
     "restore",
 ]
 
-INIT_CHOICES = ("fresh", "rescale", "copy")
+INIT_CHOICES = ("sign", "fresh", "rescale", "copy")
+# "sign": each adder weight is placed this share of the layer's input span beyond the inputs measured in
+# planning, so that inputs calibration did not see (up to that far out) still lie inside.
+SIGN_MARGIN = 0.5
 # Square image sizes tried in order when no example batch is given; the first the model accepts is used.
 DEFAULT_INPUT_SIZES = (224, 32, 28, 64, 96, 299)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
@@ -56,6 +62,10 @@ class LayerDecision:
     insert_bn: bool = False
     input_std: float = 1.0
     input_min: float = 0.0
+    input_max: float | None = None  # None: not measured (reports written before it was)
+    # 1 - r^2 between the conv's output and that of its binary-weight twin (sign(W)), mean over output
+    # channels, on the planning batch: what a function-preserving (`sign`) conversion loses in this layer.
+    sign_error: float | None = None
     supported: bool = True  # False: adder layers cannot replace it (Conv1d, Conv3d, transposed, non-zero padding)
 
 
@@ -123,10 +133,26 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
-    """Run the model once; return leaf modules in execution order with input std, input minimum and
-    output shape."""
-    order: list[tuple[str, nn.Module, float, float, torch.Size, torch.Size]] = []
+def _sign_error(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> float:
+    """1 - r^2 of ``conv``'s output ``y`` against its binary-weight twin's on ``x``, mean over channels
+    whose output varies."""
+    twin = F.conv2d(x, torch.sign(conv.weight), None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    a = y.detach().float().transpose(0, 1).flatten(1)
+    b = twin.float().transpose(0, 1).flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    var_a, var_b = (a * a).sum(1), (b * b).sum(1)
+    alive = (var_a > 1e-12 * var_a.max().clamp_min(1e-30)) & (var_b > 0)
+    if not alive.any():
+        return 0.0
+    r = (a * b).sum(1)[alive] / (var_a[alive] * var_b[alive]).sqrt()
+    return float((1 - r * r).mean())
+
+
+def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool = False):
+    """Run the model once; return leaf modules in execution order with input std, input minimum, input and
+    output shapes and (``measure``) a dict of what planning measures on convs: ``input_max`` and
+    ``sign_error``."""
+    order: list[tuple[str, nn.Module, float, float, torch.Size, torch.Size, dict]] = []
     names = {module: name for name, module in model.named_modules()}
     hooks = []
 
@@ -135,7 +161,12 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
         std = float(x.detach().float().std()) if x is not None and x.numel() > 1 else 1.0
         low = float(x.detach().min()) if x is not None and x.numel() > 0 else 0.0
         shape = output.shape if isinstance(output, torch.Tensor) else torch.Size()
-        order.append((names[module], module, std, low, x.shape if x is not None else torch.Size(), shape))
+        extra = {}
+        if measure and isinstance(module, nn.Conv2d) and x is not None and x.numel() > 0:
+            extra["input_max"] = float(x.detach().max())
+            if module.padding_mode == "zeros" and isinstance(output, torch.Tensor):
+                extra["sign_error"] = _sign_error(module, x, output)
+        order.append((names[module], module, std, low, x.shape if x is not None else torch.Size(), shape, extra))
 
     for module in model.modules():
         if not list(module.children()):
@@ -152,10 +183,15 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor):
     return order
 
 
-def _trace(model: nn.Module, example_input: torch.Tensor | None, sizes: Sequence[int] = DEFAULT_INPUT_SIZES):
+def _trace(
+    model: nn.Module,
+    example_input: torch.Tensor | None,
+    sizes: Sequence[int] = DEFAULT_INPUT_SIZES,
+    measure: bool = False,
+):
     """:func:`_trace_leaves` on ``example_input``, or on the first default input of ``sizes`` the model accepts."""
     if example_input is not None:
-        return _trace_leaves(model, example_input)
+        return _trace_leaves(model, example_input, measure)
     first = next((m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, AdderConv2d))), None)
     if not isinstance(first, (nn.Conv2d, AdderConv2d)):
         found = f"its first convolution is {type(first).__name__}" if first is not None else "it has no convolution"
@@ -166,7 +202,7 @@ def _trace(model: nn.Module, example_input: torch.Tensor | None, sizes: Sequence
     for size in sizes:
         x = torch.randn(2, first.in_channels, size, size, generator=generator)
         try:
-            return _trace_leaves(model, x.to(param.device, param.dtype))
+            return _trace_leaves(model, x.to(param.device, param.dtype), measure)
         except RuntimeError as e:  # the model does not take this size
             failures.append(f"{size}x{size}: {str(e).splitlines()[0]}")
     raise ValueError(
@@ -218,6 +254,7 @@ def plan_conversion(
     keep_stem: bool = True,
     keep_classifier: bool = True,
     insert_bn: bool = True,
+    keep_mac_budget: float = 0.0,
 ) -> ConversionReport:
     """Decide which convs become adder layers, without changing the model.
 
@@ -225,11 +262,18 @@ def plan_conversion(
     ``layer4.*``. With ``include`` only matching convs are converted; ``exclude`` wins over
     ``include``. A pattern that matches no conv is an error naming it. ``example_input`` is one batch
     the model accepts; it is used to order layers, count MACs and measure each conv's input scale
-    (``None``: a default input, see the module's docstring). Other convolutions (Conv1d, Conv3d,
-    transposed) are listed as not supported and left as they are.
+    (``None``: a default input, see the module's docstring). It should be real data (a few hundred training
+    images): the ``sign`` init places weights past the input range measured on it. Other convolutions
+    (Conv1d, Conv3d, transposed) are listed as not supported and left as they are.
+
+    ``keep_mac_budget`` (a share of all conv MACs, e.g. 0.05) keeps multiplicative the convs the rules
+    would convert whose binary-weight twin matches them worst per MAC (``sign_error / macs``, highest
+    first: depthwise and squeeze-excitation convs in mobile networks), as long as their MACs fit the budget.
     """
+    if not 0.0 <= keep_mac_budget <= 1.0:
+        raise ValueError(f"keep_mac_budget is a share of the MACs, from 0 to 1; got {keep_mac_budget}")
     include, exclude = list(include or []), list(exclude or [])
-    order = _trace(model, example_input)
+    order = _trace(model, example_input, measure=True)
     conv_names = [name for name, module, *_ in order if isinstance(module, nn.Conv2d)]
     for kind, patterns in (("include", include), ("exclude", exclude)):
         for pattern in patterns:
@@ -242,7 +286,7 @@ def plan_conversion(
 
     report = ConversionReport(model=type(model).__name__)
     seen = set()
-    for index, (name, conv, std, low, in_shape, out_shape) in enumerate(order):
+    for index, (name, conv, std, low, in_shape, out_shape, extra) in enumerate(order):
         if name in seen or not isinstance(conv, nn.modules.conv._ConvNd):  # a conv called twice is planned once
             continue
         seen.add(name)
@@ -277,16 +321,53 @@ def plan_conversion(
                 insert_bn=needs_bn,
                 input_std=std,
                 input_min=low,
+                input_max=extra.get("input_max"),
+                sign_error=extra.get("sign_error"),
                 supported=supported,
             )
         )
+    if keep_mac_budget > 0:
+        _keep_within_budget(report, keep_mac_budget)
     return report
+
+
+def _keep_within_budget(report: ConversionReport, budget: float) -> None:
+    """Keep the convs whose binary-weight error per MAC is highest multiplicative, within ``budget``."""
+    allowed = budget * report.total_macs
+    candidates = [d for d in report.converted if d.sign_error is not None and d.sign_error > 0]
+    candidates.sort(key=lambda d: d.sign_error / max(d.macs, 1), reverse=True)
+    spent = 0
+    for decision in candidates:
+        if spent + decision.macs > allowed:
+            continue
+        spent += decision.macs
+        decision.convert, decision.insert_bn = False, False
+        decision.rule = f"kept: binary-weight error {decision.sign_error:.2f} (keep_mac_budget {budget:g})"
+
+
+def sign_edges(decision: LayerDecision, margin: float = SIGN_MARGIN) -> tuple[float, float]:
+    """Where the ``sign`` init puts the weights of the layer ``decision`` describes: (lower, upper), beyond
+    the measured input range and zero (the padding) by ``margin`` of its span; the lower edge is 0 where no
+    input was negative (after a ReLU: ``-|x - 0| = -x`` holds for every ``x >= 0``)."""
+    if decision.input_max is None:
+        raise ValueError(
+            f"{decision.name}: the conversion plan has no measured input range (a report from before it was "
+            "measured); plan again with example batches, or use another init"
+        )
+    low, high = min(decision.input_min, 0.0), max(decision.input_max, 0.0)
+    span = max(high - low, 1e-6)
+    return (0.0 if low >= 0 else low - margin * span), high + margin * span
 
 
 def _init_weights(layer: AdderConv2d, conv: nn.Conv2d, init: str, decision: LayerDecision) -> None:
     input_std = decision.input_std
     with torch.no_grad():
-        if init == "fresh":
+        if init == "sign":
+            # A tap whose weight lies beyond every input it meets computes -|x - w| = sign(w) * x - |w|: the
+            # layer is the conv's binary-weight twin plus a per-channel constant that the norm after it takes.
+            lower, upper = sign_edges(decision)
+            layer.weight.copy_(torch.where(conv.weight >= 0, upper, lower))
+        elif init == "fresh":
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             layer.weight.mul_(input_std / max(float(layer.weight.std()), 1e-12))
             if decision.input_min >= 0:
@@ -308,16 +389,22 @@ def convert(
     keep_stem: bool = True,
     keep_classifier: bool = True,
     insert_bn: bool = True,
-    init: str = "fresh",
+    init: str = "sign",
     report: ConversionReport | None = None,
 ) -> nn.Module:
     """Swap convs for adder layers in place and return ``model``.
 
-    ``init`` chooses the adder weights: ``"fresh"`` (Kaiming init scaled to the std of the layer's input
-    activations, measured on ``example_input``, and made non-negative where those inputs are, as after a
-    ReLU; the default, best on average in benchmarks/accuracy.py),
+    ``init`` chooses the adder weights: ``"sign"`` (the default: each weight just past the range of the
+    inputs measured on ``example_input``, on the side of the conv weight's sign, see :func:`sign_edges`;
+    the model keeps the CNN's function up to binary weights, once its norms are recalibrated with
+    :func:`calibrate_inserted_norms` and a BatchNorm re-estimation), ``"fresh"`` (Kaiming init scaled to the
+    std of the layer's input activations and made non-negative where those inputs are, as after a ReLU),
     ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
     Rules are those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
+
+    With ``sign``, a BatchNorm inserted after an adder layer is set to give the conv's output scale:
+    weight ``mean|W|`` per channel (the binary-weight twin's least-squares scale), its running statistics
+    taking away the adder layer's constant; in eval mode the pair computes ``conv(x, mean|W| sign(W)) + b``.
     """
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
@@ -338,10 +425,73 @@ def convert(
         if decision.insert_bn:
             bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
             bn.train(conv.training)
+            if init == "sign":
+                _match_conv_scale(bn, layer, conv)
             model.set_submodule(decision.name, nn.Sequential(layer, bn))
         else:
             model.set_submodule(decision.name, layer)
     return model
+
+
+def _match_conv_scale(bn: nn.BatchNorm2d, layer: AdderConv2d, conv: nn.Conv2d) -> None:
+    """Set an inserted BatchNorm so that, in eval mode, it maps the sign-initialised ``layer``'s output
+    ``sign(W) * x - sum|w| + b`` to ``mean|W| * sign(W) * x + b``."""
+    with torch.no_grad():
+        scale = conv.weight.abs().flatten(1).mean(1)
+        constant = layer.weight.abs().flatten(1).sum(1)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+        bn.weight.copy_(scale)
+        bn.bias.copy_(bias)
+        bn.running_mean.copy_(bias - constant if layer.bias is not None else -constant)
+        bn.running_var.fill_(1.0 - bn.eps)
+
+
+def _inserted_norms(model: nn.Module, report: ConversionReport) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [model.get_submodule(f"{d.name}.1") for d in report.converted if d.insert_bn]
+
+
+@torch.no_grad()
+def calibrate_inserted_norms(model: nn.Module, report: ConversionReport, images: torch.Tensor) -> None:
+    """Make the BatchNorms :func:`convert` inserted compute, in training mode on batches like ``images``,
+    what they compute in eval mode now (batch statistics in place of their running ones).
+
+    A BatchNorm normalises each batch to its own mean and variance while it trains, and a BatchNorm
+    re-estimation makes its running statistics those of the data: an inserted norm set to reproduce the
+    conv's output scale (the ``sign`` init) would lose it. This measures each inserted norm's input on
+    ``images`` (one forward pass in eval mode, in execution order) and folds the eval-mode mapping into its
+    weight and bias, with the measured statistics as running ones, so that both modes agree on such data
+    and re-estimating the statistics keeps the mapping. Call it after :func:`convert`, before any training
+    step or BatchNorm re-estimation. Other norms are left as they are.
+    """
+    norms = _inserted_norms(model, report)
+    if not norms:
+        return
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(module, inputs):
+        x = inputs[0].transpose(0, 1).flatten(1)
+        stats[module] = (x.mean(1), x.var(1, correction=0))
+
+    hooks = [norm.register_forward_pre_hook(hook) for norm in norms]
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    for norm in norms:
+        if norm not in stats:
+            continue
+        mean, var = stats[norm]
+        # eval mode: y = a * x + c
+        a = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        c = norm.bias - a * norm.running_mean
+        norm.weight.copy_(a * torch.sqrt(var + norm.eps))
+        norm.bias.copy_(a * mean + c)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
 
 
 def restore(model: nn.Module, report: ConversionReport | dict) -> nn.Module:
@@ -349,4 +499,4 @@ def restore(model: nn.Module, report: ConversionReport | dict) -> nn.Module:
     place, so that a state dict saved after :func:`convert` loads into it. Weights are left to that load."""
     if isinstance(report, dict):
         report = ConversionReport.from_dict(report)
-    return convert(model, None, report=report)
+    return convert(model, None, report=report, init="copy")

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.conversion import INIT_CHOICES, convert, plan_conversion  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
-from adderconvert.models import build_model  # noqa: E402
 from adderconvert.train import TrainConfig, evaluate, fit  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
 

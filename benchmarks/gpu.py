@@ -104,7 +104,7 @@ def ort_latency_ms(session, feeds: dict[str, np.ndarray], output: str, repeats: 
 
 def cuda_session(path: Path, tf32: bool):
     """An ORT session on the CUDA EP; stops when ORT fell back to the CPU (e.g. CUDA libraries missing)."""
-    from adderconvert.runtime import CUDA_PROVIDER, build_info, make_session
+    from adderconvert.deploy.runtime import CUDA_PROVIDER, build_info, make_session
 
     session = make_session(path, providers=[(CUDA_PROVIDER, {"use_tf32": "1" if tf32 else "0"})])
     if session.get_providers()[0] != CUDA_PROVIDER or build_info().get("cuda") != "1":
@@ -115,7 +115,7 @@ def cuda_session(path: Path, tf32: bool):
 def ort_table(tmp: Path, repeats: int, results: dict) -> None:
     import torchvision
 
-    from adderconvert.export import export_onnx
+    from adderconvert.deploy.export import export_onnx
 
     torch.manual_seed(0)
     x = torch.randn(32, 3, 224, 224)
@@ -193,7 +193,7 @@ def train_table(repeats: int, official: bool, results: dict) -> None:
 def layer_table(tmp: Path, repeats: int, results: dict) -> None:
     import onnx
 
-    from adderconvert.onnx_ops import single_node_model
+    from adderconvert.deploy.ops import single_node_model
 
     peak, how = adder_peak_macs()
     print(
@@ -237,7 +237,7 @@ def main() -> None:
     if {"ort", "layers"} & set(args.parts):
         import onnxruntime as ort
 
-        from adderconvert.runtime import CUDA_PROVIDER
+        from adderconvert.deploy.runtime import CUDA_PROVIDER
 
         if CUDA_PROVIDER not in ort.get_available_providers():
             parser.exit(2, "parts ort and layers need onnxruntime-gpu (see docs/gpu.md); use --parts train\n")

@@ -28,8 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adderconvert.onnx_ops import single_node_model  # noqa: E402
-from adderconvert.runtime import CPU_PROVIDER, build_info, get_library_path, make_session  # noqa: E402
+from adderconvert.deploy.ops import single_node_model  # noqa: E402
+from adderconvert.deploy.runtime import CPU_PROVIDER, build_info, get_library_path, make_session  # noqa: E402
 
 # (name, channels in, channels out, kernel, size): ResNet-50's 3x3 convs per stage and a 1x1 reduction.
 LAYERS = [
@@ -96,7 +96,7 @@ def model_table(batch: int, repeats: int, tmp: Path) -> None:
     import torchvision
 
     from adderconvert.conversion import convert
-    from adderconvert.export import export_onnx
+    from adderconvert.deploy.export import export_onnx
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 224, 224)
@@ -145,7 +145,7 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bo
     import torchvision
 
     from adderconvert.conversion import convert
-    from adderconvert.export import export_onnx
+    from adderconvert.deploy.export import export_onnx
 
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores})

@@ -25,7 +25,7 @@ OFFICIAL = REPO / "tests" / "data" / "ResNet20-AdderNet.pth"
 def _session(path: str, form: str, threads: int):
     import onnxruntime as ort
 
-    from adderconvert.runtime import CPU_PROVIDER, make_session
+    from adderconvert.deploy.runtime import CPU_PROVIDER, make_session
 
     if form == "custom":
         return make_session(path, providers=[CPU_PROVIDER], intra_op_num_threads=threads)
@@ -40,7 +40,7 @@ def _status_mib(field: str) -> float:
 
 
 def child(path: str, form: str, shape: list[int], threads: int, repeats: int) -> None:
-    import adderconvert.runtime  # noqa: F401  (imported, with onnxruntime, before the baseline)
+    import adderconvert.deploy.runtime  # noqa: F401  (imported, with onnxruntime, before the baseline)
 
     before = _status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -55,10 +55,10 @@ def _models(tmp: Path) -> dict[str, tuple[Path, Path, object]]:
     """name -> (custom-op file, portable file, PyTorch model); all take 32 px inputs."""
     import torch
 
+    from adderconvert.architectures.cnn import build_model
+    from adderconvert.architectures.official import load
     from adderconvert.conversion import convert
-    from adderconvert.export import export_onnx
-    from adderconvert.models import build_model
-    from adderconvert.official import load
+    from adderconvert.deploy.export import export_onnx
 
     torch.manual_seed(0)
     resnet18 = build_model("resnet18", 10)

@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adderconvert.app.pipeline import resolve_device  # noqa: E402
+from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.conversion import convert  # noqa: E402
-from adderconvert.models import build_model  # noqa: E402
 from adderconvert.nn import scale_adder_gradients_  # noqa: E402
-from adderconvert.pipeline import resolve_device  # noqa: E402
 from adderconvert.train import FeatureDistillation, TrainConfig, distillation_loss  # noqa: E402
 from benchmarks._measure import time_call  # noqa: E402
 

@@ -57,7 +57,7 @@ def main() -> int:
 
     stored = {p.key: p.value for p in onnx.load(args.model, load_external_data=False).metadata_props}
     if stored.get("adder_form") != "portable":
-        from adderconvert.runtime import get_library_path
+        from adderconvert.deploy.runtime import get_library_path
 
         options.register_custom_ops_library(get_library_path())
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]

@@ -1,9 +1,9 @@
-"""Kernel test cases built on adderconvert.onnx_ops.single_node_model."""
+"""Kernel test cases built on adderconvert.deploy.ops.single_node_model."""
 
 import numpy as np
 import onnx
 
-from adderconvert.onnx_ops import single_node_model as one_node
+from adderconvert.deploy.ops import single_node_model as one_node
 
 # Geometries shared by the CPU and CUDA kernel tests.
 CASES = [

@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
+from adderconvert.architectures.cnn import list_cnn_models
 from adderconvert.conversion import ConversionReport, convert, norms_after_adders, plan_conversion, restore
-from adderconvert.models import list_cnn_models
 from adderconvert.nn import AdderConv2d
 
 

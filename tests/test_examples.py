@@ -10,7 +10,7 @@ import torchvision
 
 from adderconvert.conversion import convert
 from adderconvert.data import FASHION_MNIST_DIR
-from adderconvert.export import export_onnx
+from adderconvert.deploy.export import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -58,7 +58,7 @@ def _tiny_adder_model() -> torch.nn.Module:
 
 @pytest.mark.parametrize(("portable", "dataset"), [(True, "fashion-mnist"), (False, "cifar10")])
 def test_ort_inference_example_reads_metadata(tmp_path, portable, dataset):
-    from adderconvert.export import input_metadata
+    from adderconvert.deploy.export import input_metadata
 
     metadata = input_metadata(
         image_size=32, mean=[0.5] * 3, std=[0.25] * 3, classes=list("ABCDEFGHIJ"), dataset=dataset

@@ -20,7 +20,7 @@ prepare() {
   [ -f .dev/ort/unpack.py ] || "$pack_tool" .dev/ort
   local lib_dir
   lib_dir=$("$python" -c 'from adderconvert._libs import ORT_LIBRARY, find_library; print(find_library(ORT_LIBRARY).parent)')
-  "$python" -c 'import sys; from adderconvert.runtime import build_info; info = build_info(); print(info)
+  "$python" -c 'import sys; from adderconvert.deploy.runtime import build_info; info = build_info(); print(info)
 sys.exit(0 if info.get("cuda") == "1" else "the library was built without CUDA: install nvcc, run make install")'
   tar -C "$lib_dir" -cJf .dev/lib.tar.xz libadderconvert_ort.so libadderconvert_cpu.so libadderconvert_cuda.so
   echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- custom_ops || echo ' (custom_ops modified)')" \
@@ -121,7 +121,7 @@ fi
   echo "# GPU session $(date -u +%FT%TZ), revision $(cat .dev/REVISION 2>/dev/null || echo unknown)"
   nvidia-smi -L 2>&1
   python3 -c 'import onnxruntime as ort, torch
-from adderconvert.runtime import build_info
+from adderconvert.deploy.runtime import build_info
 print(f"torch {torch.__version__}, onnxruntime {ort.__version__} {ort.get_available_providers()}")
 print("library:", build_info())' 2>&1
   echo

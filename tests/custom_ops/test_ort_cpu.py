@@ -5,8 +5,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from adderconvert.onnx_ops import AdderConv, FusedAdderConv, adder_conv_reference
-from adderconvert.runtime import make_session
+from adderconvert.deploy.ops import AdderConv, FusedAdderConv, adder_conv_reference
+from adderconvert.deploy.runtime import make_session
 from tests._onnx_models import CASES, FORMS, case_model, one_node
 from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
 

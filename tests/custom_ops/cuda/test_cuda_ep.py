@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from adderconvert.onnx_ops import AdderConv, FusedAdderConv, adder_conv_reference
-from adderconvert.runtime import CUDA_PROVIDER, available_providers, get_library_path
+from adderconvert.deploy.ops import AdderConv, FusedAdderConv, adder_conv_reference
+from adderconvert.deploy.runtime import CUDA_PROVIDER, available_providers, get_library_path
 from tests._onnx_models import CASES, FORMS, case_model, one_node
 from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
 
@@ -60,7 +60,7 @@ def test_exported_models_match_pytorch(name, tmp_path):
     """
     import copy
 
-    from adderconvert.export import export_onnx
+    from adderconvert.deploy.export import export_onnx
     from tests.test_export import MODELS
 
     model, x = MODELS[name]()

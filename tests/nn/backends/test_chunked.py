@@ -5,9 +5,9 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 
+from adderconvert.deploy.ops import adder_conv_reference
 from adderconvert.nn.backends import chunked
 from adderconvert.nn.reference import reference_adder_conv2d
-from adderconvert.onnx_ops import adder_conv_reference
 from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
 from tests.nn._configs import conv_configs, fits, make_inputs
 

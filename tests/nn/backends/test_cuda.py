@@ -4,11 +4,11 @@ against the float64 references: forward and both gradients, infinities and NaN."
 import pytest
 import torch
 
+from adderconvert.deploy.ops import adder_conv_reference
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.backends import cuda
 from adderconvert.nn.functional import adder_conv2d, resolve_padding
 from adderconvert.nn.reference import reference_adder_conv2d
-from adderconvert.onnx_ops import adder_conv_reference
 from tests._special_values import GEOMETRIES, assert_same_specials, special_inputs
 
 pytestmark = pytest.mark.gpu

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import adderconvert
+from adderconvert.architectures.official import build, from_official_state, import_official, load
+from adderconvert.deploy.runtime import make_session
 from adderconvert.nn import AdderConv2d
-from adderconvert.official import build, from_official_state, import_official, load
-from adderconvert.runtime import make_session
 
-PUBLISHED = Path(__file__).parent / "data" / "ResNet20-AdderNet.pth"
+PUBLISHED = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
 
 
 def _adder(x, weight, stride, padding):

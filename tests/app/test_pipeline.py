@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adderconvert.pipeline import RunInputError, resolve_device
+from adderconvert.app.pipeline import RunInputError, resolve_device
 
 
 def test_auto_is_the_cpu_without_a_gpu(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from adderconvert.cli import main
+from adderconvert.app.cli import main
 
 
 def _fake_fashion_mnist(root, n_train=192, n_test=64):
@@ -253,7 +253,7 @@ def test_main_job_end_to_end(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(out / "best.pt"), "--data", str(data)])
     assert result.exit_code == 0, result.output
     assert f"top-1 {summary['adder_top1']:.2f}%" in result.output
-    from adderconvert.export import read_metadata
+    from adderconvert.deploy.export import read_metadata
 
     stored = read_metadata(out / "resnet18_adder.onnx")
     assert stored["image_size"] == [28, 28] and stored["classes"][9] == "Ankle boot" and len(stored["mean"]) == 3
@@ -311,7 +311,7 @@ def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path):
 def test_import_official_then_report(tmp_path):
     from pathlib import Path
 
-    official = Path(__file__).parent / "data" / "ResNet20-AdderNet.pth"
+    official = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
     out = tmp_path / "r20"
     result = CliRunner().invoke(main, ["import-official", str(official), "--arch", "resnet20", "--output", str(out)])
     assert result.exit_code == 0, result.output

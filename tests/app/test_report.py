@@ -12,12 +12,12 @@ import torch
 import yaml
 from torch import nn
 
+from adderconvert.app.report import ENERGY_PJ, cnn_twin, count_operations, energy_pj, write_report
+from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
 from adderconvert.conversion import convert, plan_conversion
-from adderconvert.export import export_onnx
-from adderconvert.models import build_model
+from adderconvert.deploy.export import export_onnx
 from adderconvert.nn import AdderConv2d
-from adderconvert.report import ENERGY_PJ, cnn_twin, count_operations, energy_pj, write_report
 
 IMAGE = 16  # ResNet-18 at 16 px: stem 64x8x8, stages 4, 2, 1, 1
 

@@ -207,11 +207,11 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
     """
     import numpy as np
 
+    from adderconvert.app.report import write_report
+    from adderconvert.app.saved_models import deployment_metadata
     from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
-    from adderconvert.export import export_onnx
-    from adderconvert.report import write_report
-    from adderconvert.runtime import make_session
-    from adderconvert.saved_models import deployment_metadata
+    from adderconvert.deploy.export import export_onnx
+    from adderconvert.deploy.runtime import make_session
 
     model = load(path, arch)
     spec = ARCHS[arch]

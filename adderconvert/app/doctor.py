@@ -18,9 +18,9 @@ def run_doctor() -> int:
     import torch
 
     import adderconvert
+    from adderconvert.deploy.ops import adder_conv_reference, single_node_model
+    from adderconvert.deploy.runtime import available_providers, build_info, get_library_path, make_session
     from adderconvert.nn import _kernels
-    from adderconvert.onnx_ops import adder_conv_reference, single_node_model
-    from adderconvert.runtime import available_providers, build_info, get_library_path, make_session
 
     print(f"adderconvert {adderconvert.__version__}, Python {platform.python_version()}")
     print(

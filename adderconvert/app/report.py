@@ -172,7 +172,7 @@ def measure_latency(
     """
     import numpy as np
 
-    from adderconvert.runtime import make_session
+    from adderconvert.deploy.runtime import make_session
 
     session = make_session(path, providers=[provider])
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)}
@@ -230,7 +230,7 @@ def _load_models(run_dir: Path, notes: list[str]) -> tuple[nn.Module | None, nn.
         if meta.official_arch is not None:
             cnn = cnn_twin(adder)
         else:
-            from adderconvert.models import build_model
+            from adderconvert.architectures.cnn import build_model
 
             cnn = build_model(meta.model_name, meta.num_classes).eval()
         return adder, cnn, meta.to_dict()
@@ -279,7 +279,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 def _latencies(
     paths: dict[str, Path | None], image_size: int, batches: list[int], budget_s: float, notes: list[str]
 ) -> list[dict[str, Any]]:
-    from adderconvert.runtime import available_providers
+    from adderconvert.deploy.runtime import available_providers
 
     try:
         providers = available_providers()
@@ -305,7 +305,7 @@ def _latencies(
 
 def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S) -> dict[str, Any]:
     """Everything :func:`write_report` writes to ``report.json``, computed from ``run_dir``."""
-    from adderconvert.export import export_onnx
+    from adderconvert.deploy.export import export_onnx
 
     run_dir = Path(run_dir)
     summary = _read_json(run_dir / "summary.json")

@@ -46,7 +46,7 @@ def evaluate_file(
         raise FileNotFoundError(f"no such file: {target}")
     if target.suffix == ".onnx":
         return _evaluate_onnx(target, dataset, data, image_size, batch_size, max_batches)
-    from adderconvert.pipeline import resolve_device
+    from adderconvert.app.pipeline import resolve_device
     from adderconvert.train import evaluate
 
     meta = read_meta(target)
@@ -66,8 +66,8 @@ def _count(dataset, batch_size: int, max_batches: int | None) -> int:
 def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batches) -> dict[str, Any]:
     import onnx
 
-    from adderconvert.export import read_metadata
-    from adderconvert.runtime import make_session
+    from adderconvert.deploy.export import read_metadata
+    from adderconvert.deploy.runtime import make_session
 
     try:
         model = onnx.load(str(target), load_external_data=False)
@@ -108,7 +108,7 @@ def export_checkpoint(
 ) -> Path:
     """Export the model a checkpoint holds to ONNX (default: beside it, ``.onnx``), with its input size,
     normalisation, class names and data set as metadata."""
-    from adderconvert.export import export_onnx
+    from adderconvert.deploy.export import export_onnx
 
     checkpoint = Path(checkpoint)
     meta: CheckpointMeta = read_meta(checkpoint)
@@ -129,7 +129,7 @@ def export_checkpoint(
 
 def deployment_metadata(meta: CheckpointMeta) -> dict[str, Any]:
     """What an ONNX file needs to be used alone: input size, normalisation, classes, layout, data set, model."""
-    from adderconvert.export import input_metadata
+    from adderconvert.deploy.export import input_metadata
 
     values = input_metadata(
         image_size=meta.image_size, mean=meta.mean, std=meta.std, classes=meta.classes, dataset=meta.dataset

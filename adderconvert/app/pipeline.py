@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adderconvert.app.config import RunConfig
+from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
-from adderconvert.config import RunConfig
 from adderconvert.conversion import ConversionReport, convert, plan_conversion
 from adderconvert.data import DatasetSplits, load_dataset
-from adderconvert.models import build_model, check_input_size
 from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed
 from adderconvert.train.loop import check_same_schedule
 
@@ -313,7 +313,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary), main)
         if config.finetune:
-            from adderconvert.report import write_report
+            from adderconvert.app.report import write_report
 
             html, _ = write_report(out)
             _log(f"cost report: {html}", main)
@@ -358,9 +358,9 @@ def _top1(history, model, test_set, ctx, config: RunConfig, desc: str) -> float:
 def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[float, str]:
     import numpy as np
 
-    from adderconvert.export import export_onnx
-    from adderconvert.runtime import make_session
-    from adderconvert.saved_models import deployment_metadata
+    from adderconvert.app.saved_models import deployment_metadata
+    from adderconvert.deploy.export import export_onnx
+    from adderconvert.deploy.runtime import make_session
 
     model = model.cpu().eval()
     metadata = deployment_metadata(_meta(config, splits, "adder", None))

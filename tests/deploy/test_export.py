@@ -12,10 +12,10 @@ import torchvision
 from torch import nn
 
 from adderconvert.conversion import convert
-from adderconvert.export import export_onnx, input_metadata, make_portable, read_metadata
+from adderconvert.deploy.export import export_onnx, input_metadata, make_portable, read_metadata
+from adderconvert.deploy.ops import DOMAIN, AdderConv, FusedAdderConv, adder_conv_reference, single_node_model
+from adderconvert.deploy.runtime import make_session
 from adderconvert.nn import AdderConv2d
-from adderconvert.onnx_ops import DOMAIN, AdderConv, FusedAdderConv, adder_conv_reference, single_node_model
-from adderconvert.runtime import make_session
 
 
 class Geometry(nn.Module):
@@ -189,7 +189,9 @@ def test_portable_runs_in_plain_onnxruntime(exported):
 
 def test_portable_parity_on_trained_official_weights(tmp_path):
     """One layer of the published ResNet-20 (|w| up to 71) on ReLU-like inputs: portable vs custom op."""
-    state = torch.load(Path(__file__).parent / "data" / "ResNet20-AdderNet.pth", map_location="cpu", weights_only=True)
+    state = torch.load(
+        Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth", map_location="cpu", weights_only=True
+    )
     layer = AdderConv2d(64, 64, 3, padding=1)
     with torch.no_grad():
         layer.weight.copy_(state["module.layer3.0.conv2.adder"])

@@ -26,7 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 
 import adderconvert
-from adderconvert.onnx_ops import (
+from adderconvert.deploy.ops import (
     ADDER_CONV_SCHEMA,
     DOMAIN,
     OPSET_VERSION,
@@ -340,7 +340,7 @@ def export_onnx(
     """Export ``model`` (in eval mode, on CPU) to one self-contained ONNX file and return its path.
 
     Adder layers become ``com.adderconvert::AdderConv`` (or ``FusedAdderConv`` with ``fuse_bn``); run the
-    file with :func:`adderconvert.runtime.make_session`. With ``portable`` they become standard ONNX ops
+    file with :func:`adderconvert.deploy.runtime.make_session`. With ``portable`` they become standard ONNX ops
     (see :func:`make_portable`; BatchNorm stays ``BatchNormalization``, ``fuse_bn`` is ignored), which any
     ONNX runtime runs without the library, more slowly and with more memory. ``dynamic_batch`` and
     ``dynamic_hw`` make the batch and the spatial size dynamic dims ("batch", "height", "width").

@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 import pytest
 
+from adderconvert.deploy.ops import AdderConv, FusedAdderConv, adder_conv_reference, register_schemas, single_node_model
 from adderconvert.nn.geometry import output_size
-from adderconvert.onnx_ops import AdderConv, FusedAdderConv, adder_conv_reference, register_schemas, single_node_model
 
 RNG = np.random.default_rng(0)
 

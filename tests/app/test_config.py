@@ -2,7 +2,7 @@
 
 import pytest
 
-from adderconvert.config import ConfigError, RunConfig, validate_config
+from adderconvert.app.config import ConfigError, RunConfig, validate_config
 
 
 def test_defaults_and_conversions():

@@ -1,12 +1,12 @@
-"""adderconvert.runtime: the library path, its build description, providers and make_session's checks."""
+"""adderconvert.deploy.runtime: the library path, its build description, providers and make_session's checks."""
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-from adderconvert.onnx_ops import adder_conv_reference, single_node_model
-from adderconvert.runtime import CPU_PROVIDER, available_providers, build_info, get_library_path, make_session
+from adderconvert.deploy.ops import adder_conv_reference, single_node_model
+from adderconvert.deploy.runtime import CPU_PROVIDER, available_providers, build_info, get_library_path, make_session
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from adderconvert.models import (
+from adderconvert.architectures.cnn import (
     WeightsError,
     build_model,
     check_input_size,

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from adderconvert.config import ConfigError, RunConfig, validate_config
+from adderconvert.app.config import ConfigError, RunConfig, validate_config
 
 
 class InputError(click.ClickException):
@@ -59,9 +59,9 @@ def main() -> None:
 
 def _input_errors():
     """The exception types that mean bad input."""
+    from adderconvert.architectures.cnn import WeightsError
     from adderconvert.checkpoint import CheckpointError
     from adderconvert.data import DataError
-    from adderconvert.models import WeightsError
 
     return (CheckpointError, ConfigError, DataError, WeightsError, ValueError, FileNotFoundError)
 
@@ -159,7 +159,7 @@ def convert_command(
     model: str, config_file: str | None, dry_run: bool, quiet: bool, resume_from: str | None, **options
 ) -> None:
     """Convert MODEL (a torchvision classification CNN) to an AdderNet, fine-tune and export it."""
-    from adderconvert.models import list_cnn_models
+    from adderconvert.architectures.cnn import list_cnn_models
 
     if model not in list_cnn_models():
         close = difflib.get_close_matches(model, list_cnn_models(), n=4, cutoff=0.6)
@@ -186,7 +186,7 @@ def convert_command(
         raise InputError(f"--{e.key.replace('_', '-')}: {str(e).partition(': ')[2]}") from None
     if config.resume and config.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
-    from adderconvert.pipeline import plan_only, run
+    from adderconvert.app.pipeline import plan_only, run
     from adderconvert.train import TrainingDiverged
 
     try:
@@ -211,7 +211,7 @@ def convert_command(
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def list_command(as_json: bool) -> None:
     """List the torchvision classification CNNs that can be converted."""
-    from adderconvert.models import list_cnn_models
+    from adderconvert.architectures.cnn import list_cnn_models
 
     names = list_cnn_models()
     click.echo(json.dumps(names) if as_json else "\n".join(names))
@@ -220,7 +220,7 @@ def list_command(as_json: bool) -> None:
 @main.command("doctor", context_settings=_HELP)
 def doctor_command() -> None:
     """Print versions and build configuration, and run a one-node AdderConv on every available provider."""
-    from adderconvert.doctor import run_doctor
+    from adderconvert.app.doctor import run_doctor
 
     sys.exit(run_doctor())
 
@@ -235,7 +235,7 @@ def doctor_command() -> None:
 @click.option("--device", default="auto", show_default=True, help="PyTorch device for a checkpoint.")
 def evaluate_command(target, dataset, data, image_size, batch_size, max_batches, device) -> None:
     """Top-1 of TARGET on the test split: a checkpoint (.pt, PyTorch) or an ONNX file (ONNX Runtime)."""
-    from adderconvert.saved_models import evaluate_file
+    from adderconvert.app.saved_models import evaluate_file
 
     for name, value, low in (("--batch-size", batch_size, 1), ("--max-batches", max_batches, 1)):
         if value is not None and value < low:
@@ -265,7 +265,7 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
 @click.option("--portable", is_flag=True, help="Standard ONNX ops only: runs without our library, slower.")
 def export_command(checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool) -> None:
     """Export the model in CHECKPOINT to ONNX, with its input size, normalisation and classes as metadata."""
-    from adderconvert.saved_models import export_checkpoint
+    from adderconvert.app.saved_models import export_checkpoint
 
     try:
         path = export_checkpoint(checkpoint, output, dynamic_hw=dynamic_hw, portable=portable)
@@ -278,7 +278,7 @@ def export_command(checkpoint: str, output: str | None, dynamic_hw: bool, portab
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report_command(run_dir: str) -> None:
     """Write RUN_DIR/report.html and report.json: operations, energy, size, accuracy and latency, CNN vs adder."""
-    from adderconvert.report import write_report
+    from adderconvert.app.report import write_report
 
     try:
         html, data = write_report(run_dir)
@@ -294,7 +294,7 @@ def report_command(run_dir: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace what is in --output.")
 def import_official_command(path: str, arch: str, output: str, overwrite: bool) -> None:
     """Import a checkpoint of the official AdderNet code (huawei-noah/AdderNet) as a run folder."""
-    from adderconvert.official import ARCHS, import_official
+    from adderconvert.architectures.official import ARCHS, import_official
 
     if arch not in ARCHS:
         raise InputError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
