@@ -7,6 +7,8 @@
 #include "c_api.h"
 #include "cpu/adder_conv_cpu.h"
 #include "cpu/adder_conv_op_cpu.h"
+#include "cpu/quantized_adder_conv_cpu.h"
+#include "cpu/quantized_adder_conv_op_cpu.h"
 #ifdef ADDERCONVERT_WITH_CUDA
 #include "cuda/adder_conv_op_cuda.h"
 #endif
@@ -21,6 +23,7 @@ using adderconvert::OpForm;
 const std::vector<const OrtCustomOp*>& OpTable() {
   static AdderConvOp<adderconvert::cpu::AdderConvCpuKernel> cpu_plain(OpForm::kPlain, nullptr);
   static AdderConvOp<adderconvert::cpu::AdderConvCpuKernel> cpu_fused(OpForm::kFused, nullptr);
+  static adderconvert::cpu::QuantizedAdderConvOp cpu_quantized;
 #ifdef ADDERCONVERT_WITH_CUDA
   static AdderConvOp<adderconvert::cuda::AdderConvCudaKernel> cuda_plain(OpForm::kPlain,
                                                                          adderconvert::cuda::kCudaProvider);
@@ -28,11 +31,9 @@ const std::vector<const OrtCustomOp*>& OpTable() {
                                                                          adderconvert::cuda::kCudaProvider);
 #endif
   static const std::vector<const OrtCustomOp*> table{
-      &cpu_plain,
-      &cpu_fused,
+      &cpu_plain,  &cpu_fused,  &cpu_quantized,
 #ifdef ADDERCONVERT_WITH_CUDA
-      &cuda_plain,
-      &cuda_fused,
+      &cuda_plain, &cuda_fused,
 #endif
   };
   return table;
@@ -62,3 +63,5 @@ ADDERCONVERT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions*
 ADDERCONVERT_EXPORT const char* AdderConvertBuildInfo() { return ADDERCONVERT_BUILD_INFO; }
 
 ADDERCONVERT_EXPORT const char* AdderConvertCpuIsa() { return adderconvert::cpu::KernelIsa(); }
+
+ADDERCONVERT_EXPORT const char* AdderConvertQuantizedCpuIsa() { return adderconvert::cpu::QuantizedKernelIsa(); }

@@ -1,26 +1,8 @@
 #include "adder_conv_op_cpu.h"
 
-#include <algorithm>
-#include <thread>
+#include "cpu/ort_parallel_for.h"
 
 namespace adderconvert::cpu {
-namespace {
-
-// Runs work items on ORT's intra-op thread pool, so intra_op_num_threads is honoured.
-class OrtParallelFor final : public ParallelFor {
- public:
-  explicit OrtParallelFor(const Ort::KernelContext& ctx) : ctx_(ctx) {}
-  void Run(size_t total, void (*fn)(void*, size_t), void* data) const override {
-    if (total > 0) ctx_.ParallelFor(fn, total, 0, data);
-  }
-  // Kernels cannot query the size of ORT's intra-op pool; its default is one thread per core.
-  int Threads() const override { return std::max(1u, std::thread::hardware_concurrency()); }
-
- private:
-  const Ort::KernelContext& ctx_;
-};
-
-}  // namespace
 
 AdderConvCpuKernel::AdderConvCpuKernel(const OrtKernelInfo* info, OpForm form) : AdderConvKernelBase(info, form) {
   int is_constant = 0;

@@ -1,4 +1,5 @@
-"""The CPU kernel's native test suite, built with AddressSanitizer and UBSan and run for every ISA path."""
+"""The CPU kernels' native test suites (AdderConv, QuantizedAdderConv), built with AddressSanitizer and UBSan and
+run for every ISA path."""
 
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def sanitized_test_binary(tmp_path_factory):
+def sanitized_build(tmp_path_factory):
     if shutil.which("cmake") is None:
         pytest.skip("cmake not installed")
     build = tmp_path_factory.mktemp("asan")
@@ -29,20 +30,23 @@ def sanitized_test_binary(tmp_path_factory):
         capture_output=True,
     )
     subprocess.run(
-        ["cmake", "--build", str(build), "--target", "cpu_kernel_test", "-j2"], check=True, capture_output=True
+        ["cmake", "--build", str(build), "--target", "cpu_kernel_test", "quantized_kernel_test", "-j2"],
+        check=True,
+        capture_output=True,
     )
-    return build / "cpu_kernel_test"
+    return build
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-def test_cpu_kernel_under_asan_and_ubsan(sanitized_test_binary, isa):
+@pytest.mark.parametrize("binary", ["cpu_kernel_test", "quantized_kernel_test"])
+def test_cpu_kernel_under_asan_and_ubsan(sanitized_build, binary, isa):
     env = {
         "ADDERCONVERT_CPU_ISA": isa,
         "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
     }
-    result = subprocess.run([str(sanitized_test_binary)], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run([str(sanitized_build / binary)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert " 0 failed" in result.stdout
     assert "runtime error" not in result.stderr and "AddressSanitizer" not in result.stderr
