@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml
+# The editable install maps each Python module to its file: a module added, moved or removed (a folder's
+# entries change) needs a reinstall.
+PACKAGE_FOLDERS := $(shell find adderconvert -type d -not -name __pycache__ -not -path '*/_lib*')
 CXX_SOURCES := $(shell find custom_ops \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
 
 .PHONY: test demo install lint format bench clean
@@ -19,7 +22,7 @@ $(VENV)/.deps: constraints.txt
 	$(PIP) install -q -c constraints.txt scikit-build-core ninja numpy
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.deps $(NATIVE_SOURCES)
+$(VENV)/.installed: $(VENV)/.deps $(NATIVE_SOURCES) $(PACKAGE_FOLDERS)
 	$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[test,onnxruntime]'
 	touch $@
 

@@ -8,8 +8,9 @@ checkpoint), :func:`export_onnx` (ONNX with the ``com.adderconvert`` ops) and :m
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import version
 
-__version__ = "0.1.0"
+__version__ = version("adderconvert")  # pyproject.toml owns the version
 
 from adderconvert.conversion import convert, plan_conversion  # noqa: E402
 from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402

@@ -5,8 +5,6 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
-import adderconvert
-
 ORT_LIBRARY = "libadderconvert_ort.so"
 CPU_LIBRARY = "libadderconvert_cpu.so"
 CUDA_LIBRARY = "libadderconvert_cuda.so"
@@ -18,7 +16,7 @@ def find_library(name: str) -> Path:
     Editable installs keep the Python sources in the checkout while the built libraries land in
     site-packages, so both places are searched.
     """
-    candidates = [Path(p) / "_lib" / name for p in adderconvert.__path__]
+    candidates = [Path(__file__).parent / "_lib" / name]
     for scheme_path in {sysconfig.get_paths()["platlib"], sysconfig.get_paths()["purelib"]}:
         candidates.append(Path(scheme_path) / "adderconvert" / "_lib" / name)
     for candidate in candidates:

@@ -27,6 +27,10 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from adderconvert.architectures.cnn import build_model
+from adderconvert.architectures.official import build
+from adderconvert.conversion import restore
+
 __all__ = [
     "FORMAT_VERSION",
     "STAGES",
@@ -210,14 +214,9 @@ def check_compatible(
 def load(path: str | os.PathLike) -> nn.Module:
     """Rebuild the model a checkpoint holds (CNN or adder model: architecture, conversion and weights),
     in eval mode."""
-    from adderconvert.architectures.cnn import build_model
-    from adderconvert.conversion import restore
-
     payload = load_checkpoint(path)
     meta: CheckpointMeta = payload["meta"]
     if meta.official_arch is not None:
-        from adderconvert.architectures.official import build
-
         model = build(meta.official_arch, meta.num_classes)
     else:
         model = build_model(meta.model_name, meta.num_classes)

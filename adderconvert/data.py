@@ -134,7 +134,7 @@ def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
 
 def _open_rgb(path: str):
     """ImageFolder's loader, with a message naming a file that is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # only the data sets that need it load it (CLI start-up)
 
     try:
         with open(path, "rb") as f:
@@ -144,7 +144,7 @@ def _open_rgb(path: str):
 
 
 def _torchvision_transforms(image_size: int, train: bool):
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # only the data sets that need it load it (CLI start-up)
 
     if train:
         steps = [T.RandomResizedCrop(image_size, scale=(0.35, 1.0)), T.RandomHorizontalFlip()]
@@ -155,7 +155,7 @@ def _torchvision_transforms(image_size: int, train: bool):
 
 
 def _cifar10(root: Path, image_size: int) -> DatasetSplits:
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10  # only the data sets that need it load it (CLI start-up)
 
     try:
         train = CIFAR10(str(root), train=True, download=False, transform=_torchvision_transforms(image_size, True))
@@ -169,7 +169,7 @@ def _cifar10(root: Path, image_size: int) -> DatasetSplits:
 
 
 def _image_folder(root: Path, image_size: int) -> DatasetSplits:
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # only the data sets that need it load it (CLI start-up)
 
     split_dirs = {}
     for split, names in (("train", ("train",)), ("test", ("val", "test"))):

@@ -17,6 +17,12 @@ import yaml
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
 
+# Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
+# loading onnx, onnxscript, matplotlib and the training stack (start-up time).
+
+# Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
+# loading onnx, onnxscript, matplotlib and the training stack.
+
 
 class InputError(click.ClickException):
     """A bad input: ``Error: message`` and exit status 2."""
@@ -59,7 +65,7 @@ def main() -> None:
 
 def _input_errors():
     """The exception types that mean bad input."""
-    from adderconvert.architectures.cnn import WeightsError
+    from adderconvert.app.weights import WeightsError
     from adderconvert.checkpoint import CheckpointError
     from adderconvert.data import DataError
 
@@ -294,7 +300,8 @@ def report_command(run_dir: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace what is in --output.")
 def import_official_command(path: str, arch: str, output: str, overwrite: bool) -> None:
     """Import a checkpoint of the official AdderNet code (huawei-noah/AdderNet) as a run folder."""
-    from adderconvert.architectures.official import ARCHS, import_official
+    from adderconvert.app.official_run import import_official
+    from adderconvert.architectures.official import ARCHS
 
     if arch not in ARCHS:
         raise InputError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")

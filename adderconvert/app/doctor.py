@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import platform
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from adderconvert.deploy.ops import adder_conv_reference, single_node_model
+from adderconvert.deploy.runtime import available_providers, build_info, get_library_path, make_session
+from adderconvert.nn import _kernels
 
 __all__ = ["run_doctor"]
 
 
 def run_doctor() -> int:
     """Print the report; return 0 when every available provider matches the NumPy reference."""
-    import onnx
-    import onnxruntime as ort
-    import torch
-
-    import adderconvert
-    from adderconvert.deploy.ops import adder_conv_reference, single_node_model
-    from adderconvert.deploy.runtime import available_providers, build_info, get_library_path, make_session
-    from adderconvert.nn import _kernels
-
-    print(f"adderconvert {adderconvert.__version__}, Python {platform.python_version()}")
+    print(f"adderconvert {version('adderconvert')}, Python {platform.python_version()}")
     print(
         f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), onnx {onnx.__version__}, "
         f"onnxruntime {ort.__version__} (providers: {', '.join(ort.get_available_providers())})"

@@ -15,39 +15,35 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from adderconvert.app.config import RunConfig
+from adderconvert.app.devices import resolve_device
+from adderconvert.app.report import write_report
+from adderconvert.app.saved_models import deployment_metadata
+from adderconvert.app.weights import load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
 from adderconvert.conversion import ConversionReport, convert, plan_conversion
 from adderconvert.data import DatasetSplits, load_dataset
+from adderconvert.deploy.export import export_onnx
+from adderconvert.deploy.runtime import make_session
 from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed
+from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
 from adderconvert.train.loop import check_same_schedule
 
-__all__ = ["RunConfig", "RunInputError", "plan_only", "resolve_device", "run"]
+__all__ = ["RunConfig", "RunInputError", "plan_only", "run"]
 
 _RUN_FILES = ("config.yaml", "summary.json", "last.pt", "teacher")
 
 
 class RunInputError(ValueError):
     """An input of the run (folder, model, device, checkpoint) cannot be used; the message says why."""
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is there, else ``cpu``; a CUDA device that is not there is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RunInputError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise RunInputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return name
 
 
 def _log(message: str, enabled: bool = True) -> None:
@@ -137,7 +133,9 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     _check_folder(config, out)
     device = resolve_device(config.device)
     splits = load_dataset(config.dataset, config.data, config.image_size)
-    teacher = build_model(config.model, splits.num_classes, config.weights)
+    teacher = build_model(config.model, splits.num_classes)
+    if config.weights:
+        load_weights(teacher, config.model, config.weights)
     check_input_size(teacher, config.model, splits.image_size)
     _check_batch(config, teacher, splits, world_size)
     report = _plan(config, teacher, _example_batch(splits.train))
@@ -313,8 +311,6 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary), main)
         if config.finetune:
-            from adderconvert.app.report import write_report
-
             html, _ = write_report(out)
             _log(f"cost report: {html}", main)
     return summary
@@ -324,10 +320,6 @@ def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, main: bool) -
     """Per adder layer weight std and saturation (on 4 test batches), with a warning when nearly all weights
     are saturated: beyond every input their tap reads, where |x - w| is only a sign-weighted x. Healthy runs
     of benchmarks/recipes.py ended at 46-86% saturated; the lr 0.1 ones at 82-97%."""
-    from itertools import islice
-
-    from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
-
     loader = torch.utils.data.DataLoader(splits.test, batch_size=64)
     layers = adder_weight_stats(student, islice(loader, 4), ctx.device)
     summary = saturation_summary(layers)
@@ -356,11 +348,6 @@ def _top1(history, model, test_set, ctx, config: RunConfig, desc: str) -> float:
 
 
 def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[float, str]:
-    import numpy as np
-
-    from adderconvert.app.saved_models import deployment_metadata
-    from adderconvert.deploy.export import export_onnx
-    from adderconvert.deploy.runtime import make_session
 
     model = model.cpu().eval()
     metadata = deployment_metadata(_meta(config, splits, "adder", None))

@@ -8,10 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
+from adderconvert.app.devices import resolve_device
 from adderconvert.checkpoint import CheckpointMeta, load, read_meta
 from adderconvert.data import load_dataset
+from adderconvert.deploy.export import export_onnx, input_metadata, read_metadata
+from adderconvert.deploy.runtime import make_session
+from adderconvert.train import evaluate
 
 __all__ = ["deployment_metadata", "evaluate_file", "export_checkpoint"]
 
@@ -46,9 +51,6 @@ def evaluate_file(
         raise FileNotFoundError(f"no such file: {target}")
     if target.suffix == ".onnx":
         return _evaluate_onnx(target, dataset, data, image_size, batch_size, max_batches)
-    from adderconvert.app.pipeline import resolve_device
-    from adderconvert.train import evaluate
-
     meta = read_meta(target)
     name, splits = _dataset_for(meta.dataset, dataset, data, image_size or meta.image_size)
     _check_classes(meta.num_classes, splits, name, target)
@@ -64,10 +66,6 @@ def _count(dataset, batch_size: int, max_batches: int | None) -> int:
 
 
 def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batches) -> dict[str, Any]:
-    import onnx
-
-    from adderconvert.deploy.export import read_metadata
-    from adderconvert.deploy.runtime import make_session
 
     try:
         model = onnx.load(str(target), load_external_data=False)
@@ -108,8 +106,6 @@ def export_checkpoint(
 ) -> Path:
     """Export the model a checkpoint holds to ONNX (default: beside it, ``.onnx``), with its input size,
     normalisation, class names and data set as metadata."""
-    from adderconvert.deploy.export import export_onnx
-
     checkpoint = Path(checkpoint)
     meta: CheckpointMeta = read_meta(checkpoint)
     if meta.image_size is None:
@@ -129,8 +125,6 @@ def export_checkpoint(
 
 def deployment_metadata(meta: CheckpointMeta) -> dict[str, Any]:
     """What an ONNX file needs to be used alone: input size, normalisation, classes, layout, data set, model."""
-    from adderconvert.deploy.export import input_metadata
-
     values = input_metadata(
         image_size=meta.image_size, mean=meta.mean, std=meta.std, classes=meta.classes, dataset=meta.dataset
     )

@@ -16,6 +16,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ import onnxscript
 import torch
 from onnx import helper, numpy_helper
 
-import adderconvert
 from adderconvert.deploy.ops import (
     ADDER_CONV_SCHEMA,
     DOMAIN,
@@ -392,7 +392,7 @@ def export_onnx(
     del proto.metadata_props[:]
     props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     props.update(
-        adderconvert_version=adderconvert.__version__,
+        adderconvert_version=version("adderconvert"),
         torch_version=torch.__version__,
         adder_form="portable" if portable else "custom_op",
     )

@@ -46,7 +46,7 @@ def available_providers() -> list[str]:
 
     CUDA comes first only when onnxruntime-gpu, the CUDA build of the kernel and a GPU are all present.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency (onnxruntime or onnxruntime-gpu): imported when used
 
     providers = [CPU_PROVIDER]
     if CUDA_PROVIDER in ort.get_available_providers() and build_info().get("cuda") == "1" and _gpu_present():
@@ -64,7 +64,7 @@ def make_session(
     Registers the custom-op library and sets each keyword on ``SessionOptions`` (for example
     ``intra_op_num_threads=1``). ``providers=None`` picks CUDA when it is really usable, else CPU.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency (onnxruntime or onnxruntime-gpu): imported when used
 
     path = Path(path)
     if not path.is_file():

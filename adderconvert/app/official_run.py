@@ -1,0 +1,78 @@
+"""``adderconvert import-official``: an official AdderNet checkpoint turned into a run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adderconvert.app.report import write_report
+from adderconvert.app.saved_models import deployment_metadata
+from adderconvert.architectures.official import ARCHS, load
+from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
+from adderconvert.deploy.export import export_onnx
+from adderconvert.deploy.runtime import make_session
+
+__all__ = ["import_official"]
+
+
+def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLike) -> dict[str, Any]:
+    """Turn an official checkpoint into a run folder and return its summary (also ``OUTPUT/summary.json``).
+
+    Writes ``best.pt`` (an adderconvert checkpoint whose meta names ``official_arch``), the ONNX model
+    (``official_ARCH_adder.onnx`` with the input size, normalisation and classes as metadata, checked
+    against PyTorch on random inputs: ``onnx_max_abs_diff``) and
+    ``report.html``/``report.json``. No data set is evaluated, so the accuracies are ``None``.
+    """
+    model = load(path, arch)
+    spec = ARCHS[arch]
+    dataset, image_size, num_classes = spec.dataset, spec.image_size, model.fc.out_channels
+    name = f"official_{arch}"
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = CheckpointMeta(
+        model_name=name,
+        num_classes=num_classes,
+        stage="adder",
+        dataset=dataset,
+        image_size=image_size,
+        classes=spec.classes if num_classes == spec.num_classes else None,
+        mean=list(spec.mean),
+        std=list(spec.std),
+        official_arch=arch,
+    )
+    save_checkpoint(out / "best.pt", {"meta": meta, "model": model.state_dict()})
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, image_size, image_size)
+    onnx_path = export_onnx(model, out / f"{name}_adder.onnx", x, metadata=deployment_metadata(meta))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = make_session(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    summary = {
+        "model": name,
+        "dataset": dataset,
+        "official_arch": arch,
+        "source": str(Path(path).resolve()),
+        "cnn_top1": None,
+        "adder_top1": None,
+        "onnx_top1": None,
+        "onnx_path": str(onnx_path),
+        "onnx_max_abs_diff": float(np.abs(got - expected).max()),
+        "max_abs_logit": float(np.abs(expected).max()),
+        "notes": [
+            f"imported from the official AdderNet {arch} checkpoint {Path(path).name}; no {dataset} data set was "
+            "evaluated, so accuracies are n/a",
+            f"ONNX Runtime vs PyTorch on 2 random inputs: max |diff| {np.abs(got - expected).max():.3g} "
+            f"(max |logit| {np.abs(expected).max():.3g})",
+        ],
+    }
+    if not np.isfinite(expected).all():
+        summary["notes"].append("PyTorch's logits on random inputs are not finite: are the weights trained?")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    html, js = write_report(out)
+    summary["report_html"], summary["report_json"] = str(html), str(js)
+    return summary

@@ -1,0 +1,220 @@
+"""The cost report of a run folder: what converting the CNN into an AdderNet buys, per image and per layer.
+
+:func:`write_report` writes ``report.json`` and ``report.html`` into a run folder. Everything missing from
+the folder reads "n/a". The accounting is :mod:`.costs`'s, the timings :mod:`.latency`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from adderconvert.app.report.costs import (
+    ENERGY_PJ,
+    ENERGY_SOURCE,
+    OperationCounts,
+    cnn_twin,
+    count_operations,
+    energy_pj,
+)
+from adderconvert.app.report.html import plots, render_html
+from adderconvert.app.report.latency import LATENCY_BUDGET_S, latency_table, ratio
+from adderconvert.architectures.cnn import build_model
+from adderconvert.checkpoint import load, read_meta
+from adderconvert.deploy.export import export_onnx
+
+__all__ = ["build_report", "write_report"]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_curve(path: Path) -> list[dict[str, float]]:
+    """Rows of a metrics.csv as floats (an empty list when the file is missing or unreadable)."""
+    try:
+        with open(path, newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _load_models(run_dir: Path, notes: list[str]) -> tuple[nn.Module | None, nn.Module | None, dict[str, Any]]:
+    """The adder model (best.pt, else last.pt), the CNN architecture it came from, and the checkpoint meta."""
+    checkpoint = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None)
+    if checkpoint is None:
+        notes.append("no adder checkpoint (best.pt or last.pt): operation counts and latency are n/a")
+        return None, None, {}
+    try:
+        meta = read_meta(checkpoint)
+        adder = load(checkpoint)
+        if meta.official_arch is not None:
+            cnn = cnn_twin(adder)
+        else:
+            cnn = build_model(meta.model_name, meta.num_classes).eval()
+        return adder, cnn, meta.to_dict()
+    except Exception as e:  # a foreign or damaged file: the report says so instead of failing
+        notes.append(f"could not rebuild the model from {checkpoint.name}: {type(e).__name__}: {e}")
+        return None, None, {}
+
+
+def _find_onnx(run_dir: Path, summary: dict[str, Any]) -> Path | None:
+    named = summary.get("onnx_path")
+    candidates = [Path(named), run_dir / Path(named).name] if named else []
+    for candidate in candidates + sorted(run_dir.glob("*_adder.onnx")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _totals(counts: OperationCounts | None) -> dict[str, Any]:
+    if counts is None:
+        return {"multiplications": None, "additions": None, "bn_multiplications": None, "bn_additions": None}
+    return {
+        "multiplications": counts.multiplications,
+        "additions": counts.additions,
+        "bn_multiplications": counts.bn_multiplications,
+        "bn_additions": counts.bn_additions,
+    }
+
+
+def _pair(cnn: Any, adder: Any) -> dict[str, Any]:
+    return {"cnn": cnn, "adder": adder}
+
+
+def _energy(totals: dict[str, Any], precision: str, with_bn: bool = False) -> float | None:
+    if totals["multiplications"] is None:
+        return None
+    mults, adds = totals["multiplications"], totals["additions"]
+    if with_bn:
+        mults, adds = mults + totals["bn_multiplications"], adds + totals["bn_additions"]
+    return energy_pj(mults, adds, precision)
+
+
+def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S) -> dict[str, Any]:
+    """Everything :func:`write_report` writes to ``report.json``, computed from ``run_dir``."""
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / "summary.json")
+    notes: list[str] = [str(n) for n in summary.get("notes", [])]
+    config = _read_yaml(run_dir / "config.yaml")
+    adder, cnn, meta = _load_models(run_dir, notes)
+    image_size = meta.get("image_size") or config.get("image_size")
+    if adder is not None and not image_size:
+        notes.append("image size unknown (neither the checkpoint nor config.yaml has it): costs are n/a")
+        adder = cnn = None
+    counts = {"cnn": None, "adder": None}
+    parameters = {"cnn": None, "adder": None}
+    files = {"cnn": None, "adder": _find_onnx(run_dir, summary)}
+    file_sizes = {"cnn": None, "adder": None}
+    latency: list[dict[str, Any]] = []
+    batch_size = config.get("batch_size")
+    with tempfile.TemporaryDirectory() as tmp:
+        if adder is not None:
+            for label, model in (("cnn", cnn), ("adder", adder)):
+                counts[label] = count_operations(model, (3, image_size, image_size))
+                parameters[label] = sum(p.numel() for p in model.parameters())
+            example = torch.zeros(2, 3, image_size, image_size)
+            if files["adder"] is None:
+                notes.append("the run has no adder ONNX model: the report exported one to measure it")
+            for label, model in (("cnn", cnn), ("adder", adder)):
+                if files[label] is None:
+                    try:
+                        files[label] = export_onnx(model, Path(tmp) / f"{label}.onnx", example)
+                    except Exception as e:  # an architecture the exporter cannot trace: no size or latency
+                        notes.append(f"could not export the {label} model to ONNX: {type(e).__name__}: {e}")
+            file_sizes = {k: p.stat().st_size if p is not None else None for k, p in files.items()}
+            batches = sorted({1, int(batch_size)}) if isinstance(batch_size, int) and batch_size > 0 else [1]
+            latency = latency_table(files, image_size, batches, latency_budget_s, notes)
+        elif files["adder"] is not None:
+            file_sizes["adder"] = files["adder"].stat().st_size
+    totals = {k: _totals(v) for k, v in counts.items()}
+    energies = {
+        precision: _pair(_energy(totals["cnn"], precision), _energy(totals["adder"], precision))
+        for precision in ENERGY_PJ
+    }
+    energies_bn = {
+        precision: _pair(_energy(totals["cnn"], precision, True), _energy(totals["adder"], precision, True))
+        for precision in ENERGY_PJ
+    }
+    report = {
+        "run_dir": str(run_dir.resolve()),
+        "model": summary.get("model") or meta.get("model_name") or config.get("model"),
+        "dataset": summary.get("dataset") or meta.get("dataset") or config.get("dataset"),
+        "image_size": image_size,
+        "accounting": {
+            "conv_or_linear_mac": "1 multiplication + 1 addition",
+            "adder_mac": "2 additions",
+            "bias": "1 addition per output",
+            "headline_totals": "Conv2d, AdderConv2d and Linear layers, per image",
+            "batchnorm": "not in the headline totals; folds into a preceding conv/linear (free), "
+            "else 1 multiplication + 1 addition per element (after adder layers)",
+            "energy_source": ENERGY_SOURCE,
+            "energy_pj_per_op": ENERGY_PJ,
+        },
+        "multiplications": _pair(totals["cnn"]["multiplications"], totals["adder"]["multiplications"]),
+        "additions": _pair(totals["cnn"]["additions"], totals["adder"]["additions"]),
+        "energy_pj": energies["fp32"],
+        "energy_ratio": ratio(energies["fp32"]["cnn"], energies["fp32"]["adder"]),
+        "energy_pj_by_precision": energies,
+        "energy_ratio_by_precision": {p: ratio(e["cnn"], e["adder"]) for p, e in energies.items()},
+        "batchnorm": {
+            k: {"multiplications": t["bn_multiplications"], "additions": t["bn_additions"]} for k, t in totals.items()
+        },
+        "energy_pj_with_batchnorm": energies_bn["fp32"],
+        "energy_ratio_with_batchnorm": ratio(energies_bn["fp32"]["cnn"], energies_bn["fp32"]["adder"]),
+        "parameters": parameters,
+        "onnx_file_bytes": file_sizes,
+        "accuracy": {
+            "cnn_top1": summary.get("cnn_top1"),
+            "adder_top1": summary.get("adder_top1"),
+            "onnx_top1": summary.get("onnx_top1"),
+        },
+        "curves": {
+            "cnn": _read_curve(run_dir / "teacher" / "metrics.csv"),
+            "adder": _read_curve(run_dir / "metrics.csv"),
+        },
+        "latency_ms": latency,
+        "batch_size": batch_size,
+        "layers": [asdict(layer) for layer in counts["adder"].layers] if counts["adder"] else [],
+        "cnn_layers": [asdict(layer) for layer in counts["cnn"].layers] if counts["cnn"] else [],
+        "notes": notes,
+    }
+    return report
+
+
+def write_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.json`` into ``run_dir`` and return their paths.
+
+    Reads ``best.pt`` (else ``last.pt``), ``summary.json``, ``config.yaml`` (``batch_size`` sets the second
+    latency batch), ``metrics.csv``, ``teacher/metrics.csv`` and the adder ONNX model; what is missing
+    reads "n/a" and is listed under ``notes``.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    report = build_report(run_dir, latency_budget_s)
+    html_path, json_path = run_dir / "report.html", run_dir / "report.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    html_path.write_text(render_html(report, plots(report)), encoding="utf-8")
+    return html_path, json_path

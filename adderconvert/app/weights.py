@@ -1,0 +1,76 @@
+"""The weights a run's CNN starts from (``--weights``): torchvision's pretrained weights, a state dict, a
+training checkpoint holding one, or a teacher checkpoint of this tool."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from adderconvert.architectures.cnn import classifier_path
+from adderconvert.checkpoint import CheckpointError, check_compatible, load_checkpoint, read_torch_file
+
+__all__ = ["WeightsError", "load_weights"]
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be had; the message says what to do instead."""
+
+
+def _state_dict_from_file(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The CNN state dict in a file: a plain state dict, a training checkpoint holding one, or a teacher
+    checkpoint of this tool for the same architecture."""
+    state = read_torch_file(path, WeightsError)
+    if isinstance(state, dict) and "format" in state and "meta" in state:
+        try:
+            meta = load_checkpoint(path)["meta"]
+            check_compatible(meta, path, stage="teacher", model_name=name)
+        except CheckpointError as e:
+            raise WeightsError(f"--weights takes CNN weights: {e}") from e
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, name: str, weights: str) -> None:
+    """Load ``weights`` into ``model``: ``DEFAULT`` (or another torchvision weights enum name) or a file path.
+
+    Classifier tensors whose shapes do not match (another number of classes) are skipped, so the
+    resized head is trained from scratch.
+    """
+    if os.path.exists(weights):
+        state = _state_dict_from_file(Path(weights), name)
+    else:
+        try:
+            enum = torchvision.models.get_model_weights(name)
+            state = (
+                enum[weights].get_state_dict(progress=True)
+                if weights != "DEFAULT"
+                else enum.DEFAULT.get_state_dict(progress=True)
+            )
+        except KeyError as e:
+            raise WeightsError(f"{weights!r} is neither a file nor a torchvision weights name for {name}") from e
+        except Exception as e:  # offline: URLError, HTTPError, ...
+            raise WeightsError(
+                f"could not get torchvision's pretrained weights for {name} ({type(e).__name__}: {e}). "
+                "Offline, pass --weights PATH (a state dict or checkpoint) or --pretrain-epochs N to train the "
+                "CNN on the data set first."
+            ) from e
+    own = model.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    head = classifier_path(model)[0] + "."
+    missing = [k for k in own if k not in compatible and not k.startswith(head) and "num_batches_tracked" not in k]
+    foreign = [k for k in state if k not in own and not k.startswith(head)]
+    if missing or foreign:
+        detail = f"{len(missing)} of its tensors missing or of another shape (e.g. {missing[:3]})" if missing else ""
+        if foreign:
+            detail += ("; " if detail else "") + f"{len(foreign)} tensors {name} does not have (e.g. {foreign[:3]})"
+        raise WeightsError(f"weights {weights!r} are not {name} weights: {detail}")
+    model.load_state_dict(compatible, strict=False)
