@@ -2,7 +2,8 @@
 
 Public API: :func:`convert` and :func:`plan_conversion` (model surgery), :class:`AdderConv2d` and
 :func:`scale_adder_gradients_` (the layer and its adaptive learning rate), :func:`load` (rebuild a
-checkpoint), :func:`export_onnx` (ONNX with the ``com.adderconvert`` ops) and :mod:`adderconvert.deploy.runtime`.
+checkpoint), :func:`quantize` (INT8 adder layers calibrated on batches), :func:`export_onnx` (ONNX with the
+``com.adderconvert`` ops) and :mod:`adderconvert.deploy.runtime`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
 _LAZY = {
     "load": "adderconvert.checkpoint",
     "export_onnx": "adderconvert.deploy.export",
+    "quantize": "adderconvert.quantization",
 }
 
-__all__ = ["AdderConv2d", "__version__", "convert", "export_onnx", "load", "plan_conversion", "scale_adder_gradients_"]
+__all__ = [
+    "AdderConv2d",
+    "__version__",
+    "convert",
+    "export_onnx",
+    "load",
+    "plan_conversion",
+    "quantize",
+    "scale_adder_gradients_",
+]
 
 
 def __getattr__(name: str):
