@@ -30,8 +30,10 @@ from adderconvert.deploy.ops import (
     ADDER_CONV_SCHEMA,
     DOMAIN,
     OPSET_VERSION,
+    QUANTIZED_ADDER_CONV_SCHEMA,
     register_schemas,
 )
+from adderconvert.nn.quantized import QuantizedAdderConv2d
 
 __all__ = ["export_onnx", "fuse_batchnorm", "input_metadata", "make_portable", "read_metadata"]
 
@@ -40,7 +42,7 @@ OUTPUT_NAME = "output"
 # Names of the input's dynamic dimensions.
 _DIM_NAMES = ("batch", None, "height", "width")
 # metadata_props written by every export; user metadata may not override them.
-_RESERVED_METADATA = ("adderconvert_version", "torch_version", "adder_form")
+_RESERVED_METADATA = ("adderconvert_version", "torch_version", "adder_form", "adder_precision", "quantization")
 # The portable form materialises |patches - weights| for a chunk of output channels at a time, at most this
 # many elements per image.
 PORTABLE_CHUNK_ELEMENTS = 1 << 22
@@ -57,7 +59,29 @@ def _translation_table() -> dict:
             *inputs, strides=list(stride), pads=list(padding), dilations=list(dilation), group=int(groups)
         )
 
-    return {torch.ops.adderconvert.adder_conv2d.default: translate}
+    quantized = onnxscript.values.Op(
+        onnxscript.values.Opset(DOMAIN, OPSET_VERSION), "QuantizedAdderConv", QUANTIZED_ADDER_CONV_SCHEMA
+    )
+
+    def translate_quantized(x, weight, alpha, beta, stride, padding, dilation, groups, x_scale, x_zero_point, relu):
+        return quantized(
+            x,
+            weight,
+            alpha,
+            beta,
+            strides=list(stride),
+            pads=list(padding),
+            dilations=list(dilation),
+            group=int(groups),
+            x_scale=float(x_scale),
+            x_zero_point=int(x_zero_point),
+            relu=int(relu),
+        )
+
+    return {
+        torch.ops.adderconvert.adder_conv2d.default: translate,
+        torch.ops.adderconvert.quantized_adder_conv2d.default: translate_quantized,
+    }
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -69,10 +93,13 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def fuse_batchnorm(model: onnx.ModelProto) -> int:
-    """Fold ``AdderConv -> BatchNormalization [-> Relu]`` into ``FusedAdderConv`` in place.
+    """Fold ``AdderConv -> BatchNormalization [-> Relu]`` into ``FusedAdderConv``, and
+    ``QuantizedAdderConv -> BatchNormalization [-> Relu]`` into the ``QuantizedAdderConv``'s ``alpha``, ``beta``
+    and ``relu``, in place.
 
     Only chains whose intermediate outputs have a single consumer, are not graph outputs and whose
-    BatchNorm parameters are initializers are folded. Returns the number of folded chains.
+    BatchNorm parameters (and ``alpha``, ``beta``) are initializers are folded. Returns the number of folded
+    chains.
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -81,7 +108,8 @@ def fuse_batchnorm(model: onnx.ModelProto) -> int:
     folded, removed = 0, set()
     new_inits = []
     for node in list(graph.node):
-        if node.op_type != "AdderConv" or node.domain != DOMAIN:
+        quantized = node.op_type == "QuantizedAdderConv"
+        if node.op_type not in ("AdderConv", "QuantizedAdderConv") or node.domain != DOMAIN:
             continue
         next_nodes = users.get(node.output[0], [])
         if len(next_nodes) != 1 or node.output[0] in graph_outputs:
@@ -91,11 +119,17 @@ def fuse_batchnorm(model: onnx.ModelProto) -> int:
             continue
         if not all(name in inits for name in bn.input[1:5]):
             continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if quantized and (attrs.get("relu", 0) or not all(name in inits for name in node.input[2:4])):
+            continue
         gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         scale = gamma / np.sqrt(var + eps)
         shift = beta - mean * scale
-        if len(node.input) > 2 and node.input[2]:
+        if quantized:  # scale * (alpha * S + beta) + shift
+            alpha, offset = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in node.input[2:4])
+            scale, shift = scale * alpha, scale * offset + shift
+        elif len(node.input) > 2 and node.input[2]:
             if node.input[2] not in inits:
                 continue
             shift = shift + scale * numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
@@ -111,13 +145,13 @@ def fuse_batchnorm(model: onnx.ModelProto) -> int:
             numpy_helper.from_array(shift.astype(np.float32), shift_name),
         ]
         fused = helper.make_node(
-            "FusedAdderConv",
+            node.op_type if quantized else "FusedAdderConv",
             [node.input[0], node.input[1], scale_name, shift_name],
             [last.output[0]],
             name=f"{prefix}_fused",
             domain=DOMAIN,
         )
-        fused.attribute.extend([a for a in node.attribute])
+        fused.attribute.extend([a for a in node.attribute if a.name != "relu"])
         fused.attribute.append(helper.make_attribute("relu", relu))
         node.CopyFrom(fused)
         removed.add(id(bn))
@@ -345,8 +379,10 @@ def export_onnx(
     ONNX runtime runs without the library, more slowly and with more memory. ``dynamic_batch`` and
     ``dynamic_hw`` make the batch and the spatial size dynamic dims ("batch", "height", "width").
     ``metadata`` (e.g. :func:`input_metadata`) goes into ``metadata_props`` (strings as they are, other
-    values as JSON) beside ``adderconvert_version``, ``torch_version`` and ``adder_form``
-    (``custom_op`` or ``portable``). The file passes ``onnx.checker`` with ``full_check``.
+    values as JSON) beside ``adderconvert_version``, ``torch_version``, ``adder_form`` (``custom_op`` or
+    ``portable``) and ``adder_precision`` (``int8`` when the model holds QuantizedAdderConv2d layers, from
+    :func:`adderconvert.quantize`, with their calibration as ``quantization``; else ``fp32``). The file passes
+    ``onnx.checker`` with ``full_check``.
     """
     register_schemas()
     path = Path(path)
@@ -357,6 +393,9 @@ def export_onnx(
     if any(t.dtype == torch.float64 for t in (*inputs, *model.parameters(), *model.buffers())):
         warnings.warn("the adder ONNX ops are float32: exporting a float32 copy of the float64 model", stacklevel=2)
         model, inputs = copy.deepcopy(model).float(), tuple(t.float() for t in inputs)
+    quantized = any(isinstance(m, QuantizedAdderConv2d) for m in model.modules())
+    if quantized and portable:
+        raise ValueError("INT8 adder layers (QuantizedAdderConv) have no portable form: export without portable")
     clash = sorted(set(metadata or {}) & set(_RESERVED_METADATA))
     if clash:
         raise ValueError(f"metadata keys {clash} are written by export_onnx itself")
@@ -395,7 +434,10 @@ def export_onnx(
         adderconvert_version=version("adderconvert"),
         torch_version=torch.__version__,
         adder_form="portable" if portable else "custom_op",
+        adder_precision="int8" if quantized else "fp32",
     )
+    if quantized and getattr(model, "quantization", None):
+        props["quantization"] = json.dumps(model.quantization)
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
