@@ -113,13 +113,28 @@ std::shared_ptr<QuantizedWeightLayout> LayOutWeights(const ConvShape& s, const u
 constexpr int64_t kPixelsPerItem = 64;
 constexpr int64_t kChannelOctetsPerItem = 16;
 
+// The quantised image of one input: planes of 8 channels ([group][octet][Hp][Wp][8 bytes]), padded
+// spatially with the zero point; a group's channels past the last whole octet are 0 bytes.
+struct Image {
+  int64_t padded_h, padded_w, octets;  // octets per group
+  int64_t plane_bytes, group_bytes, image_bytes;
+
+  explicit Image(const ConvShape& s)
+      : padded_h(s.in_h + s.attrs.pads[0] + s.attrs.pads[2]),
+        padded_w(s.in_w + s.attrs.pads[1] + s.attrs.pads[3]),
+        octets(RoundUpOctets(s.InPerGroup())),
+        plane_bytes(padded_h * padded_w * kOctet),
+        group_bytes(octets * plane_bytes),
+        image_bytes(s.attrs.group * group_bytes) {}
+};
+
 struct ForwardJob {
   const ConvShape* shape;
   const QuantizedWeightLayout* layout;
   const QuantizedEpilogue* epilogue;
-  const uint8_t* image;  // N x (Hp, Wp, channels_padded)
-  int64_t image_bytes, padded_w, channels_padded, group_bytes;
-  const std::vector<int64_t>* tap_offsets;
+  const Image* geometry;
+  const uint8_t* image;
+  const std::vector<int64_t>* tap_offsets;  // within a plane
   int64_t pixel_blocks, channel_chunks;
   float* y;
 };
@@ -128,6 +143,7 @@ void ForwardItem(void* data, size_t item) {
   const ForwardJob& job = *static_cast<const ForwardJob*>(data);
   const ConvShape& s = *job.shape;
   const QuantizedWeightLayout& l = *job.layout;
+  const Image& im = *job.geometry;
   const ConvAttributes& a = s.attrs;
   const QuantizedTileKernels& kernels = Kernels();
   int64_t rest = static_cast<int64_t>(item);
@@ -141,80 +157,90 @@ void ForwardItem(void* data, size_t item) {
   const int64_t q0 = chunk * kChannelOctetsPerItem, q1 = std::min(l.channel_octets, q0 + kChannelOctetsPerItem);
 
   thread_local std::vector<const uint8_t*> pixels;
-  thread_local std::vector<int32_t> sums;
   thread_local std::vector<uint8_t> columns;
   pixels.resize(count);
-  sums.resize(count * (q1 - q0) * kOctet);
   const int64_t column_bytes = l.k_octets * kOctet, cg = s.InPerGroup();
+  const int64_t taps = static_cast<int64_t>(job.tap_offsets->size());
   if (!l.in_place) columns.resize(count * column_bytes);
-  const uint8_t* image = job.image + n * job.image_bytes + g * job.group_bytes;
+  const uint8_t* image = job.image + n * im.image_bytes + g * im.group_bytes;
   for (int64_t p = 0; p < count; ++p) {
     const int64_t pos = pos0 + p, oh = pos / s.out_w, ow = pos % s.out_w;
-    const uint8_t* base = image + (oh * a.strides[0] * job.padded_w + ow * a.strides[1]) * job.channels_padded;
+    const uint8_t* base = image + (oh * a.strides[0] * im.padded_w + ow * a.strides[1]) * kOctet;
     if (l.in_place) {
       pixels[p] = base;
       continue;
     }
+    // Column: taps outer, the group's channels inner, gathered from the planes.
     uint8_t* column = columns.data() + p * column_bytes;
-    const int64_t taps = static_cast<int64_t>(job.tap_offsets->size());
-    for (int64_t t = 0; t < taps; ++t) std::memcpy(column + t * cg, base + (*job.tap_offsets)[t], cg);
+    for (int64_t t = 0; t < taps; ++t) {
+      for (int64_t o = 0; o < im.octets; ++o) {
+        std::memcpy(column + t * cg + o * kOctet, base + (*job.tap_offsets)[t] + o * im.plane_bytes,
+                    std::min(kOctet, cg - o * kOctet));
+      }
+    }
     std::memset(column + taps * cg, 0, column_bytes - taps * cg);
     pixels[p] = column;
   }
   static const int64_t kZero = 0;
+  const int64_t m0 = g * s.OutPerGroup() + q0 * kOctet;
+  const QuantizedEpilogue& e = *job.epilogue;
   SadTile tile;
   tile.pixels = pixels.data();
   tile.count = count;
   tile.tap_offsets = l.in_place ? job.tap_offsets->data() : &kZero;
-  tile.taps = l.in_place ? static_cast<int64_t>(job.tap_offsets->size()) : 1;
+  tile.taps = l.in_place ? taps : 1;
   tile.octets = l.tap_octets;
+  tile.octet_stride = l.in_place ? im.plane_bytes : kOctet;
   tile.w = l.packed.data() + (g * l.channel_octets + q0) * l.k_octets * kOctet * kOctet;
   tile.w_stride = l.k_octets * kOctet * kOctet;
-  tile.channel_octets = q1 - q0;
-  tile.out = sums.data();
-  tile.out_stride = (q1 - q0) * kOctet;
+  tile.channels = std::min(s.OutPerGroup(), q1 * kOctet) - q0 * kOctet;
+  tile.alpha = e.alpha + m0;
+  tile.beta = e.beta + m0;
+  tile.relu = e.relu;
+  tile.y = job.y + (n * s.out_channels + m0) * positions + pos0;
+  tile.y_stride = positions;
   kernels.sad(tile);
-
-  const int64_t m0 = g * s.OutPerGroup() + q0 * kOctet;
-  const int64_t channels = std::min(s.OutPerGroup(), q1 * kOctet) - q0 * kOctet;
-  const QuantizedEpilogue& e = *job.epilogue;
-  kernels.epilogue(sums.data(), tile.out_stride, count, channels, e.alpha + m0, e.beta + m0, e.relu,
-                   job.y + (n * s.out_channels + m0) * positions + pos0, positions);
 }
 
-// Quantises one padded row (image n, padded row r) of the NHWC image.
+// Quantises one plane (image, group, octet of channels) of the image, reading its 8 input planes front to
+// back and writing its bytes in order.
 struct QuantizeJob {
   const ConvShape* shape;
+  const Image* geometry;
   const float* x;
   float inv_scale;
   int32_t zero_point;
   uint8_t* image;
-  int64_t image_bytes, padded_h, padded_w, channels_padded, group_bytes;
-  const std::vector<uint8_t>* pad_pixel;  // the bytes of one padding pixel
 };
 
-void QuantizeRow(void* data, size_t item) {
+void QuantizePlane(void* data, size_t item) {
   const QuantizeJob& job = *static_cast<const QuantizeJob*>(data);
   const ConvShape& s = *job.shape;
+  const Image& im = *job.geometry;
+  const ConvAttributes& a = s.attrs;
+  const int64_t octet = static_cast<int64_t>(item) % im.octets;
+  const int64_t g = static_cast<int64_t>(item) / im.octets % a.group;
+  const int64_t n = static_cast<int64_t>(item) / im.octets / a.group;
+  const int64_t cg = s.InPerGroup(), c = octet * kOctet, channels = std::min(kOctet, cg - c);
+  const int64_t plane = s.in_h * s.in_w, row_bytes = im.padded_w * kOctet;
+  // A padding pixel: the zero point for the real channels, 0 for the octet's padding.
+  uint8_t pad[kOctet] = {};
+  for (int64_t b = 0; b < channels; ++b) pad[b] = static_cast<uint8_t>(job.zero_point);
+  uint8_t* out = job.image + n * im.image_bytes + g * im.group_bytes + octet * im.plane_bytes;
+  const auto fill = [&](uint8_t* at, int64_t pixels) {
+    for (int64_t p = 0; p < pixels; ++p) std::memcpy(at + p * kOctet, pad, kOctet);
+  };
+  fill(out, a.pads[0] * im.padded_w);
+  const float* src = job.x + (n * s.in_channels + g * cg + c) * plane;
   const QuantizedTileKernels& kernels = Kernels();
-  const int64_t n = static_cast<int64_t>(item) / job.padded_h, r = static_cast<int64_t>(item) % job.padded_h;
-  const int64_t ih = r - s.attrs.pads[0], pixel = job.channels_padded;
-  uint8_t* row = job.image + n * job.image_bytes + r * job.padded_w * pixel;
-  const uint8_t* pad = job.pad_pixel->data();
-  const bool inside = ih >= 0 && ih < s.in_h;
-  const int64_t left = s.attrs.pads[1], right = left + s.in_w;
-  for (int64_t iw = 0; iw < job.padded_w; ++iw) {
-    if (!inside || iw < left || iw >= right) std::memcpy(row + iw * pixel, pad, pixel);
+  for (int64_t ih = 0; ih < s.in_h; ++ih) {
+    uint8_t* row = out + (a.pads[0] + ih) * row_bytes;
+    fill(row, a.pads[1]);
+    kernels.quantize_octet(src + ih * s.in_w, plane, channels, s.in_w, job.inv_scale, job.zero_point,
+                           row + a.pads[1] * kOctet);
+    fill(row + (a.pads[1] + s.in_w) * kOctet, a.pads[3]);
   }
-  if (!inside) return;
-  const int64_t cg = s.InPerGroup(), plane = s.in_h * s.in_w;
-  for (int64_t g = 0; g < s.attrs.group; ++g) {
-    for (int64_t c = 0; c < cg; c += kOctet) {
-      const float* src = job.x + ((n * s.in_channels + g * cg + c) * s.in_h + ih) * s.in_w;
-      kernels.quantize_octet(src, plane, std::min(kOctet, cg - c), s.in_w, job.inv_scale, job.zero_point,
-                             row + left * pixel + g * job.group_bytes + c, pixel);
-    }
-  }
+  fill(out + (a.pads[0] + s.in_h) * row_bytes, a.pads[2] * im.padded_w);
 }
 
 }  // namespace
@@ -237,34 +263,22 @@ void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t
   const std::shared_ptr<const QuantizedWeightLayout> layout =
       cache != nullptr ? cache->Get(s, w) : std::shared_ptr<const QuantizedWeightLayout>(LayOutWeights(s, w));
   const ConvAttributes& a = s.attrs;
-  const int64_t cg = s.InPerGroup(), group_bytes = RoundUpOctets(cg) * kOctet;
-  const int64_t channels_padded = a.group * group_bytes;
-  const int64_t padded_h = s.in_h + a.pads[0] + a.pads[2], padded_w = s.in_w + a.pads[1] + a.pads[3];
-  const int64_t image_bytes = padded_h * padded_w * channels_padded;
-  AlignedBytes image(s.batch * image_bytes);
-
-  std::vector<uint8_t> pad_pixel(channels_padded, 0);
-  for (int64_t g = 0; g < a.group; ++g) {
-    std::fill_n(pad_pixel.begin() + g * group_bytes, cg, static_cast<uint8_t>(epilogue.x_zero_point));
-  }
-  QuantizeJob quantize{&s,       x,        1.0f / epilogue.x_scale, epilogue.x_zero_point, image.data(), image_bytes,
-                       padded_h, padded_w, channels_padded,         group_bytes,           &pad_pixel};
-  parallel.Run(static_cast<size_t>(s.batch * padded_h), &QuantizeRow, &quantize);
+  const Image geometry(s);
+  AlignedBytes image(s.batch * geometry.image_bytes);
+  QuantizeJob quantize{&s, &geometry, x, 1.0f / epilogue.x_scale, epilogue.x_zero_point, image.data()};
+  parallel.Run(static_cast<size_t>(s.batch * a.group * geometry.octets), &QuantizePlane, &quantize);
 
   std::vector<int64_t> tap_offsets;
   for (int64_t i = 0; i < s.kernel_h; ++i) {
     for (int64_t j = 0; j < s.kernel_w; ++j) {
-      tap_offsets.push_back((i * a.dilations[0] * padded_w + j * a.dilations[1]) * channels_padded);
+      tap_offsets.push_back((i * a.dilations[0] * geometry.padded_w + j * a.dilations[1]) * kOctet);
     }
   }
   ForwardJob job{&s,
                  layout.get(),
                  &epilogue,
+                 &geometry,
                  image.data(),
-                 image_bytes,
-                 padded_w,
-                 channels_padded,
-                 group_bytes,
                  &tap_offsets,
                  (positions + kPixelsPerItem - 1) / kPixelsPerItem,
                  (layout->channel_octets + kChannelOctetsPerItem - 1) / kChannelOctetsPerItem,

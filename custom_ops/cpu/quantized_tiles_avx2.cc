@@ -15,48 +15,58 @@ namespace {
 constexpr int kPixels = 6;
 
 template <int P>
-void SadBlock(const uint8_t* const* pixels, const int64_t* tap_offsets, int64_t taps, int64_t octets, const uint8_t* w,
-              int32_t* out, int64_t out_stride) {
+void SadBlock(const SadTile& t, int64_t p0, int64_t q) {
+  const uint8_t* const* pixels = t.pixels + p0;
+  const int64_t* tap_offsets = t.tap_offsets;
+  const int64_t taps = t.taps, octets = t.octets, octet_stride = t.octet_stride;
+  const uint8_t* w = t.w + q * t.w_stride;
   __m256i lo[P], hi[P];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) lo[p] = hi[p] = _mm256_setzero_si256();
-  for (int64_t t = 0; t < taps; ++t) {
+  for (int64_t k = 0; k < taps; ++k) {
     const uint8_t* x[P];
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) x[p] = pixels[p] + tap_offsets[t];
+    for (int p = 0; p < P; ++p) x[p] = pixels[p] + tap_offsets[k];
     for (int64_t c = 0; c < octets; ++c, w += 64) {
+      const int64_t at = c * octet_stride;
       const __m256i w_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
       const __m256i w_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
 #pragma GCC unroll 8
       for (int p = 0; p < P; ++p) {
         long long bits;
-        std::memcpy(&bits, x[p] + c * 8, 8);
+        std::memcpy(&bits, x[p] + at, 8);
         const __m256i xv = _mm256_set1_epi64x(bits);
         lo[p] = _mm256_add_epi64(lo[p], _mm256_sad_epu8(xv, w_lo));
         hi[p] = _mm256_add_epi64(hi[p], _mm256_sad_epu8(xv, w_hi));
       }
     }
   }
+  alignas(32) int32_t sums[P][8];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
     // The low dwords of the 8 lanes, in order: (lo0 lo1 hi0 hi1 | lo2 lo3 hi2 hi3) -> (lo0..3 hi0..3).
     const __m256 even = _mm256_shuffle_ps(_mm256_castsi256_ps(lo[p]), _mm256_castsi256_ps(hi[p]), 0x88);
-    const __m256i sums = _mm256_permute4x64_epi64(_mm256_castps_si256(even), 0xD8);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + p * out_stride), sums);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums[p]), _mm256_permute4x64_epi64(_mm256_castps_si256(even), 0xD8));
+  }
+  const int64_t m0 = q * 8, valid = t.channels - m0 < 8 ? t.channels - m0 : 8;
+  for (int64_t l = 0; l < valid; ++l) {
+    const float a = t.alpha[m0 + l], b = t.beta[m0 + l];
+    float* y = t.y + (m0 + l) * t.y_stride + p0;
+    for (int p = 0; p < P; ++p) {
+      const float v = __builtin_fmaf(a, static_cast<float>(sums[p][l]), b);
+      y[p] = t.relu && v < 0.0f ? 0.0f : v;
+    }
   }
 }
 
-using SadBlockFn = void (*)(const uint8_t* const*, const int64_t*, int64_t, int64_t, const uint8_t*, int32_t*, int64_t);
+using SadBlockFn = void (*)(const SadTile&, int64_t, int64_t);
 constexpr SadBlockFn kBlocks[kPixels] = {&SadBlock<1>, &SadBlock<2>, &SadBlock<3>,
                                          &SadBlock<4>, &SadBlock<5>, &SadBlock<6>};
 
 void Sad(const SadTile& t) {
   for (int64_t p = 0; p < t.count; p += kPixels) {
     const int64_t pixels = t.count - p < kPixels ? t.count - p : kPixels;
-    for (int64_t q = 0; q < t.channel_octets; ++q) {
-      kBlocks[pixels - 1](t.pixels + p, t.tap_offsets, t.taps, t.octets, t.w + q * t.w_stride,
-                          t.out + p * t.out_stride + q * 8, t.out_stride);
-    }
+    for (int64_t q = 0; q * 8 < t.channels; ++q) kBlocks[pixels - 1](t, p, q);
   }
 }
 
@@ -70,73 +80,47 @@ inline __m256i Quantize8(__m256 x, __m256 inv, __m256 lo, __m256 hi, __m256i zer
 }
 
 void QuantizeOctet(const float* x, int64_t channel_stride, int64_t channels, int64_t count, float inv_scale,
-                   int32_t zero_point, uint8_t* out, int64_t out_stride) {
+                   int32_t zero_point, uint8_t* out) {
   const __m256 inv = _mm256_set1_ps(inv_scale);
   const __m256 lo = _mm256_set1_ps(static_cast<float>(-zero_point));
   const __m256 hi = _mm256_set1_ps(static_cast<float>(255 - zero_point));
   const __m256i zp = _mm256_set1_epi32(zero_point);
-  alignas(32) float tail[16];
-  for (int64_t p = 0; p < count; p += 16) {
-    const int64_t n = count - p < 16 ? count - p : 16;
-    __m128i r[8];
-    for (int c = 0; c < 8; ++c) {
-      if (c >= channels) {
-        r[c] = _mm_setzero_si128();
-        continue;
-      }
+  alignas(32) float tail[8];
+  alignas(32) uint8_t bytes[64];
+  for (int64_t p = 0; p < count; p += 8) {
+    const int64_t n = count - p < 8 ? count - p : 8;
+    // Channel c's bytes go to bits 8 * (c % 4) of a dword per pixel: channels 0-3 in low, 4-7 in high.
+    __m256i low = _mm256_setzero_si256(), high = _mm256_setzero_si256();
+    for (int c = 0; c < 8 && c < channels; ++c) {
       const float* src = x + c * channel_stride + p;
-      if (n < 16) {
-        for (int i = 0; i < 16; ++i) tail[i] = i < n ? src[i] : 0.0f;
+      if (n < 8) {
+        for (int i = 0; i < 8; ++i) tail[i] = i < n ? src[i] : 0.0f;
         src = tail;
       }
-      const __m256i q0 = Quantize8(_mm256_loadu_ps(src), inv, lo, hi, zp);
-      const __m256i q1 = Quantize8(_mm256_loadu_ps(src + 8), inv, lo, hi, zp);
-      const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(q0, q1), 0xD8);
-      r[c] = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
-    }
-    // 8 channels x 16 pixels of bytes to 16 pixels x 8 channels.
-    __m128i a[8], b[8], d[8];
-    for (int k = 0; k < 4; ++k) {
-      a[2 * k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
-      a[2 * k + 1] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
-    }
-    b[0] = _mm_unpacklo_epi16(a[0], a[2]);
-    b[1] = _mm_unpackhi_epi16(a[0], a[2]);
-    b[2] = _mm_unpacklo_epi16(a[1], a[3]);
-    b[3] = _mm_unpackhi_epi16(a[1], a[3]);
-    b[4] = _mm_unpacklo_epi16(a[4], a[6]);
-    b[5] = _mm_unpackhi_epi16(a[4], a[6]);
-    b[6] = _mm_unpacklo_epi16(a[5], a[7]);
-    b[7] = _mm_unpackhi_epi16(a[5], a[7]);
-    for (int k = 0; k < 4; ++k) {
-      d[2 * k] = _mm_unpacklo_epi32(b[k], b[k + 4]);
-      d[2 * k + 1] = _mm_unpackhi_epi32(b[k], b[k + 4]);
-    }
-    uint8_t* o = out + p * out_stride;
-    for (int k = 0; k < 8 && 2 * k < n; ++k) {
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(o + 2 * k * out_stride), d[k]);
-      if (2 * k + 1 < n) {
-        const long long high = _mm_extract_epi64(d[k], 1);
-        std::memcpy(o + (2 * k + 1) * out_stride, &high, 8);
+      const __m256i shifted = _mm256_slli_epi32(Quantize8(_mm256_loadu_ps(src), inv, lo, hi, zp), 8 * (c % 4));
+      if (c < 4) {
+        low = _mm256_or_si256(low, shifted);
+      } else {
+        high = _mm256_or_si256(high, shifted);
       }
     }
-  }
-}
-
-void Epilogue(const int32_t* s, int64_t s_stride, int64_t count, int64_t channels, const float* alpha,
-              const float* beta, bool relu, float* y, int64_t y_stride) {
-  for (int64_t m = 0; m < channels; ++m) {
-    const float a = alpha[m], b = beta[m];
-    float* ym = y + m * y_stride;
-    for (int64_t p = 0; p < count; ++p) {
-      const float v = __builtin_fmaf(a, static_cast<float>(s[p * s_stride + m]), b);
-      ym[p] = relu && v < 0.0f ? 0.0f : v;
+    // Qwords (0 1 | 4 5) and (2 3 | 6 7) to pixels 0-3 and 4-7.
+    const __m256i a = _mm256_unpacklo_epi32(low, high), b = _mm256_unpackhi_epi32(low, high);
+    const __m256i first = _mm256_permute2x128_si256(a, b, 0x20), second = _mm256_permute2x128_si256(a, b, 0x31);
+    uint8_t* o = out + 8 * p;
+    if (n == 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), first);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32), second);
+    } else {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), first);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bytes + 32), second);
+      std::memcpy(o, bytes, 8 * n);
     }
   }
 }
 
 }  // namespace
 
-QuantizedTileKernels QuantizedTileKernelsAvx2() { return {"avx2", &Sad, &QuantizeOctet, &Epilogue}; }
+QuantizedTileKernels QuantizedTileKernelsAvx2() { return {"avx2", &Sad, &QuantizeOctet}; }
 
 }  // namespace adderconvert::cpu
