@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "adder_conv_cpu.h"
+#include "cpu/quantized_adder_conv_cpu.h"
+#include "quantized_adder_conv.h"
 
 namespace {
 
@@ -84,3 +86,36 @@ ADDERCONVERT_EXPORT int adderconvert_cpu_backward_input(int dtype, const void* x
 }
 
 ADDERCONVERT_EXPORT const char* adderconvert_cpu_isa() { return adderconvert::cpu::KernelIsa(); }
+
+// QuantizedAdderConv (see quantized_adder_conv.h): x float32 (N, C, H, W), w uint8 (M, C/group, kH, kW),
+// alpha and beta float32 (M,), y float32 (N, M, Ho, Wo), all contiguous.
+ADDERCONVERT_EXPORT int adderconvert_cpu_quantized_forward(const float* x, const uint8_t* w, const float* alpha,
+                                                           const float* beta, float* y, const int64_t* x_dims,
+                                                           const int64_t* w_dims, const int64_t* strides,
+                                                           const int64_t* pads, const int64_t* dilations, int64_t group,
+                                                           float x_scale, int64_t x_zero_point, int relu, int threads,
+                                                           char* error, size_t error_len) {
+  try {
+    adderconvert::ConvAttributes attrs;
+    std::copy(strides, strides + 2, attrs.strides);
+    std::copy(pads, pads + 4, attrs.pads);
+    std::copy(dilations, dilations + 2, attrs.dilations);
+    attrs.group = group;
+    ConvShape shape;
+    std::string message = adderconvert::ResolveQuantizedShape(x_dims, 4, w_dims, 4, attrs, &shape);
+    if (message.empty()) message = adderconvert::CheckQuantization(x_scale, x_zero_point);
+    if (!message.empty()) return CApiFail(error, error_len, message);
+    adderconvert::cpu::QuantizedEpilogue epilogue;
+    epilogue.x_scale = x_scale;
+    epilogue.x_zero_point = static_cast<int32_t>(x_zero_point);
+    epilogue.alpha = alpha;
+    epilogue.beta = beta;
+    epilogue.relu = relu != 0;
+    adderconvert::cpu::QuantizedAdderConvForward(shape, x, w, epilogue, y, OpenMpParallelFor(threads));
+    return 0;
+  } catch (const std::exception& e) {
+    return CApiFail(error, error_len, e.what());
+  }
+}
+
+ADDERCONVERT_EXPORT const char* adderconvert_cpu_quantized_isa() { return adderconvert::cpu::QuantizedKernelIsa(); }

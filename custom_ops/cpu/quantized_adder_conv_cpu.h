@@ -1,9 +1,10 @@
 // CPU QuantizedAdderConv forward (see quantized_adder_conv.h for the arithmetic).
 //
-// X is quantised into a padded NHWC byte image (each group's channels padded to whole octets with 0 bytes,
-// the spatial padding holding x_zero_point). Where a group has whole octets of channels, or the kernel is
-// 1x1, the micro-kernels read each tap's channels in place; otherwise (depthwise, a 3-channel stem) every
-// output pixel's taps are first copied into one contiguous column, so that octets do not fill with padding.
+// X is quantised into a padded byte image in planes of 8 channels ([group][octet][H + pads][W + pads][8]; a
+// group's channels past its last whole octet are 0 bytes, the spatial padding holds x_zero_point). Where a
+// group has whole octets of channels, or the kernel is 1x1, the micro-kernels read each tap's channels in
+// place; otherwise (depthwise, a 3-channel stem) every output pixel's taps are first copied into one
+// contiguous column, so that octets do not fill with padding. The epilogue runs in the micro-kernels.
 #pragma once
 
 #include <cstdint>

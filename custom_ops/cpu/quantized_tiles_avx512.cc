@@ -16,12 +16,8 @@ namespace {
 
 // Register block: kPixels output pixels x kOctets octets of output channels, one zmm accumulator each
 // (lanes: 8 output channels, each the 64-bit sum of VPSADBW over its 8-byte groups of taps).
-#ifndef QP
-#define QP 8
-#define QQ 3
-#endif
-constexpr int kPixels = QP;
-constexpr int kOctets = QQ;
+constexpr int kPixels = 8;
+constexpr int kOctets = 3;
 
 // Applies the epilogue to the sums of P pixels x 8 channels (acc[p] lanes: channels) and stores them to
 // y[m * y_stride + p]: an 8 x 8 transpose by two-source permutes leaves two channels x 8 pixels per register.

@@ -2,12 +2,15 @@
 op's contract (written here, independent of the kernel), the float epilogue, threads, W as a graph input,
 and malformed nodes refused with a clear status."""
 
+import ctypes
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from adderconvert import _libs
 from adderconvert.deploy import runtime
 
 RNG = np.random.default_rng(17)
@@ -231,3 +234,61 @@ def test_malformed_inputs_are_refused_and_the_library_still_works():
     _refused(model(X.shape, w_rank3, np.ones(4), np.zeros(4), **GOOD), {"X": X}, "W must be 4-D")
     good = session(model(X.shape, W, np.ones(4), np.zeros(4), **GOOD)).run(None, {"X": X})[0]
     np.testing.assert_array_equal(good, reference_sums(X, W, 0.1, 3).astype(np.float32))
+
+
+def _c_api_forward(
+    x, w, alpha, beta, x_scale, zero_point, relu=0, strides=(1, 1), pads=(0,) * 4, dilations=(1, 1), group=1, threads=1
+):
+    lib = ctypes.CDLL(str(_libs.find_library(_libs.CPU_LIBRARY)))
+    fn = lib.adderconvert_cpu_quantized_forward
+    fn.restype = ctypes.c_int
+    fn.argtypes = (
+        [ctypes.c_void_p] * 5
+        + [ctypes.POINTER(ctypes.c_int64)] * 5
+        + [ctypes.c_int64, ctypes.c_float, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    )
+    n, _, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wd + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    y = np.empty((n, m, max(oh, 0), max(ow, 0)), np.float32)
+    arrays = [np.ascontiguousarray(a) for a in (x, w, alpha, beta)]
+
+    def dims(values):
+        return (ctypes.c_int64 * len(values))(*values)
+
+    error = ctypes.create_string_buffer(512)
+    status = fn(
+        *[a.ctypes.data for a in arrays],
+        y.ctypes.data,
+        dims(x.shape),
+        dims(w.shape),
+        dims(strides),
+        dims(pads),
+        dims(dilations),
+        group,
+        x_scale,
+        zero_point,
+        relu,
+        threads,
+        error,
+        len(error),
+    )
+    return status, y, error.value.decode()
+
+
+def test_c_api_entry_matches_the_reference_and_refuses_bad_scales():
+    x, w, attrs = _case_inputs(CASES[9])
+    m = w.shape[0]
+    alpha, beta = np.ones(m, np.float32), np.zeros(m, np.float32)
+    args = dict(
+        strides=tuple(attrs["strides"]),
+        pads=tuple(attrs["pads"]),
+        dilations=tuple(attrs["dilations"]),
+        group=attrs["group"],
+    )
+    status, y, error = _c_api_forward(x, w, alpha, beta, 0.03, 77, threads=2, **args)
+    assert status == 0, error
+    np.testing.assert_array_equal(y, reference_sums(x, w, 0.03, 77, **attrs).astype(np.float32))
+    status, _, error = _c_api_forward(x, w, alpha, beta, -1.0, 77, **args)
+    assert status == 1 and "x_scale must be positive" in error
