@@ -36,6 +36,7 @@ from adderconvert.deploy.runtime import make_session
 from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
 from adderconvert.train.loop import check_same_schedule
+from adderconvert.train.saver import seed_everything
 
 __all__ = ["RunConfig", "RunInputError", "plan_only", "run"]
 
@@ -133,6 +134,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     _check_folder(config, out)
     device = resolve_device(config.device)
     splits = load_dataset(config.dataset, config.data, config.image_size)
+    seed_everything(config.seed)  # the CNN's initial weights (and a resized head) follow from --seed
     teacher = build_model(config.model, splits.num_classes)
     if config.weights:
         load_weights(teacher, config.model, config.weights)

@@ -16,7 +16,15 @@ import torch
 
 from adderconvert.checkpoint import CheckpointMeta, remove_stale_temporaries, save_checkpoint, write_atomic
 
-__all__ = ["CheckpointSaver", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointSaver", "rng_state", "seed_everything", "set_rng_state"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every CUDA device's too): call it before a model is
+    built, so that its initial weights follow from ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device as well
 
 
 def rng_state() -> dict[str, Any]:
