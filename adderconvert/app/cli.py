@@ -139,6 +139,15 @@ def _resume_folder(value: str, output: str | None) -> str:
 @click.option("--sync-bn", is_flag=True, default=None, help="Synchronise BatchNorm over torchrun processes.")
 @click.option("--amp", is_flag=True, default=None, help="bfloat16 autocast (adder layers stay float32).")
 @click.option("--export/--no-export", default=None, help="Export to ONNX and evaluate with ONNX Runtime [export].")
+@click.option(
+    "--int8",
+    is_flag=True,
+    default=None,
+    help="Also export, evaluate and report the INT8 adder model (QuantizedAdderConv).",
+)
+@click.option(
+    "--calibration-batches", type=int, default=None, help="INT8 calibration batches of 64 training images [16]."
+)
 @click.option("--output", default=None, help="Run folder [runs/MODEL].")
 @click.option(
     "--resume",
@@ -269,12 +278,49 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
 @click.option("-o", "--output", default=None, help="ONNX file [CHECKPOINT with .onnx].")
 @click.option("--dynamic-hw", is_flag=True, help="Height and width as dynamic dimensions (batch always is).")
 @click.option("--portable", is_flag=True, help="Standard ONNX ops only: runs without our library, slower.")
-def export_command(checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool) -> None:
+@click.option(
+    "--int8", is_flag=True, help="The INT8 adder model, calibrated on training batches [MODEL_adder_int8.onnx]."
+)
+@click.option(
+    "--calibration-batches", type=int, default=16, show_default=True, help="With --int8: batches of 64 images."
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["percentile", "minmax"]),
+    default="percentile",
+    show_default=True,
+    help="With --int8: each layer's input range from a percentile (99.99) or the min/max of the calibration inputs.",
+)
+@click.option("--data", default=None, help="With --int8: the training data's folder [Debian's Fashion-MNIST].")
+def export_command(checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool, **int8_options) -> None:
     """Export the model in CHECKPOINT to ONNX, with its input size, normalisation and classes as metadata."""
+    if int8_options.pop("int8"):
+        _export_int8(checkpoint, output, portable, dynamic_hw, overwrite=True, **int8_options)
+        return
     from adderconvert.app.saved_models import export_checkpoint
 
     try:
         path = export_checkpoint(checkpoint, output, dynamic_hw=dynamic_hw, portable=portable)
+    except _input_errors() as e:
+        raise InputError(str(e)) from None
+    click.echo(f"wrote {path}")
+
+
+def _export_int8(checkpoint, output, portable, dynamic_hw, *, overwrite, calibration_batches, calibration_method, data):
+    from adderconvert.app.int8 import export_checkpoint_int8
+
+    if portable:
+        raise InputError("--int8 and --portable exclude each other: INT8 adder layers need the custom-op library")
+    try:
+        path = export_checkpoint_int8(
+            checkpoint,
+            output,
+            batches=calibration_batches,
+            method=calibration_method,
+            data=data,
+            dynamic_hw=dynamic_hw,
+            overwrite=overwrite,
+        )
     except _input_errors() as e:
         raise InputError(str(e)) from None
     click.echo(f"wrote {path}")

@@ -41,6 +41,8 @@ class RunConfig:
     sync_bn: bool = False
     amp: bool = False
     export: bool = True
+    int8: bool = False  # also export, evaluate and report the INT8 adder model
+    calibration_batches: int = 16  # INT8 calibration: batches of 64 training images
     output: str = "runs/adderconvert"
     resume: bool = False
     overwrite: bool = False
@@ -101,6 +103,8 @@ _RULES: dict[str, _Rule] = {
     "sync_bn": _Rule(bool),
     "amp": _Rule(bool),
     "export": _Rule(bool),
+    "int8": _Rule(bool),
+    "calibration_batches": _Rule(int, low=1),
     "output": _Rule(str),
     "resume": _Rule(bool),
     "overwrite": _Rule(bool),

@@ -24,6 +24,7 @@ from torch import nn
 
 from adderconvert.app.config import RunConfig
 from adderconvert.app.devices import resolve_device
+from adderconvert.app.int8 import calibration_batches, compare_onnx, export_int8, int8_path
 from adderconvert.app.report import write_report
 from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.app.weights import load_weights
@@ -36,7 +37,6 @@ from adderconvert.deploy.runtime import make_session
 from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
 from adderconvert.train.loop import check_same_schedule
-from adderconvert.train.saver import seed_everything
 
 __all__ = ["RunConfig", "RunInputError", "plan_only", "run"]
 
@@ -134,7 +134,6 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     _check_folder(config, out)
     device = resolve_device(config.device)
     splits = load_dataset(config.dataset, config.data, config.image_size)
-    seed_everything(config.seed)  # the CNN's initial weights (and a resized head) follow from --seed
     teacher = build_model(config.model, splits.num_classes)
     if config.weights:
         load_weights(teacher, config.model, config.weights)
@@ -301,6 +300,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         "cnn_top1": cnn_top1,
         "adder_top1": adder_top1,
         "onnx_top1": None,
+        "int8_top1": None,
         "pretrain_epochs": prepared.pretrain_epochs,
         "epochs": config.epochs if config.finetune else 0,
         "adder_weights": weights,
@@ -308,6 +308,11 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
     if config.export and main:
         summary["onnx_top1"], summary["onnx_path"] = _export_and_evaluate(student, splits, out, config)
         _log(f"ONNX Runtime top-1: {summary['onnx_top1']:.2f}%", main)
+    if config.int8 and main:
+        summary.update(_export_and_evaluate_int8(student, splits, out, config, summary.get("onnx_path")))
+        agreement = summary["int8_agreement"]
+        same = f", same top-1 class as FP32 on {agreement:.2f}% of the images" if agreement is not None else ""
+        _log(f"INT8 ONNX Runtime top-1: {summary['int8_top1']:.2f}%{same}", main)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -366,11 +371,23 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[f
     return 100.0 * correct / total, str(path)
 
 
+def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_name: str | None) -> dict:
+    """The INT8 adder model (``MODEL_adder_int8.onnx``, calibrated on ``calibration_batches`` training batches),
+    its test top-1 and its top-1 agreement with the FP32 adder ONNX model (when exported)."""
+    metadata = deployment_metadata(_meta(config, splits, "adder", None))
+    batches = calibration_batches(splits.train, config.calibration_batches, config.seed)
+    path = export_int8(model.cpu().eval(), int8_path(out, config.model), batches, metadata)
+    fp32 = out / Path(fp32_name).name if fp32_name else None
+    result = compare_onnx(path, fp32, splits.test, max_batches=config.eval_max_batches, workers=config.workers)
+    return {**result, "int8_path": path.name}
+
+
 def _stage_table(summary: dict) -> str:
     rows = [
         ("CNN (teacher)", summary["cnn_top1"]),
         ("AdderNet (PyTorch)", summary["adder_top1"]),
         ("AdderNet (ONNX Runtime)", summary["onnx_top1"]),
+        ("AdderNet INT8 (ONNX RT)", summary.get("int8_top1")),
     ]
     lines = [f"{'stage':<26}{'top-1':>8}", "-" * 34]
     lines += [f"{name:<26}{(f'{v:.2f}%' if v is not None else 'n/a'):>8}" for name, v in rows]

@@ -1,0 +1,133 @@
+"""INT8 adder models in the application: calibrate on training batches, export ``MODEL_adder_int8.onnx`` and evaluate it
+beside the FP32 adder ONNX model (top-1 and top-1 agreement).
+
+The calibration batches are drawn (shuffled, seeded) from the training split of the data set the model was
+trained on; :func:`adderconvert.quantize` does the rest (see :mod:`adderconvert.quantization`).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adderconvert.app.saved_models import deployment_metadata
+from adderconvert.checkpoint import CheckpointMeta, load, read_meta
+from adderconvert.data import load_dataset
+from adderconvert.deploy.export import export_onnx
+from adderconvert.deploy.runtime import make_session
+from adderconvert.quantization import DEFAULT_METHOD, METHODS, quantize
+
+__all__ = [
+    "CALIBRATION_BATCH_SIZE",
+    "DEFAULT_CALIBRATION_BATCHES",
+    "calibration_batches",
+    "compare_onnx",
+    "export_checkpoint_int8",
+    "export_int8",
+    "int8_path",
+]
+
+DEFAULT_CALIBRATION_BATCHES = 16
+CALIBRATION_BATCH_SIZE = 64
+
+
+def int8_path(folder: str | os.PathLike, model_name: str) -> Path:
+    """Where the INT8 model of ``model_name`` goes: ``FOLDER/MODEL_adder_int8.onnx`` (beside the run's
+    ``MODEL_adder.onnx``)."""
+    return Path(folder) / f"{model_name}_adder_int8.onnx"
+
+
+def calibration_batches(train_set, batches: int = DEFAULT_CALIBRATION_BATCHES, seed: int = 0) -> list[torch.Tensor]:
+    """``batches`` shuffled batches of :data:`CALIBRATION_BATCH_SIZE` training images (fewer if the set is small)."""
+    if batches < 1:
+        raise ValueError(f"--calibration-batches must be >= 1, got {batches}")
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=CALIBRATION_BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    return [images for images, _ in islice(loader, batches)]
+
+
+def export_int8(
+    model: nn.Module,
+    path: str | os.PathLike,
+    batches: list[torch.Tensor],
+    metadata: dict[str, Any],
+    method: str = DEFAULT_METHOD,
+    dynamic_hw: bool = False,
+) -> Path:
+    """Quantise a copy of ``model`` on ``batches`` and export it to ``path`` (QuantizedAdderConv nodes)."""
+    if method not in METHODS:
+        raise ValueError(f"--calibration-method must be one of {', '.join(METHODS)}, got {method!r}")
+    quantized = quantize(model.cpu().eval(), batches, method)
+    return export_onnx(quantized, path, batches[0][:2], dynamic_hw=dynamic_hw, metadata=metadata)
+
+
+def export_checkpoint_int8(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    batches: int = DEFAULT_CALIBRATION_BATCHES,
+    method: str = DEFAULT_METHOD,
+    data: str | None = None,
+    dynamic_hw: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """``adderconvert export CHECKPOINT --int8``: the INT8 ONNX model of an adder checkpoint (default
+    ``MODEL_adder_int8.onnx`` beside it), calibrated on its training data set (``data``: its folder). An
+    existing output is replaced only with ``overwrite``; the checkpoint itself never."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no such file: {checkpoint}")
+    meta: CheckpointMeta = read_meta(checkpoint)
+    if meta.image_size is None:
+        raise ValueError(f"{checkpoint} does not record its input size; quantise it from Python")
+    if meta.stage != "adder":
+        raise ValueError(f"{checkpoint} holds a {meta.stage} model: --int8 needs an adder model's checkpoint")
+    if batches < 1:
+        raise ValueError(f"--calibration-batches must be >= 1, got {batches}")
+    if method not in METHODS:
+        raise ValueError(f"--calibration-method must be one of {', '.join(METHODS)}, got {method!r}")
+    output = Path(output) if output is not None else int8_path(checkpoint.parent, meta.official_arch or meta.model_name)
+    if output.resolve() == checkpoint.resolve():
+        raise ValueError(f"-o {output} is the checkpoint itself; choose another file")
+    if output.is_dir() or (output.exists() and not overwrite):
+        raise ValueError(f"{output} already exists; pass --overwrite to replace it, or choose another -o")
+    model = load(checkpoint)
+    splits = load_dataset(meta.dataset or "fashion-mnist", data, meta.image_size)
+    batches_ = calibration_batches(splits.train, batches)
+    return export_int8(model, output, batches_, deployment_metadata(meta), method, dynamic_hw=dynamic_hw)
+
+
+def compare_onnx(
+    int8: str | os.PathLike,
+    fp32: str | os.PathLike | None,
+    test_set,
+    *,
+    batch_size: int = 256,
+    max_batches: int | None = None,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Top-1 (%) of the INT8 ONNX model on ``test_set`` and, with ``fp32`` (the FP32 adder ONNX model), the share
+    of images (%) on which both predict the same class."""
+    sessions = [make_session(int8)] + ([make_session(fp32)] if fp32 else [])
+    loader = torch.utils.data.DataLoader(test_set, batch_size=batch_size, num_workers=workers)
+    correct = agree = total = 0
+    for images, labels in islice(loader, max_batches):
+        feeds = {sessions[0].get_inputs()[0].name: images.numpy()}
+        predictions = [np.argmax(s.run(None, feeds)[0], 1) for s in sessions]
+        correct += int((predictions[0] == labels.numpy()).sum())
+        if fp32:
+            agree += int((predictions[0] == predictions[1]).sum())
+        total += len(labels)
+    total = max(total, 1)
+    return {
+        "int8_top1": 100.0 * correct / total,
+        "int8_agreement": 100.0 * agree / total if fp32 else None,
+        "int8_images": total,
+    }
