@@ -19,6 +19,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "check_compatible",
     "load",
     "load_checkpoint",
+    "load_state_dict",
     "read_meta",
     "read_torch_file",
     "remove_stale_temporaries",
@@ -211,6 +213,18 @@ def check_compatible(
         )
 
 
+def load_state_dict(model: nn.Module, state: dict[str, Any], *, strict: bool = True):
+    """``model.load_state_dict(state)``, with the module versions that some architectures check as they load
+    (torchvision's MNASNet refuses weights whose version is not 1 or 2). ``torch.save`` keeps them in the
+    state dict's ``_metadata``; a dict that lost them (filtered, or rebuilt key by key) gets the model's own,
+    which describe the layout of the tensors it takes."""
+    if getattr(state, "_metadata", None) is None:
+        versions = model.state_dict()._metadata
+        state = OrderedDict(state)
+        state._metadata = versions
+    return model.load_state_dict(state, strict=strict)
+
+
 def load(path: str | os.PathLike) -> nn.Module:
     """Rebuild the model a checkpoint holds (CNN or adder model: architecture, conversion and weights),
     in eval mode."""
@@ -223,7 +237,7 @@ def load(path: str | os.PathLike) -> nn.Module:
         if meta.conversion is not None:
             restore(model, meta.conversion)
     try:
-        model.load_state_dict(payload["model"])
+        load_state_dict(model, payload["model"])
     except RuntimeError as e:
         raise CheckpointError(f"the weights in {path} do not fit {meta.describe()}: {e}") from e
     return model.eval()

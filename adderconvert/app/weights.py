@@ -11,7 +11,13 @@ import torchvision
 from torch import nn
 
 from adderconvert.architectures.cnn import classifier_path
-from adderconvert.checkpoint import CheckpointError, check_compatible, load_checkpoint, read_torch_file
+from adderconvert.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    load_state_dict,
+    read_torch_file,
+)
 
 __all__ = ["WeightsError", "load_weights"]
 
@@ -73,4 +79,4 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
         if foreign:
             detail += ("; " if detail else "") + f"{len(foreign)} tensors {name} does not have (e.g. {foreign[:3]})"
         raise WeightsError(f"weights {weights!r} are not {name} weights: {detail}")
-    model.load_state_dict(compatible, strict=False)
+    load_state_dict(model, compatible, strict=False)  # filtered: the model's module versions

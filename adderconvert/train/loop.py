@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from adderconvert.checkpoint import CheckpointMeta, load_checkpoint
+from adderconvert.checkpoint import CheckpointMeta, load_checkpoint, load_state_dict
 from adderconvert.nn import adder_weights, scale_adder_gradients_
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import DistributedContext, convert_sync_batchnorm
@@ -361,7 +361,7 @@ def fit(
     if resume is not None:
         state = load_checkpoint(resume)
         check_same_schedule(state, config, resume)
-        model.load_state_dict(state["model"])
+        load_state_dict(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
