@@ -12,17 +12,19 @@
 namespace adderconvert::cpu {
 namespace {
 
-// The widest instruction set this processor has; ADDERCONVERT_CPU_ISA=avx2|generic caps it (for tests).
+// The widest instruction set this processor has; ADDERCONVERT_CPU_ISA=avx512|avx2|generic caps it (for
+// tests; avx512 is AVX-512BW without IFMA).
 const QuantizedTileKernels& Kernels() {
   static const QuantizedTileKernels kernels = [] {
     const char* cap = std::getenv("ADDERCONVERT_CPU_ISA");
     const std::string limit = cap != nullptr ? cap : "";
     __builtin_cpu_init();
-    if ((limit.empty() || limit == "avx512") && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq")) {
-      return QuantizedTileKernelsAvx512();
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if ((limit.empty() || limit == "avx512ifma") && avx512 && __builtin_cpu_supports("avx512ifma")) {
+      return QuantizedTileKernelsAvx512Ifma();
     }
+    if ((limit.empty() || limit == "avx512ifma" || limit == "avx512") && avx512) return QuantizedTileKernelsAvx512();
     if (limit != "generic" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       return QuantizedTileKernelsAvx2();
     }

@@ -48,8 +48,8 @@ void QuantizedAdderConvForward(const ConvShape& shape, const float* x, const uin
                                const QuantizedEpilogue& epilogue, float* y, const ParallelFor& parallel,
                                QuantizedWeightCache* cache = nullptr);
 
-// The instruction set the quantised micro-kernels were dispatched to ("avx512", "avx2" or "generic");
-// ADDERCONVERT_CPU_ISA=avx2|generic caps it, as for the float kernels.
+// The instruction set the quantised micro-kernels were dispatched to ("avx512ifma", "avx512", "avx2" or
+// "generic"); ADDERCONVERT_CPU_ISA=avx512|avx2|generic caps it, as for the float kernels.
 const char* QuantizedKernelIsa();
 
 }  // namespace adderconvert::cpu

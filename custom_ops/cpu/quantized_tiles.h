@@ -44,6 +44,7 @@ struct QuantizedTileKernels {
                          int32_t zero_point, uint8_t* out);
 };
 
+QuantizedTileKernels QuantizedTileKernelsAvx512Ifma();
 QuantizedTileKernels QuantizedTileKernelsAvx512();
 QuantizedTileKernels QuantizedTileKernelsAvx2();
 QuantizedTileKernels QuantizedTileKernelsGeneric();

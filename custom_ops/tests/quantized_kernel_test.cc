@@ -283,12 +283,13 @@ void KernelsAgree(std::mt19937& rng) {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq")) {
     isas.push_back(adderconvert::cpu::QuantizedTileKernelsAvx512());
+    if (__builtin_cpu_supports("avx512ifma")) isas.push_back(adderconvert::cpu::QuantizedTileKernelsAvx512Ifma());
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     isas.push_back(adderconvert::cpu::QuantizedTileKernelsAvx2());
   }
   const QuantizedTileKernels generic = adderconvert::cpu::QuantizedTileKernelsGeneric();
-  std::uniform_int_distribution<int> byte(0, 255), count(1, 37), taps(1, 9), octets(1, 5), channel_octets(1, 7);
+  std::uniform_int_distribution<int> byte(0, 255), count(1, 37), taps(1, 9), octets(1, 5), channel_octets(1, 20);
   std::normal_distribution<float> normal(0.0f, 100.0f);
   for (const QuantizedTileKernels& k : isas) {
     bool sad_ok = true, sums_ok = true, quantize_ok = true;

@@ -38,8 +38,11 @@ def sanitized_build(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("binary", ["cpu_kernel_test", "quantized_kernel_test"])
+@pytest.mark.parametrize(
+    ("binary", "isa"),
+    [("cpu_kernel_test", isa) for isa in ("avx512", "avx2", "generic")]
+    + [("quantized_kernel_test", isa) for isa in ("avx512ifma", "avx512", "avx2", "generic")],
+)
 def test_cpu_kernel_under_asan_and_ubsan(sanitized_build, binary, isa):
     env = {
         "ADDERCONVERT_CPU_ISA": isa,
