@@ -21,7 +21,16 @@ from torch import nn
 
 from adderconvert.nn import AdderConv2d
 
-__all__ = ["ENERGY_PJ", "ENERGY_SOURCE", "LayerCost", "OperationCounts", "cnn_twin", "count_operations", "energy_pj"]
+__all__ = [
+    "ENERGY_PJ",
+    "ENERGY_SOURCE",
+    "LayerCost",
+    "OperationCounts",
+    "cnn_twin",
+    "count_operations",
+    "deployed_int8_energy_pj",
+    "energy_pj",
+]
 
 # pJ per operation at 45 nm (M. Horowitz, "Computing's energy problem", ISSCC 2014).
 ENERGY_PJ: dict[str, dict[str, float]] = {
@@ -122,6 +131,25 @@ def energy_pj(multiplications: int, additions: int, precision: str = "fp32") -> 
     """Energy in pJ of ``multiplications`` and ``additions`` at ``precision`` (a key of :data:`ENERGY_PJ`)."""
     table = ENERGY_PJ[precision]
     return multiplications * table["multiplication"] + additions * table["addition"]
+
+
+def deployed_int8_energy_pj(counts: OperationCounts, quantized_kinds: tuple[str, ...]) -> float:
+    """Energy in pJ of ``counts``' layers as an INT8 model runs them: a MAC of a layer whose kind is in
+    ``quantized_kinds`` is one 8-bit operation (a multiplication for conv and linear, the addition
+    ``|x - w|`` for adder) plus one 32-bit accumulation, a bias one 32-bit addition; the other layers stay
+    FP32. The INT8 CNN (ONNX Runtime's QLinearConv and QGemm) quantises ``("conv", "linear")``; the INT8
+    AdderNet (QuantizedAdderConv) ``("adder",)``, its stem and classifier staying FP32."""
+    total = 0.0
+    accumulate = ENERGY_PJ["int32"]["addition"]
+    for layer in counts.layers:
+        if layer.kind not in quantized_kinds:
+            total += energy_pj(layer.multiplications, layer.additions, "fp32")
+            continue
+        adder = layer.kind == "adder"
+        operation = ENERGY_PJ["int8"]["addition" if adder else "multiplication"]
+        bias = layer.additions - (2 if adder else 1) * layer.macs
+        total += layer.macs * (operation + accumulate) + bias * accumulate
+    return total
 
 
 def cnn_twin(model: nn.Module) -> nn.Module:

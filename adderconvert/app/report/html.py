@@ -146,6 +146,16 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
                 _energy_text(pair["adder"]),
             ]
         )
+    deployed = r.get("energy_pj_int8_deployed") or {"cnn": None, "adder": None}
+    deployed_ratio = deployed["cnn"] / deployed["adder"] if deployed["cnn"] and deployed["adder"] else None
+    totals_rows.append(
+        [
+            f"energy, INT8 models as run: 8-bit MACs, 32-bit sums; AdderNet stem/classifier FP32 "
+            f"(CNN/AdderNet {_fmt(deployed_ratio)}x)",
+            _energy_text(deployed["cnn"]),
+            _energy_text(deployed["adder"]),
+        ]
+    )
     bn = r["batchnorm"]
     totals_rows.append(
         [
@@ -168,9 +178,12 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
         ["CNN (teacher, PyTorch)", _fmt(accuracy["cnn_top1"], suffix=" %")],
         ["AdderNet (PyTorch)", _fmt(accuracy["adder_top1"], suffix=" %")],
         ["AdderNet (ONNX Runtime)", _fmt(accuracy["onnx_top1"], suffix=" %")],
+        ["AdderNet INT8 (ONNX Runtime)", _fmt(accuracy.get("int8_top1"), suffix=" %")],
+        ["AdderNet INT8: same class as FP32", _fmt(accuracy.get("int8_agreement"), suffix=" %")],
     ]
     latency_rows = [
         [row["provider"], str(row["batch"]), _fmt(row.get("cnn_ms")), _fmt(row.get("adder_ms")), _fmt(row["ratio"])]
+        + [_fmt(row.get("int8_ms")), _fmt(row.get("int8_ratio"))]
         for row in r["latency_ms"]
     ]
     layer_rows = [
@@ -190,7 +203,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
         for title, data in plots.items()
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in r["notes"])
-    latency_header = ["provider", "batch", "CNN ms", "AdderNet ms", "AdderNet / CNN"]
+    latency_header = ["provider", "batch", "CNN ms", "AdderNet ms", "AdderNet / CNN", "AdderNet INT8 ms", "INT8 / CNN"]
     latency_table = _table(latency_header, latency_rows, 1) if latency_rows else "<p>n/a</p>"
     layer_header = ["layer", "kind", "weight", "output", "MACs", "multiplications", "additions"]
     layer_table = _table(layer_header, layer_rows, 4) if layer_rows else "<p>n/a</p>"

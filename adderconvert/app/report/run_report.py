@@ -24,6 +24,7 @@ from adderconvert.app.report.costs import (
     OperationCounts,
     cnn_twin,
     count_operations,
+    deployed_int8_energy_pj,
     energy_pj,
 )
 from adderconvert.app.report.html import plots, render_html
@@ -88,6 +89,18 @@ def _find_onnx(run_dir: Path, summary: dict[str, Any]) -> Path | None:
     return None
 
 
+def _find_int8(run_dir: Path, summary: dict[str, Any]) -> Path | None:
+    """The run's INT8 adder ONNX model (``--int8``): the file summary.json names, in the run folder."""
+    named = summary.get("int8_path")
+    path = run_dir / Path(named).name if isinstance(named, str) and named else None
+    return path if path is not None and path.is_file() else None
+
+
+def _deployed_int8(counts: dict[str, OperationCounts | None]) -> dict[str, Any]:
+    kinds = {"cnn": ("conv", "linear"), "adder": ("adder",)}
+    return {k: deployed_int8_energy_pj(c, kinds[k]) if c is not None else None for k, c in counts.items()}
+
+
 def _totals(counts: OperationCounts | None) -> dict[str, Any]:
     if counts is None:
         return {"multiplications": None, "additions": None, "bn_multiplications": None, "bn_additions": None}
@@ -125,7 +138,7 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         adder = cnn = None
     counts = {"cnn": None, "adder": None}
     parameters = {"cnn": None, "adder": None}
-    files = {"cnn": None, "adder": _find_onnx(run_dir, summary)}
+    files = {"cnn": None, "adder": _find_onnx(run_dir, summary), "int8": _find_int8(run_dir, summary)}
     file_sizes = {"cnn": None, "adder": None}
     latency: list[dict[str, Any]] = []
     batch_size = config.get("batch_size")
@@ -146,6 +159,9 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
             file_sizes = {k: p.stat().st_size if p is not None else None for k, p in files.items()}
             batches = sorted({1, int(batch_size)}) if isinstance(batch_size, int) and batch_size > 0 else [1]
             latency = latency_table(files, image_size, batches, latency_budget_s, notes)
+            for row in latency:  # the INT8 adder model beside the FP32 one (None without --int8)
+                row["int8_ratio"] = ratio(row.get("int8_ms"), row.get("cnn_ms"))
+                row["int8_vs_fp32_adder"] = ratio(row.get("int8_ms"), row.get("adder_ms"))
         elif files["adder"] is not None:
             file_sizes["adder"] = files["adder"].stat().st_size
     totals = {k: _totals(v) for k, v in counts.items()}
@@ -178,6 +194,8 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         "energy_ratio": ratio(energies["fp32"]["cnn"], energies["fp32"]["adder"]),
         "energy_pj_by_precision": energies,
         "energy_ratio_by_precision": {p: ratio(e["cnn"], e["adder"]) for p, e in energies.items()},
+        # INT8 models as they run: CNN convs/linears and the adder layers on 8 bits, 32-bit accumulation
+        "energy_pj_int8_deployed": _deployed_int8(counts),
         "batchnorm": {
             k: {"multiplications": t["bn_multiplications"], "additions": t["bn_additions"]} for k, t in totals.items()
         },
@@ -189,6 +207,8 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
             "cnn_top1": summary.get("cnn_top1"),
             "adder_top1": summary.get("adder_top1"),
             "onnx_top1": summary.get("onnx_top1"),
+            "int8_top1": summary.get("int8_top1"),  # the INT8 adder ONNX model (--int8)
+            "int8_agreement": summary.get("int8_agreement"),  # % of images with the FP32 ONNX model's class
         },
         "curves": {
             "cnn": _read_curve(run_dir / "teacher" / "metrics.csv"),
