@@ -1,5 +1,7 @@
 #include "cpu/quantized_adder_conv_cpu.h"
 
+#include <emmintrin.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -58,10 +60,11 @@ struct QuantizedWeightLayout {
   // The shape it was made for.
   int64_t group, out_per_group, in_per_group, kernel_h, kernel_w;
   bool in_place;           // taps read in place from the image, else from explicit columns
+  bool depthwise;          // one channel in and out per group: a lane per group (columns of 8 groups)
   int64_t tap_octets;      // octets per tap in place; per column otherwise (one tap)
   int64_t k_octets;        // octets of taps per output channel
-  int64_t channel_octets;  // octets of output channels per group
-  AlignedBytes packed;     // [group][channel octet][tap octet][8 channels][8 taps]
+  int64_t channel_octets;  // octets of output channels per group (depthwise: octets of groups)
+  AlignedBytes packed;     // [group][channel octet][tap octet][8 channels][8 taps] (depthwise: one group)
 
   bool Fits(const ConvShape& s) const {
     return group == s.attrs.group && out_per_group == s.OutPerGroup() && in_per_group == s.InPerGroup() &&
@@ -81,10 +84,29 @@ std::shared_ptr<QuantizedWeightLayout> LayOutWeights(const ConvShape& s, const u
   l.kernel_h = s.kernel_h;
   l.kernel_w = s.kernel_w;
   l.in_place = cg % kOctet == 0 || khw == 1;
+  l.depthwise = !l.in_place && cg == 1 && rows == 1;
+  const int64_t block = kOctet * kOctet;
+  if (l.depthwise) {  // lane = group, byte = tap
+    l.tap_octets = l.k_octets = RoundUpOctets(khw);
+    l.channel_octets = RoundUpOctets(s.attrs.group);
+    l.packed = AlignedBytes(l.channel_octets * l.k_octets * block);
+    uint8_t* out = l.packed.data();
+    for (int64_t q = 0; q < l.channel_octets; ++q) {
+      for (int64_t k = 0; k < l.k_octets; ++k) {
+        for (int64_t lane = 0; lane < kOctet; ++lane) {
+          const int64_t g = q * kOctet + lane;
+          for (int64_t b = 0; b < kOctet; ++b, ++out) {
+            const int64_t t = k * kOctet + b;
+            *out = g < s.attrs.group && t < khw ? w[g * khw + t] : 0;
+          }
+        }
+      }
+    }
+    return layout;
+  }
   l.tap_octets = l.in_place ? RoundUpOctets(cg) : RoundUpOctets(cg * khw);
   l.k_octets = l.in_place ? khw * l.tap_octets : l.tap_octets;
   l.channel_octets = RoundUpOctets(rows);
-  const int64_t block = kOctet * kOctet;
   l.packed = AlignedBytes(s.attrs.group * l.channel_octets * l.k_octets * block);
   uint8_t* out = l.packed.data();
   for (int64_t g = 0; g < s.attrs.group; ++g) {
@@ -141,6 +163,67 @@ struct ForwardJob {
   float* y;
 };
 
+// Depthwise: for each octet of groups, every pixel's column holds, per octet of taps, 8 groups x 8 taps
+// (an 8 x 8 byte transpose of the image's 8-group pixels at the taps), the x of one VPSADBW per octet.
+void DepthwiseItem(const ForwardJob& job, int64_t n, int64_t pos0, int64_t count, int64_t q0, int64_t q1) {
+  const ConvShape& s = *job.shape;
+  const QuantizedWeightLayout& l = *job.layout;
+  const Image& im = *job.geometry;
+  const ConvAttributes& a = s.attrs;
+  const int64_t positions = s.Positions(), taps = static_cast<int64_t>(job.tap_offsets->size());
+  const int64_t column_bytes = l.k_octets * kOctet * kOctet;
+  thread_local std::vector<const uint8_t*> pixels;
+  thread_local std::vector<uint8_t> storage;
+  pixels.resize(count);
+  storage.resize(count * column_bytes + 64);
+  uint8_t* columns = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+  const QuantizedEpilogue& e = *job.epilogue;
+  for (int64_t q = q0; q < q1; ++q) {
+    const uint8_t* plane = job.image + n * im.image_bytes + q * im.plane_bytes;
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t pos = pos0 + p, oh = pos / s.out_w, ow = pos % s.out_w;
+      const uint8_t* base = plane + (oh * a.strides[0] * im.padded_w + ow * a.strides[1]) * kOctet;
+      uint8_t* column = columns + p * column_bytes;
+      for (int64_t k = 0; k < l.k_octets; ++k) {
+        __m128i r[8];
+        for (int64_t b = 0; b < kOctet; ++b) {
+          const int64_t t = k * kOctet + b;
+          r[b] = t < taps ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(base + (*job.tap_offsets)[t]))
+                          : _mm_setzero_si128();
+        }
+        // Rows: taps (bytes: groups) -> 8 groups x 8 taps.
+        const __m128i a0 = _mm_unpacklo_epi8(r[0], r[1]), a1 = _mm_unpacklo_epi8(r[2], r[3]);
+        const __m128i a2 = _mm_unpacklo_epi8(r[4], r[5]), a3 = _mm_unpacklo_epi8(r[6], r[7]);
+        const __m128i b0 = _mm_unpacklo_epi16(a0, a1), b1 = _mm_unpackhi_epi16(a0, a1);
+        const __m128i b2 = _mm_unpacklo_epi16(a2, a3), b3 = _mm_unpackhi_epi16(a2, a3);
+        __m128i* out = reinterpret_cast<__m128i*>(column + k * kOctet * kOctet);
+        _mm_store_si128(out, _mm_unpacklo_epi32(b0, b2));
+        _mm_store_si128(out + 1, _mm_unpackhi_epi32(b0, b2));
+        _mm_store_si128(out + 2, _mm_unpacklo_epi32(b1, b3));
+        _mm_store_si128(out + 3, _mm_unpackhi_epi32(b1, b3));
+      }
+      pixels[p] = column;
+    }
+    const int64_t m0 = q * kOctet;
+    SadTile tile;
+    tile.pixels = pixels.data();
+    tile.count = count;
+    tile.tap_offsets = nullptr;
+    tile.taps = 1;
+    tile.octets = l.k_octets;
+    tile.octet_stride = kOctet * kOctet;
+    tile.w = l.packed.data() + q * l.k_octets * kOctet * kOctet;
+    tile.w_stride = 0;
+    tile.channels = std::min(kOctet, s.out_channels - m0);
+    tile.alpha = e.alpha + m0;
+    tile.beta = e.beta + m0;
+    tile.relu = e.relu;
+    tile.y = job.y + (n * s.out_channels + m0) * positions + pos0;
+    tile.y_stride = positions;
+    Kernels().sad_lanes(tile);
+  }
+}
+
 void ForwardItem(void* data, size_t item) {
   const ForwardJob& job = *static_cast<const ForwardJob*>(data);
   const ConvShape& s = *job.shape;
@@ -153,7 +236,8 @@ void ForwardItem(void* data, size_t item) {
   rest /= job.channel_chunks;
   const int64_t block = rest % job.pixel_blocks;
   rest /= job.pixel_blocks;
-  const int64_t g = rest % a.group, n = rest / a.group;
+  const int64_t groups = l.depthwise ? 1 : a.group;  // depthwise: the groups are in the octets
+  const int64_t g = rest % groups, n = rest / groups;
   const int64_t positions = s.Positions(), pos0 = block * kPixelsPerItem;
   const int64_t count = std::min(kPixelsPerItem, positions - pos0);
   const int64_t q0 = chunk * kChannelOctetsPerItem, q1 = std::min(l.channel_octets, q0 + kChannelOctetsPerItem);
@@ -161,9 +245,13 @@ void ForwardItem(void* data, size_t item) {
   thread_local std::vector<const uint8_t*> pixels;
   thread_local std::vector<uint8_t> columns;
   pixels.resize(count);
+  if (l.depthwise) {
+    DepthwiseItem(job, n, pos0, count, q0, q1);
+    return;
+  }
   const int64_t column_bytes = l.k_octets * kOctet, cg = s.InPerGroup();
   const int64_t taps = static_cast<int64_t>(job.tap_offsets->size());
-  if (!l.in_place) columns.resize(count * column_bytes);
+  if (!l.in_place) columns.resize(count * column_bytes + kOctet);  // the last octet may run past the column
   const uint8_t* image = job.image + n * im.image_bytes + g * im.group_bytes;
   for (int64_t p = 0; p < count; ++p) {
     const int64_t pos = pos0 + p, oh = pos / s.out_w, ow = pos % s.out_w;
@@ -172,12 +260,12 @@ void ForwardItem(void* data, size_t item) {
       pixels[p] = base;
       continue;
     }
-    // Column: taps outer, the group's channels inner, gathered from the planes.
+    // Column: taps outer, the group's channels inner, gathered from the planes a whole octet at a time;
+    // the bytes past a tap's channels are overwritten by the next tap, and by zeros after the last.
     uint8_t* column = columns.data() + p * column_bytes;
     for (int64_t t = 0; t < taps; ++t) {
       for (int64_t o = 0; o < im.octets; ++o) {
-        std::memcpy(column + t * cg + o * kOctet, base + (*job.tap_offsets)[t] + o * im.plane_bytes,
-                    std::min(kOctet, cg - o * kOctet));
+        std::memcpy(column + t * cg + o * kOctet, base + (*job.tap_offsets)[t] + o * im.plane_bytes, kOctet);
       }
     }
     std::memset(column + taps * cg, 0, column_bytes - taps * cg);
@@ -265,10 +353,13 @@ void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t
   const std::shared_ptr<const QuantizedWeightLayout> layout =
       cache != nullptr ? cache->Get(s, w) : std::shared_ptr<const QuantizedWeightLayout>(LayOutWeights(s, w));
   const ConvAttributes& a = s.attrs;
-  const Image geometry(s);
+  // Depthwise: the image of one group of all the channels, so that a plane holds 8 groups.
+  ConvShape image_shape = s;
+  if (layout->depthwise) image_shape.attrs.group = 1;
+  const Image geometry(image_shape);
   AlignedBytes image(s.batch * geometry.image_bytes);
-  QuantizeJob quantize{&s, &geometry, x, 1.0f / epilogue.x_scale, epilogue.x_zero_point, image.data()};
-  parallel.Run(static_cast<size_t>(s.batch * a.group * geometry.octets), &QuantizePlane, &quantize);
+  QuantizeJob quantize{&image_shape, &geometry, x, 1.0f / epilogue.x_scale, epilogue.x_zero_point, image.data()};
+  parallel.Run(static_cast<size_t>(s.batch * image_shape.attrs.group * geometry.octets), &QuantizePlane, &quantize);
 
   std::vector<int64_t> tap_offsets;
   for (int64_t i = 0; i < s.kernel_h; ++i) {
@@ -285,7 +376,8 @@ void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t
                  (positions + kPixelsPerItem - 1) / kPixelsPerItem,
                  (layout->channel_octets + kChannelOctetsPerItem - 1) / kChannelOctetsPerItem,
                  y};
-  parallel.Run(static_cast<size_t>(s.batch * a.group * job.pixel_blocks * job.channel_chunks), &ForwardItem, &job);
+  parallel.Run(static_cast<size_t>(s.batch * image_shape.attrs.group * job.pixel_blocks * job.channel_chunks),
+               &ForwardItem, &job);
 }
 
 const char* QuantizedKernelIsa() { return Kernels().isa; }

@@ -38,6 +38,10 @@ struct SadTile {
 struct QuantizedTileKernels {
   const char* isa;
   void (*sad)(const SadTile& tile);
+  // The same for one octet of output channels whose x differs per lane (depthwise: a lane per group):
+  //   S[p][m] = sum over c < octets, b < 8 of |pixels[p][c * octet_stride + 8 * m + b] - w[c * 64 + 8 * m + b]|
+  // (taps, tap_offsets and w_stride unused; channels <= 8).
+  void (*sad_lanes)(const SadTile& tile);
   // out[8 * p + c] = QuantizeValue(x[c * channel_stride + p]) for p < count, c < channels (1..8); bytes c in
   // [channels, 8) are 0.
   void (*quantize_octet)(const float* x, int64_t channel_stride, int64_t channels, int64_t count, float inv_scale,

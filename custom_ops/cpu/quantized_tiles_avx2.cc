@@ -14,6 +14,28 @@ namespace {
 // pixel (channels 0-3 and 4-7, each lane the 64-bit VPSADBW sum over its 8-byte groups of taps).
 constexpr int kPixels = 6;
 
+// Applies the epilogue to the sums of P pixels x 8 channels m0.. (lo[p], hi[p]: channels 0-3, 4-7) and
+// stores them to y[m * y_stride + p].
+template <int P>
+inline void StoreOctet(const __m256i* lo, const __m256i* hi, const SadTile& t, int64_t p0, int64_t m0) {
+  alignas(32) int32_t sums[P][8];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    // The low dwords of the 8 lanes, in order: (lo0 lo1 hi0 hi1 | lo2 lo3 hi2 hi3) -> (lo0..3 hi0..3).
+    const __m256 even = _mm256_shuffle_ps(_mm256_castsi256_ps(lo[p]), _mm256_castsi256_ps(hi[p]), 0x88);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums[p]), _mm256_permute4x64_epi64(_mm256_castps_si256(even), 0xD8));
+  }
+  const int64_t valid = t.channels - m0 < 8 ? t.channels - m0 : 8;
+  for (int64_t l = 0; l < valid; ++l) {
+    const float a = t.alpha[m0 + l], b = t.beta[m0 + l];
+    float* y = t.y + (m0 + l) * t.y_stride + p0;
+    for (int p = 0; p < P; ++p) {
+      const float v = __builtin_fmaf(a, static_cast<float>(sums[p][l]), b);
+      y[p] = t.relu && v < 0.0f ? 0.0f : v;
+    }
+  }
+}
+
 template <int P>
 void SadBlock(const SadTile& t, int64_t p0, int64_t q) {
   const uint8_t* const* pixels = t.pixels + p0;
@@ -41,22 +63,7 @@ void SadBlock(const SadTile& t, int64_t p0, int64_t q) {
       }
     }
   }
-  alignas(32) int32_t sums[P][8];
-#pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) {
-    // The low dwords of the 8 lanes, in order: (lo0 lo1 hi0 hi1 | lo2 lo3 hi2 hi3) -> (lo0..3 hi0..3).
-    const __m256 even = _mm256_shuffle_ps(_mm256_castsi256_ps(lo[p]), _mm256_castsi256_ps(hi[p]), 0x88);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(sums[p]), _mm256_permute4x64_epi64(_mm256_castps_si256(even), 0xD8));
-  }
-  const int64_t m0 = q * 8, valid = t.channels - m0 < 8 ? t.channels - m0 : 8;
-  for (int64_t l = 0; l < valid; ++l) {
-    const float a = t.alpha[m0 + l], b = t.beta[m0 + l];
-    float* y = t.y + (m0 + l) * t.y_stride + p0;
-    for (int p = 0; p < P; ++p) {
-      const float v = __builtin_fmaf(a, static_cast<float>(sums[p][l]), b);
-      y[p] = t.relu && v < 0.0f ? 0.0f : v;
-    }
-  }
+  StoreOctet<P>(lo, hi, t, p0, q * 8);
 }
 
 using SadBlockFn = void (*)(const SadTile&, int64_t, int64_t);
@@ -67,6 +74,36 @@ void Sad(const SadTile& t) {
   for (int64_t p = 0; p < t.count; p += kPixels) {
     const int64_t pixels = t.count - p < kPixels ? t.count - p : kPixels;
     for (int64_t q = 0; q * 8 < t.channels; ++q) kBlocks[pixels - 1](t, p, q);
+  }
+}
+
+template <int P>
+void LanesBlock(const SadTile& t, int64_t p0) {
+  const uint8_t* const* pixels = t.pixels + p0;
+  __m256i lo[P], hi[P];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) lo[p] = hi[p] = _mm256_setzero_si256();
+  for (int64_t c = 0; c < t.octets; ++c) {
+    const __m256i w_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.w + c * 64));
+    const __m256i w_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.w + c * 64 + 32));
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const uint8_t* x = pixels[p] + c * t.octet_stride;
+      lo[p] = _mm256_add_epi64(lo[p], _mm256_sad_epu8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)), w_lo));
+      hi[p] =
+          _mm256_add_epi64(hi[p], _mm256_sad_epu8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)), w_hi));
+    }
+  }
+  StoreOctet<P>(lo, hi, t, p0, 0);
+}
+
+using LanesBlockFn = void (*)(const SadTile&, int64_t);
+constexpr LanesBlockFn kLanesBlocks[kPixels] = {&LanesBlock<1>, &LanesBlock<2>, &LanesBlock<3>,
+                                                &LanesBlock<4>, &LanesBlock<5>, &LanesBlock<6>};
+
+void SadLanes(const SadTile& t) {
+  for (int64_t p = 0; p < t.count; p += kPixels) {
+    kLanesBlocks[(t.count - p < kPixels ? t.count - p : kPixels) - 1](t, p);
   }
 }
 
@@ -121,6 +158,6 @@ void QuantizeOctet(const float* x, int64_t channel_stride, int64_t channels, int
 
 }  // namespace
 
-QuantizedTileKernels QuantizedTileKernelsAvx2() { return {"avx2", &Sad, &QuantizeOctet}; }
+QuantizedTileKernels QuantizedTileKernelsAvx2() { return {"avx2", &Sad, &SadLanes, &QuantizeOctet}; }
 
 }  // namespace adderconvert::cpu

@@ -32,6 +32,21 @@ void Sad(const SadTile& t) {
   }
 }
 
+void SadLanes(const SadTile& t) {
+  for (int64_t p = 0; p < t.count; ++p) {
+    for (int64_t m = 0; m < t.channels; ++m) {
+      int32_t acc = 0;
+      for (int64_t c = 0; c < t.octets; ++c) {
+        const uint8_t* x = t.pixels[p] + c * t.octet_stride + m * kOctet;
+        const uint8_t* w = t.w + c * kOctet * kOctet + m * kOctet;
+        for (int64_t b = 0; b < kOctet; ++b) acc += std::abs(int32_t{x[b]} - w[b]);
+      }
+      const float v = std::fma(t.alpha[m], static_cast<float>(acc), t.beta[m]);
+      t.y[m * t.y_stride + p] = t.relu && v < 0.0f ? 0.0f : v;
+    }
+  }
+}
+
 void QuantizeOctet(const float* x, int64_t channel_stride, int64_t channels, int64_t count, float inv_scale,
                    int32_t zero_point, uint8_t* out) {
   for (int64_t p = 0; p < count; ++p) {
@@ -43,6 +58,6 @@ void QuantizeOctet(const float* x, int64_t channel_stride, int64_t channels, int
 
 }  // namespace
 
-QuantizedTileKernels QuantizedTileKernelsGeneric() { return {"generic", &Sad, &QuantizeOctet}; }
+QuantizedTileKernels QuantizedTileKernelsGeneric() { return {"generic", &Sad, &SadLanes, &QuantizeOctet}; }
 
 }  // namespace adderconvert::cpu

@@ -209,6 +209,9 @@ void NamedCases(std::mt19937& rng) {
       {{3, 40, 6, 6}, {20, 40, 1, 1}, 2, 1, {0, 0, 0, 0}, 1},
       {{1, 3, 23, 23}, {16, 3, 7, 7}, 2, 1, {3, 3, 3, 3}, 1},
       {{2, 32, 9, 9}, {32, 1, 3, 3}, 1, 1, {1, 1, 1, 1}, 32},
+      {{1, 13, 10, 9}, {13, 1, 5, 5}, 2, 1, {2, 2, 2, 2}, 13},
+      {{2, 16, 7, 7}, {32, 1, 3, 3}, 1, 1, {1, 1, 1, 1}, 16},
+      {{1, 24, 6, 6}, {24, 1, 3, 3}, 1, 2, {2, 1, 2, 1}, 24},
       {{1, 1, 9, 9}, {3, 1, 3, 3}, 1, 1, {0, 2, 1, 0}, 1},
       {{1, 16, 10, 12}, {17, 16, 3, 2}, 1, 2, {2, 0, 1, 3}, 1},
       {{2, 48, 8, 8}, {96, 12, 3, 3}, 2, 1, {1, 0, 0, 1}, 4},
@@ -292,7 +295,7 @@ void KernelsAgree(std::mt19937& rng) {
   std::uniform_int_distribution<int> byte(0, 255), count(1, 37), taps(1, 9), octets(1, 5), channel_octets(1, 20);
   std::normal_distribution<float> normal(0.0f, 100.0f);
   for (const QuantizedTileKernels& k : isas) {
-    bool sad_ok = true, sums_ok = true, quantize_ok = true;
+    bool sad_ok = true, sums_ok = true, lanes_ok = true, quantize_ok = true;
     for (int trial = 0; trial < 60; ++trial) {
       const int64_t n = count(rng), t = taps(rng), o = octets(rng), q = channel_octets(rng);
       // Pixels at odd byte offsets, taps spread out, octets 8 bytes apart or further.
@@ -342,6 +345,24 @@ void KernelsAgree(std::mt19937& rng) {
       generic.sad(tile);
       sums_ok = sums_ok && SameBits(y_got, y_want);
 
+      // Lanes of their own (depthwise): columns of o octets x 64 bytes, 64 bytes apart or further.
+      const int64_t lane_stride = 64 + 64 * (trial % 2);
+      std::vector<uint8_t> lane_columns(n * o * lane_stride + 64);
+      for (auto& v : lane_columns) v = static_cast<uint8_t>(byte(rng));
+      for (int64_t p = 0; p < n; ++p) pixels[p] = lane_columns.data() + p * o * lane_stride + (trial % 3);
+      adderconvert::cpu::SadTile lanes = tile;
+      lanes.octet_stride = lane_stride;
+      lanes.octets = o;
+      lanes.channels = 8 - trial % 4;
+      lanes.alpha = alpha.data();
+      lanes.beta = beta.data();
+      lanes.relu = trial % 2 == 1;
+      lanes.y = y_got.data();
+      k.sad_lanes(lanes);
+      lanes.y = y_want.data();
+      generic.sad_lanes(lanes);
+      lanes_ok = lanes_ok && SameBits(y_got, y_want);
+
       const float x_scale = 0.25f + trial, inv = 1.0f / x_scale;
       const int32_t zp = byte(rng);
       const int64_t in_channels = 1 + trial % 8, stride = n + 3;
@@ -356,6 +377,7 @@ void KernelsAgree(std::mt19937& rng) {
     }
     Check(sad_ok, std::string(k.isa) + " sad with epilogue == generic");
     Check(sums_ok, std::string(k.isa) + " sums == generic");
+    Check(lanes_ok, std::string(k.isa) + " sad_lanes == generic");
     Check(quantize_ok, std::string(k.isa) + " quantize == generic");
   }
 }
