@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from adderconvert import _libs
-from adderconvert.deploy import runtime
+from adderconvert.deploy import ops, runtime
 
 RNG = np.random.default_rng(17)
 ERRORS = (
@@ -117,6 +117,11 @@ def test_integer_sums_are_bit_exact(case):
     assert expected.max() < 2**24
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected.astype(np.float32))
+    # The op's schema (adderconvert.deploy.ops) infers the shape the kernel gives.
+    ops.register_schemas()
+    m_model = model(x.shape, w, np.ones(m), np.zeros(m), x_scale=x_scale, x_zero_point=zero_point, **attrs)
+    inferred = onnx.shape_inference.infer_shapes(m_model, strict_mode=True).graph.output[0].type.tensor_type.shape
+    assert tuple(d.dim_value for d in inferred.dim) == got.shape
 
 
 @pytest.mark.parametrize("relu", [0, 1])
