@@ -28,13 +28,14 @@ __all__ = [
     "DEFAULT_INPUT_SIZES",
     "INIT_CHOICES",
     "SIGN_MARGIN",
-    "calibrate_inserted_norms",
+    "calibrate_norms",
     "ConversionReport",
     "LayerDecision",
     "convert",
     "norms_after_adders",
     "plan_conversion",
     "restore",
+    "sign_edges",
 ]
 
 INIT_CHOICES = ("sign", "fresh", "rescale", "copy")
@@ -397,7 +398,7 @@ def convert(
     ``init`` chooses the adder weights: ``"sign"`` (the default: each weight just past the range of the
     inputs measured on ``example_input``, on the side of the conv weight's sign, see :func:`sign_edges`;
     the model keeps the CNN's function up to binary weights, once its norms are recalibrated with
-    :func:`calibrate_inserted_norms` and a BatchNorm re-estimation), ``"fresh"`` (Kaiming init scaled to the
+    :func:`calibrate_norms`), ``"fresh"`` (Kaiming init scaled to the
     std of the layer's input activations and made non-negative where those inputs are, as after a ReLU),
     ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
     Rules are those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
@@ -451,47 +452,51 @@ def _inserted_norms(model: nn.Module, report: ConversionReport) -> list[nn.modul
 
 
 @torch.no_grad()
-def calibrate_inserted_norms(model: nn.Module, report: ConversionReport, images: torch.Tensor) -> None:
-    """Make the BatchNorms :func:`convert` inserted compute, in training mode on batches like ``images``,
-    what they compute in eval mode now (batch statistics in place of their running ones).
+def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Tensor, init: str = "sign") -> None:
+    """Re-estimate every BatchNorm's statistics on ``images`` after :func:`convert`, keeping what the
+    BatchNorms it inserted compute.
 
-    A BatchNorm normalises each batch to its own mean and variance while it trains, and a BatchNorm
-    re-estimation makes its running statistics those of the data: an inserted norm set to reproduce the
-    conv's output scale (the ``sign`` init) would lose it. This measures each inserted norm's input on
-    ``images`` (one forward pass in eval mode, in execution order) and folds the eval-mode mapping into its
-    weight and bias, with the measured statistics as running ones, so that both modes agree on such data
-    and re-estimating the statistics keeps the mapping. Call it after :func:`convert`, before any training
-    step or BatchNorm re-estimation. Other norms are left as they are.
+    One forward pass in training mode: each BatchNorm's running statistics become those of its input on
+    ``images`` (after a conversion they are the CNN's, for outputs on another scale). An inserted norm set
+    to give the conv's output scale (the ``sign`` init) would lose that scale to batch statistics; just
+    before it runs, its eval-mode mapping ``a * x + c`` is folded into its weight and bias for the batch's
+    statistics, so that in training mode on such data, in eval mode and after any later re-estimation it
+    computes the same thing (``init`` is the one :func:`convert` used: other inits leave inserted norms to
+    learn their scale, as before). Call it once, after :func:`convert` and before any training step; a
+    longer re-estimation may follow (e.g. ``adderconvert.train.recalibrate_batchnorm``).
     """
-    norms = _inserted_norms(model, report)
-    if not norms:
-        return
-    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    inserted = set(_inserted_norms(model, report)) if init == "sign" else set()
 
-    def hook(module, inputs):
+    # Each inserted norm's eval-mode mapping a * x + c, taken before the statistics are reset.
+    mappings = {}
+    for m in inserted:
+        if m.affine:
+            a = m.weight / torch.sqrt(m.running_var + m.eps)
+            mappings[m] = (a, m.bias - a * m.running_mean)
+
+    def fold(module, inputs):
         x = inputs[0].transpose(0, 1).flatten(1)
-        stats[module] = (x.mean(1), x.var(1, correction=0))
+        mean, var = x.mean(1), x.var(1, correction=0)
+        a, c = mappings[module]
+        module.weight.copy_(a * torch.sqrt(var + module.eps))
+        module.bias.copy_(a * mean + c)
 
-    hooks = [norm.register_forward_pre_hook(hook) for norm in norms]
+    momenta = [m.momentum for m in norms]
+    hooks = [m.register_forward_pre_hook(fold) for m in mappings]
     was_training = model.training
-    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: the statistics of this one batch
+    model.train()
     try:
         model(images)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    for norm in norms:
-        if norm not in stats:
-            continue
-        mean, var = stats[norm]
-        # eval mode: y = a * x + c
-        a = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        c = norm.bias - a * norm.running_mean
-        norm.weight.copy_(a * torch.sqrt(var + norm.eps))
-        norm.bias.copy_(a * mean + c)
-        norm.running_mean.copy_(mean)
-        norm.running_var.copy_(var)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 def restore(model: nn.Module, report: ConversionReport | dict) -> nn.Module:

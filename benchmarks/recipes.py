@@ -33,14 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.app.pipeline import RunConfig  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
-from adderconvert.conversion import convert, plan_conversion  # noqa: E402
+from adderconvert.conversion import INIT_CHOICES, calibrate_norms, convert, plan_conversion  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
-from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit  # noqa: E402
+from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit, recalibrate_batchnorm  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg11_bn", "regnet_y_400mf")
 STATS_BATCHES = 4  # training batches over which the adder layers' input ranges are measured
+CALIBRATION_IMAGES = 256  # training images the conversion plan measures input ranges on (as the main job)
+RECALIBRATE_BATCHES = 50  # training batches that re-estimate BatchNorm statistics before the zero-step eval
 # The CNNs train from scratch with the main job's --pretrain-lr after a linear warm-up over this share of
 # their steps: without it VGG-11-BN's loss turns NaN at step 17 of the cpu budget.
 CNN_WARMUP = 0.1
@@ -152,18 +154,51 @@ def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path)
     return teacher, result
 
 
-def run_model(name: str, budget: Budget, overrides: dict, splits, test_set, ctx, cache: Path) -> dict:
-    """One row of the table: teacher, conversion, fine-tuning with the recipe, diagnostics."""
+def calibration_images(train_set, count: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
+    """``count`` training images drawn at random (seeded): what the conversion plan measures ranges on."""
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.stack([train_set[int(i)][0] for i in order])
+
+
+def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: dict) -> tuple:
+    """The adder model as the main job makes it (plan on calibration images, convert, BatchNorms calibrated
+    and re-estimated) and its top-1 before any step: (student, report, row)."""
+    started = time.perf_counter()
+    student = copy.deepcopy(teacher).cpu()
+    example = calibration_images(splits.train)
+    report = plan_conversion(student, example, keep_mac_budget=conversion.get("keep_mac_budget", 0.0))
+    init = conversion.get("init", RunConfig.init)
+    convert(student, None, init=init, report=report)
+    student.to(ctx.device)
+    calibrate_norms(student, report, example.to(ctx.device), init)
+    loader = DataLoader(
+        splits.train, batch_size=budget.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
+    zero = evaluate(student, test_set, device=ctx.device)
+    row = {
+        "zero_step_top1": zero,
+        "convert_seconds": time.perf_counter() - started,
+        "converted_macs_share": report.converted_macs / max(report.total_macs, 1),
+    }
+    return student, report, row
+
+
+def run_model(
+    name: str, budget: Budget, overrides: dict, splits, test_set, ctx, cache: Path, conversion: dict | None = None
+) -> dict:
+    """One row of the table: teacher, conversion, zero-step top-1, fine-tuning with the recipe, diagnostics."""
     started = time.perf_counter()
     try:
         teacher, row = train_teacher(name, budget, splits, test_set, ctx, cache)
     except TrainingDiverged as e:
         return {"model": name, "cnn_seconds": time.perf_counter() - started, "diverged": f"the CNN: {e}"}
     row = {"model": name, **row}
-    student = copy.deepcopy(teacher).cpu()
-    example = torch.stack([splits.train[i][0] for i in range(32)])
-    report = plan_conversion(student, example)
-    convert(student, None, init=RunConfig.init, report=report)
+    student, report, zero = convert_student(teacher, splits, test_set, ctx, budget, conversion or {})
+    row.update(zero)
+    print(f"{name}: CNN {row['cnn_top1']:.2f}%, zero-step adder {row['zero_step_top1']:.2f}%", flush=True)
+    if budget.steps == 0:
+        return _diagnose(row, student, report, splits, budget, ctx, row["zero_step_top1"], None, 0.0)
     config = TrainConfig(
         epochs=budget.epochs,
         batch_size=budget.batch_size,
@@ -181,12 +216,16 @@ def run_model(name: str, budget: Budget, overrides: dict, splits, test_set, ctx,
     except TrainingDiverged as e:
         diverged = str(e)
         adder_top1, train_loss = evaluate(student, test_set, device=ctx.device), math.nan
-    row["adder_seconds"] = time.perf_counter() - started
     chance = 100.0 / splits.num_classes
     if diverged is None and not math.isfinite(train_loss):
         diverged = f"non-finite training loss ({train_loss})"
     if diverged is None and adder_top1 <= 1.5 * chance:
         diverged = f"adder top-1 {adder_top1:.2f}% is at chance ({chance:.0f}%)"
+    return _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, time.perf_counter() - started)
+
+
+def _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds) -> dict:
+    row["adder_seconds"] = seconds
     loader = DataLoader(splits.train, batch_size=budget.batch_size)
     layers = adder_weight_stats(student, itertools.islice(loader, STATS_BATCHES), ctx.device)
     summary = saturation_summary(layers)
@@ -203,28 +242,34 @@ def run_model(name: str, budget: Budget, overrides: dict, splits, test_set, ctx,
     return row
 
 
-def markdown_table(rows: list[dict], budget_name: str, budget: Budget, machine: str, overrides: dict) -> str:
+def markdown_table(
+    rows: list[dict], budget_name: str, budget: Budget, machine: str, overrides: dict, conversion: dict | None = None
+) -> str:
     recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "TrainConfig defaults"
     defaults = TrainConfig()
     settings = {k: overrides.get(k, getattr(defaults, k)) for k in ("lr", "eta", "weight_decay", "feature_kd")}
-    steps = f"{budget.steps} steps" if budget.steps else "whole epochs"
+    conversion = {"init": RunConfig.init, "keep_mac_budget": 0.0, **(conversion or {})}
+    steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
     tests = budget.test_images or "all 10,000"
     lines = [
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, batch {budget.batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder {budget.epochs} epoch(s) of {steps}; "
-        f"{tests} test images. Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}).",
+        f"{tests} test images. Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}). "
+        f"Conversion: init {conversion['init']}, keep_mac_budget {conversion['keep_mac_budget']:g}.",
         "",
-        "| model | CNN top-1 | adder top-1 | gap | CNN s | adder s | adder weight std (mean / max) "
-        "| saturated weights | diverged |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | CNN top-1 | zero-step adder (% of CNN) | MACs converted | adder top-1 | gap | CNN s | adder s "
+        "| adder weight std (mean / max) | weights at the range edge | diverged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if "adder_top1" not in r:
-            lines.append(f"| {r['model']} | n/a | n/a | n/a | {r['cnn_seconds']:.0f} | | | | {r['diverged']} |")
+            lines.append(f"| {r['model']} | n/a | n/a | | n/a | n/a | {r['cnn_seconds']:.0f} | | | | {r['diverged']} |")
             continue
         lines.append(
-            f"| {r['model']} | {r['cnn_top1']:.2f}% | {r['adder_top1']:.2f}% | {r['gap']:+.2f} | "
+            f"| {r['model']} | {r['cnn_top1']:.2f}% | {r['zero_step_top1']:.2f}% "
+            f"({100 * r['zero_step_top1'] / r['cnn_top1']:.0f}%) | {100 * r['converted_macs_share']:.0f}% | "
+            f"{r['adder_top1']:.2f}% | {r['gap']:+.2f} | "
             f"{r['cnn_seconds']:.0f} | {r['adder_seconds']:.0f} | {r['mean_weight_std']:.2f} / "
             f"{r['max_weight_std']:.2f} | {100 * r['saturated_fraction']:.1f}% | {r['diverged'] or 'no'} |"
         )
@@ -234,7 +279,8 @@ def markdown_table(rows: list[dict], budget_name: str, budget: Budget, machine: 
         lines += [
             "",
             f"{met} of {len(rows)} within {budget.target_gap} pt of their CNN (worst gap {worst:+.2f} pt); "
-            f"{sum(bool(r['diverged']) for r in rows)} diverged. Gap = CNN - adder top-1.",
+            f"{sum(bool(r['diverged']) for r in rows)} diverged. Gap = CNN - adder top-1. Weights at the range "
+            "edge: at or beyond every input their tap reads (the rest lie inside the range).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -255,7 +301,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="adder fine-tuning steps (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--init", default=RunConfig.init, choices=INIT_CHOICES, help="adder weight init")
+    parser.add_argument("--keep-mac-budget", type=float, default=0.0, help="see plan_conversion")
     args = parser.parse_args()
+    conversion = {"init": args.init, "keep_mac_budget": args.keep_mac_budget}
     overrides = parse_overrides(args.overrides)
     budget = BUDGETS[args.budget]
     if args.steps is not None:
@@ -286,7 +335,7 @@ def main() -> None:
         return
     rows = []
     for name in args.models:
-        row = run_model(name, budget, overrides, splits, test_set, ctx, Path(args.teachers))
+        row = run_model(name, budget, overrides, splits, test_set, ctx, Path(args.teachers), conversion)
         rows.append(row)
         print(
             f"{name}: the CNN diverged: {row['diverged']}"
@@ -297,9 +346,16 @@ def main() -> None:
             flush=True,
         )
         # Written after every model, so that an interrupted run keeps the rows it has.
-        payload = {"budget": args.budget, "machine": machine, "overrides": overrides, "rows": rows}
+        payload = {
+            "budget": args.budget,
+            "steps": budget.steps,
+            "machine": machine,
+            "overrides": overrides,
+            "conversion": conversion,
+            "rows": rows,
+        }
         (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        table = markdown_table(rows, args.budget, budget, machine, overrides)
+        table = markdown_table(rows, args.budget, budget, machine, overrides, conversion)
         (out / "table.md").write_text(table)
         if args.table:
             Path(args.table).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""Conversion rules, the report, BN insertion and conversion of every torchvision classification CNN."""
+"""Conversion rules, the report, BN insertion, the inits and conversion of every torchvision classification CNN."""
+
+import copy
 
 import pytest
 import torch
@@ -6,7 +8,16 @@ import torchvision
 from torch import nn
 
 from adderconvert.architectures.cnn import list_cnn_models
-from adderconvert.conversion import ConversionReport, convert, norms_after_adders, plan_conversion, restore
+from adderconvert.conversion import (
+    SIGN_MARGIN,
+    ConversionReport,
+    calibrate_norms,
+    convert,
+    norms_after_adders,
+    plan_conversion,
+    restore,
+    sign_edges,
+)
 from adderconvert.nn import AdderConv2d
 
 
@@ -98,7 +109,7 @@ def test_init_choices(init):
 
 def test_fresh_init_keeps_signs_for_inputs_that_go_negative():
     model = _resnet18()
-    convert(model, X, keep_stem=False)  # the stem sees the normalised image, which has negative values
+    convert(model, X, keep_stem=False, init="fresh")  # the stem sees the normalised image, which has negative values
     assert (model.conv1.weight < 0).any() and (model.layer1[0].conv1.weight >= 0).all()
 
 
@@ -258,3 +269,164 @@ def test_norms_after_adders_are_the_norms_conversion_relies_on():
     norms = norms_after_adders(resnet, X)
     assert norms["layer1.0.conv1"] == "layer1.0.bn1" and norms["layer2.0.downsample.0"] == "layer2.0.downsample.1"
     assert set(norms) == {d.name for d in report.converted} and not any(d.insert_bn for d in report.converted)
+
+
+# --- the function-preserving ("sign") init -------------------------------------------------------------
+
+
+class _SmallCNN(nn.Module):
+    """A small CNN with BatchNorms (and one conv without, where conversion inserts one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.mix = nn.Conv2d(32, 32, 1)  # no norm after it: conversion inserts one
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(nn.functional.avg_pool2d(torch.relu(self.mix(x)), 2).flatten(1))
+
+
+def _toy_task(n: int, generator: torch.Generator):
+    """10 classes of 16x16 images: a class's fixed random pattern, shifted and noisy."""
+    patterns = torch.randn(10, 1, 16, 16, generator=torch.Generator().manual_seed(123))
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    images = patterns[labels] + 1.0 * torch.randn(n, 1, 16, 16, generator=generator)
+    shifts = torch.randint(-1, 2, (n, 2), generator=generator)
+    images = torch.stack([torch.roll(im, tuple(s.tolist()), (1, 2)) for im, s in zip(images, shifts)])
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def trained_cnn():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = _SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(150):
+        images, labels = _toy_task(64, generator)
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    calibration, _ = _toy_task(256, generator)
+    test_images, test_labels = _toy_task(1000, generator)
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(test_images).argmax(1) == test_labels).float().mean())
+    assert accuracy > 0.8, f"the toy CNN did not learn its task ({accuracy:.2f})"
+    return model, calibration, test_images
+
+
+def _convert_default(model, calibration):
+    student = copy.deepcopy(model)
+    report = plan_conversion(student, calibration)
+    convert(student, None, report=report)  # the default init
+    calibrate_norms(student, report, calibration)
+    return student.eval(), report
+
+
+def test_default_conversion_keeps_the_cnns_function(trained_cnn):
+    model, calibration, test_images = trained_cnn
+    student, report = _convert_default(model, calibration)
+    assert [d.name for d in report.converted] == ["block1.0", "block2.0", "mix"]
+    assert report.converted[-1].insert_bn
+    with torch.no_grad():
+        agree = float((student(test_images).argmax(1) == model(test_images).argmax(1)).float().mean())
+        fresh = copy.deepcopy(model)
+        plan = plan_conversion(fresh, calibration)
+        convert(fresh, None, report=plan, init="fresh")
+        calibrate_norms(fresh, plan, calibration, init="fresh")
+        agree_fresh = float((fresh.eval()(test_images).argmax(1) == model(test_images).argmax(1)).float().mean())
+    assert agree >= 0.8, f"the default-converted adder model agrees with its CNN on {100 * agree:.1f}% of images"
+    assert agree_fresh < 0.5  # the old default threw the function away: the test can tell them apart
+
+
+def test_sign_init_is_the_binary_weight_conv_plus_a_constant_within_the_margin():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1, bias=False)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), conv, nn.BatchNorm2d(6))
+    calibration = torch.randn(16, 3, 10, 10)
+    report = plan_conversion(model, calibration, keep_classifier=False)
+    decision = next(d for d in report.converted)
+    lower, upper = sign_edges(decision)
+    seen = model[0](calibration)
+    span = max(float(seen.max()), 0) - min(float(seen.min()), 0)
+    assert upper == pytest.approx(float(seen.max()) + SIGN_MARGIN * span, rel=1e-5)
+    assert lower == pytest.approx(float(seen.min()) - SIGN_MARGIN * span, rel=1e-5)
+    weight = conv.weight.detach().clone()
+    convert(model, None, report=report)
+    adder = model[1]
+    assert adder.weight.unique().tolist() == pytest.approx([lower, upper])
+    assert torch.equal(adder.weight > 0, weight >= 0)
+
+    def twin(x):  # sign(W) * x - sum |w|: what a tap computes when its weight lies beyond every input
+        constant = adder.weight.abs().flatten(1).sum(1)
+        return nn.functional.conv2d(x, torch.sign(weight), padding=1) - constant[:, None, None]
+
+    with torch.no_grad():
+        new = model[0](torch.randn(64, 3, 10, 10))  # inputs the calibration did not see
+        for scale in (1.0, 1.0 + 0.9 * SIGN_MARGIN):  # up to the margin beyond the calibrated range
+            x = scale * new
+            assert float(x.max()) > upper / (1 + SIGN_MARGIN) or scale == 1.0
+            torch.testing.assert_close(adder(x), twin(x), rtol=1e-5, atol=1e-3)
+        far = 3.0 * new  # well past the margin: the identity no longer holds, so the check above means something
+        assert (adder(far) - twin(far)).abs().max() > 1.0
+
+
+def test_sign_init_after_a_relu_puts_negative_weights_at_zero():
+    model = _resnet18()
+    convert(model, X)
+    weight = model.layer1[0].conv1.weight
+    assert float(weight.min()) == 0.0 and float(weight.max()) > 0
+    assert ((weight == 0) | (weight == weight.max())).all()
+
+
+def test_inserted_norm_gives_the_convs_scale_in_both_modes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=True))
+    calibration = torch.randn(64, 3, 8, 8)
+    with torch.no_grad():  # the reference: conv(x, mean|W| sign(W)) + b
+        expected_scale = model[2].weight.abs().flatten(1).mean(1)
+        sign_weight, bias = torch.sign(model[2].weight).clone(), model[2].bias.clone()
+        inputs = model[1](model[0](calibration))
+        binary = nn.functional.conv2d(inputs, sign_weight * expected_scale[:, None, None, None], bias)
+    report = plan_conversion(model, calibration, keep_classifier=False)
+    assert report.converted[0].insert_bn
+    convert(model, None, report=report)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(calibration), binary, rtol=1e-4, atol=1e-3)
+        calibrate_norms(model, report, calibration)
+        torch.testing.assert_close(model.eval()(calibration), binary, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(model.train()(calibration), binary, rtol=1e-4, atol=1e-3)
+
+
+def test_sign_init_needs_a_measured_range():
+    data = plan_conversion(_resnet18(), X).to_dict()
+    for row in data["layers"]:
+        del row["input_max"]
+    report = ConversionReport.from_dict(data)
+    with pytest.raises(ValueError, match="no measured input range"):
+        convert(_resnet18(), None, report=report)
+    restore(_resnet18(), data)  # restoring a saved model does not need it: its weights are loaded
+
+
+def test_keep_mac_budget_keeps_the_worst_binary_layers_within_the_budget():
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    x = torch.randn(4, 3, 64, 64)
+    full = plan_conversion(model, x)
+    assert all(d.sign_error is not None for d in full.layers if d.supported)
+    report = plan_conversion(model, x, keep_mac_budget=0.05)
+    kept = [d for d in report.layers if "keep_mac_budget" in d.rule]
+    assert kept and not any(d.convert for d in kept)
+    assert sum(d.macs for d in kept) <= 0.05 * report.total_macs
+    assert any(d.groups > 1 for d in kept)  # depthwise convs are among those that binarise worst
+    by_ratio = sorted(full.converted, key=lambda d: d.sign_error / d.macs, reverse=True)
+    assert by_ratio[0].name in {d.name for d in kept}
+    assert "keep_mac_budget 0.05" in report.table()
+    with pytest.raises(ValueError, match="keep_mac_budget"):
+        plan_conversion(model, x, keep_mac_budget=1.5)

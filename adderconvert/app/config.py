@@ -33,11 +33,12 @@ class RunConfig:
     warmup_steps: int = TrainConfig.warmup_steps
     kd: bool = True
     feature_kd: float = TrainConfig.feature_kd
-    init: str = "fresh"
+    init: str = "sign"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     keep_stem: bool = True
     keep_classifier: bool = True
+    keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
     sync_bn: bool = False
     amp: bool = False
     export: bool = True
@@ -100,6 +101,7 @@ _RULES: dict[str, _Rule] = {
     "exclude": _Rule(list),
     "keep_stem": _Rule(bool),
     "keep_classifier": _Rule(bool),
+    "keep_mac_budget": _Rule(float, low=0, high=1),
     "sync_bn": _Rule(bool),
     "amp": _Rule(bool),
     "export": _Rule(bool),

@@ -176,6 +176,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     accuracy = r["accuracy"]
     accuracy_rows = [
         ["CNN (teacher, PyTorch)", _fmt(accuracy["cnn_top1"], suffix=" %")],
+        ["AdderNet before fine-tuning (PyTorch)", _fmt(accuracy.get("zero_step_top1"), suffix=" %")],
         ["AdderNet (PyTorch)", _fmt(accuracy["adder_top1"], suffix=" %")],
         ["AdderNet (ONNX Runtime)", _fmt(accuracy["onnx_top1"], suffix=" %")],
         ["AdderNet INT8 (ONNX Runtime)", _fmt(accuracy.get("int8_top1"), suffix=" %")],
