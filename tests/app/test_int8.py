@@ -1,6 +1,8 @@
 """INT8 in the application: an adder checkpoint exported as MODEL_adder_int8.onnx (calibrated on its training set),
 evaluated by `adderconvert evaluate`, compared with its FP32 export; bad inputs refused with a message."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -104,3 +106,55 @@ def test_calibration_batches_are_seeded_training_batches(adder_checkpoint):
     with pytest.raises(ValueError, match="must be >= 1"):
         calibration_batches(splits.train, 0)
     assert np.isfinite(a[0].numpy()).all()
+
+
+def test_main_job_int8_summary_and_report(tmp_path):
+    data = _fake_fashion_mnist(tmp_path)
+    out = tmp_path / "run"
+    args = ["resnet18", "--data", str(data), "--weights", "none", "--pretrain-epochs", "1", "--epochs", "1"]
+    args += ["--batch-size", "32", "--output", str(out), "--quiet", "--int8", "--calibration-batches", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["int8_path"] == "resnet18_adder_int8.onnx" and (out / summary["int8_path"]).is_file()
+    assert summary["int8_images"] == 64 and 0 <= summary["int8_top1"] <= 100
+    assert 0 <= summary["int8_agreement"] <= 100
+    assert "AdderNet INT8 (ONNX RT)" in result.output and "INT8 ONNX Runtime top-1" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"]["int8_top1"] == summary["int8_top1"]
+    assert all(row["int8_ms"] > 0 and row["int8_ratio"] > 0 for row in report["latency_ms"])
+    deployed = report["energy_pj_int8_deployed"]
+    assert deployed["cnn"] > 0 and deployed["adder"] > 0
+    assert "AdderNet INT8 ms" in (out / "report.html").read_text()
+
+
+def test_deployed_int8_energy_by_hand():
+    from torch import nn
+
+    from adderconvert.app.report.costs import ENERGY_PJ, count_operations, deployed_int8_energy_pj
+    from adderconvert.nn import AdderConv2d
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1, bias=False), AdderConv2d(4, 2, 1, bias=True), nn.Flatten(), nn.Linear(8, 3)
+    )
+    counts = count_operations(model, (3, 2, 2))
+    fp32, int8, int32 = ENERGY_PJ["fp32"], ENERGY_PJ["int8"], ENERGY_PJ["int32"]
+    conv_macs, adder_macs, linear_macs = 4 * 4 * 3, 2 * 4 * 4, 3 * 8
+    # The INT8 AdderNet: conv and linear FP32, adder |x - w| on 8 bits + 32-bit sums, its bias a 32-bit addition.
+    adder_model = (
+        conv_macs * (fp32["multiplication"] + fp32["addition"])
+        + adder_macs * (int8["addition"] + int32["addition"])
+        + 8 * int32["addition"]
+        + linear_macs * (fp32["multiplication"] + fp32["addition"])
+        + 3 * fp32["addition"]
+    )
+    assert deployed_int8_energy_pj(counts, ("adder",)) == pytest.approx(adder_model)
+    # Everything but the adder layer on 8 bits (the INT8 CNN's rule applied to this model).
+    cnn_rule = (
+        conv_macs * (int8["multiplication"] + int32["addition"])
+        + adder_macs * (fp32["addition"] * 2)
+        + 8 * fp32["addition"]
+        + linear_macs * (int8["multiplication"] + int32["addition"])
+        + 3 * int32["addition"]
+    )
+    assert deployed_int8_energy_pj(counts, ("conv", "linear")) == pytest.approx(cnn_rule)
