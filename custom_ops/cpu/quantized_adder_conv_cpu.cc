@@ -133,7 +133,8 @@ std::shared_ptr<QuantizedWeightLayout> LayOutWeights(const ConvShape& s, const u
   return layout;
 }
 
-// Items of work: (image, group, block of output pixels, chunk of output-channel octets).
+// Items of work: (image, group, block of output pixels, chunk of output-channel octets); depthwise layers
+// have one group of octets of groups.
 constexpr int64_t kPixelsPerItem = 64;
 constexpr int64_t kChannelOctetsPerItem = 16;
 
@@ -242,13 +243,13 @@ void ForwardItem(void* data, size_t item) {
   const int64_t count = std::min(kPixelsPerItem, positions - pos0);
   const int64_t q0 = chunk * kChannelOctetsPerItem, q1 = std::min(l.channel_octets, q0 + kChannelOctetsPerItem);
 
-  thread_local std::vector<const uint8_t*> pixels;
-  thread_local std::vector<uint8_t> columns;
-  pixels.resize(count);
   if (l.depthwise) {
     DepthwiseItem(job, n, pos0, count, q0, q1);
     return;
   }
+  thread_local std::vector<const uint8_t*> pixels;
+  thread_local std::vector<uint8_t> columns;
+  pixels.resize(count);
   const int64_t column_bytes = l.k_octets * kOctet, cg = s.InPerGroup();
   const int64_t taps = static_cast<int64_t>(job.tap_offsets->size());
   if (!l.in_place) columns.resize(count * column_bytes + kOctet);  // the last octet may run past the column
