@@ -170,7 +170,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is not an adderconvert checkpoint (a plain state dict goes to --weights, not here)"
         )
-    return {**payload, "meta": CheckpointMeta.from_dict(payload["meta"], version)}
+    try:
+        meta = CheckpointMeta.from_dict(payload["meta"], version)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return {**payload, "meta": meta}
 
 
 def read_torch_file(path: str | os.PathLike, error: type[Exception] = CheckpointError) -> Any:
@@ -199,7 +203,8 @@ def check_compatible(
     model_name: str | None = None,
     num_classes: int | None = None,
 ) -> None:
-    """Raise :class:`CheckpointError` naming both sides when ``meta`` is not the expected stage/model."""
+    """Raise :class:`CheckpointError` naming both sides when ``meta`` is not the expected stage, model,
+    number of classes or input size (a checkpoint that records none is not checked for it)."""
     wanted = []
     if stage is not None and meta.stage != stage:
         wanted.append(f"stage {stage!r}")
@@ -230,6 +235,8 @@ def load(path: str | os.PathLike) -> nn.Module:
     in eval mode."""
     payload = load_checkpoint(path)
     meta: CheckpointMeta = payload["meta"]
+    if not isinstance(payload.get("model"), dict):
+        raise CheckpointError(f"{path} holds no model weights (its 'model' state dict is missing)")
     if meta.official_arch is not None:
         model = build(meta.official_arch, meta.num_classes)
     else:

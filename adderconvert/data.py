@@ -202,12 +202,12 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int | No
     ``root`` defaults to Debian's Fashion-MNIST folder for ``fashion-mnist`` and is required for the
     others. ``image_size`` defaults to each set's native size (28, 32) and to 224 for ImageFolder.
     """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if name == "fashion-mnist":
         return _fashion_mnist(Path(root) if root else FASHION_MNIST_DIR, image_size or 28)
     if root is None:
         raise DataError(f"data set {name!r} needs --data DIR")
     if name == "cifar10":
         return _cifar10(Path(root), image_size or 32)
-    if name == "imagefolder":
-        return _image_folder(Path(root), image_size or 224)
-    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    return _image_folder(Path(root), image_size or 224)

@@ -267,6 +267,8 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
         )
     except _input_errors() as e:
         raise InputError(str(e)) from None
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"{result['target']}: top-1 {result['top1']:.2f}% on {result['images']} {result['dataset']} test images "
         f"({result['runtime']})"
@@ -292,15 +294,18 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
     help="With --int8: each layer's input range from a percentile (99.99) or the min/max of the calibration inputs.",
 )
 @click.option("--data", default=None, help="With --int8: the training data's folder [Debian's Fashion-MNIST].")
-def export_command(checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool, **int8_options) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file (never CHECKPOINT itself).")
+def export_command(
+    checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool, overwrite: bool, **int8_options
+) -> None:
     """Export the model in CHECKPOINT to ONNX, with its input size, normalisation and classes as metadata."""
     if int8_options.pop("int8"):
-        _export_int8(checkpoint, output, portable, dynamic_hw, overwrite=True, **int8_options)
+        _export_int8(checkpoint, output, portable, dynamic_hw, overwrite=overwrite, **int8_options)
         return
     from adderconvert.app.saved_models import export_checkpoint
 
     try:
-        path = export_checkpoint(checkpoint, output, dynamic_hw=dynamic_hw, portable=portable)
+        path = export_checkpoint(checkpoint, output, dynamic_hw=dynamic_hw, portable=portable, overwrite=overwrite)
     except _input_errors() as e:
         raise InputError(str(e)) from None
     click.echo(f"wrote {path}")
@@ -343,7 +348,7 @@ def report_command(run_dir: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--arch", default="resnet20", show_default=True, help="resnet20 (CIFAR-10) or resnet50 (ImageNet).")
 @click.option("--output", required=True, help="Run folder to write (checkpoint, ONNX, report).")
-@click.option("--overwrite", is_flag=True, help="Replace what is in --output.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --output (its own files only).")
 def import_official_command(path: str, arch: str, output: str, overwrite: bool) -> None:
     """Import a checkpoint of the official AdderNet code (huawei-noah/AdderNet) as a run folder."""
     from adderconvert.app.official_run import import_official
@@ -351,11 +356,8 @@ def import_official_command(path: str, arch: str, output: str, overwrite: bool) 
 
     if arch not in ARCHS:
         raise InputError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    out = Path(output)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out} is not empty; pass --overwrite to replace it, or another --output")
     try:
-        summary = import_official(path, arch, out)
+        summary = import_official(path, arch, Path(output), overwrite=overwrite)
     except _input_errors() as e:
         raise InputError(str(e)) from None
     click.echo(json.dumps(summary, indent=2))

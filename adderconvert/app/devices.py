@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 __all__ = ["DeviceError", "resolve_device"]
@@ -12,9 +14,12 @@ class DeviceError(ValueError):
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is there, else ``cpu``; a CUDA device that is not there is an error."""
+    """``auto`` -> ``cuda`` when a GPU is there, else ``cpu``; another name, or a CUDA device that is not
+    there, is an error."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise DeviceError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adderconvert.app.outputs import check_run_folder, clear_run, mark_run, write_text, write_through
 from adderconvert.app.report import write_report
 from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.architectures.official import ARCHS, load
@@ -20,20 +21,30 @@ from adderconvert.deploy.runtime import make_session
 __all__ = ["import_official"]
 
 
-def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLike) -> dict[str, Any]:
+def import_official(
+    path: str | os.PathLike, arch: str, output: str | os.PathLike, *, overwrite: bool = False
+) -> dict[str, Any]:
     """Turn an official checkpoint into a run folder and return its summary (also ``OUTPUT/summary.json``).
 
     Writes ``best.pt`` (an adderconvert checkpoint whose meta names ``official_arch``), the ONNX model
     (``official_ARCH_adder.onnx`` with the input size, normalisation and classes as metadata, checked
     against PyTorch on random inputs: ``onnx_max_abs_diff``) and
     ``report.html``/``report.json``. No data set is evaluated, so the accuracies are ``None``.
+
+    ``output`` must be new, empty or hold a run; a run is replaced only with ``overwrite``, which removes
+    the old run's files (checkpoints, ``teacher/``, ``metrics.csv``, ONNX, ...) once the checkpoint has
+    loaded, and keeps every other file.
     """
+    name = f"official_{arch}"
+    out = Path(output)
+    found = check_run_folder(out, model=name, overwrite=overwrite, resumable=False)
     model = load(path, arch)
     spec = ARCHS[arch]
     dataset, image_size, num_classes = spec.dataset, spec.image_size, model.fc.out_channels
-    name = f"official_{arch}"
-    out = Path(output)
+    if found is not None:
+        clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
+    mark_run(out, name, "import-official")
     meta = CheckpointMeta(
         model_name=name,
         num_classes=num_classes,
@@ -48,7 +59,9 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
     save_checkpoint(out / "best.pt", {"meta": meta, "model": model.state_dict()})
     torch.manual_seed(0)
     x = torch.randn(2, 3, image_size, image_size)
-    onnx_path = export_onnx(model, out / f"{name}_adder.onnx", x, metadata=deployment_metadata(meta))
+    onnx_path = write_through(
+        out / f"{name}_adder.onnx", lambda tmp: export_onnx(model, tmp, x, metadata=deployment_metadata(meta))
+    )
     with torch.no_grad():
         expected = model(x).numpy()
     got = make_session(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
@@ -60,7 +73,7 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
         "cnn_top1": None,
         "adder_top1": None,
         "onnx_top1": None,
-        "onnx_path": str(onnx_path),
+        "onnx_path": onnx_path.name,  # relative to the run folder
         "onnx_max_abs_diff": float(np.abs(got - expected).max()),
         "max_abs_logit": float(np.abs(expected).max()),
         "notes": [
@@ -72,7 +85,7 @@ def import_official(path: str | os.PathLike, arch: str, output: str | os.PathLik
     }
     if not np.isfinite(expected).all():
         summary["notes"].append("PyTorch's logits on random inputs are not finite: are the weights trained?")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     html, js = write_report(out)
     summary["report_html"], summary["report_json"] = str(html), str(js)
     return summary

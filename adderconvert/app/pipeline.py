@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -25,9 +23,20 @@ from torch import nn
 from adderconvert.app.config import RunConfig
 from adderconvert.app.devices import resolve_device
 from adderconvert.app.int8 import calibration_batches, compare_onnx, export_int8, int8_path
+from adderconvert.app.outputs import (
+    OutputError,
+    check_run_folder,
+    clear_run,
+    discard_new_run,
+    find_run,
+    mark_run,
+    run_files,
+    write_text,
+    write_through,
+)
 from adderconvert.app.report import write_report
 from adderconvert.app.saved_models import deployment_metadata
-from adderconvert.app.weights import load_weights
+from adderconvert.app.weights import check_weights, load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
 from adderconvert.conversion import ConversionReport, convert, plan_conversion
@@ -39,8 +48,6 @@ from adderconvert.train.diagnostics import adder_weight_stats, saturation_summar
 from adderconvert.train.loop import check_same_schedule
 
 __all__ = ["RunConfig", "RunInputError", "plan_only", "run"]
-
-_RUN_FILES = ("config.yaml", "summary.json", "last.pt", "teacher")
 
 
 class RunInputError(ValueError):
@@ -77,6 +84,8 @@ def plan_only(config: RunConfig) -> ConversionReport:
     """The conversion report for ``config.model`` on the data set's image size, converting nothing."""
     splits = load_dataset(config.dataset, config.data, config.image_size)
     model = build_model(config.model, splits.num_classes)
+    if config.weights:
+        check_weights(model, config.model, config.weights)  # a file is read, a torchvision name not fetched
     check_input_size(model, config.model, splits.image_size)
     return _plan(config, model, _example_batch(splits.test, 2))
 
@@ -94,22 +103,12 @@ class _Prepared:
 
 
 def _check_folder(config: RunConfig, out: Path) -> None:
-    holds_run = out.is_dir() and any((out / name).exists() for name in _RUN_FILES)
-    if out.exists() and not out.is_dir():
-        raise RunInputError(f"--output {out} is a file, not a folder")
-    if config.resume:
-        if not holds_run:
-            raise RunInputError(f"--resume: {out} holds no run to continue (no config.yaml or last.pt)")
-        return
-    if holds_run and not config.overwrite:
-        raise RunInputError(
-            f"{out} already holds a run. Pass --resume to continue it, --overwrite to replace it, or another --output"
-        )
-    if out.is_dir() and any(out.iterdir()) and not holds_run:
-        raise RunInputError(f"--output {out} is a folder of other files, not a run folder; choose an empty or new one")
-    parent = next(p for p in (out, *out.parents) if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RunInputError(f"--output {out} cannot be created: {parent} is not a writable folder")
+    try:
+        check_run_folder(out, model=config.model, overwrite=config.overwrite, resume=config.resume)
+    except OutputError as e:
+        if config.resume and find_run(out) is None and (out / "last.pt").is_file():
+            load_checkpoint(out / "last.pt")  # a damaged last.pt: its own error names it
+        raise RunInputError(str(e)) from None
 
 
 def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, world_size: int) -> None:
@@ -227,17 +226,18 @@ def _run(config: RunConfig, prepared: _Prepared, ctx) -> dict:
     out = prepared.out
     created = not out.exists()
     if main:
-        if config.overwrite and out.exists():
-            shutil.rmtree(out)
+        if config.overwrite:
+            clear_run(out)  # the old run's own files only: anything else in the folder stays
         out.mkdir(parents=True, exist_ok=True)
+        mark_run(out, config.model, "train")
         if not config.resume:
-            (out / "config.yaml").write_text(config.to_yaml())
+            write_text(out / "config.yaml", config.to_yaml())
     try:
         return _stages(config, prepared, ctx, started)
     except BaseException:
         # A run that wrote no checkpoint leaves nothing behind; one that did keeps its work for --resume.
-        if main and created and not any(out.rglob("*.pt")):
-            shutil.rmtree(out, ignore_errors=True)
+        if main and not config.resume and not any(p.suffix == ".pt" for p in run_files(out)):
+            discard_new_run(out, created)
         raise
 
 
@@ -315,7 +315,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         _log(f"INT8 ONNX Runtime top-1: {summary['int8_top1']:.2f}%{same}", main)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary), main)
         if config.finetune:
             html, _ = write_report(out)
@@ -358,7 +358,10 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[f
 
     model = model.cpu().eval()
     metadata = deployment_metadata(_meta(config, splits, "adder", None))
-    path = export_onnx(model, out / f"{config.model}_adder.onnx", _example_batch(splits.test, 2), metadata=metadata)
+    example = _example_batch(splits.test, 2)
+    path = write_through(
+        out / f"{config.model}_adder.onnx", lambda tmp: export_onnx(model, tmp, example, metadata=metadata)
+    )
     session = make_session(path)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=256, num_workers=config.workers)
     correct = total = 0
@@ -368,7 +371,7 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[f
         logits = session.run(None, {"input": images.numpy()})[0]
         correct += int((np.argmax(logits, 1) == labels.numpy()).sum())
         total += len(labels)
-    return 100.0 * correct / total, str(path)
+    return 100.0 * correct / total, path.name  # relative to the run folder
 
 
 def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_name: str | None) -> dict:

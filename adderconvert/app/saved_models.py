@@ -12,13 +12,14 @@ import onnx
 import torch
 
 from adderconvert.app.devices import resolve_device
-from adderconvert.checkpoint import CheckpointMeta, load, read_meta
+from adderconvert.app.outputs import check_output_file, write_through
+from adderconvert.checkpoint import CheckpointError, CheckpointMeta, load, read_meta
 from adderconvert.data import load_dataset
 from adderconvert.deploy.export import export_onnx, input_metadata, read_metadata
 from adderconvert.deploy.runtime import make_session
 from adderconvert.train import evaluate
 
-__all__ = ["deployment_metadata", "evaluate_file", "export_checkpoint"]
+__all__ = ["deployment_metadata", "evaluate_file", "export_checkpoint", "is_onnx_model"]
 
 
 def _dataset_for(meta_dataset: str | None, dataset: str | None, data: str | None, image_size: int | None):
@@ -34,6 +35,35 @@ def _check_classes(model_classes: int, splits, name: str, target) -> None:
         )
 
 
+def _data_warnings(target, trained_on: str | None, trained_size: int | None, name: str, size: int) -> list[str]:
+    """What differs between the data a model was trained on and the data it is scored on."""
+    warnings = []
+    if trained_on is not None and trained_on != name:
+        warnings.append(f"{target} was trained on {trained_on}, not {name}: its top-1 there means little")
+    if trained_size is not None and trained_size != size:
+        warnings.append(f"{target} was trained at {trained_size}px and is scored at {size}px")
+    return warnings
+
+
+def is_onnx_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds an ONNX model with a graph (whatever its name), for messages that name the
+    real cause when an ONNX file is given where a PyTorch file is expected."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: not ONNX
+        return False
+    return len(model.graph.node) > 0 and len(model.graph.input) > 0
+
+
+def _read_checkpoint_meta(path: Path) -> CheckpointMeta:
+    try:
+        return read_meta(path)
+    except CheckpointError:
+        if is_onnx_model(path):
+            raise CheckpointError(f"{path} is an ONNX model, not a checkpoint: name it .onnx") from None
+        raise
+
+
 def evaluate_file(
     target: str | os.PathLike,
     *,
@@ -45,55 +75,128 @@ def evaluate_file(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Top-1 (%) of a checkpoint or ``.onnx`` file on a data set's test split (by default the data set and
-    input size the model was trained with). Returns ``target, top1, images, dataset, runtime``."""
+    input size the model was trained with). Returns ``target, top1, images, dataset, runtime, warnings``
+    (where the data set or input size differ from the model's training)."""
     target = Path(target)
     if not target.is_file():
         raise FileNotFoundError(f"no such file: {target}")
     if target.suffix == ".onnx":
         return _evaluate_onnx(target, dataset, data, image_size, batch_size, max_batches)
-    meta = read_meta(target)
+    meta = _read_checkpoint_meta(target)
+    device = resolve_device(device)
     name, splits = _dataset_for(meta.dataset, dataset, data, image_size or meta.image_size)
     _check_classes(meta.num_classes, splits, name, target)
-    device = resolve_device(device)
     model = load(target).to(device)
     top1 = evaluate(model, splits.test, batch_size=batch_size, device=device, max_batches=max_batches)
     images = _count(splits.test, batch_size, max_batches)
-    return {"target": str(target), "top1": top1, "images": images, "dataset": name, "runtime": f"PyTorch, {device}"}
+    return {
+        "target": str(target),
+        "top1": top1,
+        "images": images,
+        "dataset": name,
+        "runtime": f"PyTorch, {device}",
+        "warnings": _data_warnings(target, meta.dataset, meta.image_size, name, splits.image_size),
+    }
 
 
 def _count(dataset, batch_size: int, max_batches: int | None) -> int:
     return len(dataset) if max_batches is None else min(len(dataset), batch_size * max_batches)
 
 
-def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batches) -> dict[str, Any]:
+def _fixed(dim) -> int | None:
+    return dim.dim_value if dim.HasField("dim_value") else None
 
+
+def _read_onnx(target: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(target), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise ValueError(f"{target} is not a readable ONNX file: {e}") from e
+    if not model.graph.node or not model.graph.input:
+        raise ValueError(f"{target} is not an ONNX model: it holds no graph (empty or truncated file?)")
+    return model
+
+
+def _onnx_input(target: Path, model: onnx.ModelProto, image_size: int | None) -> tuple[int | None, int | None]:
+    """(fixed batch or None, fixed square size or None) of the model's input, checked against images of
+    3 channels, float32, at ``image_size``."""
+    value = model.graph.input[0]
+    tensor = value.type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "not a tensor"
+        raise ValueError(f"{target} takes {kind} input {value.name!r}; evaluate feeds float32 images")
+    dims = [_fixed(d) for d in tensor.shape.dim] if tensor.HasField("shape") else None
+    if dims is None or len(dims) != 4:
+        shape = "unknown" if dims is None else len(dims)
+        raise ValueError(f"{target} takes an input of rank {shape}; evaluate feeds image batches (N, 3, H, W)")
+    batch, channels, height, width = dims
+    if channels not in (None, 3):
+        raise ValueError(f"{target} takes {channels}-channel input; the data sets give 3-channel images")
+    if height is not None and width is not None and height != width:
+        raise ValueError(f"{target} takes {height}x{width} input; the data sets give square images")
+    fixed = height or width
+    if image_size is not None and fixed is not None and image_size != fixed:
+        raise ValueError(
+            f"{target} takes {fixed}x{fixed} input only (fixed size, not --dynamic-hw): --image-size {image_size} "
+            "does not fit"
+        )
+    return batch, fixed
+
+
+def _is_ort_error(error: Exception) -> bool:
+    """ONNX Runtime's own errors (Fail, InvalidArgument, InvalidGraph, ...), which derive from Exception
+    only: about the model or its input, not a bug of this tool."""
+    return type(error).__module__.startswith("onnxruntime") or isinstance(error, RuntimeError)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batches) -> dict[str, Any]:
+    model = _read_onnx(target)
     metadata = read_metadata(model)
-    shape = model.graph.input[0].type.tensor_type.shape.dim
-    fixed = shape[-1].dim_value if shape and shape[-1].HasField("dim_value") else None
+    fixed_batch, fixed = _onnx_input(target, model, image_size)
     stored = metadata.get("image_size")
-    size = image_size or (stored[-1] if isinstance(stored, list) and stored else None) or fixed
+    stored = stored[-1] if isinstance(stored, list) and stored and isinstance(stored[-1], int) else None
+    size = image_size or stored or fixed
     name, splits = _dataset_for(metadata.get("dataset"), dataset, data, size)
-    session = make_session(target)
+    if fixed is not None and splits.image_size != fixed:
+        raise ValueError(f"{target} takes {fixed}x{fixed} input only; {name} gives {splits.image_size}px images")
+    try:
+        session = make_session(target)
+    except Exception as e:
+        if not _is_ort_error(e):
+            raise
+        raise ValueError(f"ONNX Runtime cannot load {target}: {_first_line(e)}") from None
+    step = fixed_batch or batch_size
     correct = total = 0
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=batch_size)
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=step)
     for index, (images, labels) in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
-        logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+        count = len(labels)
+        if count < step and fixed_batch:  # a model of fixed batch size: the last batch is padded
+            images = torch.cat([images, images.new_zeros(step - count, *images.shape[1:])])
+        try:
+            logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0][:count]
+        except Exception as e:
+            if not _is_ort_error(e):
+                raise
+            raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {_first_line(e)}") from None
         if index == 0:
+            if logits.ndim != 2:
+                raise ValueError(f"{target} gives outputs of shape {list(logits.shape)}, not (N, classes) logits")
             _check_classes(logits.shape[1], splits, name, target)
         correct += int((np.argmax(logits, 1) == labels.numpy()).sum())
-        total += len(labels)
+        total += count
     return {
         "target": str(target),
         "top1": 100.0 * correct / max(total, 1),
         "images": total,
         "dataset": name,
         "runtime": f"ONNX Runtime, {session.get_providers()[0]}",
+        "warnings": _data_warnings(target, metadata.get("dataset"), stored, name, splits.image_size),
     }
 
 
@@ -103,23 +206,30 @@ def export_checkpoint(
     *,
     dynamic_hw: bool = False,
     portable: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Export the model a checkpoint holds to ONNX (default: beside it, ``.onnx``), with its input size,
-    normalisation, class names and data set as metadata."""
+    normalisation, class names and data set as metadata.
+
+    The output is checked before the work (:func:`adderconvert.app.outputs.check_output_file`): an
+    existing file is replaced only with ``overwrite``, the checkpoint itself never; the file is written
+    through a temporary one and renamed.
+    """
     checkpoint = Path(checkpoint)
-    meta: CheckpointMeta = read_meta(checkpoint)
+    output = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
+    check_output_file(output, overwrite=overwrite, inputs=[checkpoint])
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no such file: {checkpoint}")
+    meta = _read_checkpoint_meta(checkpoint)
     if meta.image_size is None:
         raise ValueError(f"{checkpoint} does not record its input size; export it from Python with export_onnx")
     model = load(checkpoint)
-    output = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
     example = torch.zeros(2, 3, meta.image_size, meta.image_size)
-    return export_onnx(
-        model,
+    return write_through(
         output,
-        example,
-        dynamic_hw=dynamic_hw,
-        portable=portable,
-        metadata=deployment_metadata(meta),
+        lambda tmp: export_onnx(
+            model, tmp, example, dynamic_hw=dynamic_hw, portable=portable, metadata=deployment_metadata(meta)
+        ),
     )
 
 

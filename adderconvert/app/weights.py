@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
+from adderconvert.app.saved_models import is_onnx_model
 from adderconvert.architectures.cnn import classifier_path
 from adderconvert.checkpoint import (
     CheckpointError,
@@ -19,7 +20,7 @@ from adderconvert.checkpoint import (
     read_torch_file,
 )
 
-__all__ = ["WeightsError", "load_weights"]
+__all__ = ["WeightsError", "check_weights", "load_weights"]
 
 
 class WeightsError(RuntimeError):
@@ -29,7 +30,14 @@ class WeightsError(RuntimeError):
 def _state_dict_from_file(path: Path, name: str) -> dict[str, torch.Tensor]:
     """The CNN state dict in a file: a plain state dict, a training checkpoint holding one, or a teacher
     checkpoint of this tool for the same architecture."""
-    state = read_torch_file(path, WeightsError)
+    try:
+        state = read_torch_file(path, WeightsError)
+    except WeightsError:
+        if is_onnx_model(path):
+            raise WeightsError(
+                f"--weights {path} is an ONNX model; --weights takes PyTorch weights (a state dict or a checkpoint)"
+            ) from None
+        raise
     if isinstance(state, dict) and "format" in state and "meta" in state:
         try:
             meta = load_checkpoint(path)["meta"]
@@ -40,9 +48,32 @@ def _state_dict_from_file(path: Path, name: str) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds no state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    tensors = (
+        {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if isinstance(state, dict)
+        else {}
+    )
+    if not tensors:
+        raise WeightsError(f"--weights {path} holds no state dict (no named tensors)")
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+def _weights_enum(name: str, weights: str):
+    """torchvision's weights entry ``weights`` (``DEFAULT`` or an enum name) of model ``name``, not fetched."""
+    try:
+        enum = torchvision.models.get_model_weights(name)
+        return enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{weights!r} is neither a file nor a torchvision weights name for {name}") from e
+
+
+def check_weights(model: nn.Module, name: str, weights: str) -> None:
+    """Check ``weights`` without downloading anything (``--dry-run``): a file is loaded into ``model``,
+    a torchvision weights name must exist."""
+    if os.path.exists(weights):
+        load_weights(model, name, weights)
+    else:
+        _weights_enum(name, weights)
 
 
 def load_weights(model: nn.Module, name: str, weights: str) -> None:
@@ -54,15 +85,9 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
     if os.path.exists(weights):
         state = _state_dict_from_file(Path(weights), name)
     else:
+        entry = _weights_enum(name, weights)
         try:
-            enum = torchvision.models.get_model_weights(name)
-            state = (
-                enum[weights].get_state_dict(progress=True)
-                if weights != "DEFAULT"
-                else enum.DEFAULT.get_state_dict(progress=True)
-            )
-        except KeyError as e:
-            raise WeightsError(f"{weights!r} is neither a file nor a torchvision weights name for {name}") from e
+            state = entry.get_state_dict(progress=True)
         except Exception as e:  # offline: URLError, HTTPError, ...
             raise WeightsError(
                 f"could not get torchvision's pretrained weights for {name} ({type(e).__name__}: {e}). "

@@ -321,7 +321,9 @@ def test_import_official_then_report(tmp_path):
     assert result.exit_code == 0 and (out / "report.html").is_file(), result.output
     report = json.loads((out / "report.json").read_text())
     assert report["energy_ratio"] > 1  # additions are cheaper than multiplications
-    _input_error(CliRunner().invoke(main, ["import-official", str(official), "--output", str(out)]), "not empty")
+    _input_error(
+        CliRunner().invoke(main, ["import-official", str(official), "--output", str(out)]), "already holds a run"
+    )
     _input_error(
         CliRunner().invoke(main, ["import-official", str(official), "--arch", "vgg", "--output", str(tmp_path / "v")]),
         "--arch",

@@ -21,7 +21,7 @@ from tests.architectures.test_official import (  # noqa: F401  (fixtures)
 def test_import_official_writes_a_run_folder_that_onnx_runtime_agrees_with(published, inputs, tmp_path):  # noqa: F811
     summary = import_official(PUBLISHED, "resnet20", tmp_path)
     expected = reference_forward(published, inputs.double())
-    session = make_session(summary["onnx_path"], providers=["CPUExecutionProvider"])
+    session = make_session(tmp_path / summary["onnx_path"], providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": inputs.numpy()})[0]
     assert np.abs(got - expected.numpy()).max() <= _tolerance(expected)
     # The checkpoint rebuilds the same model through the generic loader.

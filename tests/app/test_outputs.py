@@ -1,0 +1,388 @@
+"""What the commands write (adderconvert/app/outputs.py's policy), tried as a user would: every case of
+issue 18's Why that lost work keeps the data, ends with one ``Error:`` line and exit status 2, and no
+command replaces or deletes a file it should not."""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from adderconvert.app.cli import main
+from adderconvert.app.outputs import MARKER, clear_run, find_run, run_files
+from adderconvert.app.report import write_report
+from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
+from tests.app.test_cli import _fake_fashion_mnist, _input_error
+
+OFFICIAL = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
+TINY = ["--weights", "none", "--pretrain-epochs", "1", "--max-steps", "1", "--batch-size", "32"]
+TINY += ["--eval-max-batches", "1", "--quiet"]
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and a hash of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _old_training_run(folder: Path) -> None:
+    """The files a resnet18 training run leaves (its checkpoints are real checkpoints of this tool)."""
+    (folder / "teacher").mkdir(parents=True)
+    meta = CheckpointMeta(model_name="resnet18", num_classes=10, stage="adder", dataset="fashion-mnist", image_size=28)
+    for name in ("last.pt", "best.pt", "teacher/last.pt", "teacher/best.pt"):
+        save_checkpoint(folder / name, {"meta": meta, "model": {}})
+    for name in ("metrics.csv", "teacher/metrics.csv"):
+        (folder / name).write_text("epoch,test_top1\n1,50.0\n")
+    (folder / "config.yaml").write_text("model: resnet18\n")
+    (folder / "summary.json").write_text(json.dumps({"model": "resnet18", "adder_top1": 50.0}))
+    (folder / "resnet18_adder.onnx").write_bytes(b"old onnx")
+    (folder / "report.html").write_text("old report")
+    (folder / MARKER).write_text(json.dumps({"tool": "adderconvert", "model": "resnet18", "command": "train"}))
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "fm").mkdir()
+    return _fake_fashion_mnist(tmp_path / "fm")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """Why 4: ``import-official --overwrite`` over a folder that held a resnet18 training run and a file
+    of the user's. Returns the folder and the command's result."""
+    out = tmp_path_factory.mktemp("imported") / "run"
+    _old_training_run(out)
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(out), "--overwrite"])
+    return out, result
+
+
+@pytest.fixture
+def run_copy(imported, tmp_path):
+    out = tmp_path / "imp"
+    shutil.copytree(imported[0], out)
+    (out / "notes.txt").unlink()
+    return out
+
+
+def test_import_official_overwrite_replaces_the_old_run(imported):
+    """Why 4: no stale last.pt, teacher/, metrics.csv or ONNX beside the new model; the user's file stays."""
+    out, result = imported
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [MARKER, "best.pt", "notes.txt", "official_resnet20_adder.onnx", "report.html", "report.json", "summary.json"]
+    )
+    assert (out / "notes.txt").read_text() == "mine"
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "official_resnet20" and report["curves"] == {"cnn": [], "adder": []}
+    assert report["accuracy"]["adder_top1"] is None  # not the old run's 50.0
+    assert json.loads((out / "summary.json").read_text())["onnx_path"] == "official_resnet20_adder.onnx"
+
+
+def test_import_official_refuses_a_run_without_overwrite_and_a_folder_of_other_files(run_copy, tmp_path):
+    before = _digest(run_copy)
+    _input_error(
+        CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(run_copy)]),
+        "already holds a run",
+        "--overwrite",
+    )
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("my: own\n")
+    for extra in ([], ["--overwrite"]):
+        _input_error(
+            CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(foreign), *extra]),
+            "folder of other files",
+        )
+    assert _digest(run_copy) == before and (foreign / "config.yaml").read_text() == "my: own\n"
+
+
+def test_resume_file_of_another_model_is_refused(run_copy, tmp_path):
+    """Why 1: ``--resume imp/best.pt`` must not train a resnet18 into the imported ResNet-20's folder."""
+    data = _fake_fashion_mnist(tmp_path)
+    before = _digest(run_copy)
+    for resume in (["--resume", str(run_copy / "best.pt")], ["--resume", "--output", str(run_copy)]):
+        result = CliRunner().invoke(main, ["resnet18", "--data", str(data), *TINY, *resume])
+        _input_error(result, "resnet18")
+        assert "official_resnet20" in result.output
+    assert _digest(run_copy) == before
+
+
+def test_a_folder_is_a_run_only_by_evidence(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("model: resnet18\n")
+    (folder / "last.pt").write_bytes(b"not a checkpoint")
+    assert find_run(folder) is None
+    _old_training_run(tmp_path / "run")
+    (tmp_path / "run" / MARKER).unlink()
+    found = find_run(tmp_path / "run")  # a run of an older version: no marker, but its checkpoints
+    assert found is not None and found.model == "resnet18" and found.evidence == "last.pt"
+
+
+def test_clear_run_removes_only_what_a_run_writes(tmp_path):
+    out = tmp_path / "run"
+    _old_training_run(out)
+    (out / "teacher" / "mine.txt").write_text("x")
+    (out / "data").mkdir()
+    (out / "data" / "last.pt").write_text("the user's")
+    (out / "model.onnx").write_text("an export of the user's")
+    removed = clear_run(out)
+    assert {p.name for p in removed} >= {"last.pt", "best.pt", "metrics.csv", "resnet18_adder.onnx", MARKER}
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["data/last.pt", "model.onnx", "teacher/mine.txt"]
+    assert run_files(out) == []
+
+
+def test_overwrite_refuses_a_folder_that_only_has_a_config_yaml(data, tmp_path):
+    """Why 2: a folder with a file named config.yaml is not a run; --overwrite deletes nothing of it."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: settings\n")
+    (out / "thesis.tex").write_text("years of work")
+    before = _digest(out)
+    result = CliRunner().invoke(main, ["resnet18", "--data", str(data), *TINY, "--output", str(out), "--overwrite"])
+    _input_error(result, "folder of other files")
+    assert _digest(out) == before
+
+
+@pytest.mark.slow
+def test_overwrite_of_a_run_keeps_the_files_no_run_wrote(data, tmp_path):
+    """Why 2: --overwrite of a real run folder removes the old run's files and keeps the user's."""
+    out = tmp_path / "run"
+    _old_training_run(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "plots").mkdir()
+    (out / "plots" / "a.png").write_bytes(b"png")
+    args = ["resnet18", "--data", str(data), *TINY, "--output", str(out), "--no-finetune", "--no-export"]
+    _input_error(CliRunner().invoke(main, args), "already holds a run", "--overwrite")
+    result = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "plots" / "a.png").read_bytes() == b"png"
+    for stale in ("best.pt", "last.pt", "metrics.csv", "resnet18_adder.onnx", "report.html"):
+        assert not (out / stale).exists(), stale  # the new run (no fine-tuning, no export) wrote none of these
+    for name in ("teacher/last.pt", "teacher/best.pt"):  # the new teacher's, not the old run's adder models
+        assert torch.load(out / name, weights_only=True)["meta"]["stage"] == "teacher"
+    assert find_run(out).model == "resnet18"
+
+
+def test_export_never_replaces_a_file_unasked_nor_its_input(run_copy, tmp_path):
+    """Why 3."""
+    best = run_copy / "best.pt"
+    other = tmp_path / "other.txt"
+    other.write_text("keep me")
+    before = _digest(run_copy)
+    _input_error(CliRunner().invoke(main, ["export", str(best), "-o", str(other)]), "already exists", "--overwrite")
+    alias = tmp_path / ".." / tmp_path.name / "imp" / "best.pt"
+    for args in (["-o", str(best)], ["-o", str(best), "--overwrite"], ["-o", str(alias), "--overwrite"]):
+        _input_error(CliRunner().invoke(main, ["export", str(best), *args]), "is the input")
+    (run_copy / "best.onnx").write_text("an earlier export")
+    _input_error(CliRunner().invoke(main, ["export", str(best)]), "best.onnx already exists")
+    assert other.read_text() == "keep me" and (run_copy / "best.onnx").read_text() == "an earlier export"
+    (run_copy / "best.onnx").unlink()
+    assert _digest(run_copy) == before
+    result = CliRunner().invoke(main, ["export", str(best), "-o", str(other), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert onnx.load(str(other)).graph.node and not list(tmp_path.glob(".other.txt.*"))
+
+
+def test_export_output_is_checked_before_the_work(run_copy, tmp_path):
+    best = run_copy / "best.pt"
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    _input_error(CliRunner().invoke(main, ["export", str(best), "-o", str(tmp_path / "a_dir")]), "is a folder")
+    _input_error(
+        CliRunner().invoke(main, ["export", str(best), "-o", str(tmp_path / "a_file" / "m.onnx")]),
+        "a_file is a file, not a folder",
+    )
+    assert (tmp_path / "a_file").read_text() == "x" and not any((tmp_path / "a_dir").iterdir())
+
+
+@pytest.mark.skipif(ROOT, reason="root writes into read-only folders: run as a normal user")
+def test_read_only_folders_are_refused_before_the_work(run_copy, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _input_error(
+            CliRunner().invoke(main, ["export", str(run_copy / "best.pt"), "-o", str(locked / "m.onnx")]),
+            "not a writable folder",
+        )
+        _input_error(
+            CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(locked / "run")]),
+            "not a writable folder",
+        )
+        run_copy.chmod(0o555)
+        _input_error(CliRunner().invoke(main, ["report", str(run_copy)]), "not a writable folder")
+    finally:
+        locked.chmod(0o755)
+        run_copy.chmod(0o755)
+    assert not any(locked.iterdir())
+
+
+def test_report_and_import_onto_a_file(run_copy, tmp_path):
+    (tmp_path / "f").write_text("x")
+    _input_error(CliRunner().invoke(main, ["report", str(tmp_path / "f")]), "is a file")
+    _input_error(
+        CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(tmp_path / "f")]), "is a file"
+    )
+    _input_error(
+        CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(tmp_path / "f" / "run")]),
+        "is a file, not a folder",
+    )
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_report_reads_the_onnx_model_of_its_own_folder(run_copy, tmp_path, monkeypatch):
+    """Why 6: a copied run is measured with its own ONNX file, whatever the current folder holds."""
+    monkeypatch.chdir(tmp_path)
+    summary = json.loads((run_copy / "summary.json").read_text())
+    own = run_copy / summary["onnx_path"]
+    # As versions before this one wrote it: the path relative to where the command ran.
+    Path("other").mkdir()
+    Path("other/official_resnet20_adder.onnx").write_bytes(b"another run's model")
+    summary["onnx_path"] = "other/official_resnet20_adder.onnx"
+    (run_copy / "summary.json").write_text(json.dumps(summary))
+    report = json.loads(write_report(run_copy, latency_budget_s=0.05)[1].read_text())
+    assert report["onnx_file_bytes"]["adder"] == own.stat().st_size
+    # An absolute path to another folder is not followed either.
+    summary["onnx_path"] = str(tmp_path / "other" / "official_resnet20_adder.onnx")
+    (run_copy / "summary.json").write_text(json.dumps(summary))
+    report = json.loads(write_report(run_copy, latency_budget_s=0.05)[1].read_text())
+    assert report["onnx_file_bytes"]["adder"] == own.stat().st_size
+
+
+def test_report_notes_every_file_it_could_not_read(run_copy):
+    """Why 9: a corrupt summary.json, metrics.csv or config.yaml is a note, not silent nulls."""
+    (run_copy / "summary.json").write_text('{"model": "official_resnet20", "adder_top1": 9')
+    (run_copy / "metrics.csv").write_text("epoch,test_top1\n1,not-a-number\n")
+    (run_copy / "teacher").mkdir()
+    (run_copy / "teacher" / "metrics.csv").write_bytes(b"epoch,test_top1\n1,\x00\x00\n")
+    (run_copy / "config.yaml").write_text("batch_size: [unclosed\n")
+    report = json.loads(write_report(run_copy, latency_budget_s=0.05)[1].read_text())
+    notes = "\n".join(report["notes"])
+    for name in ("summary.json", "metrics.csv", "teacher/metrics.csv", "config.yaml"):
+        assert f"could not read {name}" in notes, (name, notes)
+    assert report["multiplications"]["adder"] is not None  # what could be read still is
+
+
+def _onnx_file(path: Path, shape, reshape_to=None, classes: int = 10) -> Path:
+    """A small float model: global average pool -> flatten -> (C x classes) matmul, on an input of
+    ``shape`` (None: a dynamic dim); ``reshape_to`` adds a Reshape that fails at run time."""
+    channels = shape[1] or 3
+    weight = helper.make_tensor(
+        "w", TensorProto.FLOAT, [channels, classes], np.ones(channels * classes, np.float32).tolist()
+    )
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("MatMul", ["f", "w"], ["output"]),
+    ]
+    initializers = [weight]
+    if reshape_to is not None:
+        initializers.append(helper.make_tensor("s", TensorProto.INT64, [len(reshape_to)], reshape_to))
+        nodes.insert(0, helper.make_node("Reshape", ["input", "s"], ["r"]))
+        nodes[1] = helper.make_node("GlobalAveragePool", ["r"], ["p"])
+    dims = [d if d is not None else n for d, n in zip(shape, "NCHW")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_evaluate_errors_name_the_cause(data, tmp_path):
+    ev = ["evaluate", "--data", str(data)]
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    _input_error(CliRunner().invoke(main, [*ev, str(tmp_path / "empty.onnx")]), "holds no graph")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "state.pt")
+    _input_error(CliRunner().invoke(main, [*ev, str(tmp_path / "state.pt")]), "not an adderconvert checkpoint")
+    meta = CheckpointMeta(model_name="resnet18", num_classes=10)
+    torch.save({"format": 2, "meta": meta.to_dict()}, tmp_path / "nomodel.pt")  # was a KeyError
+    _input_error(CliRunner().invoke(main, [*ev, str(tmp_path / "nomodel.pt")]), "holds no model weights")
+    torch.save({"format": 2, "meta": {"stage": "adder"}}, tmp_path / "nometa.pt")
+    _input_error(CliRunner().invoke(main, [*ev, str(tmp_path / "nometa.pt")]), "nometa.pt", "lacks model_name")
+    channels = _onnx_file(tmp_path / "c1.onnx", [None, 1, None, None])
+    _input_error(CliRunner().invoke(main, [*ev, str(channels)]), "1-channel input")
+    size = _onnx_file(tmp_path / "s32.onnx", [None, 3, 32, 32])
+    result = CliRunner().invoke(main, [*ev, str(size)])  # the data is resized to the model's fixed 32x32
+    assert result.exit_code == 0 and "on 64 fashion-mnist test images" in result.output, result.output
+    _input_error(CliRunner().invoke(main, [*ev, str(size), "--image-size", "40"]), "--image-size 40 does not fit")
+    broken = _onnx_file(tmp_path / "r.onnx", [None, 3, None, None], reshape_to=[-1, 3, 5, 7])
+    _input_error(CliRunner().invoke(main, [*ev, str(broken)]), "ONNX Runtime cannot run")
+    unloadable = _onnx_file(tmp_path / "u.onnx", [None, 3, None, None], reshape_to=[-1, 7, 1, 1])
+    _input_error(CliRunner().invoke(main, [*ev, str(unloadable)]), "ONNX Runtime cannot load")
+    wrong = _onnx_file(tmp_path / "k.onnx", [None, 3, None, None], classes=7)
+    _input_error(CliRunner().invoke(main, [*ev, str(wrong)]), "7 outputs", "10 classes")
+
+
+def test_evaluate_runs_a_model_of_fixed_batch_and_warns_about_other_data(data, run_copy, tmp_path):
+    fixed = _onnx_file(tmp_path / "b1.onnx", [1, 3, 28, 28])
+    result = CliRunner().invoke(main, ["evaluate", str(fixed), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "on 64 fashion-mnist test images" in result.output  # 64 batches of one
+    _input_error(CliRunner().invoke(main, ["evaluate", str(run_copy / "best.pt"), "--device", "bogus"]), "--device")
+    # The imported model was trained on CIFAR-10 at 32 px: Fashion-MNIST at 32 px is scored, with a warning.
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(run_copy / "best.pt"),
+            "--dataset",
+            "fashion-mnist",
+            "--data",
+            str(data),
+            "--image-size",
+            "32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained on cifar10, not fashion-mnist" in result.stderr
+    onnx_file = run_copy / "official_resnet20_adder.onnx"
+    result = CliRunner().invoke(main, ["evaluate", str(onnx_file), "--dataset", "fashion-mnist", "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "trained on cifar10" in result.stderr
+
+
+def test_wrong_cause_messages(data, run_copy, tmp_path):
+    onnx_as_pt = tmp_path / "model.pt"
+    shutil.copyfile(run_copy / "official_resnet20_adder.onnx", onnx_as_pt)
+    _input_error(CliRunner().invoke(main, ["evaluate", str(onnx_as_pt)]), "is an ONNX model")
+    _input_error(CliRunner().invoke(main, ["export", str(onnx_as_pt)]), "is an ONNX model")
+    _input_error(
+        CliRunner().invoke(main, ["evaluate", str(run_copy / "best.pt"), "--dataset", "foo"]), "unknown data set"
+    )
+
+
+def test_weights_that_are_not_a_checkpoint_even_in_a_dry_run(data, run_copy, tmp_path):
+    torch.save({"conv1.weight": 3, "fc.bias": "x"}, tmp_path / "junk.pt")  # was an AttributeError
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    onnx_as_pt = tmp_path / "model.pt"
+    shutil.copyfile(run_copy / "official_resnet20_adder.onnx", onnx_as_pt)
+    out = tmp_path / "o"
+    for dry in ([], ["--dry-run"]):
+        base = ["resnet18", "--data", str(data), "--pretrain-epochs", "1", "--output", str(out), *dry]
+        _input_error(CliRunner().invoke(main, [*base, "--weights", str(tmp_path / "junk.pt")]), "no named tensors")
+        _input_error(CliRunner().invoke(main, [*base, "--weights", str(tmp_path / "list.pt")]), "holds no state dict")
+        _input_error(CliRunner().invoke(main, [*base, "--weights", str(onnx_as_pt)]), "is an ONNX model")
+        _input_error(CliRunner().invoke(main, [*base, "--weights", "IMAGENET9K"]), "torchvision weights name")
+        _input_error(
+            CliRunner().invoke(main, [*base, "--weights", str(run_copy / "best.pt")]), "--weights takes CNN weights"
+        )
+    assert not out.exists()
