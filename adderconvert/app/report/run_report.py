@@ -18,6 +18,7 @@ import torch
 import yaml
 from torch import nn
 
+from adderconvert.app.outputs import check_output_file, write_text
 from adderconvert.app.report.costs import (
     ENERGY_PJ,
     ENERGY_SOURCE,
@@ -36,28 +37,45 @@ from adderconvert.deploy.export import export_onnx
 __all__ = ["build_report", "write_report"]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
+    """A JSON object file's content; a file that is there but cannot be read is noted, not hidden."""
+    if not path.is_file():
+        return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        notes.append(f"could not read {path.name} ({type(e).__name__}: {e}): what it holds reads n/a")
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        notes.append(f"could not read {path.name}: it holds a {type(data).__name__}, not an object")
+        return {}
+    return data
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, notes: list[str]) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError) as e:
+        notes.append(f"could not read {path.name} ({type(e).__name__}): what it holds reads n/a")
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        notes.append(f"could not read {path.name}: it holds a {type(data).__name__}, not a mapping")
+        return {}
+    return data
 
 
-def _read_curve(path: Path) -> list[dict[str, float]]:
-    """Rows of a metrics.csv as floats (an empty list when the file is missing or unreadable)."""
+def _read_curve(path: Path, notes: list[str]) -> list[dict[str, float]]:
+    """Rows of a metrics.csv as floats (an empty list when the file is missing; noted when unreadable)."""
+    if not path.is_file():
+        return []
     try:
         with open(path, newline="") as f:
             return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, csv.Error) as e:
+        name = path.relative_to(path.parent.parent) if path.parent.name == "teacher" else path.name
+        notes.append(f"could not read {name} ({type(e).__name__}: {e}): its curve reads n/a")
         return []
 
 
@@ -80,13 +98,20 @@ def _load_models(run_dir: Path, notes: list[str]) -> tuple[nn.Module | None, nn.
         return None, None, {}
 
 
-def _find_onnx(run_dir: Path, summary: dict[str, Any]) -> Path | None:
+def _find_onnx(run_dir: Path, summary: dict[str, Any], notes: list[str]) -> Path | None:
+    """The run's adder ONNX model, inside the run folder only: the file summary.json names (by its name,
+    so a copied or moved run never measures another run's file), else the one ``*_adder.onnx``."""
     named = summary.get("onnx_path")
-    candidates = [Path(named), run_dir / Path(named).name] if named else []
-    for candidate in candidates + sorted(run_dir.glob("*_adder.onnx")):
-        if candidate.is_file():
-            return candidate
-    return None
+    if isinstance(named, str) and named:
+        path = run_dir / Path(named).name
+        if path.is_file():
+            return path
+        notes.append(f"summary.json names {Path(named).name}, which is not in the run folder")
+    found = sorted(run_dir.glob("*_adder.onnx"))
+    if len(found) > 1:
+        notes.append(f"several adder ONNX models in the run folder ({', '.join(p.name for p in found)}): none measured")
+        return None
+    return found[0] if found else None
 
 
 def _find_int8(run_dir: Path, summary: dict[str, Any]) -> Path | None:
@@ -128,9 +153,10 @@ def _energy(totals: dict[str, Any], precision: str, with_bn: bool = False) -> fl
 def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S) -> dict[str, Any]:
     """Everything :func:`write_report` writes to ``report.json``, computed from ``run_dir``."""
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "summary.json")
-    notes: list[str] = [str(n) for n in summary.get("notes", [])]
-    config = _read_yaml(run_dir / "config.yaml")
+    notes: list[str] = []
+    summary = _read_json(run_dir / "summary.json", notes)
+    notes += [str(n) for n in summary.get("notes", [])]
+    config = _read_yaml(run_dir / "config.yaml", notes)
     adder, cnn, meta = _load_models(run_dir, notes)
     image_size = meta.get("image_size") or config.get("image_size")
     if adder is not None and not image_size:
@@ -138,7 +164,7 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         adder = cnn = None
     counts = {"cnn": None, "adder": None}
     parameters = {"cnn": None, "adder": None}
-    files = {"cnn": None, "adder": _find_onnx(run_dir, summary), "int8": _find_int8(run_dir, summary)}
+    files = {"cnn": None, "adder": _find_onnx(run_dir, summary, notes), "int8": _find_int8(run_dir, summary)}
     file_sizes = {"cnn": None, "adder": None}
     latency: list[dict[str, Any]] = []
     batch_size = config.get("batch_size")
@@ -211,8 +237,8 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
             "int8_agreement": summary.get("int8_agreement"),  # % of images with the FP32 ONNX model's class
         },
         "curves": {
-            "cnn": _read_curve(run_dir / "teacher" / "metrics.csv"),
-            "adder": _read_curve(run_dir / "metrics.csv"),
+            "cnn": _read_curve(run_dir / "teacher" / "metrics.csv", notes),
+            "adder": _read_curve(run_dir / "metrics.csv", notes),
         },
         "latency_ms": latency,
         "batch_size": batch_size,
@@ -233,8 +259,10 @@ def write_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
-    report = build_report(run_dir, latency_budget_s)
     html_path, json_path = run_dir / "report.html", run_dir / "report.json"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    html_path.write_text(render_html(report, plots(report)), encoding="utf-8")
+    for path in (html_path, json_path):
+        check_output_file(path, overwrite=True, what="report")  # before the work: a folder there, read-only
+    report = build_report(run_dir, latency_budget_s)
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(html_path, render_html(report, plots(report)))
     return html_path, json_path
