@@ -24,10 +24,12 @@ def get_library_path() -> str:
 
 @functools.cache
 def build_info() -> dict[str, str]:
-    """How the library was built: ``ort_api``, ``cuda`` (``"1"``/``"0"``), ``cuda_archs``, ``cpu_isa`` (in use)."""
-    description, cpu_isa = ort_build_info()
+    """How the library was built: ``ort_api``, ``cuda`` (``"1"``/``"0"``), ``cuda_archs``, and the instruction
+    sets in use, ``cpu_isa`` (FP32 kernel) and ``cpu_quantized_isa`` (INT8 kernel)."""
+    description, cpu_isa, cpu_quantized_isa = ort_build_info()
     info = dict(item.split("=", 1) for item in description.split())
     info["cpu_isa"] = cpu_isa
+    info["cpu_quantized_isa"] = cpu_quantized_isa
     return info
 
 

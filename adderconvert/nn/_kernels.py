@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_void_p
+from ctypes import POINTER, c_char_p, c_float, c_int, c_int64, c_size_t, c_void_p
 
 import torch
 
@@ -22,6 +22,8 @@ __all__ = [
     "cpu_backward_input",
     "cpu_forward",
     "cpu_isa",
+    "cpu_quantized_forward",
+    "cpu_quantized_isa",
     "cuda_backward_input",
     "cuda_forward",
     "has_cuda_library",
@@ -53,6 +55,16 @@ C_API: dict[str, dict[str, tuple[type | None, list[type]]]] = {
         ),
         # const char* adderconvert_cpu_isa()
         "adderconvert_cpu_isa": (c_char_p, []),
+        # int adderconvert_cpu_quantized_forward(const float* x, const uint8_t* w, const float* alpha,
+        #     const float* beta, float* y, const int64_t* x_dims, const int64_t* w_dims, const int64_t* strides,
+        #     const int64_t* pads, const int64_t* dilations, int64_t group, float x_scale, int64_t x_zero_point,
+        #     int relu, int threads, char* error, size_t error_len)
+        "adderconvert_cpu_quantized_forward": (
+            c_int,
+            [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, *_GEOMETRY, c_float, c_int64, c_int, c_int, *_ERROR],
+        ),
+        # const char* adderconvert_cpu_quantized_isa()
+        "adderconvert_cpu_quantized_isa": (c_char_p, []),
     },
     CUDA_LIBRARY: {
         # int adderconvert_cuda_forward(void* stream, const float* x, const float* w, const float* bias, float* y,
@@ -76,6 +88,8 @@ C_API: dict[str, dict[str, tuple[type | None, list[type]]]] = {
         "AdderConvertBuildInfo": (c_char_p, []),
         # const char* AdderConvertCpuIsa()
         "AdderConvertCpuIsa": (c_char_p, []),
+        # const char* AdderConvertQuantizedCpuIsa()
+        "AdderConvertQuantizedCpuIsa": (c_char_p, []),
     },
 }
 
@@ -97,10 +111,20 @@ def cpu_isa() -> str:
     return _library(CPU_LIBRARY).adderconvert_cpu_isa().decode()
 
 
-def ort_build_info() -> tuple[str, str]:
-    """The ONNX Runtime library's build description (``key=value`` pairs) and the CPU kernel's instruction set."""
+def cpu_quantized_isa() -> str:
+    """Instruction set the INT8 (QuantizedAdderConv) CPU kernel dispatched to on this machine."""
+    return _library(CPU_LIBRARY).adderconvert_cpu_quantized_isa().decode()
+
+
+def ort_build_info() -> tuple[str, str, str]:
+    """The ONNX Runtime library's build description (``key=value`` pairs) and the instruction sets of its
+    FP32 and INT8 CPU kernels."""
     lib = _library(ORT_LIBRARY)
-    return lib.AdderConvertBuildInfo().decode(), lib.AdderConvertCpuIsa().decode()
+    return (
+        lib.AdderConvertBuildInfo().decode(),
+        lib.AdderConvertCpuIsa().decode(),
+        lib.AdderConvertQuantizedCpuIsa().decode(),
+    )
 
 
 def has_cuda_library() -> bool:
@@ -160,6 +184,27 @@ def cpu_backward_input(grad_out, x, weight, stride, padding, dilation, groups) -
     """sum HardTanh(W - X) * grad_out for CPU tensors."""
     tensors = _backward_input_tensors(x, weight, grad_out)
     return _cpu_call("adderconvert_cpu_backward_input", tensors, stride, padding, dilation, groups)
+
+
+def cpu_quantized_forward(
+    x, weight, alpha, beta, stride, padding, dilation, groups, x_scale: float, x_zero_point: int, relu: bool
+) -> torch.Tensor:
+    """The QuantizedAdderConv kernel on CPU tensors (float32 x, uint8 weight, float32 alpha and beta):
+    ``alpha * sum|q(x) - W| + beta`` (then ReLU), exactly as the ONNX Runtime op computes it."""
+    x, weight, _, out = _forward_tensors(x, weight, None, stride, padding, dilation)
+    error = ctypes.create_string_buffer(512)
+    status = _library(CPU_LIBRARY).adderconvert_cpu_quantized_forward(
+        *_pointers(x, weight, alpha.contiguous(), beta.contiguous(), out),
+        *_geometry(x.shape, weight.shape, stride, padding, dilation, groups),
+        x_scale,
+        x_zero_point,
+        int(relu),
+        torch.get_num_threads(),
+        error,
+        len(error),
+    )
+    _check(status, error)
+    return out
 
 
 def _cuda_call(function: str, tensors, stride, padding, dilation, groups, scratch: bool = False) -> torch.Tensor:

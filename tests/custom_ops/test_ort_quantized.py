@@ -2,16 +2,15 @@
 op's contract (written here, independent of the kernel), the float epilogue, threads, W as a graph input,
 and malformed nodes refused with a clear status."""
 
-import ctypes
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from adderconvert import _libs
 from adderconvert.deploy import ops, runtime
+from adderconvert.nn import _kernels
 
 RNG = np.random.default_rng(17)
 ERRORS = (
@@ -244,42 +243,17 @@ def test_malformed_inputs_are_refused_and_the_library_still_works():
 def _c_api_forward(
     x, w, alpha, beta, x_scale, zero_point, relu=0, strides=(1, 1), pads=(0,) * 4, dilations=(1, 1), group=1, threads=1
 ):
-    lib = ctypes.CDLL(str(_libs.find_library(_libs.CPU_LIBRARY)))
-    fn = lib.adderconvert_cpu_quantized_forward
-    fn.restype = ctypes.c_int
-    fn.argtypes = (
-        [ctypes.c_void_p] * 5
-        + [ctypes.POINTER(ctypes.c_int64)] * 5
-        + [ctypes.c_int64, ctypes.c_float, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-    )
-    n, _, h, wd = x.shape
-    m, _, kh, kw = w.shape
-    oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wd + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    y = np.empty((n, m, max(oh, 0), max(ow, 0)), np.float32)
-    arrays = [np.ascontiguousarray(a) for a in (x, w, alpha, beta)]
-
-    def dims(values):
-        return (ctypes.c_int64 * len(values))(*values)
-
-    error = ctypes.create_string_buffer(512)
-    status = fn(
-        *[a.ctypes.data for a in arrays],
-        y.ctypes.data,
-        dims(x.shape),
-        dims(w.shape),
-        dims(strides),
-        dims(pads),
-        dims(dilations),
-        group,
-        x_scale,
-        zero_point,
-        relu,
-        threads,
-        error,
-        len(error),
-    )
-    return status, y, error.value.decode()
+    """The CPU library's entry point through its one ctypes declaration: (status, y, error message)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x, w, alpha, beta)]
+        y = _kernels.cpu_quantized_forward(*tensors, strides, pads, dilations, group, x_scale, zero_point, relu)
+    except RuntimeError as e:
+        return 1, None, str(e)
+    finally:
+        torch.set_num_threads(previous)
+    return 0, y.numpy(), ""
 
 
 def test_c_api_entry_matches_the_reference_and_refuses_bad_scales():

@@ -26,6 +26,8 @@ CTYPES = {
     "const void*": ctypes.c_void_p,
     "float*": ctypes.c_void_p,
     "const float*": ctypes.c_void_p,
+    "const uint8_t*": ctypes.c_void_p,
+    "float": ctypes.c_float,
 }
 ROOT = Path(__file__).resolve().parents[2]
 
