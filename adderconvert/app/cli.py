@@ -112,7 +112,13 @@ def _resume_folder(value: str, output: str | None) -> str:
 @click.option(
     "--keep-classifier/--convert-classifier", default=None, help="Keep a conv classifier multiplicative [keep]."
 )
-@click.option("--init", default=None, help=f"Adder weight init: fresh, rescale or copy [{RunConfig.init}].")
+@click.option(
+    "--keep-mac-budget",
+    type=float,
+    default=None,
+    help="Keep multiplicative the convs that binary weights fit worst, up to this share of the MACs, e.g. 0.05 [0].",
+)
+@click.option("--init", default=None, help=f"Adder weight init: sign, fresh, rescale or copy [{RunConfig.init}].")
 @click.option("--dataset", default=None, help="fashion-mnist, cifar10 or imagefolder [fashion-mnist].")
 @click.option("--data", default=None, help="Data folder (default: Debian's Fashion-MNIST).")
 @click.option("--image-size", type=int, default=None, help="Input size, 16-1024 [28 Fashion-MNIST, 32 CIFAR, 224].")

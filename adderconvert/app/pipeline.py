@@ -39,11 +39,18 @@ from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.app.weights import check_weights, load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
-from adderconvert.conversion import ConversionReport, convert, plan_conversion
+from adderconvert.conversion import ConversionReport, calibrate_norms, convert, plan_conversion
 from adderconvert.data import DatasetSplits, load_dataset
 from adderconvert.deploy.export import export_onnx
 from adderconvert.deploy.runtime import make_session
-from adderconvert.train import TrainConfig, evaluate, finish_distributed, fit, init_distributed
+from adderconvert.train import (
+    TrainConfig,
+    evaluate,
+    finish_distributed,
+    fit,
+    init_distributed,
+    recalibrate_batchnorm,
+)
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
 from adderconvert.train.loop import check_same_schedule
 
@@ -63,6 +70,18 @@ def _example_batch(dataset, size: int = 32) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(size, len(dataset)))])
 
 
+# Training images the conversion plan measures each layer's input range on (the sign init places the adder
+# weights past it), and training batches that re-estimate BatchNorm statistics before the zero-step eval.
+CALIBRATION_IMAGES = 256
+RECALIBRATE_BATCHES = 50
+
+
+def _calibration_batch(dataset, size: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
+    """``size`` training images drawn at random (seeded, the same on every process)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
+    return torch.stack([dataset[int(i)][0] for i in order])
+
+
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> ConversionReport:
     report = plan_conversion(
         model,
@@ -71,6 +90,7 @@ def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> Convers
         exclude=config.exclude,
         keep_stem=config.keep_stem,
         keep_classifier=config.keep_classifier,
+        keep_mac_budget=config.keep_mac_budget,
     )
     if not report.converted:
         raise RunInputError(
@@ -268,9 +288,14 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
     cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config, "CNN eval")
     _log(f"CNN top-1: {cnn_top1:.2f}%", main)
 
+    # The ranges the sign init needs are those of the trained CNN: plan again on calibration images.
+    calibration = _calibration_batch(splits.train)
+    report = _plan(config, teacher, calibration.to(next(teacher.parameters()).device))
     student = copy.deepcopy(teacher).cpu()
     convert(student, None, init=config.init, report=report)
     _log(report.table(), main)
+    zero_step_top1 = _zero_step(student, report, calibration, splits, ctx, config)
+    _log(f"adder top-1 before fine-tuning (zero steps): {zero_step_top1:.2f}%", main)
 
     adder_history = []
     if config.finetune:
@@ -298,6 +323,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
         "converted_macs": report.converted_macs,
         "total_conv_macs": report.total_macs,
         "cnn_top1": cnn_top1,
+        "zero_step_top1": zero_step_top1,
         "adder_top1": adder_top1,
         "onnx_top1": None,
         "int8_top1": None,
@@ -321,6 +347,24 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
             html, _ = write_report(out)
             _log(f"cost report: {html}", main)
     return summary
+
+
+def _zero_step(student, report, calibration, splits: DatasetSplits, ctx, config: RunConfig) -> float:
+    """Calibrate the converted model's BatchNorms (inserted ones keep the conv's scale), re-estimate their
+    statistics on training batches and return its test top-1 before any gradient step."""
+    student.to(ctx.device)
+    calibrate_norms(student, report, calibration.to(ctx.device), config.init)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = torch.utils.data.DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator)
+    recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
+    return evaluate(
+        student,
+        splits.test,
+        device=ctx.device,
+        progress=config.progress and ctx.is_main,
+        desc="adder eval (zero steps)",
+        max_batches=config.eval_max_batches,
+    )
 
 
 def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, main: bool) -> dict:
@@ -388,6 +432,7 @@ def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_
 def _stage_table(summary: dict) -> str:
     rows = [
         ("CNN (teacher)", summary["cnn_top1"]),
+        ("AdderNet, zero steps", summary["zero_step_top1"]),
         ("AdderNet (PyTorch)", summary["adder_top1"]),
         ("AdderNet (ONNX Runtime)", summary["onnx_top1"]),
         ("AdderNet INT8 (ONNX RT)", summary.get("int8_top1")),

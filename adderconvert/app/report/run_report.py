@@ -231,6 +231,7 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         "onnx_file_bytes": file_sizes,
         "accuracy": {
             "cnn_top1": summary.get("cnn_top1"),
+            "zero_step_top1": summary.get("zero_step_top1"),  # converted, before any fine-tuning step
             "adder_top1": summary.get("adder_top1"),
             "onnx_top1": summary.get("onnx_top1"),
             "int8_top1": summary.get("int8_top1"),  # the INT8 adder ONNX model (--int8)
