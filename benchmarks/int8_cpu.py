@@ -324,7 +324,8 @@ def markdown(result: dict) -> str:
     cpu = result["cpu"]
     lines = [
         f"CPU: {cpu['model_name']} ({cpu['cores']} cores; {', '.join(cpu['isa'])}); adder kernels in use: "
-        f"INT8 {cpu['quantized_kernel_isa']}, FP32 {cpu['kernel_isa']}; onnxruntime {result['onnxruntime']}; idle threads "
+        f"INT8 {cpu['quantized_kernel_isa']}, FP32 {cpu['kernel_isa']}; onnxruntime {result['onnxruntime']}; "
+        "idle threads "
         f"{'spin' if result['spin'] else 'sleep (--no-spin)'}; runs interleaved, median of {result['repeats']} "
         f"(layers) / {result['model_repeats']} (models). Command: `{result['command']}`",
         "",
