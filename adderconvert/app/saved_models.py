@@ -217,10 +217,10 @@ def export_checkpoint(
     """
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
-    check_output_file(output, overwrite=overwrite, inputs=[checkpoint])
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no such file: {checkpoint}")
     meta = _read_checkpoint_meta(checkpoint)
+    check_output_file(output, overwrite=overwrite, inputs=[checkpoint])
     if meta.image_size is None:
         raise ValueError(f"{checkpoint} does not record its input size; export it from Python with export_onnx")
     model = load(checkpoint)
