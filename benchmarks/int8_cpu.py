@@ -240,7 +240,10 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
     return rows
 
 
-def model_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
+MODELS = {"ResNet-18": ("resnet18", 28, 10), "ResNet-50": ("resnet50", 224, 1000)}
+
+
+def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list[dict]:
     import torch
     import torchvision
 
@@ -250,10 +253,9 @@ def model_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
 
     torch.manual_seed(0)
     rows = []
-    for name, build, size, classes in (
-        ("ResNet-18", torchvision.models.resnet18, 28, 10),
-        ("ResNet-50", torchvision.models.resnet50, 224, 1000),
-    ):
+    for name in names:
+        arch, size, classes = MODELS[name]
+        build = getattr(torchvision.models, arch)
         x = torch.randn(2, 3, size, size)
         cnn = build(num_classes=classes).eval()
         adder = convert(build(num_classes=classes), x).eval()
@@ -397,6 +399,7 @@ def main() -> None:
     parser.add_argument("--no-spin", action="store_true", help="idle ORT threads sleep, not spin")
     parser.add_argument("--skip-layers", action="store_true")
     parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="whole models to time")
     parser.add_argument("--accuracy", nargs="*", type=Path, default=[], help="adder checkpoints to evaluate")
     parser.add_argument("--calibration-batches", type=int, default=16)
     parser.add_argument("--out", type=Path, default=REPO / "docs/results/int8_cpu")
@@ -430,7 +433,7 @@ def main() -> None:
             result["layers"] = layer_rows(args.repeats, not args.no_spin, Path(tmp))
             save()
         if not args.skip_models:
-            result["models"] = model_rows(args.model_repeats, not args.no_spin, Path(tmp))
+            result["models"] = model_rows(args.model_repeats, not args.no_spin, Path(tmp), args.models)
             save()
         if args.accuracy:
             result["accuracy"] = accuracy_rows(args.accuracy, args.calibration_batches, Path(tmp))
