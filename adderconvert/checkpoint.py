@@ -202,6 +202,7 @@ def check_compatible(
     stage: str | None = None,
     model_name: str | None = None,
     num_classes: int | None = None,
+    image_size: int | None = None,
 ) -> None:
     """Raise :class:`CheckpointError` naming both sides when ``meta`` is not the expected stage, model,
     number of classes or input size (a checkpoint that records none is not checked for it)."""
@@ -212,6 +213,8 @@ def check_compatible(
         wanted.append(f"model {model_name!r}")
     if num_classes is not None and meta.num_classes != num_classes:
         wanted.append(f"{num_classes} classes")
+    if image_size is not None and meta.image_size is not None and meta.image_size != image_size:
+        wanted.append(f"{image_size}px inputs")
     if wanted:
         raise CheckpointError(
             f"{path} holds a {meta.describe()} (stage {meta.stage!r}), but this run needs {', '.join(wanted)}"

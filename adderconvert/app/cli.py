@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -87,17 +88,34 @@ def _load_config_file(path: str | None) -> dict:
     return data
 
 
-def _resume_folder(value: str, output: str | None) -> str:
-    """The run folder that ``--resume [PATH]`` names (a run folder, or a last.pt in one)."""
-    path = Path(value)
-    if not path.exists():
-        raise InputError(f"--resume {value}: no such file or folder")
-    folder = path if path.is_dir() else path.parent
-    if folder.name == "teacher" and not (folder / "config.yaml").exists():
-        folder = folder.parent
-    if output is not None and Path(output).resolve() != folder.resolve():
-        raise InputError(f"--resume {value} belongs to the run in {folder}, but --output is {output}")
-    return str(folder)
+def _resumed(model: str, resume_from: str, values: dict) -> dict:
+    """``values`` (flags and -c file) merged into the options of the run that ``--resume [PATH]`` names,
+    which they must agree with (app/resume.py)."""
+    from adderconvert.app.resume import ResumeError, resume_folder, resumed_options
+    from adderconvert.checkpoint import CheckpointError
+
+    try:
+        if resume_from:
+            folder = resume_folder(resume_from, values.get("output"), model)
+        else:
+            folder = Path(values.get("output", f"runs/{model}"))
+        values = resumed_options(folder, model, values)
+    except (ResumeError, CheckpointError) as e:
+        raise InputError(str(e)) from None
+    return {**values, "resume": True, "output": str(folder)}
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (a scheduler's or ``kill``'s stop) ends a run as Ctrl-C does: what a run has checkpointed
+    is kept, a run with no checkpoint leaves no folder. Returns the previous handler."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (embedded use): leave SIGTERM alone
+        return None
 
 
 @main.command("convert", context_settings=_HELP)
@@ -189,11 +207,11 @@ def convert_command(
     values = _load_config_file(config_file)
     for key in ("include", "exclude"):
         options[key] = list(options[key]) or None
-    if resume_from is not None:
-        options["resume"] = True
-        if resume_from:
-            options["output"] = _resume_folder(resume_from, options["output"])
     values.update({k: v for k, v in options.items() if v is not None})
+    if str(values.get("weights")).lower() == "none":
+        values["weights"] = None
+    if resume_from is not None:
+        values = _resumed(model, resume_from, values)
     values["model"] = model
     values.setdefault("output", f"runs/{model}")
     if "weights" not in values:
@@ -214,13 +232,22 @@ def convert_command(
         if dry_run:
             click.echo(plan_only(config).table())
             return
-        summary = run(config)
+        previous = _interrupt_on_sigterm()
+        try:
+            summary = run(config)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     except TrainingDiverged as e:
         raise click.ClickException(str(e)) from None
     except _input_errors() as e:
         raise InputError(str(e)) from None
     except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; continue with --resume --output {config.output}") from None
+        from adderconvert.app.resume import resume_command
+
+        command = resume_command(config)
+        hint = f"continue with: {command}" if command else "no checkpoint had been written, so nothing was kept"
+        raise click.ClickException(f"interrupted; {hint}") from None
     if config.max_drop is not None and summary["adder_top1"] < summary["cnn_top1"] - config.max_drop:
         raise click.ClickException(
             f"adder top-1 {summary['adder_top1']:.2f}% is more than {config.max_drop} points below the CNN's "

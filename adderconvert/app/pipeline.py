@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from adderconvert.train import (
 )
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
 from adderconvert.train.loop import check_same_schedule
+from adderconvert.train.saver import seed_everything
 
 __all__ = ["RunConfig", "RunInputError", "plan_only", "run"]
 
@@ -153,6 +154,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     _check_folder(config, out)
     device = resolve_device(config.device)
     splits = load_dataset(config.dataset, config.data, config.image_size)
+    seed_everything(config.seed)  # the CNN's initial weights (and a resized head) follow from --seed
     teacher = build_model(config.model, splits.num_classes)
     if config.weights:
         load_weights(teacher, config.model, config.weights)
@@ -171,7 +173,12 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
             if path.is_file():
                 state = load_checkpoint(path)
                 check_compatible(
-                    state["meta"], path, stage=stage, model_name=config.model, num_classes=splits.num_classes
+                    state["meta"],
+                    path,
+                    stage=stage,
+                    model_name=config.model,
+                    num_classes=splits.num_classes,
+                    image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path)
     return _Prepared(splits, teacher, report, pretrain, out, device)
@@ -250,8 +257,8 @@ def _run(config: RunConfig, prepared: _Prepared, ctx) -> dict:
             clear_run(out)  # the old run's own files only: anything else in the folder stays
         out.mkdir(parents=True, exist_ok=True)
         mark_run(out, config.model, "train")
-        if not config.resume:
-            write_text(out / "config.yaml", config.to_yaml())
+        # The options this run trains with (a resume's own, the runtime ones included): never stale.
+        write_text(out / "config.yaml", replace(config, resume=False, overwrite=False).to_yaml())
     try:
         return _stages(config, prepared, ctx, started)
     except BaseException:

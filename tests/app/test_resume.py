@@ -1,0 +1,200 @@
+"""Resume is a property of the run folder: ``--resume`` continues with the options in the run's
+config.yaml, refuses flags that change them (naming both values) and files of another model, stage or
+epoch; an interrupt (Ctrl-C or SIGTERM) keeps what was checkpointed and prints a command that continues
+it, or leaves no folder when nothing was; config.yaml follows a resume."""
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from adderconvert.app.cli import main
+from tests.app.test_cli import _fake_fashion_mnist, _input_error
+
+OFFICIAL = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
+
+
+def _tiny(data, out, *extra):
+    """A tiny run: the CNN trained 3 steps, the adder model 3 steps, at Fashion-MNIST's own 28px."""
+    args = ["resnet18", "--data", str(data), "--weights", "none", "--pretrain-epochs", "1", "--max-steps", "3"]
+    return [*args, "--batch-size", "16", "--eval-max-batches", "1", "--no-export", "--quiet", "--output", str(out)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(data folder, a finished tiny run folder); tests work on copies of the run."""
+    root = tmp_path_factory.mktemp("resume")
+    data = _fake_fashion_mnist(root)
+    result = CliRunner().invoke(main, _tiny(data, root / "run"))
+    assert result.exit_code == 0, result.output
+    return data, root / "run"
+
+
+def _copy(run, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    return out
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """torchvision's weights cannot be fetched (as here): a run that fell back to --weights DEFAULT fails."""
+    import torchvision.models._api
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
+
+
+@pytest.mark.slow
+def test_bare_resume_continues_with_the_runs_own_options(finished, tmp_path, offline):
+    """Why 8: `--resume --output DIR` alone used the defaults (--weights DEFAULT: a download error offline)."""
+    _, run = finished
+    out = _copy(run, tmp_path)
+    checkpoints = {k: v for k, v in _files(out).items() if k.endswith(".pt")}
+    result = CliRunner().invoke(main, ["resnet18", "--resume", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("all 1 epoch(s) already done") == 2, result.output  # the CNN and the adder model
+    assert {k: v for k, v in _files(out).items() if k.endswith(".pt")} == checkpoints  # nothing trained again
+    assert json.loads((out / "summary.json").read_text())["model"] == "resnet18"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--image-size", "32"], "--image-size 28 -> 32"),  # Why 7; the run used the data set's own 28px
+        (["--epochs", "2", "--lr", "0.05"], "--epochs 1 -> 2, --lr 0.1 -> 0.05"),
+        (["--weights", "DEFAULT"], "--weights none -> DEFAULT"),
+        (["--no-kd"], "--kd true -> false"),
+        (["--pretrain-epochs", "2"], "--pretrain-epochs 1 -> 2"),
+    ],
+)
+def test_resume_refuses_flags_that_change_the_run(finished, tmp_path, flags, named):
+    _, run = finished
+    out = _copy(run, tmp_path)
+    before = _files(out)
+    result = CliRunner().invoke(main, ["resnet18", "--resume", "--output", str(out), *flags])
+    _input_error(result, named, "config.yaml", "another --output")
+    assert _files(out) == before  # data kept
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_model_and_other_files(finished, tmp_path):
+    _, run = finished
+    out = _copy(run, tmp_path)
+    before = _files(out)
+    result = CliRunner().invoke(main, ["resnet34", "--resume", "--output", str(out)])
+    _input_error(result, "holds a run of resnet18", "not of resnet34")
+    # best.pt is the best epoch, not where the run stopped.
+    _input_error(CliRunner().invoke(main, ["resnet18", "--resume", str(out / "best.pt")]), "last.pt", "best.pt")
+    # teacher/last.pt names the run; a last.pt holding the CNN where the adder model belongs is refused.
+    shutil.copy(out / "teacher" / "last.pt", tmp_path / "cnn.pt")
+    (out / "last.pt").unlink()
+    shutil.copy(tmp_path / "cnn.pt", out / "last.pt")
+    before = _files(out)
+    _input_error(
+        CliRunner().invoke(main, ["resnet18", "--resume", str(out / "last.pt")]), "resnet18 CNN", "stage 'adder'"
+    )
+    assert _files(out) == before
+
+
+@pytest.mark.slow
+def test_resume_file_of_another_models_run_is_refused(finished, tmp_path):
+    """Why 1: `--resume imp/best.pt` trained a ResNet-18 into an imported ResNet-20's folder."""
+    data, _ = finished
+    imp = tmp_path / "imp"
+    result = CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--arch", "resnet20", "--output", str(imp)])
+    assert result.exit_code == 0, result.output
+    before = _files(imp)
+    result = CliRunner().invoke(main, [*_tiny(data, imp)[:-2], "--resume", str(imp / "best.pt")])
+    _input_error(result, "--resume", "resnet20 adder model", "model 'resnet18'")
+    assert _files(imp) == before  # the imported model is still there, nothing was added
+
+
+@pytest.mark.slow
+def test_config_yaml_follows_a_resume(finished, tmp_path):
+    """Why 8: config.yaml could go stale after a resume; it records the options the resume ran with."""
+    _, run = finished
+    out = _copy(run, tmp_path)
+    moved = tmp_path / "moved"
+    out.rename(moved)  # a run folder that was moved: its config.yaml names the old place
+    result = CliRunner().invoke(main, ["resnet18", "--resume", str(moved / "last.pt"), "--export", "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((moved / "config.yaml").read_text())
+    assert saved["export"] is True and saved["output"] == str(moved)
+    assert saved["resume"] is False and saved["overwrite"] is False  # what to do is not a setting of the run
+    assert saved["image_size"] is None and saved["weights"] is None and saved["max_steps"] == 3
+    assert (moved / "resnet18_adder.onnx").is_file()
+
+
+def _interrupted(tmp_path, data, out, block: str, signum: int):
+    """Run the tiny job in a process whose ``block`` stage waits, send ``signum`` when it gets there."""
+    ready = tmp_path / "ready"
+    ready.unlink(missing_ok=True)
+    env = {**os.environ, "ADDERCONVERT_BLOCK": block, "ADDERCONVERT_READY": str(ready), "OMP_NUM_THREADS": "1"}
+    helper = Path(__file__).parent / "_blocking_cli.py"
+    process = subprocess.Popen(
+        [sys.executable, str(helper), *_tiny(data, out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+            time.sleep(0.2)
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_before_the_first_checkpoint_leaves_no_folder(finished, tmp_path, signum):
+    """Why 8: SIGTERM left a half folder, and the advice to resume was printed for a folder that was gone."""
+    data, _ = finished
+    out = tmp_path / "run"
+    code, output = _interrupted(tmp_path, data, out, "CNN", signum)
+    assert code == 1 and "Error: interrupted" in output and "Traceback" not in output, output
+    assert "nothing was kept" in output and "--resume" not in output, output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_prints_a_resume_command_that_works(finished, tmp_path, signum, offline):
+    """Why 8: "continue with --resume --output DIR" failed; the command printed now finishes the run."""
+    data, _ = finished
+    out = tmp_path / "a run"  # a space: the command quotes it
+    code, output = _interrupted(tmp_path, data, out, "adder", signum)
+    assert code == 1 and "Traceback" not in output, output
+    teacher = (out / "teacher" / "last.pt").read_bytes()
+    assert not (out / "last.pt").exists()
+    command = output.split("continue with: ")[1].splitlines()[0]
+    words = shlex.split(command)
+    assert words[:2] == ["adderconvert", "resnet18"] and words[-1] == str(out), command
+    result = CliRunner().invoke(main, words[1:])
+    assert result.exit_code == 0, result.output
+    assert "all 1 epoch(s) already done" in result.output  # the CNN's
+    assert (out / "teacher" / "last.pt").read_bytes() == teacher and (out / "last.pt").is_file()
