@@ -14,11 +14,25 @@ from adderconvert.app.outputs import check_run_folder, clear_run, mark_run, writ
 from adderconvert.app.report import write_report
 from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.architectures.official import ARCHS, load
-from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
+from adderconvert.checkpoint import CheckpointError, CheckpointMeta, read_meta, save_checkpoint
 from adderconvert.deploy.export import export_onnx
 from adderconvert.deploy.runtime import make_session
 
 __all__ = ["import_official"]
+
+
+def _refuse_own_checkpoint(path: Path) -> None:
+    """A checkpoint of this tool is not an official one: say so instead of "no state dict of tensors"."""
+    if not path.is_file():
+        return  # the official loader names a missing file
+    try:
+        meta = read_meta(path)
+    except CheckpointError:
+        return  # not ours: the official loader judges it
+    raise CheckpointError(
+        f"{path} is a checkpoint of adderconvert ({meta.describe()}), not of the official AdderNet code: "
+        "`adderconvert evaluate` and adderconvert.load read it as it is"
+    )
 
 
 def import_official(
@@ -38,6 +52,7 @@ def import_official(
     name = f"official_{arch}"
     out = Path(output)
     found = check_run_folder(out, model=name, overwrite=overwrite, resumable=False)
+    _refuse_own_checkpoint(Path(path))
     model = load(path, arch)
     spec = ARCHS[arch]
     dataset, image_size, num_classes = spec.dataset, spec.image_size, model.fc.out_channels

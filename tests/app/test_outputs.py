@@ -368,6 +368,9 @@ def test_wrong_cause_messages(data, run_copy, tmp_path):
     _input_error(
         CliRunner().invoke(main, ["evaluate", str(run_copy / "best.pt"), "--dataset", "foo"]), "unknown data set"
     )
+    result = CliRunner().invoke(main, ["import-official", str(run_copy / "best.pt"), "--output", str(tmp_path / "o")])
+    _input_error(result, "is a checkpoint of adderconvert", "not of the official AdderNet code")
+    assert not (tmp_path / "o").exists()
 
 
 def test_weights_that_are_not_a_checkpoint_even_in_a_dry_run(data, run_copy, tmp_path):
