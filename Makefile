@@ -48,8 +48,11 @@ test: install $(FASHION_MNIST) $(CHROMIUM)
 
 # CNN teacher trained offline (2 epochs), converted, fine-tuned 2 epochs with distillation, exported,
 # evaluated in PyTorch and ONNX Runtime; about 14 minutes on 2 cores from a fresh clone.
+# A second `make demo` replaces the first one's run (--overwrite: only the run's own files go).
 demo: install $(FASHION_MNIST)
-	$(VENV)/bin/adderconvert resnet18 --finetune --pretrain-epochs 2 --epochs 2 --output runs/demo
+	@if [ -e runs/demo ]; then echo "runs/demo holds an earlier demo run: replacing it (--overwrite removes only the files a run writes)"; fi
+	$(VENV)/bin/adderconvert resnet18 --finetune --pretrain-epochs 2 --epochs 2 --output runs/demo \
+		$$([ -e runs/demo ] && echo --overwrite)
 
 lint: install
 	$(VENV)/bin/ruff check adderconvert tests benchmarks examples
