@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adderconvert.app.outputs import check_output_file, write_through
 from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.checkpoint import CheckpointMeta, load, read_meta
 from adderconvert.data import load_dataset
@@ -94,14 +95,12 @@ def export_checkpoint_int8(
     if method not in METHODS:
         raise ValueError(f"--calibration-method must be one of {', '.join(METHODS)}, got {method!r}")
     output = Path(output) if output is not None else int8_path(checkpoint.parent, meta.official_arch or meta.model_name)
-    if output.resolve() == checkpoint.resolve():
-        raise ValueError(f"-o {output} is the checkpoint itself; choose another file")
-    if output.is_dir() or (output.exists() and not overwrite):
-        raise ValueError(f"{output} already exists; pass --overwrite to replace it, or choose another -o")
+    check_output_file(output, overwrite=overwrite, inputs=[checkpoint])  # app/outputs.py's policy
     model = load(checkpoint)
     splits = load_dataset(meta.dataset or "fashion-mnist", data, meta.image_size)
     batches_ = calibration_batches(splits.train, batches)
-    return export_int8(model, output, batches_, deployment_metadata(meta), method, dynamic_hw=dynamic_hw)
+    metadata = deployment_metadata(meta)
+    return write_through(output, lambda tmp: export_int8(model, tmp, batches_, metadata, method, dynamic_hw=dynamic_hw))
 
 
 def compare_onnx(

@@ -186,7 +186,12 @@ def test_export_never_replaces_a_file_unasked_nor_its_input(run_copy, tmp_path):
     before = _digest(run_copy)
     _input_error(CliRunner().invoke(main, ["export", str(best), "-o", str(other)]), "already exists", "--overwrite")
     alias = tmp_path / ".." / tmp_path.name / "imp" / "best.pt"
-    for args in (["-o", str(best)], ["-o", str(best), "--overwrite"], ["-o", str(alias), "--overwrite"]):
+    for args in (
+        ["-o", str(best)],
+        ["-o", str(best), "--overwrite"],
+        ["-o", str(alias), "--overwrite"],
+        ["--int8", "-o", str(alias), "--overwrite"],
+    ):
         _input_error(CliRunner().invoke(main, ["export", str(best), *args]), "is the input")
     (run_copy / "best.onnx").write_text("an earlier export")
     _input_error(CliRunner().invoke(main, ["export", str(best)]), "best.onnx already exists")
