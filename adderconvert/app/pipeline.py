@@ -430,7 +430,8 @@ def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_
     its test top-1 and its top-1 agreement with the FP32 adder ONNX model (when exported)."""
     metadata = deployment_metadata(_meta(config, splits, "adder", None))
     batches = calibration_batches(splits.train, config.calibration_batches, config.seed)
-    path = export_int8(model.cpu().eval(), int8_path(out, config.model), batches, metadata)
+    model = model.cpu().eval()
+    path = write_through(int8_path(out, config.model), lambda tmp: export_int8(model, tmp, batches, metadata))
     fp32 = out / Path(fp32_name).name if fp32_name else None
     result = compare_onnx(path, fp32, splits.test, max_batches=config.eval_max_batches, workers=config.workers)
     return {**result, "int8_path": path.name}
