@@ -394,3 +394,20 @@ def test_weights_that_are_not_a_checkpoint_even_in_a_dry_run(data, run_copy, tmp
             CliRunner().invoke(main, [*base, "--weights", str(run_copy / "best.pt")]), "--weights takes CNN weights"
         )
     assert not out.exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_removes_only_what_it_wrote(data, tmp_path, monkeypatch):
+    """The user's empty folder stays (empty); a folder the run created goes."""
+    import adderconvert.app.pipeline
+
+    def stopped(*args, output=None, **kwargs):  # Ctrl-C in the first teacher epoch: its folder is made
+        output.mkdir(parents=True, exist_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adderconvert.app.pipeline, "fit", stopped)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for out, kept in ((mine, True), (tmp_path / "new", False)):
+        result = CliRunner().invoke(main, ["resnet18", "--data", str(data), *TINY, "--output", str(out)])
+        assert result.exit_code == 1 and "interrupted" in result.output, result.output
+        assert out.exists() == kept and (not kept or not any(out.iterdir()))
