@@ -143,6 +143,23 @@ def _onnx_input(target: Path, model: onnx.ModelProto, image_size: int | None) ->
     return batch, fixed
 
 
+def _check_dynamic_size(target: Path, model: onnx.ModelProto, metadata: dict, size: int) -> None:
+    """A model exported with dynamic H and W takes ``size``: no smaller than the ``min_image_size`` its
+    export recorded, and with outputs that do not depend on H and W (a file of an older export where the
+    model took one size only: ONNX Runtime crashes on it, or gives outputs of another size)."""
+    for value in model.graph.output:
+        dims = list(value.type.tensor_type.shape.dim)
+        if len(dims) >= 2 and dims[1].dim_param:
+            shape = ", ".join(d.dim_param or str(d.dim_value) for d in dims)
+            raise ValueError(
+                f"{target} was exported with dynamic H and W, but its output {value.name!r} changes size with them "
+                f"([{shape}]): the model takes one input size only; export it again without --dynamic-hw"
+            )
+    minimum = metadata.get("min_image_size")
+    if isinstance(minimum, int) and size < minimum:
+        raise ValueError(f"{target} takes inputs of {minimum}x{minimum} or more; --image-size {size} is smaller")
+
+
 def _is_ort_error(error: Exception) -> bool:
     """ONNX Runtime's own errors (Fail, InvalidArgument, InvalidGraph, ...), which derive from Exception
     only: about the model or its input, not a bug of this tool."""
@@ -163,6 +180,7 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
     name, splits = _dataset_for(metadata.get("dataset"), dataset, data, size)
     if fixed is not None and splits.image_size != fixed:
         raise ValueError(f"{target} takes {fixed}x{fixed} input only; {name} gives {splits.image_size}px images")
+    _check_dynamic_size(target, model, metadata, splits.image_size)
     try:
         session = make_session(target)
     except Exception as e:

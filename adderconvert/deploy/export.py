@@ -35,14 +35,22 @@ from adderconvert.deploy.ops import (
 )
 from adderconvert.nn.quantized import QuantizedAdderConv2d
 
-__all__ = ["export_onnx", "fuse_batchnorm", "input_metadata", "make_portable", "read_metadata"]
+__all__ = ["dynamic_hw_sizes", "export_onnx", "fuse_batchnorm", "input_metadata", "make_portable", "read_metadata"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 # Names of the input's dynamic dimensions.
 _DIM_NAMES = ("batch", None, "height", "width")
 # metadata_props written by every export; user metadata may not override them.
-_RESERVED_METADATA = ("adderconvert_version", "torch_version", "adder_form", "adder_precision", "quantization")
+_RESERVED_METADATA = (
+    "adderconvert_version",
+    "torch_version",
+    "adder_form",
+    "adder_precision",
+    "quantization",
+    "dynamic_hw",
+    "min_image_size",
+)
 # The portable form materialises |patches - weights| for a chunk of output channels at a time, at most this
 # many elements per image.
 PORTABLE_CHUNK_ELEMENTS = 1 << 22
@@ -359,6 +367,67 @@ def make_portable(
     return rewritten
 
 
+def _output_shape(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
+    """The output shape of ``model`` on ``x`` without its batch dim, or ``None`` where it cannot take it."""
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception:  # a map that shrinks to nothing, a Linear of another size, a pooling window too large
+        return None
+    return tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+
+
+def _same_kind(got: tuple[int, ...] | None, expected: tuple[int, ...]) -> bool:
+    """Outputs of another input size fit the example's: the same logits, or maps of the same channels (a
+    fully convolutional model's maps follow H and W)."""
+    if got is None or len(got) != len(expected):
+        return False
+    return got == expected if len(expected) < 2 else got[0] == expected[0]
+
+
+def dynamic_hw_sizes(model: torch.nn.Module, example: torch.Tensor) -> int | None:
+    """Check that ``model`` (in eval mode) takes other heights and widths than ``example``'s, as
+    ``dynamic_hw`` promises, and return the smallest square size it takes (``None`` for a non-square
+    example). A model with a layer of fixed size (a Linear on a flattened map, an average pool with a
+    fixed window) fails at twice the size or gives outputs of another kind (logits of another length):
+    ``ValueError`` says so."""
+    _, channels, height, width = example.shape
+    probe = example[:1]
+    expected = _output_shape(model, probe)
+    twice = _output_shape(model, probe.new_zeros(1, channels, 2 * height, 2 * width))
+    if not _same_kind(twice, expected):
+        got = "fails" if twice is None else f"gives outputs of shape {list(twice)}, not {list(expected)}"
+        raise ValueError(
+            f"the model cannot take dynamic H and W: at {2 * height}x{2 * width} it {got} (a layer of fixed size, "
+            f"such as an average pool with a fixed window or a Linear on the flattened map); export it at its "
+            f"{height}x{width} input size (without --dynamic-hw)"
+        )
+    if height != width:
+        return None
+    low, high = 1, height  # the smallest size that works, assuming every larger one does
+    while low < high:
+        middle = (low + high) // 2
+        if _same_kind(_output_shape(model, probe.new_zeros(1, channels, middle, middle)), expected):
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def _check_dynamic_output(proto: onnx.ModelProto) -> None:
+    """The exported graph's outputs may follow H and W in their spatial dims only: logits, or the channels
+    of a map, of a size that depends on them are a model of one input size."""
+    for value in proto.graph.output:
+        dims = list(value.type.tensor_type.shape.dim)
+        if len(dims) >= 2 and dims[1].dim_param:
+            shape = ", ".join(d.dim_param or str(d.dim_value) for d in dims)
+            raise ValueError(
+                f"the model cannot take dynamic H and W: the size of its output {value.name!r} depends on them "
+                f"([{shape}]; a layer of fixed size, such as an average pool with a fixed window); export it at "
+                "its input size (without --dynamic-hw)"
+            )
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -377,7 +446,9 @@ def export_onnx(
     file with :func:`adderconvert.deploy.runtime.make_session`. With ``portable`` they become standard ONNX ops
     (see :func:`make_portable`; BatchNorm stays ``BatchNormalization``, ``fuse_bn`` is ignored), which any
     ONNX runtime runs without the library, more slowly and with more memory. ``dynamic_batch`` and
-    ``dynamic_hw`` make the batch and the spatial size dynamic dims ("batch", "height", "width").
+    ``dynamic_hw`` make the batch and the spatial size dynamic dims ("batch", "height", "width"); a model
+    that takes one size only is refused (:func:`dynamic_hw_sizes`, and an output whose size depends on H
+    and W), and the smallest size it takes is written as ``min_image_size``, beside ``dynamic_hw``.
     ``metadata`` (e.g. :func:`input_metadata`) goes into ``metadata_props`` (strings as they are, other
     values as JSON) beside ``adderconvert_version``, ``torch_version``, ``adder_form`` (``custom_op`` or
     ``portable``) and ``adder_precision`` (``int8`` when the model holds QuantizedAdderConv2d layers, from
@@ -402,6 +473,7 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
+        min_size = dynamic_hw_sizes(model, inputs[0]) if dynamic_hw else None
         dims = {0: torch.export.Dim.DYNAMIC} if dynamic_batch else {}
         if dynamic_hw:
             dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
@@ -421,6 +493,8 @@ def export_onnx(
         model.train(was_training)
     proto = program.model_proto
     _name_dynamic_dims(proto)
+    if dynamic_hw:
+        _check_dynamic_output(proto)
     if portable:
         make_portable(proto, list(inputs[0].shape))
     else:
@@ -434,10 +508,13 @@ def export_onnx(
         adderconvert_version=version("adderconvert"),
         torch_version=torch.__version__,
         adder_form="portable" if portable else "custom_op",
+        dynamic_hw=json.dumps(dynamic_hw),
         adder_precision="int8" if quantized else "fp32",
     )
     if quantized and getattr(model, "quantization", None):
         props["quantization"] = json.dumps(model.quantization)
+    if min_size is not None:
+        props["min_image_size"] = json.dumps(min_size)  # the smallest H = W it takes
     onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
