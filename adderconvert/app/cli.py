@@ -208,7 +208,7 @@ def convert_command(
     for key in ("include", "exclude"):
         options[key] = list(options[key]) or None
     values.update({k: v for k, v in options.items() if v is not None})
-    if str(values.get("weights")).lower() == "none":
+    if "weights" in values and str(values["weights"]).lower() == "none":  # absent: the default below
         values["weights"] = None
     if resume_from is not None:
         values = _resumed(model, resume_from, values)
