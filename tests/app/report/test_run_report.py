@@ -82,7 +82,8 @@ def test_run_report_numbers(run):
         ("CPUExecutionProvider", 4),
     ]
     assert all(r["cnn_ms"] > 0 and r["adder_ms"] > 0 for r in report["latency_ms"])
-    assert report["accuracy"] == {"cnn_top1": 88.97, "adder_top1": 88.27, "onnx_top1": 88.26}
+    accuracy = {"cnn_top1": 88.97, "adder_top1": 88.27, "onnx_top1": 88.26}
+    assert {k: v for k, v in report["accuracy"].items() if v is not None} == accuracy  # no zero-step, INT8
     assert [r["test_top1"] for r in report["curves"]["cnn"]] == [87.1, 88.97]
     assert report["notes"] == []
     text = html_path.read_text()
