@@ -3,8 +3,8 @@
 - **A file the user did not name is never replaced.** ``export`` writes over an existing file only with
   ``--overwrite``, and never over one of its own inputs.
 - **Nothing a run did not write is deleted.** ``--overwrite`` of a run folder removes the files a run
-  writes (:data:`RUN_FILES`, ``teacher/``'s, ``*_adder*.onnx``, stale temporaries) and keeps every other
-  file.
+  writes (:data:`RUN_FILES`, ``teacher/``'s, ``*_adder.onnx`` and ``*_adder_int8.onnx``, stale
+  temporaries) and keeps every other file.
 - **A folder is a run folder by evidence,** never by a file name alone: the marker :data:`MARKER` every
   run and import writes first, or a checkpoint of this tool (``last.pt``, ``best.pt``,
   ``teacher/last.pt``) that reads back as one.
@@ -57,7 +57,7 @@ RUN_FILES = (
     "report.json",
 )
 TEACHER_FILES = ("last.pt", "best.pt", "metrics.csv")
-ONNX_PATTERN = "*_adder*.onnx"
+ONNX_PATTERNS = ("*_adder.onnx", "*_adder_int8.onnx")  # the main job's and import-official's models
 _TEMPORARIES = ".*.tmp"  # checkpoint.write_atomic's temporaries, and the best.pt link's
 _CHECKPOINTS = ("last.pt", "best.pt", "teacher/last.pt", "teacher/best.pt")
 
@@ -178,7 +178,7 @@ def run_files(folder: str | os.PathLike) -> list[Path]:
     """The files and folders in ``folder`` that a run writes (those that are there)."""
     folder = Path(folder)
     found = [folder / n for n in RUN_FILES if (folder / n).is_file()]
-    found += sorted(p for p in folder.glob(ONNX_PATTERN) if p.is_file())
+    found += sorted(p for pattern in ONNX_PATTERNS for p in folder.glob(pattern) if p.is_file())
     found += sorted(p for p in folder.glob(_TEMPORARIES) if p.is_file())
     teacher = folder / "teacher"
     if teacher.is_dir():

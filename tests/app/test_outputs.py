@@ -138,10 +138,13 @@ def test_clear_run_removes_only_what_a_run_writes(tmp_path):
     (out / "data").mkdir()
     (out / "data" / "last.pt").write_text("the user's")
     (out / "model.onnx").write_text("an export of the user's")
+    (out / "resnet18_adder_v2.onnx").write_text("another export of the user's")
+    (out / "resnet18_adder_int8.onnx").write_text("the main job's INT8 model")
     removed = clear_run(out)
     assert {p.name for p in removed} >= {"last.pt", "best.pt", "metrics.csv", "resnet18_adder.onnx", MARKER}
+    assert "resnet18_adder_int8.onnx" in {p.name for p in removed}
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert left == ["data/last.pt", "model.onnx", "teacher/mine.txt"]
+    assert left == ["data/last.pt", "model.onnx", "resnet18_adder_v2.onnx", "teacher/mine.txt"]
     assert run_files(out) == []
 
 
