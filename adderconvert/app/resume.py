@@ -139,6 +139,7 @@ def resumed_options(folder: Path, model: str, given: dict[str, Any]) -> dict[str
 def resume_command(config: RunConfig) -> str | None:
     """The command that continues the run ``config`` wrote, or ``None`` when its folder kept nothing."""
     folder = Path(config.output)
-    if not (folder / "config.yaml").is_file():
+    kept = [folder / "config.yaml", folder / "last.pt", folder / "teacher" / "last.pt"]
+    if not any(path.is_file() for path in kept):
         return None
     return f"adderconvert {config.model} --resume --output {shlex.quote(str(folder))}"
