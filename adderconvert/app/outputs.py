@@ -175,10 +175,14 @@ def find_run(folder: str | os.PathLike) -> RunFolder | None:
 
 
 def run_files(folder: str | os.PathLike) -> list[Path]:
-    """The files and folders in ``folder`` that a run writes (those that are there)."""
+    """The files in ``folder`` that a run writes (those that are there). The ONNX models go by the name
+    of the run's model where its marker or checkpoint names it, else by :data:`ONNX_PATTERNS`."""
     folder = Path(folder)
     found = [folder / n for n in RUN_FILES if (folder / n).is_file()]
-    found += sorted(p for pattern in ONNX_PATTERNS for p in folder.glob(pattern) if p.is_file())
+    run = find_run(folder)
+    model = run.model if run is not None and run.model else "*"
+    patterns = [pattern.replace("*", model, 1) for pattern in ONNX_PATTERNS]
+    found += sorted(p for pattern in patterns for p in folder.glob(pattern) if p.is_file())
     found += sorted(p for p in folder.glob(_TEMPORARIES) if p.is_file())
     teacher = folder / "teacher"
     if teacher.is_dir():

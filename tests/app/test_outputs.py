@@ -140,12 +140,14 @@ def test_clear_run_removes_only_what_a_run_writes(tmp_path):
     (out / "model.onnx").write_text("an export of the user's")
     (out / "resnet18_adder_v2.onnx").write_text("another export of the user's")
     (out / "resnet18_adder_int8.onnx").write_text("the main job's INT8 model")
+    (out / "resnet50_adder.onnx").write_text("not this run's model: its marker names resnet18")
+    listed = {p.name for p in run_files(out)}
+    assert "resnet18_adder_int8.onnx" in listed and not listed & {"resnet50_adder.onnx", "resnet18_adder_v2.onnx"}
     removed = clear_run(out)
     assert {p.name for p in removed} >= {"last.pt", "best.pt", "metrics.csv", "resnet18_adder.onnx", MARKER}
     assert "resnet18_adder_int8.onnx" in {p.name for p in removed}
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert left == ["data/last.pt", "model.onnx", "resnet18_adder_v2.onnx", "teacher/mine.txt"]
-    assert run_files(out) == []
+    assert left == ["data/last.pt", "model.onnx", "resnet18_adder_v2.onnx", "resnet50_adder.onnx", "teacher/mine.txt"]
 
 
 def test_overwrite_refuses_a_folder_that_only_has_a_config_yaml(data, tmp_path):
