@@ -253,8 +253,11 @@ def _run(config: RunConfig, prepared: _Prepared, ctx) -> dict:
     out = prepared.out
     created = not out.exists()
     if main:
-        if config.overwrite:
-            clear_run(out)  # the old run's own files only: anything else in the folder stays
+        if config.overwrite and out.is_dir():
+            removed = clear_run(out)  # the old run's own files only: anything else in the folder stays
+            kept = sum(1 for p in out.rglob("*") if p.is_file())
+            if removed or kept:
+                _log(f"--overwrite: removed the {len(removed)} files of the old run in {out}; kept {kept} other files")
         out.mkdir(parents=True, exist_ok=True)
         mark_run(out, config.model, "train")
         # The options this run trains with (a resume's own, the runtime ones included): never stale.

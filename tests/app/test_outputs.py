@@ -174,6 +174,7 @@ def test_overwrite_of_a_run_keeps_the_files_no_run_wrote(data, tmp_path):
     _input_error(CliRunner().invoke(main, args), "already holds a run", "--overwrite")
     result = CliRunner().invoke(main, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
+    assert f"removed the 11 files of the old run in {out}; kept 2 other files" in result.output
     assert (out / "notes.txt").read_text() == "mine" and (out / "plots" / "a.png").read_bytes() == b"png"
     for stale in ("best.pt", "last.pt", "metrics.csv", "resnet18_adder.onnx", "report.html"):
         assert not (out / stale).exists(), stale  # the new run (no fine-tuning, no export) wrote none of these
