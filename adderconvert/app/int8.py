@@ -7,6 +7,7 @@ trained on; :func:`adderconvert.quantize` does the rest (see :mod:`adderconvert.
 
 from __future__ import annotations
 
+import copy
 import os
 from itertools import islice
 from pathlib import Path
@@ -45,9 +46,13 @@ def int8_path(folder: str | os.PathLike, model_name: str) -> Path:
 
 
 def calibration_batches(train_set, batches: int = DEFAULT_CALIBRATION_BATCHES, seed: int = 0) -> list[torch.Tensor]:
-    """``batches`` shuffled batches of :data:`CALIBRATION_BATCH_SIZE` training images (fewer if the set is small)."""
+    """``batches`` shuffled batches of :data:`CALIBRATION_BATCH_SIZE` training images (fewer if the set is small),
+    the same for the same ``seed``: without the training split's random flips (the inputs inference sees)."""
     if batches < 1:
         raise ValueError(f"--calibration-batches must be >= 1, got {batches}")
+    if getattr(train_set, "flip", False):
+        train_set = copy.copy(train_set)
+        train_set.flip = False
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=CALIBRATION_BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )

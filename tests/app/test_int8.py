@@ -100,8 +100,11 @@ def test_a_cnn_checkpoint_is_refused(tmp_path):
 def test_calibration_batches_are_seeded_training_batches(adder_checkpoint):
     _, data, _ = adder_checkpoint
     splits = load_dataset("fashion-mnist", data, 28)
-    a = calibration_batches(splits.train, 2, seed=1)
+    a, b = calibration_batches(splits.train, 2, seed=1), calibration_batches(splits.train, 2, seed=1)
     assert len(a) == 2 and a[0].shape == (64, 3, 28, 28)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # reproducible: seeded order, no random flips
+    assert splits.train.flip  # the training split itself keeps its augmentation
+    assert not torch.equal(calibration_batches(splits.train, 1, seed=2)[0], a[0])
     assert len(calibration_batches(splits.train, 100)) == 3  # 192 images: 3 batches of 64
     with pytest.raises(ValueError, match="must be >= 1"):
         calibration_batches(splits.train, 0)
