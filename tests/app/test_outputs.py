@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -220,12 +221,26 @@ def test_export_output_is_checked_before_the_work(run_copy, tmp_path):
     assert (tmp_path / "a_file").read_text() == "x" and not any((tmp_path / "a_dir").iterdir())
 
 
-@pytest.mark.skipif(ROOT, reason="root writes into read-only folders: run as a normal user")
+def _lock(folder: Path) -> None:
+    """Make ``folder`` read-only: mode 555, or for root (who writes through modes) the immutable flag."""
+    if not ROOT:
+        folder.chmod(0o555)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i (CAP_LINUX_IMMUTABLE): no folder is read-only for root")
+
+
+def _unlock(folder: Path) -> None:
+    if ROOT:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    folder.chmod(0o755)
+
+
 def test_read_only_folders_are_refused_before_the_work(run_copy, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o555)
     try:
+        _lock(locked)
+        assert not os.access(locked, os.W_OK)
         _input_error(
             CliRunner().invoke(main, ["export", str(run_copy / "best.pt"), "-o", str(locked / "m.onnx")]),
             "not a writable folder",
@@ -234,12 +249,13 @@ def test_read_only_folders_are_refused_before_the_work(run_copy, tmp_path):
             CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(locked / "run")]),
             "not a writable folder",
         )
-        run_copy.chmod(0o555)
+        before = _digest(run_copy)
+        _lock(run_copy)
         _input_error(CliRunner().invoke(main, ["report", str(run_copy)]), "not a writable folder")
     finally:
-        locked.chmod(0o755)
-        run_copy.chmod(0o755)
-    assert not any(locked.iterdir())
+        _unlock(locked)
+        _unlock(run_copy)
+    assert not any(locked.iterdir()) and _digest(run_copy) == before
 
 
 def test_report_and_import_onto_a_file(run_copy, tmp_path):
