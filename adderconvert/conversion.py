@@ -41,7 +41,7 @@ __all__ = [
 INIT_CHOICES = ("sign", "fresh", "rescale", "copy")
 # "sign": each adder weight is placed this share of the layer's input span beyond the inputs measured in
 # planning, so that inputs calibration did not see (up to that far out) still lie inside.
-SIGN_MARGIN = 0.5
+SIGN_MARGIN = 0.1
 # Square image sizes tried in order when no example batch is given; the first the model accepts is used.
 DEFAULT_INPUT_SIZES = (224, 32, 28, 64, 96, 299)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
@@ -360,13 +360,15 @@ def sign_edges(decision: LayerDecision, margin: float = SIGN_MARGIN) -> tuple[fl
     return (0.0 if low >= 0 else low - margin * span), high + margin * span
 
 
-def _init_weights(layer: AdderConv2d, conv: nn.Conv2d, init: str, decision: LayerDecision) -> None:
+def _init_weights(
+    layer: AdderConv2d, conv: nn.Conv2d, init: str, decision: LayerDecision, sign_margin: float = SIGN_MARGIN
+) -> None:
     input_std = decision.input_std
     with torch.no_grad():
         if init == "sign":
             # A tap whose weight lies beyond every input it meets computes -|x - w| = sign(w) * x - |w|: the
             # layer is the conv's binary-weight twin plus a per-channel constant that the norm after it takes.
-            lower, upper = sign_edges(decision)
+            lower, upper = sign_edges(decision, sign_margin)
             layer.weight.copy_(torch.where(conv.weight >= 0, upper, lower))
         elif init == "fresh":
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
@@ -392,6 +394,7 @@ def convert(
     insert_bn: bool = True,
     init: str = "sign",
     report: ConversionReport | None = None,
+    sign_margin: float = SIGN_MARGIN,
 ) -> nn.Module:
     """Swap convs for adder layers in place and return ``model``.
 
@@ -402,6 +405,7 @@ def convert(
     std of the layer's input activations and made non-negative where those inputs are, as after a ReLU),
     ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
     Rules are those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
+    ``sign_margin`` is :func:`sign_edges`' margin.
 
     With ``sign``, a BatchNorm inserted after an adder layer is set to give the conv's output scale:
     weight ``mean|W|`` per channel (the binary-weight twin's least-squares scale), its running statistics
@@ -422,7 +426,7 @@ def convert(
     for decision in report.converted:
         conv = model.get_submodule(decision.name)
         layer = AdderConv2d.from_conv(conv).train(conv.training)
-        _init_weights(layer, conv, init, decision)
+        _init_weights(layer, conv, init, decision, sign_margin)
         if decision.insert_bn:
             bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
             bn.train(conv.training)

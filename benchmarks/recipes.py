@@ -1,13 +1,16 @@
 """The fine-tuning recipe across architecture families: CNN teacher -> adder model, one recipe for all.
 
 For each model and a fixed budget, a CNN is trained from scratch on Fashion-MNIST (no pretrained
-weights offline), converted as the main job converts it, and fine-tuned with TrainConfig's defaults
-(or the recipe given with --set, the same for every model). Per model: CNN and adder top-1, the gap,
-wall times, the adder weights' std and saturation (adderconvert.train.diagnostics) and whether training
-diverged (a TrainingDiverged guard, a non-finite loss or chance accuracy). Teachers are cached by model,
-budget and settings, so screening recipes trains each CNN once.
+weights offline) for a whole epoch, converted as the main job converts it (plan on 256 training images,
+--init, BatchNorms calibrated and re-estimated), evaluated before any step (the zero-step top-1), and
+fine-tuned with the main job's defaults (or the recipe given with --set, the same for every model). Per
+model: CNN, zero-step and fine-tuned adder top-1, the gap, wall times, the adder weights' std and the share
+at the range edge (adderconvert.train.diagnostics) and whether training diverged (a TrainingDiverged guard,
+a non-finite loss or chance accuracy). Teachers are cached outside the repository
+(~/.cache/adderconvert/teachers) by model and settings, so screening recipes trains each CNN once.
 
 Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set lr=0.03 --set eta=0.2]
+       [--steps N (0: zero-step only)] [--init sign] [--keep-mac-budget 0.05] [--teachers-only]
        [--table docs/results/recipes_cpu.md]
 """
 
@@ -33,7 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.app.pipeline import RunConfig  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
-from adderconvert.conversion import INIT_CHOICES, calibrate_norms, convert, plan_conversion  # noqa: E402
+from adderconvert.conversion import (  # noqa: E402
+    INIT_CHOICES,
+    SIGN_MARGIN,
+    calibrate_norms,
+    convert,
+    plan_conversion,
+)
 from adderconvert.data import load_dataset  # noqa: E402
 from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit, recalibrate_batchnorm  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
@@ -154,6 +163,11 @@ def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path)
     return teacher, result
 
 
+def main_job_recipe() -> dict:
+    """The fine-tuning settings the main job (RunConfig) uses by default, as TrainConfig fields."""
+    return {k: getattr(RunConfig, k) for k in ("lr", "eta", "warmup_steps", "kd", "feature_kd")}
+
+
 def calibration_images(train_set, count: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
     """``count`` training images drawn at random (seeded): what the conversion plan measures ranges on."""
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:count]
@@ -168,7 +182,7 @@ def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: 
     example = calibration_images(splits.train)
     report = plan_conversion(student, example, keep_mac_budget=conversion.get("keep_mac_budget", 0.0))
     init = conversion.get("init", RunConfig.init)
-    convert(student, None, init=init, report=report)
+    convert(student, None, init=init, report=report, sign_margin=conversion.get("sign_margin", SIGN_MARGIN))
     student.to(ctx.device)
     calibrate_norms(student, report, example.to(ctx.device), init)
     loader = DataLoader(
@@ -206,7 +220,7 @@ def run_model(
         progress=False,
         log=False,
         desc="adder",
-        **overrides,
+        **{**main_job_recipe(), **overrides},
     )
     started = time.perf_counter()
     diverged = None
@@ -245,8 +259,8 @@ def _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, s
 def markdown_table(
     rows: list[dict], budget_name: str, budget: Budget, machine: str, overrides: dict, conversion: dict | None = None
 ) -> str:
-    recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "TrainConfig defaults"
-    defaults = TrainConfig()
+    recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the main job's defaults"
+    defaults = TrainConfig(**main_job_recipe())
     settings = {k: overrides.get(k, getattr(defaults, k)) for k in ("lr", "eta", "weight_decay", "feature_kd")}
     conversion = {"init": RunConfig.init, "keep_mac_budget": 0.0, **(conversion or {})}
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
@@ -256,7 +270,8 @@ def markdown_table(
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, batch {budget.batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder {budget.epochs} epoch(s) of {steps}; "
         f"{tests} test images. Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}). "
-        f"Conversion: init {conversion['init']}, keep_mac_budget {conversion['keep_mac_budget']:g}.",
+        f"Conversion: init {conversion['init']}, keep_mac_budget {conversion['keep_mac_budget']:g}, "
+        f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}.",
         "",
         "| model | CNN top-1 | zero-step adder (% of CNN) | MACs converted | adder top-1 | gap | CNN s | adder s "
         "| adder weight std (mean / max) | weights at the range edge | diverged |",
@@ -303,8 +318,9 @@ def main() -> None:
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
     parser.add_argument("--init", default=RunConfig.init, choices=INIT_CHOICES, help="adder weight init")
     parser.add_argument("--keep-mac-budget", type=float, default=0.0, help="see plan_conversion")
+    parser.add_argument("--sign-margin", type=float, default=SIGN_MARGIN, help="see conversion.sign_edges")
     args = parser.parse_args()
-    conversion = {"init": args.init, "keep_mac_budget": args.keep_mac_budget}
+    conversion = {"init": args.init, "keep_mac_budget": args.keep_mac_budget, "sign_margin": args.sign_margin}
     overrides = parse_overrides(args.overrides)
     budget = BUDGETS[args.budget]
     if args.steps is not None:

@@ -370,10 +370,14 @@ def test_sign_init_is_the_binary_weight_conv_plus_a_constant_within_the_margin()
 
     with torch.no_grad():
         new = model[0](torch.randn(64, 3, 10, 10))  # inputs the calibration did not see
-        for scale in (1.0, 1.0 + 0.9 * SIGN_MARGIN):  # up to the margin beyond the calibrated range
-            x = scale * new
-            assert float(x.max()) > upper / (1 + SIGN_MARGIN) or scale == 1.0
+        low, high = float(seen.min()), float(seen.max())
+        # Stretched to 90% of the margin beyond the calibrated range on both sides.
+        stretch = min(
+            (high + 0.9 * SIGN_MARGIN * span) / float(new.max()), (low - 0.9 * SIGN_MARGIN * span) / float(new.min())
+        )
+        for x in (new, stretch * new):
             torch.testing.assert_close(adder(x), twin(x), rtol=1e-5, atol=1e-3)
+        assert float((stretch * new).max()) > high and float((stretch * new).min()) < low
         far = 3.0 * new  # well past the margin: the identity no longer holds, so the check above means something
         assert (adder(far) - twin(far)).abs().max() > 1.0
 
