@@ -6,6 +6,7 @@ compute what the one written computed."""
 
 import copy
 import gc
+import json
 import shutil
 from dataclasses import asdict, replace
 
@@ -119,3 +120,28 @@ def test_a_state_dict_that_lost_its_module_versions_still_loads():
     load_state_dict(target, stripped)
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(_logits(target, x), _logits(source, x))
+
+
+@pytest.mark.slow
+def test_a_mnasnet_teacher_is_taken_as_weights(tmp_path):
+    """Why 10: teacher/best.pt of a mnasnet0_5 --no-finetune run was refused as --weights ("version should be
+    set to 1 or 2 instead of None")."""
+    from click.testing import CliRunner
+
+    from adderconvert.app.cli import main
+    from tests.app.test_cli import _fake_fashion_mnist
+
+    data = _fake_fashion_mnist(tmp_path)
+    args = ["mnasnet0_5", "--data", str(data), "--image-size", "32", "--batch-size", "16", "--max-steps", "3"]
+    args += ["--eval-max-batches", "1", "--no-finetune", "--no-export", "--quiet"]
+    first = CliRunner().invoke(
+        main, [*args, "--weights", "none", "--pretrain-epochs", "1", "--output", str(tmp_path / "a")]
+    )
+    assert first.exit_code == 0, first.output
+    teacher = tmp_path / "a" / "teacher" / "best.pt"
+    second = CliRunner().invoke(
+        main, [*args, "--weights", str(teacher), "--pretrain-epochs", "0", "--output", str(tmp_path / "b")]
+    )
+    assert second.exit_code == 0, second.output
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["cnn_top1"] == json.loads((tmp_path / "a" / "summary.json").read_text())["cnn_top1"]
