@@ -179,11 +179,11 @@ def _interrupt_on_sigterm():
     is_flag=False,
     flag_value="",
     default=None,
-    help="Continue the run in --output (or in the run folder / last.pt given).",
+    help="Continue the run in --output (or the run folder / last.pt given) with its own options (config.yaml).",
 )
 @click.option("--overwrite", is_flag=True, default=None, help="Replace the run already in --output.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto: cuda when there is one].")
-@click.option("--seed", type=int, default=None, help="Random seed [0].")
+@click.option("--seed", type=int, default=None, help="Seed of initial weights, data order and init [0].")
 @click.option("--workers", type=int, default=None, help="DataLoader workers [0].")
 @click.option("--max-steps", type=int, default=None, help="Stop each epoch after this many batches.")
 @click.option("--eval-max-batches", type=int, default=None, help="Evaluate on this many test batches of 256 only.")
