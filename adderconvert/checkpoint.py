@@ -38,6 +38,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMeta",
     "check_compatible",
+    "checkpoint_of",
     "load",
     "load_checkpoint",
     "load_state_dict",
@@ -164,7 +165,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    payload = read_torch_file(path, CheckpointError)
+    return checkpoint_of(read_torch_file(path, CheckpointError), path)
+
+
+def checkpoint_of(payload: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a file already read (``read_torch_file(path)``), without reading it again."""
     version = payload.get("format") if isinstance(payload, dict) else None
     if version not in READABLE_FORMATS or not isinstance(payload.get("meta"), dict):
         raise CheckpointError(

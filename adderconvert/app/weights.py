@@ -15,7 +15,7 @@ from adderconvert.architectures.cnn import classifier_path
 from adderconvert.checkpoint import (
     CheckpointError,
     check_compatible,
-    load_checkpoint,
+    checkpoint_of,
     load_state_dict,
     read_torch_file,
 )
@@ -40,7 +40,7 @@ def _state_dict_from_file(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise
     if isinstance(state, dict) and "format" in state and "meta" in state:
         try:
-            meta = load_checkpoint(path)["meta"]
+            meta = checkpoint_of(state, path)["meta"]  # the file is read once: checkpoints can be gigabytes
             check_compatible(meta, path, stage="teacher", model_name=name)
         except CheckpointError as e:
             raise WeightsError(f"--weights takes CNN weights: {e}") from e
