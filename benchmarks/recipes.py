@@ -269,8 +269,13 @@ def markdown_table(
     lines = [
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, batch {budget.batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder {budget.epochs} epoch(s) of {steps}; "
-        f"{tests} test images. Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}). "
-        f"Conversion: init {conversion['init']}, keep_mac_budget {conversion['keep_mac_budget']:g}, "
+        f"{tests} test images. "
+        + (
+            "No fine-tuning step. "
+            if budget.steps == 0
+            else f"Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}). "
+        )
+        + f"Conversion: init {conversion['init']}, keep_mac_budget {conversion['keep_mac_budget']:g}, "
         f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}.",
         "",
         "| model | CNN top-1 | zero-step adder (% of CNN) | MACs converted | adder top-1 | gap | CNN s | adder s "

@@ -1,0 +1,51 @@
+"""benchmarks/recipes.py: the recipe it fine-tunes with, the calibration images, the zero-step table."""
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from adderconvert.app.config import RunConfig
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes.py"
+_spec = importlib.util.spec_from_file_location("recipes", _PATH)
+recipes = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("recipes", recipes)  # its dataclasses look their module up there
+_spec.loader.exec_module(recipes)
+
+
+def test_fine_tunes_with_the_main_jobs_defaults():
+    recipe = recipes.main_job_recipe()
+    assert recipe["lr"] == RunConfig.lr and recipe["eta"] == RunConfig.eta
+    assert recipe["feature_kd"] == RunConfig.feature_kd and recipe["kd"] == RunConfig.kd
+
+
+def test_calibration_images_are_a_seeded_random_draw():
+    data = [(torch.full((1, 2, 2), float(i)), i) for i in range(100)]
+    first, again = recipes.calibration_images(data, 10), recipes.calibration_images(data, 10)
+    assert torch.equal(first, again) and first.shape == (10, 1, 2, 2)
+    assert first[:, 0, 0, 0].tolist() != list(range(10))  # not the first ten
+
+
+def test_zero_step_table():
+    budget = dataclasses.replace(recipes.BUDGETS["cpu"], steps=0)
+    row = {
+        "model": "resnet18",
+        "cnn_top1": 80.0,
+        "cnn_seconds": 10.0,
+        "zero_step_top1": 60.0,
+        "converted_macs_share": 0.9,
+        "adder_top1": 60.0,
+        "gap": 20.0,
+        "adder_seconds": 0.0,
+        "mean_weight_std": 1.0,
+        "max_weight_std": 2.0,
+        "saturated_fraction": 1.0,
+        "diverged": None,
+    }
+    table = recipes.markdown_table([row], "cpu", budget, "a CPU", {}, {"init": "sign", "keep_mac_budget": 0.05})
+    assert "No fine-tuning step" in table and "keep_mac_budget 0.05" in table
+    assert "| resnet18 | 80.00% | 60.00% (75%) | 90% | 60.00% | +20.00 |" in table
+    assert "of no steps" in table
