@@ -446,8 +446,9 @@ def _stage_table(summary: dict) -> str:
         ("AdderNet, zero steps", summary["zero_step_top1"]),
         ("AdderNet (PyTorch)", summary["adder_top1"]),
         ("AdderNet (ONNX Runtime)", summary["onnx_top1"]),
-        ("AdderNet INT8 (ONNX RT)", summary.get("int8_top1")),
     ]
+    if summary["int8_top1"] is not None:  # a run with --int8
+        rows.append(("AdderNet INT8 (ONNX RT)", summary["int8_top1"]))
     lines = [f"{'stage':<26}{'top-1':>8}", "-" * 34]
     lines += [f"{name:<26}{(f'{v:.2f}%' if v is not None else 'n/a'):>8}" for name, v in rows]
     lines.append(
