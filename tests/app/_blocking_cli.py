@@ -3,6 +3,7 @@ helper for interrupts). ADDERCONVERT_BLOCK names the stage ("CNN" or "adder"); A
 written when its first epoch starts, after which the process sleeps until it is signalled."""
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ def _blocked(*args, **kwargs):
 
 
 loop.train_one_epoch = _blocked  # fit() looks it up in the module when it runs
+# Under a shell's background job SIGINT arrives ignored, and Python then keeps it so; a terminal's Ctrl-C
+# reaches the CLI with Python's own handler, which this restores.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if __name__ == "__main__":
     main(sys.argv[1:], prog_name="adderconvert")

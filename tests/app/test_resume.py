@@ -19,6 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from adderconvert.app.cli import main
+from adderconvert.app.config import RunConfig
 from tests.app.test_cli import _fake_fashion_mnist, _input_error
 
 OFFICIAL = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
@@ -79,7 +80,7 @@ def test_bare_resume_continues_with_the_runs_own_options(finished, tmp_path, off
     "flags, named",
     [
         (["--image-size", "32"], "--image-size 28 -> 32"),  # Why 7; the run used the data set's own 28px
-        (["--epochs", "2", "--lr", "0.05"], "--epochs 1 -> 2, --lr 0.1 -> 0.05"),
+        (["--epochs", "2", "--lr", "0.05"], f"--epochs 1 -> 2, --lr {RunConfig.lr} -> 0.05"),
         (["--weights", "DEFAULT"], "--weights none -> DEFAULT"),
         (["--no-kd"], "--kd true -> false"),
         (["--pretrain-epochs", "2"], "--pretrain-epochs 1 -> 2"),
