@@ -10,6 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from adderconvert.deploy.runtime import CPU_PROVIDER
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,3 +46,30 @@ def run_child(script: Path, args: list[str]) -> dict:
         [sys.executable, str(script), "--child", *args], check=True, capture_output=True, text=True, cwd=REPO
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ort_cpu_session(path: Path, library: str | None, threads: int, spin: bool):
+    """A CPU session of ``path`` with ``library`` registered (none: a model of standard ops only)."""
+    import onnxruntime as ort  # only the ONNX Runtime benchmarks need it
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if library is not None:
+        options.register_custom_ops_library(library)
+    return ort.InferenceSession(str(path), sess_options=options, providers=[CPU_PROVIDER])
+
+
+def interleaved_latency_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
+    """Median ms of one run of each session, taking turns run by run so that they share the same load."""
+    for session in sessions.values():
+        for _ in range(2):
+            session.run(None, feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}

@@ -36,7 +36,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,8 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.deploy.ops import quantized_node_model, single_node_model  # noqa: E402
-from adderconvert.deploy.runtime import CPU_PROVIDER, build_info, get_library_path  # noqa: E402
+from adderconvert.deploy.runtime import build_info, get_library_path  # noqa: E402
+from benchmarks._measure import interleaved_latency_ms, ort_cpu_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = (1, 2)
@@ -154,31 +154,6 @@ def ort_int8(fp32_path: Path, out_path: Path, feeds: list[dict], fmt: str, prepr
     return out_path
 
 
-def session(path: Path, threads: int, spin: bool):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    options.register_custom_ops_library(get_library_path())
-    return ort.InferenceSession(str(path), sess_options=options, providers=[CPU_PROVIDER])
-
-
-def interleaved_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
-    """Median ms of one run of each session, taking turns run by run so that they share the same load."""
-    for s in sessions.values():
-        for _ in range(2):
-            s.run(None, feeds)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
@@ -214,8 +189,10 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
                 )
             macs = batch * cout * size * size * cin * k * k
             for threads in THREADS:
-                sessions = {impl: session(paths[impl], threads, spin) for impl in IMPLEMENTATIONS}
-                ms = interleaved_ms(sessions, {"X": x}, repeats)
+                sessions = {
+                    impl: ort_cpu_session(paths[impl], get_library_path(), threads, spin) for impl in IMPLEMENTATIONS
+                }
+                ms = interleaved_latency_ms(sessions, {"X": x}, repeats)
                 best = "int8_conv_qdq" if ms["int8_conv_qdq"] <= ms["int8_conv_qop"] else "int8_conv_qop"
                 row = {
                     "layer": name,
@@ -271,8 +248,10 @@ def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list
                 paths["cnn_fp32"], tmp / f"{name}_cnn_int8_{fmt}.onnx", feeds, fmt, True
             )
         for threads in THREADS:
-            sessions = {label: session(path, threads, spin) for label, path in paths.items()}
-            ms = interleaved_ms(sessions, {"input": x[:1].numpy()}, repeats)
+            sessions = {
+                label: ort_cpu_session(path, get_library_path(), threads, spin) for label, path in paths.items()
+            }
+            ms = interleaved_latency_ms(sessions, {"input": x[:1].numpy()}, repeats)
             best = "cnn_int8_qdq" if ms["cnn_int8_qdq"] <= ms["cnn_int8_qop"] else "cnn_int8_qop"
             row = {
                 "model": name,

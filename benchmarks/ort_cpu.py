@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.deploy.ops import single_node_model  # noqa: E402
 from adderconvert.deploy.runtime import CPU_PROVIDER, build_info, get_library_path, make_session  # noqa: E402
+from benchmarks._measure import interleaved_latency_ms, ort_cpu_session  # noqa: E402
 
 # (name, channels in, channels out, kernel, size): ResNet-50's 3x3 convs per stage and a 1x1 reduction.
 LAYERS = [
@@ -113,33 +114,6 @@ def model_table(batch: int, repeats: int, tmp: Path) -> None:
         print(f"| {name} | {ms[name]:.0f} | {ms[name] / ms['CNN']:.2f}x |", flush=True)
 
 
-def _session_with_library(path: Path, library: str | None, threads: int, spin: bool):
-    """A CPU session of ``path`` with ``library`` registered (none: a model of standard ops only)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    if library is not None:
-        options.register_custom_ops_library(library)
-    return ort.InferenceSession(str(path), sess_options=options, providers=[CPU_PROVIDER])
-
-
-def interleaved_latency_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
-    """Median ms of one run of each session, taking turns run by run so that they share the same load."""
-    for session in sessions.values():
-        for _ in range(2):
-            session.run(None, feeds)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bool) -> None:
     import torch
     import torchvision
@@ -166,11 +140,11 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bo
         }
         for threads in thread_counts:
             sessions = {
-                "cnn": _session_with_library(paths["cnn"], None, threads, spin),
-                "adder": _session_with_library(paths["adder"], get_library_path(), threads, spin),
+                "cnn": ort_cpu_session(paths["cnn"], None, threads, spin),
+                "adder": ort_cpu_session(paths["adder"], get_library_path(), threads, spin),
             }
             if baseline_library:
-                sessions["baseline"] = _session_with_library(paths["adder"], baseline_library, threads, spin)
+                sessions["baseline"] = ort_cpu_session(paths["adder"], baseline_library, threads, spin)
             ms = interleaved_latency_ms(sessions, {"input": x[:1].numpy()}, repeats)
             extra = f" | {ms['baseline']:.2f}" if baseline_library else ""
             print(
