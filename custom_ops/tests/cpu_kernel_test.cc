@@ -4,27 +4,21 @@
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "cpu/adder_conv_cpu.h"
+#include "tests/test_support.h"
 
 namespace {
 
 using adderconvert::ConvAttributes;
 using adderconvert::ConvShape;
-
-class TwoThreads final : public adderconvert::cpu::ParallelFor {
- public:
-  void Run(size_t total, void (*fn)(void*, size_t), void* data) const override {
-    std::thread other([&] {
-      for (size_t i = 1; i < total; i += 2) fn(data, i);
-    });
-    for (size_t i = 0; i < total; i += 2) fn(data, i);
-    other.join();
-  }
-  int Threads() const override { return 2; }
-};
+using adderconvert::testing::Check;
+using adderconvert::testing::failed;
+using adderconvert::testing::passed;
+using adderconvert::testing::TwoThreads;
 
 template <typename T>
 T XAt(const ConvShape& s, const std::vector<T>& x, int64_t n, int64_t c, int64_t ih, int64_t iw) {
@@ -153,12 +147,11 @@ bool CheckOne(std::mt19937& rng, bool fused, bool small_maps, bool specials) {
 
 int main() {
   std::mt19937 rng(1234);
-  int passed = 0, failed = 0;
   for (int trial = 0; trial < 200; ++trial) {
     const bool small_maps = trial % 4 == 3, specials = trial % 5 == 4;
     const bool ok = (trial % 2 == 0) ? CheckOne<float>(rng, trial % 4 == 0, small_maps, specials)
                                      : CheckOne<double>(rng, trial % 3 == 0, small_maps, specials);
-    (ok ? passed : failed)++;
+    Check(ok, "trial " + std::to_string(trial));
   }
   std::printf("%d passed, %d failed (kernel isa: %s)\n", passed, failed, adderconvert::cpu::KernelIsa());
   return failed == 0 ? 0 : 1;

@@ -14,31 +14,17 @@
 #include "cpu/quantized_adder_conv_cpu.h"
 #include "cpu/quantized_tiles.h"
 #include "quantized_adder_conv.h"
+#include "tests/test_support.h"
 
 namespace {
 
 using adderconvert::ConvAttributes;
 using adderconvert::ConvShape;
 using adderconvert::cpu::QuantizedTileKernels;
-
-int passed = 0, failed = 0;
-
-void Check(bool ok, const std::string& what) {
-  (ok ? passed : failed)++;
-  if (!ok) std::printf("FAILED: %s\n", what.c_str());
-}
-
-class TwoThreads final : public adderconvert::cpu::ParallelFor {
- public:
-  void Run(size_t total, void (*fn)(void*, size_t), void* data) const override {
-    std::thread other([&] {
-      for (size_t i = 1; i < total; i += 2) fn(data, i);
-    });
-    for (size_t i = 0; i < total; i += 2) fn(data, i);
-    other.join();
-  }
-  int Threads() const override { return 2; }
-};
+using adderconvert::testing::Check;
+using adderconvert::testing::failed;
+using adderconvert::testing::passed;
+using adderconvert::testing::TwoThreads;
 
 // The contract as written: round half to even, add the zero point, then clamp (the kernel clamps first).
 int32_t RefQuantize(float x, float x_scale, int32_t zp) {
