@@ -243,10 +243,13 @@ def convert_command(
     except _input_errors() as e:
         raise InputError(str(e)) from None
     except KeyboardInterrupt:
+        from adderconvert.app.outputs import find_run
         from adderconvert.app.resume import resume_command
 
         command = resume_command(config)
         hint = f"continue with: {command}" if command else "no checkpoint had been written, so nothing was kept"
+        if not command and config.overwrite and find_run(config.output) is not None:
+            hint = f"no checkpoint had been written: the run it was replacing is back in {config.output} as it was"
         raise click.ClickException(f"interrupted; {hint}") from None
     if config.max_drop is not None and summary["adder_top1"] < summary["cnn_top1"] - config.max_drop:
         raise click.ClickException(

@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from adderconvert.app.outputs import check_run_folder, clear_run, mark_run, write_text, write_through
+from adderconvert.app.outputs import (
+    ReplacedRun,
+    check_run_folder,
+    discard_new_run,
+    mark_run,
+    write_text,
+    write_through,
+)
 from adderconvert.app.report import write_report
 from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.architectures.official import ARCHS, load
@@ -45,19 +52,34 @@ def import_official(
     against PyTorch on random inputs: ``onnx_max_abs_diff``) and
     ``report.html``/``report.json``. No data set is evaluated, so the accuracies are ``None``.
 
-    ``output`` must be new, empty or hold a run; a run is replaced only with ``overwrite``, which removes
-    the old run's files (checkpoints, ``teacher/``, ``metrics.csv``, ONNX, ...) once the checkpoint has
-    loaded, and keeps every other file.
+    ``output`` must be new, empty or hold a run; a run is replaced only with ``overwrite``, which moves the
+    old run's files (checkpoints, ``teacher/``, ``metrics.csv``, ONNX, ...) aside once the checkpoint has
+    loaded, deletes them when the import is done and puts them back when it fails; every other file stays.
     """
     name = f"official_{arch}"
     out = Path(output)
     found = check_run_folder(out, model=name, overwrite=overwrite, resumable=False)
     _refuse_own_checkpoint(Path(path))
     model = load(path, arch)
+    created = not out.exists()
+    replaced = ReplacedRun(out) if found is not None else None
+    try:
+        summary = _write_run(model, arch, path, out)
+    except BaseException:
+        if replaced is not None:
+            replaced.restore()  # what the import wrote goes, the old run comes back
+        else:
+            discard_new_run(out, created)
+        raise
+    if replaced is not None:
+        replaced.drop()
+    return summary
+
+
+def _write_run(model, arch: str, path: str | os.PathLike, out: Path) -> dict[str, Any]:
+    name = f"official_{arch}"
     spec = ARCHS[arch]
     dataset, image_size, num_classes = spec.dataset, spec.image_size, model.fc.out_channels
-    if found is not None:
-        clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
     mark_run(out, name, "import-official")
     meta = CheckpointMeta(

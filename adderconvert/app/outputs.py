@@ -5,6 +5,11 @@
 - **Nothing a run did not write is deleted.** ``--overwrite`` of a run folder removes the files a run
   writes (:data:`RUN_FILES`, ``teacher/``'s, ``*_adder.onnx`` and ``*_adder_int8.onnx``, stale
   temporaries) and keeps every other file.
+- **The old run goes only once the new one has something to show.** ``--overwrite`` first moves the old
+  run's files into :data:`REPLACED` inside the folder (:class:`ReplacedRun`); they are deleted once the new
+  run has written a checkpoint or finished, and moved back when it fails (or is interrupted) before that.
+  A run killed outright (SIGKILL, out of memory) leaves them in :data:`REPLACED`, a run folder of its own,
+  which the next ``--overwrite`` of the folder keeps as the old run while the new one has no checkpoint.
 - **A folder is a run folder by evidence,** never by a file name alone: the marker :data:`MARKER` every
   run and import writes first, or a checkpoint of this tool (``last.pt``, ``best.pt``,
   ``teacher/last.pt``) that reads back as one.
@@ -29,7 +34,9 @@ from adderconvert.checkpoint import CheckpointError, read_meta, write_atomic
 __all__ = [
     "MARKER",
     "RUN_FILES",
+    "REPLACED",
     "OutputError",
+    "ReplacedRun",
     "RunFolder",
     "check_output_file",
     "check_run_folder",
@@ -45,6 +52,8 @@ __all__ = [
 ]
 
 MARKER = ".adderconvert-run"
+# Where --overwrite keeps the old run's files (same relative paths) until the new run has a checkpoint.
+REPLACED = ".adderconvert-replaced"
 # What a run (or an import) writes at the top of its folder, and in teacher/.
 RUN_FILES = (
     MARKER,
@@ -207,6 +216,86 @@ def clear_run(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _has_results(folder: Path) -> bool:
+    """A run in ``folder`` has something to show: a checkpoint (it can be resumed) or its summary."""
+    return any(p.suffix == ".pt" or p.name == "summary.json" for p in run_files(folder))
+
+
+def _move_files(files: Iterable[Path], source: Path, target: Path) -> int:
+    """Move ``files`` (under ``source``) to the same relative paths under ``target``, by rename."""
+    moved = 0
+    for path in files:
+        dest = target / path.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(dest))  # a rename on one file system: nothing is copied
+        moved += 1
+    teacher = source / "teacher"
+    if teacher.is_dir() and not any(teacher.iterdir()):
+        teacher.rmdir()
+    return moved
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files under ``folder``, the marker last (it goes last and comes back last)."""
+    return sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p == folder / MARKER)
+
+
+class ReplacedRun:
+    """The old run that ``--overwrite`` replaces, kept in ``FOLDER/`` :data:`REPLACED` until the new run
+    has written a checkpoint (:meth:`settle`) or finished (:meth:`drop`), and put back by :meth:`restore`
+    when it fails before. Only the run's own files move (:func:`run_files`); every other file stays.
+
+    Each step can be killed at any point without losing a file: the files move through a folder
+    (``REPLACED.partial``) that is renamed to :data:`REPLACED` once complete, so a partial one always means
+    "these go back", and a complete one whose new run has no checkpoint nor summary is still the old run.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.aside = self.folder / REPLACED
+        self._partial = self.folder / (REPLACED + ".partial")
+        self._deleting = self.folder / (REPLACED + ".deleting")
+        if self._deleting.is_dir():  # a drop that was killed: the new run had replaced these
+            shutil.rmtree(self._deleting)
+        if self._partial.is_dir():  # a move (aside or back) that was killed: the rest is still in the folder
+            _move_files(_files_under(self._partial), self._partial, self.folder)
+            shutil.rmtree(self._partial)
+        if self.aside.is_dir():
+            # An earlier --overwrite was killed after it moved the old run aside: a new run with results had
+            # replaced it; without, what that run wrote (marker, config.yaml) goes and the old run stays aside.
+            if not _has_results(self.folder):
+                clear_run(self.folder)
+                self.moved = len(_files_under(self.aside))
+                return
+            self.drop()
+        files = [p for p in run_files(self.folder) if p != self.folder / MARKER]
+        if (self.folder / MARKER).is_file():
+            files.append(self.folder / MARKER)  # last: until then the folder is still a run by its marker
+        self.moved = _move_files(files, self.folder, self._partial)
+        if self._partial.is_dir():
+            os.replace(self._partial, self.aside)
+
+    def drop(self) -> None:
+        """The new run has replaced the old one: delete the old run's files."""
+        if self.aside.is_dir():
+            os.replace(self.aside, self._deleting)
+            shutil.rmtree(self._deleting)
+
+    def settle(self) -> None:
+        """Delete the old run's files once the new run has written a checkpoint (it can be resumed)."""
+        if self.aside.is_dir() and _has_results(self.folder):
+            self.drop()
+
+    def restore(self) -> None:
+        """The new run failed: remove what it wrote (:func:`clear_run`) and move the old run's files back."""
+        clear_run(self.folder)
+        if not self.aside.is_dir():
+            return
+        os.replace(self.aside, self._partial)
+        _move_files(_files_under(self._partial), self._partial, self.folder)
+        shutil.rmtree(self._partial)
+
+
 def discard_new_run(folder: str | os.PathLike, created: bool) -> None:
     """After a run failed before its first checkpoint: remove what it wrote, and the folder when this run
     created it and nothing else is in it."""
@@ -249,6 +338,9 @@ def check_run_folder(
                 f"start the {model} run in another --output"
             )
         return found
+    for aside in (REPLACED, REPLACED + ".partial"):  # an --overwrite killed while it moved the old run aside
+        if found is None and overwrite:
+            found = find_run(folder / aside)
     if found is not None:
         if not overwrite:
             raise OutputError(f"{folder} already holds a run; {hint}")

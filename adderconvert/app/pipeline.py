@@ -24,9 +24,10 @@ from adderconvert.app.config import RunConfig
 from adderconvert.app.devices import resolve_device
 from adderconvert.app.int8 import calibration_batches, compare_onnx, export_int8, int8_path
 from adderconvert.app.outputs import (
+    REPLACED,
     OutputError,
+    ReplacedRun,
     check_run_folder,
-    clear_run,
     discard_new_run,
     find_run,
     mark_run,
@@ -252,26 +253,41 @@ def _run(config: RunConfig, prepared: _Prepared, ctx) -> dict:
     started = time.perf_counter()
     out = prepared.out
     created = not out.exists()
+    replaced = None
     if main:
         if config.overwrite and out.is_dir():
-            removed = clear_run(out)  # the old run's own files only: anything else in the folder stays
-            kept = sum(1 for p in out.rglob("*") if p.is_file())
-            if removed or kept:
-                _log(f"--overwrite: removed the {len(removed)} files of the old run in {out}; kept {kept} other files")
+            # The old run's own files only, moved aside until this run has a checkpoint: anything else stays.
+            replaced = ReplacedRun(out)
+            kept = sum(1 for p in out.rglob("*") if p.is_file() and REPLACED not in p.relative_to(out).parts)
+            if replaced.moved or kept:
+                _log(
+                    f"--overwrite: moved the {replaced.moved} files of the old run in {out} to {REPLACED}/ "
+                    f"(deleted once this run has a checkpoint, put back if it fails before); kept {kept} other files"
+                )
         out.mkdir(parents=True, exist_ok=True)
         mark_run(out, config.model, "train")
         # The options this run trains with (a resume's own, the runtime ones included): never stale.
         write_text(out / "config.yaml", replace(config, resume=False, overwrite=False).to_yaml())
     try:
-        return _stages(config, prepared, ctx, started)
+        summary = _stages(config, prepared, ctx, started, replaced)
     except BaseException:
-        # A run that wrote no checkpoint leaves nothing behind; one that did keeps its work for --resume.
+        # A run that wrote no checkpoint leaves nothing behind (and gets the old run back); one that did keeps
+        # its work for --resume.
         if main and not config.resume and not any(p.suffix == ".pt" for p in run_files(out)):
-            discard_new_run(out, created)
+            if replaced is not None and replaced.moved:
+                replaced.restore()
+                _log(f"--overwrite: this run stopped before its first checkpoint; the old run is back in {out}")
+            else:
+                discard_new_run(out, created)
+        elif replaced is not None:
+            replaced.drop()
         raise
+    if replaced is not None:
+        replaced.drop()
+    return summary
 
 
-def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict:
+def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replaced: ReplacedRun | None) -> dict:
     main = ctx.is_main
     out, splits, teacher, report = prepared.out, prepared.splits, prepared.teacher, prepared.report
     _log(
@@ -295,6 +311,8 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
             resume=resume,
             ctx=ctx,
         )
+    if replaced is not None:
+        replaced.settle()  # the teacher's checkpoints are written: the old run's go
     cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config, "CNN eval")
     _log(f"CNN top-1: {cnn_top1:.2f}%", main)
 
@@ -322,6 +340,8 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float) -> dict
             ctx=ctx,
             teacher_top1=cnn_top1,
         )
+    if replaced is not None:
+        replaced.settle()
     adder_top1 = _top1(adder_history, student, splits.test, ctx, config, "adder eval")
     _log(f"adder top-1: {adder_top1:.2f}%", main)
     weights = _weight_health(student, splits, ctx, main)

@@ -12,6 +12,7 @@ and stage.
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,13 @@ def resumed_options(folder: Path, model: str, given: dict[str, Any]) -> dict[str
 
 
 def resume_command(config: RunConfig) -> str | None:
-    """The command that continues the run ``config`` wrote, or ``None`` when its folder kept nothing."""
+    """The command that continues the run ``config`` wrote, or ``None`` when its folder kept nothing of it
+    (no folder, or the run it replaced with ``--overwrite`` put back: another run's config.yaml)."""
     folder = Path(config.output)
-    kept = [folder / "config.yaml", folder / "last.pt", folder / "teacher" / "last.pt"]
-    if not any(path.is_file() for path in kept):
+    try:
+        ours = (folder / "config.yaml").read_text() == replace(config, resume=False, overwrite=False).to_yaml()
+    except OSError:
+        return None
+    if not ours:
         return None
     return f"adderconvert {config.model} --resume --output {shlex.quote(str(folder))}"

@@ -16,8 +16,9 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from adderconvert.app import official_run, pipeline
 from adderconvert.app.cli import main
-from adderconvert.app.outputs import MARKER, clear_run, find_run, run_files
+from adderconvert.app.outputs import MARKER, REPLACED, ReplacedRun, check_run_folder, clear_run, find_run, run_files
 from adderconvert.app.report import write_report
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
 from tests.app.test_cli import _fake_fashion_mnist, _input_error
@@ -175,13 +176,142 @@ def test_overwrite_of_a_run_keeps_the_files_no_run_wrote(data, tmp_path):
     _input_error(CliRunner().invoke(main, args), "already holds a run", "--overwrite")
     result = CliRunner().invoke(main, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert f"removed the 11 files of the old run in {out}; kept 2 other files" in result.output
+    assert f"moved the 11 files of the old run in {out} to {REPLACED}/" in result.output
+    assert "kept 2 other files" in result.output
+    assert not (out / REPLACED).exists()  # the new run finished: the old run's files are gone
     assert (out / "notes.txt").read_text() == "mine" and (out / "plots" / "a.png").read_bytes() == b"png"
     for stale in ("best.pt", "last.pt", "metrics.csv", "resnet18_adder.onnx", "report.html"):
         assert not (out / stale).exists(), stale  # the new run (no fine-tuning, no export) wrote none of these
     for name in ("teacher/last.pt", "teacher/best.pt"):  # the new teacher's, not the old run's adder models
         assert torch.load(out / name, weights_only=True)["meta"]["stage"] == "teacher"
     assert find_run(out).model == "resnet18"
+
+
+def _no_aside(folder: Path) -> bool:
+    return not any(p.name.startswith(REPLACED) for p in folder.iterdir())
+
+
+def test_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(data, tmp_path, monkeypatch):
+    """An --overwrite run that stops early (bad data, an interrupt or a crash in its first epoch) leaves the
+    old run's files as they were, byte for byte."""
+    out = tmp_path / "run"
+    _old_training_run(out)
+    (out / "notes.txt").write_text("mine")
+    before = _digest(out)
+    args = [*TINY, "--output", str(out), "--overwrite", "--no-export"]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    for bad in (["--data", str(tmp_path / "missing")], ["--data", str(tmp_path / "bad")]):
+        _input_error(CliRunner().invoke(main, ["resnet18", *bad, *args]), "Error:")
+        assert _digest(out) == before
+    seen, raising = [], []
+
+    def stop_in_the_first_epoch(model, *a, output=None, **k):
+        # The new run has started: its marker is written, the old run's files are aside, not deleted.
+        seen.append(json.loads((out / MARKER).read_text())["command"])
+        assert (out / REPLACED / "last.pt").is_file() and (out / REPLACED / "teacher" / "best.pt").is_file()
+        assert not (out / "last.pt").exists() and (out / "notes.txt").is_file()
+        raise raising[-1]
+
+    monkeypatch.setattr(pipeline, "fit", stop_in_the_first_epoch)
+    for exception in (KeyboardInterrupt(), RuntimeError("out of memory")):
+        raising.append(exception)
+        result = CliRunner().invoke(main, ["resnet18", "--data", str(data), *args])
+        assert result.exit_code != 0
+        assert "the old run is back" in result.output, result.output
+        if isinstance(exception, KeyboardInterrupt):  # no advice to resume a run that is not there
+            assert "the run it was replacing is back" in result.output and "--resume" not in result.output
+        assert _digest(out) == before and _no_aside(out)
+    assert seen == ["train", "train"]
+    assert find_run(out).model == "resnet18"
+
+
+def test_overwrite_drops_the_old_run_once_the_new_one_has_a_checkpoint(data, tmp_path, monkeypatch):
+    """Once the new run has written its teacher's checkpoints the old run's files go (the new run can be
+    resumed); the user's files stay either way."""
+    out = tmp_path / "run"
+    _old_training_run(out)
+    (out / "notes.txt").write_text("mine")
+    real_fit = pipeline.fit
+
+    def adder_fails(model, *a, **k):
+        if k.get("teacher") is None:
+            return real_fit(model, *a, **k)
+        assert not (out / REPLACED).exists()  # the teacher's checkpoints replaced the old run
+        raise RuntimeError("adder fine-tuning crashed")
+
+    monkeypatch.setattr(pipeline, "fit", adder_fails)
+    result = CliRunner().invoke(main, ["resnet18", "--data", str(data), *TINY, "--output", str(out), "--overwrite"])
+    assert isinstance(result.exception, RuntimeError), result.output
+    assert _no_aside(out) and (out / "notes.txt").read_text() == "mine"
+    assert torch.load(out / "teacher" / "last.pt", weights_only=True)["meta"]["stage"] == "teacher"
+    for stale in ("last.pt", "best.pt", "summary.json", "resnet18_adder.onnx", "report.html"):
+        assert not (out / stale).exists(), stale
+
+
+def test_a_killed_overwrite_loses_no_file(tmp_path):
+    """--overwrite killed outright (SIGKILL) at each step: the next --overwrite of the folder still has the
+    old run and puts it back when it fails in turn."""
+    out = tmp_path / "run"
+    _old_training_run(out)
+    (out / "notes.txt").write_text("mine")
+    before = _digest(out)
+    # Killed while moving the old run aside: part of it in the partial folder, the rest (marker too) in place.
+    partial = out / (REPLACED + ".partial")
+    (partial / "teacher").mkdir(parents=True)
+    for name in ("last.pt", "teacher/last.pt", "summary.json"):
+        (out / name).rename(partial / name)
+    assert check_run_folder(out, model="resnet18", overwrite=True) is not None
+    ReplacedRun(out).restore()
+    assert _digest(out) == before and _no_aside(out)
+    # Killed after the move, with the new run's marker and config.yaml but no checkpoint: the old run stays.
+    ReplacedRun(out)
+    (out / MARKER).write_text(json.dumps({"tool": "adderconvert", "model": "resnet18", "command": "train"}))
+    (out / "config.yaml").write_text("model: resnet18\nepochs: 5\n")
+    again = ReplacedRun(out)
+    assert again.moved == 11 and sorted(p.name for p in out.iterdir()) == sorted([REPLACED, "notes.txt"])
+    again.restore()
+    assert _digest(out) == before and _no_aside(out)
+    # Killed between the move and the new marker: the folder is still one --overwrite may replace.
+    ReplacedRun(out)
+    assert find_run(out) is None and check_run_folder(out, model="resnet18", overwrite=True).model == "resnet18"
+    ReplacedRun(out).restore()
+    assert _digest(out) == before
+    # Killed after the new run's first checkpoint: the old run had been replaced; the new one goes aside now.
+    ReplacedRun(out)
+    new = CheckpointMeta(model_name="resnet18", num_classes=10, stage="teacher", dataset="fashion-mnist")
+    (out / "teacher").mkdir()
+    save_checkpoint(out / "teacher" / "last.pt", {"meta": new, "model": {}})
+    (out / MARKER).write_text(json.dumps({"tool": "adderconvert", "model": "resnet18", "command": "train"}))
+    third = ReplacedRun(out)
+    aside = sorted(p.name for p in (out / REPLACED).rglob("*") if p.is_file())
+    assert third.moved == 2 and aside == [MARKER, "last.pt"]
+    # Killed while deleting the old run: the next --overwrite finishes that.
+    third.drop()
+    (out / (REPLACED + ".deleting")).mkdir()
+    (out / (REPLACED + ".deleting") / "last.pt").write_bytes(b"half deleted")
+    ReplacedRun(out)
+    assert not (out / (REPLACED + ".deleting")).exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_import_official_overwrite_that_fails_keeps_the_old_run(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _old_training_run(out)
+    before = _digest(out)
+
+    seen = []
+
+    def export_fails(*a, **k):
+        seen.append((out / "best.pt").is_file() and (out / REPLACED / "best.pt").is_file())  # the import's, the old
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(official_run, "export_onnx", export_fails)
+    result = CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(out), "--overwrite"])
+    assert isinstance(result.exception, RuntimeError), result.output
+    assert seen == [True] and _digest(out) == before and _no_aside(out)
+    new = tmp_path / "new"
+    result = CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--output", str(new)])
+    assert isinstance(result.exception, RuntimeError) and not new.exists()  # a failed import leaves nothing
 
 
 def test_export_never_replaces_a_file_unasked_nor_its_input(run_copy, tmp_path):
