@@ -370,10 +370,15 @@ def _export_int8(checkpoint, output, portable, dynamic_hw, *, overwrite, calibra
 @main.command("report", context_settings=_HELP)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report_command(run_dir: str) -> None:
-    """Write RUN_DIR/report.html and report.json: operations, energy, size, accuracy and latency, CNN vs adder."""
+    """Write RUN_DIR/report.html and report.json: operations, energy, size, accuracy and latency, CNN vs adder.
+
+    RUN_DIR is a run folder: the --output of a training run or of import-official."""
+    from adderconvert.app.outputs import check_is_run
     from adderconvert.app.report import write_report
 
     try:
+        if Path(run_dir).is_dir():  # a missing folder: write_report names it
+            check_is_run(run_dir, "report:")
         html, data = write_report(run_dir)
     except _input_errors() as e:
         raise InputError(str(e)) from None

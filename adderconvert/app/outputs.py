@@ -38,6 +38,7 @@ __all__ = [
     "OutputError",
     "ReplacedRun",
     "RunFolder",
+    "check_is_run",
     "check_output_file",
     "check_run_folder",
     "check_writable_folder",
@@ -181,6 +182,19 @@ def find_run(folder: str | os.PathLike) -> RunFolder | None:
                 continue
             return RunFolder(folder, meta.model_name, name)
     return None
+
+
+def check_is_run(folder: str | os.PathLike, what: str) -> RunFolder:
+    """The run in ``folder``, for a command that only reads and adds to a run (``report``); else
+    :class:`OutputError` naming what a run folder is."""
+    found = find_run(folder)
+    if found is None:
+        raise OutputError(
+            f"{what} {folder} is not a run folder of adderconvert (no {MARKER} marker and no checkpoint of "
+            "adderconvert: last.pt, best.pt or teacher/last.pt); a run folder is the --output of a training run "
+            "(`adderconvert MODEL --output DIR`) or of `adderconvert import-official`"
+        )
+    return found
 
 
 def run_files(folder: str | os.PathLike) -> list[Path]:

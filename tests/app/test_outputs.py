@@ -388,6 +388,28 @@ def test_read_only_folders_are_refused_before_the_work(run_copy, tmp_path):
     assert not any(locked.iterdir()) and _digest(run_copy) == before
 
 
+def test_report_refuses_a_folder_that_is_not_a_run(run_copy, tmp_path):
+    """`report DIR` writes report.html/json only into a run folder: not an empty folder, a folder of the
+    user's files, one with only a config.yaml, nor one whose last.pt is not a checkpoint of this tool."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    (home / "config.yaml").write_text("model: resnet18\n")
+    (home / "last.pt").write_bytes(b"not a checkpoint")
+    for folder in (empty, home):
+        before = _digest(folder)
+        result = CliRunner().invoke(main, ["report", str(folder)])
+        _input_error(result, f"{folder} is not a run folder", MARKER, "--output of a training run", "import-official")
+        assert _digest(folder) == before and not (folder / "report.html").exists()
+    result = CliRunner().invoke(main, ["report", str(run_copy)])  # a run folder (import-official's)
+    assert result.exit_code == 0 and (run_copy / "report.json").is_file(), result.output
+    (run_copy / MARKER).unlink()  # a run of an older version: its checkpoint is the evidence
+    result = CliRunner().invoke(main, ["report", str(run_copy)])
+    assert result.exit_code == 0, result.output
+
+
 def test_report_and_import_onto_a_file(run_copy, tmp_path):
     (tmp_path / "f").write_text("x")
     _input_error(CliRunner().invoke(main, ["report", str(tmp_path / "f")]), "is a file")
