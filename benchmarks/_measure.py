@@ -61,8 +61,8 @@ def ort_cpu_session(path: Path, library: str | None, threads: int, spin: bool):
     return ort.InferenceSession(str(path), sess_options=options, providers=[CPU_PROVIDER])
 
 
-def interleaved_latency_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
-    """Median ms of one run of each session, taking turns run by run so that they share the same load."""
+def interleaved_latency_samples_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, list[float]]:
+    """ms of each of ``repeats`` runs of each session, taking turns run by run so that they share the same load."""
     for session in sessions.values():
         for _ in range(2):
             session.run(None, feeds)
@@ -72,4 +72,9 @@ def interleaved_latency_ms(sessions: dict, feeds: dict, repeats: int) -> dict[st
             start = time.perf_counter()
             session.run(None, feeds)
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
+
+
+def interleaved_latency_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
+    """Median ms of one run of each session, runs interleaved (:func:`interleaved_latency_samples_ms`)."""
+    return {name: float(np.median(t)) for name, t in interleaved_latency_samples_ms(sessions, feeds, repeats).items()}

@@ -10,12 +10,22 @@ Per layer, each row times, runs interleaved (one run of each in turn, median of 
 * ORT INT8 Conv: the Conv quantised by ``onnxruntime.quantization.quantize_static`` (QUInt8 activations, QInt8
   weights, MinMax calibration) in QDQ format and in QOperator (QLinearConv) format; the faster is the row's
   INT8 Conv (both are in the JSON);
-* QuantizeLinear of the layer's input alone (ORT): an estimate of what quantising X costs, the part that chaining
-  uint8 activations between layers would save (the kernel takes float X only, so no run with pre-quantised X).
+* the kernel's quantise step alone: the same QuantizedAdderConv (same X, kernel, pads, group) with 8 output
+  channels and a stride that leaves one output pixel, so that it quantises the whole padded input image as the
+  layer does and computes next to nothing; less the cost of an empty call (8 channels of one pixel), it is the
+  part of the op that chaining uint8 activations between layers would save. QuantizeLinear of X in ORT is timed
+  too (JSON only).
 
 Whole models: the CNN (FP32, and INT8 by ``quantize_static`` after ``quant_pre_process``, QDQ and QOperator) and
 the AdderNet (FP32 FusedAdderConv, INT8 QuantizedAdderConv calibrated on random batches; speed does not depend
-on the weights), stem and classifier multiplicative as ``adderconvert MODEL`` converts them.
+on the weights), stem and classifier multiplicative as ``adderconvert MODEL`` converts them. For the INT8
+AdderNet, the quantise steps of all its QuantizedAdderConv nodes are timed one by one as above (input shapes
+from a run of the model), in all and for the nodes whose input is another QuantizedAdderConv's output, the ones
+that could take uint8 from it.
+
+Times are medians of interleaved runs; the best (minimum) run of each is in the JSON and its ratio in the tables,
+since on a shared machine other processes' time slices land on long runs more than on short ones. The load
+average is recorded before and after.
 
 Accuracy (``--accuracy CKPT ...``): each adder checkpoint exported FP32 and INT8 (``minmax`` and ``percentile``
 calibration on ``--calibration-batches`` batches of 64 training images) and evaluated on the whole test split.
@@ -46,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.deploy.ops import quantized_node_model, single_node_model  # noqa: E402
 from adderconvert.deploy.runtime import build_info, get_library_path  # noqa: E402
-from benchmarks._measure import interleaved_latency_ms, ort_cpu_session  # noqa: E402
+from benchmarks._measure import interleaved_latency_samples_ms, ort_cpu_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = (1, 2)
@@ -63,7 +73,15 @@ LAYERS = [
     ("stage4 1x1 512->2048", 512, 2048, 1, 7),
 ]
 ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512ifma", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
-IMPLEMENTATIONS = ("int8_adder", "fp32_adder", "fp32_conv", "int8_conv_qdq", "int8_conv_qop", "quantize_x")
+IMPLEMENTATIONS = (
+    "int8_adder",
+    "fp32_adder",
+    "fp32_conv",
+    "int8_conv_qdq",
+    "int8_conv_qop",
+    "quantize_step",
+    "quantize_x",
+)
 
 
 def cpu_description() -> dict:
@@ -121,6 +139,47 @@ def quantize_linear_model(x_shape, scale: float, zero_point: int) -> onnx.ModelP
     return _graph_model(node, x_shape, inits)
 
 
+def quantize_step_model(
+    x_shape, w_shape, *, x_scale: float, x_zero_point: int, pads, group: int = 1, dilations=(1, 1)
+) -> onnx.ModelProto:
+    """A QuantizedAdderConv that quantises the same padded image as a layer of input ``x_shape`` and weights
+    ``w_shape`` (same kernel, pads, group, dilations) but computes one output pixel of 8 channels per group (one
+    for depthwise layers, which keep their layout): the kernel's quantise step and its fixed per-call cost."""
+    _, height, width = x_shape[1:]
+    out_per_group = 1 if w_shape[0] == group else 8
+    w = np.zeros((group * out_per_group, *w_shape[1:]), np.uint8)
+    strides = [height + pads[0] + pads[2], width + pads[1] + pads[3]]
+    ones, zeros = np.ones(w.shape[0], np.float32), np.zeros(w.shape[0], np.float32)
+    return quantized_node_model(
+        x_shape,
+        w,
+        ones,
+        zeros,
+        x_scale=x_scale,
+        x_zero_point=x_zero_point,
+        pads=list(pads),
+        strides=strides,
+        group=group,
+        dilations=list(dilations),
+    )
+
+
+def call_cost_ms(threads: int, spin: bool, repeats: int, tmp: Path) -> float:
+    """Median ms of a QuantizedAdderConv call with next to no work (8 channels of one pixel in and out): the
+    per-call cost that a quantise step's time includes but that chaining uint8 activations would not save."""
+    onnx.save(
+        quantize_step_model((1, 8, 1, 1), (8, 8, 1, 1), x_scale=1.0, x_zero_point=0, pads=[0] * 4), tmp / "c.onnx"
+    )
+    session = ort_cpu_session(tmp / "c.onnx", get_library_path(), threads, spin)
+    return latency({"call": session}, {"X": np.ones((1, 8, 1, 1), np.float32)}, repeats)[0]["call"]
+
+
+def latency(sessions: dict, feeds: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median and minimum ms of each session, runs interleaved."""
+    samples = interleaved_latency_samples_ms(sessions, feeds, repeats)
+    return ({k: float(np.median(v)) for k, v in samples.items()}, {k: float(np.min(v)) for k, v in samples.items()})
+
+
 class _Reader:
     """onnxruntime.quantization's CalibrationDataReader over a list of feeds."""
 
@@ -157,6 +216,7 @@ def ort_int8(fp32_path: Path, out_path: Path, feeds: list[dict], fmt: str, prepr
 def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
+    call_ms = {threads: call_cost_ms(threads, spin, 5 * repeats, tmp) for threads in THREADS}
     for name, cin, cout, k, size in LAYERS:
         pad = k // 2
         w = (rng.normal(size=(cout, cin, k, k)) * 0.05).astype(np.float32)
@@ -182,6 +242,11 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
             )
             onnx.save(conv_model(x_shape, w, pad), paths["fp32_conv"])
             onnx.save(quantize_linear_model(x_shape, 4 / 255, 0), paths["quantize_x"])
+            paths["quantize_step"] = tmp / "quantize_step.onnx"
+            onnx.save(
+                quantize_step_model(x_shape, qw.shape, x_scale=4 / 255, x_zero_point=0, pads=[pad] * 4),
+                paths["quantize_step"],
+            )
             calibration = [{"X": np.maximum(rng.normal(size=x_shape), 0).astype(np.float32)} for _ in range(2)]
             for fmt in ("qdq", "qop"):
                 paths[f"int8_conv_{fmt}"] = ort_int8(
@@ -192,7 +257,7 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
                 sessions = {
                     impl: ort_cpu_session(paths[impl], get_library_path(), threads, spin) for impl in IMPLEMENTATIONS
                 }
-                ms = interleaved_latency_ms(sessions, {"X": x}, repeats)
+                ms, min_ms = latency(sessions, {"X": x}, repeats)
                 best = "int8_conv_qdq" if ms["int8_conv_qdq"] <= ms["int8_conv_qop"] else "int8_conv_qop"
                 row = {
                     "layer": name,
@@ -204,11 +269,15 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
                     "threads": threads,
                     "macs": macs,
                     "ms": ms,
+                    "min_ms": min_ms,
                     "int8_conv_best": best,
                     "int8_adder_vs_fp32_conv": ms["int8_adder"] / ms["fp32_conv"],
+                    "int8_adder_vs_fp32_conv_min": min_ms["int8_adder"] / min_ms["fp32_conv"],
                     "int8_adder_vs_int8_conv": ms["int8_adder"] / ms[best],
                     "int8_adder_vs_fp32_adder": ms["int8_adder"] / ms["fp32_adder"],
-                    "quantize_share": ms["quantize_x"] / ms["int8_adder"],
+                    "call_ms": call_ms[threads],
+                    "quantize_share": max(ms["quantize_step"] - call_ms[threads], 0.0) / ms["int8_adder"],
+                    "ort_quantize_linear_share": ms["quantize_x"] / ms["int8_adder"],
                     "int8_adder_gops": macs / ms["int8_adder"] / 1e6,
                 }
                 rows.append(row)
@@ -218,6 +287,56 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
 
 
 MODELS = {"ResNet-18": ("resnet18", 28, 10), "ResNet-50": ("resnet50", 224, 1000)}
+
+
+def quantize_steps(path: Path, feeds: dict, threads: int, spin: bool, repeats: int, tmp: Path) -> dict:
+    """The quantise steps of every QuantizedAdderConv node of the model at ``path`` (:func:`quantize_step_model`
+    on the node's input shape, from a run of the model on ``feeds``, less :func:`call_cost_ms`), summed: median ms
+    over all nodes, and over the nodes whose input is the output of another QuantizedAdderConv (those could take
+    uint8 from it)."""
+    model = onnx.load(str(path))
+    nodes = [n for n in model.graph.node if n.op_type == "QuantizedAdderConv"]
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    shapes = {i.name: i for i in model.graph.initializer}
+    probe = onnx.load(str(path))
+    outputs = [o.name for o in probe.graph.output]
+    for n in nodes:
+        if n.input[0] not in outputs:
+            probe.graph.output.append(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None))
+            outputs.append(n.input[0])
+    onnx.save(probe, tmp / "probe.onnx")
+    values = ort_cpu_session(tmp / "probe.onnx", get_library_path(), threads, spin).run(outputs, feeds)
+    x_shapes = {name: v.shape for name, v in zip(outputs, values, strict=True)}
+    call = call_cost_ms(threads, spin, 5 * repeats, tmp)
+    total = chainable = 0.0
+    chainable_nodes = 0
+    for i, n in enumerate(nodes):
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        x_shape = x_shapes[n.input[0]]
+        step = quantize_step_model(
+            x_shape,
+            tuple(shapes[n.input[1]].dims),
+            x_scale=attrs["x_scale"],
+            x_zero_point=attrs.get("x_zero_point", 0),
+            pads=attrs.get("pads", [0, 0, 0, 0]),
+            group=attrs.get("group", 1),
+            dilations=attrs.get("dilations", [1, 1]),
+        )
+        onnx.save(step, tmp / f"step{i}.onnx")
+        session = ort_cpu_session(tmp / f"step{i}.onnx", get_library_path(), threads, spin)
+        x = np.maximum(np.random.default_rng(i).normal(size=x_shape), 0).astype(np.float32)
+        ms = max(latency({"step": session}, {"X": x}, repeats)[0]["step"] - call, 0.0)
+        total += ms
+        if producer.get(n.input[0]) == "QuantizedAdderConv":
+            chainable += ms
+            chainable_nodes += 1
+    return {
+        "nodes": len(nodes),
+        "call_ms": call,
+        "ms": total,
+        "chainable_nodes": chainable_nodes,
+        "chainable_ms": chainable,
+    }
 
 
 def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list[dict]:
@@ -251,15 +370,21 @@ def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list
             sessions = {
                 label: ort_cpu_session(path, get_library_path(), threads, spin) for label, path in paths.items()
             }
-            ms = interleaved_latency_ms(sessions, {"input": x[:1].numpy()}, repeats)
+            ms, min_ms = latency(sessions, {"input": x[:1].numpy()}, repeats)
             best = "cnn_int8_qdq" if ms["cnn_int8_qdq"] <= ms["cnn_int8_qop"] else "cnn_int8_qop"
+            steps = quantize_steps(paths["adder_int8"], {"input": x[:1].numpy()}, threads, spin, 2 * repeats, tmp)
             row = {
                 "model": name,
                 "input": size,
                 "batch": 1,
                 "threads": threads,
                 "ms": ms,
+                "min_ms": min_ms,
+                "quantize_steps": steps,
+                "quantize_share": steps["ms"] / ms["adder_int8"],
+                "chainable_quantize_share": steps["chainable_ms"] / ms["adder_int8"],
                 "cnn_int8_best": best,
+                "adder_int8_vs_cnn_fp32_min": min_ms["adder_int8"] / min_ms["cnn_fp32"],
                 "adder_int8_vs_cnn_fp32": ms["adder_int8"] / ms["cnn_fp32"],
                 "adder_int8_vs_cnn_int8": ms["adder_int8"] / ms[best],
                 "adder_int8_vs_adder_fp32": ms["adder_int8"] / ms["adder_fp32"],
@@ -311,13 +436,18 @@ def markdown(result: dict) -> str:
         f"(layers) / {result['model_repeats']} (models). Command: `{result['command']}`",
         "",
     ]
+    if result.get("load_before") is not None:
+        before = ", ".join(f"{v:.2f}" for v in result["load_before"])
+        after = ", ".join(f"{v:.2f}" for v in result.get("load_after") or ())
+        lines += [f"Load average (1, 5, 15 min) before: {before}; after: {after or 'n/a'}.", ""]
     if result["layers"]:
         lines += [
-            "Per layer (ms). INT8 conv = ORT quantize_static (QUInt8 x QInt8), the faster of QDQ and QLinearConv; "
-            "quantise X = ORT QuantizeLinear of the input alone (estimate of the in-kernel quantisation).",
+            "Per layer (ms, medians). INT8 conv = ORT quantize_static (QUInt8 x QInt8), the faster of QDQ and "
+            "QLinearConv; (best) = the ratio of the best runs; quantise step = the kernel's own quantisation of X "
+            "(the op on one output pixel, less the cost of an empty call), as a share of the INT8 AdderConv.",
             "",
             "| layer | batch | threads | INT8 AdderConv | FP32 AdderConv | ORT FP32 Conv | ORT INT8 Conv | "
-            "INT8 adder / FP32 Conv | INT8 adder / INT8 Conv | INT8 adder / FP32 adder | quantise X share | "
+            "INT8 adder / FP32 Conv (best) | INT8 adder / INT8 Conv | INT8 adder / FP32 adder | quantise step | "
             "INT8 adder G op/s |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
@@ -327,19 +457,22 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {r['layer']} {r['cin']}ch@{r['size']} | {r['batch']} | {r['threads']} | {ms['int8_adder']:.3f} | "
                 f"{ms['fp32_adder']:.3f} | {ms['fp32_conv']:.3f} | {ms[r['int8_conv_best']]:.3f} ({best}) | "
-                f"{r['int8_adder_vs_fp32_conv']:.2f}x | {r['int8_adder_vs_int8_conv']:.2f}x | "
+                f"{r['int8_adder_vs_fp32_conv']:.2f}x ({r['int8_adder_vs_fp32_conv_min']:.2f}x) | "
+                f"{r['int8_adder_vs_int8_conv']:.2f}x | "
                 f"{r['int8_adder_vs_fp32_adder']:.2f}x | {100 * r['quantize_share']:.0f}% | "
                 f"{r['int8_adder_gops']:.0f} |"
             )
         lines.append("")
     if result["models"]:
         lines += [
-            "Whole models, batch 1 (ms). CNN INT8 = ORT quant_pre_process + quantize_static, the faster of QDQ and "
-            "QLinearConv.",
+            "Whole models, batch 1 (ms, medians). CNN INT8 = ORT quant_pre_process + quantize_static, the faster of "
+            "QDQ and QLinearConv; quantise steps = the kernel's quantise steps of all QuantizedAdderConv nodes, "
+            "timed one by one, as a share of the INT8 AdderNet (all nodes / the nodes whose input is another "
+            "QuantizedAdderConv's output).",
             "",
-            "| model | input | threads | CNN FP32 | CNN INT8 | AdderNet FP32 | AdderNet INT8 | INT8 adder / FP32 CNN | "
-            "INT8 adder / INT8 CNN | INT8 adder / FP32 adder |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| model | input | threads | CNN FP32 | CNN INT8 | AdderNet FP32 | AdderNet INT8 | "
+            "INT8 adder / FP32 CNN (best) | INT8 adder / INT8 CNN | INT8 adder / FP32 adder | quantise steps |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in result["models"]:
             ms = r["ms"]
@@ -347,8 +480,10 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {r['model']} | {r['input']}x{r['input']} | {r['threads']} | {ms['cnn_fp32']:.2f} | "
                 f"{ms[r['cnn_int8_best']]:.2f} ({best}) | {ms['adder_fp32']:.2f} | {ms['adder_int8']:.2f} | "
-                f"{r['adder_int8_vs_cnn_fp32']:.2f}x | {r['adder_int8_vs_cnn_int8']:.2f}x | "
-                f"{r['adder_int8_vs_adder_fp32']:.2f}x |"
+                f"{r['adder_int8_vs_cnn_fp32']:.2f}x ({r['adder_int8_vs_cnn_fp32_min']:.2f}x) | "
+                f"{r['adder_int8_vs_cnn_int8']:.2f}x | {r['adder_int8_vs_adder_fp32']:.2f}x | "
+                f"{100 * r['quantize_share']:.0f}% / {100 * r['chainable_quantize_share']:.0f}% "
+                f"({r['quantize_steps']['nodes']} / {r['quantize_steps']['chainable_nodes']} nodes) |"
             )
         lines.append("")
     if result["accuracy"]:
@@ -396,6 +531,8 @@ def main() -> None:
         "model_repeats": args.model_repeats,
         "calibration_batches": args.calibration_batches,
         "command": "python benchmarks/int8_cpu.py " + " ".join(sys.argv[1:]),
+        "load_before": list(os.getloadavg()),
+        "load_after": None,
         "layers": [],
         "models": [],
         "accuracy": [],
@@ -404,6 +541,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
+        result["load_after"] = list(os.getloadavg())
         args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(markdown(result) + "\n")
 
