@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_INPUT_SIZES",
     "INIT_CHOICES",
     "SIGN_MARGIN",
+    "SIGN_MIN_GAP",
     "calibrate_norms",
     "ConversionReport",
     "LayerDecision",
@@ -42,6 +43,11 @@ INIT_CHOICES = ("sign", "fresh", "rescale", "copy")
 # "sign": each adder weight is placed this share of the layer's input span beyond the inputs measured in
 # planning, so that inputs calibration did not see (up to that far out) still lie inside.
 SIGN_MARGIN = 0.1
+# ... and never closer than this to any of them: the training rule's input gradient HardTanh(W - X) is the
+# tap's true slope sign(W - X) only where |W - X| >= 1. Closer, the backward pass stops matching the forward
+# (after a ReLU, weights at 0 passed back -x, not -1, for every input x < 1), and the error compounds: on
+# RegNet-Y the first step's input gradients grew ~10x per block (1.6e9 at block 1 against 0.06 for the CNN).
+SIGN_MIN_GAP = 1.0
 # Square image sizes tried in order when no example batch is given; the first the model accepts is used.
 DEFAULT_INPUT_SIZES = (224, 32, 28, 64, 96, 299)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
@@ -348,16 +354,16 @@ def _keep_within_budget(report: ConversionReport, budget: float) -> None:
 
 def sign_edges(decision: LayerDecision, margin: float = SIGN_MARGIN) -> tuple[float, float]:
     """Where the ``sign`` init puts the weights of the layer ``decision`` describes: (lower, upper), beyond
-    the measured input range and zero (the padding) by ``margin`` of its span; the lower edge is 0 where no
-    input was negative (after a ReLU: ``-|x - 0| = -x`` holds for every ``x >= 0``)."""
+    the measured input range and zero (the padding) by ``margin`` of its span, and by at least
+    :data:`SIGN_MIN_GAP`, so that the training rule's gradient is the true one at the start."""
     if decision.input_max is None:
         raise ValueError(
             f"{decision.name}: the conversion plan has no measured input range (a report from before it was "
             "measured); plan again with example batches, or use another init"
         )
     low, high = min(decision.input_min, 0.0), max(decision.input_max, 0.0)
-    span = max(high - low, 1e-6)
-    return (0.0 if low >= 0 else low - margin * span), high + margin * span
+    gap = max(margin * max(high - low, 0.0), SIGN_MIN_GAP)
+    return low - gap, high + gap
 
 
 def _init_weights(

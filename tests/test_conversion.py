@@ -10,6 +10,7 @@ from torch import nn
 from adderconvert.architectures.cnn import list_cnn_models
 from adderconvert.conversion import (
     SIGN_MARGIN,
+    SIGN_MIN_GAP,
     ConversionReport,
     calibrate_norms,
     convert,
@@ -356,8 +357,9 @@ def test_sign_init_is_the_binary_weight_conv_plus_a_constant_within_the_margin()
     lower, upper = sign_edges(decision)
     seen = model[0](calibration)
     span = max(float(seen.max()), 0) - min(float(seen.min()), 0)
-    assert upper == pytest.approx(float(seen.max()) + SIGN_MARGIN * span, rel=1e-5)
-    assert lower == pytest.approx(float(seen.min()) - SIGN_MARGIN * span, rel=1e-5)
+    gap = max(SIGN_MARGIN * span, SIGN_MIN_GAP)
+    assert upper == pytest.approx(float(seen.max()) + gap, rel=1e-5)
+    assert lower == pytest.approx(float(seen.min()) - gap, rel=1e-5)
     weight = conv.weight.detach().clone()
     convert(model, None, report=report)
     adder = model[1]
@@ -372,9 +374,7 @@ def test_sign_init_is_the_binary_weight_conv_plus_a_constant_within_the_margin()
         new = model[0](torch.randn(64, 3, 10, 10))  # inputs the calibration did not see
         low, high = float(seen.min()), float(seen.max())
         # Stretched to 90% of the margin beyond the calibrated range on both sides.
-        stretch = min(
-            (high + 0.9 * SIGN_MARGIN * span) / float(new.max()), (low - 0.9 * SIGN_MARGIN * span) / float(new.min())
-        )
+        stretch = min((high + 0.9 * gap) / float(new.max()), (low - 0.9 * gap) / float(new.min()))
         for x in (new, stretch * new):
             torch.testing.assert_close(adder(x), twin(x), rtol=1e-5, atol=1e-3)
         assert float((stretch * new).max()) > high and float((stretch * new).min()) < low
@@ -382,12 +382,29 @@ def test_sign_init_is_the_binary_weight_conv_plus_a_constant_within_the_margin()
         assert (adder(far) - twin(far)).abs().max() > 1.0
 
 
-def test_sign_init_after_a_relu_puts_negative_weights_at_zero():
+def test_sign_init_after_a_relu_puts_negative_weights_one_below_zero():
     model = _resnet18()
     convert(model, X)
     weight = model.layer1[0].conv1.weight
-    assert float(weight.min()) == 0.0 and float(weight.max()) > 0
-    assert ((weight == 0) | (weight == weight.max())).all()
+    assert float(weight.min()) == -SIGN_MIN_GAP and float(weight.max()) > SIGN_MIN_GAP
+    assert ((weight == -SIGN_MIN_GAP) | (weight == weight.max())).all()
+
+
+def test_sign_init_trains_with_the_binary_weight_convs_input_gradient():
+    """At the start, the training rule's input gradient sum HardTanh(W - X) * g is the binary-weight twin's,
+    conv_transpose(g, sign(W)): the backward pass matches the forward, after a ReLU too."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, padding=1, bias=False)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), conv, nn.BatchNorm2d(5))
+    calibration = torch.randn(16, 3, 9, 9) * 0.3  # small inputs: a margin of the span alone is far below 1
+    weight = conv.weight.detach().clone()
+    report = plan_conversion(model, calibration, keep_classifier=False, keep_stem=True)
+    convert(model, None, report=report)
+    x = model[1](model[0](calibration)).detach().requires_grad_()
+    g = torch.randn(16, 5, 9, 9)
+    model[2](x).backward(g)
+    expected = nn.functional.conv_transpose2d(g, torch.sign(weight), padding=1)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_inserted_norm_gives_the_convs_scale_in_both_modes():
