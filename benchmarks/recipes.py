@@ -10,7 +10,8 @@ a non-finite loss or chance accuracy). Teachers are cached outside the repositor
 (~/.cache/adderconvert/teachers) by model and settings, so screening recipes trains each CNN once.
 
 Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set lr=0.03 --set eta=0.2]
-       [--steps N (0: zero-step only)] [--init sign] [--keep-mac-budget 0.05] [--teachers-only]
+       [--steps N (0: zero-step only)] [--init sign] [--keep-mac-budget 0.05] [--reconstruct signs] [--inside]
+       [--teachers-only]
        [--table docs/results/recipes_cpu.md]
 """
 
@@ -44,6 +45,7 @@ from adderconvert.conversion import (  # noqa: E402
     plan_conversion,
 )
 from adderconvert.data import load_dataset  # noqa: E402
+from adderconvert.reconstruction import RECONSTRUCT_METHODS, reconstruct  # noqa: E402
 from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit, recalibrate_batchnorm  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
@@ -189,10 +191,18 @@ def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: 
         splits.train, batch_size=budget.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
     recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
+    method = conversion.get("reconstruct", "none")
+    reconstruct_seconds = 0.0
+    if method != "none":  # layer-wise reconstruction on the plan's calibration images
+        fitted = reconstruct(
+            teacher, student, report, example.to(ctx.device), method, inside=conversion.get("inside", False)
+        )
+        reconstruct_seconds = fitted.seconds
     zero = evaluate(student, test_set, device=ctx.device)
     row = {
         "zero_step_top1": zero,
         "convert_seconds": time.perf_counter() - started,
+        "reconstruct_seconds": reconstruct_seconds,
         "converted_macs_share": report.converted_macs / max(report.total_macs, 1),
     }
     return student, report, row
@@ -210,7 +220,11 @@ def run_model(
     row = {"model": name, **row}
     student, report, zero = convert_student(teacher, splits, test_set, ctx, budget, conversion or {})
     row.update(zero)
-    print(f"{name}: CNN {row['cnn_top1']:.2f}%, zero-step adder {row['zero_step_top1']:.2f}%", flush=True)
+    print(
+        f"{name}: CNN {row['cnn_top1']:.2f}%, zero-step adder {row['zero_step_top1']:.2f}% "
+        f"(conversion {row['convert_seconds']:.0f}s, of which reconstruction {row['reconstruct_seconds']:.0f}s)",
+        flush=True,
+    )
     if budget.steps == 0:
         return _diagnose(row, student, report, splits, budget, ctx, row["zero_step_top1"], None, 0.0)
     config = TrainConfig(
@@ -276,7 +290,8 @@ def markdown_table(
             else f"Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}). "
         )
         + f"Conversion: init {conversion['init']}, keep_mac_budget {conversion['keep_mac_budget']:g}, "
-        f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}.",
+        f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}, reconstruct "
+        f"{conversion.get('reconstruct', 'none')}{' (inside)' if conversion.get('inside') else ''}.",
         "",
         "| model | CNN top-1 | zero-step adder (% of CNN) | MACs converted | adder top-1 | gap | CNN s | adder s "
         "| adder weight std (mean / max) | weights at the range edge | diverged |",
@@ -324,8 +339,16 @@ def main() -> None:
     parser.add_argument("--init", default=RunConfig.init, choices=INIT_CHOICES, help="adder weight init")
     parser.add_argument("--keep-mac-budget", type=float, default=0.0, help="see plan_conversion")
     parser.add_argument("--sign-margin", type=float, default=SIGN_MARGIN, help="see conversion.sign_edges")
+    parser.add_argument(
+        "--reconstruct",
+        default="none",
+        choices=("none", *RECONSTRUCT_METHODS),
+        help="layer-wise reconstruction after the sign init (adderconvert.reconstruction)",
+    )
+    parser.add_argument("--inside", action="store_true", help="--reconstruct signs may place weights inside the range")
     args = parser.parse_args()
     conversion = {"init": args.init, "keep_mac_budget": args.keep_mac_budget, "sign_margin": args.sign_margin}
+    conversion.update(reconstruct=args.reconstruct, inside=args.inside)
     overrides = parse_overrides(args.overrides)
     budget = BUDGETS[args.budget]
     if args.steps is not None:

@@ -49,3 +49,6 @@ def test_zero_step_table():
     assert "No fine-tuning step" in table and "keep_mac_budget 0.05" in table
     assert "| resnet18 | 80.00% | 60.00% (75%) | 90% | 60.00% | +20.00 |" in table
     assert "of no steps" in table
+    assert "reconstruct none." in table
+    conversion = {"init": "sign", "keep_mac_budget": 0.0, "reconstruct": "signs", "inside": True}
+    assert "reconstruct signs (inside)." in recipes.markdown_table([row], "cpu", budget, "a CPU", {}, conversion)
