@@ -36,6 +36,7 @@ from adderconvert.app.outputs import (
     write_through,
 )
 from adderconvert.app.report import write_report
+from adderconvert.app.resume import default_pretrain_epochs
 from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.app.weights import check_weights, load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
@@ -44,6 +45,7 @@ from adderconvert.conversion import ConversionReport, calibrate_norms, convert, 
 from adderconvert.data import DatasetSplits, load_dataset
 from adderconvert.deploy.export import export_onnx
 from adderconvert.deploy.runtime import make_session
+from adderconvert.reconstruction import reconstruct
 from adderconvert.train import (
     TrainConfig,
     evaluate,
@@ -165,7 +167,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
-        pretrain = 0 if config.weights and splits.num_classes == 1000 else 1
+        pretrain = default_pretrain_epochs(config.weights, splits.num_classes)
     if config.resume:
         for path, stage, train_config in (
             (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1))),
@@ -322,7 +324,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     student = copy.deepcopy(teacher).cpu()
     convert(student, None, init=config.init, report=report)
     _log(report.table(), main)
-    zero_step_top1 = _zero_step(student, report, calibration, splits, ctx, config)
+    zero_step_top1 = _zero_step(student, teacher, report, calibration, splits, ctx, config, main)
     _log(f"adder top-1 before fine-tuning (zero steps): {zero_step_top1:.2f}%", main)
 
     adder_history = []
@@ -379,14 +381,25 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     return summary
 
 
-def _zero_step(student, report, calibration, splits: DatasetSplits, ctx, config: RunConfig) -> float:
+def _zero_step(
+    student, teacher, report, calibration, splits: DatasetSplits, ctx, config: RunConfig, main: bool
+) -> float:
     """Calibrate the converted model's BatchNorms (inserted ones keep the conv's scale), re-estimate their
-    statistics on training batches and return its test top-1 before any gradient step."""
+    statistics on training batches, reconstruct its layers from ``teacher`` (``--reconstruct``, after the
+    sign init) and return its test top-1 before any gradient step."""
     student.to(ctx.device)
     calibrate_norms(student, report, calibration.to(ctx.device), config.init)
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator)
     recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
+    if config.init == "sign" and config.reconstruct != "none":
+        fitted = reconstruct(teacher, student, report, calibration.to(ctx.device), config.reconstruct)
+        changed = sum(layer.kept != "none" for layer in fitted.layers)
+        _log(
+            f"reconstruction ({config.reconstruct}): {changed} of {len(fitted.layers)} adder layers refitted to the "
+            f"CNN's outputs in {fitted.seconds:.0f}s",
+            main,
+        )
     return evaluate(
         student,
         splits.test,

@@ -11,6 +11,7 @@ and stage.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,14 @@ import yaml
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
 from adderconvert.checkpoint import CheckpointError, CheckpointMeta, check_compatible, read_meta
 
-__all__ = ["RUNTIME_OPTIONS", "ResumeError", "resume_command", "resume_folder", "resumed_options"]
+__all__ = [
+    "RUNTIME_OPTIONS",
+    "ResumeError",
+    "default_pretrain_epochs",
+    "resume_command",
+    "resume_folder",
+    "resumed_options",
+]
 
 # Options a resumed run may change: they do not enter the weights, the schedule or the checkpoints.
 RUNTIME_OPTIONS = frozenset(
@@ -101,6 +109,36 @@ def _checkpoint_meta(folder: Path) -> CheckpointMeta | None:
     return None
 
 
+def default_pretrain_epochs(weights: str | None, num_classes: int) -> int:
+    """The CNN's epochs when ``--pretrain-epochs`` is unset: none for torchvision's pretrained 1000-class
+    head, one where the classifier had to be resized (or the weights are random)."""
+    return 0 if weights and num_classes == 1000 else 1
+
+
+def _summary_value(folder: Path, key: str) -> Any:
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary.get(key) if isinstance(summary, dict) else None
+
+
+def _effective(folder: Path, saved: dict[str, Any], key: str, ran: Any) -> Any:
+    """What an option the run left unset (``None``) came to once its default was applied, from what the run
+    recorded; ``None`` where the run recorded nothing that says."""
+    if ran is not None:
+        return ran
+    if key == "image_size":  # the data set's own size: the checkpoints record it
+        meta = _checkpoint_meta(folder)
+        return meta.image_size if meta is not None else None
+    if key == "pretrain_epochs":
+        meta = _checkpoint_meta(folder)
+        if meta is not None:
+            return default_pretrain_epochs(_normal("weights", saved.get("weights")), meta.num_classes)
+        return _summary_value(folder, "pretrain_epochs")
+    return None
+
+
 def resumed_options(folder: Path, model: str, given: dict[str, Any]) -> dict[str, Any]:
     """The options of the run in ``folder``, with ``given`` (the flags and ``-c`` file of this command)
     checked against them: each must agree with the run's value unless it is a runtime option.
@@ -120,10 +158,7 @@ def resumed_options(folder: Path, model: str, given: dict[str, Any]) -> dict[str
     for key, value in given.items():
         if key in RUNTIME_OPTIONS or key not in saved:  # an option a hand-written config.yaml leaves out: taken
             continue
-        ran = _normal(key, saved[key])
-        if key == "image_size" and ran is None:  # the data set's own size: the checkpoints record it
-            meta = _checkpoint_meta(folder)
-            ran = meta.image_size if meta is not None else None
+        ran = _effective(folder, saved, key, _normal(key, saved[key]))  # a flag equal to the default is no change
         if _normal(key, value) != ran:
             changed.append(f"{_flag(key)} {_show(ran)} -> {_show(_normal(key, value))}")
     if changed:

@@ -20,6 +20,8 @@ from click.testing import CliRunner
 
 from adderconvert.app.cli import main
 from adderconvert.app.config import RunConfig
+from adderconvert.app.resume import ResumeError, resumed_options
+from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
 from tests.app.test_cli import _fake_fashion_mnist, _input_error
 
 OFFICIAL = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
@@ -93,6 +95,54 @@ def test_resume_refuses_flags_that_change_the_run(finished, tmp_path, flags, nam
     result = CliRunner().invoke(main, ["resnet18", "--resume", "--output", str(out), *flags])
     _input_error(result, named, "config.yaml", "another --output")
     assert _files(out) == before  # data kept
+
+
+def _unset_run(folder: Path, weights: str | None, num_classes: int | None) -> Path:
+    """A run folder started without --pretrain-epochs (config.yaml: null), with a CNN checkpoint of
+    ``num_classes`` classes (none when ``None``)."""
+    folder.mkdir()
+    (folder / "config.yaml").write_text(RunConfig(model="resnet18", weights=weights, pretrain_epochs=None).to_yaml())
+    if num_classes is not None:
+        (folder / "teacher").mkdir()
+        meta = CheckpointMeta(model_name="resnet18", num_classes=num_classes, stage="teacher", image_size=28)
+        save_checkpoint(folder / "teacher" / "last.pt", {"meta": meta, "model": {}})
+    return folder
+
+
+def test_resume_compares_what_an_unset_option_came_to(tmp_path):
+    """A flag equal in effect to an option the run left unset is no change ("--pretrain-epochs none -> 1"
+    refused the default); one that does change it is refused naming the value the run had."""
+    resized = _unset_run(tmp_path / "resized", None, 10)  # a head trained from scratch: 1 CNN epoch
+    assert resumed_options(resized, "resnet18", {"pretrain_epochs": 1})["pretrain_epochs"] == 1
+    assert resumed_options(resized, "resnet18", {"image_size": 28})["image_size"] == 28
+    with pytest.raises(ResumeError, match="--pretrain-epochs 1 -> 0"):
+        resumed_options(resized, "resnet18", {"pretrain_epochs": 0})
+    imagenet = _unset_run(tmp_path / "imagenet", "DEFAULT", 1000)  # torchvision's own head: no CNN epoch
+    assert resumed_options(imagenet, "resnet18", {"pretrain_epochs": 0})["pretrain_epochs"] == 0
+    with pytest.raises(ResumeError, match="--pretrain-epochs 0 -> 1"):
+        resumed_options(imagenet, "resnet18", {"pretrain_epochs": 1})
+    finished_without_checkpoints = _unset_run(tmp_path / "summary", "DEFAULT", None)
+    (finished_without_checkpoints / "summary.json").write_text(json.dumps({"pretrain_epochs": 0}))
+    assert resumed_options(finished_without_checkpoints, "resnet18", {"pretrain_epochs": 0})["pretrain_epochs"] == 0
+    unknown = _unset_run(tmp_path / "unknown", None, None)  # nothing recorded says what it came to
+    with pytest.raises(ResumeError, match="--pretrain-epochs none -> 1"):
+        resumed_options(unknown, "resnet18", {"pretrain_epochs": 1})
+
+
+@pytest.mark.slow
+def test_resume_with_the_default_of_an_unset_option_continues(finished, tmp_path, offline):
+    _, run = finished
+    out = _copy(run, tmp_path)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, "pretrain_epochs": None}))  # started without the flag
+    before = _files(out)
+    result = CliRunner().invoke(main, ["resnet18", "--resume", "--output", str(out), "--pretrain-epochs", "2"])
+    _input_error(result, "--pretrain-epochs 1 -> 2")
+    assert _files(out) == before
+    args = ["resnet18", "--resume", "--output", str(out), "--pretrain-epochs", "1", "--image-size", "28"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("all 1 epoch(s) already done") == 2, result.output
 
 
 @pytest.mark.slow
