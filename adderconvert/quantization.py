@@ -11,6 +11,11 @@ Calibration methods (:data:`METHODS`):
 * ``minmax``: the smallest and largest input seen.
 * ``percentile``: the ``100 - p`` and ``p`` percentiles (``p`` = :data:`DEFAULT_PERCENTILE`) of a random sample
   of every batch's inputs; a few outliers then cost the rest no resolution.
+* ``mse``: the range whose quantised layer's output is closest (mean squared error) to the float layer's, on the
+  first :data:`MSE_IMAGES` calibration images: a coordinate search over candidate upper and lower edges from
+  30% of the percentile range out to the min/max. The score is the layer's output, not its input, because the
+  range sets the grid of both: a narrower one rounds the weights inside it more finely (and clamps, exactly,
+  more of them) but clips more inputs.
 """
 
 from __future__ import annotations
@@ -26,13 +31,30 @@ from torch import Tensor, nn
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.quantized import QuantizedAdderConv2d
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_PERCENTILE", "METHODS", "LayerRange", "calibrate", "grid", "quantize"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_PERCENTILE",
+    "METHODS",
+    "MSE_IMAGES",
+    "LayerRange",
+    "calibrate",
+    "grid",
+    "layer_output_mse",
+    "quantize",
+]
 
-METHODS = ("minmax", "percentile")
+METHODS = ("minmax", "percentile", "mse")
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.99
-# Inputs sampled per layer and batch for the percentile method.
+# Inputs sampled per layer and batch for the percentile (and mse) method.
 _SAMPLE = 1 << 17
+# The mse method scores each layer on the first MSE_IMAGES calibration images (fewer where a layer's input
+# would exceed _MSE_ELEMENTS values), with _MSE_POINTS candidates per edge between 30% of the percentile
+# range and the percentile, as many between the percentile and the min/max, _MSE_ROUNDS rounds (high, low).
+MSE_IMAGES = 256
+_MSE_ELEMENTS = 1 << 22
+_MSE_POINTS = 10
+_MSE_ROUNDS = 2
 
 
 @dataclass
@@ -67,6 +89,51 @@ def _adder_layers(model: nn.Module) -> dict[str, AdderConv2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AdderConv2d)}
 
 
+def layer_output_mse(layer: AdderConv2d, x: Tensor, low: float, high: float, reference: Tensor | None = None) -> float:
+    """Mean squared error between ``layer``'s output on ``x`` and its quantised twin's on the grid over
+    ``[low, high]`` (see :func:`grid`); ``reference`` is ``layer(x)`` if already computed."""
+    scale, zero_point = grid(low, high)
+    with torch.no_grad():
+        if reference is None:
+            reference = layer(x)
+        quantized = QuantizedAdderConv2d.from_adder(layer, scale, zero_point)
+        return float((quantized(x).double() - reference.double()).pow(2).mean())
+
+
+def _edges(percentile: float, extreme: float) -> list[float]:
+    """Candidate values of one range edge: from 30% of the percentile edge to it, then on to the extreme."""
+    if percentile == 0 and extreme == 0:
+        return [0.0]
+    if percentile == 0:  # the percentile sits at 0 (e.g. after a ReLU): candidates towards the extreme only
+        return torch.linspace(0, extreme, 2 * _MSE_POINTS).tolist()[1:]
+    inner = (percentile * r for r in torch.logspace(math.log10(0.3), 0, _MSE_POINTS).tolist())
+    outer = torch.linspace(percentile, extreme, _MSE_POINTS).tolist()[1:]
+    return sorted(set(inner) | set(outer))
+
+
+def _mse_range(layer: AdderConv2d, x: Tensor, low: float, high: float, min_: float, max_: float) -> tuple[float, float]:
+    """The ``(low, high)`` of least :func:`layer_output_mse` on ``x``, starting at the better of the percentile
+    range ``[low, high]`` and the min/max ``[min_, max_]`` (so never worse than either on ``x``): alternately the
+    best upper edge (lower one fixed), then the best lower edge."""
+    with torch.no_grad():
+        reference = layer(x)
+    best = min(
+        (layer_output_mse(layer, x, low, high, reference), low, high),
+        (layer_output_mse(layer, x, min_, max_, reference), min_, max_),
+    )
+    highs, lows = _edges(high, max_), _edges(low, min_)
+    for _ in range(_MSE_ROUNDS):
+        for h in highs:
+            error = layer_output_mse(layer, x, best[1], h, reference)
+            if error < best[0]:
+                best = (error, best[1], h)
+        for lo in lows:
+            error = layer_output_mse(layer, x, lo, best[2], reference)
+            if error < best[0]:
+                best = (error, lo, best[2])
+    return best[1], best[2]
+
+
 def calibrate(
     model: nn.Module,
     batches: Iterable[Tensor | tuple | list],
@@ -75,7 +142,7 @@ def calibrate(
     seed: int = 0,
 ) -> dict[str, LayerRange]:
     """The input range of every AdderConv2d of ``model`` (eval mode) on ``batches`` (image tensors, or
-    ``(images, labels)`` pairs), by ``method`` (``minmax`` or ``percentile``)."""
+    ``(images, labels)`` pairs), by ``method`` (one of :data:`METHODS`; see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
     if not 50 < percentile <= 100:
@@ -87,16 +154,23 @@ def calibrate(
     lows: dict[str, float] = {name: math.inf for name in layers}
     highs: dict[str, float] = {name: -math.inf for name in layers}
     samples: dict[str, list[Tensor]] = {name: [] for name in layers}
+    kept: dict[str, list[Tensor]] = {name: [] for name in layers}  # the mse method's scoring inputs
 
     def hook(name):
         def record(module, inputs, output):
+            if method == "mse":
+                x = inputs[0].detach().float()
+                limit = min(MSE_IMAGES, max(1, _MSE_ELEMENTS // max(1, x[0].numel())))
+                room = limit - sum(len(t) for t in kept[name])
+                if room > 0:
+                    kept[name].append(x[:room].cpu())
             x = inputs[0].detach().float().flatten()
             x = x[torch.isfinite(x)]
             if x.numel() == 0:
                 return
             lows[name] = min(lows[name], float(x.min()))
             highs[name] = max(highs[name], float(x.max()))
-            if method == "percentile":
+            if method in ("percentile", "mse"):
                 if x.numel() > _SAMPLE:
                     x = x[torch.randint(x.numel(), (_SAMPLE,), generator=generator).to(x.device)]
                 samples[name].append(x.cpu())
@@ -125,10 +199,15 @@ def calibrate(
         if not math.isfinite(lows[name]):
             raise ValueError(f"adder layer {name} saw no finite input during calibration")
         low, high = lows[name], highs[name]
-        if method == "percentile":
+        if method in ("percentile", "mse"):
             values = torch.cat(samples[name]).double()
             q = torch.tensor([(100 - percentile) / 100, percentile / 100], dtype=torch.float64)
             low, high = (float(v) for v in torch.quantile(values, q))
+        if method == "mse":
+            layer = layers[name]
+            x = torch.cat(kept[name]).to(layer.weight.device)
+            x = torch.nan_to_num(x, nan=0.0, posinf=highs[name], neginf=lows[name])
+            low, high = _mse_range(layer, x, low, high, lows[name], highs[name])
         scale, zero_point = grid(low, high)
         ranges[name] = LayerRange(name, low, high, scale, zero_point)
     return ranges
@@ -152,7 +231,7 @@ def quantize(
         target.set_submodule(name, QuantizedAdderConv2d.from_adder(layer, r.x_scale, r.x_zero_point))
     target.quantization = {
         "method": method,
-        "percentile": percentile if method == "percentile" else None,
+        "percentile": percentile if method in ("percentile", "mse") else None,
         "layers": [r.to_dict() for r in ranges.values()],
     }
     return target.eval()

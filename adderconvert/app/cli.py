@@ -137,6 +137,12 @@ def _interrupt_on_sigterm():
     help="Keep multiplicative the convs that binary weights fit worst, up to this share of the MACs, e.g. 0.05 [0].",
 )
 @click.option("--init", default=None, help=f"Adder weight init: sign, fresh, rescale or copy [{RunConfig.init}].")
+@click.option(
+    "--reconstruct",
+    default=None,
+    help="After the sign init, fit each adder layer to the CNN's output on calibration images: signs (binary "
+    f"weights and norm), affine (the norm only) or none [{RunConfig.reconstruct}].",
+)
 @click.option("--dataset", default=None, help="fashion-mnist, cifar10 or imagefolder [fashion-mnist].")
 @click.option("--data", default=None, help="Data folder (default: Debian's Fashion-MNIST).")
 @click.option("--image-size", type=int, default=None, help="Input size, 16-1024 [28 Fashion-MNIST, 32 CIFAR, 224].")
@@ -324,10 +330,11 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
 )
 @click.option(
     "--calibration-method",
-    type=click.Choice(["percentile", "minmax"]),
+    type=click.Choice(["percentile", "minmax", "mse"]),
     default="percentile",
     show_default=True,
-    help="With --int8: each layer's input range from a percentile (99.99) or the min/max of the calibration inputs.",
+    help="With --int8: each layer's input range from a percentile (99.99) or the min/max of the calibration inputs, "
+    "or the range whose layer output is closest to the float layer's (mse; slower).",
 )
 @click.option("--data", default=None, help="With --int8: the training data's folder [Debian's Fashion-MNIST].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (never CHECKPOINT itself).")

@@ -16,6 +16,7 @@ from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
 from adderconvert.conversion import convert, plan_conversion
 from adderconvert.data import FASHION_MNIST_CLASSES, load_dataset
 from adderconvert.deploy.export import export_onnx, read_metadata
+from adderconvert.quantization import DEFAULT_METHOD, METHODS
 from tests.app.test_cli import _fake_fashion_mnist
 
 
@@ -79,7 +80,7 @@ def test_export_command_int8_default_path(adder_checkpoint):
     [
         (["--calibration-batches", "0"], "--calibration-batches must be >= 1"),
         (["--portable"], "--int8 and --portable exclude each other"),
-        (["--calibration-method", "mse"], "--calibration-method"),
+        (["--calibration-method", "entropy"], "--calibration-method"),
     ],
 )
 def test_export_command_int8_bad_input(adder_checkpoint, tmp_path, args, message):
@@ -88,6 +89,11 @@ def test_export_command_int8_bad_input(adder_checkpoint, tmp_path, args, message
     result = CliRunner().invoke(main, ["export", str(checkpoint), "--int8", "-o", str(out), "--data", str(data), *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
     assert not out.exists()
+
+
+def test_the_cli_offers_every_calibration_method_and_the_default():
+    option = next(p for p in main.commands["export"].params if p.name == "calibration_method")
+    assert sorted(option.type.choices) == sorted(METHODS) and option.default == DEFAULT_METHOD
 
 
 def test_a_cnn_checkpoint_is_refused(tmp_path):
