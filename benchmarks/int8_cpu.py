@@ -27,8 +27,9 @@ Times are medians of interleaved runs; the best (minimum) run of each is in the 
 since on a shared machine other processes' time slices land on long runs more than on short ones. The load
 average is recorded before and after.
 
-Accuracy (``--accuracy CKPT ...``): each adder checkpoint exported FP32 and INT8 (``minmax`` and ``percentile``
-calibration on ``--calibration-batches`` batches of 64 training images) and evaluated on the whole test split.
+Accuracy (``--accuracy CKPT ...``): each adder checkpoint exported FP32 and INT8 (every calibration method of
+``adderconvert.quantization.METHODS`` on ``--calibration-batches`` batches of 64 training images, with the seconds
+each quantisation took) and evaluated on the whole test split.
 
 Results go to ``--out`` (``docs/results/int8_cpu``) as ``.json`` and ``.md``; the CPU (lscpu model name and the
 instruction sets that matter here) heads the table.
@@ -46,6 +47,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -401,6 +403,7 @@ def accuracy_rows(checkpoints: list[Path], calibration_batches: int, tmp: Path) 
     from adderconvert.checkpoint import load, read_meta
     from adderconvert.data import load_dataset
     from adderconvert.deploy.export import export_onnx
+    from adderconvert.quantization import METHODS
 
     rows = []
     for checkpoint in checkpoints:
@@ -415,8 +418,10 @@ def accuracy_rows(checkpoints: list[Path], calibration_batches: int, tmp: Path) 
         batches = draw(splits.train, calibration_batches)
         row = {"checkpoint": str(checkpoint), "model": meta.model_name, "dataset": meta.dataset, "images": None}
         row["fp32_top1"] = compare_onnx(fp32, None, splits.test)["int8_top1"]
-        for method in ("minmax", "percentile"):
+        for method in METHODS:
+            start = time.perf_counter()
             path = export_int8(model, tmp / f"{stem}_int8_{method}.onnx", batches, metadata, method)
+            row[f"int8_{method}_export_s"] = time.perf_counter() - start
             result = compare_onnx(path, fp32, splits.test)
             row[f"int8_{method}_top1"] = result["int8_top1"]
             row[f"int8_{method}_agreement"] = result["int8_agreement"]
@@ -487,21 +492,24 @@ def markdown(result: dict) -> str:
             )
         lines.append("")
     if result["accuracy"]:
+        first = result["accuracy"][0]
+        methods = [k[len("int8_") : -len("_top1")] for k in first if k.startswith("int8_") and k.endswith("_top1")]
         lines += [
             f"Accuracy (ONNX Runtime, whole test split; INT8 calibrated on {result['calibration_batches']} batches of "
             "64 training images). Agreement = images where INT8 and FP32 adder ONNX predict the same class.",
             "",
-            "| model | data set | FP32 adder top-1 | INT8 min/max top-1 (gap) | agreement | "
-            "INT8 percentile top-1 (gap) | agreement |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| model | data set | FP32 adder top-1 | "
+            + " | ".join(f"INT8 {m} top-1 (gap) | agreement" for m in methods)
+            + " |",
+            "|---|---|---:|" + "---:|---:|" * len(methods),
         ]
         for r in result["accuracy"]:
-            gaps = {m: r[f"int8_{m}_top1"] - r["fp32_top1"] for m in ("minmax", "percentile")}
-            lines.append(
-                f"| {r['model']} | {r['dataset']} | {r['fp32_top1']:.2f}% | {r['int8_minmax_top1']:.2f}% "
-                f"({gaps['minmax']:+.2f}) | {r['int8_minmax_agreement']:.2f}% | {r['int8_percentile_top1']:.2f}% "
-                f"({gaps['percentile']:+.2f}) | {r['int8_percentile_agreement']:.2f}% |"
-            )
+            cells = [
+                f"{r[f'int8_{m}_top1']:.2f}% ({r[f'int8_{m}_top1'] - r['fp32_top1']:+.2f}) | "
+                f"{r[f'int8_{m}_agreement']:.2f}%"
+                for m in methods
+            ]
+            lines.append(f"| {r['model']} | {r['dataset']} | {r['fp32_top1']:.2f}% | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
