@@ -61,17 +61,24 @@ def ort_cpu_session(path: Path, library: str | None, threads: int, spin: bool):
     return ort.InferenceSession(str(path), sess_options=options, providers=[CPU_PROVIDER])
 
 
-def interleaved_latency_samples_ms(sessions: dict, feeds: dict, repeats: int) -> dict[str, list[float]]:
-    """ms of each of ``repeats`` runs of each session, taking turns run by run so that they share the same load."""
+def interleaved_latency_samples_ms(
+    sessions: dict, feeds: dict, repeats: int, cpu_ms: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
+    """ms of each of ``repeats`` runs of each session, taking turns run by run so that they share the same load.
+    With ``cpu_ms`` (a dict), it also gets each run's CPU time of this process in ms (all its threads)."""
     for session in sessions.values():
         for _ in range(2):
             session.run(None, feeds)
     times: dict[str, list[float]] = {name: [] for name in sessions}
+    if cpu_ms is not None:
+        cpu_ms.update({name: [] for name in sessions})
     for _ in range(repeats):
         for name, session in sessions.items():
-            start = time.perf_counter()
+            cpu_start, start = time.process_time(), time.perf_counter()
             session.run(None, feeds)
             times[name].append((time.perf_counter() - start) * 1e3)
+            if cpu_ms is not None:
+                cpu_ms[name].append((time.process_time() - cpu_start) * 1e3)
     return times
 
 

@@ -176,9 +176,13 @@ def call_cost_ms(threads: int, spin: bool, repeats: int, tmp: Path) -> float:
     return latency({"call": session}, {"X": np.ones((1, 8, 1, 1), np.float32)}, repeats)[0]["call"]
 
 
-def latency(sessions: dict, feeds: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and minimum ms of each session, runs interleaved."""
-    samples = interleaved_latency_samples_ms(sessions, feeds, repeats)
+def latency(sessions: dict, feeds: dict, repeats: int, cpu: dict | None = None) -> tuple[dict, dict]:
+    """Median and minimum ms of each session, runs interleaved; ``cpu`` (a dict) gets the median CPU ms of this
+    process per run (at 1 thread, the run's own time less any time the core spent on other processes)."""
+    cpu_samples: dict[str, list[float]] = {}
+    samples = interleaved_latency_samples_ms(sessions, feeds, repeats, cpu_samples)
+    if cpu is not None:
+        cpu.update({k: float(np.median(v)) for k, v in cpu_samples.items()})
     return ({k: float(np.median(v)) for k, v in samples.items()}, {k: float(np.min(v)) for k, v in samples.items()})
 
 
@@ -259,7 +263,8 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
                 sessions = {
                     impl: ort_cpu_session(paths[impl], get_library_path(), threads, spin) for impl in IMPLEMENTATIONS
                 }
-                ms, min_ms = latency(sessions, {"X": x}, repeats)
+                cpu_ms: dict = {}
+                ms, min_ms = latency(sessions, {"X": x}, repeats, cpu_ms)
                 best = "int8_conv_qdq" if ms["int8_conv_qdq"] <= ms["int8_conv_qop"] else "int8_conv_qop"
                 row = {
                     "layer": name,
@@ -272,9 +277,11 @@ def layer_rows(repeats: int, spin: bool, tmp: Path) -> list[dict]:
                     "macs": macs,
                     "ms": ms,
                     "min_ms": min_ms,
+                    "cpu_ms": cpu_ms,
                     "int8_conv_best": best,
                     "int8_adder_vs_fp32_conv": ms["int8_adder"] / ms["fp32_conv"],
                     "int8_adder_vs_fp32_conv_min": min_ms["int8_adder"] / min_ms["fp32_conv"],
+                    "int8_adder_vs_fp32_conv_cpu": cpu_ms["int8_adder"] / cpu_ms["fp32_conv"],
                     "int8_adder_vs_int8_conv": ms["int8_adder"] / ms[best],
                     "int8_adder_vs_fp32_adder": ms["int8_adder"] / ms["fp32_adder"],
                     "call_ms": call_ms[threads],
@@ -372,7 +379,8 @@ def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list
             sessions = {
                 label: ort_cpu_session(path, get_library_path(), threads, spin) for label, path in paths.items()
             }
-            ms, min_ms = latency(sessions, {"input": x[:1].numpy()}, repeats)
+            cpu_ms: dict = {}
+            ms, min_ms = latency(sessions, {"input": x[:1].numpy()}, repeats, cpu_ms)
             best = "cnn_int8_qdq" if ms["cnn_int8_qdq"] <= ms["cnn_int8_qop"] else "cnn_int8_qop"
             steps = quantize_steps(paths["adder_int8"], {"input": x[:1].numpy()}, threads, spin, 2 * repeats, tmp)
             row = {
@@ -382,6 +390,8 @@ def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list
                 "threads": threads,
                 "ms": ms,
                 "min_ms": min_ms,
+                "cpu_ms": cpu_ms,
+                "adder_int8_vs_cnn_fp32_cpu": cpu_ms["adder_int8"] / cpu_ms["cnn_fp32"],
                 "quantize_steps": steps,
                 "quantize_share": steps["ms"] / ms["adder_int8"],
                 "chainable_quantize_share": steps["chainable_ms"] / ms["adder_int8"],
@@ -431,6 +441,11 @@ def accuracy_rows(checkpoints: list[Path], calibration_batches: int, tmp: Path) 
     return rows
 
 
+def _cpu_ratio(row: dict, key: str) -> str:
+    """The CPU-time ratio at 1 thread (at 2, CPU time adds up both threads and is no latency)."""
+    return f"{row[key]:.2f}x" if row["threads"] == 1 and key in row else "-"
+
+
 def markdown(result: dict) -> str:
     cpu = result["cpu"]
     lines = [
@@ -448,13 +463,15 @@ def markdown(result: dict) -> str:
     if result["layers"]:
         lines += [
             "Per layer (ms, medians). INT8 conv = ORT quantize_static (QUInt8 x QInt8), the faster of QDQ and "
-            "QLinearConv; (best) = the ratio of the best runs; quantise step = the kernel's own quantisation of X "
-            "(the op on one output pixel, less the cost of an empty call), as a share of the INT8 AdderConv.",
+            "QLinearConv; (best) = the ratio of the best runs; CPU time = the ratio of the median CPU times of the "
+            "process per run at 1 thread (time spent on other processes left out); quantise step = the kernel's "
+            "own quantisation of X (the op on one output pixel, less the cost of an empty call), as a share of the "
+            "INT8 AdderConv.",
             "",
             "| layer | batch | threads | INT8 AdderConv | FP32 AdderConv | ORT FP32 Conv | ORT INT8 Conv | "
-            "INT8 adder / FP32 Conv (best) | INT8 adder / INT8 Conv | INT8 adder / FP32 adder | quantise step | "
-            "INT8 adder G op/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "INT8 adder / FP32 Conv (best) | same, CPU time | INT8 adder / INT8 Conv | INT8 adder / FP32 adder | "
+            "quantise step | INT8 adder G op/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in result["layers"]:
             ms = r["ms"]
@@ -463,7 +480,7 @@ def markdown(result: dict) -> str:
                 f"| {r['layer']} {r['cin']}ch@{r['size']} | {r['batch']} | {r['threads']} | {ms['int8_adder']:.3f} | "
                 f"{ms['fp32_adder']:.3f} | {ms['fp32_conv']:.3f} | {ms[r['int8_conv_best']]:.3f} ({best}) | "
                 f"{r['int8_adder_vs_fp32_conv']:.2f}x ({r['int8_adder_vs_fp32_conv_min']:.2f}x) | "
-                f"{r['int8_adder_vs_int8_conv']:.2f}x | "
+                f"{_cpu_ratio(r, 'int8_adder_vs_fp32_conv_cpu')} | {r['int8_adder_vs_int8_conv']:.2f}x | "
                 f"{r['int8_adder_vs_fp32_adder']:.2f}x | {100 * r['quantize_share']:.0f}% | "
                 f"{r['int8_adder_gops']:.0f} |"
             )
@@ -476,8 +493,9 @@ def markdown(result: dict) -> str:
             "QuantizedAdderConv's output).",
             "",
             "| model | input | threads | CNN FP32 | CNN INT8 | AdderNet FP32 | AdderNet INT8 | "
-            "INT8 adder / FP32 CNN (best) | INT8 adder / INT8 CNN | INT8 adder / FP32 adder | quantise steps |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "INT8 adder / FP32 CNN (best) | same, CPU time | INT8 adder / INT8 CNN | INT8 adder / FP32 adder | "
+            "quantise steps |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in result["models"]:
             ms = r["ms"]
@@ -486,7 +504,8 @@ def markdown(result: dict) -> str:
                 f"| {r['model']} | {r['input']}x{r['input']} | {r['threads']} | {ms['cnn_fp32']:.2f} | "
                 f"{ms[r['cnn_int8_best']]:.2f} ({best}) | {ms['adder_fp32']:.2f} | {ms['adder_int8']:.2f} | "
                 f"{r['adder_int8_vs_cnn_fp32']:.2f}x ({r['adder_int8_vs_cnn_fp32_min']:.2f}x) | "
-                f"{r['adder_int8_vs_cnn_int8']:.2f}x | {r['adder_int8_vs_adder_fp32']:.2f}x | "
+                f"{_cpu_ratio(r, 'adder_int8_vs_cnn_fp32_cpu')} | {r['adder_int8_vs_cnn_int8']:.2f}x | "
+                f"{r['adder_int8_vs_adder_fp32']:.2f}x | "
                 f"{100 * r['quantize_share']:.0f}% / {100 * r['chainable_quantize_share']:.0f}% "
                 f"({r['quantize_steps']['nodes']} / {r['quantize_steps']['chainable_nodes']} nodes) |"
             )
