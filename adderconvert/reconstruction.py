@@ -57,6 +57,7 @@ INSIDE_PLACES = 15
 # Ridge towards the CNN's weights when correcting for the inputs' drift (share of the mean diagonal).
 CORRECTION_DAMPING = 0.1
 MATCH_MOMENTS = False
+TEACHER_STATS = True
 # Share of the calibration images each layer is fitted on; the rest decide whether the fit is kept.
 FIT_SHARE = 0.75
 _BLOCK = 128  # error-feedback columns handled per block (GPTQ's lazy batch update)
@@ -389,6 +390,8 @@ def reconstruct(
         result.layers.append(LayerFit(unit.name, before, after, kept, share if kept == "signs" else 0.0))
 
     hooks = [u.adder.register_forward_pre_hook(lambda m, inputs, u=u: fit(u, inputs[0])) for u in units]
+    if TEACHER_STATS:
+        _teacher_statistics(teacher, student, {id(u.norm) for u in units})
     was_training = student.training
     student.eval()
     try:
@@ -400,6 +403,21 @@ def reconstruct(
             h.remove()
     result.seconds = time.perf_counter() - started
     return result
+
+
+@torch.no_grad()
+def _teacher_statistics(teacher: nn.Module, student: nn.Module, fitted: set[int]) -> None:
+    """Give every BatchNorm of ``student`` that no unit fits (after convs kept multiplicative) ``teacher``'s
+    running statistics: once the adder layers before it reproduce the CNN's outputs, its inputs are the
+    CNN's again, not those of the model before reconstruction that the statistics were re-estimated on."""
+    theirs = dict(teacher.named_modules())
+    for name, norm in student.named_modules():
+        if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or id(norm) in fitted or not norm.track_running_stats:
+            continue
+        source = theirs.get(name)
+        if isinstance(source, nn.modules.batchnorm._BatchNorm) and source.running_mean.shape == norm.running_mean.shape:
+            norm.running_mean.copy_(source.running_mean)
+            norm.running_var.copy_(source.running_var)
 
 
 @torch.no_grad()
