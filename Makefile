@@ -51,7 +51,7 @@ test: install $(FASHION_MNIST) $(CHROMIUM)
 # A second `make demo` replaces the first one's run (--overwrite: only the run's own files go).
 demo: install $(FASHION_MNIST)
 	@if [ -e runs/demo ]; then echo "runs/demo holds an earlier demo run: replacing it (--overwrite removes only the files a run writes)"; fi
-	$(VENV)/bin/adderconvert resnet18 --finetune --pretrain-epochs 2 --epochs 2 --output runs/demo \
+	$(VENV)/bin/adderconvert resnet18 --finetune --pretrain-epochs 2 --output runs/demo \
 		$$([ -e runs/demo ] && echo --overwrite)
 
 lint: install

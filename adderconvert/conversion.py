@@ -26,6 +26,7 @@ from adderconvert.nn import AdderConv2d
 
 __all__ = [
     "DEFAULT_INPUT_SIZES",
+    "DEFAULT_INIT",
     "INIT_CHOICES",
     "SIGN_MARGIN",
     "SIGN_MIN_GAP",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 INIT_CHOICES = ("sign", "fresh", "rescale", "copy")
+DEFAULT_INIT = "sign"
 # "sign": each adder weight is placed this share of the layer's input span beyond the inputs measured in
 # planning, so that inputs calibration did not see (up to that far out) still lie inside.
 SIGN_MARGIN = 0.1
@@ -398,7 +400,7 @@ def convert(
     keep_stem: bool = True,
     keep_classifier: bool = True,
     insert_bn: bool = True,
-    init: str = "sign",
+    init: str = DEFAULT_INIT,
     report: ConversionReport | None = None,
     sign_margin: float = SIGN_MARGIN,
 ) -> nn.Module:

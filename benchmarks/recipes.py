@@ -191,9 +191,9 @@ def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: 
         splits.train, batch_size=budget.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
     recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
-    method = conversion.get("reconstruct", "none")
+    method = conversion.get("reconstruct", RunConfig.reconstruct)
     reconstruct_seconds = 0.0
-    if method != "none":  # layer-wise reconstruction on the plan's calibration images
+    if init == "sign" and method != "none":  # layer-wise reconstruction on the plan's calibration images
         fitted = reconstruct(
             teacher, student, report, example.to(ctx.device), method, inside=conversion.get("inside", False)
         )
@@ -341,9 +341,9 @@ def main() -> None:
     parser.add_argument("--sign-margin", type=float, default=SIGN_MARGIN, help="see conversion.sign_edges")
     parser.add_argument(
         "--reconstruct",
-        default="none",
+        default=RunConfig.reconstruct,
         choices=("none", *RECONSTRUCT_METHODS),
-        help="layer-wise reconstruction after the sign init (adderconvert.reconstruction)",
+        help="layer-wise reconstruction after the sign init (adderconvert.reconstruction) [the main job's]",
     )
     parser.add_argument("--inside", action="store_true", help="--reconstruct signs may place weights inside the range")
     args = parser.parse_args()

@@ -137,6 +137,12 @@ def _interrupt_on_sigterm():
     help="Keep multiplicative the convs that binary weights fit worst, up to this share of the MACs, e.g. 0.05 [0].",
 )
 @click.option("--init", default=None, help=f"Adder weight init: sign, fresh, rescale or copy [{RunConfig.init}].")
+@click.option(
+    "--reconstruct",
+    default=None,
+    help="After the sign init, fit each adder layer to the CNN's output on calibration images: signs (binary "
+    f"weights and norm), affine (the norm only) or none [{RunConfig.reconstruct}].",
+)
 @click.option("--dataset", default=None, help="fashion-mnist, cifar10 or imagefolder [fashion-mnist].")
 @click.option("--data", default=None, help="Data folder (default: Debian's Fashion-MNIST).")
 @click.option("--image-size", type=int, default=None, help="Input size, 16-1024 [28 Fashion-MNIST, 32 CIFAR, 224].")

@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from adderconvert.conversion import INIT_CHOICES
+from adderconvert.conversion import DEFAULT_INIT, INIT_CHOICES
 from adderconvert.data import DATASETS
+from adderconvert.reconstruction import RECONSTRUCT_METHODS
 from adderconvert.train import TrainConfig
 
 __all__ = ["ConfigError", "RunConfig", "validate_config"]
@@ -28,15 +29,15 @@ class RunConfig:
     finetune: bool = True
     epochs: int = 1
     batch_size: int = 128
-    # fresh + lr 0.1 is the recipe `make demo` was measured with (88.27% against a CNN of 88.97%). `--init sign
-    # --lr 0.01` keeps the CNN's function at zero steps, but `make demo` diverged with it (ResNet-18, 28 px,
-    # batch 128: loss 2.6 -> 1.4e4 in 30 steps) as RegNet-Y did, so it is not the main job's default yet.
-    lr: float = 0.1
+    # The sign init keeps the CNN's function, so fine-tuning starts close: a lower lr than from scratch.
+    lr: float = 0.01
     eta: float = TrainConfig.eta
     warmup_steps: int = TrainConfig.warmup_steps
     kd: bool = True
     feature_kd: float = TrainConfig.feature_kd
-    init: str = "fresh"
+    init: str = DEFAULT_INIT
+    # Layer-wise reconstruction after the sign init (adderconvert.reconstruction); "none" skips it.
+    reconstruct: str = "signs"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     keep_stem: bool = True
@@ -100,6 +101,7 @@ _RULES: dict[str, _Rule] = {
     "kd": _Rule(bool),
     "feature_kd": _Rule(float, low=0),
     "init": _Rule(str, choices=INIT_CHOICES),
+    "reconstruct": _Rule(str, choices=("none", *RECONSTRUCT_METHODS)),
     "include": _Rule(list),
     "exclude": _Rule(list),
     "keep_stem": _Rule(bool),

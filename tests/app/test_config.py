@@ -22,6 +22,7 @@ def test_defaults_and_conversions():
         ({"image_size": 3}, "image_size", ">= 16"),
         ({"image_size": 4096}, "image_size", "<= 1024"),
         ({"dataset": "mnist"}, "dataset", "must be one of"),
+        ({"reconstruct": "weights"}, "reconstruct", "must be one of"),
         ({"device": "gpu"}, "device", "auto, cpu, cuda or cuda:N"),
         ({"exclude": [1]}, "exclude", "wildcard"),
         ({"model": None}, "model", "required"),
