@@ -170,9 +170,7 @@ def _patches(adder: AdderConv2d, x: torch.Tensor, limit: int = MAX_SAMPLES) -> t
     return cols.view(adder.groups, -1, cols.shape[1])
 
 
-def _inside_candidates(
-    x: torch.Tensor, in_per_group: int, kk: int, places: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inside_candidates(x: torch.Tensor, places: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per input channel (C, S samples of ``x``): places ``t`` (C, P) inside the range (quantiles), the
     least-squares slope ``beta`` of ``-|x - t|`` on ``x`` and the variance left over (C, P)."""
     q = torch.linspace(0.0, 1.0, places + 2, device=x.device, dtype=x.dtype)[1:-1]
@@ -269,7 +267,7 @@ def _fit_signs(
     kk = adder.kernel_size[0] * adder.kernel_size[1]
     if inside:
         samples = _channels_last(x, 2048)
-        places, beta, residual = _inside_candidates(samples, k // kk, kk, INSIDE_PLACES)  # (C, P)
+        places, beta, residual = _inside_candidates(samples, INSIDE_PLACES)  # (C, P)
         cin = x.shape[1] // groups
         # Column j of group g reads input channel g * cin + j // kk.
         channel = (torch.arange(groups)[:, None] * cin + torch.arange(k)[None, :] // kk).to(x.device)  # (G, K)
