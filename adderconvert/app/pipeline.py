@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -78,6 +79,19 @@ def _example_batch(dataset, size: int = 32) -> torch.Tensor:
 # weights past it), and training batches that re-estimate BatchNorm statistics before the zero-step eval.
 CALIBRATION_IMAGES = 256
 RECALIBRATE_BATCHES = 50
+# Reconstruction keeps the CNN's output and input of every converted layer, and the adder model's, for each
+# image it fits on: it fits on as many calibration images as that takes within this many bytes (at least
+# RECONSTRUCT_MIN_IMAGES; a fit reads at most reconstruction.MAX_SAMPLES positions per layer anyway).
+RECONSTRUCT_BYTES = 2 * 2**30
+RECONSTRUCT_MIN_IMAGES = 8
+
+
+def _reconstruction_images(report: ConversionReport, calibration: torch.Tensor) -> torch.Tensor:
+    """The first calibration images whose layer activations fit in :data:`RECONSTRUCT_BYTES`."""
+    outputs = sum(d.macs // max(1, d.in_channels // d.groups * math.prod(d.kernel_size)) for d in report.converted)
+    per_image = 3 * 4 * max(outputs, 1)  # three float32 tensors per layer output
+    count = max(RECONSTRUCT_MIN_IMAGES, min(len(calibration), RECONSTRUCT_BYTES // per_image))
+    return calibration[:count]
 
 
 def _calibration_batch(dataset, size: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
@@ -393,11 +407,12 @@ def _zero_step(
     loader = torch.utils.data.DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator)
     recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
     if config.init == "sign" and config.reconstruct != "none":
-        fitted = reconstruct(teacher, student, report, calibration.to(ctx.device), config.reconstruct)
+        images = _reconstruction_images(report, calibration)
+        fitted = reconstruct(teacher, student, report, images.to(ctx.device), config.reconstruct)
         changed = sum(layer.kept != "none" for layer in fitted.layers)
         _log(
             f"reconstruction ({config.reconstruct}): {changed} of {len(fitted.layers)} adder layers refitted to the "
-            f"CNN's outputs in {fitted.seconds:.0f}s",
+            f"CNN's outputs on {len(images)} calibration images in {fitted.seconds:.0f}s",
             main,
         )
     return evaluate(

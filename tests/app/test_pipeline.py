@@ -1,0 +1,38 @@
+"""The main job's conversion steps."""
+
+import torch
+import torchvision
+
+from adderconvert.app.pipeline import RECONSTRUCT_BYTES, RECONSTRUCT_MIN_IMAGES, _reconstruction_images
+from adderconvert.conversion import plan_conversion
+
+
+def _activation_bytes(model, images):
+    """Bytes of every converted conv's output for ``images``, measured by running the CNN."""
+    sizes = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size()))
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and name not in ("conv1",)
+    ]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    return sum(sizes)
+
+
+def test_reconstruction_fits_on_the_images_whose_activations_fit_the_budget():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    for size, expect_all in ((28, True), (224, False)):
+        calibration = torch.randn(256, 3, size, size)
+        report = plan_conversion(model, calibration[:2])
+        images = _reconstruction_images(report, calibration)
+        assert torch.equal(images, calibration[: len(images)])
+        per_image = _activation_bytes(model, calibration[:1])
+        if expect_all:
+            assert len(images) == 256
+        else:
+            assert RECONSTRUCT_MIN_IMAGES <= len(images) < 256
+            # Three float32 copies of each converted layer's output stay within the budget.
+            assert 3 * per_image * len(images) <= RECONSTRUCT_BYTES * 1.01 or len(images) == RECONSTRUCT_MIN_IMAGES
