@@ -37,6 +37,7 @@ __all__ = [
     "norms_after_adders",
     "plan_conversion",
     "restore",
+    "run_hooked",
     "sign_edges",
 ]
 
@@ -180,16 +181,22 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
     for module in model.modules():
         if not list(module.children()):
             hooks.append(module.register_forward_hook(hook))
+    run_hooked(model, example_input, hooks)
+    return order
+
+
+def run_hooked(model: nn.Module, inputs: torch.Tensor, hooks: Sequence[torch.utils.hooks.RemovableHandle]) -> None:
+    """Run ``model`` once on ``inputs`` in eval mode without gradients, for what its ``hooks`` record; then
+    remove the hooks and give the model back its mode, whatever happened."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input)
+            model(inputs)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return order
 
 
 def _trace(

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adderconvert.conversion import ConversionReport, norms_after_adders
+from adderconvert.conversion import ConversionReport, norms_after_adders, run_hooked
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.functional import adder_conv2d
 
@@ -305,14 +305,7 @@ def _targets(
         hooks.append(teacher.get_submodule(name).register_forward_hook(hook))
     for name in set(inputs_of):
         hooks.append(teacher.get_submodule(name).register_forward_pre_hook(_keeper(inputs, name, output=False)))
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        teacher(images)
-    finally:
-        teacher.train(was_training)
-        for h in hooks:
-            h.remove()
+    run_hooked(teacher, images, hooks)
     return found, inputs
 
 
@@ -390,15 +383,7 @@ def reconstruct(
     hooks = [u.adder.register_forward_pre_hook(lambda m, inputs, u=u: fit(u, inputs[0])) for u in units]
     if TEACHER_STATS:
         _teacher_statistics(teacher, student, {id(u.norm) for u in units})
-    was_training = student.training
-    student.eval()
-    try:
-        with torch.no_grad():
-            student(images)
-    finally:
-        student.train(was_training)
-        for h in hooks:
-            h.remove()
+    run_hooked(student, images, hooks)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -433,12 +418,7 @@ def layer_errors(
     hooks = []
     for unit in units:
         hooks.append(unit.norm.register_forward_hook(_keeper(student_out, unit.name, output=True)))
-    student.eval()
-    try:
-        student(images)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(student, images, hooks)
     rows = []
     for unit in units:
         y = _channels_last(targets[unit.target])
