@@ -56,8 +56,6 @@ DAMPING = 0.01
 INSIDE_PLACES = 15
 # Ridge towards the CNN's weights when correcting for the inputs' drift (share of the mean diagonal).
 CORRECTION_DAMPING = 0.1
-MATCH_MOMENTS = False
-TEACHER_STATS = True
 # Share of the calibration images each layer is fitted on; the rest decide whether the fit is kept.
 FIT_SHARE = 0.75
 _BLOCK = 128  # error-feedback columns handled per block (GPTQ's lazy batch update)
@@ -122,12 +120,7 @@ def _affine(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     zc, yc = z - zm, y - ym
     var = (zc * zc).mean(1)
     cov = (zc * yc).mean(1)
-    if MATCH_MOMENTS:
-        # The target's mean and spread, with the sign of the correlation: no shrinking towards the mean.
-        ratio = torch.sqrt((yc * yc).mean(1) / var.clamp_min(1e-30))
-        scale = torch.where(var > 0, torch.where(cov >= 0, ratio, -ratio), torch.zeros_like(var))
-    else:
-        scale = torch.where(var > 0, cov / var.clamp_min(1e-30), torch.zeros_like(var))
+    scale = torch.where(var > 0, cov / var.clamp_min(1e-30), torch.zeros_like(var))
     shift = ym.squeeze(1) - scale * zm.squeeze(1)
     return scale, shift, _relative_error(scale[:, None] * z + shift[:, None], y)
 
@@ -381,8 +374,7 @@ def reconstruct(
         result.layers.append(LayerFit(unit.name, before, after, kept, share if kept == "signs" else 0.0))
 
     hooks = [u.adder.register_forward_pre_hook(lambda m, inputs, u=u: fit(u, inputs[0])) for u in units]
-    if TEACHER_STATS:
-        _teacher_statistics(teacher, student, {id(u.norm) for u in units})
+    _teacher_statistics(teacher, student, {id(u.norm) for u in units})
     run_hooked(student, images, hooks)
     result.seconds = time.perf_counter() - started
     return result
