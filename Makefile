@@ -47,7 +47,7 @@ test: install $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest
 
 # CNN teacher trained offline (2 epochs), converted (sign init + reconstruction), fine-tuned 1 epoch with
-# distillation, exported, evaluated in PyTorch and ONNX Runtime; about 9-10 minutes on 2 quiet cores.
+# distillation, exported, evaluated in PyTorch and ONNX Runtime; 1537 s measured on one thread of a loaded 2-core machine.
 # A second `make demo` replaces the first one's run (--overwrite: only the run's own files go).
 demo: install $(FASHION_MNIST)
 	@if [ -e runs/demo ]; then echo "runs/demo holds an earlier demo run: replacing it (--overwrite removes only the files a run writes)"; fi
