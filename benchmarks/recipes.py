@@ -7,7 +7,9 @@ fine-tuned with the main job's defaults (or the recipe given with --set, the sam
 model: CNN, zero-step and fine-tuned adder top-1, the gap, wall times, the adder weights' std and the share
 at the range edge (adderconvert.train.diagnostics) and whether training diverged (a TrainingDiverged guard,
 a non-finite loss or chance accuracy). Teachers are cached outside the repository
-(~/.cache/adderconvert/teachers) by model and settings, so screening recipes trains each CNN once.
+(~/.cache/adderconvert/teachers) by model and settings, so screening recipes trains each CNN once. Each
+adder model is saved as an adderconvert checkpoint, OUTPUT/MODEL.pt, which `adderconvert evaluate`,
+`export` and `benchmarks/int8_cpu.py --accuracy` read.
 
 Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set lr=0.03 --set eta=0.2]
        [--steps N (0: zero-step only)] [--init sign] [--keep-mac-budget 0.05] [--reconstruct signs] [--inside]
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.app.pipeline import RunConfig  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
+from adderconvert.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
 from adderconvert.conversion import (  # noqa: E402
     INIT_CHOICES,
     SIGN_MARGIN,
@@ -77,8 +80,8 @@ class Budget:
 BUDGETS = {
     "gpu": Budget(64, 128, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0),
     # The CNN trains one whole epoch (937 steps): users convert converged CNNs, and 150 steps left VGG-11-BN at
-    # 24.6%. The adder fine-tuning is at most one epoch (--steps caps it, the CLI's default is one epoch).
-    "cpu": Budget(32, 64, cnn_epochs=1, cnn_steps=None, epochs=1, steps=150, test_images=2000, target_gap=1.0),
+    # 24.6%. The adder fine-tuning is one whole epoch too, the CLI's default length (--steps N caps it).
+    "cpu": Budget(32, 64, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=2000, target_gap=1.0),
 }
 # TrainConfig fields the budget (or the benchmark) sets: --set may not change them.
 _BUDGET_FIELDS = ("epochs", "batch_size", "max_steps", "eval_max_batches", "progress", "log", "desc")
@@ -209,9 +212,18 @@ def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: 
 
 
 def run_model(
-    name: str, budget: Budget, overrides: dict, splits, test_set, ctx, cache: Path, conversion: dict | None = None
+    name: str,
+    budget: Budget,
+    overrides: dict,
+    splits,
+    test_set,
+    ctx,
+    cache: Path,
+    conversion: dict | None = None,
+    save: Path | None = None,
 ) -> dict:
-    """One row of the table: teacher, conversion, zero-step top-1, fine-tuning with the recipe, diagnostics."""
+    """One row of the table: teacher, conversion, zero-step top-1, fine-tuning with the recipe, diagnostics;
+    the adder model saved to ``save`` (a checkpoint) when given."""
     started = time.perf_counter()
     try:
         teacher, row = train_teacher(name, budget, splits, test_set, ctx, cache)
@@ -226,6 +238,8 @@ def run_model(
         flush=True,
     )
     if budget.steps == 0:
+        if save is not None:
+            save_student(student, report, splits, name, save)
         return _diagnose(row, student, report, splits, budget, ctx, row["zero_step_top1"], None, 0.0)
     config = TrainConfig(
         epochs=budget.epochs,
@@ -249,7 +263,24 @@ def run_model(
         diverged = f"non-finite training loss ({train_loss})"
     if diverged is None and adder_top1 <= 1.5 * chance:
         diverged = f"adder top-1 {adder_top1:.2f}% is at chance ({chance:.0f}%)"
+    if save is not None:
+        save_student(student, report, splits, name, save)
     return _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, time.perf_counter() - started)
+
+
+def save_student(student: torch.nn.Module, report, splits, name: str, path: Path) -> Path:
+    """``student`` as an adderconvert checkpoint (what the main job writes as best.pt)."""
+    meta = CheckpointMeta(
+        model_name=name,
+        num_classes=splits.num_classes,
+        dataset="fashion-mnist",
+        image_size=splits.image_size,
+        classes=list(splits.classes),
+        mean=list(splits.mean),
+        std=list(splits.std),
+        conversion=report.to_dict(),
+    )
+    return save_checkpoint(path, {"meta": meta, "model": student.state_dict()})
 
 
 def _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds) -> dict:
@@ -379,7 +410,9 @@ def main() -> None:
         return
     rows = []
     for name in args.models:
-        row = run_model(name, budget, overrides, splits, test_set, ctx, Path(args.teachers), conversion)
+        row = run_model(
+            name, budget, overrides, splits, test_set, ctx, Path(args.teachers), conversion, out / f"{name}.pt"
+        )
         rows.append(row)
         print(
             f"{name}: the CNN diverged: {row['diverged']}"

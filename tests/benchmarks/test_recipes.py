@@ -4,10 +4,14 @@ import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from adderconvert.app.config import RunConfig
+from adderconvert.architectures.cnn import build_model
+from adderconvert.checkpoint import load, read_meta
+from adderconvert.conversion import convert, plan_conversion
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes.py"
 _spec = importlib.util.spec_from_file_location("recipes", _PATH)
@@ -52,3 +56,19 @@ def test_zero_step_table():
     assert "reconstruct none." in table
     conversion = {"init": "sign", "keep_mac_budget": 0.0, "reconstruct": "signs", "inside": True}
     assert "reconstruct signs (inside)." in recipes.markdown_table([row], "cpu", budget, "a CPU", {}, conversion)
+
+
+def test_saved_student_is_a_checkpoint_that_loads_back(tmp_path):
+    splits = SimpleNamespace(
+        num_classes=10, image_size=32, classes=[str(i) for i in range(10)], mean=[0.5] * 3, std=[0.25] * 3
+    )
+    torch.manual_seed(0)
+    student = build_model("resnet18", 10).eval()
+    images = torch.randn(4, 3, 32, 32)
+    report = plan_conversion(student, images)
+    convert(student, None, init="sign", report=report)
+    path = recipes.save_student(student, report, splits, "resnet18", tmp_path / "resnet18.pt")
+    meta = read_meta(path)
+    assert (meta.model_name, meta.stage, meta.dataset, meta.image_size) == ("resnet18", "adder", "fashion-mnist", 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load(path)(images), student(images), rtol=0, atol=0)
