@@ -1,12 +1,12 @@
 """The fine-tuning recipe across architecture families: CNN teacher -> adder model, one recipe for all.
 
-For each model and a fixed budget, a CNN is trained from scratch on Fashion-MNIST (no pretrained
-weights offline) for a whole epoch, converted as the main job converts it (plan on 256 training images,
---init, BatchNorms calibrated and re-estimated), evaluated before any step (the zero-step top-1), and
-fine-tuned with the main job's defaults (or the recipe given with --set, the same for every model). Per
-model: CNN, zero-step and fine-tuned adder top-1, the gap, wall times, the adder weights' std and the share
-at the range edge (adderconvert.train.diagnostics) and whether training diverged (a TrainingDiverged guard,
-a non-finite loss or chance accuracy). Teachers are cached outside the repository
+For each model and a fixed budget, a CNN is trained from scratch on Fashion-MNIST (no pretrained weights
+offline) for a whole epoch, converted as the main job converts it (pipeline.convert_trained: plan on 256
+training images, --init, BatchNorms calibrated and re-estimated, --reconstruct), evaluated before any step
+(the zero-step top-1), and fine-tuned with the main job's defaults (or the recipe given with --set, the same
+for every model). Per model: CNN, zero-step and fine-tuned adder top-1, the gap, wall times, the adder
+weights' std and the share at the range edge (adderconvert.train.diagnostics) and whether training diverged
+(a TrainingDiverged guard, a non-finite loss or chance accuracy). Teachers are cached outside the repository
 (~/.cache/adderconvert/teachers) by model and settings, so screening recipes trains each CNN once. Each
 adder model is saved as an adderconvert checkpoint, OUTPUT/MODEL.pt, which `adderconvert evaluate`,
 `export` and `benchmarks/int8_cpu.py --accuracy` read.
@@ -20,7 +20,6 @@ Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import hashlib
 import itertools
@@ -37,26 +36,18 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adderconvert.app.pipeline import RunConfig  # noqa: E402
+from adderconvert.app.pipeline import RunConfig, convert_trained  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
-from adderconvert.conversion import (  # noqa: E402
-    INIT_CHOICES,
-    SIGN_MARGIN,
-    calibrate_norms,
-    convert,
-    plan_conversion,
-)
+from adderconvert.conversion import INIT_CHOICES, SIGN_MARGIN  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
-from adderconvert.reconstruction import RECONSTRUCT_METHODS, reconstruct  # noqa: E402
-from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit, recalibrate_batchnorm  # noqa: E402
+from adderconvert.reconstruction import RECONSTRUCT_METHODS  # noqa: E402
+from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg11_bn", "regnet_y_400mf")
 STATS_BATCHES = 4  # training batches over which the adder layers' input ranges are measured
-CALIBRATION_IMAGES = 256  # training images the conversion plan measures input ranges on (as the main job)
-RECALIBRATE_BATCHES = 50  # training batches that re-estimate BatchNorm statistics before the zero-step eval
 # The CNNs train from scratch with the main job's --pretrain-lr after a linear warm-up over this share of
 # their steps: without it VGG-11-BN's loss turns NaN at step 17 of the cpu budget.
 CNN_WARMUP = 0.1
@@ -173,39 +164,30 @@ def main_job_recipe() -> dict:
     return {k: getattr(RunConfig, k) for k in ("lr", "eta", "warmup_steps", "kd", "feature_kd")}
 
 
-def calibration_images(train_set, count: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
-    """``count`` training images drawn at random (seeded): what the conversion plan measures ranges on."""
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:count]
-    return torch.stack([train_set[int(i)][0] for i in order])
-
-
 def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: dict) -> tuple:
-    """The adder model as the main job makes it (plan on calibration images, convert, BatchNorms calibrated
-    and re-estimated) and its top-1 before any step: (student, report, row)."""
+    """The adder model as the main job makes it (pipeline.convert_trained, with the main job's defaults or the
+    choices in ``conversion``) and its top-1 before any step: (student, report, row)."""
     started = time.perf_counter()
-    student = copy.deepcopy(teacher).cpu()
-    example = calibration_images(splits.train)
-    report = plan_conversion(student, example, keep_mac_budget=conversion.get("keep_mac_budget", 0.0))
-    init = conversion.get("init", RunConfig.init)
-    convert(student, None, init=init, report=report, sign_margin=conversion.get("sign_margin", SIGN_MARGIN))
-    student.to(ctx.device)
-    calibrate_norms(student, report, example.to(ctx.device), init)
-    loader = DataLoader(
-        splits.train, batch_size=budget.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    config = RunConfig(
+        init=conversion.get("init", RunConfig.init),
+        reconstruct=conversion.get("reconstruct", RunConfig.reconstruct),
+        keep_mac_budget=conversion.get("keep_mac_budget", 0.0),
+        batch_size=budget.batch_size,
     )
-    recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
-    method = conversion.get("reconstruct", RunConfig.reconstruct)
-    reconstruct_seconds = 0.0
-    if init == "sign" and method != "none":  # layer-wise reconstruction on the plan's calibration images
-        fitted = reconstruct(
-            teacher, student, report, example.to(ctx.device), method, inside=conversion.get("inside", False)
-        )
-        reconstruct_seconds = fitted.seconds
+    student, report, fitted = convert_trained(
+        teacher,
+        splits,
+        config,
+        ctx,
+        log=False,
+        sign_margin=conversion.get("sign_margin", SIGN_MARGIN),
+        inside=conversion.get("inside", False),
+    )
     zero = evaluate(student, test_set, device=ctx.device)
     row = {
         "zero_step_top1": zero,
         "convert_seconds": time.perf_counter() - started,
-        "reconstruct_seconds": reconstruct_seconds,
+        "reconstruct_seconds": fitted.seconds if fitted is not None else 0.0,
         "converted_macs_share": report.converted_macs / max(report.total_macs, 1),
     }
     return student, report, row

@@ -42,11 +42,11 @@ from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.app.weights import check_weights, load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
-from adderconvert.conversion import ConversionReport, calibrate_norms, convert, plan_conversion
+from adderconvert.conversion import SIGN_MARGIN, ConversionReport, calibrate_norms, convert, plan_conversion
 from adderconvert.data import DatasetSplits, load_dataset
 from adderconvert.deploy.export import export_onnx
 from adderconvert.deploy.runtime import make_session
-from adderconvert.reconstruction import reconstruct
+from adderconvert.reconstruction import ReconstructionResult, reconstruct
 from adderconvert.train import (
     TrainConfig,
     evaluate,
@@ -59,7 +59,7 @@ from adderconvert.train.diagnostics import adder_weight_stats, saturation_summar
 from adderconvert.train.loop import check_same_schedule
 from adderconvert.train.saver import seed_everything
 
-__all__ = ["RunConfig", "RunInputError", "plan_only", "run"]
+__all__ = ["RunConfig", "RunInputError", "convert_trained", "plan_only", "run"]
 
 
 class RunInputError(ValueError):
@@ -332,13 +332,15 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config, "CNN eval")
     _log(f"CNN top-1: {cnn_top1:.2f}%", main)
 
-    # The ranges the sign init needs are those of the trained CNN: plan again on calibration images.
-    calibration = _calibration_batch(splits.train)
-    report = _plan(config, teacher, calibration.to(next(teacher.parameters()).device))
-    student = copy.deepcopy(teacher).cpu()
-    convert(student, None, init=config.init, report=report)
-    _log(report.table(), main)
-    zero_step_top1 = _zero_step(student, teacher, report, calibration, splits, ctx, config, main)
+    student, report, _ = convert_trained(teacher, splits, config, ctx, log=main)
+    zero_step_top1 = evaluate(
+        student,
+        splits.test,
+        device=ctx.device,
+        progress=config.progress and main,
+        desc="adder eval (zero steps)",
+        max_batches=config.eval_max_batches,
+    )
     _log(f"adder top-1 before fine-tuning (zero steps): {zero_step_top1:.2f}%", main)
 
     adder_history = []
@@ -395,34 +397,44 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     return summary
 
 
-def _zero_step(
-    student, teacher, report, calibration, splits: DatasetSplits, ctx, config: RunConfig, main: bool
-) -> float:
-    """Calibrate the converted model's BatchNorms (inserted ones keep the conv's scale), re-estimate their
-    statistics on training batches, reconstruct its layers from ``teacher`` (``--reconstruct``, after the
-    sign init) and return its test top-1 before any gradient step."""
+def convert_trained(
+    teacher: nn.Module,
+    splits: DatasetSplits,
+    config: RunConfig,
+    ctx,
+    *,
+    log: bool = True,
+    sign_margin: float = SIGN_MARGIN,
+    inside: bool = False,
+) -> tuple[nn.Module, ConversionReport, ReconstructionResult | None]:
+    """The main job's conversion of the trained CNN ``teacher``: plan on :data:`CALIBRATION_IMAGES` training
+    images (the ranges the sign init needs are the trained CNN's), convert a copy with ``config.init``,
+    calibrate its BatchNorms (inserted ones keep the conv's scale), re-estimate their statistics on
+    :data:`RECALIBRATE_BATCHES` training batches and, after the sign init, reconstruct its layers from
+    ``teacher`` (``config.reconstruct``). ``sign_margin`` and ``inside`` are the conversion's and the
+    reconstruction's (for screening). Returns the adder model on ``ctx.device``, its conversion report and
+    the reconstruction's result (None when none ran)."""
+    calibration = _calibration_batch(splits.train)
+    report = _plan(config, teacher, calibration.to(next(teacher.parameters()).device))
+    student = copy.deepcopy(teacher).cpu()
+    convert(student, None, init=config.init, report=report, sign_margin=sign_margin)
+    _log(report.table(), log)
     student.to(ctx.device)
     calibrate_norms(student, report, calibration.to(ctx.device), config.init)
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator)
     recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
-    if config.init == "sign" and config.reconstruct != "none":
-        images = _reconstruction_images(report, calibration)
-        fitted = reconstruct(teacher, student, report, images.to(ctx.device), config.reconstruct)
-        changed = sum(layer.kept != "none" for layer in fitted.layers)
-        _log(
-            f"reconstruction ({config.reconstruct}): {changed} of {len(fitted.layers)} adder layers refitted to the "
-            f"CNN's outputs on {len(images)} calibration images in {fitted.seconds:.0f}s",
-            main,
-        )
-    return evaluate(
-        student,
-        splits.test,
-        device=ctx.device,
-        progress=config.progress and ctx.is_main,
-        desc="adder eval (zero steps)",
-        max_batches=config.eval_max_batches,
+    if config.init != "sign" or config.reconstruct == "none":
+        return student, report, None
+    images = _reconstruction_images(report, calibration)
+    fitted = reconstruct(teacher, student, report, images.to(ctx.device), config.reconstruct, inside=inside)
+    changed = sum(layer.kept != "none" for layer in fitted.layers)
+    _log(
+        f"reconstruction ({config.reconstruct}): {changed} of {len(fitted.layers)} adder layers refitted to the "
+        f"CNN's outputs on {len(images)} calibration images in {fitted.seconds:.0f}s",
+        log,
     )
+    return student, report, fitted
 
 
 def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, warn: bool) -> dict:

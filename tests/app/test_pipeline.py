@@ -3,7 +3,12 @@
 import torch
 import torchvision
 
-from adderconvert.app.pipeline import RECONSTRUCT_BYTES, RECONSTRUCT_MIN_IMAGES, _reconstruction_images
+from adderconvert.app.pipeline import (
+    RECONSTRUCT_BYTES,
+    RECONSTRUCT_MIN_IMAGES,
+    _calibration_batch,
+    _reconstruction_images,
+)
 from adderconvert.conversion import plan_conversion
 
 
@@ -34,3 +39,10 @@ def test_reconstruction_fits_on_the_images_whose_activations_fit_the_budget():
         expected = max(RECONSTRUCT_MIN_IMAGES, min(256, RECONSTRUCT_BYTES // (3 * per_image)))
         assert len(images) == expected
         assert (len(images) == 256) == expect_all
+
+
+def test_calibration_images_are_a_seeded_random_draw():
+    data = [(torch.full((1, 2, 2), float(i)), i) for i in range(100)]
+    first, again = _calibration_batch(data, 10), _calibration_batch(data, 10)
+    assert torch.equal(first, again) and first.shape == (10, 1, 2, 2)
+    assert first[:, 0, 0, 0].tolist() != list(range(10))  # not the first ten

@@ -26,13 +26,6 @@ def test_fine_tunes_with_the_main_jobs_defaults():
     assert recipe["feature_kd"] == RunConfig.feature_kd and recipe["kd"] == RunConfig.kd
 
 
-def test_calibration_images_are_a_seeded_random_draw():
-    data = [(torch.full((1, 2, 2), float(i)), i) for i in range(100)]
-    first, again = recipes.calibration_images(data, 10), recipes.calibration_images(data, 10)
-    assert torch.equal(first, again) and first.shape == (10, 1, 2, 2)
-    assert first[:, 0, 0, 0].tolist() != list(range(10))  # not the first ten
-
-
 def test_zero_step_table():
     budget = dataclasses.replace(recipes.BUDGETS["cpu"], steps=0)
     row = {
