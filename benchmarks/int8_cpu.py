@@ -448,12 +448,16 @@ def _cpu_ratio(row: dict, key: str) -> str:
 
 def markdown(result: dict) -> str:
     cpu = result["cpu"]
+    timing = (
+        f" idle threads {'spin' if result['spin'] else 'sleep (--no-spin)'}; runs interleaved, median of "
+        f"{result['repeats']} (layers) / {result['model_repeats']} (models)."
+        if result["layers"] or result["models"]
+        else ""  # accuracy only: nothing timed
+    )
     lines = [
         f"CPU: {cpu['model_name']} ({cpu['cores']} cores; {', '.join(cpu['isa'])}); adder kernels in use: "
-        f"INT8 {cpu['quantized_kernel_isa']}, FP32 {cpu['kernel_isa']}; onnxruntime {result['onnxruntime']}; "
-        "idle threads "
-        f"{'spin' if result['spin'] else 'sleep (--no-spin)'}; runs interleaved, median of {result['repeats']} "
-        f"(layers) / {result['model_repeats']} (models). Command: `{result['command']}`",
+        f"INT8 {cpu['quantized_kernel_isa']}, FP32 {cpu['kernel_isa']}; onnxruntime {result['onnxruntime']};"
+        f"{timing} Command: `{result['command']}`",
         "",
     ]
     if result.get("load_before") is not None:
