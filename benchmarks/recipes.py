@@ -51,6 +51,9 @@ STATS_BATCHES = 4  # training batches over which the adder layers' input ranges 
 # The CNNs train from scratch with the main job's --pretrain-lr after a linear warm-up over this share of
 # their steps: without it VGG-11-BN's loss turns NaN at step 17 of the cpu budget.
 CNN_WARMUP = 0.1
+# CNNs that diverge at the main job's --pretrain-lr even after the warm-up train at this one instead:
+# VGG-11-BN's loss rose from 2.33 to 237 by step 81 at 0.05 (its 25088 -> 4096 classifier, no residuals).
+TEACHER_LR = {"vgg11_bn": 0.01}
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,12 @@ def machine_name(device: torch.device) -> str:
     return f"{model} CPU, {threads} thread{'s' if threads > 1 else ''}"
 
 
-def _teacher_config(budget: Budget, train_images: int) -> TrainConfig:
+def _teacher_config(name: str, budget: Budget, train_images: int) -> TrainConfig:
     steps_per_epoch = budget.cnn_steps or train_images // budget.batch_size
     return TrainConfig(
         epochs=budget.cnn_epochs,
         batch_size=budget.batch_size,
-        lr=RunConfig.pretrain_lr,
+        lr=TEACHER_LR.get(name, RunConfig.pretrain_lr),
         warmup_steps=round(CNN_WARMUP * budget.cnn_epochs * steps_per_epoch),
         kd=False,
         max_steps=budget.cnn_steps,
@@ -141,7 +144,7 @@ def _teacher_config(budget: Budget, train_images: int) -> TrainConfig:
 
 def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path) -> tuple[torch.nn.Module, dict]:
     """The CNN trained from scratch (cached by model and settings). Raises TrainingDiverged."""
-    config = _teacher_config(budget, len(splits.train))
+    config = _teacher_config(name, budget, len(splits.train))
     teacher_budget = {k: getattr(budget, k) for k in ("image_size", "batch_size", "cnn_epochs", "cnn_steps")}
     key = json.dumps({"model": name, "budget": teacher_budget, "config": asdict(config)}, sort_keys=True)
     path = cache / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
