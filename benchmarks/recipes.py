@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adderconvert.app.pipeline import RunConfig, convert_trained  # noqa: E402
+from adderconvert.app.pipeline import RunConfig, checkpoint_meta, convert_trained  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
-from adderconvert.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
+from adderconvert.checkpoint import save_checkpoint  # noqa: E402
 from adderconvert.conversion import INIT_CHOICES, SIGN_MARGIN  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
 from adderconvert.reconstruction import RECONSTRUCT_METHODS  # noqa: E402
@@ -223,9 +223,18 @@ def run_model(
         flush=True,
     )
     if budget.steps == 0:
-        if save is not None:
-            save_student(student, report, splits, name, save)
-        return _diagnose(row, student, report, splits, budget, ctx, row["zero_step_top1"], None, 0.0)
+        adder_top1, diverged, seconds = row["zero_step_top1"], None, 0.0
+    else:
+        adder_top1, diverged, seconds = fine_tune(
+            student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx
+        )
+    if save is not None:
+        save_student(student, report, splits, name, save)
+    return _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds)
+
+
+def fine_tune(student, teacher, cnn_top1: float, budget: Budget, overrides: dict, splits, test_set, ctx) -> tuple:
+    """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds)."""
     config = TrainConfig(
         epochs=budget.epochs,
         batch_size=budget.batch_size,
@@ -238,7 +247,7 @@ def run_model(
     started = time.perf_counter()
     diverged = None
     try:
-        history = fit(student, splits.train, test_set, config, teacher=teacher, ctx=ctx, teacher_top1=row["cnn_top1"])
+        history = fit(student, splits.train, test_set, config, teacher=teacher, ctx=ctx, teacher_top1=cnn_top1)
         adder_top1, train_loss = history[-1].test_top1, history[-1].train_loss
     except TrainingDiverged as e:
         diverged = str(e)
@@ -248,23 +257,12 @@ def run_model(
         diverged = f"non-finite training loss ({train_loss})"
     if diverged is None and adder_top1 <= 1.5 * chance:
         diverged = f"adder top-1 {adder_top1:.2f}% is at chance ({chance:.0f}%)"
-    if save is not None:
-        save_student(student, report, splits, name, save)
-    return _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, time.perf_counter() - started)
+    return adder_top1, diverged, time.perf_counter() - started
 
 
 def save_student(student: torch.nn.Module, report, splits, name: str, path: Path) -> Path:
     """``student`` as an adderconvert checkpoint (what the main job writes as best.pt)."""
-    meta = CheckpointMeta(
-        model_name=name,
-        num_classes=splits.num_classes,
-        dataset="fashion-mnist",
-        image_size=splits.image_size,
-        classes=list(splits.classes),
-        mean=list(splits.mean),
-        std=list(splits.std),
-        conversion=report.to_dict(),
-    )
+    meta = checkpoint_meta(name, "fashion-mnist", splits, "adder", report)
     return save_checkpoint(path, {"meta": meta, "model": student.state_dict()})
 
 

@@ -59,7 +59,7 @@ from adderconvert.train.diagnostics import adder_weight_stats, saturation_summar
 from adderconvert.train.loop import check_same_schedule
 from adderconvert.train.saver import seed_everything
 
-__all__ = ["RunConfig", "RunInputError", "convert_trained", "plan_only", "run"]
+__all__ = ["RunConfig", "RunInputError", "checkpoint_meta", "convert_trained", "plan_only", "run"]
 
 
 class RunInputError(ValueError):
@@ -250,12 +250,16 @@ def run(config: RunConfig) -> dict:
     return summary
 
 
-def _meta(config: RunConfig, splits: DatasetSplits, stage: str, report: ConversionReport | None) -> CheckpointMeta:
+def checkpoint_meta(
+    model: str, dataset: str, splits: DatasetSplits, stage: str, report: ConversionReport | None
+) -> CheckpointMeta:
+    """What a checkpoint of ``model`` (``stage`` "teacher" or "adder") trained on ``splits`` of ``dataset``
+    records about itself: classes, input size and normalisation, and the conversion ``report``."""
     return CheckpointMeta(
-        model_name=config.model,
+        model_name=model,
         num_classes=splits.num_classes,
         stage=stage,
-        dataset=config.dataset,
+        dataset=dataset,
         image_size=splits.image_size,
         classes=list(splits.classes),
         mean=list(splits.mean),
@@ -323,7 +327,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             splits.test,
             _teacher_config(config, prepared.pretrain_epochs),
             output=teacher_dir,
-            meta=_meta(config, splits, "teacher", None),
+            meta=checkpoint_meta(config.model, config.dataset, splits, "teacher", None),
             resume=resume,
             ctx=ctx,
         )
@@ -353,7 +357,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             _adder_config(config),
             teacher=teacher,
             output=out,
-            meta=_meta(config, splits, "adder", report),
+            meta=checkpoint_meta(config.model, config.dataset, splits, "adder", report),
             resume=resume,
             ctx=ctx,
             teacher_top1=cnn_top1,
@@ -473,7 +477,7 @@ def _top1(history, model, test_set, ctx, config: RunConfig, desc: str) -> float:
 def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[float, str]:
 
     model = model.cpu().eval()
-    metadata = deployment_metadata(_meta(config, splits, "adder", None))
+    metadata = deployment_metadata(checkpoint_meta(config.model, config.dataset, splits, "adder", None))
     example = _example_batch(splits.test, 2)
     path = write_through(
         out / f"{config.model}_adder.onnx", lambda tmp: export_onnx(model, tmp, example, metadata=metadata)
@@ -493,7 +497,7 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[f
 def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_name: str | None) -> dict:
     """The INT8 adder model (``MODEL_adder_int8.onnx``, calibrated on ``calibration_batches`` training batches),
     its test top-1 and its top-1 agreement with the FP32 adder ONNX model (when exported)."""
-    metadata = deployment_metadata(_meta(config, splits, "adder", None))
+    metadata = deployment_metadata(checkpoint_meta(config.model, config.dataset, splits, "adder", None))
     batches = calibration_batches(splits.train, config.calibration_batches, config.seed)
     model = model.cpu().eval()
     path = write_through(int8_path(out, config.model), lambda tmp: export_int8(model, tmp, batches, metadata))
