@@ -9,7 +9,8 @@ weights' std and the share at the range edge (adderconvert.train.diagnostics) an
 (a TrainingDiverged guard, a non-finite loss or chance accuracy). Teachers are cached outside the repository
 (~/.cache/adderconvert/teachers) by model and settings, so screening recipes trains each CNN once. Each
 adder model is saved as an adderconvert checkpoint, OUTPUT/MODEL.pt, which `adderconvert evaluate`,
-`export` and `benchmarks/int8_cpu.py --accuracy` read.
+`export` and `benchmarks/int8_cpu.py --accuracy` read, and its CNN as OUTPUT/MODEL_cnn.pt (`adderconvert
+evaluate` on both gives the gap on the whole test split).
 
 Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set lr=0.03 --set eta=0.2]
        [--steps N (0: zero-step only)] [--init sign] [--keep-mac-budget 0.05] [--reconstruct signs] [--inside]
@@ -215,6 +216,8 @@ def run_model(
     except TrainingDiverged as e:
         return {"model": name, "cnn_seconds": time.perf_counter() - started, "diverged": f"the CNN: {e}"}
     row = {"model": name, **row}
+    if save is not None:
+        save_model(teacher, None, splits, name, save.with_name(f"{name}_cnn.pt"))
     student, report, zero = convert_student(teacher, splits, test_set, ctx, budget, conversion or {})
     row.update(zero)
     print(
@@ -229,7 +232,7 @@ def run_model(
             student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx
         )
     if save is not None:
-        save_student(student, report, splits, name, save)
+        save_model(student, report, splits, name, save)
     return _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds)
 
 
@@ -260,10 +263,11 @@ def fine_tune(student, teacher, cnn_top1: float, budget: Budget, overrides: dict
     return adder_top1, diverged, time.perf_counter() - started
 
 
-def save_student(student: torch.nn.Module, report, splits, name: str, path: Path) -> Path:
-    """``student`` as an adderconvert checkpoint (what the main job writes as best.pt)."""
-    meta = checkpoint_meta(name, "fashion-mnist", splits, "adder", report)
-    return save_checkpoint(path, {"meta": meta, "model": student.state_dict()})
+def save_model(model: torch.nn.Module, report, splits, name: str, path: Path) -> Path:
+    """``model`` as an adderconvert checkpoint: the adder model with its conversion ``report`` (what the main job
+    writes as best.pt), or with ``report`` None the CNN (the main job's teacher/best.pt)."""
+    meta = checkpoint_meta(name, "fashion-mnist", splits, "teacher" if report is None else "adder", report)
+    return save_checkpoint(path, {"meta": meta, "model": model.state_dict()})
 
 
 def _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds) -> dict:

@@ -51,16 +51,20 @@ def test_zero_step_table():
     assert "reconstruct signs (inside)." in recipes.markdown_table([row], "cpu", budget, "a CPU", {}, conversion)
 
 
-def test_saved_student_is_a_checkpoint_that_loads_back(tmp_path):
+def test_saved_student_and_cnn_are_checkpoints_that_load_back(tmp_path):
     splits = SimpleNamespace(
         num_classes=10, image_size=32, classes=[str(i) for i in range(10)], mean=[0.5] * 3, std=[0.25] * 3
     )
     torch.manual_seed(0)
     student = build_model("resnet18", 10).eval()
     images = torch.randn(4, 3, 32, 32)
+    cnn = recipes.save_model(student, None, splits, "resnet18", tmp_path / "resnet18_cnn.pt")
+    assert read_meta(cnn).stage == "teacher" and read_meta(cnn).conversion is None
+    with torch.no_grad():
+        torch.testing.assert_close(load(cnn)(images), student(images), rtol=0, atol=0)
     report = plan_conversion(student, images)
     convert(student, None, init="sign", report=report)
-    path = recipes.save_student(student, report, splits, "resnet18", tmp_path / "resnet18.pt")
+    path = recipes.save_model(student, report, splits, "resnet18", tmp_path / "resnet18.pt")
     meta = read_meta(path)
     assert (meta.model_name, meta.stage, meta.dataset, meta.image_size) == ("resnet18", "adder", "fashion-mnist", 32)
     with torch.no_grad():
