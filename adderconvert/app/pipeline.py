@@ -417,7 +417,19 @@ def convert_trained(
     :data:`RECALIBRATE_BATCHES` training batches and, after the sign init, reconstruct its layers from
     ``teacher`` (``config.reconstruct``). ``sign_margin`` and ``inside`` are the conversion's and the
     reconstruction's (for screening). Returns the adder model on ``ctx.device``, its conversion report and
-    the reconstruction's result (None when none ran)."""
+    the reconstruction's result (None when none ran).
+
+    Its random draws (the training split's flips) come from ``config.seed`` alone, and the caller's random
+    state is left as it was: the same teacher always gives the same adder model, in a fresh process (a
+    resumed run, a cached teacher) as after training."""
+    cuda = ctx.device.type == "cuda"
+    index = (torch.cuda.current_device() if ctx.device.index is None else ctx.device.index) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.manual_seed(config.seed)
+        return _convert_trained(teacher, splits, config, ctx, log, sign_margin, inside)
+
+
+def _convert_trained(teacher, splits, config, ctx, log, sign_margin, inside):
     calibration = _calibration_batch(splits.train)
     report = _plan(config, teacher, calibration.to(next(teacher.parameters()).device))
     student = copy.deepcopy(teacher).cpu()
