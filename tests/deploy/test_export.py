@@ -66,9 +66,13 @@ MODELS = {
 }
 
 
-# ORT is held to 1e-5 of max|y| from float64 PyTorch, or to 3x PyTorch float32's own error where that
-# is larger (mobilenet_v3_small: its hard-swish/SE layers amplify float32 rounding to ~2e-4).
-ORT_TOLERANCE = 1e-5
+# ORT is held to 1e-4 of max|y| from float64 PyTorch, or to 3x PyTorch float32's own error where that
+# is larger (mobilenet_v3_small: its hard-swish/SE layers amplify float32 rounding to ~2e-4). Float32 sums
+# in another order (the AVX2 and AVX-512 kernels, ORT's own ops in the portable form) land up to ~6e-5 of
+# max|y| from float64 through these untrained models: resnet18 on four inputs, custom op 4e-7 to 6.2e-5,
+# portable form 6e-6 to 4.4e-5, PyTorch float32 3e-7 to 1.2e-5 (AMD EPYC, AVX2). A wrong tap, pad or
+# epilogue is off by far more (1e-2 of max|y| and up).
+ORT_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -179,12 +183,12 @@ def test_portable_runs_in_plain_onnxruntime(exported):
         float32_error = np.abs(model(x).numpy() - expected).max()
     portable = _plain_session(paths["portable"]).run(None, {"input": x.numpy()})[0]
     assert np.abs(portable - expected).max() <= max(ORT_TOLERANCE * np.abs(expected).max(), 3 * float32_error)
-    # Against the custom op: 1e-5 of max|y|, or twice the custom op's own distance from float64 where
-    # float32 rounding is amplified (e.g. resnet18 on this input: custom op 8e-4 of max|y| off float64,
-    # the portable form's plain |x - w| sums 2e-5).
+    # Against the custom op: ORT_TOLERANCE of max|y|, or twice the custom op's own distance from float64
+    # where float32 rounding is amplified more (two float32 results each up to ~6e-5 off float64 can lie
+    # 7e-5 of max|y| apart: resnet18 on this input, AMD EPYC, AVX2).
     custom = make_session(paths[False], providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     custom_error = np.abs(custom - expected).max()
-    assert np.abs(portable - custom).max() <= max(1e-5 * np.abs(expected).max(), 2 * custom_error)
+    assert np.abs(portable - custom).max() <= max(ORT_TOLERANCE * np.abs(expected).max(), 2 * custom_error)
 
 
 def test_portable_parity_on_trained_official_weights(tmp_path):
