@@ -31,9 +31,8 @@ class RunConfig:
     batch_size: int = 128
     # The sign init keeps the CNN's function, so fine-tuning starts close: a lower lr than from scratch.
     lr: float = 0.01
-    # From the sign init a higher adaptive-LR eta than training from scratch: one epoch at 32 px, whole test split,
-    # MobileNetV3-Large 86.01 / 86.52 / 86.74 / 86.75% at eta 1 / 2 / 4 / 8 (CNN 87.81%; 4 ahead of 2 on three seeds,
-    # +0.27 pt on average); RegNet-Y and ResNet-18 equal at 2 and 4 (docs/results/recipes_cpu_amd_eta.md).
+    # From the sign init a higher adaptive-LR eta than TrainConfig's: 4 beats 2 on MobileNetV3-Large and ties on
+    # RegNet-Y and ResNet-18 (docs/results/recipes_cpu_amd_eta.md).
     eta: float = 4.0
     warmup_steps: int = TrainConfig.warmup_steps
     kd: bool = True

@@ -68,8 +68,8 @@ MODELS = {
 
 # ORT is held to 1e-4 of max|y| from float64 PyTorch, or to 3x PyTorch float32's own error where that
 # is larger (mobilenet_v3_small: its hard-swish/SE layers amplify float32 rounding to ~2e-4). Float32 sums
-# in another order (the AVX2 and AVX-512 kernels, ORT's own ops in the portable form) land up to ~6e-5 of
-# max|y| from float64 through these untrained models: resnet18 on four inputs, custom op 4e-7 to 6.2e-5,
+# in another order (our kernels, ORT's own ops in the portable form) land up to ~6e-5 of max|y| from
+# float64 through these untrained models: resnet18 on four inputs, custom op 4e-7 to 6.2e-5,
 # portable form 6e-6 to 4.4e-5, PyTorch float32 3e-7 to 1.2e-5 (AMD EPYC, AVX2). A wrong tap, pad or
 # epilogue is off by far more (1e-2 of max|y| and up).
 ORT_TOLERANCE = 1e-4
