@@ -41,6 +41,7 @@ def test_convert_finetune_example():
         text=True,
     ).stdout
     assert "CNN top-1" in out and "AdderNet top-1" in out and "become additions" in out
+    assert "AdderNet top-1 before any step" in out
 
 
 def _tiny_adder_model() -> torch.nn.Module:
