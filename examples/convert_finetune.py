@@ -50,7 +50,7 @@ def main() -> None:
     #    and each layer is refitted to the CNN's output (what `adderconvert MODEL` does by default).
     calibration = next(iter(DataLoader(data.train, batch_size=256, shuffle=True)))[0]
     cnn.eval()
-    report = adderconvert.plan_conversion(copy.deepcopy(cnn), calibration)
+    report = adderconvert.plan_conversion(cnn, calibration)
     print(report.table().splitlines()[-1])
     adder = adderconvert.convert(copy.deepcopy(cnn), report=report)
     calibrate_norms(adder, report, calibration)
