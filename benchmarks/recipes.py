@@ -296,7 +296,10 @@ def markdown_table(
 ) -> str:
     recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the main job's defaults"
     defaults = TrainConfig(**main_job_recipe())
-    settings = {k: overrides.get(k, getattr(defaults, k)) for k in ("lr", "eta", "weight_decay", "feature_kd")}
+    settings = {
+        k: overrides.get(k, getattr(defaults, k))
+        for k in ("lr", "eta", "weight_decay", "kd_alpha", "kd_temperature", "feature_kd")
+    }
     conversion = {"init": RunConfig.init, "keep_mac_budget": 0.0, **(conversion or {})}
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"

@@ -16,7 +16,7 @@ def distillation_loss(
     targets: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     alpha: float = 0.5,
-    temperature: float = 4.0,
+    temperature: float = 2.0,
 ) -> torch.Tensor:
     """``(1 - alpha) * CE(student, y) + alpha * T^2 * KL(teacher_T || student_T)``; plain CE without a teacher."""
     ce = F.cross_entropy(student_logits, targets)
