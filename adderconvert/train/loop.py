@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from adderconvert.checkpoint import CheckpointMeta, load_checkpoint, load_state_dict
 from adderconvert.nn import adder_weights, scale_adder_gradients_
-from adderconvert.train.distill import FeatureDistillation, distillation_loss
+from adderconvert.train.distill import KD_ALPHA, KD_TEMPERATURE, FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import DistributedContext, convert_sync_batchnorm
 from adderconvert.train.saver import CheckpointSaver, rng_state, set_rng_state
 
@@ -61,8 +61,8 @@ class TrainConfig:
     eta: float = 2.0
     eta_final: float | None = None  # eta annealed by cosine from eta to eta_final; None: constant
     kd: bool = True
-    kd_alpha: float = 0.5
-    kd_temperature: float = 2.0  # 4.0 until 2026-12-03; the screen that chose 2.0 is in the README
+    kd_alpha: float = KD_ALPHA
+    kd_temperature: float = KD_TEMPERATURE
     feature_kd: float = 5.0  # weight of FeatureDistillation's loss (0: off)
     recalibrate_steps: int = 20  # training batches that re-estimate BatchNorm statistics before each evaluation
     amp: bool = False  # bfloat16 autocast for the teacher and the non-adder layers

@@ -69,3 +69,14 @@ def test_saved_student_and_cnn_are_checkpoints_that_load_back(tmp_path):
     assert (meta.model_name, meta.stage, meta.dataset, meta.image_size) == ("resnet18", "adder", "fashion-mnist", 32)
     with torch.no_grad():
         torch.testing.assert_close(load(path)(images), student(images), rtol=0, atol=0)
+
+
+def test_fine_tuning_table_names_the_distillation_settings():
+    row = {
+        "model": "resnet18", "cnn_top1": 80.0, "cnn_seconds": 10.0, "zero_step_top1": 60.0,
+        "converted_macs_share": 0.9, "adder_top1": 79.0, "gap": 1.0, "adder_seconds": 5.0,
+        "mean_weight_std": 1.0, "max_weight_std": 2.0, "saturated_fraction": 1.0, "diverged": False,
+    }  # fmt: skip
+    table = recipes.markdown_table([row], "cpu", recipes.BUDGETS["cpu"], "a CPU", {"kd_temperature": 3.0})
+    assert "Recipe: kd_temperature=3.0 (" in table and "kd_temperature 3.0," in table
+    assert f"kd_alpha {recipes.TrainConfig().kd_alpha}," in table
