@@ -47,7 +47,8 @@ test: install $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest
 
 # CNN teacher trained offline (1 epoch), converted (sign init + reconstruction), fine-tuned 1 epoch with
-# distillation, exported, evaluated in PyTorch and ONNX Runtime; 294 s measured on the 2-core AMD EPYC, alone (README).
+# distillation, exported, evaluated in PyTorch and ONNX Runtime; 395 s measured on the 2-core AMD EPYC, alone,
+# 2026-12-05 (README).
 # A second `make demo` replaces the first one's run (--overwrite: only the run's own files go).
 demo: install $(FASHION_MNIST)
 	@if [ -e runs/demo ]; then echo "runs/demo holds an earlier demo run: replacing it (--overwrite removes only the files a run writes)"; fi
