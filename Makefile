@@ -1,4 +1,5 @@
-# make test  -- create .venv if missing, build and install the package, run the tests
+# make test      -- create .venv if missing, build and install the package, run the fast tier (at most 5 minutes)
+# make test-all  -- every test, both tiers: the 68-model loops, sanitizers, torchrun, Chromium, long runs
 # make demo  -- the main job end to end on Fashion-MNIST (runs/demo/)
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml
 PACKAGE_FOLDERS := $(shell find adderconvert -type d -not -name __pycache__ -not -path '*/_lib*')
 CXX_SOURCES := $(shell find custom_ops \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
 
-.PHONY: test demo install lint format bench clean
+.PHONY: test test-all demo install lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -43,7 +44,11 @@ $(CHROMIUM):
 	  echo "chromium is missing: run 'sudo apt-get install chromium' (the report's browser test is skipped)" >&2; \
 	fi
 
-test: install $(FASHION_MNIST) $(CHROMIUM)
+# The fast tier: every module, one model per family, small budgets (tests marked `slow` wait for test-all).
+test: install $(FASHION_MNIST)
+	$(PY) -m pytest -m "not slow"
+
+test-all: install $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest
 
 # CNN teacher trained offline (1 epoch), converted (sign init + reconstruction), fine-tuned 1 epoch with

@@ -193,6 +193,10 @@ def read_torch_file(path: str | os.PathLike, error: type[Exception] = Checkpoint
         raise error(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise error(f"{path} is not a readable PyTorch file (truncated or corrupt?): {e}") from None
+    except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError, MemoryError):
+        # The legacy (non-zip) reader unpickles whatever bytes it is given: a text file that starts with a
+        # pickle opcode ('a', 'e', ...) fails deep inside it.
+        raise error(f"{path} is not a PyTorch file (a text or other file?)") from None
 
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:

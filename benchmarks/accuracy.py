@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.architectures.cnn import build_model  # noqa: E402
-from adderconvert.conversion import INIT_CHOICES, convert, plan_conversion  # noqa: E402
+from adderconvert.conversion import INIT_CHOICES, plan_conversion, swap_layers  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
 from adderconvert.train import TrainConfig, evaluate, fit  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> None:
             started = time.perf_counter()
             student = copy.deepcopy(teacher).cpu()
             report = plan_conversion(student, example)
-            convert(student, None, init=init, report=report)
+            swap_layers(student, None, init=init, report=report)
             history = fit(
                 student,
                 splits.train,

@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adderconvert.conversion import convert  # noqa: E402
+from adderconvert.conversion import swap_layers  # noqa: E402
 from adderconvert.nn import AdderConv2d  # noqa: E402
 from benchmarks.official import OfficialAdder2d  # noqa: E402
 from benchmarks.resnet20 import resnet20  # noqa: E402
@@ -120,7 +120,7 @@ def ort_table(tmp: Path, repeats: int, results: dict) -> None:
     torch.manual_seed(0)
     x = torch.randn(32, 3, 224, 224)
     cnn = torchvision.models.resnet50().eval()
-    adder = convert(torchvision.models.resnet50(), x[:4]).eval()
+    adder = swap_layers(torchvision.models.resnet50(), x[:4]).eval()
     paths = {"adder": export_onnx(adder, tmp / "adder.onnx", x[:2]), "CNN": export_onnx(cnn, tmp / "cnn.onnx", x[:2])}
     print("## ORT CUDA EP, ResNet-50, 224x224\n")
     print("| batch | TF32 | adder ms | CNN ms | adder / CNN |")
@@ -161,7 +161,9 @@ def train_table(repeats: int, official: bool, results: dict) -> None:
     workloads = []
     x50 = torch.randn(64, 3, 224, 224)
     cnn50 = torchvision.models.resnet50(num_classes=1000)
-    workloads.append(("ResNet-50, batch 64, 224 px", x50, 1000, convert(copy.deepcopy(cnn50), x50[:4]), cnn50, None))
+    workloads.append(
+        ("ResNet-50, batch 64, 224 px", x50, 1000, swap_layers(copy.deepcopy(cnn50), x50[:4]), cnn50, None)
+    )
     x20 = torch.randn(256, 3, 32, 32)
     official20 = resnet20(OfficialAdder2d) if official else None
     workloads.append(("ResNet-20, batch 256, 32 px", x20, 10, resnet20(AdderConv2d), resnet20(nn.Conv2d), official20))

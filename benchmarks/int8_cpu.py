@@ -352,7 +352,7 @@ def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list
     import torch
     import torchvision
 
-    from adderconvert.conversion import convert
+    from adderconvert.conversion import swap_layers
     from adderconvert.deploy.export import export_onnx
     from adderconvert.quantization import quantize
 
@@ -363,7 +363,7 @@ def model_rows(repeats: int, spin: bool, tmp: Path, names=tuple(MODELS)) -> list
         build = getattr(torchvision.models, arch)
         x = torch.randn(2, 3, size, size)
         cnn = build(num_classes=classes).eval()
-        adder = convert(build(num_classes=classes), x).eval()
+        adder = swap_layers(build(num_classes=classes), x).eval()
         calibration = [torch.randn(2, 3, size, size) for _ in range(2)]
         paths = {
             "cnn_fp32": export_onnx(cnn, tmp / f"{name}_cnn.onnx", x[:1]),

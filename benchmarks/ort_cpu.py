@@ -96,13 +96,13 @@ def model_table(batch: int, repeats: int, tmp: Path) -> None:
     import torch
     import torchvision
 
-    from adderconvert.conversion import convert
+    from adderconvert.conversion import swap_layers
     from adderconvert.deploy.export import export_onnx
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 224, 224)
     cnn = torchvision.models.resnet50().eval()
-    adder = convert(torchvision.models.resnet50(), x[:2]).eval()
+    adder = swap_layers(torchvision.models.resnet50(), x[:2]).eval()
     cores = os.cpu_count() or 1
     print(f"\nWhole model, ResNet-50, batch {batch}, 224x224, FP32, {cores} threads\n")
     print("| model | ms | ratio |")
@@ -118,7 +118,7 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bo
     import torch
     import torchvision
 
-    from adderconvert.conversion import convert
+    from adderconvert.conversion import swap_layers
     from adderconvert.deploy.export import export_onnx
 
     cores = os.cpu_count() or 1
@@ -136,7 +136,7 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bo
         x = torch.randn(2, 3, size, size)
         paths = {
             "cnn": export_onnx(build(num_classes=classes).eval(), tmp / f"{name}_cnn.onnx", x[:1]),
-            "adder": export_onnx(convert(build(num_classes=classes), x).eval(), tmp / f"{name}_adder.onnx", x[:1]),
+            "adder": export_onnx(swap_layers(build(num_classes=classes), x).eval(), tmp / f"{name}_adder.onnx", x[:1]),
         }
         for threads in thread_counts:
             sessions = {

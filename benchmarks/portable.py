@@ -57,13 +57,13 @@ def _models(tmp: Path) -> dict[str, tuple[Path, Path, object]]:
 
     from adderconvert.architectures.cnn import build_model
     from adderconvert.architectures.official import load
-    from adderconvert.conversion import convert
+    from adderconvert.conversion import swap_layers
     from adderconvert.deploy.export import export_onnx
 
     torch.manual_seed(0)
     resnet18 = build_model("resnet18", 10)
     x = torch.randn(16, 3, 32, 32)
-    convert(resnet18, x)
+    swap_layers(resnet18, x)
     # BatchNorm statistics of real adder outputs (the defaults would zero every activation after a ReLU).
     for module in resnet18.modules():
         if isinstance(module, torch.nn.BatchNorm2d):

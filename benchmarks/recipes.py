@@ -14,7 +14,7 @@ adder model is saved as an adderconvert checkpoint, OUTPUT/MODEL.pt, which `adde
 Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set lr=0.03 --set eta=0.2]
        [--steps N (0: zero-step only)] [--init sign] [--keep-mac-budget 0.05] [--reconstruct signs] [--inside]
        [--teachers-only]
-       [--table docs/results/recipes_cpu.md]
+       [--table docs/results/recipes_cpu_converged.md]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import itertools
 import json
 import math
 import platform
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,12 +37,11 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adderconvert.app.pipeline import RunConfig, checkpoint_meta, convert_trained  # noqa: E402
+from adderconvert.app.pipeline import RunConfig, adder_train_config, checkpoint_meta, convert_trained  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.checkpoint import save_checkpoint  # noqa: E402
-from adderconvert.conversion import INIT_CHOICES, SIGN_MARGIN  # noqa: E402
+from adderconvert.conversion import INIT_CHOICES, RECONSTRUCT_METHODS, SIGN_MARGIN  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
-from adderconvert.reconstruction import RECONSTRUCT_METHODS  # noqa: E402
 from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
@@ -58,11 +58,12 @@ TEACHER_LR = {"vgg11_bn": 0.01}
 
 @dataclass(frozen=True)
 class Budget:
-    """How much each model gets: image size, batch, epochs and steps per epoch (None: whole epochs) of the
-    CNN and of the adder fine-tuning, test images (None: all 10,000) and the gap the recipe must meet."""
+    """How much each model gets: image size, the CNN's batch, epochs and steps per epoch (None: whole epochs) of
+    the CNN and of the adder fine-tuning (whose batch is the main job's), test images (None: all 10,000) and the
+    gap the recipe must meet."""
 
     image_size: int
-    batch_size: int
+    cnn_batch_size: int
     cnn_epochs: int
     cnn_steps: int | None
     epochs: int
@@ -72,12 +73,16 @@ class Budget:
 
 
 BUDGETS = {
-    "gpu": Budget(64, 128, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0),
+    "gpu": Budget(
+        64, cnn_batch_size=128, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0
+    ),
     # The CNN trains one whole epoch (937 steps): users convert converged CNNs, and 150 steps left VGG-11-BN at
     # 24.6%. The adder fine-tuning is one whole epoch too, the CLI's default length (--steps N caps it). All
     # 10,000 test images: on 2,000 the gap of three seeds of one model spread +0.20 to +1.25 pt against +1.11 to
-    # +1.31 on the whole split (docs/results/recipes_cpu_amd_eta.md), too much for a 1.0 pt goal.
-    "cpu": Budget(32, 64, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0),
+    # +1.31 on the whole split (docs/results/archive/recipes_cpu_amd_eta.md), too much for a 1.0 pt goal.
+    "cpu": Budget(
+        32, cnn_batch_size=64, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0
+    ),
 }
 # TrainConfig fields the budget (or the benchmark) sets: --set may not change them.
 _BUDGET_FIELDS = ("epochs", "batch_size", "max_steps", "eval_max_batches", "progress", "log", "desc")
@@ -130,10 +135,10 @@ def machine_name(device: torch.device) -> str:
 
 
 def _teacher_config(name: str, budget: Budget, train_images: int) -> TrainConfig:
-    steps_per_epoch = budget.cnn_steps or train_images // budget.batch_size
+    steps_per_epoch = budget.cnn_steps or train_images // budget.cnn_batch_size
     return TrainConfig(
         epochs=budget.cnn_epochs,
-        batch_size=budget.batch_size,
+        batch_size=budget.cnn_batch_size,
         lr=TEACHER_LR.get(name, RunConfig.pretrain_lr),
         warmup_steps=round(CNN_WARMUP * budget.cnn_epochs * steps_per_epoch),
         kd=False,
@@ -144,31 +149,55 @@ def _teacher_config(name: str, budget: Budget, train_images: int) -> TrainConfig
     )
 
 
-def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path) -> tuple[torch.nn.Module, dict]:
-    """The CNN trained from scratch (cached by model and settings). Raises TrainingDiverged."""
-    config = _teacher_config(name, budget, len(splits.train))
+# The TrainConfig fields that make a teacher: its cache key holds these (and the model, image size and test
+# images) and nothing else, so that a change to the adder fine-tuning's defaults keeps the cached CNNs.
+TEACHER_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps", "max_steps", "seed", "amp")
+
+
+def teacher_key(name: str, budget: Budget, config: TrainConfig) -> str:
+    """The cache file stem of ``name``'s CNN trained with ``config`` at ``budget``: a hash of its recipe alone."""
+    recipe = {k: getattr(config, k) for k in TEACHER_FIELDS}
     # test_images too: the cached top-1 was measured on that many test images.
-    fields = ("image_size", "batch_size", "cnn_epochs", "cnn_steps", "test_images")
-    teacher_budget = {k: getattr(budget, k) for k in fields}
-    key = json.dumps({"model": name, "budget": teacher_budget, "config": asdict(config)}, sort_keys=True)
-    path = cache / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    key = {"model": name, "image_size": budget.image_size, "test_images": budget.test_images, "recipe": recipe}
+    return f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
+def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path) -> tuple[torch.nn.Module, dict]:
+    """The CNN trained from scratch, cached by its recipe (:func:`teacher_key`). Training checkpoints every epoch
+    in ``cache/KEY.partial/`` and an interrupted one resumes from there. Raises TrainingDiverged."""
+    config = _teacher_config(name, budget, len(splits.train))
+    stem = teacher_key(name, budget, config)
+    path, partial = cache / f"{stem}.pt", cache / f"{stem}.partial"
     torch.manual_seed(0)
     teacher = build_model(name, splits.num_classes)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         teacher.load_state_dict(saved["model"])
-        return teacher.to(ctx.device), {"cnn_top1": saved["cnn_top1"], "cnn_seconds": saved["cnn_seconds"]}
-    started = time.perf_counter()
-    history = fit(teacher, splits.train, test_set, config, ctx=ctx)
-    result = {"cnn_top1": history[-1].test_top1, "cnn_seconds": time.perf_counter() - started}
+        return teacher.to(ctx.device), {k: saved[k] for k in ("cnn_top1", "cnn_seconds", "cnn_epochs")}
+    resume = partial / "last.pt" if (partial / "last.pt").is_file() else None
+    history = fit(
+        teacher,
+        splits.train,
+        test_set,
+        replace(config, log=True),
+        output=partial,
+        meta=checkpoint_meta(name, "fashion-mnist", splits, "teacher", None),
+        resume=resume,
+        ctx=ctx,
+    )
+    # Seconds of the epochs this process trained plus those a resumed run recorded.
+    seconds = sum(record.seconds for record in history)
+    result = {"cnn_top1": history[-1].test_top1, "cnn_seconds": seconds, "cnn_epochs": config.epochs}
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"model": teacher.state_dict(), **result}, path)
+    shutil.rmtree(partial, ignore_errors=True)
     return teacher, result
 
 
-def main_job_recipe() -> dict:
-    """The fine-tuning settings the main job (RunConfig) uses by default, as TrainConfig fields."""
-    return {k: getattr(RunConfig, k) for k in ("lr", "eta", "warmup_steps", "kd", "feature_kd")}
+def fine_tune_config(budget: Budget, overrides: dict) -> TrainConfig:
+    """The CLI's own fine-tuning configuration (batch size included) at the budget's length, with ``overrides``."""
+    run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False)
+    return replace(adder_train_config(run), log=False, **overrides)
 
 
 def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: dict) -> tuple:
@@ -179,9 +208,8 @@ def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: 
         init=conversion.get("init", RunConfig.init),
         reconstruct=conversion.get("reconstruct", RunConfig.reconstruct),
         keep_mac_budget=conversion.get("keep_mac_budget", 0.0),
-        batch_size=budget.batch_size,
     )
-    student, report, fitted = convert_trained(
+    converted = convert_trained(
         teacher,
         splits,
         config,
@@ -190,6 +218,7 @@ def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: 
         sign_margin=conversion.get("sign_margin", SIGN_MARGIN),
         inside=conversion.get("inside", False),
     )
+    student, report, fitted = converted.model, converted.report, converted.reconstruction
     zero = evaluate(student, test_set, device=ctx.device)
     row = {
         "zero_step_top1": zero,
@@ -241,15 +270,7 @@ def run_model(
 
 def fine_tune(student, teacher, cnn_top1: float, budget: Budget, overrides: dict, splits, test_set, ctx) -> tuple:
     """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds)."""
-    config = TrainConfig(
-        epochs=budget.epochs,
-        batch_size=budget.batch_size,
-        max_steps=budget.steps,
-        progress=False,
-        log=False,
-        desc="adder",
-        **{**main_job_recipe(), **overrides},
-    )
+    config = fine_tune_config(budget, overrides)
     started = time.perf_counter()
     diverged = None
     try:
@@ -275,7 +296,7 @@ def save_model(model: torch.nn.Module, report, splits, name: str, path: Path) ->
 
 def _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds) -> dict:
     row["adder_seconds"] = seconds
-    loader = DataLoader(splits.train, batch_size=budget.batch_size)
+    loader = DataLoader(splits.train, batch_size=RunConfig.batch_size)
     layers = adder_weight_stats(student, itertools.islice(loader, STATS_BATCHES), ctx.device)
     summary = saturation_summary(layers)
     row.update(
@@ -295,9 +316,8 @@ def markdown_table(
     rows: list[dict], budget_name: str, budget: Budget, machine: str, overrides: dict, conversion: dict | None = None
 ) -> str:
     recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the main job's defaults"
-    defaults = TrainConfig(**main_job_recipe())
     settings = {
-        k: overrides.get(k, getattr(defaults, k))
+        k: getattr(fine_tune_config(budget, overrides), k)
         for k in ("lr", "eta", "weight_decay", "kd_alpha", "kd_temperature", "feature_kd")
     }
     conversion = {"init": RunConfig.init, "keep_mac_budget": 0.0, **(conversion or {})}
@@ -305,7 +325,8 @@ def markdown_table(
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
     tests = budget.test_images or "all 10,000"
     lines = [
-        f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, batch {budget.batch_size}; "
+        f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
+        f"{budget.cnn_batch_size}, adder batch {RunConfig.batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder {budget.epochs} epoch(s) of {steps}; "
         f"{tests} test images. "
         + (
@@ -358,6 +379,7 @@ def main() -> None:
     )
     parser.add_argument("--teachers-only", action="store_true", help="train and cache the CNNs, convert nothing")
     parser.add_argument("--steps", type=int, default=None, help="adder fine-tuning steps (default: the budget's)")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
     parser.add_argument("--init", default=RunConfig.init, choices=INIT_CHOICES, help="adder weight init")
@@ -367,7 +389,7 @@ def main() -> None:
         "--reconstruct",
         default=RunConfig.reconstruct,
         choices=("none", *RECONSTRUCT_METHODS),
-        help="layer-wise reconstruction after the sign init (adderconvert.reconstruction) [the main job's]",
+        help="layer-wise reconstruction after the sign init (adderconvert.conversion.reconstruction) [the main job's]",
     )
     parser.add_argument("--inside", action="store_true", help="--reconstruct signs may place weights inside the range")
     args = parser.parse_args()
@@ -377,6 +399,8 @@ def main() -> None:
     budget = BUDGETS[args.budget]
     if args.steps is not None:
         budget = dataclasses.replace(budget, steps=args.steps)
+    if args.teacher_epochs is not None:
+        budget = dataclasses.replace(budget, cnn_epochs=args.teacher_epochs)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.app.pipeline import resolve_device  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
-from adderconvert.conversion import convert  # noqa: E402
+from adderconvert.conversion import swap_layers  # noqa: E402
 from adderconvert.nn import scale_adder_gradients_  # noqa: E402
 from adderconvert.train import FeatureDistillation, TrainConfig, distillation_loss  # noqa: E402
 from benchmarks._measure import time_call  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.batch,))
     teacher = build_model(args.model, 10).eval()
     cnn = copy.deepcopy(teacher).train().to(device)
-    adder = convert(copy.deepcopy(teacher), images[:32]).train().to(device)
+    adder = swap_layers(copy.deepcopy(teacher), images[:32]).train().to(device)
     teacher.to(device)
     images, labels = images.to(device), labels.to(device)
     features = FeatureDistillation(adder, teacher)

@@ -1,22 +1,19 @@
-"""The Python API in a plain training loop: convert a CNN as the main job does (sign init, norms
-recalibrated, layers reconstructed from the CNN), evaluate it before any step, fine-tune it with the
-adaptive learning rate and distillation from the CNN, evaluate.
+"""The Python API in a plain training loop: convert a CNN with the one call (``adderconvert.convert``, as the main
+job does), evaluate it before any step, fine-tune it with the adaptive learning rate and distillation from the
+CNN (the recipe's settings, read from ``TrainConfig``), evaluate.
 
     python examples/convert_finetune.py --steps 300
 """
 
 import argparse
-import copy
 
 import torch
 import torchvision
 from torch.utils.data import DataLoader
 
 import adderconvert
-from adderconvert.conversion import calibrate_norms
 from adderconvert.data import load_dataset
-from adderconvert.reconstruction import reconstruct
-from adderconvert.train import FeatureDistillation, distillation_loss, evaluate
+from adderconvert.train import FeatureDistillation, TrainConfig, distillation_loss, evaluate
 
 
 def main() -> None:
@@ -44,33 +41,27 @@ def main() -> None:
         opt.step()
     print(f"CNN top-1: {evaluate(cnn, data.test):.2f}%")
 
-    # 2. Convert a copy: every conv but the stem becomes an AdderConv2d. The plan measures each layer's
-    #    input range on training images; the sign init puts every adder weight just past it, so that the
-    #    layer computes a binary-weight copy of the conv. Then the norms are recalibrated on the same images
-    #    and each layer is refitted to the CNN's output (what `adderconvert MODEL` does by default).
-    calibration = next(iter(DataLoader(data.train, batch_size=256, shuffle=True)))[0]
+    # 2. Convert: every conv but the stem becomes an AdderConv2d, each just past its inputs' range so that it
+    #    computes a binary-weight copy of the conv, then refitted to the CNN's outputs. The CNN stays as it was.
+    calibration = next(iter(DataLoader(data.train, batch_size=1024, shuffle=True)))[0]
     cnn.eval()
-    report = adderconvert.plan_conversion(cnn, calibration)
-    print(report.table().splitlines()[-1])
-    adder = adderconvert.convert(copy.deepcopy(cnn), report=report)
-    calibrate_norms(adder, report, calibration)
-    adder.eval()
-    reconstruct(cnn, adder, report, calibration)
+    adder = adderconvert.convert(cnn, calibration, log=lambda line: print(line.splitlines()[-1]))
     print(f"AdderNet top-1 before any step: {evaluate(adder, data.test):.2f}%")
 
-    # 3. Fine-tune: distillation of the CNN's logits and features, adaptive LR applied to adder gradients
-    #    before each step (lr 0.01 and eta 4.0: the main job's recipe after this conversion, see the README).
+    # 3. Fine-tune: distillation of the CNN's logits and features, the adaptive LR applied to adder gradients
+    #    before each step. The settings are the recipe's (TrainConfig's defaults, which the main job uses).
+    recipe = TrainConfig()
     features = FeatureDistillation(adder, cnn)
-    opt = torch.optim.SGD(adder.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(adder.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
     adder.train()
     for step, (x, y) in zip(range(args.steps), batches()):
         with torch.no_grad():
             teacher_logits = cnn(x)
-        loss = distillation_loss(adder(x), y, teacher_logits) + 5.0 * features.loss()
+        loss = distillation_loss(adder(x), y, teacher_logits) + recipe.feature_kd * features.loss()
         opt.zero_grad()
         loss.backward()
-        adderconvert.scale_adder_gradients_(adder, eta=4.0)
+        adderconvert.scale_adder_gradients_(adder, eta=recipe.eta)
         opt.step()
         schedule.step()
         if step % 50 == 0:

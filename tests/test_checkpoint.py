@@ -19,7 +19,7 @@ from adderconvert.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from adderconvert.conversion import convert, plan_conversion
+from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.nn import AdderConv2d
 
 DATA = Path(__file__).parent / "data"
@@ -67,6 +67,10 @@ def test_foreign_and_corrupt_files_get_clear_errors(tmp_path):
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CheckpointError, match="not a readable PyTorch file"):
         load_checkpoint(tmp_path / "corrupt.pt")
+    for text in ("epoch,lr,train_loss\n1,0.1,0.5\n", "a run's notes\n", "\u00e9t\u00e9"):  # pickle opcodes first
+        (tmp_path / "metrics.csv").write_text(text)
+        with pytest.raises(CheckpointError, match="not a"):
+            load_checkpoint(tmp_path / "metrics.csv")
     torch.save({"conv1.weight": torch.ones(1)}, tmp_path / "state_dict.pt")
     with pytest.raises(CheckpointError, match="not an adderconvert checkpoint"):
         load_checkpoint(tmp_path / "state_dict.pt")
@@ -87,7 +91,7 @@ def test_load_rebuilds_the_converted_model(tmp_path):
     model = torchvision.models.resnet18(num_classes=10)
     x = torch.randn(2, 3, 32, 32)
     report = plan_conversion(model, x, exclude=["layer4.*"])
-    convert(model, x, report=report)
+    swap_layers(model, x, report=report)
     model.eval()
     meta = CheckpointMeta(model_name="resnet18", num_classes=10, conversion=report.to_dict())
     save_checkpoint(tmp_path / "m.pt", {"meta": meta, "model": model.state_dict()})

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from adderconvert.conversion import convert
+from adderconvert.conversion import swap_layers
 from adderconvert.data import FASHION_MNIST_DIR
 from adderconvert.deploy.export import export_onnx
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-
 def test_ort_inference_example(tmp_path):
     model = torchvision.models.resnet18(num_classes=10)
     x = torch.randn(2, 3, 28, 28)
-    convert(model, x)
+    swap_layers(model, x)
     path = export_onnx(model.eval(), tmp_path / "m.onnx", x)
     out = subprocess.run(
         [sys.executable, "examples/ort_inference.py", str(path), "--images", "300"],

@@ -17,12 +17,17 @@ import click
 import yaml
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
+from adderconvert.conversion import INIT_CHOICES
+from adderconvert.data import DATASETS
+from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
 # loading onnx, onnxscript, matplotlib and the training stack (start-up time).
 
-# Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
-# loading onnx, onnxscript, matplotlib and the training stack.
+
+def _switch(option: str, on: str, off: str) -> str:
+    """The name of a ``--on/--off`` flag's default, read from :class:`RunConfig`'s ``option``."""
+    return on if getattr(RunConfig, option) else off
 
 
 class InputError(click.ClickException):
@@ -78,6 +83,8 @@ def _load_config_file(path: str | None) -> dict:
         return {}
     try:
         data = yaml.safe_load(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise InputError(f"cannot read {path}: not a text file (-c takes a YAML file of options)") from None
     except (OSError, yaml.YAMLError) as e:
         raise InputError(f"cannot read {path}: {e}") from None
     data = {} if data is None else data
@@ -126,24 +133,31 @@ def _interrupt_on_sigterm():
 @click.option("--dry-run", is_flag=True, help="Print the conversion report and stop.")
 @click.option("--include", multiple=True, help="Convert only convs whose name matches this wildcard (repeatable).")
 @click.option("--exclude", multiple=True, help="Keep convs whose name matches this wildcard (repeatable).")
-@click.option("--keep-stem/--convert-stem", default=None, help="Keep the first conv multiplicative [keep].")
 @click.option(
-    "--keep-classifier/--convert-classifier", default=None, help="Keep a conv classifier multiplicative [keep]."
+    "--keep-stem/--convert-stem",
+    default=None,
+    help=f"Keep the first conv multiplicative [{_switch('keep_stem', 'keep', 'convert')}].",
+)
+@click.option(
+    "--keep-classifier/--convert-classifier",
+    default=None,
+    help=f"Keep a conv classifier multiplicative [{_switch('keep_classifier', 'keep', 'convert')}].",
 )
 @click.option(
     "--keep-mac-budget",
     type=float,
     default=None,
-    help="Keep multiplicative the convs that binary weights fit worst, up to this share of the MACs, e.g. 0.05 [0].",
+    help="Keep multiplicative the convs that binary weights fit worst, up to this share of the MACs, e.g. 0.05 "
+    f"[{RunConfig.keep_mac_budget:g}].",
 )
-@click.option("--init", default=None, help=f"Adder weight init: sign, fresh, rescale or copy [{RunConfig.init}].")
+@click.option("--init", default=None, help=f"Adder weight init: {', '.join(INIT_CHOICES)} [{RunConfig.init}].")
 @click.option(
     "--reconstruct",
     default=None,
     help="After the sign init, fit each adder layer to the CNN's output on calibration images: signs (binary "
     f"weights and norm), affine (the norm only) or none [{RunConfig.reconstruct}].",
 )
-@click.option("--dataset", default=None, help="fashion-mnist, cifar10 or imagefolder [fashion-mnist].")
+@click.option("--dataset", default=None, help=f"{', '.join(DATASETS)} [{RunConfig.dataset}].")
 @click.option("--data", default=None, help="Data folder (default: Debian's Fashion-MNIST).")
 @click.option("--image-size", type=int, default=None, help="Input size, 16-1024 [28 Fashion-MNIST, 32 CIFAR, 224].")
 @click.option(
@@ -152,13 +166,17 @@ def _interrupt_on_sigterm():
     help="Teacher weights: DEFAULT (torchvision), a file, or 'none' [DEFAULT; none with --pretrain-epochs].",
 )
 @click.option("--pretrain-epochs", type=int, default=None, help="Train the CNN first [1 if its head was resized].")
-@click.option("--finetune/--no-finetune", default=None, help="Fine-tune the adder model [finetune].")
+@click.option(
+    "--finetune/--no-finetune",
+    default=None,
+    help=f"Fine-tune the adder model [{_switch('finetune', 'finetune', 'no-finetune')}].",
+)
 @click.option("--epochs", type=int, default=None, help=f"Fine-tuning epochs [{RunConfig.epochs}].")
 @click.option("--batch-size", type=int, default=None, help=f"Global batch size [{RunConfig.batch_size}].")
 @click.option("--lr", type=float, default=None, help=f"Learning rate [{RunConfig.lr}].")
 @click.option("--eta", type=float, default=None, help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].")
 @click.option("--warmup-steps", type=int, default=None, help=f"Linear LR warm-up steps [{RunConfig.warmup_steps}].")
-@click.option("--kd/--no-kd", default=None, help="Distil from the CNN teacher [kd].")
+@click.option("--kd/--no-kd", default=None, help=f"Distil from the CNN teacher [{_switch('kd', 'kd', 'no-kd')}].")
 @click.option(
     "--feature-kd",
     type=float,
@@ -168,7 +186,11 @@ def _interrupt_on_sigterm():
 )
 @click.option("--sync-bn", is_flag=True, default=None, help="Synchronise BatchNorm over torchrun processes.")
 @click.option("--amp", is_flag=True, default=None, help="bfloat16 autocast (adder layers stay float32).")
-@click.option("--export/--no-export", default=None, help="Export to ONNX and evaluate with ONNX Runtime [export].")
+@click.option(
+    "--export/--no-export",
+    default=None,
+    help=f"Export to ONNX and evaluate with ONNX Runtime [{_switch('export', 'export', 'no-export')}].",
+)
 @click.option(
     "--int8",
     is_flag=True,
@@ -176,7 +198,10 @@ def _interrupt_on_sigterm():
     help="Also export, evaluate and report the INT8 adder model (QuantizedAdderConv).",
 )
 @click.option(
-    "--calibration-batches", type=int, default=None, help="INT8 calibration batches of 64 training images [16]."
+    "--calibration-batches",
+    type=int,
+    default=None,
+    help=f"INT8 calibration batches of 64 training images [{RunConfig.calibration_batches}].",
 )
 @click.option("--output", default=None, help="Run folder [runs/MODEL].")
 @click.option(
@@ -188,9 +213,11 @@ def _interrupt_on_sigterm():
     help="Continue the run in --output (or the run folder / last.pt given) with its own options (config.yaml).",
 )
 @click.option("--overwrite", is_flag=True, default=None, help="Replace the run already in --output.")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [auto: cuda when there is one].")
-@click.option("--seed", type=int, default=None, help="Seed of initial weights, data order and init [0].")
-@click.option("--workers", type=int, default=None, help="DataLoader workers [0].")
+@click.option("--device", default=None, help=f"auto, cpu, cuda or cuda:N [{RunConfig.device}: cuda when there is one].")
+@click.option(
+    "--seed", type=int, default=None, help=f"Seed of initial weights, data order and init [{RunConfig.seed}]."
+)
+@click.option("--workers", type=int, default=None, help=f"DataLoader workers [{RunConfig.workers}].")
 @click.option("--max-steps", type=int, default=None, help="Stop each epoch after this many batches.")
 @click.option("--eval-max-batches", type=int, default=None, help="Evaluate on this many test batches of 256 only.")
 @click.option(
@@ -326,14 +353,19 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
     "--int8", is_flag=True, help="The INT8 adder model, calibrated on training batches [MODEL_adder_int8.onnx]."
 )
 @click.option(
-    "--calibration-batches", type=int, default=16, show_default=True, help="With --int8: batches of 64 images."
+    "--calibration-batches",
+    type=int,
+    default=RunConfig.calibration_batches,
+    show_default=True,
+    help="With --int8: batches of 64 images.",
 )
 @click.option(
     "--calibration-method",
-    type=click.Choice(["percentile", "minmax", "mse"]),
-    default="percentile",
+    type=click.Choice(METHODS),
+    default=DEFAULT_METHOD,
     show_default=True,
-    help="With --int8: each layer's input range from a percentile (99.99) or the min/max of the calibration inputs, "
+    help=f"With --int8: each layer's input range from a percentile ({DEFAULT_PERCENTILE}) or the min/max of the "
+    "calibration inputs, "
     "or the range whose layer output is closest to the float layer's (mse; slower).",
 )
 @click.option("--data", default=None, help="With --int8: the training data's folder [Debian's Fashion-MNIST].")

@@ -3,15 +3,15 @@ a YAML file (``-c``), from command-line flags or from Python."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import yaml
 
-from adderconvert.conversion import DEFAULT_INIT, INIT_CHOICES
+from adderconvert.conversion import DEFAULT_INIT, DEFAULT_RECONSTRUCT, INIT_CHOICES, RECONSTRUCT_METHODS
 from adderconvert.data import DATASETS
-from adderconvert.reconstruction import RECONSTRUCT_METHODS
 from adderconvert.train import TrainConfig
 
 __all__ = ["ConfigError", "RunConfig", "validate_config"]
@@ -27,26 +27,23 @@ class RunConfig:
     pretrain_epochs: int | None = None  # None: 1 when the classifier had to be resized, else 0
     pretrain_lr: float = 0.05
     finetune: bool = True
-    epochs: int = 1
-    batch_size: int = 128
-    # The sign init keeps the CNN's function, so fine-tuning starts close: a lower lr than from scratch.
-    lr: float = 0.01
-    # From the sign init a higher adaptive-LR eta than TrainConfig's: 4 beats 2 on MobileNetV3-Large and ties on
-    # RegNet-Y and ResNet-18 (docs/results/recipes_cpu_amd_eta.md).
-    eta: float = 4.0
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr  # the fine-tuning recipe's defaults are TrainConfig's
+    eta: float = TrainConfig.eta
     warmup_steps: int = TrainConfig.warmup_steps
-    kd: bool = True
+    kd: bool = TrainConfig.kd
     feature_kd: float = TrainConfig.feature_kd
     init: str = DEFAULT_INIT
-    # Layer-wise reconstruction after the sign init (adderconvert.reconstruction); "none" skips it.
-    reconstruct: str = "signs"
+    # Layer-wise reconstruction after the sign init (adderconvert.conversion.reconstruction); "none" skips it.
+    reconstruct: str = DEFAULT_RECONSTRUCT
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     keep_stem: bool = True
     keep_classifier: bool = True
     keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
-    sync_bn: bool = False
-    amp: bool = False
+    sync_bn: bool = TrainConfig.sync_bn
+    amp: bool = TrainConfig.amp
     export: bool = True
     int8: bool = False  # also export, evaluate and report the INT8 adder model
     calibration_batches: int = 16  # INT8 calibration: batches of 64 training images
@@ -54,8 +51,8 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
-    seed: int = 0
-    workers: int = 0
+    seed: int = TrainConfig.seed
+    workers: int = TrainConfig.workers
     max_steps: int | None = None
     eval_max_batches: int | None = None
     max_drop: float | None = None
@@ -118,7 +115,7 @@ _RULES: dict[str, _Rule] = {
     "resume": _Rule(bool),
     "overwrite": _Rule(bool),
     "device": _Rule(str, pattern=_DEVICE, hint="auto, cpu, cuda or cuda:N"),
-    "seed": _Rule(int),
+    "seed": _Rule(int, low=0, high=2**32 - 1),  # NumPy seeds take 0 to 2^32 - 1
     "workers": _Rule(int, low=0),
     "max_steps": _Rule(int, optional=True, low=1),
     "eval_max_batches": _Rule(int, optional=True, low=1),
@@ -126,6 +123,10 @@ _RULES: dict[str, _Rule] = {
     "progress": _Rule(bool),
 }
 assert set(_RULES) == {f.name for f in fields(RunConfig)}, "every RunConfig option needs a rule"
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def _check(key: str, value: Any, rule: _Rule) -> Any:
@@ -157,11 +158,13 @@ def _check(key: str, value: Any, rule: _Rule) -> Any:
     if isinstance(value, bool) or not isinstance(value, numeric):
         name = "an integer" if rule.kind is int else "a number"
         raise ConfigError(key, f"must be {name}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
     value = rule.kind(value)
     if rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low):
-        raise ConfigError(key, f"must be {'>' if rule.low_open else '>='} {rule.low:g}, got {value}")
+        raise ConfigError(key, f"must be {'>' if rule.low_open else '>='} {_number(rule.low)}, got {value}")
     if rule.high is not None and value > rule.high:
-        raise ConfigError(key, f"must be <= {rule.high:g}, got {value}")
+        raise ConfigError(key, f"must be <= {_number(rule.high)}, got {value}")
     return value
 
 

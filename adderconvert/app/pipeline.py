@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -42,24 +41,29 @@ from adderconvert.app.saved_models import deployment_metadata
 from adderconvert.app.weights import check_weights, load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
-from adderconvert.conversion import SIGN_MARGIN, ConversionReport, calibrate_norms, convert, plan_conversion
+from adderconvert.conversion import (
+    CALIBRATION_IMAGES,
+    SIGN_MARGIN,
+    Conversion,
+    ConversionReport,
+    plan_conversion,
+    run_conversion,
+)
 from adderconvert.data import DatasetSplits, load_dataset
 from adderconvert.deploy.export import export_onnx
 from adderconvert.deploy.runtime import make_session
-from adderconvert.reconstruction import ReconstructionResult, reconstruct
 from adderconvert.train import (
     TrainConfig,
     evaluate,
     finish_distributed,
     fit,
     init_distributed,
-    recalibrate_batchnorm,
 )
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
 from adderconvert.train.loop import check_same_schedule
 from adderconvert.train.saver import seed_everything
 
-__all__ = ["RunConfig", "RunInputError", "checkpoint_meta", "convert_trained", "plan_only", "run"]
+__all__ = ["RunConfig", "RunInputError", "adder_train_config", "checkpoint_meta", "convert_trained", "plan_only", "run"]
 
 
 class RunInputError(ValueError):
@@ -73,31 +77,6 @@ def _log(message: str, enabled: bool = True) -> None:
 
 def _example_batch(dataset, size: int = 32) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(size, len(dataset)))])
-
-
-# Training images the conversion plan measures each layer's input range on (the sign init places the adder
-# weights past it), and training batches that re-estimate BatchNorm statistics before the zero-step eval.
-CALIBRATION_IMAGES = 256
-RECALIBRATE_BATCHES = 50
-# Reconstruction keeps the CNN's output and input of every converted layer, and the adder model's, for each
-# image it fits on: it fits on as many calibration images as that takes within this many bytes (at least
-# RECONSTRUCT_MIN_IMAGES; a fit reads at most reconstruction.MAX_SAMPLES positions per layer anyway).
-RECONSTRUCT_BYTES = 2 * 2**30
-RECONSTRUCT_MIN_IMAGES = 8
-
-
-def _reconstruction_images(report: ConversionReport, calibration: torch.Tensor) -> torch.Tensor:
-    """The first calibration images whose layer activations fit in :data:`RECONSTRUCT_BYTES`."""
-    outputs = sum(d.macs // max(1, d.in_channels // d.groups * math.prod(d.kernel_size)) for d in report.converted)
-    per_image = 3 * 4 * max(outputs, 1)  # three float32 tensors per layer output
-    count = max(RECONSTRUCT_MIN_IMAGES, min(len(calibration), RECONSTRUCT_BYTES // per_image))
-    return calibration[:count]
-
-
-def _calibration_batch(dataset, size: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
-    """``size`` training images drawn at random (seeded, the same on every process)."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
-    return torch.stack([dataset[int(i)][0] for i in order])
 
 
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> ConversionReport:
@@ -141,6 +120,13 @@ class _Prepared:
 
 
 def _check_folder(config: RunConfig, out: Path) -> None:
+    if config.overwrite and config.weights and Path(config.weights).is_file() and out.is_dir():
+        weights = Path(config.weights).resolve()
+        if any(weights == path.resolve() for path in run_files(out)):
+            raise RunInputError(
+                f"--weights {config.weights} is a file of the run in {out}, which --overwrite replaces: copy it "
+                "out of the run folder first, or write the new run to another --output"
+            )
     try:
         check_run_folder(out, model=config.model, overwrite=config.overwrite, resume=config.resume)
     except OutputError as e:
@@ -185,7 +171,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     if config.resume:
         for path, stage, train_config in (
             (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1))),
-            (out / "last.pt", "adder", _adder_config(config)),
+            (out / "last.pt", "adder", adder_train_config(config)),
         ):
             if path.is_file():
                 state = load_checkpoint(path)
@@ -218,7 +204,8 @@ def _teacher_config(config: RunConfig, pretrain: int) -> TrainConfig:
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config))
 
 
-def _adder_config(config: RunConfig) -> TrainConfig:
+def adder_train_config(config: RunConfig) -> TrainConfig:
+    """How the main job fine-tunes the adder model of ``config``'s run (benchmarks/recipes.py uses it too)."""
     return TrainConfig(
         epochs=config.epochs,
         lr=config.lr,
@@ -336,7 +323,8 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config, "CNN eval")
     _log(f"CNN top-1: {cnn_top1:.2f}%", main)
 
-    student, report, _ = convert_trained(teacher, splits, config, ctx, log=main)
+    conversion = convert_trained(teacher, splits, config, ctx, log=main)
+    student, report = conversion.model, conversion.report
     zero_step_top1 = evaluate(
         student,
         splits.test,
@@ -354,7 +342,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             student,
             splits.train,
             splits.test,
-            _adder_config(config),
+            adder_train_config(config),
             teacher=teacher,
             output=out,
             meta=checkpoint_meta(config.model, config.dataset, splits, "adder", report),
@@ -410,47 +398,36 @@ def convert_trained(
     log: bool = True,
     sign_margin: float = SIGN_MARGIN,
     inside: bool = False,
-) -> tuple[nn.Module, ConversionReport, ReconstructionResult | None]:
-    """The main job's conversion of the trained CNN ``teacher``: plan on :data:`CALIBRATION_IMAGES` training
-    images (the ranges the sign init needs are the trained CNN's), convert a copy with ``config.init``,
-    calibrate its BatchNorms (inserted ones keep the conv's scale), re-estimate their statistics on
-    :data:`RECALIBRATE_BATCHES` training batches and, after the sign init, reconstruct its layers from
-    ``teacher`` (``config.reconstruct``). ``sign_margin`` and ``inside`` are the conversion's and the
-    reconstruction's (for screening). Returns the adder model on ``ctx.device``, its conversion report and
-    the reconstruction's result (None when none ran).
+) -> Conversion:
+    """The main job's conversion of the trained CNN ``teacher``: :func:`adderconvert.conversion.run_conversion`
+    with the run's rules and init on :data:`~adderconvert.conversion.CALIBRATION_IMAGES` training images drawn
+    at random (the ranges the sign init needs are the trained CNN's). ``sign_margin`` and ``inside`` are the
+    conversion's and the reconstruction's (for screening). The adder model is on ``ctx.device``.
 
-    Its random draws (the training split's flips) come from ``config.seed`` alone, and the caller's random
-    state is left as it was: the same teacher always gives the same adder model, in a fresh process (a
-    resumed run, a cached teacher) as after training."""
+    Its random draws come from ``config.seed`` alone, and the caller's random state is left as it was: the same
+    teacher always gives the same adder model, in a fresh process (a resumed run, a cached teacher) as after
+    training."""
     cuda = ctx.device.type == "cuda"
     index = (torch.cuda.current_device() if ctx.device.index is None else ctx.device.index) if cuda else None
     with torch.random.fork_rng(devices=[index] if cuda else []):
-        torch.manual_seed(config.seed)
-        return _convert_trained(teacher, splits, config, ctx, log, sign_margin, inside)
-
-
-def _convert_trained(teacher, splits, config, ctx, log, sign_margin, inside):
-    calibration = _calibration_batch(splits.train)
-    report = _plan(config, teacher, calibration.to(next(teacher.parameters()).device))
-    student = copy.deepcopy(teacher).cpu()
-    convert(student, None, init=config.init, report=report, sign_margin=sign_margin)
-    _log(report.table(), log)
-    student.to(ctx.device)
-    calibrate_norms(student, report, calibration.to(ctx.device), config.init)
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = torch.utils.data.DataLoader(splits.train, batch_size=config.batch_size, shuffle=True, generator=generator)
-    recalibrate_batchnorm(student, loader, RECALIBRATE_BATCHES, ctx.device)
-    if config.init != "sign" or config.reconstruct == "none":
-        return student, report, None
-    images = _reconstruction_images(report, calibration)
-    fitted = reconstruct(teacher, student, report, images.to(ctx.device), config.reconstruct, inside=inside)
-    changed = sum(layer.kept != "none" for layer in fitted.layers)
-    _log(
-        f"reconstruction ({config.reconstruct}): {changed} of {len(fitted.layers)} adder layers refitted to the "
-        f"CNN's outputs on {len(images)} calibration images in {fitted.seconds:.0f}s",
-        log,
-    )
-    return student, report, fitted
+        torch.manual_seed(config.seed)  # the training split's random flips
+        generator = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(len(splits.train), generator=generator)[:CALIBRATION_IMAGES]
+        images = torch.stack([splits.train[int(i)][0] for i in order])
+        return run_conversion(
+            teacher.to(ctx.device),
+            images,
+            init=config.init,
+            reconstruct_method=None if config.reconstruct == "none" else config.reconstruct,
+            include=config.include,
+            exclude=config.exclude,
+            keep_stem=config.keep_stem,
+            keep_classifier=config.keep_classifier,
+            keep_mac_budget=config.keep_mac_budget,
+            sign_margin=sign_margin,
+            inside=inside,
+            log=lambda message: _log(message, log),
+        )
 
 
 def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, warn: bool) -> dict:

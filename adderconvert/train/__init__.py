@@ -1,5 +1,6 @@
 """Fine-tuning adder models: training loop, distillation, checkpoint saving, multi-process training."""
 
+from adderconvert.conversion.norms import recalibrate_batchnorm
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import (
     GlobalBatchNorm2d,
@@ -14,7 +15,6 @@ from adderconvert.train.loop import (
     build_optimizer,
     evaluate,
     fit,
-    recalibrate_batchnorm,
     train_one_epoch,
 )
 from adderconvert.train.saver import CheckpointSaver

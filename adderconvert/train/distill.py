@@ -11,7 +11,8 @@ from adderconvert.conversion import norms_after_adders
 __all__ = ["KD_ALPHA", "KD_TEMPERATURE", "FeatureDistillation", "distillation_loss"]
 
 # The recipe's logit-distillation defaults (TrainConfig takes them). Temperature 4.0 until 2026-12-03, alpha 0.5
-# until 2026-12-05; the screens that chose 2.0 and 0.2 are in the README ("Distillation temperature 2.0", the matrix).
+# until 2026-12-05; the screens that chose 2.0 and 0.2: docs/results/archive/recipe_history.md and
+# docs/results/recipes_cpu_amd_alpha02.md.
 KD_ALPHA = 0.2
 KD_TEMPERATURE = 2.0
 

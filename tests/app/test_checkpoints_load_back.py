@@ -18,7 +18,7 @@ import adderconvert
 from adderconvert.app.weights import load_weights
 from adderconvert.architectures.cnn import build_model, list_cnn_models
 from adderconvert.checkpoint import CheckpointMeta, load_state_dict
-from adderconvert.conversion import convert, plan_conversion
+from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.train import TrainConfig, build_optimizer, fit
 from adderconvert.train.saver import CheckpointSaver, rng_state
 
@@ -97,7 +97,7 @@ def test_every_models_checkpoints_load_back(name, tmp_path):
         torch.testing.assert_close(_logits(student, x), expected)
 
         # The adder model (last.pt, best.pt), converted from the teacher as the run converts it.
-        convert(student, None, init="fresh", report=report)
+        swap_layers(student, None, init="fresh", report=report)
         expected = _logits(student, x)
         _write_run_checkpoint(tmp_path, student, replace(meta, stage="adder", conversion=report.to_dict()), config)
         resumed = _resumed(_blank(student), tmp_path / "last.pt", data, config)

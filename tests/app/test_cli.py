@@ -308,6 +308,7 @@ def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path):
     assert torch.load(out / "last.pt", weights_only=True)["meta"]["stage"] == "teacher"  # untouched
 
 
+@pytest.mark.slow  # test_official_run covers import-official in the fast tier
 def test_import_official_then_report(tmp_path):
     from pathlib import Path
 

@@ -1,8 +1,11 @@
 """The option schema: the same checks for YAML files, flags and Python."""
 
+from dataclasses import fields
+
 import pytest
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
+from adderconvert.train import TrainConfig
 
 
 def test_defaults_and_conversions():
@@ -27,6 +30,12 @@ def test_defaults_and_conversions():
         ({"exclude": [1]}, "exclude", "wildcard"),
         ({"model": None}, "model", "required"),
         ({"epochz": 1}, "epochz", "unknown option"),
+        ({"lr": float("nan")}, "lr", "finite"),
+        ({"eta": float("inf")}, "eta", "finite"),
+        ({"feature_kd": float("inf")}, "feature_kd", "finite"),
+        ({"max_drop": float("nan")}, "max_drop", "finite"),
+        ({"seed": -1}, "seed", ">= 0"),
+        ({"seed": 99999999999999999999}, "seed", "<= 4294967295"),
     ],
 )
 def test_bad_values_name_their_key(values, key, message):
@@ -38,3 +47,21 @@ def test_bad_values_name_their_key(values, key, message):
 def test_not_a_mapping():
     with pytest.raises(ConfigError, match="mapping"):
         validate_config(["epochs", 3])
+
+
+def test_one_value_per_default():
+    """The main job's options that are TrainConfig's take TrainConfig's defaults: the recipe is written once."""
+    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(TrainConfig)}
+    assert {"epochs", "batch_size", "lr", "eta", "warmup_steps", "kd", "feature_kd", "seed"} <= shared
+    for name in shared:
+        assert getattr(RunConfig, name) == getattr(TrainConfig, name), name
+
+
+def test_cli_help_reads_the_defaults():
+    from click.testing import CliRunner
+
+    from adderconvert.app.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
+    for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta), ("--epochs", RunConfig.epochs)):
+        assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag

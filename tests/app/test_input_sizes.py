@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -17,6 +18,7 @@ from tests.deploy.test_dynamic_hw import _Adaptive
 OFFICIAL = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
 
 
+@pytest.mark.slow  # a subprocess import and export (10 s)
 def test_dynamic_hw_export_of_the_official_resnet20_is_refused(tmp_path):
     imp = tmp_path / "imp"
     result = CliRunner().invoke(main, ["import-official", str(OFFICIAL), "--arch", "resnet20", "--output", str(imp)])

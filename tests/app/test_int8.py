@@ -13,7 +13,7 @@ from adderconvert.app.cli import main
 from adderconvert.app.int8 import calibration_batches, compare_onnx, export_checkpoint_int8, int8_path
 from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
-from adderconvert.conversion import convert, plan_conversion
+from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.data import FASHION_MNIST_CLASSES, load_dataset
 from adderconvert.deploy.export import export_onnx, read_metadata
 from adderconvert.quantization import DEFAULT_METHOD, METHODS
@@ -28,7 +28,7 @@ def adder_checkpoint(tmp_path_factory):
     model = build_model("resnet18", 10)
     example = torch.randn(4, 3, 28, 28)
     report = plan_conversion(model, example)
-    convert(model, example, report=report)
+    swap_layers(model, example, report=report)
     model.eval()
     meta = CheckpointMeta(
         model_name="resnet18",
@@ -65,6 +65,7 @@ def test_export_checkpoint_int8_and_evaluate(adder_checkpoint, tmp_path):
     assert compare_onnx(path, fp32, splits.test, batch_size=16)["int8_top1"] == pytest.approx(result_top1, abs=0.006)
 
 
+@pytest.mark.slow  # test_export_checkpoint_int8_and_evaluate covers the fast tier
 def test_export_command_int8_default_path(adder_checkpoint):
     checkpoint, data, _ = adder_checkpoint
     result = CliRunner().invoke(
@@ -117,6 +118,7 @@ def test_calibration_batches_are_seeded_training_batches(adder_checkpoint):
     assert np.isfinite(a[0].numpy()).all()
 
 
+@pytest.mark.slow  # a whole main job with --int8 (90 s)
 def test_main_job_int8_summary_and_report(tmp_path):
     data = _fake_fashion_mnist(tmp_path)
     out = tmp_path / "run"

@@ -164,6 +164,18 @@ def test_overwrite_refuses_a_folder_that_only_has_a_config_yaml(data, tmp_path):
     assert _digest(out) == before
 
 
+def test_overwrite_refuses_to_replace_the_weights_file_it_was_given(data, tmp_path):
+    """Issue 34, 1: --weights RUN/teacher/best.pt with --output RUN --overwrite would delete the teacher it reads."""
+    out = tmp_path / "run"
+    _old_training_run(out)
+    before = _digest(out)
+    weights = str(out / "teacher" / "best.pt")
+    args = ["resnet18", "--data", str(data), *TINY, "--weights", weights, "--pretrain-epochs", "0"]
+    result = CliRunner().invoke(main, [*args, "--output", str(out), "--overwrite"])
+    _input_error(result, "--weights", "--overwrite replaces")
+    assert _digest(out) == before
+
+
 @pytest.mark.slow
 def test_overwrite_of_a_run_keeps_the_files_no_run_wrote(data, tmp_path):
     """Why 2: --overwrite of a real run folder removes the old run's files and keeps the user's."""
@@ -226,6 +238,7 @@ def test_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(data
     assert find_run(out).model == "resnet18"
 
 
+@pytest.mark.slow  # two main jobs (45 s)
 def test_overwrite_drops_the_old_run_once_the_new_one_has_a_checkpoint(data, tmp_path, monkeypatch):
     """Once the new run has written its teacher's checkpoints the old run's files go (the new run can be
     resumed); the user's files stay either way."""

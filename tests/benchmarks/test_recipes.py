@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import torch
 
 from adderconvert.app.config import RunConfig
+from adderconvert.app.pipeline import adder_train_config
 from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import load, read_meta
-from adderconvert.conversion import convert, plan_conversion
+from adderconvert.conversion import plan_conversion, swap_layers
+from adderconvert.train import TrainConfig
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes.py"
 _spec = importlib.util.spec_from_file_location("recipes", _PATH)
@@ -20,10 +22,23 @@ sys.modules.setdefault("recipes", recipes)  # its dataclasses look their module 
 _spec.loader.exec_module(recipes)
 
 
-def test_fine_tunes_with_the_main_jobs_defaults():
-    recipe = recipes.main_job_recipe()
-    assert recipe["lr"] == RunConfig.lr and recipe["eta"] == RunConfig.eta
-    assert recipe["feature_kd"] == RunConfig.feature_kd and recipe["kd"] == RunConfig.kd
+def test_fine_tunes_with_the_main_jobs_configuration():
+    budget = recipes.BUDGETS["cpu"]
+    config = recipes.fine_tune_config(budget, {})
+    main_job = adder_train_config(RunConfig(epochs=budget.epochs, max_steps=budget.steps))
+    assert dataclasses.replace(config, progress=True, log=True) == main_job
+    assert config.batch_size == RunConfig.batch_size and config.lr == TrainConfig.lr
+    assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
+
+
+def test_the_teacher_cache_is_keyed_by_the_teachers_recipe_alone():
+    budget = recipes.BUDGETS["cpu"]
+    config = recipes._teacher_config("resnet18", budget, 60000)
+    key = recipes.teacher_key("resnet18", budget, config)
+    # A fine-tuning default changes nothing; the teacher's own recipe does.
+    assert recipes.teacher_key("resnet18", budget, dataclasses.replace(config, eta=99.0, kd_alpha=0.1)) == key
+    assert recipes.teacher_key("resnet18", budget, dataclasses.replace(config, epochs=config.epochs + 1)) != key
+    assert recipes.teacher_key("resnet18", dataclasses.replace(budget, image_size=64), config) != key
 
 
 def test_zero_step_table():
@@ -63,7 +78,7 @@ def test_saved_student_and_cnn_are_checkpoints_that_load_back(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load(cnn)(images), student(images), rtol=0, atol=0)
     report = plan_conversion(student, images)
-    convert(student, None, init="sign", report=report)
+    swap_layers(student, None, init="sign", report=report)
     path = recipes.save_model(student, report, splits, "resnet18", tmp_path / "resnet18.pt")
     meta = read_meta(path)
     assert (meta.model_name, meta.stage, meta.dataset, meta.image_size) == ("resnet18", "adder", "fashion-mnist", 32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from adderconvert.conversion import convert, plan_conversion
+from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.nn import AdderConv2d
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 
@@ -29,7 +29,7 @@ def test_distillation_loss_matches_hand_computation():
 def _pair():
     teacher = torchvision.models.resnet18(num_classes=10).eval()
     student = copy.deepcopy(teacher)
-    convert(student, torch.randn(2, 3, 32, 32))
+    swap_layers(student, torch.randn(2, 3, 32, 32))
     return student.eval(), teacher
 
 
@@ -86,7 +86,7 @@ def _vgg11_pair():
     teacher = torchvision.models.vgg11(num_classes=10).eval()
     student = copy.deepcopy(teacher)
     report = plan_conversion(student, torch.randn(2, 3, 32, 32))
-    convert(student, None, report=report)
+    swap_layers(student, None, report=report)
     return student.train(), teacher, report
 
 

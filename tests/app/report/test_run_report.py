@@ -14,7 +14,7 @@ import yaml
 from adderconvert.app.report import write_report
 from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
-from adderconvert.conversion import convert, plan_conversion
+from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.deploy.export import export_onnx
 
 IMAGE = 16  # ResNet-18 at 16 px: stem 64x8x8, stages 4, 2, 1, 1
@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     model = build_model("resnet18", 10)
     x = torch.randn(2, 3, IMAGE, IMAGE)
     plan = plan_conversion(model, x)
-    convert(model, x, report=plan)
+    swap_layers(model, x, report=plan)
     model.eval()
     meta = CheckpointMeta("resnet18", 10, dataset="fashion-mnist", image_size=IMAGE, conversion=plan.to_dict())
     save_checkpoint(out / "best.pt", {"meta": meta, "model": model.state_dict()})
@@ -137,6 +137,7 @@ def _chromium(tmp_path, *args):
     )
 
 
+@pytest.mark.slow  # Chromium: the full tier
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_report_renders_in_chromium(run, tmp_path):
     import matplotlib.image

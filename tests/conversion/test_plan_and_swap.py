@@ -13,11 +13,11 @@ from adderconvert.conversion import (
     SIGN_MIN_GAP,
     ConversionReport,
     calibrate_norms,
-    convert,
     norms_after_adders,
     plan_conversion,
     restore,
     sign_edges,
+    swap_layers,
 )
 from adderconvert.nn import AdderConv2d
 
@@ -35,7 +35,7 @@ def test_default_keeps_stem_and_converts_the_rest():
     decisions = {d.name: d for d in report.layers}
     assert not decisions["conv1"].convert and "stem" in decisions["conv1"].rule
     assert all(d.convert for name, d in decisions.items() if name != "conv1")
-    convert(model, X, report=report)
+    swap_layers(model, X, report=report)
     assert isinstance(model.conv1, nn.Conv2d) and not isinstance(model.conv1, AdderConv2d)
     assert isinstance(model.layer1[0].conv1, AdderConv2d)
     assert isinstance(model.fc, nn.Linear)
@@ -79,7 +79,7 @@ def test_conv_classifier_is_kept_and_bn_inserted_where_missing():
     decisions = {d.name: d for d in report.layers}
     assert not decisions["classifier.1"].convert and "classifier" in decisions["classifier.1"].rule
     assert decisions["features.3.squeeze"].insert_bn
-    convert(model, torch.randn(2, 3, 64, 64), report=report)
+    swap_layers(model, torch.randn(2, 3, 64, 64), report=report)
     squeeze = model.features[3].squeeze
     assert isinstance(squeeze[0], AdderConv2d) and isinstance(squeeze[1], nn.BatchNorm2d)
 
@@ -95,7 +95,7 @@ def test_no_bn_inserted_where_one_follows():
 def test_init_choices(init):
     model = _resnet18()
     original = model.layer1[0].conv1.weight.detach().clone()
-    convert(model, X, init=init)
+    swap_layers(model, X, init=init)
     weight = model.layer1[0].conv1.weight.detach()
     if init == "copy":
         assert torch.equal(weight, original)
@@ -110,21 +110,21 @@ def test_init_choices(init):
 
 def test_fresh_init_keeps_signs_for_inputs_that_go_negative():
     model = _resnet18()
-    convert(model, X, keep_stem=False, init="fresh")  # the stem sees the normalised image, which has negative values
+    swap_layers(model, X, keep_stem=False, init="fresh")  # the stem sees the normalised image: negative values
     assert (model.conv1.weight < 0).any() and (model.layer1[0].conv1.weight >= 0).all()
 
 
 def test_public_api_names_the_function():
     import adderconvert
-    import adderconvert.conversion  # noqa: F401  (importing the module leaves the function in place)
+    import adderconvert.conversion  # importing the package leaves the function in place
 
-    assert adderconvert.convert is convert and callable(adderconvert.convert)
+    assert adderconvert.convert is adderconvert.conversion.convert and callable(adderconvert.convert)
     assert callable(adderconvert.plan_conversion)
 
 
 def test_bad_init_rejected():
     with pytest.raises(ValueError, match="init must be one of"):
-        convert(_resnet18(), X, init="zeros")
+        swap_layers(_resnet18(), X, init="zeros")
 
 
 def _sizes(name: str) -> int:
@@ -138,7 +138,7 @@ def test_every_torchvision_cnn_converts(name):
     model = torchvision.models.get_model(name, weights=None, num_classes=10)
     x = torch.randn(2, 3, _sizes(name), _sizes(name))
     report = plan_conversion(model, x)
-    convert(model, x, report=report)
+    swap_layers(model, x, report=report)
     adders = [m for m in model.modules() if isinstance(m, AdderConv2d)]
     assert len(adders) == len(report.converted) > 0
     # Every adder layer is followed by a normalisation in execution order.
@@ -164,7 +164,7 @@ def test_plan_and_convert_without_an_example_use_imagenet_images():
     layer = next(d for d in report.layers if d.name == "layer1.0.conv1")
     assert layer.macs == 64 * 56 * 56 * 64 * 9  # 224 -> /2 stem -> /2 maxpool = 56
     assert len(report.converted) == 19
-    convert(model)
+    swap_layers(model)
     assert isinstance(model.layer1[0].conv1, AdderConv2d)
     assert model(X).shape == (2, 10)
 
@@ -235,7 +235,7 @@ def test_other_convolutions_are_reported_as_not_supported_and_round_trip(tmp_pat
     data = report.to_dict()
     assert data["kept_layers"] == 5 and data["total_conv_macs"] == sum(d.macs for d in report.layers)
     assert ConversionReport.from_dict(data).layers == report.layers
-    convert(model, x, report=report)
+    swap_layers(model, x, report=report)
     path = tmp_path / "state.pt"
     torch.save(model.state_dict(), path)
     fresh = restore(_MixedConvs(), data)
@@ -262,11 +262,11 @@ def test_reports_from_before_the_supported_field_still_load():
 def test_norms_after_adders_are_the_norms_conversion_relies_on():
     model = torchvision.models.vgg11(num_classes=10)
     report = plan_conversion(model, torch.randn(1, 3, 32, 32))
-    convert(model, torch.randn(1, 3, 32, 32), report=report)
+    swap_layers(model, torch.randn(1, 3, 32, 32), report=report)
     assert norms_after_adders(model) == {f"{d.name}.0": f"{d.name}.1" for d in report.converted}
     resnet = _resnet18()
     report = plan_conversion(resnet, X)
-    convert(resnet, X, report=report)
+    swap_layers(resnet, X, report=report)
     norms = norms_after_adders(resnet, X)
     assert norms["layer1.0.conv1"] == "layer1.0.bn1" and norms["layer2.0.downsample.0"] == "layer2.0.downsample.1"
     assert set(norms) == {d.name for d in report.converted} and not any(d.insert_bn for d in report.converted)
@@ -326,7 +326,7 @@ def trained_cnn():
 def _convert_default(model, calibration):
     student = copy.deepcopy(model)
     report = plan_conversion(student, calibration)
-    convert(student, None, report=report)  # the default init
+    swap_layers(student, None, report=report)  # the default init
     calibrate_norms(student, report, calibration)
     return student.eval(), report
 
@@ -340,7 +340,7 @@ def test_default_conversion_keeps_the_cnns_function(trained_cnn):
         agree = float((student(test_images).argmax(1) == model(test_images).argmax(1)).float().mean())
         fresh = copy.deepcopy(model)
         plan = plan_conversion(fresh, calibration)
-        convert(fresh, None, report=plan, init="fresh")
+        swap_layers(fresh, None, report=plan, init="fresh")
         calibrate_norms(fresh, plan, calibration, init="fresh")
         agree_fresh = float((fresh.eval()(test_images).argmax(1) == model(test_images).argmax(1)).float().mean())
     assert agree >= 0.8, f"the default-converted adder model agrees with its CNN on {100 * agree:.1f}% of images"
@@ -361,7 +361,7 @@ def test_sign_init_is_the_binary_weight_conv_plus_a_constant_within_the_margin()
     assert upper == pytest.approx(float(seen.max()) + gap, rel=1e-5)
     assert lower == pytest.approx(float(seen.min()) - gap, rel=1e-5)
     weight = conv.weight.detach().clone()
-    convert(model, None, report=report)
+    swap_layers(model, None, report=report)
     adder = model[1]
     assert adder.weight.unique().tolist() == pytest.approx([lower, upper])
     assert torch.equal(adder.weight > 0, weight >= 0)
@@ -384,7 +384,7 @@ def test_sign_init_is_the_binary_weight_conv_plus_a_constant_within_the_margin()
 
 def test_sign_init_after_a_relu_puts_negative_weights_one_below_zero():
     model = _resnet18()
-    convert(model, X)
+    swap_layers(model, X)
     weight = model.layer1[0].conv1.weight
     assert float(weight.min()) == -SIGN_MIN_GAP and float(weight.max()) > SIGN_MIN_GAP
     assert ((weight == -SIGN_MIN_GAP) | (weight == weight.max())).all()
@@ -399,7 +399,7 @@ def test_sign_init_trains_with_the_binary_weight_convs_input_gradient():
     calibration = torch.randn(16, 3, 9, 9) * 0.3  # small inputs: a margin of the span alone is far below 1
     weight = conv.weight.detach().clone()
     report = plan_conversion(model, calibration, keep_classifier=False, keep_stem=True)
-    convert(model, None, report=report)
+    swap_layers(model, None, report=report)
     x = model[1](model[0](calibration)).detach().requires_grad_()
     g = torch.randn(16, 5, 9, 9)
     model[2](x).backward(g)
@@ -418,7 +418,7 @@ def test_inserted_norm_gives_the_convs_scale_in_both_modes():
         binary = nn.functional.conv2d(inputs, sign_weight * expected_scale[:, None, None, None], bias)
     report = plan_conversion(model, calibration, keep_classifier=False)
     assert report.converted[0].insert_bn
-    convert(model, None, report=report)
+    swap_layers(model, None, report=report)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(calibration), binary, rtol=1e-4, atol=1e-3)
         calibrate_norms(model, report, calibration)
@@ -432,7 +432,7 @@ def test_sign_init_needs_a_measured_range():
         del row["input_max"]
     report = ConversionReport.from_dict(data)
     with pytest.raises(ValueError, match="no measured input range"):
-        convert(_resnet18(), None, report=report)
+        swap_layers(_resnet18(), None, report=report)
     restore(_resnet18(), data)  # restoring a saved model does not need it: its weights are loaded
 
 

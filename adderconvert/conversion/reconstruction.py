@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adderconvert.conversion import ConversionReport, norms_after_adders, run_hooked
+from adderconvert.conversion.plan import ConversionReport, norms_after_adders, run_hooked
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.functional import adder_conv2d
 

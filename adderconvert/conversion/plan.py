@@ -1,11 +1,11 @@
-"""Model surgery: swap the ``nn.Conv2d`` layers of a CNN for :class:`~adderconvert.nn.AdderConv2d`.
+"""Planning a conversion: which ``nn.Conv2d`` layers of a CNN become adder layers, and what each one's inputs
+look like on calibration images (range, scale, the binary-weight twin's error).
 
-:func:`plan_conversion` decides, per conv, whether it is converted and which rule decided (a dry run
-with a report); :func:`convert` applies the plan in place. AdderNets need a normalisation after every
-adder layer, so one ``BatchNorm2d`` is inserted where a converted conv is not followed by one: the conv
-``name`` becomes ``nn.Sequential(adder, bn)`` (``name.0``, ``name.1``). "The norm after a layer" is the
-leaf module that runs next in one forward pass (:func:`norms_after_adders`), the same rule for conversion,
-feature distillation and anything else that asks.
+:func:`plan_conversion` is a dry run with a report (:class:`ConversionReport`); :func:`norms_after_adders`
+finds the norm after each adder layer. AdderNets need a normalisation after every adder layer, so the plan
+marks where one is inserted: a converted conv not followed by one. "The norm after a layer" is the leaf
+module that runs next in one forward pass, the same rule for conversion, feature distillation and anything
+else that asks.
 
 Without an example batch, the model runs on standard-normal images with the channels of its first conv,
 at the first of :data:`DEFAULT_INPUT_SIZES` it accepts (224, ImageNet's, for torchvision's models).
@@ -26,31 +26,13 @@ from adderconvert.nn import AdderConv2d
 
 __all__ = [
     "DEFAULT_INPUT_SIZES",
-    "DEFAULT_INIT",
-    "INIT_CHOICES",
-    "SIGN_MARGIN",
-    "SIGN_MIN_GAP",
-    "calibrate_norms",
     "ConversionReport",
     "LayerDecision",
-    "convert",
     "norms_after_adders",
     "plan_conversion",
-    "restore",
     "run_hooked",
-    "sign_edges",
 ]
 
-INIT_CHOICES = ("sign", "fresh", "rescale", "copy")
-DEFAULT_INIT = "sign"
-# "sign": each adder weight is placed this share of the layer's input span beyond the inputs measured in
-# planning, so that inputs calibration did not see (up to that far out) still lie inside.
-SIGN_MARGIN = 0.1
-# ... and never closer than this to any of them: the training rule's input gradient HardTanh(W - X) is the
-# tap's true slope sign(W - X) only where |W - X| >= 1. Closer, the backward pass stops matching the forward
-# (after a ReLU, weights at 0 passed back -x, not -1, for every input x < 1), and the error compounds: on
-# RegNet-Y the first step's input gradients grew ~10x per block (1.6e9 at block 1 against 0.06 for the CNN).
-SIGN_MIN_GAP = 1.0
 # Square image sizes tried in order when no example batch is given; the first the model accepts is used.
 DEFAULT_INPUT_SIZES = (224, 32, 28, 64, 96, 299)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
@@ -359,168 +341,3 @@ def _keep_within_budget(report: ConversionReport, budget: float) -> None:
         spent += decision.macs
         decision.convert, decision.insert_bn = False, False
         decision.rule = f"kept: binary-weight error {decision.sign_error:.2f} (keep_mac_budget {budget:g})"
-
-
-def sign_edges(decision: LayerDecision, margin: float = SIGN_MARGIN) -> tuple[float, float]:
-    """Where the ``sign`` init puts the weights of the layer ``decision`` describes: (lower, upper), beyond
-    the measured input range and zero (the padding) by ``margin`` of its span, and by at least
-    :data:`SIGN_MIN_GAP`, so that the training rule's gradient is the true one at the start."""
-    if decision.input_max is None:
-        raise ValueError(
-            f"{decision.name}: the conversion plan has no measured input range (a report from before it was "
-            "measured); plan again with example batches, or use another init"
-        )
-    low, high = min(decision.input_min, 0.0), max(decision.input_max, 0.0)
-    gap = max(margin * max(high - low, 0.0), SIGN_MIN_GAP)
-    return low - gap, high + gap
-
-
-def _init_weights(
-    layer: AdderConv2d, conv: nn.Conv2d, init: str, decision: LayerDecision, sign_margin: float = SIGN_MARGIN
-) -> None:
-    input_std = decision.input_std
-    with torch.no_grad():
-        if init == "sign":
-            # A tap whose weight lies beyond every input it meets computes -|x - w| = sign(w) * x - |w|: the
-            # layer is the conv's binary-weight twin plus a per-channel constant that the norm after it takes.
-            lower, upper = sign_edges(decision, sign_margin)
-            layer.weight.copy_(torch.where(conv.weight >= 0, upper, lower))
-        elif init == "fresh":
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            layer.weight.mul_(input_std / max(float(layer.weight.std()), 1e-12))
-            if decision.input_min >= 0:
-                # Inputs after a ReLU are never negative, and against them a negative weight only adds
-                # |w| + x, the same for every filter: keep weights where the inputs are.
-                layer.weight.abs_()
-        elif init == "rescale":
-            # Keep the pretrained filters' pattern, at the scale of the activations they meet:
-            # |x - w| only discriminates when w lives where x does.
-            layer.weight.mul_(input_std / max(float(conv.weight.std()), 1e-12))
-
-
-def convert(
-    model: nn.Module,
-    example_input: torch.Tensor | None = None,
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    keep_stem: bool = True,
-    keep_classifier: bool = True,
-    insert_bn: bool = True,
-    init: str = DEFAULT_INIT,
-    report: ConversionReport | None = None,
-    sign_margin: float = SIGN_MARGIN,
-) -> nn.Module:
-    """Swap convs for adder layers in place and return ``model``.
-
-    ``init`` chooses the adder weights: ``"sign"`` (the default: each weight just past the range of the
-    inputs measured on ``example_input``, on the side of the conv weight's sign, see :func:`sign_edges`;
-    the model keeps the CNN's function up to binary weights, once its norms are recalibrated with
-    :func:`calibrate_norms`), ``"fresh"`` (Kaiming init scaled to the
-    std of the layer's input activations and made non-negative where those inputs are, as after a ReLU),
-    ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
-    Rules are those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
-    ``sign_margin`` is :func:`sign_edges`' margin.
-
-    With ``sign``, a BatchNorm inserted after an adder layer is set to give the conv's output scale:
-    weight ``mean|W|`` per channel (the binary-weight twin's least-squares scale), its running statistics
-    taking away the adder layer's constant; in eval mode the pair computes ``conv(x, mean|W| sign(W)) + b``.
-    """
-    if init not in INIT_CHOICES:
-        raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
-    if report is None:
-        report = plan_conversion(
-            model,
-            example_input,
-            include=include,
-            exclude=exclude,
-            keep_stem=keep_stem,
-            keep_classifier=keep_classifier,
-            insert_bn=insert_bn,
-        )
-    for decision in report.converted:
-        conv = model.get_submodule(decision.name)
-        layer = AdderConv2d.from_conv(conv).train(conv.training)
-        _init_weights(layer, conv, init, decision, sign_margin)
-        if decision.insert_bn:
-            bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
-            bn.train(conv.training)
-            if init == "sign":
-                _match_conv_scale(bn, layer, conv)
-            model.set_submodule(decision.name, nn.Sequential(layer, bn))
-        else:
-            model.set_submodule(decision.name, layer)
-    return model
-
-
-def _match_conv_scale(bn: nn.BatchNorm2d, layer: AdderConv2d, conv: nn.Conv2d) -> None:
-    """Set an inserted BatchNorm so that, in eval mode, it maps the sign-initialised ``layer``'s output
-    ``sign(W) * x - sum|w| + b`` to ``mean|W| * sign(W) * x + b``."""
-    with torch.no_grad():
-        scale = conv.weight.abs().flatten(1).mean(1)
-        constant = layer.weight.abs().flatten(1).sum(1)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-        bn.weight.copy_(scale)
-        bn.bias.copy_(bias)
-        bn.running_mean.copy_(bias - constant if layer.bias is not None else -constant)
-        bn.running_var.fill_(1.0 - bn.eps)
-
-
-def _inserted_norms(model: nn.Module, report: ConversionReport) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [model.get_submodule(f"{d.name}.1") for d in report.converted if d.insert_bn]
-
-
-@torch.no_grad()
-def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Tensor, init: str = "sign") -> None:
-    """Re-estimate every BatchNorm's statistics on ``images`` after :func:`convert`, keeping what the
-    BatchNorms it inserted compute.
-
-    One forward pass in training mode: each BatchNorm's running statistics become those of its input on
-    ``images`` (after a conversion they are the CNN's, for outputs on another scale). An inserted norm set
-    to give the conv's output scale (the ``sign`` init) would lose that scale to batch statistics; just
-    before it runs, its eval-mode mapping ``a * x + c`` is folded into its weight and bias for the batch's
-    statistics, so that in training mode on such data, in eval mode and after any later re-estimation it
-    computes the same thing (``init`` is the one :func:`convert` used: other inits leave inserted norms to
-    learn their scale, as before). Call it once, after :func:`convert` and before any training step; a
-    longer re-estimation may follow (e.g. ``adderconvert.train.recalibrate_batchnorm``).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    inserted = set(_inserted_norms(model, report)) if init == "sign" else set()
-
-    # Each inserted norm's eval-mode mapping a * x + c, taken before the statistics are reset.
-    mappings = {}
-    for m in inserted:
-        if m.affine:
-            a = m.weight / torch.sqrt(m.running_var + m.eps)
-            mappings[m] = (a, m.bias - a * m.running_mean)
-
-    def fold(module, inputs):
-        x = inputs[0].transpose(0, 1).flatten(1)
-        mean, var = x.mean(1), x.var(1, correction=0)
-        a, c = mappings[module]
-        module.weight.copy_(a * torch.sqrt(var + module.eps))
-        module.bias.copy_(a * mean + c)
-
-    momenta = [m.momentum for m in norms]
-    hooks = [m.register_forward_pre_hook(fold) for m in mappings]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: the statistics of this one batch
-    model.train()
-    try:
-        model(images)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-
-
-def restore(model: nn.Module, report: ConversionReport | dict) -> nn.Module:
-    """Give a freshly built CNN the structure ``report`` describes (adder layers, inserted BatchNorms), in
-    place, so that a state dict saved after :func:`convert` loads into it. Weights are left to that load."""
-    if isinstance(report, dict):
-        report = ConversionReport.from_dict(report)
-    return convert(model, None, report=report, init="copy")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from adderconvert.conversion import calibrate_norms, convert, plan_conversion, restore
+from adderconvert.conversion import calibrate_norms, plan_conversion, restore, swap_layers
+from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, layer_errors, reconstruct
 from adderconvert.deploy.export import export_onnx
 from adderconvert.nn import AdderConv2d
-from adderconvert.reconstruction import RECONSTRUCT_METHODS, layer_errors, reconstruct
 
 
 class _RandomCNN(nn.Module):
@@ -59,7 +59,7 @@ def cnn():
 def _sign_student(model, calibration):
     student = copy.deepcopy(model)
     report = plan_conversion(student, calibration)
-    convert(student, None, init="sign", report=report)
+    swap_layers(student, None, init="sign", report=report)
     calibrate_norms(student, report, calibration)
     return student.eval(), report
 

@@ -1,0 +1,60 @@
+"""Conversion of a trained CNN into an adder model: :func:`convert` is the one call; its steps, in order, are
+public here too.
+
+* :func:`plan_conversion` (``plan.py``): which convs become adder layers, measured on calibration images;
+* :func:`swap_layers` (``swap.py``): the layer swap with an init (:func:`restore` uses it alone);
+* :func:`calibrate_norms` and :func:`recalibrate_batchnorm` (``norms.py``): BatchNorm statistics;
+* :func:`reconstruct` (``reconstruction.py``): each adder layer refitted to the CNN's output.
+
+``calibration.py`` turns what :func:`convert` accepts (images, a DataLoader, a forward loop) into images.
+"""
+
+from adderconvert.conversion.calibration import CALIBRATION_IMAGES, Calibration, calibration_images
+from adderconvert.conversion.norms import calibrate_norms, recalibrate_batchnorm
+from adderconvert.conversion.plan import (
+    DEFAULT_INPUT_SIZES,
+    ConversionReport,
+    LayerDecision,
+    norms_after_adders,
+    plan_conversion,
+    run_hooked,
+)
+from adderconvert.conversion.recipe import DEFAULT_RECONSTRUCT, Conversion, convert, run_conversion
+from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, ReconstructionResult, reconstruct
+from adderconvert.conversion.swap import (
+    DEFAULT_INIT,
+    INIT_CHOICES,
+    SIGN_MARGIN,
+    SIGN_MIN_GAP,
+    restore,
+    sign_edges,
+    swap_layers,
+)
+
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "DEFAULT_INIT",
+    "DEFAULT_INPUT_SIZES",
+    "DEFAULT_RECONSTRUCT",
+    "INIT_CHOICES",
+    "RECONSTRUCT_METHODS",
+    "SIGN_MARGIN",
+    "SIGN_MIN_GAP",
+    "Calibration",
+    "Conversion",
+    "ConversionReport",
+    "LayerDecision",
+    "ReconstructionResult",
+    "calibrate_norms",
+    "calibration_images",
+    "convert",
+    "norms_after_adders",
+    "plan_conversion",
+    "recalibrate_batchnorm",
+    "reconstruct",
+    "restore",
+    "run_conversion",
+    "run_hooked",
+    "sign_edges",
+    "swap_layers",
+]

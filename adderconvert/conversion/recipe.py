@@ -1,0 +1,157 @@
+"""The one call that converts a trained CNN: :func:`convert` runs the default recipe's steps in order.
+
+1. :func:`~adderconvert.conversion.plan_conversion` on calibration images: which convs become adder layers,
+   and each one's input range;
+2. :func:`~adderconvert.conversion.swap_layers` on a copy, with the ``sign`` init: every adder weight just past
+   its inputs, so that each layer computes its conv's binary-weight twin (plus a constant);
+3. :func:`~adderconvert.conversion.calibrate_norms`, then :func:`~adderconvert.conversion.recalibrate_batchnorm`
+   over all calibration images: BatchNorm statistics for the adder layers' outputs;
+4. :func:`~adderconvert.conversion.reconstruct`: each adder layer refitted to the CNN's output of that layer.
+
+The result keeps the CNN's function (on the recipe benchmark's families, 91-99% of its top-1 before any
+training step) and is ready to evaluate, fine-tune or export.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adderconvert.conversion.calibration import CALIBRATION_IMAGES, Calibration, calibration_images
+from adderconvert.conversion.norms import calibrate_norms, recalibrate_batchnorm
+from adderconvert.conversion.plan import ConversionReport, plan_conversion
+from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, ReconstructionResult, reconstruct
+from adderconvert.conversion.swap import DEFAULT_INIT, INIT_CHOICES, SIGN_MARGIN, swap_layers
+
+__all__ = [
+    "DEFAULT_RECONSTRUCT",
+    "NORM_BATCH",
+    "PLAN_IMAGES",
+    "RECONSTRUCT_BYTES",
+    "Conversion",
+    "convert",
+    "run_conversion",
+]
+
+# The first calibration images planning measures input ranges on (and the norms are calibrated and the layers
+# refitted on): a few hundred find each layer's range.
+PLAN_IMAGES = 256
+# BatchNorm statistics are re-estimated over all calibration images, in batches of this many.
+NORM_BATCH = 128
+DEFAULT_RECONSTRUCT = "signs"
+# Reconstruction keeps the CNN's output and input of every converted layer, and the adder model's, for each
+# image it fits on: it fits on as many of the planning images as that takes within this many bytes (at least
+# RECONSTRUCT_MIN_IMAGES; a fit reads at most reconstruction.MAX_SAMPLES positions per layer anyway).
+RECONSTRUCT_BYTES = 2 * 2**30
+RECONSTRUCT_MIN_IMAGES = 8
+
+
+@dataclass
+class Conversion:
+    """What :func:`run_conversion` made: the adder ``model``, the ``report`` of the plan it followed (saved with
+    checkpoints; :func:`~adderconvert.conversion.restore` rebuilds the structure from it) and the
+    ``reconstruction``'s per-layer fits (None when it did not run)."""
+
+    model: nn.Module
+    report: ConversionReport
+    reconstruction: ReconstructionResult | None
+
+
+def _reconstruction_images(report: ConversionReport, images: torch.Tensor) -> torch.Tensor:
+    """The first ``images`` whose layer activations fit in :data:`RECONSTRUCT_BYTES`."""
+    outputs = sum(d.macs // max(1, d.in_channels // d.groups * math.prod(d.kernel_size)) for d in report.converted)
+    per_image = 3 * 4 * max(outputs, 1)  # three float32 tensors per layer output
+    return images[: max(RECONSTRUCT_MIN_IMAGES, min(len(images), RECONSTRUCT_BYTES // per_image))]
+
+
+def run_conversion(
+    model: nn.Module,
+    calibration: Calibration | None,
+    *,
+    init: str = DEFAULT_INIT,
+    reconstruct_method: str | None = DEFAULT_RECONSTRUCT,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    keep_stem: bool = True,
+    keep_classifier: bool = True,
+    keep_mac_budget: float = 0.0,
+    sign_margin: float = SIGN_MARGIN,
+    inside: bool = False,
+    images: int = CALIBRATION_IMAGES,
+    log: Callable[[str], None] | None = None,
+) -> Conversion:
+    """The adder model of the trained CNN ``model``, made by the whole default recipe (the module's docstring),
+    with the plan's report and the reconstruction's fits (:class:`Conversion`); ``model`` itself is left as it was.
+
+    ``calibration`` is training data, normalised as in training: a tensor of images (N, C, H, W), an iterable of
+    batches (a ``DataLoader``; batches or ``(images, labels)`` pairs are read until ``images`` images) or a
+    callable ``forward_loop(model)`` that runs the model on data (its inputs are recorded). About 1,024 images
+    (``images``, the default) are enough. ``None`` is refused with the default init: without data the adder
+    weights cannot be placed (``init="fresh"`` with ``None`` gives an adder model to train from scratch).
+
+    ``init`` (:data:`~adderconvert.conversion.INIT_CHOICES`; other inits than ``sign`` skip reconstruction),
+    ``reconstruct_method`` (``"signs"``, ``"affine"`` or None), the rules ``include``/``exclude`` (wildcards on
+    conv names), ``keep_stem``, ``keep_classifier`` and ``keep_mac_budget`` (see
+    :func:`~adderconvert.conversion.plan_conversion`), ``sign_margin`` (see
+    :func:`~adderconvert.conversion.sign_edges`) and ``inside`` (see
+    :func:`~adderconvert.conversion.reconstruct`) choose the steps. ``log`` receives a line per step (the plan's
+    table, the reconstruction's summary).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (the trained CNN), got {type(model).__name__}")
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
+    if reconstruct_method not in (None, *RECONSTRUCT_METHODS):
+        raise ValueError(f"reconstruct_method must be None or one of {RECONSTRUCT_METHODS}, got {reconstruct_method!r}")
+    if calibration is None and init == "sign":
+        raise ValueError(
+            "convert needs calibration data for the default (sign) init: pass about 1,024 training images, "
+            "normalised as in training (a tensor N x C x H x W), a DataLoader of training batches, or a callable "
+            "forward_loop(model). Without data the result would be a random adder model; for one to train from "
+            "scratch pass init='fresh' explicitly."
+        )
+    say = log or (lambda message: None)
+    data = calibration_images(model, calibration, images) if calibration is not None else None
+    planning = data[:PLAN_IMAGES] if data is not None else None
+    rules = dict(include=include, exclude=exclude, keep_stem=keep_stem, keep_classifier=keep_classifier)
+    report = plan_conversion(model, planning, **rules, keep_mac_budget=keep_mac_budget)
+    if not report.converted:
+        raise ValueError(
+            f"nothing to convert: no Conv2d of {type(model).__name__} becomes an adder layer under these rules "
+            "(include, exclude, keep_stem, keep_classifier, keep_mac_budget); see plan_conversion(...).table()"
+        )
+    say(report.table())
+    adder = swap_layers(copy.deepcopy(model), None, init=init, report=report, sign_margin=sign_margin)
+    if data is None:
+        return Conversion(adder, report, None)
+    calibrate_norms(adder, report, planning, init)
+    batches = [(batch, None) for batch in data.split(NORM_BATCH)]
+    recalibrate_batchnorm(adder, batches, len(batches), data.device)
+    if init != "sign" or reconstruct_method is None:
+        return Conversion(adder, report, None)
+    fit_images = _reconstruction_images(report, planning)
+    fitted = reconstruct(model, adder, report, fit_images, reconstruct_method, inside=inside)
+    changed = sum(layer.kept != "none" for layer in fitted.layers)
+    say(
+        f"reconstruction ({reconstruct_method}): {changed} of {len(fitted.layers)} adder layers refitted to the "
+        f"CNN's outputs on {len(fit_images)} calibration images in {fitted.seconds:.0f}s"
+    )
+    return Conversion(adder, report, fitted)
+
+
+def convert(model: nn.Module, calibration: Calibration | None, **options) -> nn.Module:
+    """The adder model of the trained CNN ``model``, made by the whole default recipe (the module's docstring);
+    ``model`` itself is left as it was.
+
+    ``calibration`` is training data, normalised as in training: a tensor of images (N, C, H, W), an iterable of
+    batches (a ``DataLoader``) or a callable ``forward_loop(model)``; about 1,024 images are enough. ``options``
+    choose the steps (``init``, ``reconstruct_method``, ``include``, ``exclude``, ``keep_stem``,
+    ``keep_classifier``, ``keep_mac_budget``, ``sign_margin``, ``inside``, ``images``, ``log``): see
+    :func:`run_conversion`, which also returns the plan's report.
+    """
+    return run_conversion(model, calibration, **options).model

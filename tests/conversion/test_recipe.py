@@ -1,0 +1,186 @@
+"""The one call, ``adderconvert.convert``: on a CNN trained here on Fashion-MNIST it keeps the CNN's function
+before any training step, whatever form the calibration data takes, and leaves the CNN as it was."""
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+import adderconvert
+from adderconvert.conversion import plan_conversion, run_conversion
+from adderconvert.conversion.recipe import RECONSTRUCT_BYTES, RECONSTRUCT_MIN_IMAGES, _reconstruction_images
+from adderconvert.data import load_dataset
+from adderconvert.nn import AdderConv2d
+
+
+def _small_cnn() -> nn.Module:
+    def block(cin, cout, stride=1, groups=1):
+        return [nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 16), *block(16, 32, 2), *block(32, 32, groups=32), *block(32, 48), *block(48, 64, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small CNN (a depthwise conv included) trained on 6,400 Fashion-MNIST images at 16 px, the training split
+    and 1,000 test images."""
+    splits = load_dataset("fashion-mnist", image_size=16)
+    torch.manual_seed(0)
+    cnn = _small_cnn()
+    train = Subset(splits.train, range(6400))
+    optimizer = torch.optim.SGD(cnn.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    cnn.train()
+    for _ in range(2):
+        for images, labels in DataLoader(train, batch_size=64, shuffle=True):
+            loss = nn.functional.cross_entropy(cnn(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    test = next(iter(DataLoader(Subset(splits.test, range(1000)), batch_size=1000)))
+    return cnn.eval(), train, test
+
+
+def _predictions(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images).argmax(1)
+
+
+def _calibration(train, count: int = 1024) -> torch.Tensor:
+    return torch.stack([train[i][0] for i in range(count)])
+
+
+def test_one_call_keeps_the_cnns_function_before_any_step(trained):
+    cnn, train, (images, labels) = trained
+    before = copy.deepcopy(cnn.state_dict())
+    adder = adderconvert.convert(cnn, _calibration(train))
+    cnn_top1 = float((_predictions(cnn, images) == labels).float().mean())
+    adder_top1 = float((_predictions(adder, images) == labels).float().mean())
+    agreement = float((_predictions(adder, images) == _predictions(cnn, images)).float().mean())
+    assert cnn_top1 > 0.7  # the CNN learned the task
+    assert adder_top1 >= 0.9 * cnn_top1 and agreement >= 0.85, (cnn_top1, adder_top1, agreement)
+    assert sum(isinstance(m, AdderConv2d) for m in adder.modules()) == 4  # all but the stem
+    # The CNN is left as it was: weights, statistics and mode.
+    assert not cnn.training and not any(isinstance(m, AdderConv2d) for m in cnn.modules())
+    for key, value in cnn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_the_steps_matter(trained):
+    """Without the calibrated steps (the layer swap alone, on the same plan) the model is near chance: the one
+    call is not the swap."""
+    cnn, train, (images, labels) = trained
+    calibration = _calibration(train)
+    swapped = adderconvert.conversion.swap_layers(copy.deepcopy(cnn), calibration[:256])
+    swap_top1 = float((_predictions(swapped, images) == labels).float().mean())
+    adder_top1 = float((_predictions(adderconvert.convert(cnn, calibration), images) == labels).float().mean())
+    assert adder_top1 > swap_top1 + 0.2, (swap_top1, adder_top1)
+
+
+def test_calibration_forms_give_the_same_model(trained):
+    cnn, train, _ = trained
+    calibration = _calibration(train, 300)
+    by_tensor = adderconvert.convert(cnn, calibration, images=300)
+    pairs = [(calibration[i : i + 100], torch.zeros(100)) for i in range(0, 300, 100)]
+    by_loader = adderconvert.convert(cnn, pairs, images=300)
+
+    def forward_loop(model):
+        for batch in calibration.split(50):
+            model(batch)
+
+    by_loop = adderconvert.convert(cnn, forward_loop, images=300)
+    for other in (by_loader, by_loop):
+        for (key, a), b in zip(by_tensor.state_dict().items(), other.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=key)
+
+
+def test_a_loader_is_read_up_to_the_number_of_images(trained):
+    cnn, train, _ = trained
+    read = []
+
+    class Counting:
+        def __iter__(self):
+            for images, labels in DataLoader(train, batch_size=100):
+                read.append(len(images))
+                yield images, labels
+
+    run_conversion(cnn, Counting(), images=250, reconstruct_method=None)
+    assert read == [100, 100, 100]
+
+
+def test_the_report_and_the_log(trained):
+    cnn, train, _ = trained
+    lines = []
+    result = run_conversion(cnn, _calibration(train, 256), images=256, log=lines.append)
+    assert len(result.report.converted) == 4 and result.reconstruction is not None
+    assert "become additions" in lines[0] and lines[-1].startswith("reconstruction (signs)")
+    assert run_conversion(cnn, _calibration(train, 256), images=256, reconstruct_method=None).reconstruction is None
+
+
+@pytest.mark.parametrize(
+    ("calibration", "message"),
+    [
+        (None, "needs calibration data"),
+        (torch.randn(3, 16, 16), r"shape \(3, 16, 16\)"),
+        (torch.zeros(4, 3, 16, 16, dtype=torch.uint8), "floating point"),
+        (torch.full((4, 3, 16, 16), float("nan")), "NaN"),
+        (torch.zeros(0, 3, 16, 16), "no images"),
+        ([], "no images"),
+        ([("not", "images")], "gave str"),
+        (42, "must be a tensor of images, an iterable"),
+    ],
+)
+def test_bad_calibration_is_refused_with_a_clear_error(trained, calibration, message):
+    cnn = trained[0]
+    with pytest.raises((ValueError, TypeError), match=message):
+        adderconvert.convert(cnn, calibration)
+
+
+def test_a_model_that_is_not_a_module_is_refused():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        adderconvert.convert("resnet18", torch.randn(4, 3, 16, 16))
+
+
+def test_rules_that_convert_nothing_are_refused(trained):
+    cnn, train, _ = trained
+    with pytest.raises(ValueError, match="nothing to convert"):
+        adderconvert.convert(cnn, _calibration(train, 16), exclude=["*"])
+
+
+def test_fresh_init_without_data_gives_an_adder_model_to_train():
+    model = adderconvert.convert(torchvision.models.resnet18(num_classes=10), None, init="fresh")
+    assert sum(isinstance(m, AdderConv2d) for m in model.modules()) == 19
+
+
+def _activation_bytes(model, images):
+    """Bytes of every converted conv's output for ``images``, measured by running the CNN."""
+    sizes = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size()))
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and name not in ("conv1",)
+    ]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    return sum(sizes)
+
+
+def test_reconstruction_fits_on_the_images_whose_activations_fit_the_budget():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    for size, expect_all in ((28, True), (224, False)):
+        calibration = torch.randn(256, 3, size, size)
+        report = plan_conversion(model, calibration[:2])
+        images = _reconstruction_images(report, calibration)
+        assert torch.equal(images, calibration[: len(images)])
+        per_image = _activation_bytes(model, calibration[:1])
+        # The plan's estimate (from MACs) is the measured output size: three float32 copies within the budget.
+        expected = max(RECONSTRUCT_MIN_IMAGES, min(256, RECONSTRUCT_BYTES // (3 * per_image)))
+        assert len(images) == expected
+        assert (len(images) == 256) == expect_all
