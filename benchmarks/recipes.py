@@ -40,7 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adderconvert.app.pipeline import RunConfig, adder_train_config, checkpoint_meta, convert_trained  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.checkpoint import save_checkpoint  # noqa: E402
-from adderconvert.conversion import INIT_CHOICES, RECONSTRUCT_METHODS, SIGN_MARGIN  # noqa: E402
+from adderconvert.conversion import (  # noqa: E402
+    INIT_CHOICES,
+    KEEP_KINDS,
+    RECONSTRUCT_METHODS,
+    SIGN_MARGIN,
+    plan_conversion,
+)
 from adderconvert.data import load_dataset  # noqa: E402
 from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
@@ -200,13 +206,26 @@ def fine_tune_config(budget: Budget, overrides: dict) -> TrainConfig:
     return replace(adder_train_config(run), log=False, **overrides)
 
 
-def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: dict) -> tuple:
+# Conv MACs are also counted at this input size, the deployment size of ImageNet models: squeeze-excitation convs
+# act on pooled vectors, so their share of the MACs at 32 px (26-42% on the mobile families) says little.
+DEPLOYMENT_SIZE = 224
+
+
+def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
+    """The share of ``name``'s conv MACs at ``size`` px in the layers ``report`` converts."""
+    at_size = plan_conversion(build_model(name, num_classes).eval(), torch.zeros(1, 3, size, size))
+    converted = {d.name for d in report.converted}
+    return sum(d.macs for d in at_size.layers if d.name in converted) / max(at_size.total_macs, 1)
+
+
+def convert_student(name: str, teacher, splits, test_set, ctx, conversion: dict) -> tuple:
     """The adder model as the main job makes it (pipeline.convert_trained, with the main job's defaults or the
     choices in ``conversion``) and its top-1 before any step: (student, report, row)."""
     started = time.perf_counter()
     config = RunConfig(
         init=conversion.get("init", RunConfig.init),
         reconstruct=conversion.get("reconstruct", RunConfig.reconstruct),
+        keep=list(conversion.get("keep", RunConfig().keep)),
         keep_mac_budget=conversion.get("keep_mac_budget", 0.0),
     )
     converted = convert_trained(
@@ -225,6 +244,7 @@ def convert_student(teacher, splits, test_set, ctx, budget: Budget, conversion: 
         "convert_seconds": time.perf_counter() - started,
         "reconstruct_seconds": fitted.seconds if fitted is not None else 0.0,
         "converted_macs_share": report.converted_macs / max(report.total_macs, 1),
+        f"converted_macs_share_{DEPLOYMENT_SIZE}": converted_share_at(name, splits.num_classes, report),
     }
     return student, report, row
 
@@ -250,7 +270,7 @@ def run_model(
     row = {"model": name, **row}
     if save is not None:
         save_model(teacher, None, splits, name, save.with_name(f"{name}_cnn.pt"))
-    student, report, zero = convert_student(teacher, splits, test_set, ctx, budget, conversion or {})
+    student, report, zero = convert_student(name, teacher, splits, test_set, ctx, conversion or {})
     row.update(zero)
     print(
         f"{name}: CNN {row['cnn_top1']:.2f}%, zero-step adder {row['zero_step_top1']:.2f}% "
@@ -334,21 +354,26 @@ def markdown_table(
             if budget.steps == 0
             else f"Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}). "
         )
-        + f"Conversion: init {conversion['init']}, keep_mac_budget {conversion['keep_mac_budget']:g}, "
+        + f"Conversion: init {conversion['init']}, keep {', '.join(conversion.get('keep', [])) or 'none'}, "
+        f"keep_mac_budget {conversion['keep_mac_budget']:g}, "
         f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}, reconstruct "
         f"{conversion.get('reconstruct', 'none')}{' (inside)' if conversion.get('inside') else ''}.",
         "",
-        "| model | CNN top-1 | zero-step adder (% of CNN) | MACs converted | adder top-1 | gap | CNN s | adder s "
-        "| adder weight std (mean / max) | weights at the range edge | diverged |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| model | CNN epochs | CNN top-1 | zero-step adder (% of CNN) | MACs converted ({budget.image_size} / "
+        f"{DEPLOYMENT_SIZE} px) | adder top-1 | gap | CNN s | adder s | adder weight std (mean / max) "
+        "| weights at the range edge | diverged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if "adder_top1" not in r:
-            lines.append(f"| {r['model']} | n/a | n/a | | n/a | n/a | {r['cnn_seconds']:.0f} | | | | {r['diverged']} |")
+            lines.append(
+                f"| {r['model']} | | n/a | n/a | | n/a | n/a | {r['cnn_seconds']:.0f} | | | | {r['diverged']} |"
+            )
             continue
         lines.append(
-            f"| {r['model']} | {r['cnn_top1']:.2f}% | {r['zero_step_top1']:.2f}% "
-            f"({100 * r['zero_step_top1'] / r['cnn_top1']:.0f}%) | {100 * r['converted_macs_share']:.0f}% | "
+            f"| {r['model']} | {r.get('cnn_epochs', budget.cnn_epochs)} | {r['cnn_top1']:.2f}% | "
+            f"{r['zero_step_top1']:.2f}% ({100 * r['zero_step_top1'] / r['cnn_top1']:.0f}%) | "
+            f"{100 * r['converted_macs_share']:.0f}% / {_share(r, f'converted_macs_share_{DEPLOYMENT_SIZE}')} | "
             f"{r['adder_top1']:.2f}% | {r['gap']:+.2f} | "
             f"{r['cnn_seconds']:.0f} | {r['adder_seconds']:.0f} | {r['mean_weight_std']:.2f} / "
             f"{r['max_weight_std']:.2f} | {100 * r['saturated_fraction']:.1f}% | {r['diverged'] or 'no'} |"
@@ -363,6 +388,10 @@ def markdown_table(
             "edge: at or beyond every input their tap reads (the rest lie inside the range).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _share(row: dict, key: str) -> str:
+    return f"{100 * row[key]:.0f}%" if key in row else "n/a"
 
 
 def main() -> None:
@@ -383,6 +412,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
     parser.add_argument("--init", default=RunConfig.init, choices=INIT_CHOICES, help="adder weight init")
+    parser.add_argument("--keep", nargs="*", default=RunConfig().keep, choices=KEEP_KINDS, help="see plan_conversion")
     parser.add_argument("--keep-mac-budget", type=float, default=0.0, help="see plan_conversion")
     parser.add_argument("--sign-margin", type=float, default=SIGN_MARGIN, help="see conversion.sign_edges")
     parser.add_argument(
@@ -394,6 +424,7 @@ def main() -> None:
     parser.add_argument("--inside", action="store_true", help="--reconstruct signs may place weights inside the range")
     args = parser.parse_args()
     conversion = {"init": args.init, "keep_mac_budget": args.keep_mac_budget, "sign_margin": args.sign_margin}
+    conversion["keep"] = list(args.keep)
     conversion.update(reconstruct=args.reconstruct, inside=args.inside)
     overrides = parse_overrides(args.overrides)
     budget = BUDGETS[args.budget]

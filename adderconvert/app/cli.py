@@ -17,7 +17,7 @@ import click
 import yaml
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
-from adderconvert.conversion import INIT_CHOICES
+from adderconvert.conversion import INIT_CHOICES, KEEP_KINDS
 from adderconvert.data import DATASETS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
@@ -144,6 +144,13 @@ def _interrupt_on_sigterm():
     help=f"Keep a conv classifier multiplicative [{_switch('keep_classifier', 'keep', 'convert')}].",
 )
 @click.option(
+    "--keep",
+    multiple=True,
+    type=click.Choice(KEEP_KINDS),
+    help="Keep this kind of conv multiplicative (repeatable): depthwise, squeeze_excitation "
+    f"[{', '.join(RunConfig().keep) or 'none'}].",
+)
+@click.option(
     "--keep-mac-budget",
     type=float,
     default=None,
@@ -238,7 +245,7 @@ def convert_command(
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise InputError(f"unknown model {model!r} (or not a CNN).{hint} `adderconvert list` shows all.")
     values = _load_config_file(config_file)
-    for key in ("include", "exclude"):
+    for key in ("include", "exclude", "keep"):
         options[key] = list(options[key]) or None
     values.update({k: v for k, v in options.items() if v is not None})
     if "weights" in values and str(values["weights"]).lower() == "none":  # absent: the default below

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from adderconvert.conversion import DEFAULT_INIT, DEFAULT_RECONSTRUCT, INIT_CHOICES, RECONSTRUCT_METHODS
+from adderconvert.conversion import DEFAULT_INIT, DEFAULT_RECONSTRUCT, INIT_CHOICES, KEEP_KINDS, RECONSTRUCT_METHODS
 from adderconvert.data import DATASETS
 from adderconvert.train import TrainConfig
 
@@ -41,6 +41,7 @@ class RunConfig:
     exclude: list[str] = field(default_factory=list)
     keep_stem: bool = True
     keep_classifier: bool = True
+    keep: list[str] = field(default_factory=list)  # kinds of conv kept multiplicative (conversion.KEEP_KINDS)
     keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
     sync_bn: bool = TrainConfig.sync_bn
     amp: bool = TrainConfig.amp
@@ -105,6 +106,7 @@ _RULES: dict[str, _Rule] = {
     "exclude": _Rule(list),
     "keep_stem": _Rule(bool),
     "keep_classifier": _Rule(bool),
+    "keep": _Rule(list, choices=KEEP_KINDS),
     "keep_mac_budget": _Rule(float, low=0, high=1),
     "sync_bn": _Rule(bool),
     "amp": _Rule(bool),
@@ -144,7 +146,11 @@ def _check(key: str, value: Any, rule: _Rule) -> Any:
         if isinstance(value, str):
             return [value]  # one wildcard, not a list of letters
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, f"must be a wildcard or a list of wildcards, got {value!r}")
+            what = "one or more of " + ", ".join(rule.choices) if rule.choices else "a wildcard or a list of wildcards"
+            raise ConfigError(key, f"must be {what}, got {value!r}")
+        wrong = [v for v in value if rule.choices is not None and v not in rule.choices]
+        if wrong:
+            raise ConfigError(key, f"must be one or more of {', '.join(rule.choices)}, got {wrong[0]!r}")
         return list(value)
     if rule.kind is str:
         if not isinstance(value, str):

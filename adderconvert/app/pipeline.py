@@ -87,12 +87,13 @@ def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> Convers
         exclude=config.exclude,
         keep_stem=config.keep_stem,
         keep_classifier=config.keep_classifier,
+        keep=config.keep,
         keep_mac_budget=config.keep_mac_budget,
     )
     if not report.converted:
         raise RunInputError(
             f"nothing was converted: no Conv2d of {config.model} is left to become an adder layer under these "
-            "rules (--include/--exclude, --keep-stem, --keep-classifier); see `--dry-run`"
+            "rules (--include/--exclude, --keep-stem, --keep-classifier, --keep, --keep-mac-budget); see `--dry-run`"
         )
     return report
 
@@ -423,6 +424,7 @@ def convert_trained(
             exclude=config.exclude,
             keep_stem=config.keep_stem,
             keep_classifier=config.keep_classifier,
+            keep=config.keep,
             keep_mac_budget=config.keep_mac_budget,
             sign_margin=sign_margin,
             inside=inside,

@@ -13,6 +13,7 @@ from adderconvert.conversion.calibration import CALIBRATION_IMAGES, Calibration,
 from adderconvert.conversion.norms import calibrate_norms, recalibrate_batchnorm
 from adderconvert.conversion.plan import (
     DEFAULT_INPUT_SIZES,
+    KEEP_KINDS,
     ConversionReport,
     LayerDecision,
     norms_after_adders,
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_INPUT_SIZES",
     "DEFAULT_RECONSTRUCT",
     "INIT_CHOICES",
+    "KEEP_KINDS",
     "RECONSTRUCT_METHODS",
     "SIGN_MARGIN",
     "SIGN_MIN_GAP",

@@ -26,6 +26,7 @@ from adderconvert.nn import AdderConv2d
 
 __all__ = [
     "DEFAULT_INPUT_SIZES",
+    "KEEP_KINDS",
     "ConversionReport",
     "LayerDecision",
     "norms_after_adders",
@@ -239,6 +240,34 @@ def _macs(conv: nn.modules.conv._ConvNd, in_shape: torch.Size, out_shape: torch.
     return int(out_shape[1:].numel()) * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
 
 
+# Kinds of conv the ``keep`` rule keeps multiplicative: a depthwise conv (one input channel per filter: a 3x3 one
+# has nine weights, whose binary copy loses most of its function) and a squeeze-excitation conv (on a globally
+# pooled vector: few MACs at deployment sizes, yet it scales every channel of its block).
+KEEP_KINDS = ("depthwise", "squeeze_excitation")
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.Identity, nn.Dropout)
+
+
+def _squeeze_excitation_convs(order) -> set[str]:
+    """Convs that run on a globally pooled vector: after an adaptive pool to 1x1, through activations and other
+    such convs only (torchvision's ``SqueezeExcitation``: avgpool, fc1, activation, fc2)."""
+    found, pooled = set(), False
+    for name, module, _, _, in_shape, out_shape, _ in order:
+        if isinstance(module, _POOLS):
+            pooled = len(out_shape) == 4 and out_shape[-2:] == (1, 1)
+        elif isinstance(module, nn.Conv2d) and pooled and len(in_shape) == 4 and in_shape[-2:] == (1, 1):
+            found.add(name)
+        elif not isinstance(module, _PASS_THROUGH):
+            pooled = False
+    return found
+
+
+def _kind(conv: nn.Conv2d, name: str, squeeze_excitation: set[str]) -> str | None:
+    if conv.groups > 1 and conv.groups == conv.in_channels:
+        return "depthwise"
+    return "squeeze_excitation" if name in squeeze_excitation else None
+
+
 def _matches(name: str, patterns: Sequence[str]) -> str | None:
     return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
 
@@ -252,6 +281,7 @@ def plan_conversion(
     keep_stem: bool = True,
     keep_classifier: bool = True,
     insert_bn: bool = True,
+    keep: Sequence[str] = (),
     keep_mac_budget: float = 0.0,
 ) -> ConversionReport:
     """Decide which convs become adder layers, without changing the model.
@@ -264,14 +294,21 @@ def plan_conversion(
     images): the ``sign`` init places weights past the input range measured on it. Other convolutions
     (Conv1d, Conv3d, transposed) are listed as not supported and left as they are.
 
+    ``keep`` names kinds of conv kept multiplicative (:data:`KEEP_KINDS`): ``"depthwise"`` (groups equal to
+    the input channels) and ``"squeeze_excitation"`` (a conv on a globally pooled vector).
+
     ``keep_mac_budget`` (a share of all conv MACs, e.g. 0.05) keeps multiplicative the convs the rules
     would convert whose binary-weight twin matches them worst per MAC (``sign_error / macs``, highest
     first: depthwise and squeeze-excitation convs in mobile networks), as long as their MACs fit the budget.
     """
     if not 0.0 <= keep_mac_budget <= 1.0:
         raise ValueError(f"keep_mac_budget is a share of the MACs, from 0 to 1; got {keep_mac_budget}")
+    unknown = sorted(set(keep) - set(KEEP_KINDS))
+    if isinstance(keep, str) or unknown:
+        raise ValueError(f"keep takes kinds of conv from {KEEP_KINDS}; got {keep!r}")
     include, exclude = list(include or []), list(exclude or [])
     order = _trace(model, example_input, measure=True)
+    squeeze_excitation = _squeeze_excitation_convs(order) if "squeeze_excitation" in keep else set()
     conv_names = [name for name, module, *_ in order if isinstance(module, nn.Conv2d)]
     for kind, patterns in (("include", include), ("exclude", exclude)):
         for pattern in patterns:
@@ -299,6 +336,8 @@ def plan_conversion(
             do, rule = False, "classifier kept (keep_classifier)"
         elif (pattern := _matches(name, exclude)) is not None:
             do, rule = False, f"exclude {pattern!r}"
+        elif (kind := _kind(conv, name, squeeze_excitation)) in keep:
+            do, rule = False, f"{kind.replace('_', '-')} kept (keep)"
         elif include:
             pattern = _matches(name, include)
             do, rule = (True, f"include {pattern!r}") if pattern else (False, "not included")

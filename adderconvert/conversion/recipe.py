@@ -79,6 +79,7 @@ def run_conversion(
     exclude: Sequence[str] | None = None,
     keep_stem: bool = True,
     keep_classifier: bool = True,
+    keep: Sequence[str] = (),
     keep_mac_budget: float = 0.0,
     sign_margin: float = SIGN_MARGIN,
     inside: bool = False,
@@ -96,7 +97,8 @@ def run_conversion(
 
     ``init`` (:data:`~adderconvert.conversion.INIT_CHOICES`; other inits than ``sign`` skip reconstruction),
     ``reconstruct_method`` (``"signs"``, ``"affine"`` or None), the rules ``include``/``exclude`` (wildcards on
-    conv names), ``keep_stem``, ``keep_classifier`` and ``keep_mac_budget`` (see
+    conv names), ``keep_stem``, ``keep_classifier``, ``keep`` (kinds of conv kept multiplicative:
+    ``"depthwise"``, ``"squeeze_excitation"``) and ``keep_mac_budget`` (see
     :func:`~adderconvert.conversion.plan_conversion`), ``sign_margin`` (see
     :func:`~adderconvert.conversion.sign_edges`) and ``inside`` (see
     :func:`~adderconvert.conversion.reconstruct`) choose the steps. ``log`` receives a line per step (the plan's
@@ -119,11 +121,11 @@ def run_conversion(
     data = calibration_images(model, calibration, images) if calibration is not None else None
     planning = data[:PLAN_IMAGES] if data is not None else None
     rules = dict(include=include, exclude=exclude, keep_stem=keep_stem, keep_classifier=keep_classifier)
-    report = plan_conversion(model, planning, **rules, keep_mac_budget=keep_mac_budget)
+    report = plan_conversion(model, planning, **rules, keep=keep, keep_mac_budget=keep_mac_budget)
     if not report.converted:
         raise ValueError(
             f"nothing to convert: no Conv2d of {type(model).__name__} becomes an adder layer under these rules "
-            "(include, exclude, keep_stem, keep_classifier, keep_mac_budget); see plan_conversion(...).table()"
+            "(include, exclude, keep_stem, keep_classifier, keep, keep_mac_budget); see plan_conversion(...).table()"
         )
     say(report.table())
     adder = swap_layers(copy.deepcopy(model), None, init=init, report=report, sign_margin=sign_margin)
@@ -151,7 +153,7 @@ def convert(model: nn.Module, calibration: Calibration | None, **options) -> nn.
     ``calibration`` is training data, normalised as in training: a tensor of images (N, C, H, W), an iterable of
     batches (a ``DataLoader``) or a callable ``forward_loop(model)``; about 1,024 images are enough. ``options``
     choose the steps (``init``, ``reconstruct_method``, ``include``, ``exclude``, ``keep_stem``,
-    ``keep_classifier``, ``keep_mac_budget``, ``sign_margin``, ``inside``, ``images``, ``log``): see
+    ``keep_classifier``, ``keep``, ``keep_mac_budget``, ``sign_margin``, ``inside``, ``images``, ``log``): see
     :func:`run_conversion`, which also returns the plan's report.
     """
     return run_conversion(model, calibration, **options).model

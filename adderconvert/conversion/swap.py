@@ -8,8 +8,6 @@ structure a saved adder model had.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -71,14 +69,10 @@ def swap_layers(
     model: nn.Module,
     example_input: torch.Tensor | None = None,
     *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    keep_stem: bool = True,
-    keep_classifier: bool = True,
-    insert_bn: bool = True,
     init: str = DEFAULT_INIT,
     report: ConversionReport | None = None,
     sign_margin: float = SIGN_MARGIN,
+    **rules,
 ) -> nn.Module:
     """Swap convs for adder layers in place and return ``model``.
 
@@ -88,7 +82,8 @@ def swap_layers(
     :func:`~adderconvert.conversion.calibrate_norms`), ``"fresh"`` (Kaiming init scaled to the
     std of the layer's input activations and made non-negative where those inputs are, as after a ReLU),
     ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
-    Rules are those of :func:`plan_conversion`; pass its ``report`` to apply a plan already made.
+    Without a ``report`` the model is planned on ``example_input`` with ``rules`` (the keywords of
+    :func:`plan_conversion`: include, exclude, keep_stem, ...); pass its ``report`` to apply a plan already made.
     ``sign_margin`` is :func:`sign_edges`' margin.
 
     With ``sign``, a BatchNorm inserted after an adder layer is set to give the conv's output scale:
@@ -98,15 +93,7 @@ def swap_layers(
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
     if report is None:
-        report = plan_conversion(
-            model,
-            example_input,
-            include=include,
-            exclude=exclude,
-            keep_stem=keep_stem,
-            keep_classifier=keep_classifier,
-            insert_bn=insert_bn,
-        )
+        report = plan_conversion(model, example_input, **rules)
     for decision in report.converted:
         conv = model.get_submodule(decision.name)
         layer = AdderConv2d.from_conv(conv).train(conv.training)

@@ -31,6 +31,19 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
 
 
+def test_converted_share_at_the_deployment_size_counts_squeeze_excitation_at_224_px():
+    model = build_model("mobilenet_v3_large", 10).eval()
+    report = plan_conversion(model, torch.randn(2, 3, 32, 32))
+    at_32 = report.converted_macs / report.total_macs
+    at_224 = recipes.converted_share_at("mobilenet_v3_large", 10, report)
+    assert 0.9 < at_224 <= 1.0 and 0.9 < at_32 <= 1.0
+    kept_se = plan_conversion(model, torch.randn(2, 3, 32, 32), exclude=["*.fc1", "*.fc2"])
+    # Squeeze-excitation convs (on pooled vectors) weigh far more at 32 px than at 224 px.
+    drop_32 = at_32 - kept_se.converted_macs / kept_se.total_macs
+    drop_224 = at_224 - recipes.converted_share_at("mobilenet_v3_large", 10, kept_se)
+    assert drop_32 > 0.2 and drop_224 < 0.02, (drop_32, drop_224)
+
+
 def test_the_teacher_cache_is_keyed_by_the_teachers_recipe_alone():
     budget = recipes.BUDGETS["cpu"]
     config = recipes._teacher_config("resnet18", budget, 60000)
@@ -59,7 +72,11 @@ def test_zero_step_table():
     }
     table = recipes.markdown_table([row], "cpu", budget, "a CPU", {}, {"init": "sign", "keep_mac_budget": 0.05})
     assert "No fine-tuning step" in table and "keep_mac_budget 0.05" in table
-    assert "| resnet18 | 80.00% | 60.00% (75%) | 90% | 60.00% | +20.00 |" in table
+    assert "| resnet18 | 1 | 80.00% | 60.00% (75%) | 90% / n/a | 60.00% | +20.00 |" in table
+    row["converted_macs_share_224"], row["cnn_epochs"] = 0.85, 8
+    assert "| resnet18 | 8 | 80.00% | 60.00% (75%) | 90% / 85% |" in recipes.markdown_table(
+        [row], "cpu", budget, "a CPU", {}, {"init": "sign"}
+    )
     assert "of no steps" in table
     assert "reconstruct none." in table
     conversion = {"init": "sign", "keep_mac_budget": 0.0, "reconstruct": "signs", "inside": True}

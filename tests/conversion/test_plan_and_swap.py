@@ -9,6 +9,7 @@ from torch import nn
 
 from adderconvert.architectures.cnn import list_cnn_models
 from adderconvert.conversion import (
+    KEEP_KINDS,
     SIGN_MARGIN,
     SIGN_MIN_GAP,
     ConversionReport,
@@ -20,6 +21,7 @@ from adderconvert.conversion import (
     swap_layers,
 )
 from adderconvert.nn import AdderConv2d
+from tests._families import family_of, one_per_family
 
 
 def _resnet18():
@@ -131,8 +133,15 @@ def _sizes(name: str) -> int:
     return 299 if name == "inception_v3" else 64
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list_cnn_models())
+def test_every_torchvision_cnn_has_a_family_in_the_fast_tier():
+    assert [name for name in list_cnn_models() if family_of(name) is None] == []
+    assert set(one_per_family()) <= set(list_cnn_models())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in one_per_family() else pytest.param(n, marks=pytest.mark.slow) for n in list_cnn_models()],
+)
 def test_every_torchvision_cnn_converts(name):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10)
@@ -451,3 +460,26 @@ def test_keep_mac_budget_keeps_the_worst_binary_layers_within_the_budget():
     assert "keep_mac_budget 0.05" in report.table()
     with pytest.raises(ValueError, match="keep_mac_budget"):
         plan_conversion(model, x, keep_mac_budget=1.5)
+
+
+def test_keep_depthwise_and_squeeze_excitation_convs():
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    plain = {d.name: d for d in plan_conversion(model, x).layers}
+    depthwise = {n for n, d in plain.items() if d.groups > 1 and d.groups == d.in_channels}
+    squeeze = {n for n in plain if n.endswith((".fc1", ".fc2"))}  # torchvision's SqueezeExcitation
+    assert depthwise and squeeze and all(plain[n].convert for n in depthwise | squeeze)
+    for keep, kept in (
+        (["depthwise"], depthwise),
+        (["squeeze_excitation"], squeeze),
+        (KEEP_KINDS, depthwise | squeeze),
+    ):
+        report = plan_conversion(model, x, keep=keep)
+        newly_kept = {d.name for d in report.layers if not d.convert and plain[d.name].convert}
+        assert newly_kept == kept, keep
+        assert all("kept (keep)" in d.rule for d in report.layers if d.name in kept)
+    # ResNet-18 at 32 px ends in 1x1 maps, but no conv runs on a pooled vector there.
+    resnet = plan_conversion(_resnet18(), torch.randn(2, 3, 32, 32), keep=["squeeze_excitation"])
+    assert len(resnet.converted) == 19
+    with pytest.raises(ValueError, match="keep takes kinds of conv"):
+        plan_conversion(_resnet18(), X, keep=["pointwise"])
