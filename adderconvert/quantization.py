@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from adderconvert.conversion.plan import run_hooked
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.quantized import QuantizedAdderConv2d
 
@@ -178,20 +179,7 @@ def calibrate(
         return record
 
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    device = next(iter(layers.values())).weight.device
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                images = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(images.to(device))
-                seen += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    seen = run_hooked(model, batches, handles, next(iter(layers.values())).weight.device)
     if seen == 0:
         raise ValueError("calibration needs at least one batch")
     ranges = {}

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -37,7 +36,7 @@ from adderconvert.app.outputs import (
 )
 from adderconvert.app.report import write_report
 from adderconvert.app.resume import default_pretrain_epochs
-from adderconvert.app.saved_models import deployment_metadata
+from adderconvert.app.saved_models import deployment_metadata, evaluate_file
 from adderconvert.app.weights import check_weights, load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
@@ -51,7 +50,6 @@ from adderconvert.conversion import (
 )
 from adderconvert.data import DatasetSplits, load_dataset
 from adderconvert.deploy.export import export_onnx
-from adderconvert.deploy.runtime import make_session
 from adderconvert.train import (
     TrainConfig,
     evaluate,
@@ -466,23 +464,21 @@ def _top1(history, model, test_set, ctx, config: RunConfig, desc: str) -> float:
 
 
 def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[float, str]:
-
+    """The FP32 adder ONNX model (``MODEL_adder.onnx``) and its test top-1 in ONNX Runtime, as `evaluate` gives it."""
     model = model.cpu().eval()
     metadata = deployment_metadata(checkpoint_meta(config.model, config.dataset, splits, "adder", None))
     example = _example_batch(splits.test, 2)
     path = write_through(
         out / f"{config.model}_adder.onnx", lambda tmp: export_onnx(model, tmp, example, metadata=metadata)
     )
-    session = make_session(path)
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=256, num_workers=config.workers)
-    correct = total = 0
-    for index, (images, labels) in enumerate(loader):
-        if config.eval_max_batches is not None and index >= config.eval_max_batches:
-            break
-        logits = session.run(None, {"input": images.numpy()})[0]
-        correct += int((np.argmax(logits, 1) == labels.numpy()).sum())
-        total += len(labels)
-    return 100.0 * correct / total, path.name  # relative to the run folder
+    result = evaluate_file(
+        path,
+        dataset=config.dataset,
+        data=config.data,
+        image_size=splits.image_size,
+        max_batches=config.eval_max_batches,
+    )
+    return result["top1"], path.name  # relative to the run folder
 
 
 def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_name: str | None) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -168,18 +168,29 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
     return order
 
 
-def run_hooked(model: nn.Module, inputs: torch.Tensor, hooks: Sequence[torch.utils.hooks.RemovableHandle]) -> None:
-    """Run ``model`` once on ``inputs`` in eval mode without gradients, for what its ``hooks`` record; then
-    remove the hooks and give the model back its mode, whatever happened."""
+def run_hooked(
+    model: nn.Module,
+    batches: torch.Tensor | Iterable,
+    hooks: Sequence[torch.utils.hooks.RemovableHandle],
+    device: str | torch.device | None = None,
+) -> int:
+    """Run ``model`` in eval mode without gradients on ``batches`` (one tensor, or an iterable of image tensors or
+    ``(images, labels)`` pairs, moved to ``device`` when given) for what its ``hooks`` record; then remove the hooks
+    and give the model back its mode, whatever happened. Returns the number of batches run."""
     was_training = model.training
     model.eval()
+    seen = 0
     try:
         with torch.no_grad():
-            model(inputs)
+            for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
+                images = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(images if device is None else images.to(device))
+                seen += 1
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
+    return seen
 
 
 def _trace(

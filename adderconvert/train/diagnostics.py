@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adderconvert.conversion import run_hooked
 from adderconvert.nn import AdderConv2d
 
 __all__ = ["adder_weight_stats", "saturation_summary"]
@@ -40,19 +41,7 @@ def adder_weight_stats(
         for name, module in model.named_modules()
         if isinstance(module, AdderConv2d)
     ]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                images = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(images.to(device))
-                seen += 1
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    seen = run_hooked(model, batches, hooks, device)
     if seen == 0:
         raise ValueError("adder_weight_stats needs at least one batch")
 
