@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -137,13 +137,16 @@ def _mse_range(layer: AdderConv2d, x: Tensor, low: float, high: float, min_: flo
 
 def calibrate(
     model: nn.Module,
-    batches: Iterable[Tensor | tuple | list],
+    batches: Tensor | Iterable[Tensor | tuple | list] | Callable[[nn.Module], object],
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     seed: int = 0,
 ) -> dict[str, LayerRange]:
-    """The input range of every AdderConv2d of ``model`` (eval mode) on ``batches`` (image tensors, or
-    ``(images, labels)`` pairs), by ``method`` (one of :data:`METHODS`; see the module docstring)."""
+    """The input range of every AdderConv2d of ``model`` (eval mode) on ``batches`` (a tensor of images, an
+    iterable of image tensors or ``(images, labels)`` pairs, or a callable ``forward_loop(model)``, as
+    :func:`adderconvert.convert` takes), by ``method`` (one of :data:`METHODS`; see the module docstring)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (an adder model), got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
     if not 50 < percentile <= 100:
@@ -203,7 +206,7 @@ def calibrate(
 
 def quantize(
     model: nn.Module,
-    batches: Iterable[Tensor | tuple | list],
+    batches: Tensor | Iterable[Tensor | tuple | list] | Callable[[nn.Module], object],
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     *,

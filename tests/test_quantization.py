@@ -144,3 +144,25 @@ def test_bad_calibration_input_is_refused():
         calibrate(model, batches(), "percentile", percentile=30)
     with pytest.raises(ValueError, match="no AdderConv2d"):
         calibrate(nn.Sequential(nn.Conv2d(3, 3, 1)), batches(), "minmax")
+
+
+def test_calibration_takes_what_convert_takes():
+    """A tensor of images, an iterable of batches and a forward loop give the same ranges (issue 34: a tensor
+    failed deep inside BatchNorm; a NumPy array raised an AttributeError)."""
+    model = small_model()
+    images = torch.cat([b[0] for b in batches()])
+    by_batches = calibrate(model, [images[:16], images[16:]], "minmax")
+
+    def forward_loop(m):
+        m(images[:16])
+        m(images[16:])
+
+    for other in (calibrate(model, images, "minmax"), calibrate(model, forward_loop, "minmax")):
+        assert {n: (r.low, r.high) for n, r in other.items()} == {n: (r.low, r.high) for n, r in by_batches.items()}
+    assert isinstance(quantize(model, images)[2], QuantizedAdderConv2d)
+    with pytest.raises(TypeError, match="a batch must be an image tensor"):
+        quantize(model, [images.numpy()])
+    with pytest.raises(TypeError, match="batches must be a tensor of images"):
+        quantize(model, 3)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        quantize("model.onnx", images)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -170,20 +170,31 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
 
 def run_hooked(
     model: nn.Module,
-    batches: torch.Tensor | Iterable,
+    batches: torch.Tensor | Iterable | Callable[[nn.Module], object],
     hooks: Sequence[torch.utils.hooks.RemovableHandle],
     device: str | torch.device | None = None,
 ) -> int:
-    """Run ``model`` in eval mode without gradients on ``batches`` (one tensor, or an iterable of image tensors or
-    ``(images, labels)`` pairs, moved to ``device`` when given) for what its ``hooks`` record; then remove the hooks
-    and give the model back its mode, whatever happened. Returns the number of batches run."""
+    """Run ``model`` in eval mode without gradients on ``batches`` (one tensor, an iterable of image tensors or
+    ``(images, labels)`` pairs, moved to ``device`` when given, or a callable ``forward_loop(model)`` that runs it
+    itself) for what its ``hooks`` record; then remove the hooks and give the model back its mode, whatever
+    happened. Returns the number of batches run (1 for a forward loop)."""
     was_training = model.training
     model.eval()
     seen = 0
     try:
         with torch.no_grad():
+            if callable(batches) and not isinstance(batches, (torch.Tensor, Iterable)):
+                batches(model)
+                return 1
+            if not isinstance(batches, (torch.Tensor, Iterable)):
+                raise TypeError(
+                    "batches must be a tensor of images, an iterable of batches (a DataLoader) or a callable "
+                    f"forward_loop(model); got {type(batches).__name__}"
+                )
             for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
-                images = batch[0] if isinstance(batch, (tuple, list)) else batch
+                images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+                if not isinstance(images, torch.Tensor):
+                    raise TypeError(f"a batch must be an image tensor or (images, labels), got {type(images).__name__}")
                 model(images if device is None else images.to(device))
                 seen += 1
     finally:
