@@ -455,12 +455,22 @@ def export_onnx(
     :func:`adderconvert.quantize`, with their calibration as ``quantization``; else ``fp32``). The file passes
     ``onnx.checker`` with ``full_check``.
     """
-    register_schemas()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, (torch.Tensor, list, tuple)):
+        found = type(example_inputs).__name__
+        raise TypeError(f"example_inputs must be a torch.Tensor batch (N, C, H, W), got {found} (torch.from_numpy?)")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    if len(inputs) != 1:
-        raise ValueError(f"export_onnx expects one example input tensor, got {len(inputs)}")
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+        raise ValueError(f"export_onnx expects one example input tensor, got {len(inputs)} inputs")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path {path} is a folder: give the ONNX file to write, e.g. {path / 'model.onnx'}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"cannot write {path}: {blocking} is a file, not a folder")
+    register_schemas()
+    path.parent.mkdir(parents=True, exist_ok=True)
     if any(t.dtype == torch.float64 for t in (*inputs, *model.parameters(), *model.buffers())):
         warnings.warn("the adder ONNX ops are float32: exporting a float32 copy of the float64 model", stacklevel=2)
         model, inputs = copy.deepcopy(model).float(), tuple(t.float() for t in inputs)

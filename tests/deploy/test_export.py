@@ -154,6 +154,20 @@ def test_export_rejects_several_inputs(tmp_path):
         export_onnx(nn.Identity(), tmp_path / "x.onnx", (torch.zeros(1), torch.zeros(1)))
 
 
+def test_export_refuses_wrong_arguments_before_any_work(tmp_path):
+    """Issue 34, 7: a NumPy example, a folder or a path under a file as the output, a model that is not a module."""
+    x = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(TypeError, match="torch.Tensor batch"):
+        export_onnx(nn.Identity(), tmp_path / "x.onnx", x.numpy())
+    with pytest.raises(ValueError, match="is a folder"):
+        export_onnx(nn.Identity(), tmp_path, x)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        export_onnx(nn.Identity(), tmp_path / "file" / "x.onnx", x)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        export_onnx("model.pt", tmp_path / "x.onnx", x)
+
+
 # --- portable form: standard ONNX ops only --------------------------------------------------------------
 
 
