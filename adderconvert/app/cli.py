@@ -270,7 +270,10 @@ def convert_command(
 
     try:
         if dry_run:
-            click.echo(plan_only(config).table())
+            report, note = plan_only(config)
+            click.echo(report.table())
+            if note:
+                click.echo(note)
             return
         previous = _interrupt_on_sigterm()
         try:

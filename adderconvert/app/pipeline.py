@@ -42,6 +42,7 @@ from adderconvert.architectures.cnn import build_model, check_input_size
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
 from adderconvert.conversion import (
     CALIBRATION_IMAGES,
+    PLAN_IMAGES,
     SIGN_MARGIN,
     Conversion,
     ConversionReport,
@@ -61,7 +62,16 @@ from adderconvert.train.diagnostics import adder_weight_stats, saturation_summar
 from adderconvert.train.loop import check_same_schedule
 from adderconvert.train.saver import seed_everything
 
-__all__ = ["RunConfig", "RunInputError", "adder_train_config", "checkpoint_meta", "convert_trained", "plan_only", "run"]
+__all__ = [
+    "RunConfig",
+    "RunInputError",
+    "adder_train_config",
+    "calibration_images_of",
+    "checkpoint_meta",
+    "convert_trained",
+    "plan_only",
+    "run",
+]
 
 
 class RunInputError(ValueError):
@@ -75,6 +85,15 @@ def _log(message: str, enabled: bool = True) -> None:
 
 def _example_batch(dataset, size: int = 32) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(size, len(dataset)))])
+
+
+def calibration_images_of(splits: DatasetSplits, seed: int) -> torch.Tensor:
+    """The training images a run converts on: :data:`~adderconvert.conversion.CALIBRATION_IMAGES` drawn at random,
+    their random flips too, from ``seed`` alone (the caller's random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))
+        return torch.stack([splits.train[int(i)][0] for i in order[:CALIBRATION_IMAGES]])
 
 
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> ConversionReport:
@@ -96,14 +115,27 @@ def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> Convers
     return report
 
 
-def plan_only(config: RunConfig) -> ConversionReport:
-    """The conversion report for ``config.model`` on the data set's image size, converting nothing."""
+def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
+    """The conversion report for ``config.model``, converting nothing: planned as the run plans (the same seed,
+    weights and calibration images), and a note when the run's plan will differ (its CNN is trained first)."""
     splits = load_dataset(config.dataset, config.data, config.image_size)
+    seed_everything(config.seed)
     model = build_model(config.model, splits.num_classes)
+    head_fits = None
     if config.weights:
-        check_weights(model, config.model, config.weights)  # a file is read, a torchvision name not fetched
+        head_fits = check_weights(model, config.model, config.weights)  # a file is read, a name not fetched
     check_input_size(model, config.model, splits.image_size)
-    return _plan(config, model, _example_batch(splits.test, 2))
+    report = _plan(config, model, calibration_images_of(splits, config.seed)[:PLAN_IMAGES])
+    pretrain = config.pretrain_epochs
+    if pretrain is None:
+        pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
+    note = None
+    if pretrain > 0:
+        note = (
+            f"note: planned on the CNN before its {pretrain} epoch(s) of training; the run plans on the trained CNN, "
+            "so what --keep-mac-budget keeps may differ"
+        )
+    return report, note
 
 
 @dataclass
@@ -158,15 +190,14 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     splits = load_dataset(config.dataset, config.data, config.image_size)
     seed_everything(config.seed)  # the CNN's initial weights (and a resized head) follow from --seed
     teacher = build_model(config.model, splits.num_classes)
-    if config.weights:
-        load_weights(teacher, config.model, config.weights)
+    head_fits = load_weights(teacher, config.model, config.weights) if config.weights else None
     check_input_size(teacher, config.model, splits.image_size)
     _check_batch(config, teacher, splits, world_size)
-    report = _plan(config, teacher, _example_batch(splits.train))
+    report = _plan(config, teacher, calibration_images_of(splits, config.seed)[:PLAN_IMAGES])
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
-        pretrain = default_pretrain_epochs(config.weights, splits.num_classes)
+        pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
     if config.resume:
         for path, stage, train_config in (
             (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1))),
@@ -406,13 +437,11 @@ def convert_trained(
     Its random draws come from ``config.seed`` alone, and the caller's random state is left as it was: the same
     teacher always gives the same adder model, in a fresh process (a resumed run, a cached teacher) as after
     training."""
+    images = calibration_images_of(splits, config.seed)
     cuda = ctx.device.type == "cuda"
     index = (torch.cuda.current_device() if ctx.device.index is None else ctx.device.index) if cuda else None
     with torch.random.fork_rng(devices=[index] if cuda else []):
-        torch.manual_seed(config.seed)  # the training split's random flips
-        generator = torch.Generator().manual_seed(config.seed)
-        order = torch.randperm(len(splits.train), generator=generator)[:CALIBRATION_IMAGES]
-        images = torch.stack([splits.train[int(i)][0] for i in order])
+        torch.manual_seed(config.seed)
         return run_conversion(
             teacher.to(ctx.device),
             images,

@@ -109,10 +109,12 @@ def _checkpoint_meta(folder: Path) -> CheckpointMeta | None:
     return None
 
 
-def default_pretrain_epochs(weights: str | None, num_classes: int) -> int:
-    """The CNN's epochs when ``--pretrain-epochs`` is unset: none for torchvision's pretrained 1000-class
-    head, one where the classifier had to be resized (or the weights are random)."""
-    return 0 if weights and num_classes == 1000 else 1
+def default_pretrain_epochs(weights: str | None, num_classes: int, head_fits: bool | None = None) -> int:
+    """The CNN's epochs when ``--pretrain-epochs`` is unset: none where the weights' classifier fits the data set
+    (``head_fits``, as loading them found; unknown: torchvision's 1000-class head on 1000 classes), one where the
+    classifier had to be resized (or the weights are random)."""
+    fits = head_fits if head_fits is not None else num_classes == 1000
+    return 0 if weights and fits else 1
 
 
 def _summary_value(folder: Path, key: str) -> Any:

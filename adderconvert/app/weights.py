@@ -67,20 +67,20 @@ def _weights_enum(name: str, weights: str):
         raise WeightsError(f"{weights!r} is neither a file nor a torchvision weights name for {name}") from e
 
 
-def check_weights(model: nn.Module, name: str, weights: str) -> None:
-    """Check ``weights`` without downloading anything (``--dry-run``): a file is loaded into ``model``,
-    a torchvision weights name must exist."""
+def check_weights(model: nn.Module, name: str, weights: str) -> bool | None:
+    """Check ``weights`` without downloading anything (``--dry-run``): a file is loaded into ``model`` (returns
+    whether its classifier fits), a torchvision weights name must exist (returns None: nothing was loaded)."""
     if os.path.exists(weights):
-        load_weights(model, name, weights)
-    else:
-        _weights_enum(name, weights)
+        return load_weights(model, name, weights)
+    _weights_enum(name, weights)
+    return None
 
 
-def load_weights(model: nn.Module, name: str, weights: str) -> None:
+def load_weights(model: nn.Module, name: str, weights: str) -> bool:
     """Load ``weights`` into ``model``: ``DEFAULT`` (or another torchvision weights enum name) or a file path.
 
     Classifier tensors whose shapes do not match (another number of classes) are skipped, so the
-    resized head is trained from scratch.
+    resized head is trained from scratch. Returns whether the classifier was loaded too (its head fits).
     """
     if os.path.exists(weights):
         state = _state_dict_from_file(Path(weights), name)
@@ -105,3 +105,4 @@ def load_weights(model: nn.Module, name: str, weights: str) -> None:
             detail += ("; " if detail else "") + f"{len(foreign)} tensors {name} does not have (e.g. {foreign[:3]})"
         raise WeightsError(f"weights {weights!r} are not {name} weights: {detail}")
     load_state_dict(model, compatible, strict=False)  # filtered: the model's module versions
+    return all(k in compatible for k in own if k.startswith(head))

@@ -20,7 +20,7 @@ from adderconvert.conversion.plan import (
     plan_conversion,
     run_hooked,
 )
-from adderconvert.conversion.recipe import DEFAULT_RECONSTRUCT, Conversion, convert, run_conversion
+from adderconvert.conversion.recipe import DEFAULT_RECONSTRUCT, PLAN_IMAGES, Conversion, convert, run_conversion
 from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, ReconstructionResult, reconstruct
 from adderconvert.conversion.swap import (
     DEFAULT_INIT,
@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_RECONSTRUCT",
     "INIT_CHOICES",
     "KEEP_KINDS",
+    "PLAN_IMAGES",
     "RECONSTRUCT_METHODS",
     "SIGN_MARGIN",
     "SIGN_MIN_GAP",

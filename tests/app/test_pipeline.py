@@ -29,3 +29,32 @@ def test_conversion_does_not_depend_on_or_change_the_callers_random_state():
     assert students[0].keys() == students[1].keys()
     for key in students[0]:
         assert torch.equal(students[0][key], students[1][key]), key
+
+
+def test_dry_run_plans_what_the_run_plans(tmp_path):
+    """Issue 34, 2: with a teacher file and --keep-mac-budget the dry run's plan is the run's (same weights, same
+    calibration images); a teacher file whose head fits is not trained again (issue 34, 3)."""
+    from adderconvert.app.pipeline import _prepare, plan_only
+    from adderconvert.data import load_dataset
+    from tests.app.test_cli import _fake_fashion_mnist
+
+    data = tmp_path / "fm"
+    data.mkdir()
+    _fake_fashion_mnist(data)
+    torch.manual_seed(3)
+    weights = tmp_path / "teacher.pt"
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=10).state_dict(), weights)
+    config = RunConfig(
+        model="mobilenet_v3_small", data=str(data), weights=str(weights), keep_mac_budget=0.05, reconstruct="none",
+        image_size=32, output=str(tmp_path / "run"),
+    )  # fmt: skip
+    dry, note = plan_only(config)
+    assert note is None  # the run trains no teacher: its head fits
+    prepared = _prepare(config, world_size=1)
+    assert prepared.pretrain_epochs == 0
+    splits = load_dataset("fashion-mnist", str(data), 32)
+    run = convert_trained(prepared.teacher, splits, config, DistributedContext(), log=False).report
+    assert [(d.name, d.convert, d.rule) for d in dry.layers] == [(d.name, d.convert, d.rule) for d in run.layers]
+    assert any("keep_mac_budget" in d.rule for d in run.layers)
+    _, note = plan_only(RunConfig(model="mobilenet_v3_small", data=str(data), weights=None, pretrain_epochs=1))
+    assert note is not None and "before its 1 epoch(s) of training" in note
