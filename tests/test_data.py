@@ -40,6 +40,18 @@ def test_read_idx_rejects_truncated(tmp_path):
         read_idx(path)
 
 
+def test_read_idx_refuses_a_file_that_is_not_gzip(tmp_path):
+    """Issue 34, 4: a .gz that is not gzip (or cut short) is a DataError naming the file, not gzip's traceback."""
+    (tmp_path / "plain.gz").write_bytes(b"\x00\x00\x08\x01not gzip")
+    with pytest.raises(DataError, match="plain.gz is not a readable gzip file"):
+        read_idx(tmp_path / "plain.gz")
+    with gzip.open(tmp_path / "full.gz", "wb") as f:
+        f.write(bytes(4000))
+    (tmp_path / "cut.gz").write_bytes((tmp_path / "full.gz").read_bytes()[:20])
+    with pytest.raises(DataError, match="cut.gz is not a readable gzip file"):
+        read_idx(tmp_path / "cut.gz")
+
+
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_debian_fashion_mnist():
     splits = load_dataset("fashion-mnist")
