@@ -89,6 +89,8 @@ def calibration_images(model: nn.Module, calibration: Calibration, limit: int = 
         )
     if not batches or sum(len(b) for b in batches) == 0:
         raise ValueError("calibration: no images (an empty tensor, loader or forward loop)")
+    if sum(len(b) for b in batches) < 2:
+        raise ValueError("calibration: one image only; BatchNorm statistics need two at least (about 1,024 is right)")
     param = next(model.parameters(), None)
     images = torch.cat([b.to(param.device if param is not None else b.device) for b in batches])[:limit]
     if not images.is_floating_point():

@@ -132,7 +132,8 @@ def run_conversion(
     if data is None:
         return Conversion(adder, report, None)
     calibrate_norms(adder, report, planning, init)
-    batches = [(batch, None) for batch in data.split(NORM_BATCH)]
+    # Batches of (nearly) equal size: never a last batch of one image, which BatchNorm cannot train on.
+    batches = [(batch, None) for batch in data.tensor_split(math.ceil(len(data) / NORM_BATCH))]
     recalibrate_batchnorm(adder, batches, len(batches), data.device)
     if init != "sign" or reconstruct_method is None:
         return Conversion(adder, report, None)

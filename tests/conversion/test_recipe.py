@@ -130,6 +130,7 @@ def test_the_report_and_the_log(trained):
         (torch.zeros(4, 3, 16, 16, dtype=torch.uint8), "floating point"),
         (torch.full((4, 3, 16, 16), float("nan")), "NaN"),
         (torch.zeros(0, 3, 16, 16), "no images"),
+        (torch.zeros(1, 3, 16, 16), "one image only"),
         ([], "no images"),
         ([("not", "images")], "gave str"),
         (42, "must be a tensor of images, an iterable"),
@@ -139,6 +140,21 @@ def test_bad_calibration_is_refused_with_a_clear_error(trained, calibration, mes
     cnn = trained[0]
     with pytest.raises((ValueError, TypeError), match=message):
         adderconvert.convert(cnn, calibration)
+
+
+def test_no_batchnorm_batch_of_one_image(trained):
+    """129 images re-estimate BatchNorm statistics in batches of 65 and 64, not 128 and 1: on 1x1 maps a batch of
+    one image stops BatchNorm in training mode."""
+    cnn, train, _ = trained
+    seen = []
+    norm = next(m for m in cnn.modules() if isinstance(m, nn.BatchNorm2d))
+    # The copy convert makes keeps the hook: it records the batches the adder model's first norm trains on.
+    handle = norm.register_forward_pre_hook(lambda m, inputs: seen.append(len(inputs[0])) if m.training else None)
+    try:
+        adderconvert.convert(cnn, _calibration(train, 129), images=129, reconstruct_method=None)
+    finally:
+        handle.remove()
+    assert seen == [129, 65, 64]  # calibrate_norms on the planning images, then the re-estimation
 
 
 def test_a_model_that_is_not_a_module_is_refused():
