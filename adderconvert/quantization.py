@@ -33,6 +33,8 @@ from adderconvert.nn import AdderConv2d
 from adderconvert.nn.quantized import QuantizedAdderConv2d
 
 __all__ = [
+    "CALIBRATION_BATCH_SIZE",
+    "DEFAULT_CALIBRATION_BATCHES",
     "DEFAULT_METHOD",
     "DEFAULT_PERCENTILE",
     "METHODS",
@@ -44,6 +46,9 @@ __all__ = [
     "quantize",
 ]
 
+# Calibration data by default: this many batches of CALIBRATION_BATCH_SIZE training images.
+DEFAULT_CALIBRATION_BATCHES = 16
+CALIBRATION_BATCH_SIZE = 64
 METHODS = ("minmax", "percentile", "mse")
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.99

@@ -12,6 +12,7 @@ import yaml
 
 from adderconvert.conversion import DEFAULT_INIT, DEFAULT_RECONSTRUCT, INIT_CHOICES, KEEP_KINDS, RECONSTRUCT_METHODS
 from adderconvert.data import DATASETS
+from adderconvert.quantization import DEFAULT_CALIBRATION_BATCHES
 from adderconvert.train import TrainConfig
 
 __all__ = ["ConfigError", "RunConfig", "validate_config"]
@@ -47,7 +48,7 @@ class RunConfig:
     amp: bool = TrainConfig.amp
     export: bool = True
     int8: bool = False  # also export, evaluate and report the INT8 adder model
-    calibration_batches: int = 16  # INT8 calibration: batches of 64 training images
+    calibration_batches: int = DEFAULT_CALIBRATION_BATCHES  # INT8 calibration: batches of 64 training images
     output: str = "runs/adderconvert"
     resume: bool = False
     overwrite: bool = False

@@ -23,20 +23,22 @@ from adderconvert.checkpoint import CheckpointMeta, load, read_meta
 from adderconvert.data import load_dataset
 from adderconvert.deploy.export import export_onnx
 from adderconvert.deploy.runtime import make_session
-from adderconvert.quantization import DEFAULT_METHOD, METHODS, quantize
+from adderconvert.quantization import (
+    CALIBRATION_BATCH_SIZE,
+    DEFAULT_CALIBRATION_BATCHES,
+    DEFAULT_METHOD,
+    METHODS,
+    quantize,
+)
 
 __all__ = [
-    "CALIBRATION_BATCH_SIZE",
-    "DEFAULT_CALIBRATION_BATCHES",
     "calibration_batches",
+    "check_calibration_batches",
     "compare_onnx",
     "export_checkpoint_int8",
     "export_int8",
     "int8_path",
 ]
-
-DEFAULT_CALIBRATION_BATCHES = 16
-CALIBRATION_BATCH_SIZE = 64
 
 
 def int8_path(folder: str | os.PathLike, model_name: str) -> Path:
@@ -45,11 +47,23 @@ def int8_path(folder: str | os.PathLike, model_name: str) -> Path:
     return Path(folder) / f"{model_name}_adder_int8.onnx"
 
 
+def check_calibration_batches(batches: int, train_images: int) -> None:
+    """ValueError unless ``batches`` calibration batches fit in a training set of ``train_images`` images."""
+    if batches < 1:
+        raise ValueError(f"--calibration-batches must be >= 1, got {batches}")
+    available = -(-train_images // CALIBRATION_BATCH_SIZE)
+    if batches > available:
+        raise ValueError(
+            f"--calibration-batches {batches}: the {train_images} training images make {available} batches of "
+            f"{CALIBRATION_BATCH_SIZE}; ask for at most {available} (the default, {DEFAULT_CALIBRATION_BATCHES}, is "
+            "enough)"
+        )
+
+
 def calibration_batches(train_set, batches: int = DEFAULT_CALIBRATION_BATCHES, seed: int = 0) -> list[torch.Tensor]:
     """``batches`` shuffled batches of :data:`CALIBRATION_BATCH_SIZE` training images (fewer if the set is small),
     the same for the same ``seed``: without the training split's random flips (the inputs inference sees)."""
-    if batches < 1:
-        raise ValueError(f"--calibration-batches must be >= 1, got {batches}")
+    check_calibration_batches(batches, len(train_set))
     if getattr(train_set, "flip", False):
         train_set = copy.copy(train_set)
         train_set.flip = False
@@ -103,6 +117,7 @@ def export_checkpoint_int8(
     check_output_file(output, overwrite=overwrite, inputs=[checkpoint])  # app/outputs.py's policy
     model = load(checkpoint)
     splits = load_dataset(meta.dataset or "fashion-mnist", data, meta.image_size)
+    check_calibration_batches(batches, len(splits.train))
     batches_ = calibration_batches(splits.train, batches)
     metadata = deployment_metadata(meta)
     return write_through(output, lambda tmp: export_int8(model, tmp, batches_, metadata, method, dynamic_hw=dynamic_hw))

@@ -21,7 +21,7 @@ from torch import nn
 
 from adderconvert.app.config import RunConfig
 from adderconvert.app.devices import resolve_device
-from adderconvert.app.int8 import calibration_batches, compare_onnx, export_int8, int8_path
+from adderconvert.app.int8 import calibration_batches, check_calibration_batches, compare_onnx, export_int8, int8_path
 from adderconvert.app.outputs import (
     REPLACED,
     OutputError,
@@ -193,6 +193,11 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     head_fits = load_weights(teacher, config.model, config.weights) if config.weights else None
     check_input_size(teacher, config.model, splits.image_size)
     _check_batch(config, teacher, splits, world_size)
+    if config.int8:
+        try:
+            check_calibration_batches(config.calibration_batches, len(splits.train))
+        except ValueError as e:
+            raise RunInputError(str(e)) from None
     report = _plan(config, teacher, calibration_images_of(splits, config.seed)[:PLAN_IMAGES])
     pretrain = config.pretrain_epochs
     if pretrain is None:

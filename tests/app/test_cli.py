@@ -46,6 +46,8 @@ def test_unknown_model_is_a_usage_error():
         (["resnet18", "--dataset", "mnist9"], "--dataset"),
         (["resnet18", "--resume", "/nonexistent/last.pt"], "--resume"),
         (["resnet18", "--include", "layer9.*", "--dry-run"], "include rule 'layer9.*' matches no Conv2d"),
+        (["resnet18", "--lr", "nan"], "lr: must be a finite number"),
+        (["resnet18", "--seed", "-1"], "seed: must be >= 0"),
     ],
 )
 def test_bad_options(args, message):
@@ -104,6 +106,7 @@ def _offline_args(data, out, *extra):
         (["resnet18", "--batch-size", "1", "--image-size", "32"], ["--batch-size 1", "2 or more"]),
         (["resnet18", "--exclude", "*"], ["nothing was converted"]),
         (["resnet18", "--epochs", "0"], ["--epochs", ">= 1"]),
+        (["resnet18", "--int8", "--calibration-batches", "1000000"], ["192 training images make 3 batches"]),
     ],
 )
 def test_inputs_are_checked_before_anything_is_written(tmp_path, args, fragments):

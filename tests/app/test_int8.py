@@ -80,6 +80,7 @@ def test_export_command_int8_default_path(adder_checkpoint):
     ("args", "message"),
     [
         (["--calibration-batches", "0"], "--calibration-batches must be >= 1"),
+        (["--calibration-batches", "1000000"], "the 192 training images make 3 batches of 64"),
         (["--portable"], "--int8 and --portable exclude each other"),
         (["--calibration-method", "entropy"], "--calibration-method"),
     ],
@@ -112,7 +113,9 @@ def test_calibration_batches_are_seeded_training_batches(adder_checkpoint):
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # reproducible: seeded order, no random flips
     assert splits.train.flip  # the training split itself keeps its augmentation
     assert not torch.equal(calibration_batches(splits.train, 1, seed=2)[0], a[0])
-    assert len(calibration_batches(splits.train, 100)) == 3  # 192 images: 3 batches of 64
+    assert len(calibration_batches(splits.train, 3)) == 3  # 192 images: 3 batches of 64
+    with pytest.raises(ValueError, match="ask for at most 3"):
+        calibration_batches(splits.train, 100)
     with pytest.raises(ValueError, match="must be >= 1"):
         calibration_batches(splits.train, 0)
     assert np.isfinite(a[0].numpy()).all()
