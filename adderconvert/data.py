@@ -199,6 +199,10 @@ def _image_folder(root: Path, image_size: int) -> DatasetSplits:
         raise DataError(f"no images found in {root}: {e}") from e
     if train.classes != test.classes:
         raise DataError(f"class folders differ between {split_dirs['train']} and {split_dirs['test']}")
+    if len(train.classes) < 2:
+        raise DataError(
+            f"{split_dirs['train']} holds one class folder ({train.classes[0]}): a classifier needs two at least"
+        )
     return DatasetSplits(train, test, list(train.classes), image_size)
 
 

@@ -97,6 +97,14 @@ def test_image_folder(tmp_path):
     assert image.shape == (3, 32, 32) and label == 1  # grayscale PNG becomes 3 channels
 
 
+def test_image_folder_of_one_class_is_refused(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / split / "cat" / "0.png")
+    with pytest.raises(DataError, match="one class folder"):
+        load_dataset("imagefolder", tmp_path)
+
+
 def test_image_folder_layout_error(tmp_path):
     with pytest.raises(DataError, match="ImageNet layout"):
         load_dataset("imagefolder", tmp_path)

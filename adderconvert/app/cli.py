@@ -25,6 +25,11 @@ from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHOD
 # loading onnx, onnxscript, matplotlib and the training stack (start-up time).
 
 
+def _given(context: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not its default)."""
+    return context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
 def _switch(option: str, on: str, off: str) -> str:
     """The name of a ``--on/--off`` flag's default, read from :class:`RunConfig`'s ``option``."""
     return on if getattr(RunConfig, option) else off
@@ -244,6 +249,15 @@ def convert_command(
         close = difflib.get_close_matches(model, list_cnn_models(), n=4, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise InputError(f"unknown model {model!r} (or not a CNN).{hint} `adderconvert list` shows all.")
+    context = click.get_current_context()
+    if (
+        _given(context, "reconstruct")
+        and options["reconstruct"] != "none"
+        and (options["init"] or RunConfig.init) != "sign"
+    ):
+        raise InputError(
+            f"--reconstruct {options['reconstruct']} refits the sign init's layers: not with --init {options['init']}"
+        )
     values = _load_config_file(config_file)
     for key in ("include", "exclude", "keep"):
         options[key] = list(options[key]) or None
@@ -384,6 +398,11 @@ def export_command(
     checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool, overwrite: bool, **int8_options
 ) -> None:
     """Export the model in CHECKPOINT to ONNX, with its input size, normalisation and classes as metadata."""
+    context = click.get_current_context()
+    given = [k for k in int8_options if k != "int8" and _given(context, k)]
+    if given and not int8_options["int8"]:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise InputError(f"{flags} only apply with --int8 (the INT8 model's calibration)")
     if int8_options.pop("int8"):
         _export_int8(checkpoint, output, portable, dynamic_hw, overwrite=overwrite, **int8_options)
         return

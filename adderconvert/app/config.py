@@ -183,4 +183,7 @@ def validate_config(values: dict[str, Any]) -> RunConfig:
     unknown = sorted(k for k in values if k not in _RULES)
     if unknown:
         raise ConfigError(unknown[0], f"unknown option (known: {', '.join(_RULES)})")
-    return RunConfig(**{key: _check(key, value, _RULES[key]) for key, value in values.items()})
+    config = RunConfig(**{key: _check(key, value, _RULES[key]) for key, value in values.items()})
+    if config.int8 and "export" in values and not config.export:
+        raise ConfigError("int8", "exports the INT8 model to ONNX: it cannot go with export false (--no-export)")
+    return config

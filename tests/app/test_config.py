@@ -36,6 +36,7 @@ def test_defaults_and_conversions():
         ({"max_drop": float("nan")}, "max_drop", "finite"),
         ({"seed": -1}, "seed", ">= 0"),
         ({"seed": 99999999999999999999}, "seed", "<= 4294967295"),
+        ({"int8": True, "export": False}, "int8", "cannot go with export false"),
     ],
 )
 def test_bad_values_name_their_key(values, key, message):

@@ -93,6 +93,14 @@ def test_export_command_int8_bad_input(adder_checkpoint, tmp_path, args, message
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag", [["--calibration-method", "mse"], ["--calibration-batches", "2"], ["--data", "x"]])
+def test_export_refuses_int8_options_without_int8(adder_checkpoint, tmp_path, flag):
+    checkpoint = adder_checkpoint[0]
+    result = CliRunner().invoke(main, ["export", str(checkpoint), "-o", str(tmp_path / "x.onnx"), *flag])
+    assert result.exit_code == 2 and "only apply with --int8" in result.output, result.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_the_cli_offers_every_calibration_method_and_the_default():
     option = next(p for p in main.commands["export"].params if p.name == "calibration_method")
     assert sorted(option.type.choices) == sorted(METHODS) and option.default == DEFAULT_METHOD
