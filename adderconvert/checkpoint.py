@@ -172,6 +172,12 @@ def checkpoint_of(payload: Any, path: str | os.PathLike) -> dict[str, Any]:
     """:func:`load_checkpoint` of a file already read (``read_torch_file(path)``), without reading it again."""
     version = payload.get("format") if isinstance(payload, dict) else None
     if version not in READABLE_FORMATS or not isinstance(payload.get("meta"), dict):
+        if isinstance(payload, dict) and any(str(k).startswith("module.") for k in payload):
+            # The official AdderNet training scripts save a DataParallel state dict ("module." keys).
+            raise CheckpointError(
+                f"{path} looks like an official AdderNet checkpoint: `adderconvert import-official {path} --output "
+                "RUN` turns it into a run folder"
+            )
         raise CheckpointError(
             f"{path} is not an adderconvert checkpoint (a plain state dict goes to --weights, not here)"
         )

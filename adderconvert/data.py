@@ -214,6 +214,9 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int | No
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if root is not None and not Path(root).is_dir():
+        what = "is a file, not a folder" if Path(root).exists() else "does not exist"
+        raise DataError(f"data folder {root} {what}")
     if name == "fashion-mnist":
         return _fashion_mnist(Path(root) if root else FASHION_MNIST_DIR, image_size or 28)
     if root is None:

@@ -71,6 +71,9 @@ def test_foreign_and_corrupt_files_get_clear_errors(tmp_path):
         (tmp_path / "metrics.csv").write_text(text)
         with pytest.raises(CheckpointError, match="not a"):
             load_checkpoint(tmp_path / "metrics.csv")
+    official = Path(__file__).parent / "data" / "ResNet20-AdderNet.pth"
+    with pytest.raises(CheckpointError, match="import-official"):
+        load_checkpoint(official)
     torch.save({"conv1.weight": torch.ones(1)}, tmp_path / "state_dict.pt")
     with pytest.raises(CheckpointError, match="not an adderconvert checkpoint"):
         load_checkpoint(tmp_path / "state_dict.pt")

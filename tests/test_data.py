@@ -105,6 +105,14 @@ def test_image_folder_of_one_class_is_refused(tmp_path):
         load_dataset("imagefolder", tmp_path)
 
 
+def test_a_missing_data_folder_is_named_as_missing(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("imagefolder", tmp_path / "nope")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset("fashion-mnist", tmp_path / "file")
+
+
 def test_image_folder_layout_error(tmp_path):
     with pytest.raises(DataError, match="ImageNet layout"):
         load_dataset("imagefolder", tmp_path)

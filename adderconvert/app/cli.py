@@ -337,7 +337,7 @@ def doctor_command() -> None:
 @click.argument("target", type=click.Path(dir_okay=False))
 @click.option("--dataset", default=None, help="Data set [the one the model was trained on].")
 @click.option("--data", default=None, help="Data folder [Debian's Fashion-MNIST for fashion-mnist].")
-@click.option("--image-size", type=int, default=None, help="Input size [the model's].")
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Input size, 16-1024 [the model's].")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Evaluation batch size.")
 @click.option("--max-batches", type=int, default=None, help="Evaluate on this many batches only.")
 @click.option("--device", default="auto", show_default=True, help="PyTorch device for a checkpoint.")
