@@ -184,4 +184,5 @@ def resume_command(config: RunConfig) -> str | None:
         return None
     if not ours:
         return None
-    return f"adderconvert {config.model} --resume --output {shlex.quote(str(folder))}"
+    quiet = "" if config.progress else " --quiet"  # a flag of the command line, not an option config.yaml keeps
+    return f"adderconvert {config.model} --resume{quiet} --output {shlex.quote(str(folder))}"

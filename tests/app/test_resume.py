@@ -245,6 +245,7 @@ def test_interrupt_prints_a_resume_command_that_works(finished, tmp_path, signum
     command = output.split("continue with: ")[1].splitlines()[0]
     words = shlex.split(command)
     assert words[:2] == ["adderconvert", "resnet18"] and words[-1] == str(out), command
+    assert "--quiet" in words  # the interrupted run's own flag (issue 34, 9)
     result = CliRunner().invoke(main, words[1:])
     assert result.exit_code == 0, result.output
     assert "all 1 epoch(s) already done" in result.output  # the CNN's
