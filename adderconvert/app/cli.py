@@ -215,6 +215,12 @@ def _interrupt_on_sigterm():
     default=None,
     help=f"INT8 calibration batches of 64 training images [{RunConfig.calibration_batches}].",
 )
+@click.option(
+    "--calibration-method",
+    type=click.Choice(METHODS),
+    default=None,
+    help=f"INT8 calibration: each layer's input range (see export --help) [{RunConfig.calibration_method}].",
+)
 @click.option("--output", default=None, help="Run folder [runs/MODEL].")
 @click.option(
     "--resume",

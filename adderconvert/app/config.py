@@ -12,7 +12,7 @@ import yaml
 
 from adderconvert.conversion import DEFAULT_INIT, DEFAULT_RECONSTRUCT, INIT_CHOICES, KEEP_KINDS, RECONSTRUCT_METHODS
 from adderconvert.data import DATASETS
-from adderconvert.quantization import DEFAULT_CALIBRATION_BATCHES
+from adderconvert.quantization import DEFAULT_CALIBRATION_BATCHES, DEFAULT_METHOD, METHODS
 from adderconvert.train import TrainConfig
 
 __all__ = ["ConfigError", "RunConfig", "validate_config"]
@@ -49,6 +49,7 @@ class RunConfig:
     export: bool = True
     int8: bool = False  # also export, evaluate and report the INT8 adder model
     calibration_batches: int = DEFAULT_CALIBRATION_BATCHES  # INT8 calibration: batches of 64 training images
+    calibration_method: str = DEFAULT_METHOD  # INT8 calibration: how each layer's input range is chosen
     output: str = "runs/adderconvert"
     resume: bool = False
     overwrite: bool = False
@@ -114,6 +115,7 @@ _RULES: dict[str, _Rule] = {
     "export": _Rule(bool),
     "int8": _Rule(bool),
     "calibration_batches": _Rule(int, low=1),
+    "calibration_method": _Rule(str, choices=METHODS),
     "output": _Rule(str),
     "resume": _Rule(bool),
     "overwrite": _Rule(bool),

@@ -521,7 +521,8 @@ def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_
     metadata = deployment_metadata(checkpoint_meta(config.model, config.dataset, splits, "adder", None))
     batches = calibration_batches(splits.train, config.calibration_batches, config.seed)
     model = model.cpu().eval()
-    path = write_through(int8_path(out, config.model), lambda tmp: export_int8(model, tmp, batches, metadata))
+    method = config.calibration_method
+    path = write_through(int8_path(out, config.model), lambda tmp: export_int8(model, tmp, batches, metadata, method))
     fp32 = out / Path(fp32_name).name if fp32_name else None
     result = compare_onnx(path, fp32, splits.test, max_batches=config.eval_max_batches, workers=config.workers)
     return {**result, "int8_path": path.name}

@@ -37,6 +37,7 @@ def test_defaults_and_conversions():
         ({"seed": -1}, "seed", ">= 0"),
         ({"seed": 99999999999999999999}, "seed", "<= 4294967295"),
         ({"int8": True, "export": False}, "int8", "cannot go with export false"),
+        ({"calibration_method": "entropy"}, "calibration_method", "must be one of"),
     ],
 )
 def test_bad_values_name_their_key(values, key, message):

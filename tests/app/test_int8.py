@@ -135,8 +135,10 @@ def test_main_job_int8_summary_and_report(tmp_path):
     out = tmp_path / "run"
     args = ["resnet18", "--data", str(data), "--weights", "none", "--pretrain-epochs", "1", "--epochs", "1"]
     args += ["--batch-size", "32", "--output", str(out), "--quiet", "--int8", "--calibration-batches", "1"]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args, "--calibration-method", "minmax"])
     assert result.exit_code == 0, result.output
+    props = {p.key: p.value for p in onnx.load(out / "resnet18_adder_int8.onnx").metadata_props}
+    assert json.loads(props["quantization"])["method"] == "minmax"  # --calibration-method reached the export
     summary = json.loads((out / "summary.json").read_text())
     assert summary["int8_path"] == "resnet18_adder_int8.onnx" and (out / summary["int8_path"]).is_file()
     assert summary["int8_images"] == 64 and 0 <= summary["int8_top1"] <= 100
