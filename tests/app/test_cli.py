@@ -347,4 +347,5 @@ def test_evaluate_and_export_errors(tmp_path):
 def test_doctor():
     result = CliRunner().invoke(main, ["doctor"])
     assert result.exit_code == 0, result.output
-    assert "CPUExecutionProvider: ok" in result.output and "ort_api: 21" in result.output
+    assert "AdderConv, CPUExecutionProvider: ok" in result.output and "ort_api: 21" in result.output
+    assert "QuantizedAdderConv (INT8), CPUExecutionProvider: ok" in result.output
