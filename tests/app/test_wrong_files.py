@@ -28,7 +28,9 @@ def wrong(tmp_path_factory):
     files["text"].write_text("epoch,lr,train_loss\n1,0.1,0.5\n")
     files["binary"].write_bytes(bytes(range(256)) * 8)
     files["gzip"].write_bytes(gzip.compress(b"x" * 1000)[:20])
-    meta = CheckpointMeta(model_name="resnet18", num_classes=10, stage="teacher", dataset="fashion-mnist", image_size=28)
+    meta = CheckpointMeta(
+        model_name="resnet18", num_classes=10, stage="teacher", dataset="fashion-mnist", image_size=28
+    )
     save_checkpoint(files["teacher"], {"meta": meta, "model": {}})
     export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)), files["onnx"], torch.zeros(1, 3, 2, 2))
     return folder, files
