@@ -98,27 +98,23 @@ def _load_models(run_dir: Path, notes: list[str]) -> tuple[nn.Module | None, nn.
         return None, None, {}
 
 
-def _find_onnx(run_dir: Path, summary: dict[str, Any], notes: list[str]) -> Path | None:
-    """The run's adder ONNX model, inside the run folder only: the file summary.json names (by its name,
-    so a copied or moved run never measures another run's file), else the one ``*_adder.onnx``."""
-    named = summary.get("onnx_path")
+def _find_model(run_dir: Path, summary: dict[str, Any], key: str, pattern: str, notes: list[str]) -> Path | None:
+    """A model of the run inside its folder only: the file summary.json names under ``key`` (by its name, so a
+    copied or moved run never measures another run's file), else the one file matching ``pattern`` (what
+    ``adderconvert export`` writes there afterwards)."""
+    named = summary.get(key)
     if isinstance(named, str) and named:
         path = run_dir / Path(named).name
         if path.is_file():
             return path
         notes.append(f"summary.json names {Path(named).name}, which is not in the run folder")
-    found = sorted(run_dir.glob("*_adder.onnx"))
+    found = sorted(run_dir.glob(pattern))
     if len(found) > 1:
-        notes.append(f"several adder ONNX models in the run folder ({', '.join(p.name for p in found)}): none measured")
+        notes.append(
+            f"several models in the run folder match {pattern} ({', '.join(p.name for p in found)}): none measured"
+        )
         return None
     return found[0] if found else None
-
-
-def _find_int8(run_dir: Path, summary: dict[str, Any]) -> Path | None:
-    """The run's INT8 adder ONNX model (``--int8``): the file summary.json names, in the run folder."""
-    named = summary.get("int8_path")
-    path = run_dir / Path(named).name if isinstance(named, str) and named else None
-    return path if path is not None and path.is_file() else None
 
 
 def _deployed_int8(counts: dict[str, OperationCounts | None]) -> dict[str, Any]:
@@ -164,7 +160,11 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         adder = cnn = None
     counts = {"cnn": None, "adder": None}
     parameters = {"cnn": None, "adder": None}
-    files = {"cnn": None, "adder": _find_onnx(run_dir, summary, notes), "int8": _find_int8(run_dir, summary)}
+    files = {
+        "cnn": None,
+        "adder": _find_model(run_dir, summary, "onnx_path", "*_adder.onnx", notes),
+        "int8": _find_model(run_dir, summary, "int8_path", "*_adder_int8.onnx", notes),
+    }
     file_sizes = {"cnn": None, "adder": None}
     latency: list[dict[str, Any]] = []
     batch_size = config.get("batch_size")

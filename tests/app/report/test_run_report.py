@@ -158,3 +158,22 @@ def test_report_renders_in_chromium(run, tmp_path):
         assert f"{number:,}" in dom
     assert f"{report['energy_ratio']:,.2f}x" in dom
     assert "88.97 %" in dom
+
+
+def test_the_report_finds_an_int8_model_that_export_wrote_and_notes_a_missing_one(tmp_path):
+    """Issue 34, 8: `export --int8` writes MODEL_adder_int8.onnx into the run folder after the run: the report
+    measures it; a summary.json that names an INT8 file the folder lacks gets a note."""
+    from adderconvert.app.report.run_report import _find_model
+
+    (tmp_path / "resnet18_adder.onnx").write_bytes(b"fp32")
+    (tmp_path / "resnet18_adder_int8.onnx").write_bytes(b"int8")
+    notes = []
+    assert _find_model(tmp_path, {}, "int8_path", "*_adder_int8.onnx", notes).name == "resnet18_adder_int8.onnx"
+    assert _find_model(tmp_path, {}, "onnx_path", "*_adder.onnx", notes).name == "resnet18_adder.onnx"
+    assert notes == []
+    (tmp_path / "resnet18_adder_int8.onnx").unlink()
+    assert (
+        _find_model(tmp_path, {"int8_path": "resnet18_adder_int8.onnx"}, "int8_path", "*_adder_int8.onnx", notes)
+        is None
+    )
+    assert notes == ["summary.json names resnet18_adder_int8.onnx, which is not in the run folder"]
