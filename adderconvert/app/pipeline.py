@@ -96,17 +96,14 @@ def calibration_images_of(splits: DatasetSplits, seed: int) -> torch.Tensor:
         return torch.stack([splits.train[int(i)][0] for i in order[:CALIBRATION_IMAGES]])
 
 
+def _rules(config: RunConfig) -> dict:
+    """The run's conversion rules, as plan_conversion and run_conversion take them."""
+    names = ("include", "exclude", "keep_stem", "keep_classifier", "keep", "keep_mac_budget")
+    return {name: getattr(config, name) for name in names}
+
+
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> ConversionReport:
-    report = plan_conversion(
-        model,
-        example,
-        include=config.include,
-        exclude=config.exclude,
-        keep_stem=config.keep_stem,
-        keep_classifier=config.keep_classifier,
-        keep=config.keep,
-        keep_mac_budget=config.keep_mac_budget,
-    )
+    report = plan_conversion(model, example, **_rules(config))
     if not report.converted:
         raise RunInputError(
             f"nothing was converted: no Conv2d of {config.model} is left to become an adder layer under these "
@@ -452,12 +449,7 @@ def convert_trained(
             images,
             init=config.init,
             reconstruct_method=None if config.reconstruct == "none" else config.reconstruct,
-            include=config.include,
-            exclude=config.exclude,
-            keep_stem=config.keep_stem,
-            keep_classifier=config.keep_classifier,
-            keep=config.keep,
-            keep_mac_budget=config.keep_mac_budget,
+            **_rules(config),
             sign_margin=sign_margin,
             inside=inside,
             log=lambda message: _log(message, log),
