@@ -34,6 +34,9 @@ __all__ = [
     "run_hooked",
 ]
 
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+# Leaves whose output, on a pooled vector, is a pooled vector still (a squeeze-excitation branch's layers).
+_ON_POOLED = (nn.Conv2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.Identity)
 # Square image sizes tried in order when no example batch is given; the first the model accepts is used.
 DEFAULT_INPUT_SIZES = (224, 32, 28, 64, 96, 299)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
@@ -143,18 +146,25 @@ def _sign_error(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool = False):
     """Run the model once; return leaf modules in execution order with input std, input minimum, input and
-    output shapes and (``measure``) a dict of what planning measures on convs: ``input_max`` and
-    ``sign_error``."""
+    output shapes and a dict: ``pooled`` (the leaf reads a globally pooled vector: an adaptive pool's 1x1 output,
+    through activations and other such leaves only) and (``measure``) what planning measures on convs:
+    ``input_max`` and ``sign_error``."""
     order: list[tuple[str, nn.Module, float, float, torch.Size, torch.Size, dict]] = []
     names = {module: name for name, module in model.named_modules()}
     hooks = []
+    pooled: list[torch.Tensor] = []  # tensors derived from pooled vectors, kept alive so that their ids stay theirs
 
     def hook(module, inputs, output):
         x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         std = float(x.detach().float().std()) if x is not None and x.numel() > 1 else 1.0
         low = float(x.detach().min()) if x is not None and x.numel() > 0 else 0.0
         shape = output.shape if isinstance(output, torch.Tensor) else torch.Size()
-        extra = {}
+        extra = {"pooled": x is not None and any(x is t for t in pooled)}
+        is_global_pool = isinstance(module, _POOLS) and len(shape) == 4 and tuple(shape[-2:]) == (1, 1)
+        if isinstance(output, torch.Tensor) and (
+            is_global_pool or (extra["pooled"] and isinstance(module, _ON_POOLED))
+        ):
+            pooled.append(output)
         if measure and isinstance(module, nn.Conv2d) and x is not None and x.numel() > 0:
             extra["input_max"] = float(x.detach().max())
             if module.padding_mode == "zeros" and isinstance(output, torch.Tensor):
@@ -266,22 +276,13 @@ def _macs(conv: nn.modules.conv._ConvNd, in_shape: torch.Size, out_shape: torch.
 # has nine weights, whose binary copy loses most of its function) and a squeeze-excitation conv (on a globally
 # pooled vector: few MACs at deployment sizes, yet it scales every channel of its block).
 KEEP_KINDS = ("depthwise", "squeeze_excitation")
-_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU, nn.Identity, nn.Dropout)
 
 
 def _squeeze_excitation_convs(order) -> set[str]:
-    """Convs that run on a globally pooled vector: after an adaptive pool to 1x1, through activations and other
-    such convs only (torchvision's ``SqueezeExcitation``: avgpool, fc1, activation, fc2)."""
-    found, pooled = set(), False
-    for name, module, _, _, in_shape, out_shape, _ in order:
-        if isinstance(module, _POOLS):
-            pooled = len(out_shape) == 4 and out_shape[-2:] == (1, 1)
-        elif isinstance(module, nn.Conv2d) and pooled and len(in_shape) == 4 and in_shape[-2:] == (1, 1):
-            found.add(name)
-        elif not isinstance(module, _PASS_THROUGH):
-            pooled = False
-    return found
+    """Convs that run on a globally pooled vector (torchvision's ``SqueezeExcitation``: avgpool, fc1, activation,
+    fc2, scale), found by following the pooled tensors themselves, not their shapes: at 32 px a ResNet's or a
+    MobileNet's last maps are 1x1 too."""
+    return {name for name, module, *_, extra in order if isinstance(module, nn.Conv2d) and extra.get("pooled")}
 
 
 def _kind(conv: nn.Conv2d, name: str, squeeze_excitation: set[str]) -> str | None:

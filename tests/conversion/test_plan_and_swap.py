@@ -462,18 +462,16 @@ def test_keep_mac_budget_keeps_the_worst_binary_layers_within_the_budget():
         plan_conversion(model, x, keep_mac_budget=1.5)
 
 
-def test_keep_depthwise_and_squeeze_excitation_convs():
+@pytest.mark.parametrize("size", [32, 64])  # at 32 px the last maps are 1x1, as pooled vectors are
+def test_keep_depthwise_and_squeeze_excitation_convs(size):
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, size, size)
     plain = {d.name: d for d in plan_conversion(model, x).layers}
     depthwise = {n for n, d in plain.items() if d.groups > 1 and d.groups == d.in_channels}
     squeeze = {n for n in plain if n.endswith((".fc1", ".fc2"))}  # torchvision's SqueezeExcitation
     assert depthwise and squeeze and all(plain[n].convert for n in depthwise | squeeze)
-    for keep, kept in (
-        (["depthwise"], depthwise),
-        (["squeeze_excitation"], squeeze),
-        (KEEP_KINDS, depthwise | squeeze),
-    ):
+    cases = ((["depthwise"], depthwise), (["squeeze_excitation"], squeeze), (KEEP_KINDS, depthwise | squeeze))
+    for keep, kept in cases:
         report = plan_conversion(model, x, keep=keep)
         newly_kept = {d.name for d in report.layers if not d.convert and plain[d.name].convert}
         assert newly_kept == kept, keep
