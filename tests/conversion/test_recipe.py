@@ -71,6 +71,20 @@ def test_one_call_keeps_the_cnns_function_before_any_step(trained):
         assert torch.equal(value, before[key]), key
 
 
+def test_keeping_the_depthwise_conv_keeps_the_cnns_function(trained):
+    """The keep rule: the depthwise conv stays multiplicative, the rest converts, and the model before any step
+    agrees with its CNN at least as well as the default conversion does (less margin: a few images)."""
+    cnn, train, (images, _) = trained
+    calibration = _calibration(train)
+    reference = _predictions(cnn, images)
+    agreement = {}
+    for keep in ((), ("depthwise",)):
+        adder = adderconvert.convert(cnn, calibration, keep=list(keep))
+        assert sum(isinstance(m, AdderConv2d) for m in adder.modules()) == 4 - len(keep)
+        agreement[keep] = float((_predictions(adder, images) == reference).float().mean())
+    assert agreement[("depthwise",)] >= agreement[()] - 0.01 and agreement[("depthwise",)] >= 0.85, agreement
+
+
 def test_the_steps_matter(trained):
     """Without the calibrated steps (the layer swap alone, on the same plan) the model is near chance: the one
     call is not the swap."""
