@@ -172,8 +172,10 @@ def checkpoint_of(payload: Any, path: str | os.PathLike) -> dict[str, Any]:
     """:func:`load_checkpoint` of a file already read (``read_torch_file(path)``), without reading it again."""
     version = payload.get("format") if isinstance(payload, dict) else None
     if version not in READABLE_FORMATS or not isinstance(payload.get("meta"), dict):
-        if isinstance(payload, dict) and any(str(k).startswith("module.") for k in payload):
-            # The official AdderNet training scripts save a DataParallel state dict ("module." keys).
+        if isinstance(payload, dict) and any(
+            str(k).startswith("module.") and str(k).endswith(".adder") for k in payload
+        ):
+            # The official AdderNet training scripts save a DataParallel state dict: "module.*.adder" weights.
             raise CheckpointError(
                 f"{path} looks like an official AdderNet checkpoint: `adderconvert import-official {path} --output "
                 "RUN` turns it into a run folder"
@@ -198,7 +200,8 @@ def read_torch_file(path: str | os.PathLike, error: type[Exception] = Checkpoint
             raise error(f"{path} holds Python objects other than tensors; it was not written by adderconvert") from None
         raise error(f"{path} is not a readable PyTorch file (truncated or corrupt?)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise error(f"{path} is not a readable PyTorch file (truncated or corrupt?): {e}") from None
+        detail = f": {e}" if str(e).strip() else " (empty?)"
+        raise error(f"{path} is not a readable PyTorch file (truncated or corrupt?){detail}") from None
     except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError, MemoryError):
         # The legacy (non-zip) reader unpickles whatever bytes it is given: a text file that starts with a
         # pickle opcode ('a', 'e', ...) fails deep inside it.

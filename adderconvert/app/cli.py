@@ -255,15 +255,6 @@ def convert_command(
         close = difflib.get_close_matches(model, list_cnn_models(), n=4, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise InputError(f"unknown model {model!r} (or not a CNN).{hint} `adderconvert list` shows all.")
-    context = click.get_current_context()
-    if (
-        _given(context, "reconstruct")
-        and options["reconstruct"] != "none"
-        and (options["init"] or RunConfig.init) != "sign"
-    ):
-        raise InputError(
-            f"--reconstruct {options['reconstruct']} refits the sign init's layers: not with --init {options['init']}"
-        )
     values = _load_config_file(config_file)
     for key in ("include", "exclude", "keep"):
         options[key] = list(options[key]) or None

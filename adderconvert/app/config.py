@@ -147,7 +147,7 @@ def _check(key: str, value: Any, rule: _Rule) -> Any:
         return value
     if rule.kind is list:
         if isinstance(value, str):
-            return [value]  # one wildcard, not a list of letters
+            value = [value]  # one wildcard (or one choice), not a list of letters
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             what = "one or more of " + ", ".join(rule.choices) if rule.choices else "a wildcard or a list of wildcards"
             raise ConfigError(key, f"must be {what}, got {value!r}")
@@ -186,6 +186,10 @@ def validate_config(values: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ConfigError(unknown[0], f"unknown option (known: {', '.join(_RULES)})")
     config = RunConfig(**{key: _check(key, value, _RULES[key]) for key, value in values.items()})
+    if config.init != "sign" and config.reconstruct != "none":
+        if "reconstruct" in values and "init" in values:
+            raise ConfigError("reconstruct", f"refits the sign init's layers; with init {config.init!r} pass none")
+        config.reconstruct = "none"  # what a run with another init does: recorded as such
     if config.int8 and "export" in values and not config.export:
         raise ConfigError("int8", "exports the INT8 model to ONNX: it cannot go with export false (--no-export)")
     return config

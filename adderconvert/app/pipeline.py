@@ -91,7 +91,7 @@ def calibration_images_of(splits: DatasetSplits, seed: int) -> torch.Tensor:
     """The training images a run converts on: :data:`~adderconvert.conversion.CALIBRATION_IMAGES` drawn at random,
     their random flips too, from ``seed`` alone (the caller's random state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator only: the CUDA ones are not forked here
         order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))
         return torch.stack([splits.train[int(i)][0] for i in order[:CALIBRATION_IMAGES]])
 
@@ -131,6 +131,11 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
         note = (
             f"note: planned on the CNN before its {pretrain} epoch(s) of training; the run plans on the trained CNN, "
             "so what --keep-mac-budget keeps may differ"
+        )
+    elif config.weights and head_fits is None:
+        note = (
+            f"note: planned on random weights (--dry-run does not download --weights {config.weights}); the run "
+            "plans on them, so what --keep-mac-budget keeps may differ"
         )
     return report, note
 

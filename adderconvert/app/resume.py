@@ -134,7 +134,14 @@ def _effective(folder: Path, saved: dict[str, Any], key: str, ran: Any) -> Any:
         meta = _checkpoint_meta(folder)
         return meta.image_size if meta is not None else None
     if key == "pretrain_epochs":
-        meta = _checkpoint_meta(folder)
+        teacher = folder / "teacher" / "last.pt"
+        if teacher.is_file():  # the CNN was trained here: its checkpoint records for how long
+            recipe = read_meta(teacher).recipe or {}
+            if isinstance(recipe.get("epochs"), int):
+                return recipe["epochs"]
+        if (folder / "last.pt").is_file() and not teacher.is_file():  # the adder model trains after the CNN: none was
+            return 0
+        meta = _checkpoint_meta(folder)  # checkpoints without their recipe: the default's rule on their classes
         if meta is not None:
             return default_pretrain_epochs(_normal("weights", saved.get("weights")), meta.num_classes)
         return _summary_value(folder, "pretrain_epochs")

@@ -23,8 +23,9 @@ CALIBRATION_IMAGES = 1024
 Calibration = torch.Tensor | Iterable | Callable[[nn.Module], object]
 
 
-class _Enough(Exception):
-    """Raised inside a forward loop once enough images are recorded."""
+class _Enough(BaseException):
+    """Raised inside a forward loop once enough images are recorded (a BaseException: a loop's own ``except
+    Exception`` does not swallow it)."""
 
 
 def _images_of(batch: object, where: str) -> torch.Tensor:
@@ -43,8 +44,10 @@ def _record_inputs(model: nn.Module, forward_loop: Callable[[nn.Module], object]
     seen: list[torch.Tensor] = []
 
     def record(module, args, kwargs):
-        batch = args[0] if args else next(iter(kwargs.values()), None)
-        seen.append(_images_of(batch, "the forward loop's model input").detach())
+        have = sum(len(b) for b in seen)
+        if have < limit:
+            batch = args[0] if args else next(iter(kwargs.values()), None)
+            seen.append(_images_of(batch, "the forward loop's model input").detach()[: limit - have])
         if sum(len(b) for b in seen) >= limit:
             raise _Enough
 
@@ -72,13 +75,13 @@ def calibration_images(model: nn.Module, calibration: Calibration, limit: int = 
     if limit < 1:
         raise ValueError(f"calibration: the number of images must be at least 1, got {limit}")
     if isinstance(calibration, torch.Tensor):
-        batches = [_images_of(calibration, "the tensor")]
+        batches = [_images_of(calibration, "the tensor")[:limit]]
     elif callable(calibration) and not isinstance(calibration, Iterable):
         batches = _record_inputs(model, calibration, limit)
     elif isinstance(calibration, Iterable):
         batches, count = [], 0
         for batch in islice(calibration, limit):  # every batch holds one image at least
-            batches.append(_images_of(batch, "a batch"))
+            batches.append(_images_of(batch, "a batch")[: limit - count])
             count += len(batches[-1])
             if count >= limit:
                 break
@@ -92,7 +95,7 @@ def calibration_images(model: nn.Module, calibration: Calibration, limit: int = 
     if sum(len(b) for b in batches) < 2:
         raise ValueError("calibration: one image only; BatchNorm statistics need two at least (about 1,024 is right)")
     param = next(model.parameters(), None)
-    images = torch.cat([b.to(param.device if param is not None else b.device) for b in batches])[:limit]
+    images = torch.cat([b.to(param.device if param is not None else b.device) for b in batches])
     if not images.is_floating_point():
         raise ValueError(f"calibration: images must be floating point (normalised as in training), got {images.dtype}")
     if not torch.isfinite(images).all():

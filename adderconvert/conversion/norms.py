@@ -86,7 +86,7 @@ def recalibrate_batchnorm(model: nn.Module, batches, steps: int, device: str | t
     training trail the current weights; evaluating (and checkpointing) after this pass uses statistics
     that match them.
     """
-    if steps <= 0:
+    if steps <= 0 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
     with _averaging(model):
         for step, (images, _) in enumerate(batches):

@@ -304,7 +304,7 @@ def plan_conversion(
     keep_stem: bool = True,
     keep_classifier: bool = True,
     insert_bn: bool = True,
-    keep: Sequence[str] = (),
+    keep: Sequence[str] | None = None,
     keep_mac_budget: float = 0.0,
 ) -> ConversionReport:
     """Decide which convs become adder layers, without changing the model.
@@ -326,8 +326,9 @@ def plan_conversion(
     """
     if not 0.0 <= keep_mac_budget <= 1.0:
         raise ValueError(f"keep_mac_budget is a share of the MACs, from 0 to 1; got {keep_mac_budget}")
-    unknown = sorted(set(keep) - set(KEEP_KINDS))
-    if isinstance(keep, str) or unknown:
+    keep = () if keep is None else keep
+    unknown = [keep] if isinstance(keep, str) else sorted(set(keep) - set(KEEP_KINDS))
+    if unknown:
         raise ValueError(f"keep takes kinds of conv from {KEEP_KINDS}; got {keep!r}")
     include, exclude = list(include or []), list(exclude or [])
     order = _trace(model, example_input, measure=True)
@@ -366,7 +367,10 @@ def plan_conversion(
             do, rule = (True, f"include {pattern!r}") if pattern else (False, "not included")
         else:
             do, rule = True, "default"
-        needs_bn = do and insert_bn and _norm_after(order, index) is None
+        # A BatchNorm after every adder layer: its per-channel affine takes the sign init's scale and constant, and
+        # reconstruction refits it. A GroupNorm, LayerNorm or InstanceNorm after the conv cannot: one is inserted.
+        following = index + 1 < len(order) and isinstance(order[index + 1][1], nn.modules.batchnorm._BatchNorm)
+        needs_bn = do and insert_bn and not following
         report.layers.append(
             LayerDecision(
                 name=name,

@@ -48,7 +48,7 @@ def test_unknown_model_is_a_usage_error():
         (["resnet18", "--include", "layer9.*", "--dry-run"], "include rule 'layer9.*' matches no Conv2d"),
         (["resnet18", "--lr", "nan"], "lr: must be a finite number"),
         (["resnet18", "--seed", "-1"], "seed: must be >= 0"),
-        (["resnet18", "--init", "fresh", "--reconstruct", "signs"], "not with --init fresh"),
+        (["resnet18", "--init", "fresh", "--reconstruct", "signs"], "with init 'fresh' pass none"),
     ],
 )
 def test_bad_options(args, message):

@@ -38,6 +38,8 @@ def test_defaults_and_conversions():
         ({"seed": 99999999999999999999}, "seed", "<= 4294967295"),
         ({"int8": True, "export": False}, "int8", "cannot go with export false"),
         ({"calibration_method": "entropy"}, "calibration_method", "must be one of"),
+        ({"init": "fresh", "reconstruct": "signs"}, "reconstruct", "pass none"),
+        ({"keep": "bogus"}, "keep", "must be one or more of depthwise, squeeze_excitation"),
     ],
 )
 def test_bad_values_name_their_key(values, key, message):
@@ -67,3 +69,8 @@ def test_cli_help_reads_the_defaults():
     text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
     for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta), ("--epochs", RunConfig.epochs)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
+
+
+def test_another_init_runs_without_reconstruction_and_says_so():
+    assert validate_config({"init": "fresh"}).reconstruct == "none"
+    assert validate_config({}).reconstruct == RunConfig.reconstruct

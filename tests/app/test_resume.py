@@ -250,3 +250,19 @@ def test_interrupt_prints_a_resume_command_that_works(finished, tmp_path, signum
     assert result.exit_code == 0, result.output
     assert "all 1 epoch(s) already done" in result.output  # the CNN's
     assert (out / "teacher" / "last.pt").read_bytes() == teacher and (out / "last.pt").is_file()
+
+
+def test_resume_reads_the_cnn_epochs_the_run_trained(tmp_path):
+    """The CNN's epochs a run left unset came to what its teacher checkpoint records; a run with an adder checkpoint
+    and no teacher one trained none (its --weights file's head fitted)."""
+    trained = _unset_run(tmp_path / "trained", None, None)
+    (trained / "teacher").mkdir()
+    meta = CheckpointMeta(model_name="resnet18", num_classes=10, stage="teacher", image_size=28, recipe={"epochs": 2})
+    save_checkpoint(trained / "teacher" / "last.pt", {"meta": meta, "model": {}})
+    assert resumed_options(trained, "resnet18", {"pretrain_epochs": 2})["pretrain_epochs"] == 2
+    with pytest.raises(ResumeError, match="--pretrain-epochs 2 -> 1"):
+        resumed_options(trained, "resnet18", {"pretrain_epochs": 1})
+    fitted = _unset_run(tmp_path / "fitted", "teacher.pt", None)
+    adder = CheckpointMeta(model_name="resnet18", num_classes=10, stage="adder", image_size=28)
+    save_checkpoint(fitted / "last.pt", {"meta": adder, "model": {}})
+    assert resumed_options(fitted, "resnet18", {"pretrain_epochs": 0})["pretrain_epochs"] == 0

@@ -44,8 +44,7 @@ COMMANDS = {
     "-c": lambda f, out: ["resnet18", "-c", str(f), "--dry-run"],
     "--resume": lambda f, out: ["resnet18", "--resume", str(f), "--output", str(out / "run")],
     "import-official": lambda f, out: ["import-official", str(f), "--output", str(out / "imported")],
-    "report": lambda f, out: ["report", str(f)],
-}
+}  # `report` takes a run folder: tests/app/test_outputs.py gives it wrong folders
 
 
 # Inputs that are right for the command: not wrong files.
@@ -63,4 +62,5 @@ def test_no_traceback_for_a_wrong_file(wrong, tmp_path, command, kind):
     result = CliRunner().invoke(main, COMMANDS[command](files[kind], tmp_path))
     assert result.exit_code == 2, (result.output, result.exception)
     assert "Error:" in result.output and "Traceback" not in result.output, result.output
+    assert files[kind].name in result.output, result.output  # the error names the file, not something else
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

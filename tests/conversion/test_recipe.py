@@ -71,6 +71,52 @@ def test_one_call_keeps_the_cnns_function_before_any_step(trained):
         assert torch.equal(value, before[key]), key
 
 
+def test_a_cnn_in_training_mode_is_left_as_it_was(trained):
+    cnn, train, _ = trained
+    model = copy.deepcopy(cnn).train()
+    before = copy.deepcopy(model.state_dict())
+    adderconvert.convert(model, _calibration(train, 256), images=256)
+    assert model.training and all(m.training for m in model.modules())
+    assert list(model.state_dict()) == list(before)
+    for key, value in model.state_dict().items():  # BatchNorm statistics and counters included
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_forward_loop_that_catches_exceptions_still_stops(trained):
+    cnn, train, _ = trained
+    calibration = _calibration(train, 512)
+    batches_run = []
+
+    def forward_loop(model):
+        for batch in calibration.split(64):
+            try:
+                model(batch)
+                batches_run.append(len(batch))
+            except Exception:  # a user's loop that carries on after errors
+                continue
+
+    run_conversion(cnn, forward_loop, images=128, reconstruct_method=None)
+    assert batches_run == [64]  # stopped inside the second batch, at 128 images
+
+
+def test_a_groupnorm_after_a_conv_gets_a_batchnorm_before_it(trained):
+    """The sign init needs a per-channel affine after each adder layer: a GroupNorm cannot take the per-channel
+    constant, so a BatchNorm is inserted, and the model keeps its CNN's function."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(4, 32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.GroupNorm(4, 32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+    images = _calibration(trained[1], 512)
+    result = run_conversion(cnn, images)
+    assert [d.insert_bn for d in result.report.converted] == [True, True]
+    with torch.no_grad():
+        want, got = cnn(images[:256]), result.model.eval()(images[:256])
+    agreement = float((want.argmax(1) == got.argmax(1)).float().mean())
+    assert agreement > 0.8, agreement
+
+
 def test_keeping_the_depthwise_conv_keeps_the_cnns_function(trained):
     """The keep rule: the depthwise conv stays multiplicative, the rest converts, and the model before any step
     agrees with its CNN at least as well as the default conversion does (less margin: a few images)."""
@@ -109,8 +155,9 @@ def test_calibration_forms_give_the_same_model(trained):
 
     by_loop = adderconvert.convert(cnn, forward_loop, images=300)
     for other in (by_loader, by_loop):
-        for (key, a), b in zip(by_tensor.state_dict().items(), other.state_dict().values()):
-            torch.testing.assert_close(a, b, msg=key)
+        assert list(other.state_dict()) == list(by_tensor.state_dict())
+        for key, value in by_tensor.state_dict().items():
+            torch.testing.assert_close(other.state_dict()[key], value, msg=key)
 
 
 def test_a_loader_is_read_up_to_the_number_of_images(trained):
@@ -156,7 +203,7 @@ def test_bad_calibration_is_refused_with_a_clear_error(trained, calibration, mes
         adderconvert.convert(cnn, calibration)
 
 
-def test_no_batchnorm_batch_of_one_image(trained):
+def test_norm_reestimation_never_uses_a_batch_of_one(trained):
     """129 images re-estimate BatchNorm statistics in batches of 65 and 64, not 128 and 1: on 1x1 maps a batch of
     one image stops BatchNorm in training mode."""
     cnn, train, _ = trained
