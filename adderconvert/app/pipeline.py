@@ -66,7 +66,7 @@ __all__ = [
     "RunConfig",
     "RunInputError",
     "adder_train_config",
-    "calibration_images_of",
+    "draw_calibration_images",
     "checkpoint_meta",
     "convert_trained",
     "plan_only",
@@ -87,7 +87,7 @@ def _example_batch(dataset, size: int = 32) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(size, len(dataset)))])
 
 
-def calibration_images_of(splits: DatasetSplits, seed: int) -> torch.Tensor:
+def draw_calibration_images(splits: DatasetSplits, seed: int) -> torch.Tensor:
     """The training images a run converts on: :data:`~adderconvert.conversion.CALIBRATION_IMAGES` drawn at random,
     their random flips too, from ``seed`` alone (the caller's random state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
@@ -122,7 +122,7 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     if config.weights:
         head_fits = check_weights(model, config.model, config.weights)  # a file is read, a name not fetched
     check_input_size(model, config.model, splits.image_size)
-    report = _plan(config, model, calibration_images_of(splits, config.seed)[:PLAN_IMAGES])
+    report = _plan(config, model, draw_calibration_images(splits, config.seed)[:PLAN_IMAGES])
     pretrain = config.pretrain_epochs
     if pretrain is None:
         pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
@@ -200,7 +200,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
             check_calibration_batches(config.calibration_batches, len(splits.train))
         except ValueError as e:
             raise RunInputError(str(e)) from None
-    report = _plan(config, teacher, calibration_images_of(splits, config.seed)[:PLAN_IMAGES])
+    report = _plan(config, teacher, draw_calibration_images(splits, config.seed)[:PLAN_IMAGES])
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
@@ -444,7 +444,7 @@ def convert_trained(
     Its random draws come from ``config.seed`` alone, and the caller's random state is left as it was: the same
     teacher always gives the same adder model, in a fresh process (a resumed run, a cached teacher) as after
     training."""
-    images = calibration_images_of(splits, config.seed)
+    images = draw_calibration_images(splits, config.seed)
     cuda = ctx.device.type == "cuda"
     index = (torch.cuda.current_device() if ctx.device.index is None else ctx.device.index) if cuda else None
     with torch.random.fork_rng(devices=[index] if cuda else []):

@@ -83,16 +83,16 @@ def run_conversion(
     keep_mac_budget: float = 0.0,
     sign_margin: float = SIGN_MARGIN,
     inside: bool = False,
-    images: int = CALIBRATION_IMAGES,
+    max_images: int = CALIBRATION_IMAGES,
     log: Callable[[str], None] | None = None,
 ) -> Conversion:
     """The adder model of the trained CNN ``model``, made by the whole default recipe (the module's docstring),
     with the plan's report and the reconstruction's fits (:class:`Conversion`); ``model`` itself is left as it was.
 
     ``calibration`` is training data, normalised as in training: a tensor of images (N, C, H, W), an iterable of
-    batches (a ``DataLoader``; batches or ``(images, labels)`` pairs are read until ``images`` images) or a
+    batches (a ``DataLoader``; batches or ``(images, labels)`` pairs are read until ``max_images`` images) or a
     callable ``forward_loop(model)`` that runs the model on data (its inputs are recorded). About 1,024 images
-    (``images``, the default) are enough. ``None`` is refused with the default init: without data the adder
+    (``max_images``, the default) are enough. ``None`` is refused with the default init: without data the adder
     weights cannot be placed (``init="fresh"`` with ``None`` gives an adder model to train from scratch).
 
     ``init`` (:data:`~adderconvert.conversion.INIT_CHOICES`; other inits than ``sign`` skip reconstruction),
@@ -118,7 +118,7 @@ def run_conversion(
             "scratch pass init='fresh' explicitly."
         )
     say = log or (lambda message: None)
-    data = calibration_images(model, calibration, images) if calibration is not None else None
+    data = calibration_images(model, calibration, max_images) if calibration is not None else None
     planning = data[:PLAN_IMAGES] if data is not None else None
     rules = dict(include=include, exclude=exclude, keep_stem=keep_stem, keep_classifier=keep_classifier)
     report = plan_conversion(model, planning, **rules, keep=keep, keep_mac_budget=keep_mac_budget)
@@ -154,7 +154,7 @@ def convert(model: nn.Module, calibration: Calibration | None, **options) -> nn.
     ``calibration`` is training data, normalised as in training: a tensor of images (N, C, H, W), an iterable of
     batches (a ``DataLoader``) or a callable ``forward_loop(model)``; about 1,024 images are enough. ``options``
     choose the steps (``init``, ``reconstruct_method``, ``include``, ``exclude``, ``keep_stem``,
-    ``keep_classifier``, ``keep``, ``keep_mac_budget``, ``sign_margin``, ``inside``, ``images``, ``log``): see
+    ``keep_classifier``, ``keep``, ``keep_mac_budget``, ``sign_margin``, ``inside``, ``max_images``, ``log``): see
     :func:`run_conversion`, which also returns the plan's report.
     """
     return run_conversion(model, calibration, **options).model

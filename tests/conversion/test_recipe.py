@@ -75,7 +75,7 @@ def test_a_cnn_in_training_mode_is_left_as_it_was(trained):
     cnn, train, _ = trained
     model = copy.deepcopy(cnn).train()
     before = copy.deepcopy(model.state_dict())
-    adderconvert.convert(model, _calibration(train, 256), images=256)
+    adderconvert.convert(model, _calibration(train, 256), max_images=256)
     assert model.training and all(m.training for m in model.modules())
     assert list(model.state_dict()) == list(before)
     for key, value in model.state_dict().items():  # BatchNorm statistics and counters included
@@ -95,7 +95,7 @@ def test_a_forward_loop_that_catches_exceptions_still_stops(trained):
             except Exception:  # a user's loop that carries on after errors
                 continue
 
-    run_conversion(cnn, forward_loop, images=128, reconstruct_method=None)
+    run_conversion(cnn, forward_loop, max_images=128, reconstruct_method=None)
     assert batches_run == [64]  # stopped inside the second batch, at 128 images
 
 
@@ -145,15 +145,15 @@ def test_the_steps_matter(trained):
 def test_calibration_forms_give_the_same_model(trained):
     cnn, train, _ = trained
     calibration = _calibration(train, 300)
-    by_tensor = adderconvert.convert(cnn, calibration, images=300)
+    by_tensor = adderconvert.convert(cnn, calibration, max_images=300)
     pairs = [(calibration[i : i + 100], torch.zeros(100)) for i in range(0, 300, 100)]
-    by_loader = adderconvert.convert(cnn, pairs, images=300)
+    by_loader = adderconvert.convert(cnn, pairs, max_images=300)
 
     def forward_loop(model):
         for batch in calibration.split(50):
             model(batch)
 
-    by_loop = adderconvert.convert(cnn, forward_loop, images=300)
+    by_loop = adderconvert.convert(cnn, forward_loop, max_images=300)
     for other in (by_loader, by_loop):
         assert list(other.state_dict()) == list(by_tensor.state_dict())
         for key, value in by_tensor.state_dict().items():
@@ -170,17 +170,17 @@ def test_a_loader_is_read_up_to_the_number_of_images(trained):
                 read.append(len(images))
                 yield images, labels
 
-    run_conversion(cnn, Counting(), images=250, reconstruct_method=None)
+    run_conversion(cnn, Counting(), max_images=250, reconstruct_method=None)
     assert read == [100, 100, 100]
 
 
 def test_the_report_and_the_log(trained):
     cnn, train, _ = trained
     lines = []
-    result = run_conversion(cnn, _calibration(train, 256), images=256, log=lines.append)
+    result = run_conversion(cnn, _calibration(train, 256), max_images=256, log=lines.append)
     assert len(result.report.converted) == 4 and result.reconstruction is not None
     assert "become additions" in lines[0] and lines[-1].startswith("reconstruction (signs)")
-    assert run_conversion(cnn, _calibration(train, 256), images=256, reconstruct_method=None).reconstruction is None
+    assert run_conversion(cnn, _calibration(train, 256), max_images=256, reconstruct_method=None).reconstruction is None
 
 
 @pytest.mark.parametrize(
@@ -212,7 +212,7 @@ def test_norm_reestimation_never_uses_a_batch_of_one(trained):
     # The copy convert makes keeps the hook: it records the batches the adder model's first norm trains on.
     handle = norm.register_forward_pre_hook(lambda m, inputs: seen.append(len(inputs[0])) if m.training else None)
     try:
-        adderconvert.convert(cnn, _calibration(train, 129), images=129, reconstruct_method=None)
+        adderconvert.convert(cnn, _calibration(train, 129), max_images=129, reconstruct_method=None)
     finally:
         handle.remove()
     assert seen == [129, 65, 64]  # calibrate_norms on the planning images, then the re-estimation
