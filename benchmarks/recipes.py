@@ -412,7 +412,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
     parser.add_argument("--init", default=RunConfig.init, choices=INIT_CHOICES, help="adder weight init")
-    parser.add_argument("--keep", nargs="*", default=RunConfig().keep, choices=KEEP_KINDS, help="see plan_conversion")
+    parser.add_argument(
+        "--keep", nargs="*", default=RunConfig().keep, choices=KEEP_KINDS, help="see plan_conversion (none: --keep)"
+    )
     parser.add_argument("--keep-mac-budget", type=float, default=0.0, help="see plan_conversion")
     parser.add_argument("--sign-margin", type=float, default=SIGN_MARGIN, help="see conversion.sign_edges")
     parser.add_argument(

@@ -151,9 +151,9 @@ def _interrupt_on_sigterm():
 @click.option(
     "--keep",
     multiple=True,
-    type=click.Choice(KEEP_KINDS),
-    help="Keep this kind of conv multiplicative (repeatable): depthwise, squeeze_excitation "
-    f"[{', '.join(RunConfig().keep) or 'none'}].",
+    type=click.Choice((*KEEP_KINDS, "none")),
+    help="Keep this kind of conv multiplicative (repeatable); none converts them all "
+    f"[{' '.join(RunConfig().keep) or 'none'}].",
 )
 @click.option(
     "--keep-mac-budget",

@@ -10,7 +10,14 @@ from typing import Any
 
 import yaml
 
-from adderconvert.conversion import DEFAULT_INIT, DEFAULT_RECONSTRUCT, INIT_CHOICES, KEEP_KINDS, RECONSTRUCT_METHODS
+from adderconvert.conversion import (
+    DEFAULT_INIT,
+    DEFAULT_KEEP,
+    DEFAULT_RECONSTRUCT,
+    INIT_CHOICES,
+    KEEP_KINDS,
+    RECONSTRUCT_METHODS,
+)
 from adderconvert.data import DATASETS
 from adderconvert.quantization import DEFAULT_CALIBRATION_BATCHES, DEFAULT_METHOD, METHODS
 from adderconvert.train import TrainConfig
@@ -42,7 +49,7 @@ class RunConfig:
     exclude: list[str] = field(default_factory=list)
     keep_stem: bool = True
     keep_classifier: bool = True
-    keep: list[str] = field(default_factory=list)  # kinds of conv kept multiplicative (conversion.KEEP_KINDS)
+    keep: list[str] = field(default_factory=lambda: list(DEFAULT_KEEP))  # kinds of conv kept multiplicative
     keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
     sync_bn: bool = TrainConfig.sync_bn
     amp: bool = TrainConfig.amp
@@ -108,7 +115,7 @@ _RULES: dict[str, _Rule] = {
     "exclude": _Rule(list),
     "keep_stem": _Rule(bool),
     "keep_classifier": _Rule(bool),
-    "keep": _Rule(list, choices=KEEP_KINDS),
+    "keep": _Rule(list, choices=(*KEEP_KINDS, "none")),  # "none": every kind converts
     "keep_mac_budget": _Rule(float, low=0, high=1),
     "sync_bn": _Rule(bool),
     "amp": _Rule(bool),
@@ -186,6 +193,10 @@ def validate_config(values: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ConfigError(unknown[0], f"unknown option (known: {', '.join(_RULES)})")
     config = RunConfig(**{key: _check(key, value, _RULES[key]) for key, value in values.items()})
+    if "none" in config.keep:
+        if len(config.keep) > 1:
+            raise ConfigError("keep", f"none converts every kind: it goes alone, got {config.keep}")
+        config.keep = []
     if config.init != "sign" and config.reconstruct != "none":
         if "reconstruct" in values and "init" in values:
             raise ConfigError("reconstruct", f"refits the sign init's layers; with init {config.init!r} pass none")

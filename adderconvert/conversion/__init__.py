@@ -20,7 +20,14 @@ from adderconvert.conversion.plan import (
     plan_conversion,
     run_hooked,
 )
-from adderconvert.conversion.recipe import DEFAULT_RECONSTRUCT, PLAN_IMAGES, Conversion, convert, run_conversion
+from adderconvert.conversion.recipe import (
+    DEFAULT_KEEP,
+    DEFAULT_RECONSTRUCT,
+    PLAN_IMAGES,
+    Conversion,
+    convert,
+    run_conversion,
+)
 from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, ReconstructionResult, reconstruct
 from adderconvert.conversion.swap import (
     DEFAULT_INIT,
@@ -36,6 +43,7 @@ __all__ = [
     "CALIBRATION_IMAGES",
     "DEFAULT_INIT",
     "DEFAULT_INPUT_SIZES",
+    "DEFAULT_KEEP",
     "DEFAULT_RECONSTRUCT",
     "INIT_CHOICES",
     "KEEP_KINDS",

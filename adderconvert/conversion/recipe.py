@@ -29,6 +29,7 @@ from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, Reconstr
 from adderconvert.conversion.swap import DEFAULT_INIT, INIT_CHOICES, SIGN_MARGIN, swap_layers
 
 __all__ = [
+    "DEFAULT_KEEP",
     "DEFAULT_RECONSTRUCT",
     "NORM_BATCH",
     "PLAN_IMAGES",
@@ -44,6 +45,11 @@ PLAN_IMAGES = 256
 # BatchNorm statistics are re-estimated over all calibration images, in batches of this many.
 NORM_BATCH = 128
 DEFAULT_RECONSTRUCT = "signs"
+# Kinds of conv the recipe keeps multiplicative (plan_conversion's ``keep``). A depthwise 3x3 channel has nine
+# weights: their binary copy loses most of its function, and on MobileNetV3-Large trained to 92.5% the default
+# epoch ended 2.5 pt short of its CNN with them converted (docs/results/recipes_cpu_converged.md). Squeeze-
+# excitation convs act on pooled vectors: 0.7% of its MACs at 224 px. Networks without them are unaffected.
+DEFAULT_KEEP = ("depthwise", "squeeze_excitation")
 # Reconstruction keeps the CNN's output and input of every converted layer, and the adder model's, for each
 # image it fits on: it fits on as many of the planning images as that takes within this many bytes (at least
 # RECONSTRUCT_MIN_IMAGES; a fit reads at most reconstruction.MAX_SAMPLES positions per layer anyway).
@@ -79,7 +85,7 @@ def run_conversion(
     exclude: Sequence[str] | None = None,
     keep_stem: bool = True,
     keep_classifier: bool = True,
-    keep: Sequence[str] = (),
+    keep: Sequence[str] = DEFAULT_KEEP,
     keep_mac_budget: float = 0.0,
     sign_margin: float = SIGN_MARGIN,
     inside: bool = False,
@@ -98,7 +104,7 @@ def run_conversion(
     ``init`` (:data:`~adderconvert.conversion.INIT_CHOICES`; other inits than ``sign`` skip reconstruction),
     ``reconstruct_method`` (``"signs"``, ``"affine"`` or None), the rules ``include``/``exclude`` (wildcards on
     conv names), ``keep_stem``, ``keep_classifier``, ``keep`` (kinds of conv kept multiplicative:
-    ``"depthwise"``, ``"squeeze_excitation"``) and ``keep_mac_budget`` (see
+    :data:`DEFAULT_KEEP` by default, ``()`` converts them too) and ``keep_mac_budget`` (see
     :func:`~adderconvert.conversion.plan_conversion`), ``sign_margin`` (see
     :func:`~adderconvert.conversion.sign_edges`) and ``inside`` (see
     :func:`~adderconvert.conversion.reconstruct`) choose the steps. ``log`` receives a line per step (the plan's

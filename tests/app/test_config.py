@@ -40,6 +40,7 @@ def test_defaults_and_conversions():
         ({"calibration_method": "entropy"}, "calibration_method", "must be one of"),
         ({"init": "fresh", "reconstruct": "signs"}, "reconstruct", "pass none"),
         ({"keep": "bogus"}, "keep", "must be one or more of depthwise, squeeze_excitation"),
+        ({"keep": ["none", "depthwise"]}, "keep", "goes alone"),
     ],
 )
 def test_bad_values_name_their_key(values, key, message):
@@ -74,3 +75,8 @@ def test_cli_help_reads_the_defaults():
 def test_another_init_runs_without_reconstruction_and_says_so():
     assert validate_config({"init": "fresh"}).reconstruct == "none"
     assert validate_config({}).reconstruct == RunConfig.reconstruct
+
+
+def test_keep_none_converts_every_kind():
+    assert validate_config({"keep": "none"}).keep == []
+    assert validate_config({}).keep == ["depthwise", "squeeze_excitation"]
