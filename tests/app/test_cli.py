@@ -49,6 +49,7 @@ def test_unknown_model_is_a_usage_error():
         (["resnet18", "--lr", "nan"], "lr: must be a finite number"),
         (["resnet18", "--seed", "-1"], "seed: must be >= 0"),
         (["resnet18", "--init", "fresh", "--reconstruct", "signs"], "with init 'fresh' pass none"),
+        (["evaluate", "model.onnx", "--image-size", "4"], "4 is not in the range 16<=x<=1024"),
     ],
 )
 def test_bad_options(args, message):
