@@ -52,7 +52,7 @@ def main() -> None:
     #    before each step. The settings are the recipe's (TrainConfig's defaults, which the main job uses).
     recipe = TrainConfig()
     features = FeatureDistillation(adder, cnn)
-    opt = torch.optim.SGD(adder.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    opt = torch.optim.SGD(adder.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
     adder.train()
     for step, (x, y) in zip(range(args.steps), batches()):

@@ -87,13 +87,14 @@ def _example_batch(dataset, size: int = 32) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(size, len(dataset)))])
 
 
-def draw_calibration_images(splits: DatasetSplits, seed: int) -> torch.Tensor:
+def draw_calibration_images(splits: DatasetSplits, seed: int, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
     """The training images a run converts on: :data:`~adderconvert.conversion.CALIBRATION_IMAGES` drawn at random,
-    their random flips too, from ``seed`` alone (the caller's random state is left as it was)."""
+    their random flips too, from ``seed`` alone (the caller's random state is left as it was); the first ``count``
+    of them only (planning reads the first PLAN_IMAGES), the same whatever ``count``."""
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)  # the CPU generator only: the CUDA ones are not forked here
         order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))
-        return torch.stack([splits.train[int(i)][0] for i in order[:CALIBRATION_IMAGES]])
+        return torch.stack([splits.train[int(i)][0] for i in order[: min(count, CALIBRATION_IMAGES)]])
 
 
 def _rules(config: RunConfig) -> dict:
@@ -122,7 +123,7 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     if config.weights:
         head_fits = check_weights(model, config.model, config.weights)  # a file is read, a name not fetched
     check_input_size(model, config.model, splits.image_size)
-    report = _plan(config, model, draw_calibration_images(splits, config.seed)[:PLAN_IMAGES])
+    report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES))
     pretrain = config.pretrain_epochs
     if pretrain is None:
         pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
@@ -200,7 +201,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
             check_calibration_batches(config.calibration_batches, len(splits.train))
         except ValueError as e:
             raise RunInputError(str(e)) from None
-    report = _plan(config, teacher, draw_calibration_images(splits, config.seed)[:PLAN_IMAGES])
+    report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES))
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.

@@ -94,6 +94,8 @@ def swap_layers(
         raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
     if report is None:
         report = plan_conversion(model, example_input, **rules)
+    elif rules:
+        raise TypeError(f"swap_layers follows the report it is given: its rules {sorted(rules)} would be ignored")
     for decision in report.converted:
         conv = model.get_submodule(decision.name)
         layer = AdderConv2d.from_conv(conv).train(conv.training)
