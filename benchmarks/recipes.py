@@ -1,19 +1,21 @@
 """The fine-tuning recipe across architecture families: CNN teacher -> adder model, one recipe for all.
 
 For each model and a fixed budget, a CNN is trained from scratch on Fashion-MNIST (no pretrained weights
-offline) for a whole epoch, converted as the main job converts it (pipeline.convert_trained: plan on 256
-training images, --init, BatchNorms calibrated and re-estimated, --reconstruct), evaluated before any step
+offline) for the budget's epochs (--teacher-epochs), converted as the main job converts it
+(pipeline.convert_trained: adderconvert.conversion.run_conversion on 1,024 training images, --init, --keep,
+--reconstruct), evaluated before any step
 (the zero-step top-1), and fine-tuned with the main job's defaults (or the recipe given with --set, the same
 for every model). Per model: CNN, zero-step and fine-tuned adder top-1, the gap, wall times, the adder
 weights' std and the share at the range edge (adderconvert.train.diagnostics) and whether training diverged
 (a TrainingDiverged guard, a non-finite loss or chance accuracy). Teachers are cached outside the repository
-(~/.cache/adderconvert/teachers) by model and settings, so screening recipes trains each CNN once. Each
+(~/.cache/adderconvert/teachers) by the teacher's own recipe (teacher_key), so screening recipes trains each CNN
+once and an interrupted teacher resumes from its last epoch. Each
 adder model is saved as an adderconvert checkpoint, OUTPUT/MODEL.pt, which `adderconvert evaluate`,
 `export` and `benchmarks/int8_cpu.py --accuracy` read, and its CNN as OUTPUT/MODEL_cnn.pt.
 
 Usage: python benchmarks/recipes.py --budget cpu [--models resnet18 ...] [--set lr=0.03 --set eta=0.2]
-       [--steps N (0: zero-step only)] [--init sign] [--keep-mac-budget 0.05] [--reconstruct signs] [--inside]
-       [--teachers-only]
+       [--steps N (0: zero-step only)] [--teacher-epochs N] [--init sign] [--keep [KIND ...]]
+       [--keep-mac-budget 0.05] [--reconstruct signs] [--inside] [--teachers-only]
        [--table docs/results/recipes_cpu_converged.md]
 """
 

@@ -14,6 +14,8 @@ from itertools import islice
 import torch
 from torch import nn
 
+from adderconvert.conversion.plan import run_hooked
+
 __all__ = ["CALIBRATION_IMAGES", "Calibration", "calibration_images"]
 
 # Training images a conversion reads by default: enough for BatchNorm statistics and the layer fits, and
@@ -51,17 +53,11 @@ def _record_inputs(model: nn.Module, forward_loop: Callable[[nn.Module], object]
         if sum(len(b) for b in seen) >= limit:
             raise _Enough
 
-    was_training = model.training
     hook = model.register_forward_pre_hook(record, with_kwargs=True)
-    model.eval()
     try:
-        with torch.no_grad():
-            forward_loop(model)
+        run_hooked(model, forward_loop, [hook])  # eval mode, no gradients; the hook goes and the mode comes back
     except _Enough:
         pass
-    finally:
-        hook.remove()
-        model.train(was_training)
     return seen
 
 
