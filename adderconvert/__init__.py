@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import version
 
-__version__ = version("adderconvert")  # pyproject.toml owns the version
+__version__ = version("adderconvert")  # adderconvert_ort/_version.py owns it (both wheels read it)
 
 from adderconvert.conversion import convert, plan_conversion  # noqa: E402
 from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402

@@ -14,7 +14,7 @@ from ctypes import POINTER, c_char_p, c_float, c_int, c_int64, c_size_t, c_void_
 
 import torch
 
-from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY, ORT_LIBRARY, find_library
+from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY, find_library
 from adderconvert.nn.geometry import output_size
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "cuda_backward_input",
     "cuda_forward",
     "has_cuda_library",
-    "ort_build_info",
 ]
 
 _DIMS = POINTER(c_int64)  # const int64_t*
@@ -83,14 +82,6 @@ C_API: dict[str, dict[str, tuple[type | None, list[type]]]] = {
             [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, *_GEOMETRY, *_ERROR],
         ),
     },
-    ORT_LIBRARY: {
-        # const char* AdderConvertBuildInfo()
-        "AdderConvertBuildInfo": (c_char_p, []),
-        # const char* AdderConvertCpuIsa()
-        "AdderConvertCpuIsa": (c_char_p, []),
-        # const char* AdderConvertQuantizedCpuIsa()
-        "AdderConvertQuantizedCpuIsa": (c_char_p, []),
-    },
 }
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}  # the CPU API's dtype codes
@@ -114,17 +105,6 @@ def cpu_isa() -> str:
 def cpu_quantized_isa() -> str:
     """Instruction set the INT8 (QuantizedAdderConv) CPU kernel dispatched to on this machine."""
     return _library(CPU_LIBRARY).adderconvert_cpu_quantized_isa().decode()
-
-
-def ort_build_info() -> tuple[str, str, str]:
-    """The ONNX Runtime library's build description (``key=value`` pairs) and the instruction sets of its
-    FP32 and INT8 CPU kernels."""
-    lib = _library(ORT_LIBRARY)
-    return (
-        lib.AdderConvertBuildInfo().decode(),
-        lib.AdderConvertCpuIsa().decode(),
-        lib.AdderConvertQuantizedCpuIsa().decode(),
-    )
 
 
 def has_cuda_library() -> bool:

@@ -1,4 +1,5 @@
-"""The ctypes declarations of adderconvert.nn._kernels against the C prototypes in custom_ops/."""
+"""The ctypes declarations of adderconvert.nn._kernels and adderconvert_ort against the C prototypes in
+custom_ops/."""
 
 import ctypes
 import re
@@ -6,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY, ORT_LIBRARY
+import adderconvert_ort
+from adderconvert._libs import CPU_LIBRARY, CUDA_LIBRARY
 from adderconvert.nn import _kernels
+
+ORT_LIBRARY = adderconvert_ort.LIBRARY
 
 SOURCES = {
     CPU_LIBRARY: "custom_ops/cpu/c_api.cc",
@@ -30,6 +34,7 @@ CTYPES = {
     "float": ctypes.c_float,
 }
 ROOT = Path(__file__).resolve().parents[2]
+DECLARED = {**_kernels.C_API, ORT_LIBRARY: adderconvert_ort.C_API}
 
 
 def _exported(source: str) -> dict[str, tuple[str, list[str]]]:
@@ -46,7 +51,7 @@ def _exported(source: str) -> dict[str, tuple[str, list[str]]]:
 @pytest.mark.parametrize("library", list(SOURCES))
 def test_declarations_match_the_c_prototypes(library):
     exported = _exported(SOURCES[library])
-    for name, (restype, argtypes) in _kernels.C_API[library].items():
+    for name, (restype, argtypes) in DECLARED[library].items():
         assert name in exported, f"{name} is not exported by {SOURCES[library]}"
         c_restype, c_params = exported[name]
         assert restype is CTYPES[c_restype], name
@@ -55,7 +60,11 @@ def test_declarations_match_the_c_prototypes(library):
 
 @pytest.mark.parametrize("library", [CPU_LIBRARY, CUDA_LIBRARY])
 def test_every_entry_point_of_the_kernel_apis_is_declared(library):
-    assert set(_exported(SOURCES[library])) == set(_kernels.C_API[library])
+    assert set(_exported(SOURCES[library])) == set(DECLARED[library])
+
+
+def test_every_entry_point_of_the_ort_library_but_registration_is_declared():
+    assert set(_exported(SOURCES[ORT_LIBRARY])) - {"RegisterCustomOps"} == set(DECLARED[ORT_LIBRARY])
 
 
 def test_parser_reads_the_prototypes():
