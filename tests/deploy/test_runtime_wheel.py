@@ -64,7 +64,7 @@ def runtime_wheel() -> Path:
 def test_the_wheel_holds_the_library_and_module_only(runtime_wheel):
     assert "-py3-none-manylinux_2_" in runtime_wheel.name and runtime_wheel.name.endswith("_x86_64.whl")
     names = zipfile.ZipFile(runtime_wheel).namelist()
-    package = sorted(n for n in names if not n.startswith("adderconvert_ort-"))
+    package = sorted(n for n in names if not n.startswith("adderconvert_ort-") and not n.endswith("/"))
     assert package == [
         "adderconvert_ort/__init__.py",
         "adderconvert_ort/_lib/libadderconvert_ort.so",
