@@ -2,6 +2,7 @@
 # make test-all  -- every test, both tiers: the 68-model loops, sanitizers, torchrun, Chromium, long runs
 # make demo  -- the main job end to end on Fashion-MNIST (runs/demo/)
 # make runtime-wheel  -- dist/adderconvert_ort-*.whl: the ONNX Runtime library and adderconvert_ort, no PyTorch
+# make cpp-example  -- build examples/cpp and check it classifies the demo's first 1,000 images as Python does
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,9 +13,9 @@ NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml
 # entries change) needs a reinstall.
 PACKAGE_FOLDERS := $(shell find adderconvert adderconvert_ort -type d -not -name __pycache__ -not -path '*/_lib*')
 PYTHON_SOURCES := adderconvert adderconvert_ort tests benchmarks examples
-CXX_SOURCES := $(shell find custom_ops \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
+CXX_SOURCES := $(shell find custom_ops examples/cpp \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
 
-.PHONY: test test-all demo install lint format bench clean runtime-wheel
+.PHONY: test test-all demo install lint format bench clean runtime-wheel cpp-example
 
 install: $(VENV)/.installed
 
@@ -83,6 +84,21 @@ runtime-wheel: $(VENV)/.deps
 	rm -rf $(RUNTIME_WHEEL_BUILD) && mkdir -p dist
 	$(PIP) wheel -q --no-deps --no-build-isolation -w $(RUNTIME_WHEEL_BUILD) ./runtime
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair -w dist $(RUNTIME_WHEEL_BUILD)/adderconvert_ort-*.whl
+
+# The C++ example on the demo's model (`make demo` first when runs/demo has none): Python writes the images it
+# classifies and its predictions, the C++ program classifies the same images, and the two lists must match.
+CPP_BUILD := build/cpp-example
+DEMO_MODEL := runs/demo/resnet18_adder.onnx
+cpp-example: install $(FASHION_MNIST)
+	@test -f $(DEMO_MODEL) || $(MAKE) demo
+	cmake -S examples/cpp -B $(CPP_BUILD) -DPython3_EXECUTABLE=$(CURDIR)/$(PY) > /dev/null
+	cmake --build $(CPP_BUILD)
+	$(PY) examples/ort_inference.py $(DEMO_MODEL) --threads 1 --save-inputs $(CPP_BUILD)/images.f32 \
+		--predictions $(CPP_BUILD)/python.tsv
+	$(CPP_BUILD)/adderconvert_classify $(DEMO_MODEL) "$$($(PY) -c 'import adderconvert_ort as a; print(a.get_library_path())')" \
+		$(CPP_BUILD)/images.f32 > $(CPP_BUILD)/cpp.tsv
+	head -5 $(CPP_BUILD)/cpp.tsv
+	cmp $(CPP_BUILD)/python.tsv $(CPP_BUILD)/cpp.tsv && echo "C++ and Python agree on all $$(wc -l < $(CPP_BUILD)/cpp.tsv) images"
 
 clean:
 	rm -rf build dist $(VENV) runs

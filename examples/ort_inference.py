@@ -1,32 +1,24 @@
-"""Run an exported adder model with plain ONNX Runtime, as a deployment would: read the model's metadata
-(input size, normalisation, class names, data set), register the custom-op library unless the model is
-in the portable form, and classify Fashion-MNIST test images. At run time only onnxruntime, numpy and
-the library path are needed (onnx to read the form, torch only to resize images to another input size).
+"""Run an exported adder model with ONNX Runtime, as a deployment would: the runtime package
+adderconvert_ort (the adderconvert-ort wheel: no PyTorch) registers the custom-op library and reads the
+model's metadata (input size, normalisation, class names, data set); Fashion-MNIST test images are classified.
+Reading the data set uses adderconvert.data (and torch, only to resize images to another input size).
 
     python examples/ort_inference.py runs/demo/resnet18_adder.onnx
+
+``--save-inputs F.f32`` writes the normalised images it classifies as raw float32 and ``--predictions F`` its
+predictions, one "index<TAB>class<TAB>name" line per image: the C++ example (examples/cpp) reads the one and
+prints the other.
 """
 
 import argparse
-import json
 import sys
 
 import numpy as np
-import onnxruntime as ort
 
+import adderconvert_ort
 from adderconvert.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, read_idx
 
 DATASET = "fashion-mnist"
-
-
-def model_metadata(session: ort.InferenceSession) -> dict:
-    """The model's metadata_props, JSON values decoded (adderconvert's export writes lists as JSON)."""
-    metadata = {}
-    for key, value in session.get_modelmeta().custom_metadata_map.items():
-        try:
-            metadata[key] = json.loads(value)
-        except ValueError:
-            metadata[key] = value
-    return metadata
 
 
 def load_images(count: int, size: int, mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -48,21 +40,12 @@ def main() -> int:
     parser.add_argument("model", help="an .onnx file written by adderconvert (the main job, `export` or export_onnx)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
     parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST test images to classify")
+    parser.add_argument("--save-inputs", help="write the normalised images as raw float32 (NCHW) to this .f32 file")
+    parser.add_argument("--predictions", help="write 'index<TAB>class<TAB>name' per image to this file")
     args = parser.parse_args()
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    # The portable form runs without the custom-op library; onnx reads the form before a session exists.
-    import onnx
-
-    stored = {p.key: p.value for p in onnx.load(args.model, load_external_data=False).metadata_props}
-    if stored.get("adder_form") != "portable":
-        from adderconvert.deploy.runtime import get_library_path
-
-        options.register_custom_ops_library(get_library_path())
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    session = ort.InferenceSession(args.model, sess_options=options, providers=providers)
-    metadata = model_metadata(session)
+    session = adderconvert_ort.make_session(args.model, intra_op_num_threads=args.threads)
+    metadata = adderconvert_ort.model_metadata(session)
     shape = session.get_inputs()[0].shape
     print(f"{args.model}: input {shape}, providers {session.get_providers()}, form {metadata.get('adder_form', '?')}")
 
@@ -84,12 +67,17 @@ def main() -> int:
 
     count = min(args.images, 10_000)
     images, labels = load_images(count, size, mean, std)
+    if args.save_inputs:
+        images.astype("<f4").tofile(args.save_inputs)
     name = session.get_inputs()[0].name
     logits = np.concatenate([session.run(None, {name: images[i : i + 256]})[0] for i in range(0, count, 256)])
     if logits.shape[1] != len(FASHION_MNIST_CLASSES):
         print(f"error: the model has {logits.shape[1]} outputs, {DATASET} has 10 classes", file=sys.stderr)
         return 1
     predicted = logits.argmax(1)
+    if args.predictions:
+        with open(args.predictions, "w") as file:
+            file.writelines(f"{i}\t{p}\t{classes[p]}\n" for i, p in enumerate(predicted))
     print(
         "first predictions: "
         + ", ".join(f"{classes[p]} ({FASHION_MNIST_CLASSES[t]})" for p, t in zip(predicted[:5], labels))
