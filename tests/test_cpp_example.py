@@ -55,9 +55,13 @@ def model_path(tmp_path_factory) -> Path:
     return export_onnx(model.eval(), tmp_path_factory.mktemp("model") / "m.onnx", x, dynamic_hw=True, metadata=metadata)
 
 
-def _python_classes(model_path: Path, x: np.ndarray) -> list[int]:
+def _python_logits(model_path: Path, x: np.ndarray) -> np.ndarray:
     session = adderconvert_ort.make_session(model_path, intra_op_num_threads=1)
-    return session.run(None, {session.get_inputs()[0].name: x})[0].argmax(1).tolist()
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _python_classes(model_path: Path, x: np.ndarray) -> list[int]:
+    return _python_logits(model_path, x).argmax(1).tolist()
 
 
 def _run(classify: Path, *args) -> subprocess.CompletedProcess:
@@ -73,10 +77,13 @@ def _lines(stdout: str) -> list[tuple[int, int, str]]:
 def test_a_raw_tensor_is_classified_as_python_does(classify, model_path, tmp_path):
     x = np.random.default_rng(0).normal(size=(70, 3, 12, 12)).astype(np.float32)  # more than one batch of 64
     x.astype("<f4").tofile(tmp_path / "x.f32")
-    run = _run(classify, model_path, adderconvert_ort.get_library_path(), tmp_path / "x.f32", "--threads", 1)
+    library = adderconvert_ort.get_library_path()
+    run = _run(classify, model_path, library, tmp_path / "x.f32", "--threads", 1, "--logits", tmp_path / "y.f32")
     assert run.returncode == 0, run.stderr
-    expected = _python_classes(model_path, x)
-    assert _lines(run.stdout) == [(i, c, CLASSES[c]) for i, c in enumerate(expected)]
+    expected = _python_logits(model_path, x)
+    assert _lines(run.stdout) == [(i, c, CLASSES[c]) for i, c in enumerate(expected.argmax(1).tolist())]
+    logits = np.fromfile(tmp_path / "y.f32", dtype="<f4").reshape(expected.shape)
+    np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_netpbm_images_are_resized_and_normalised_as_torch_does(classify, model_path, tmp_path):

@@ -2,11 +2,12 @@
 // registers the com.adderconvert custom-op library, reads the model's metadata (input size, normalisation,
 // class names) and prints one line per image, "index<TAB>class<TAB>name".
 //
-//   adderconvert_classify MODEL.onnx LIBRARY.so INPUT... [--threads N]
+//   adderconvert_classify MODEL.onnx LIBRARY.so INPUT... [--threads N] [--logits OUT.f32]
 //
 // INPUT is either one raw tensor file (*.f32: little-endian float32, NCHW, already normalised, as many
 // images as the file holds) or image files in binary netpbm form (PGM P5 gray, PPM P6 RGB, 8-bit), which are
 // resized (bilinear, half-pixel centres, as torch.nn.functional.interpolate) and normalised here.
+// --logits writes the model's outputs as raw float32 (images x classes), for comparisons across machines.
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
@@ -23,7 +24,7 @@
 namespace {
 
 struct Arguments {
-  std::string model, library;
+  std::string model, library, logits;
   std::vector<std::string> inputs;
   int threads = 1;
 };
@@ -37,6 +38,9 @@ Arguments Parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument("--threads needs a number");
       args.threads = std::atoi(argv[++i]);
       if (args.threads < 0) throw std::invalid_argument("--threads must be 0 (ONNX Runtime's default) or more");
+    } else if (arg == "--logits") {
+      if (i + 1 >= argc) throw std::invalid_argument("--logits needs a file name");
+      args.logits = argv[++i];
     } else if (arg == "-h" || arg == "--help") {
       throw std::invalid_argument("");
     } else {
@@ -206,6 +210,11 @@ int Run(const Arguments& args) {
   const char* input_names[] = {input.name.c_str()};
   const char* output_names[] = {output_name.c_str()};
   const Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  std::ofstream logits_file;
+  if (!args.logits.empty()) {
+    logits_file.open(args.logits, std::ios::binary);
+    if (!logits_file) throw std::runtime_error("cannot write " + args.logits);
+  }
   constexpr int64_t kBatch = 64;
   for (int64_t start = 0; start < count; start += kBatch) {
     const int64_t n = std::min(kBatch, count - start);
@@ -215,6 +224,7 @@ int Run(const Arguments& args) {
     std::vector<Ort::Value> y = session.Run(Ort::RunOptions{nullptr}, input_names, &x, 1, output_names, 1);
     const int64_t classes = y[0].GetTensorTypeAndShapeInfo().GetShape().back();
     const float* logits = y[0].GetTensorData<float>();
+    if (logits_file) logits_file.write(reinterpret_cast<const char*>(logits), n * classes * sizeof(float));
     for (int64_t i = 0; i < n; ++i) {
       const float* row = logits + i * classes;
       const int64_t best = std::max_element(row, row + classes) - row;
@@ -233,7 +243,9 @@ int main(int argc, char** argv) {
     args = Parse(argc, argv);
   } catch (const std::exception& e) {
     if (*e.what()) std::cerr << "error: " << e.what() << '\n';
-    std::cerr << "usage: " << argv[0] << " MODEL.onnx LIBRARY.so (TENSOR.f32 | IMAGE.pgm/.ppm...) [--threads N]\n";
+    std::cerr << "usage: " << argv[0]
+              << " MODEL.onnx LIBRARY.so (TENSOR.f32 | IMAGE.pgm/.ppm...) [--threads N] "
+                 "[--logits OUT.f32]\n";
     return 2;
   }
   try {
