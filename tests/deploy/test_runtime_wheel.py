@@ -1,23 +1,23 @@
 """The runtime wheel (adderconvert-ort, `make runtime-wheel`): built from this repository, installed into a
 fresh virtual environment without PyTorch, it runs every exported form with the full package's outputs."""
 
-import json
+import importlib.util
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import adderconvert_ort
-from adderconvert import export_onnx, quantize
 from adderconvert.nn import AdderConv2d
 
 ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("runtime_wheel_check", ROOT / "benchmarks" / "runtime_wheel.py")
+runtime_wheel_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runtime_wheel_check)
 
 
 def _model() -> nn.Module:
@@ -41,23 +41,10 @@ def _model() -> nn.Module:
     return model.eval()
 
 
-def _export_forms(folder: Path) -> tuple[dict[str, Path], np.ndarray]:
-    model, x = _model(), torch.randn(4, 3, 12, 12)
-    forms = {
-        "custom_op": export_onnx(model, folder / "custom_op.onnx", x, fuse_bn=False),
-        "fused": export_onnx(model, folder / "fused.onnx", x),
-        "int8": export_onnx(quantize(model, [torch.randn(16, 3, 12, 12)], "minmax"), folder / "int8.onnx", x),
-        "portable": export_onnx(model, folder / "portable.onnx", x, portable=True),
-    }
-    return forms, x.numpy()
-
-
 @pytest.fixture(scope="module")
 def runtime_wheel() -> Path:
     subprocess.run(["make", "-C", str(ROOT), "runtime-wheel"], check=True, capture_output=True, text=True)
-    wheels = sorted((ROOT / "dist").glob(f"adderconvert_ort-{adderconvert_ort.__version__}-*.whl"))
-    assert wheels, "make runtime-wheel wrote no wheel of this version into dist/"
-    return wheels[-1]
+    return runtime_wheel_check.newest_wheel()
 
 
 @pytest.mark.slow
@@ -93,60 +80,17 @@ def test_the_library_exports_its_c_api_only(runtime_wheel, tmp_path):
 
 @pytest.mark.slow
 def test_a_fresh_environment_without_torch_runs_every_form(runtime_wheel, tmp_path):
-    forms, x = _export_forms(tmp_path)
-    expected = {}
-    for form, path in forms.items():
-        session = adderconvert_ort.make_session(path, intra_op_num_threads=1)
-        expected[form] = session.run(None, {session.get_inputs()[0].name: x})[0]
-    np.savez(tmp_path / "expected.npz", x=x, **expected)
-
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    import onnxruntime
-
-    subprocess.run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            str(runtime_wheel),
-            f"onnxruntime=={onnxruntime.__version__}",
-        ],  # fmt: skip
-        check=True,
-    )
-    script = textwrap.dedent(
-        """
-        import importlib.util, json, sys
-        import numpy as np
-        import adderconvert_ort
-
-        data = np.load(sys.argv[1])
-        results = {"torch": importlib.util.find_spec("torch") is not None, "info": adderconvert_ort.build_info()}
-        for form in sys.argv[2:]:
-            session = adderconvert_ort.make_session(f"{form}.onnx", intra_op_num_threads=1)
-            got = session.run(None, {session.get_inputs()[0].name: data["x"]})[0]
-            results[form] = bool(np.array_equal(got, data[form]))
-            results[form + "_form"] = adderconvert_ort.model_metadata(session)["adder_form"]
-        print(json.dumps(results))
-        """
-    )
-    run = subprocess.run(
-        [python, "-c", script, str(tmp_path / "expected.npz"), *forms],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    results = json.loads(run.stdout)
-    assert results["torch"] is False
-    assert results["info"]["cpu_isa"] == adderconvert_ort.build_info()["cpu_isa"]
-    for form in forms:
-        assert results[form] is True, f"{form}: outputs differ from the full package's"
-    assert results["portable_form"] == "portable" and results["fused_form"] == "custom_op"
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 12, 12)
+    forms = runtime_wheel_check.export_forms(_model(), x, torch.randn(16, 3, 12, 12), tmp_path)
+    python = runtime_wheel_check.fresh_environment(runtime_wheel, tmp_path / "venv")
+    results = runtime_wheel_check.compare(forms, x.numpy(), python, tmp_path)
+    assert results["torch_importable"] is False
+    assert results["build_info"]["cpu_isa"] == adderconvert_ort.build_info()["cpu_isa"]
+    for form, result in results["forms"].items():
+        assert result["equal"], f"{form}: outputs differ from the full package's by {result['max_abs_difference']}"
+    assert results["forms"]["portable"]["adder_form"] == "portable"
+    assert results["forms"]["fused"]["adder_form"] == "custom_op"
 
 
 def test_importing_the_runtime_package_loads_no_torch():
