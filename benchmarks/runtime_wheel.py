@@ -61,7 +61,7 @@ def fresh_environment(wheel: Path, folder: Path) -> Path:
     import onnxruntime
 
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    python = folder / "bin" / "python"
+    python = folder.resolve() / "bin" / "python"
     install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*install, str(wheel), f"onnxruntime=={onnxruntime.__version__}"], check=True)
     return python
@@ -77,7 +77,7 @@ def compare(forms: dict[str, Path], x: np.ndarray, python: Path, folder: Path) -
         expected[form] = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.savez(folder / "expected.npz", x=x, **expected)
     run = subprocess.run(
-        [str(python), "-c", _FRESH_RUN, str(folder / "expected.npz"), *forms],
+        [str(python), "-c", _FRESH_RUN, str((folder / "expected.npz").resolve()), *forms],
         cwd=folder,
         check=True,
         capture_output=True,
