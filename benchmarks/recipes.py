@@ -282,7 +282,7 @@ def run_model(
     if budget.steps == 0:
         adder_top1, diverged, seconds = row["zero_step_top1"], None, 0.0
     else:
-        adder_top1, diverged, seconds = fine_tune(
+        adder_top1, diverged, seconds, row["adder_top1_by_epoch"] = fine_tune(
             student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx
         )
     if save is not None:
@@ -291,13 +291,15 @@ def run_model(
 
 
 def fine_tune(student, teacher, cnn_top1: float, budget: Budget, overrides: dict, splits, test_set, ctx) -> tuple:
-    """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds)."""
+    """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1
+    after each epoch)."""
     config = fine_tune_config(budget, overrides)
     started = time.perf_counter()
-    diverged = None
+    diverged, by_epoch = None, []
     try:
         history = fit(student, splits.train, test_set, config, teacher=teacher, ctx=ctx, teacher_top1=cnn_top1)
         adder_top1, train_loss = history[-1].test_top1, history[-1].train_loss
+        by_epoch = [epoch.test_top1 for epoch in history]
     except TrainingDiverged as e:
         diverged = str(e)
         adder_top1, train_loss = evaluate(student, test_set, device=ctx.device), math.nan
@@ -306,7 +308,7 @@ def fine_tune(student, teacher, cnn_top1: float, budget: Budget, overrides: dict
         diverged = f"non-finite training loss ({train_loss})"
     if diverged is None and adder_top1 <= 1.5 * chance:
         diverged = f"adder top-1 {adder_top1:.2f}% is at chance ({chance:.0f}%)"
-    return adder_top1, diverged, time.perf_counter() - started
+    return adder_top1, diverged, time.perf_counter() - started, by_epoch
 
 
 def save_model(model: torch.nn.Module, report, splits, name: str, path: Path) -> Path:
@@ -410,6 +412,7 @@ def main() -> None:
     )
     parser.add_argument("--teachers-only", action="store_true", help="train and cache the CNNs, convert nothing")
     parser.add_argument("--steps", type=int, default=None, help="adder fine-tuning steps (default: the budget's)")
+    parser.add_argument("--epochs", type=int, default=None, help="adder fine-tuning epochs (default: the budget's)")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
@@ -436,6 +439,8 @@ def main() -> None:
         budget = dataclasses.replace(budget, steps=args.steps)
     if args.teacher_epochs is not None:
         budget = dataclasses.replace(budget, cnn_epochs=args.teacher_epochs)
+    if args.epochs is not None:
+        budget = dataclasses.replace(budget, epochs=args.epochs)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
