@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from adderconvert.app.outputs import check_output_file, write_through
-from adderconvert.app.saved_models import deployment_metadata
+from adderconvert.app.saved_models import deployment_metadata, onnx_logits
 from adderconvert.checkpoint import CheckpointMeta, load, read_meta
 from adderconvert.data import load_dataset
 from adderconvert.deploy.export import export_onnx
@@ -137,10 +137,9 @@ def compare_onnx(
     sessions = [make_session(int8)] + ([make_session(fp32)] if fp32 else [])
     loader = torch.utils.data.DataLoader(test_set, batch_size=batch_size, num_workers=workers)
     correct = agree = total = 0
-    for images, labels in islice(loader, max_batches):
-        feeds = {sessions[0].get_inputs()[0].name: images.numpy()}
-        predictions = [np.argmax(s.run(None, feeds)[0], 1) for s in sessions]
-        correct += int((predictions[0] == labels.numpy()).sum())
+    for outputs, labels in onnx_logits(sessions, loader, max_batches):
+        predictions = [np.argmax(logits, 1) for logits in outputs]
+        correct += int((predictions[0] == labels).sum())
         if fp32:
             agree += int((predictions[0] == predictions[1]).sum())
         total += len(labels)

@@ -170,6 +170,20 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def onnx_logits(sessions, loader, max_batches: int | None = None, fixed_batch: int | None = None):
+    """For each (images, labels) batch of ``loader`` (at most ``max_batches``): the first output of every ONNX
+    Runtime session in ``sessions`` and the labels, as NumPy arrays. With ``fixed_batch`` (a model that takes
+    that batch size only) a short last batch is padded with zeros and the outputs cut back."""
+    for index, (images, labels) in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            return
+        count = len(labels)
+        if fixed_batch and count < fixed_batch:
+            images = torch.cat([images, images.new_zeros(fixed_batch - count, *images.shape[1:])])
+        feed = images.numpy()
+        yield [s.run(None, {s.get_inputs()[0].name: feed})[0][:count] for s in sessions], labels.numpy()
+
+
 def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batches) -> dict[str, Any]:
     model = _read_onnx(target)
     metadata = read_metadata(model)
@@ -187,27 +201,20 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
         if not _is_ort_error(e):
             raise
         raise ValueError(f"ONNX Runtime cannot load {target}: {_first_line(e)}") from None
-    step = fixed_batch or batch_size
     correct = total = 0
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=step)
-    for index, (images, labels) in enumerate(loader):
-        if max_batches is not None and index >= max_batches:
-            break
-        count = len(labels)
-        if count < step and fixed_batch:  # a model of fixed batch size: the last batch is padded
-            images = torch.cat([images, images.new_zeros(step - count, *images.shape[1:])])
-        try:
-            logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0][:count]
-        except Exception as e:
-            if not _is_ort_error(e):
-                raise
-            raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {_first_line(e)}") from None
-        if index == 0:
-            if logits.ndim != 2:
-                raise ValueError(f"{target} gives outputs of shape {list(logits.shape)}, not (N, classes) logits")
-            _check_classes(logits.shape[1], splits, name, target)
-        correct += int((np.argmax(logits, 1) == labels.numpy()).sum())
-        total += count
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=fixed_batch or batch_size)
+    try:
+        for index, ([logits], labels) in enumerate(onnx_logits([session], loader, max_batches, fixed_batch)):
+            if index == 0:
+                if logits.ndim != 2:
+                    raise ValueError(f"{target} gives outputs of shape {list(logits.shape)}, not (N, classes) logits")
+                _check_classes(logits.shape[1], splits, name, target)
+            correct += int((np.argmax(logits, 1) == labels).sum())
+            total += len(labels)
+    except Exception as e:
+        if not _is_ort_error(e):
+            raise
+        raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {_first_line(e)}") from None
     return {
         "target": str(target),
         "top1": 100.0 * correct / max(total, 1),
