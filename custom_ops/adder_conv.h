@@ -2,7 +2,8 @@
 //
 // Y[n, m, h, w] = -sum_{c, i, j} |Xpad[n, g*Cg + c, h*sh + i*dh, w*sw + j*dw] - W[m, c, i, j]|
 // with zero padding (a padded tap contributes -|W|), g = m / (M / group), Cg = C / group.
-// The fused form then applies y = act(scale[m] * y + shift[m]) (a folded BatchNorm, optional ReLU).
+// Every form then applies the per-channel epilogue below: AdderConv adds B, FusedAdderConv applies a folded
+// BatchNorm and an optional ReLU, QuantizedAdderConv (quantized_adder_conv.h) its alpha, beta and ReLU.
 #pragma once
 
 #include <cstdint>
@@ -35,39 +36,41 @@ struct ConvShape {
   ADDERCONVERT_HOST_DEVICE int64_t Positions() const { return out_h * out_w; }
 };
 
-// Per-output-channel epilogue: y = relu?(scale * (y + bias) + shift); null pointers mean identity.
+// Per-output-channel epilogue of the sum S: y = scale[m] * S + shift[m], then max(y, 0) if relu (NaN stays NaN);
+// a null scale is 1, a null shift 0. AdderConv: shift = B; FusedAdderConv: scale, shift; QuantizedAdderConv:
+// scale = alpha, shift = beta.
 template <typename T>
 struct Epilogue {
-  const T* bias = nullptr;
   const T* scale = nullptr;
   const T* shift = nullptr;
   bool relu = false;
 };
 
 // Checks attributes and the shapes of X (N, C, H, W) and W (M, C/group, kH, kW) and fills `shape`.
-// Returns an empty string when they are valid, else a message saying what is wrong.
+// Returns an empty string when they are valid, else a message, starting with the op's name, saying what is wrong.
 inline std::string ResolveShape(const int64_t* x_dims, size_t x_rank, const int64_t* w_dims, size_t w_rank,
-                                const ConvAttributes& attrs, ConvShape* shape) {
-  if (x_rank != 4) return "AdderConv: X must be 4-D (N, C, H, W), got rank " + std::to_string(x_rank);
-  if (w_rank != 4) return "AdderConv: W must be 4-D (M, C/group, kH, kW), got rank " + std::to_string(w_rank);
+                                const ConvAttributes& attrs, ConvShape* shape, const char* op = "AdderConv") {
+  const std::string name = std::string(op) + ": ";
+  if (x_rank != 4) return name + "X must be 4-D (N, C, H, W), got rank " + std::to_string(x_rank);
+  if (w_rank != 4) return name + "W must be 4-D (M, C/group, kH, kW), got rank " + std::to_string(w_rank);
   for (size_t i = 0; i < 4; ++i) {
-    if (x_dims[i] < 0 || w_dims[i] <= 0) return "AdderConv: negative or zero dimension in X or W";
+    if (x_dims[i] < 0 || w_dims[i] <= 0) return name + "negative or zero dimension in X or W";
   }
   for (int i = 0; i < 2; ++i) {
-    if (attrs.strides[i] <= 0) return "AdderConv: strides must be positive";
-    if (attrs.dilations[i] <= 0) return "AdderConv: dilations must be positive";
+    if (attrs.strides[i] <= 0) return name + "strides must be positive";
+    if (attrs.dilations[i] <= 0) return name + "dilations must be positive";
   }
   for (int i = 0; i < 4; ++i) {
-    if (attrs.pads[i] < 0) return "AdderConv: pads must be non-negative";
+    if (attrs.pads[i] < 0) return name + "pads must be non-negative";
   }
   const int64_t group = attrs.group;
-  if (group <= 0) return "AdderConv: group must be positive";
+  if (group <= 0) return name + "group must be positive";
   if (x_dims[1] % group != 0 || w_dims[0] % group != 0) {
-    return "AdderConv: channels (" + std::to_string(x_dims[1]) + " in, " + std::to_string(w_dims[0]) +
+    return name + "channels (" + std::to_string(x_dims[1]) + " in, " + std::to_string(w_dims[0]) +
            " out) must be divisible by group " + std::to_string(group);
   }
   if (w_dims[1] * group != x_dims[1]) {
-    return "AdderConv: X has " + std::to_string(x_dims[1]) + " channels but W expects " +
+    return name + "X has " + std::to_string(x_dims[1]) + " channels but W expects " +
            std::to_string(w_dims[1] * group) + " (W.shape[1] * group)";
   }
   const int64_t eff_h = attrs.dilations[0] * (w_dims[2] - 1) + 1;
@@ -75,7 +78,7 @@ inline std::string ResolveShape(const int64_t* x_dims, size_t x_rank, const int6
   const int64_t padded_h = x_dims[2] + attrs.pads[0] + attrs.pads[2];
   const int64_t padded_w = x_dims[3] + attrs.pads[1] + attrs.pads[3];
   if (eff_h > padded_h || eff_w > padded_w) {
-    return "AdderConv: kernel (" + std::to_string(eff_h) + "x" + std::to_string(eff_w) +
+    return name + "kernel (" + std::to_string(eff_h) + "x" + std::to_string(eff_w) +
            " with dilation) is larger than the padded input (" + std::to_string(padded_h) + "x" +
            std::to_string(padded_w) + ")";
   }

@@ -19,10 +19,10 @@
 
 namespace adderconvert {
 
+// The grid of X and W (the attributes x_scale and x_zero_point).
 struct QuantizedAttributes {
   float x_scale = 1.0f;
   int64_t x_zero_point = 0;
-  bool relu = false;
 };
 
 // Empty when the quantisation attributes are valid, else what is wrong.
@@ -37,11 +37,11 @@ inline std::string CheckQuantization(float x_scale, int64_t x_zero_point) {
   return {};
 }
 
-// ResolveShape for the quantised op (its messages name the op), plus a bound that keeps S within int32.
+// ResolveShape for the quantised op, plus a bound that keeps S within int32.
 inline std::string ResolveQuantizedShape(const int64_t* x_dims, size_t x_rank, const int64_t* w_dims, size_t w_rank,
                                          const ConvAttributes& attrs, ConvShape* shape) {
-  std::string error = ResolveShape(x_dims, x_rank, w_dims, w_rank, attrs, shape);
-  if (!error.empty()) return "Quantized" + error;
+  std::string error = ResolveShape(x_dims, x_rank, w_dims, w_rank, attrs, shape, "QuantizedAdderConv");
+  if (!error.empty()) return error;
   // Taps padded to whole octets; 255 per tap at most.
   const int64_t taps = (shape->InPerGroup() + 7) / 8 * 8 * shape->kernel_h * shape->kernel_w;
   if (taps > std::numeric_limits<int32_t>::max() / 255) {

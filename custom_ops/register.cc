@@ -8,7 +8,6 @@
 #include "cpu/adder_conv_cpu.h"
 #include "cpu/adder_conv_op_cpu.h"
 #include "cpu/quantized_adder_conv_cpu.h"
-#include "cpu/quantized_adder_conv_op_cpu.h"
 #ifdef ADDERCONVERT_WITH_CUDA
 #include "cuda/adder_conv_op_cuda.h"
 #endif
@@ -23,7 +22,7 @@ using adderconvert::OpForm;
 const std::vector<const OrtCustomOp*>& OpTable() {
   static AdderConvOp<adderconvert::cpu::AdderConvCpuKernel> cpu_plain(OpForm::kPlain, nullptr);
   static AdderConvOp<adderconvert::cpu::AdderConvCpuKernel> cpu_fused(OpForm::kFused, nullptr);
-  static adderconvert::cpu::QuantizedAdderConvOp cpu_quantized;
+  static AdderConvOp<adderconvert::cpu::AdderConvCpuKernel> cpu_quantized(OpForm::kQuantized, nullptr);
 #ifdef ADDERCONVERT_WITH_CUDA
   static AdderConvOp<adderconvert::cuda::AdderConvCudaKernel> cuda_plain(OpForm::kPlain,
                                                                          adderconvert::cuda::kCudaProvider);

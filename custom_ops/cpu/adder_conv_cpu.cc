@@ -2,14 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <memory>
-#include <mutex>
-#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
-#include "adder_conv_cpu_tiles.h"
+#include "cpu/adder_conv_cpu_tiles.h"
+#include "cpu/isa.h"
 
 namespace adderconvert::cpu {
 namespace {
@@ -19,18 +18,16 @@ namespace {
 // turns an infinite x or w into inf - inf = NaN, so outputs whose sums are not finite are summed again
 // directly (see AbsSum).
 
-// The widest instruction set this processor has; ADDERCONVERT_CPU_ISA=avx2|generic caps it (for tests).
+// The tiles of the instruction set cpu/isa.h chooses. The first call, on the calling thread of a forward or
+// backward pass, throws where ADDERCONVERT_CPU_ISA names no ISA; the work items run after it.
 template <typename T>
 const TileKernels<T>& Tiles() {
   static const TileKernels<T> tiles = [] {
-    const char* cap = std::getenv("ADDERCONVERT_CPU_ISA");
-    const std::string limit = cap != nullptr ? cap : "";
-    __builtin_cpu_init();
-    if ((limit.empty() || limit == "avx512") && __builtin_cpu_supports("avx512f")) return TileKernelsAvx512<T>();
-    if (limit != "generic" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return TileKernelsAvx2<T>();
+    if constexpr (std::is_same_v<T, float>) {
+      return CpuIsa().fp32();
+    } else {
+      return CpuIsa().fp64();
     }
-    return TileKernelsGeneric<T>();
   }();
   return tiles;
 }
@@ -167,29 +164,13 @@ std::vector<Tap> TapsIn(const ConvShape& s, const TapWindow& window) {
   return taps;
 }
 
-}  // namespace
-
-// Forward layouts by tap window; entries are immutable once kept.
-template <typename T>
-struct WeightLayoutCache<T>::Entries {
-  std::mutex mutex;
-  std::vector<std::pair<TapWindow, std::shared_ptr<const TapSet<T>>>> sets;
-  int64_t kept_values = 0;  // of w_packed over `sets`
-};
-
-template <typename T>
-WeightLayoutCache<T>::WeightLayoutCache() : entries_(std::make_unique<Entries>()) {}
-
-template <typename T>
-WeightLayoutCache<T>::~WeightLayoutCache() = default;
-
-namespace {
+// Forward layouts are kept in a WeightCache by their tap window.
+WeightCache::Key KeyOf(const TapWindow& w) { return {w.i0, w.i1, w.j0, w.j1, 0}; }
 
 // Plans the tiles and lays out W for the tap set of every distinct window they read. `cache` (forward
 // only) supplies the layouts it holds and keeps the new ones it has room for.
 template <typename T>
-Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const ParallelFor& parallel,
-                    WeightLayoutCache<T>* cache) {
+Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const ParallelFor& parallel, WeightCache* cache) {
   const int64_t nr = Tiles<T>().columns, positions = s.Positions(), columns = s.batch * positions;
   Tiling<T> tiling;
   const int64_t image_tiles = (s.batch + nr - 1) / nr;
@@ -215,14 +196,8 @@ Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const Parallel
     }
   }
   tiling.tap_sets.resize(distinct.size());
-  if (cache != nullptr) {
-    auto& entries = cache->entries();
-    std::lock_guard<std::mutex> lock(entries.mutex);
-    for (size_t d = 0; d < distinct.size(); ++d) {
-      for (const auto& [window, set] : entries.sets) {
-        if (window == distinct[d]) tiling.tap_sets[d] = set;
-      }
-    }
+  for (size_t d = 0; cache != nullptr && d < distinct.size(); ++d) {
+    tiling.tap_sets[d] = cache->Find<TapSet<T>>(KeyOf(distinct[d]));
   }
   std::vector<TapSet<T>*> missing;
   std::vector<size_t> missing_index;
@@ -245,18 +220,11 @@ Tiling<T> PlanTiles(const ConvShape& s, const T* w, bool forward, const Parallel
   const int64_t chunks = (s.OutPerGroup() + kLayOutRows - 1) / kLayOutRows;
   LayOutJob<T> job{&s, w, forward, missing.data(), chunks};
   parallel.Run(static_cast<size_t>(missing.size() * s.attrs.group * chunks), &LayOutWeights<T>, &job);
-  if (cache != nullptr) {
-    auto& entries = cache->entries();
-    const int64_t budget = WeightLayoutCache<T>::kMaxCopies * s.out_channels * s.Taps();
-    std::lock_guard<std::mutex> lock(entries.mutex);
-    for (size_t d : missing_index) {
-      const bool kept = std::any_of(entries.sets.begin(), entries.sets.end(),
-                                    [&](const auto& entry) { return entry.first == distinct[d]; });
-      const int64_t size = static_cast<int64_t>(tiling.tap_sets[d]->w_packed.size());
-      if (kept || entries.kept_values + size > budget) continue;  // another call kept it first, or no room
-      entries.sets.emplace_back(distinct[d], tiling.tap_sets[d]);
-      entries.kept_values += size;
-    }
+  const int64_t budget = kMaxWeightCopies * s.out_channels * s.Taps() * static_cast<int64_t>(sizeof(T));
+  for (size_t d : missing_index) {
+    if (cache == nullptr) break;
+    const int64_t bytes = static_cast<int64_t>(tiling.tap_sets[d]->w_packed.size() * sizeof(T));
+    cache->Keep(KeyOf(distinct[d]), tiling.tap_sets[d], bytes, budget);
   }
   return tiling;
 }
@@ -467,9 +435,8 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
   const Epilogue<T>& e = job.epilogue;
   for (int64_t o = r0; o < r1; ++o) {
     const int64_t m = g * rows + o;
-    const double bias = e.bias ? e.bias[m] : 0.0;
     const double scale = e.scale ? e.scale[m] : 1.0;
-    const double shift = (e.shift ? e.shift[m] : 0.0) + scale * (bias - set.w_offset[m]);
+    const double shift = (e.shift ? e.shift[m] : 0.0) + scale * -set.w_offset[m];
     const T* ms = min_sums.data() + (o - r0) * nr;
     T* y = job.y + m * positions;
     const auto store = [&](int64_t n, double v) { y[y_offsets[n]] = static_cast<T>(e.relu && v < 0.0 ? 0.0 : v); };
@@ -479,7 +446,7 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
     for (int64_t n = 0; n < columns.count; ++n) {
       if (row_finite && std::isfinite(col_sums[n])) continue;
       const double sum = AbsSum(set, x_packed.data(), n, width, job.w + m * s.Taps(), s.Taps());
-      store(n, scale * (bias - sum) + (e.shift ? e.shift[m] : 0.0));
+      store(n, scale * -sum + (e.shift ? e.shift[m] : 0.0));
     }
   }
 }
@@ -603,7 +570,7 @@ void ScatterItem(void* data, size_t item) {
 
 template <typename T>
 void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
-                      const ParallelFor& parallel, WeightLayoutCache<T>* cache) {
+                      const ParallelFor& parallel, WeightCache* cache) {
   if (s.batch * s.Positions() == 0) return;
   const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/true, parallel, cache);
   const int64_t rows = s.OutPerGroup();
@@ -642,14 +609,14 @@ void AdderConvBackwardInput(const ConvShape& s, const T* x, const T* w, const T*
   parallel.Run(static_cast<size_t>(s.batch * s.attrs.group), &ScatterItem<T>, &job);
 }
 
-const char* KernelIsa() { return Tiles<float>().isa; }
+const char* KernelIsa() {
+  return IsaNameOrError([] { return Tiles<float>().isa; });
+}
 
-template class WeightLayoutCache<float>;
-template class WeightLayoutCache<double>;
 template void AdderConvForward<float>(const ConvShape&, const float*, const float*, const Epilogue<float>&, float*,
-                                      const ParallelFor&, WeightLayoutCache<float>*);
+                                      const ParallelFor&, WeightCache*);
 template void AdderConvForward<double>(const ConvShape&, const double*, const double*, const Epilogue<double>&, double*,
-                                       const ParallelFor&, WeightLayoutCache<double>*);
+                                       const ParallelFor&, WeightCache*);
 template void AdderConvBackwardInput<float>(const ConvShape&, const float*, const float*, const float*, float*,
                                             const ParallelFor&);
 template void AdderConvBackwardInput<double>(const ConvShape&, const double*, const double*, const double*, double*,

@@ -1,4 +1,5 @@
-// Register-blocked tile kernels, compiled once per instruction set (see adder_conv_cpu_tiles.inc).
+// Register-blocked tile kernels, compiled once per instruction set (adder_conv_cpu_tiles.inc built by
+// cpu/tiles_<isa>.cc; cpu/isa.h chooses).
 // They only touch raw arrays, so no inline function built for a wider ISA can leak into other code.
 #pragma once
 
@@ -22,12 +23,5 @@ struct TileKernels {
   // out[k][n] = sum_o clamp(wt[k][o] - x[k][n], -1, 1) * g[o][n]; x is taps x NR, g is rows x NR.
   void (*clamp_dot)(const T* x, const T* wt, const T* g, int64_t taps, int64_t rows, T* out);
 };
-
-template <typename T>
-TileKernels<T> TileKernelsAvx512();
-template <typename T>
-TileKernels<T> TileKernelsAvx2();
-template <typename T>
-TileKernels<T> TileKernelsGeneric();
 
 }  // namespace adderconvert::cpu

@@ -1,4 +1,5 @@
-// AdderConv and FusedAdderConv kernels for ONNX Runtime's CPU execution provider.
+// The CPU kernel of every op form (AdderConv, FusedAdderConv, QuantizedAdderConv) for ONNX Runtime's CPU
+// execution provider.
 #pragma once
 
 #include <memory>
@@ -14,9 +15,8 @@ class AdderConvCpuKernel : public AdderConvKernelBase {
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
-  // Where W is a constant initializer: its data and the layouts kept for it across runs.
-  const float* constant_w_ = nullptr;
-  std::unique_ptr<WeightLayoutCache<float>> w_layouts_;
+  // The layouts of the constant W, kept across runs (null where W is a graph input).
+  std::unique_ptr<WeightCache> w_layouts_;
 };
 
 }  // namespace adderconvert::cpu

@@ -37,7 +37,7 @@ class OpenMpParallelFor final : public adderconvert::cpu::ParallelFor {
 template <typename T>
 int Forward(const void* x, const void* w, const void* bias, void* y, const ConvShape& shape, int threads) {
   adderconvert::Epilogue<T> epilogue;
-  epilogue.bias = static_cast<const T*>(bias);
+  epilogue.shift = static_cast<const T*>(bias);
   adderconvert::cpu::AdderConvForward<T>(shape, static_cast<const T*>(x), static_cast<const T*>(w), epilogue,
                                          static_cast<T*>(y), OpenMpParallelFor(threads));
   return 0;
@@ -105,13 +105,9 @@ ADDERCONVERT_EXPORT int adderconvert_cpu_quantized_forward(const float* x, const
     std::string message = adderconvert::ResolveQuantizedShape(x_dims, 4, w_dims, 4, attrs, &shape);
     if (message.empty()) message = adderconvert::CheckQuantization(x_scale, x_zero_point);
     if (!message.empty()) return CApiFail(error, error_len, message);
-    adderconvert::cpu::QuantizedEpilogue epilogue;
-    epilogue.x_scale = x_scale;
-    epilogue.x_zero_point = static_cast<int32_t>(x_zero_point);
-    epilogue.alpha = alpha;
-    epilogue.beta = beta;
-    epilogue.relu = relu != 0;
-    adderconvert::cpu::QuantizedAdderConvForward(shape, x, w, epilogue, y, OpenMpParallelFor(threads));
+    const adderconvert::QuantizedAttributes quantization{x_scale, x_zero_point};
+    const adderconvert::Epilogue<float> epilogue{alpha, beta, relu != 0};
+    adderconvert::cpu::QuantizedAdderConvForward(shape, x, w, quantization, epilogue, y, OpenMpParallelFor(threads));
     return 0;
   } catch (const std::exception& e) {
     return CApiFail(error, error_len, e.what());

@@ -1,6 +1,8 @@
 #include "cpu/quantized_adder_conv_cpu.h"
 
+#if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -8,30 +10,16 @@
 #include <string>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "cpu/quantized_tiles.h"
-#include "quantized_adder_conv.h"
 
 namespace adderconvert::cpu {
 namespace {
 
-// The widest instruction set this processor has; ADDERCONVERT_CPU_ISA=avx512|avx2|generic caps it (for
-// tests; avx512 is AVX-512BW without IFMA).
+// The micro-kernels of the instruction set cpu/isa.h chooses. QuantizedAdderConvForward calls it first on the
+// calling thread (it throws where ADDERCONVERT_CPU_ISA names no ISA); the work items run after it.
 const QuantizedTileKernels& Kernels() {
-  static const QuantizedTileKernels kernels = [] {
-    const char* cap = std::getenv("ADDERCONVERT_CPU_ISA");
-    const std::string limit = cap != nullptr ? cap : "";
-    __builtin_cpu_init();
-    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if ((limit.empty() || limit == "avx512ifma") && avx512 && __builtin_cpu_supports("avx512ifma")) {
-      return QuantizedTileKernelsAvx512Ifma();
-    }
-    if ((limit.empty() || limit == "avx512ifma" || limit == "avx512") && avx512) return QuantizedTileKernelsAvx512();
-    if (limit != "generic" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return QuantizedTileKernelsAvx2();
-    }
-    return QuantizedTileKernelsGeneric();
-  }();
+  static const QuantizedTileKernels kernels = CpuIsa().int8();
   return kernels;
 }
 
@@ -76,8 +64,7 @@ uint8_t* ImageBuffer(size_t bytes, AlignedBytes* own) {
   return kept.data();
 }
 
-}  // namespace
-
+// W laid out for the micro-kernels (per group, octets of output channels x octets of taps x 64 bytes).
 struct QuantizedWeightLayout {
   // The shape it was made for.
   int64_t group, out_per_group, in_per_group, kernel_h, kernel_w;
@@ -88,13 +75,13 @@ struct QuantizedWeightLayout {
   int64_t channel_octets;  // octets of output channels per group (depthwise: octets of groups)
   AlignedBytes packed;     // [group][channel octet][tap octet][8 channels][8 taps] (depthwise: one group)
 
-  bool Fits(const ConvShape& s) const {
-    return group == s.attrs.group && out_per_group == s.OutPerGroup() && in_per_group == s.InPerGroup() &&
-           kernel_h == s.kernel_h && kernel_w == s.kernel_w;
-  }
+  int64_t bytes;
 };
 
-namespace {
+// A layout is fixed by W's shape.
+WeightCache::Key KeyOf(const ConvShape& s) {
+  return {s.attrs.group, s.OutPerGroup(), s.InPerGroup(), s.kernel_h, s.kernel_w};
+}
 
 std::shared_ptr<QuantizedWeightLayout> LayOutWeights(const ConvShape& s, const uint8_t* w) {
   auto layout = std::make_shared<QuantizedWeightLayout>();
@@ -111,7 +98,8 @@ std::shared_ptr<QuantizedWeightLayout> LayOutWeights(const ConvShape& s, const u
   if (l.depthwise) {  // lane = group, byte = tap
     l.tap_octets = l.k_octets = RoundUpOctets(khw);
     l.channel_octets = RoundUpOctets(s.attrs.group);
-    l.packed = AlignedBytes(l.channel_octets * l.k_octets * block);
+    l.bytes = l.channel_octets * l.k_octets * block;
+    l.packed = AlignedBytes(l.bytes);
     uint8_t* out = l.packed.data();
     for (int64_t q = 0; q < l.channel_octets; ++q) {
       for (int64_t k = 0; k < l.k_octets; ++k) {
@@ -129,7 +117,8 @@ std::shared_ptr<QuantizedWeightLayout> LayOutWeights(const ConvShape& s, const u
   l.tap_octets = l.in_place ? RoundUpOctets(cg) : RoundUpOctets(cg * khw);
   l.k_octets = l.in_place ? khw * l.tap_octets : l.tap_octets;
   l.channel_octets = RoundUpOctets(rows);
-  l.packed = AlignedBytes(s.attrs.group * l.channel_octets * l.k_octets * block);
+  l.bytes = s.attrs.group * l.channel_octets * l.k_octets * block;
+  l.packed = AlignedBytes(l.bytes);
   uint8_t* out = l.packed.data();
   for (int64_t g = 0; g < s.attrs.group; ++g) {
     for (int64_t q = 0; q < l.channel_octets; ++q) {
@@ -177,8 +166,9 @@ struct Image {
 
 struct ForwardJob {
   const ConvShape* shape;
+  const QuantizedTileKernels* kernels;
   const QuantizedWeightLayout* layout;
-  const QuantizedEpilogue* epilogue;
+  const Epilogue<float>* epilogue;
   const Image* geometry;
   const uint8_t* image;
   const std::vector<int64_t>* tap_offsets;  // within a plane
@@ -200,7 +190,7 @@ void DepthwiseItem(const ForwardJob& job, int64_t n, int64_t pos0, int64_t count
   pixels.resize(count);
   storage.resize(count * column_bytes + 64);
   uint8_t* columns = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
-  const QuantizedEpilogue& e = *job.epilogue;
+  const Epilogue<float>& e = *job.epilogue;
   for (int64_t q = q0; q < q1; ++q) {
     const uint8_t* plane = job.image + n * im.image_bytes + q * im.plane_bytes;
     for (int64_t p = 0; p < count; ++p) {
@@ -208,6 +198,8 @@ void DepthwiseItem(const ForwardJob& job, int64_t n, int64_t pos0, int64_t count
       const uint8_t* base = plane + (oh * a.strides[0] * im.padded_w + ow * a.strides[1]) * kOctet;
       uint8_t* column = columns + p * column_bytes;
       for (int64_t k = 0; k < l.k_octets; ++k) {
+        uint8_t* out = column + k * kOctet * kOctet;
+#if defined(__SSE2__)
         __m128i r[8];
         for (int64_t b = 0; b < kOctet; ++b) {
           const int64_t t = k * kOctet + b;
@@ -219,11 +211,17 @@ void DepthwiseItem(const ForwardJob& job, int64_t n, int64_t pos0, int64_t count
         const __m128i a2 = _mm_unpacklo_epi8(r[4], r[5]), a3 = _mm_unpacklo_epi8(r[6], r[7]);
         const __m128i b0 = _mm_unpacklo_epi16(a0, a1), b1 = _mm_unpackhi_epi16(a0, a1);
         const __m128i b2 = _mm_unpacklo_epi16(a2, a3), b3 = _mm_unpackhi_epi16(a2, a3);
-        __m128i* out = reinterpret_cast<__m128i*>(column + k * kOctet * kOctet);
-        _mm_store_si128(out, _mm_unpacklo_epi32(b0, b2));
-        _mm_store_si128(out + 1, _mm_unpackhi_epi32(b0, b2));
-        _mm_store_si128(out + 2, _mm_unpacklo_epi32(b1, b3));
-        _mm_store_si128(out + 3, _mm_unpackhi_epi32(b1, b3));
+        _mm_store_si128(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi32(b0, b2));
+        _mm_store_si128(reinterpret_cast<__m128i*>(out) + 1, _mm_unpackhi_epi32(b0, b2));
+        _mm_store_si128(reinterpret_cast<__m128i*>(out) + 2, _mm_unpacklo_epi32(b1, b3));
+        _mm_store_si128(reinterpret_cast<__m128i*>(out) + 3, _mm_unpackhi_epi32(b1, b3));
+#else
+        for (int64_t b = 0; b < kOctet; ++b) {  // tap b of the octet: byte b of every group's 8 bytes
+          const int64_t t = k * kOctet + b;
+          const uint8_t* row = base + (t < taps ? (*job.tap_offsets)[t] : 0);
+          for (int64_t lane = 0; lane < kOctet; ++lane) out[lane * kOctet + b] = t < taps ? row[lane] : 0;
+        }
+#endif
       }
       pixels[p] = column;
     }
@@ -238,12 +236,12 @@ void DepthwiseItem(const ForwardJob& job, int64_t n, int64_t pos0, int64_t count
     tile.w = l.packed.data() + q * l.k_octets * kOctet * kOctet;
     tile.w_stride = 0;
     tile.channels = std::min(kOctet, s.out_channels - m0);
-    tile.alpha = e.alpha + m0;
-    tile.beta = e.beta + m0;
+    tile.alpha = e.scale + m0;
+    tile.beta = e.shift + m0;
     tile.relu = e.relu;
     tile.y = job.y + (n * s.out_channels + m0) * positions + pos0;
     tile.y_stride = positions;
-    Kernels().sad_lanes(tile);
+    job.kernels->sad_lanes(tile);
   }
 }
 
@@ -253,7 +251,7 @@ void ForwardItem(void* data, size_t item) {
   const QuantizedWeightLayout& l = *job.layout;
   const Image& im = *job.geometry;
   const ConvAttributes& a = s.attrs;
-  const QuantizedTileKernels& kernels = Kernels();
+  const QuantizedTileKernels& kernels = *job.kernels;
   int64_t rest = static_cast<int64_t>(item);
   const int64_t chunk = rest % job.channel_chunks;
   rest /= job.channel_chunks;
@@ -296,7 +294,7 @@ void ForwardItem(void* data, size_t item) {
   }
   static const int64_t kZero = 0;
   const int64_t m0 = g * s.OutPerGroup() + q0 * kOctet;
-  const QuantizedEpilogue& e = *job.epilogue;
+  const Epilogue<float>& e = *job.epilogue;
   SadTile tile;
   tile.pixels = pixels.data();
   tile.count = count;
@@ -307,8 +305,8 @@ void ForwardItem(void* data, size_t item) {
   tile.w = l.packed.data() + (g * l.channel_octets + q0) * l.k_octets * kOctet * kOctet;
   tile.w_stride = l.k_octets * kOctet * kOctet;
   tile.channels = std::min(s.OutPerGroup(), q1 * kOctet) - q0 * kOctet;
-  tile.alpha = e.alpha + m0;
-  tile.beta = e.beta + m0;
+  tile.alpha = e.scale + m0;
+  tile.beta = e.shift + m0;
   tile.relu = e.relu;
   tile.y = job.y + (n * s.out_channels + m0) * positions + pos0;
   tile.y_stride = positions;
@@ -322,6 +320,7 @@ constexpr int64_t kShortRow = 32;
 // back and writing its bytes in order.
 struct QuantizeJob {
   const ConvShape* shape;
+  const QuantizedTileKernels* kernels;
   const Image* geometry;
   const float* x;
   float inv_scale;
@@ -348,7 +347,7 @@ void QuantizePlane(void* data, size_t item) {
   };
   fill(out, a.pads[0] * im.padded_w);
   const float* src = job.x + (n * s.in_channels + g * cg + c) * plane;
-  const QuantizedTileKernels& kernels = Kernels();
+  const QuantizedTileKernels& kernels = *job.kernels;
   if (a.pads[1] == 0 && a.pads[3] == 0) {
     // No padding at the sides: the rows lie back to back, the whole plane in one call.
     kernels.quantize_octet(src, plane, channels, plane, job.inv_scale, job.zero_point, out + a.pads[0] * row_bytes);
@@ -378,23 +377,18 @@ void QuantizePlane(void* data, size_t item) {
 
 }  // namespace
 
-QuantizedWeightCache::QuantizedWeightCache() = default;
-QuantizedWeightCache::~QuantizedWeightCache() = default;
-
-std::shared_ptr<const QuantizedWeightLayout> QuantizedWeightCache::Get(const ConvShape& shape, const uint8_t* w) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (layout_ != nullptr && layout_->Fits(shape)) return layout_;
-  std::shared_ptr<const QuantizedWeightLayout> made = LayOutWeights(shape, w);
-  if (layout_ == nullptr) layout_ = made;
-  return made;
-}
-
-void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t* w, const QuantizedEpilogue& epilogue,
-                               float* y, const ParallelFor& parallel, QuantizedWeightCache* cache) {
+void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t* w,
+                               const QuantizedAttributes& quantization, const Epilogue<float>& epilogue, float* y,
+                               const ParallelFor& parallel, WeightCache* cache) {
+  const QuantizedTileKernels& kernels = Kernels();
   const int64_t positions = s.Positions();
   if (s.batch * positions == 0) return;
-  const std::shared_ptr<const QuantizedWeightLayout> layout =
-      cache != nullptr ? cache->Get(s, w) : std::shared_ptr<const QuantizedWeightLayout>(LayOutWeights(s, w));
+  std::shared_ptr<const QuantizedWeightLayout> layout;
+  if (cache != nullptr) layout = cache->Find<QuantizedWeightLayout>(KeyOf(s));
+  if (layout == nullptr) {
+    layout = LayOutWeights(s, w);
+    if (cache != nullptr) cache->Keep(KeyOf(s), layout, layout->bytes, layout->bytes);  // the first one only
+  }
   const ConvAttributes& a = s.attrs;
   // Depthwise: the image of one group of all the channels, so that a plane holds 8 groups.
   ConvShape image_shape = s;
@@ -402,7 +396,8 @@ void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t
   const Image geometry(image_shape);
   AlignedBytes own_image;
   uint8_t* const image = ImageBuffer(static_cast<size_t>(s.batch * geometry.image_bytes), &own_image);
-  QuantizeJob quantize{&image_shape, &geometry, x, 1.0f / epilogue.x_scale, epilogue.x_zero_point, image};
+  const int32_t zero_point = static_cast<int32_t>(quantization.x_zero_point);
+  QuantizeJob quantize{&image_shape, &kernels, &geometry, x, 1.0f / quantization.x_scale, zero_point, image};
   parallel.Run(static_cast<size_t>(s.batch * image_shape.attrs.group * geometry.octets), &QuantizePlane, &quantize);
 
   std::vector<int64_t> tap_offsets;
@@ -412,6 +407,7 @@ void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t
     }
   }
   ForwardJob job{&s,
+                 &kernels,
                  layout.get(),
                  &epilogue,
                  &geometry,
@@ -424,6 +420,8 @@ void QuantizedAdderConvForward(const ConvShape& s, const float* x, const uint8_t
                &ForwardItem, &job);
 }
 
-const char* QuantizedKernelIsa() { return Kernels().isa; }
+const char* QuantizedKernelIsa() {
+  return IsaNameOrError([] { return Kernels().isa; });
+}
 
 }  // namespace adderconvert::cpu

@@ -8,48 +8,22 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
-#include <mutex>
 
 #include "adder_conv.h"
 #include "cpu/adder_conv_cpu.h"
+#include "quantized_adder_conv.h"
 
 namespace adderconvert::cpu {
 
-struct QuantizedEpilogue {
-  float x_scale = 1.0f;
-  int32_t x_zero_point = 0;
-  const float* alpha = nullptr;  // (M,)
-  const float* beta = nullptr;   // (M,)
-  bool relu = false;
-};
-
-// W laid out for the micro-kernels (per group, octets of output channels x octets of taps x 64 bytes).
-struct QuantizedWeightLayout;
-
-// The layout of one W that never changes (an ONNX Runtime initializer), made on first use and kept.
-// Safe to share between concurrent calls; it must only ever be used with the same W.
-class QuantizedWeightCache {
- public:
-  QuantizedWeightCache();
-  ~QuantizedWeightCache();
-  QuantizedWeightCache(const QuantizedWeightCache&) = delete;
-  QuantizedWeightCache& operator=(const QuantizedWeightCache&) = delete;
-  std::shared_ptr<const QuantizedWeightLayout> Get(const ConvShape& shape, const uint8_t* w);
-
- private:
-  std::mutex mutex_;
-  std::shared_ptr<const QuantizedWeightLayout> layout_;
-};
-
-// y (N, M, Ho, Wo). `shape` must come from ResolveQuantizedShape and the epilogue's x_scale and zero point
-// pass CheckQuantization.
+// y (N, M, Ho, Wo) = epilogue(S) with the epilogue's scale = alpha and shift = beta, both required. `shape` must
+// come from ResolveQuantizedShape and `quantization` pass CheckQuantization. `cache`, when given, keeps W's
+// layout across calls (one layout: W's shape fixes it).
 void QuantizedAdderConvForward(const ConvShape& shape, const float* x, const uint8_t* w,
-                               const QuantizedEpilogue& epilogue, float* y, const ParallelFor& parallel,
-                               QuantizedWeightCache* cache = nullptr);
+                               const QuantizedAttributes& quantization, const Epilogue<float>& epilogue, float* y,
+                               const ParallelFor& parallel, WeightCache* cache = nullptr);
 
-// The instruction set the quantised micro-kernels were dispatched to ("avx512ifma", "avx512", "avx2" or
-// "generic"); ADDERCONVERT_CPU_ISA=avx512|avx2|generic caps it, as for the float kernels.
+// Name of the instruction set the quantised micro-kernels were dispatched to (cpu/isa.h), or the error message
+// when ADDERCONVERT_CPU_ISA holds an unknown value.
 const char* QuantizedKernelIsa();
 
 }  // namespace adderconvert::cpu

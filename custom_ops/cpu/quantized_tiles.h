@@ -1,5 +1,6 @@
-// Micro-kernels of the quantised AdderConv, one set per instruction set (quantized_tiles_*.cc), chosen at
-// run time. They only touch raw arrays, so no inline function built for a wider ISA leaks into other code.
+// Micro-kernels of the quantised AdderConv, one set per instruction set (cpu/quantized_tiles.inc built by
+// cpu/tiles_<isa>.cc; cpu/isa.h chooses). They only touch raw arrays, so no inline function built for a wider ISA
+// leaks into other code.
 //
 // Bytes come in octets: 8 taps of one output pixel (8 input channels of one kernel tap, in place in the
 // quantised image, whose planes hold 8 channels each, or 8 bytes of an explicit column) and, for W,
@@ -47,10 +48,5 @@ struct QuantizedTileKernels {
   void (*quantize_octet)(const float* x, int64_t channel_stride, int64_t channels, int64_t count, float inv_scale,
                          int32_t zero_point, uint8_t* out);
 };
-
-QuantizedTileKernels QuantizedTileKernelsAvx512Ifma();
-QuantizedTileKernels QuantizedTileKernelsAvx512();
-QuantizedTileKernels QuantizedTileKernelsAvx2();
-QuantizedTileKernels QuantizedTileKernelsGeneric();
 
 }  // namespace adderconvert::cpu

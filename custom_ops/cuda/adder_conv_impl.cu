@@ -114,14 +114,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row = row0 + trow * kThreadRows + i;
     if (row >= rows) continue;
     const int64_t m = g * rows + row;
-    const float bias = e.bias ? e.bias[m] : 0.f;
     const float scale = e.scale ? e.scale[m] : 1.f;
     const float shift = e.shift ? e.shift[m] : 0.f;
     for (int j = 0; j < kThreadCols; ++j) {
       const int64_t c = col0 + tcol * kThreadCols + j;
       if (c >= columns) continue;
-      float v = fmaf(scale, bias - acc[i][j], shift);
-      if (e.relu) v = fmaxf(v, 0.f);
+      float v = fmaf(scale, -acc[i][j], shift);
+      if (e.relu && v < 0.f) v = 0.f;  // NaN stays NaN
       y[((c / positions) * s.out_channels + m) * positions + c % positions] = v;
     }
   }

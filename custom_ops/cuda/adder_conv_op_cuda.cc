@@ -7,11 +7,11 @@ namespace adderconvert::cuda {
 OrtStatusPtr AdderConvCudaKernel::ComputeV2(OrtKernelContext* context) {
   return StatusFrom([&] {
     Ort::KernelContext ctx(context);
-    const AdderConvInputs in = ReadInputs(ctx, attrs_, form_);
+    const OpInputs in = ReadInputs(ctx);
     float* y = AllocateOutput(ctx, in.shape);
     auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-    const Epilogue<float> epilogue{in.bias, in.scale, in.shift, relu_};
-    const cudaError_t status = LaunchAdderConvForward(stream, in.shape, in.x, in.w, epilogue, y);
+    const cudaError_t status =
+        LaunchAdderConvForward(stream, in.shape, in.x, static_cast<const float*>(in.w), in.epilogue, y);
     if (status != cudaSuccess) {
       throw Ort::Exception(std::string("AdderConv CUDA launch failed: ") + cudaGetErrorString(status), ORT_FAIL);
     }

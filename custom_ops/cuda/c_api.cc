@@ -30,7 +30,7 @@ ADDERCONVERT_EXPORT int adderconvert_cuda_forward(void* stream, const float* x, 
   ConvShape shape;
   if (CApiResolve(x_dims, w_dims, strides, pads, dilations, group, &shape, error, error_len) != 0) return 1;
   adderconvert::Epilogue<float> epilogue;
-  epilogue.bias = bias;
+  epilogue.shift = bias;
   return Status(adderconvert::cuda::LaunchAdderConvForward(static_cast<cudaStream_t>(stream), shape, x, w, epilogue, y),
                 error, error_len);
 }

@@ -1,14 +1,18 @@
 // Native test of the CPU AdderConv kernel against naive loops over many shapes; built with ASan and
 // UBSan by tests/custom_ops/test_sanitizers.py. Prints "N passed, M failed" and exits non-zero on failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "cpu/adder_conv_cpu.h"
+#include "cpu/adder_conv_cpu_tiles.h"
+#include "cpu/isa.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -60,12 +64,12 @@ bool CheckOne(std::mt19937& rng, bool fused, bool small_maps, bool specials) {
     w[w.size() / 2] = std::numeric_limits<T>::infinity();
   }
   adderconvert::Epilogue<T> epilogue;
-  if (fused) epilogue = {nullptr, scale.data(), shift.data(), true};
+  if (fused) epilogue = {scale.data(), shift.data(), true};
   TwoThreads threads;
   adderconvert::cpu::AdderConvForward<T>(s, x.data(), w.data(), epilogue, y.data(), threads);
   adderconvert::cpu::AdderConvBackwardInput<T>(s, x.data(), w.data(), grad_y.data(), grad_x.data(), threads);
   // Layouts kept across calls: two concurrent calls fill the cache, a third reads it; all give y exactly.
-  adderconvert::cpu::WeightLayoutCache<T> cache;
+  adderconvert::cpu::WeightCache cache;
   std::vector<std::vector<T>> cached(3, std::vector<T>(y.size()));
   auto cached_forward = [&](std::vector<T>* out) {
     adderconvert::cpu::AdderConvForward<T>(s, x.data(), w.data(), epilogue, out->data(), threads, &cache);
@@ -143,10 +147,111 @@ bool CheckOne(std::mt19937& rng, bool fused, bool small_maps, bool specials) {
   return ok;
 }
 
+// Every ISA's float tiles that this CPU runs against the generic ones on random tiles, within float rounding
+// (the sums run in another order). Tiles hold NR columns; generic's NR may differ, so each column is compared.
+bool TilesAgree(const adderconvert::cpu::TileKernels<float>& k, const adderconvert::cpu::TileKernels<float>& generic,
+                std::mt19937& rng) {
+  using adderconvert::cpu::kRowsPerBlock;
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::uniform_int_distribution<int> taps_of(1, 300), rows_of(1, 23);
+  double worst = 0.0;
+  for (int trial = 0; trial < 40; ++trial) {
+    const int64_t taps = taps_of(rng), rows = rows_of(rng), nk = k.columns, ng = generic.columns;
+    std::vector<float> column_x(taps * std::max(nk, ng)), w(rows * taps), g(rows * std::max(nk, ng));
+    for (auto& v : column_x) v = normal(rng);
+    for (auto& v : w) v = normal(rng);
+    for (auto& v : g) v = normal(rng);
+    // x packed taps x NR for each kernel: the same columns, padded with zeros.
+    const auto pack = [&](int64_t nr) {
+      std::vector<float> x(taps * nr, 0.0f);
+      for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t n = 0; n < std::min(nk, ng); ++n) x[t * nr + n] = column_x[t * std::max(nk, ng) + n];
+      }
+      return x;
+    };
+    const auto pack_g = [&](int64_t nr) {
+      std::vector<float> out(rows * nr, 0.0f);
+      for (int64_t o = 0; o < rows; ++o) {
+        for (int64_t n = 0; n < std::min(nk, ng); ++n) out[o * nr + n] = g[o * std::max(nk, ng) + n];
+      }
+      return out;
+    };
+    // w packed in row blocks ([block][k][row]), then the remaining rows ([row][k]); and transposed (taps x rows).
+    std::vector<float> w_packed, w_transposed(taps * rows);
+    const int64_t blocks = rows / kRowsPerBlock;
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t r = 0; r < kRowsPerBlock; ++r) w_packed.push_back(w[(b * kRowsPerBlock + r) * taps + t]);
+      }
+    }
+    for (int64_t r = blocks * kRowsPerBlock; r < rows; ++r) {
+      for (int64_t t = 0; t < taps; ++t) w_packed.push_back(w[r * taps + t]);
+    }
+    for (int64_t t = 0; t < taps; ++t) {
+      for (int64_t o = 0; o < rows; ++o) w_transposed[t * rows + o] = w[o * taps + t];
+    }
+    const std::vector<float> xk = pack(nk), xg = pack(ng), gk = pack_g(nk), gg = pack_g(ng);
+    std::vector<float> sums_k(rows * nk), sums_g(rows * ng), dots_k(taps * nk), dots_g(taps * ng);
+    k.min_sum(xk.data(), w_packed.data(), taps, rows, sums_k.data());
+    generic.min_sum(xg.data(), w_packed.data(), taps, rows, sums_g.data());
+    k.clamp_dot(xk.data(), w_transposed.data(), gk.data(), taps, rows, dots_k.data());
+    generic.clamp_dot(xg.data(), w_transposed.data(), gg.data(), taps, rows, dots_g.data());
+    std::vector<float> x_rep(taps * kRowsPerBlock), column_k(rows), column_g(rows);
+    for (int64_t t = 0; t < taps; ++t) std::fill_n(x_rep.data() + t * kRowsPerBlock, kRowsPerBlock, xk[t * nk]);
+    k.min_sum_column(x_rep.data(), w_packed.data(), taps, rows, column_k.data(), 1);
+    generic.min_sum_column(x_rep.data(), w_packed.data(), taps, rows, column_g.data(), 1);
+    const double scale = 4.0 * taps;  // |sum| <= taps * max|x|: errors relative to that
+    for (int64_t n = 0; n < std::min(nk, ng); ++n) {
+      for (int64_t o = 0; o < rows; ++o)
+        worst = std::max(worst, std::fabs(sums_k[o * nk + n] - sums_g[o * ng + n]) / scale);
+      for (int64_t t = 0; t < taps; ++t) {
+        worst = std::max(worst, std::fabs(dots_k[t * nk + n] - dots_g[t * ng + n]) / (4.0 * rows));
+      }
+    }
+    for (int64_t o = 0; o < rows; ++o) worst = std::max(worst, std::fabs(column_k[o] - sums_g[o * ng]) / scale);
+    for (int64_t o = 0; o < rows; ++o) worst = std::max(worst, std::fabs(column_g[o] - sums_g[o * ng]) / scale);
+  }
+  if (worst > 1e-6) std::printf("  %s tiles differ from generic by %g (relative)\n", k.isa, worst);
+  return worst <= 1e-6;
+}
+
+// One ISA choice for both kernels: the widest this CPU runs, capped by ADDERCONVERT_CPU_ISA; unknown values refused.
+void IsaChoice(std::mt19937& rng) {
+  size_t count = 0;
+  const adderconvert::cpu::Isa* table = adderconvert::cpu::IsaTable(&count);
+  Check(count >= 1 && std::string(table[count - 1].name) == "generic", "the last ISA is generic");
+  size_t widest = 0;
+  while (!table[widest].supported()) ++widest;
+  Check(&adderconvert::cpu::ChooseIsa(nullptr) == &table[widest] && &adderconvert::cpu::ChooseIsa("") == &table[widest],
+        "no cap: the widest this CPU runs");
+  for (size_t i = 0; i < count; ++i) {
+    const adderconvert::cpu::Isa& chosen = adderconvert::cpu::ChooseIsa(table[i].name);
+    size_t expected = i;
+    while (!table[expected].supported()) ++expected;
+    Check(&chosen == &table[expected], std::string("cap ") + table[i].name + " gives " + table[expected].name);
+    if (i + 1 < count && table[i].supported()) {
+      Check(TilesAgree(table[i].fp32(), table[count - 1].fp32(), rng),
+            std::string(table[i].name) + " tiles == generic");
+    }
+  }
+  for (const char* bad : {"avx1024", "AVX2", "neon ", "sse"}) {
+    bool refused = false;
+    try {
+      adderconvert::cpu::ChooseIsa(bad);
+    } catch (const std::invalid_argument& e) {
+      const std::string message = e.what();
+      refused = message.find(std::string("'") + bad + "'") != std::string::npos &&
+                message.find("generic") != std::string::npos;
+    }
+    Check(refused, std::string("ADDERCONVERT_CPU_ISA='") + bad + "' refused, naming the valid values");
+  }
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(1234);
+  IsaChoice(rng);
   for (int trial = 0; trial < 200; ++trial) {
     const bool small_maps = trial % 4 == 3, specials = trial % 5 == 4;
     const bool ok = (trial % 2 == 0) ? CheckOne<float>(rng, trial % 4 == 0, small_maps, specials)

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "cpu/quantized_adder_conv_cpu.h"
 #include "cpu/quantized_tiles.h"
 #include "quantized_adder_conv.h"
@@ -80,15 +81,11 @@ std::vector<int64_t> RefSums(const Case& c) {
 }
 
 std::vector<float> Run(const Case& c, const float* alpha, const float* beta, bool relu,
-                       adderconvert::cpu::QuantizedWeightCache* cache = nullptr) {
+                       adderconvert::cpu::WeightCache* cache = nullptr) {
   std::vector<float> y(c.shape.batch * c.shape.out_channels * c.shape.Positions(), -12345.0f);
-  adderconvert::cpu::QuantizedEpilogue e;
-  e.x_scale = c.x_scale;
-  e.x_zero_point = c.zp;
-  e.alpha = alpha;
-  e.beta = beta;
-  e.relu = relu;
-  adderconvert::cpu::QuantizedAdderConvForward(c.shape, c.x.data(), c.w.data(), e, y.data(), TwoThreads(), cache);
+  const adderconvert::QuantizedAttributes q{c.x_scale, c.zp};
+  const adderconvert::Epilogue<float> e{alpha, beta, relu};
+  adderconvert::cpu::QuantizedAdderConvForward(c.shape, c.x.data(), c.w.data(), q, e, y.data(), TwoThreads(), cache);
   return y;
 }
 
@@ -131,7 +128,7 @@ void CheckCase(Case& c) {
   }
   Check(epilogue_ok, std::string("epilogue fmaf") + (c.relu ? " + relu: " : ": ") + Describe(s));
 
-  adderconvert::cpu::QuantizedWeightCache cache;
+  adderconvert::cpu::WeightCache cache;
   std::vector<float> first, second;
   std::thread other([&] { first = Run(c, c.alpha.data(), c.beta.data(), c.relu, &cache); });
   second = Run(c, c.alpha.data(), c.beta.data(), c.relu, &cache);
@@ -295,29 +292,29 @@ void QuantizationEdges() {
   }
 }
 
-// Every ISA's micro-kernels against the generic ones, on random tiles.
+// Every ISA's micro-kernels that this CPU runs against the generic ones, on random tiles.
 void KernelsAgree(std::mt19937& rng) {
   std::vector<QuantizedTileKernels> isas;
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq")) {
-    isas.push_back(adderconvert::cpu::QuantizedTileKernelsAvx512());
-    if (__builtin_cpu_supports("avx512ifma")) isas.push_back(adderconvert::cpu::QuantizedTileKernelsAvx512Ifma());
+  size_t rows = 0;
+  const adderconvert::cpu::Isa* table = adderconvert::cpu::IsaTable(&rows);
+  for (size_t i = 0; i + 1 < rows; ++i) {
+    if (table[i].supported()) isas.push_back(table[i].int8());
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    isas.push_back(adderconvert::cpu::QuantizedTileKernelsAvx2());
-  }
-  const QuantizedTileKernels generic = adderconvert::cpu::QuantizedTileKernelsGeneric();
+  const QuantizedTileKernels generic = table[rows - 1].int8();
   std::uniform_int_distribution<int> byte(0, 255), count(1, 37), taps(1, 9), octets(1, 5), channel_octets(1, 20);
   std::normal_distribution<float> normal(0.0f, 100.0f);
   for (const QuantizedTileKernels& k : isas) {
     bool sad_ok = true, sums_ok = true, lanes_ok = true, quantize_ok = true;
     for (int trial = 0; trial < 60; ++trial) {
-      const int64_t n = count(rng), t = taps(rng), o = octets(rng), q = channel_octets(rng);
+      // Every tenth trial: sums over 360 octets of the largest differences (x 0, W 255), past what 16-bit
+      // lanes hold (NEON widens them every 128 octets).
+      const bool extreme = trial % 10 == 9;
+      const int64_t n = count(rng), t = extreme ? 9 : taps(rng), o = extreme ? 40 : octets(rng);
+      const int64_t q = channel_octets(rng);
       // Pixels at odd byte offsets, taps spread out, octets 8 bytes apart or further.
       const int64_t octet_stride = trial % 3 == 0 ? 8 : 8 + 13 * (trial % 3);
       std::vector<uint8_t> image(n * 7 + t * 37 + o * octet_stride + 64);
-      for (auto& v : image) v = static_cast<uint8_t>(byte(rng));
+      for (auto& v : image) v = extreme ? 0 : static_cast<uint8_t>(byte(rng));
       std::vector<const uint8_t*> pixels(n);
       for (int64_t p = 0; p < n; ++p) pixels[p] = image.data() + 7 * p;
       std::vector<int64_t> offsets(t);
@@ -325,7 +322,7 @@ void KernelsAgree(std::mt19937& rng) {
       const int64_t w_stride = t * o * 64 + 64 * (trial % 2);
       std::vector<uint8_t> w_storage(q * w_stride + 64);
       uint8_t* w = w_storage.data() + (64 - reinterpret_cast<uintptr_t>(w_storage.data()) % 64) % 64;
-      for (int64_t i = 0; i < q * w_stride; ++i) w[i] = static_cast<uint8_t>(byte(rng));
+      for (int64_t i = 0; i < q * w_stride; ++i) w[i] = extreme ? 255 : static_cast<uint8_t>(byte(rng));
       // Channels: whole octets, or a last octet partly filled; y rows wider than the tile (stride n + 3).
       const int64_t channels = q * 8 - trial % 5;
       std::vector<float> alpha(q * 8), beta(q * 8);
@@ -362,13 +359,13 @@ void KernelsAgree(std::mt19937& rng) {
       sums_ok = sums_ok && SameBits(y_got, y_want);
 
       // Lanes of their own (depthwise): columns of o octets x 64 bytes, 64 bytes apart or further.
-      const int64_t lane_stride = 64 + 64 * (trial % 2);
-      std::vector<uint8_t> lane_columns(n * o * lane_stride + 64);
-      for (auto& v : lane_columns) v = static_cast<uint8_t>(byte(rng));
-      for (int64_t p = 0; p < n; ++p) pixels[p] = lane_columns.data() + p * o * lane_stride + (trial % 3);
+      const int64_t lane_stride = 64 + 64 * (trial % 2), lane_octets = extreme ? 200 : o;
+      std::vector<uint8_t> lane_columns(n * lane_octets * lane_stride + 64);
+      for (auto& v : lane_columns) v = extreme ? 0 : static_cast<uint8_t>(byte(rng));
+      for (int64_t p = 0; p < n; ++p) pixels[p] = lane_columns.data() + p * lane_octets * lane_stride + (trial % 3);
       adderconvert::cpu::SadTile lanes = tile;
       lanes.octet_stride = lane_stride;
-      lanes.octets = o;
+      lanes.octets = lane_octets;
       lanes.channels = 8 - trial % 4;
       lanes.alpha = alpha.data();
       lanes.beta = beta.data();
