@@ -27,6 +27,7 @@ __all__ = [
     "build_info",
     "find_library",
     "get_library_path",
+    "kernel_path",
     "make_session",
     "model_metadata",
 ]
@@ -34,6 +35,8 @@ __all__ = [
 LIBRARY = "libadderconvert_ort.so"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+# Caps the CPU kernels' instruction set (one of this build's: e.g. avx512ifma, avx512, avx2, generic on x86-64).
+ISA_VARIABLE = "ADDERCONVERT_CPU_ISA"
 # The library's C entry points besides RegisterCustomOps: function -> (restype, argtypes).
 C_API = {
     "AdderConvertBuildInfo": (ctypes.c_char_p, []),  # const char* AdderConvertBuildInfo()
@@ -85,6 +88,18 @@ def build_info() -> dict[str, str]:
     info["cpu_isa"] = lib.AdderConvertCpuIsa().decode()
     info["cpu_quantized_isa"] = lib.AdderConvertQuantizedCpuIsa().decode()
     return info
+
+
+def kernel_path() -> str:
+    """The instruction set the CPU kernels (FP32 and INT8) run on this machine, and why: the widest of this
+    build's that the CPU runs, or the one ``ADDERCONVERT_CPU_ISA`` caps it to (chosen once per process)."""
+    isa = build_info()["cpu_isa"]
+    cap = os.environ.get(ISA_VARIABLE, "")
+    if " " in isa:  # the library's message for a value of ISA_VARIABLE that names no instruction set
+        return isa
+    if cap:
+        return f"{isa} ({ISA_VARIABLE}={cap} caps it)"
+    return f"{isa} (the widest instruction set of this build that this CPU runs; {ISA_VARIABLE} caps it)"
 
 
 def _onnxruntime():

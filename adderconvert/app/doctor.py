@@ -19,7 +19,7 @@ from adderconvert.deploy.ops import (
     quantized_node_model,
     single_node_model,
 )
-from adderconvert.deploy.runtime import available_providers, build_info, get_library_path, make_session
+from adderconvert.deploy.runtime import available_providers, build_info, get_library_path, kernel_path, make_session
 from adderconvert.nn import _kernels
 
 __all__ = ["run_doctor"]
@@ -35,6 +35,7 @@ def run_doctor() -> int:
     print(f"custom-op library: {get_library_path()}")
     for key, value in build_info().items():
         print(f"  {key}: {value}")
+    print(f"CPU kernel path: {kernel_path()}")
     print(f"PyTorch CPU kernel ISA: {_kernels.cpu_isa()}")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 4, 9, 9)).astype(np.float32)

@@ -9,6 +9,7 @@ from adderconvert_ort import (
     available_providers,
     build_info,
     get_library_path,
+    kernel_path,
     make_session,
     model_metadata,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "available_providers",
     "build_info",
     "get_library_path",
+    "kernel_path",
     "make_session",
     "model_metadata",
 ]

@@ -350,3 +350,4 @@ def test_doctor():
     assert result.exit_code == 0, result.output
     assert "AdderConv, CPUExecutionProvider: ok" in result.output and "ort_api: 21" in result.output
     assert "QuantizedAdderConv (INT8), CPUExecutionProvider: ok" in result.output
+    assert "CPU kernel path: " in result.output and "ADDERCONVERT_CPU_ISA" in result.output

@@ -1,5 +1,9 @@
 """adderconvert.deploy.runtime: the library path, its build description, providers and make_session's checks."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,6 +11,7 @@ import pytest
 
 from adderconvert.deploy.ops import adder_conv_reference, single_node_model
 from adderconvert.deploy.runtime import CPU_PROVIDER, available_providers, build_info, get_library_path, make_session
+from adderconvert_ort import ISA_VARIABLE
 
 
 @pytest.fixture
@@ -47,3 +52,18 @@ def test_make_session_errors(one_node_path, tmp_path):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ValueError, match="onnxruntime-gpu"):
             make_session(path, providers=["CUDAExecutionProvider"])
+
+
+@pytest.mark.parametrize("cap", [None, "generic", "no_such_isa"])
+def test_kernel_path_says_which_isa_runs_and_why(cap):
+    env = {k: v for k, v in os.environ.items() if k != ISA_VARIABLE}
+    if cap is not None:
+        env[ISA_VARIABLE] = cap
+    code = "import adderconvert_ort; print(adderconvert_ort.kernel_path())"
+    said = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    if cap is None:
+        assert said.startswith(build_info()["cpu_isa"] + " (the widest instruction set of this build")
+    elif cap == "generic":
+        assert said.strip() == "generic (ADDERCONVERT_CPU_ISA=generic caps it)"
+    else:
+        assert "'no_such_isa' is not an instruction set of this build" in said and "generic" in said
