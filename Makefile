@@ -3,6 +3,7 @@
 # make demo  -- the main job end to end on Fashion-MNIST (runs/demo/)
 # make runtime-wheel  -- dist/adderconvert_ort-*.whl: the ONNX Runtime library and adderconvert_ort, no PyTorch
 # make cpp-example  -- build examples/cpp and check it classifies the demo's first 1,000 images as Python does
+# make test-arm64  -- the CPU kernels' native tests cross-compiled for ARM64 (NEON) and run under qemu-user
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ PACKAGE_FOLDERS := $(shell find adderconvert adderconvert_ort -type d -not -name
 PYTHON_SOURCES := adderconvert adderconvert_ort tests benchmarks examples
 CXX_SOURCES := $(shell find custom_ops examples/cpp \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
 
-.PHONY: test test-all demo install lint format bench clean runtime-wheel cpp-example
+.PHONY: test test-all demo install lint format bench clean runtime-wheel cpp-example test-arm64
 
 install: $(VENV)/.installed
 
@@ -47,11 +48,32 @@ $(CHROMIUM):
 	  echo "chromium is missing: run 'sudo apt-get install chromium' (the report's browser test is skipped)" >&2; \
 	fi
 
+# ARM64 is tested for correctness only: Debian's cross compiler builds the native kernel tests and qemu-user runs
+# them, each with ADDERCONVERT_CPU_ISA=neon and =generic (tests/custom_ops/test_arm64.py; skipped without them).
+ARM64_TOOLS := /usr/bin/aarch64-linux-gnu-g++ /usr/bin/qemu-aarch64
+ARM64_BUILD := build/arm64
+QEMU_ARM64 := qemu-aarch64 -L /usr/aarch64-linux-gnu
+$(ARM64_TOOLS):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user; \
+	else \
+	  echo "the ARM64 toolchain is missing: run 'sudo apt-get install g++-aarch64-linux-gnu qemu-user'" >&2; \
+	fi
+
+test-arm64: $(ARM64_TOOLS)
+	cmake -S custom_ops -B $(ARM64_BUILD) -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/custom_ops/cmake/aarch64-linux-gnu.cmake \
+		-DADDERCONVERT_ORT=OFF -DADDERCONVERT_TORCH_LIBS=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build $(ARM64_BUILD) --target cpu_kernel_test quantized_kernel_test -j2
+	for isa in neon generic; do \
+	  ADDERCONVERT_CPU_ISA=$$isa $(QEMU_ARM64) $(ARM64_BUILD)/cpu_kernel_test && \
+	  ADDERCONVERT_CPU_ISA=$$isa $(QEMU_ARM64) $(ARM64_BUILD)/quantized_kernel_test || exit 1; \
+	done
+
 # The fast tier: every module, one model per family, small budgets (tests marked `slow` wait for test-all).
 test: install $(FASHION_MNIST)
 	$(PY) -m pytest -m "not slow"
 
-test-all: install $(FASHION_MNIST) $(CHROMIUM)
+test-all: install $(FASHION_MNIST) $(CHROMIUM) $(ARM64_TOOLS)
 	$(PY) -m pytest
 
 # CNN teacher trained offline (1 epoch), converted (sign init + reconstruction), fine-tuned 1 epoch with
