@@ -18,6 +18,7 @@ from adderconvert.conversion.plan import (
     LayerDecision,
     norms_after_adders,
     plan_conversion,
+    prediction_convs,
     run_hooked,
 )
 from adderconvert.conversion.recipe import (
@@ -61,6 +62,7 @@ __all__ = [
     "convert",
     "norms_after_adders",
     "plan_conversion",
+    "prediction_convs",
     "recalibrate_batchnorm",
     "reconstruct",
     "restore",

@@ -3,7 +3,9 @@
 A conversion measures each layer's inputs (planning, the sign init), re-estimates BatchNorm statistics and
 refits layers to the CNN's outputs, all on training images. They come as a tensor, as an iterable of batches (a
 ``DataLoader``: its first batches, up to :data:`CALIBRATION_IMAGES` images) or as a callable ``forward_loop(model)``
-that runs the model on data itself (its inputs are recorded).
+that runs the model on data itself (its inputs are recorded). A batch may also be a list of image tensors
+(C, H, W), as detection models take them, or ``(images, targets)`` with such a list: its images are stacked, so they
+must share one size.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from itertools import islice
 import torch
 from torch import nn
 
-from adderconvert.conversion.plan import run_hooked
+from adderconvert.conversion.plan import is_image_list, run_hooked
 
 __all__ = ["CALIBRATION_IMAGES", "Calibration", "calibration_images"]
 
@@ -31,12 +33,23 @@ class _Enough(BaseException):
 
 
 def _images_of(batch: object, where: str) -> torch.Tensor:
-    """The image tensor of one batch: the batch itself or the first item of an ``(images, labels, ...)`` pair."""
-    images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    """The image tensor of one batch: the batch itself or the first item of an ``(images, labels, ...)`` pair, a
+    list of image tensors (C, H, W) stacked."""
+    images = batch[0] if isinstance(batch, (tuple, list)) and batch and not is_image_list(batch) else batch
+    if is_image_list(images):
+        sizes = sorted({tuple(t.shape) for t in images})
+        if len(sizes) > 1:
+            raise ValueError(
+                f"calibration: {where} gave images of {len(sizes)} sizes ({', '.join(map(str, sizes[:3]))}); a "
+                "conversion stacks them into one batch: give it images of one size (resized as the model's "
+                "transform would)"
+            )
+        images = torch.stack(list(images))
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         found = f"shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(
-            f"calibration: {where} gave {found}; a conversion needs image batches (N, C, H, W) or (images, labels)"
+            f"calibration: {where} gave {found}; a conversion needs image batches (N, C, H, W), lists of images "
+            "(C, H, W) or (images, labels)"
         )
     return images
 
@@ -64,9 +77,11 @@ def _record_inputs(model: nn.Module, forward_loop: Callable[[nn.Module], object]
 def calibration_images(model: nn.Module, calibration: Calibration, limit: int = CALIBRATION_IMAGES) -> torch.Tensor:
     """At most ``limit`` calibration images as one tensor on ``model``'s device and dtype.
 
-    ``calibration`` is a tensor of images (N, C, H, W), an iterable of batches (tensors or ``(images, labels)``
-    pairs, e.g. a ``DataLoader``; read until ``limit`` images) or a callable ``forward_loop(model)`` (its inputs
-    to ``model`` are recorded until ``limit`` images; the model runs in eval mode without gradients).
+    ``calibration`` is a tensor of images (N, C, H, W), an iterable of batches (tensors, lists of image tensors
+    (C, H, W) of one size, or ``(images, labels)`` pairs of either, e.g. a ``DataLoader``; read until ``limit``
+    images) or a callable ``forward_loop(model)`` (its inputs to ``model`` are recorded until ``limit`` images: a
+    tensor or a list of image tensors, as a detector takes them with or without targets; the model runs in eval
+    mode without gradients).
     """
     if limit < 1:
         raise ValueError(f"calibration: the number of images must be at least 1, got {limit}")

@@ -6,6 +6,7 @@ evaluation during fine-tuning).
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
@@ -19,10 +20,22 @@ def _inserted_norms(model: nn.Module, report: ConversionReport) -> list[nn.modul
     return [model.get_submodule(f"{d.name}.1") for d in report.converted if d.insert_bn]
 
 
+def _takes_targets(module: nn.Module) -> bool:
+    """Whether ``module``'s forward takes ``targets``: torchvision's detectors and their parts (the transform, the
+    region proposal network, the RoI heads), which in training mode compute their losses and need targets."""
+    try:
+        return "targets" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # a forward without a readable signature
+        return False
+
+
 @contextlib.contextmanager
 def _averaging(model: nn.Module):
     """``model`` in training mode with every tracking BatchNorm's statistics reset to a plain (cumulative) average
-    of the batches run inside; the momenta and the model's mode come back afterwards, whatever happened."""
+    of the batches run inside; the momenta and the model's mode come back afterwards, whatever happened. Dropout
+    stays off (a BatchNorm after it, as in DeepLab's head, takes the statistics of the model as it evaluates). A
+    model holding a detector (:func:`_takes_targets`: in training mode it would ask for targets) runs in eval mode
+    with its BatchNorms alone in training mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
     was_training = model.training
@@ -30,6 +43,13 @@ def _averaging(model: nn.Module):
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    if any(_takes_targets(m) for m in model.modules()):
+        model.eval()
+        for m in norms:
+            m.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):  # statistics of the model as it evaluates (DeepLab's heads)
+            m.eval()
     try:
         yield
     finally:
@@ -49,8 +69,10 @@ def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Te
     before it runs, its eval-mode mapping ``a * x + c`` is folded into its weight and bias for the batch's
     statistics, so that in training mode on such data, in eval mode and after any later re-estimation it
     computes the same thing (``init`` is the one the swap used: other inits leave inserted norms to
-    learn their scale, as before). Call it once, after the layer swap and before any training step; a
-    longer re-estimation may follow (:func:`recalibrate_batchnorm`).
+    learn their scale, as before). A norm the model runs more than once (after a detection head's conv, on each
+    pyramid level) is folded last for the averages of its runs, which its running statistics hold. Call it once,
+    after the layer swap and before any training step; a longer re-estimation may follow
+    (:func:`recalibrate_batchnorm`).
     """
     inserted = set(_inserted_norms(model, report)) if init == "sign" else set()
 
@@ -61,12 +83,15 @@ def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Te
             a = m.weight / torch.sqrt(m.running_var + m.eps)
             mappings[m] = (a, m.bias - a * m.running_mean)
 
+    runs = dict.fromkeys(mappings, 0)
+
     def fold(module, inputs):
         x = inputs[0].transpose(0, 1).flatten(1)
         mean, var = x.mean(1), x.var(1, correction=0)
         a, c = mappings[module]
         module.weight.copy_(a * torch.sqrt(var + module.eps))
         module.bias.copy_(a * mean + c)
+        runs[module] += 1
 
     hooks = [m.register_forward_pre_hook(fold) for m in mappings]
     try:
@@ -75,6 +100,11 @@ def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Te
     finally:
         for h in hooks:
             h.remove()
+    for m, count in runs.items():
+        if count > 1:  # run on several inputs (a head on each pyramid level): folded for the averages of them all
+            a, c = mappings[m]
+            m.weight.copy_(a * torch.sqrt(m.running_var + m.eps))
+            m.bias.copy_(a * m.running_mean + c)
 
 
 @torch.no_grad()

@@ -5,7 +5,11 @@ look like on calibration images (range, scale, the binary-weight twin's error).
 finds the norm after each adder layer. AdderNets need a normalisation after every adder layer, so the plan
 marks where one is inserted: a converted conv not followed by one. "The norm after a layer" is the leaf
 module that runs next in one forward pass, the same rule for conversion, feature distillation and anything
-else that asks.
+else that asks. A ``FrozenBatchNorm2d`` after a converted conv (torchvision's pretrained detectors) counts as its
+BatchNorm: the swap makes it a trainable ``BatchNorm2d``.
+
+Prediction convs (a segmentation model's classifier, a detector's class logits and box regression) are found by
+data flow: convs whose output no layer with weights reads (:func:`prediction_convs`).
 
 Without an example batch, the model runs on standard-normal images with the channels of its first conv,
 at the first of :data:`DEFAULT_INPUT_SIZES` it accepts (224, ImageNet's, for torchvision's models).
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from adderconvert.nn import AdderConv2d
 
@@ -29,8 +34,10 @@ __all__ = [
     "KEEP_KINDS",
     "ConversionReport",
     "LayerDecision",
+    "is_image_list",
     "norms_after_adders",
     "plan_conversion",
+    "prediction_convs",
     "run_hooked",
 ]
 
@@ -40,6 +47,9 @@ _ON_POOLED = (nn.Conv2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoi
 # Square image sizes tried in order when no example batch is given; the first the model accepts is used.
 DEFAULT_INPUT_SIZES = (224, 32, 28, 64, 96, 299)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.SyncBatchNorm)
+# What takes an adder layer's scale and constant when it follows the conv: a BatchNorm, or a frozen one that the
+# swap turns into a BatchNorm.
+_BATCHNORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)
 
 
 @dataclass
@@ -63,6 +73,12 @@ class LayerDecision:
     # channels, on the planning batch: what a function-preserving (`sign`) conversion loses in this layer.
     sign_error: float | None = None
     supported: bool = True  # False: adder layers cannot replace it (Conv1d, Conv3d, transposed, non-zero padding)
+    # The BatchNorm (or FrozenBatchNorm2d) right after the conv, which takes the adder layer's scale and constant;
+    # None where there is none (and one is inserted).
+    norm: str | None = None
+    # The CNN's conv was frozen (requires_grad False, as pretrained detectors freeze early backbone layers): the
+    # adder layer and its norm are trained all the same.
+    frozen: bool = False
 
 
 @dataclass
@@ -105,8 +121,9 @@ class ConversionReport:
         ]
         return cls(data["model"], layers)
 
-    def table(self) -> str:
-        """A plain-text table of every conv and the totals."""
+    def table(self, part_of: Callable[[str], str] | None = None) -> str:
+        """A plain-text table of every conv and the totals; with ``part_of`` (a layer name -> the part of the
+        model it belongs to, e.g. backbone, neck, head) the totals of each part too."""
         header = f"{'layer':<40} {'shape':>14} {'kernel':>7} {'stride':>6} {'groups':>6} {'MMACs':>9}  decision"
         lines = [header, "-" * len(header)]
         for layer in self.layers:
@@ -115,18 +132,28 @@ class ConversionReport:
             stride = "x".join(map(str, layer.stride))
             action = "adder" if layer.convert else "kept" if layer.supported else "not supported"
             bn = " +BN" if layer.insert_bn else ""
+            thawed = ", frozen in the CNN: trained" if layer.convert and layer.frozen else ""
             lines.append(
                 f"{layer.name:<40} {shape:>14} {kernel:>7} {stride:>6} {layer.groups:>6} "
-                f"{layer.macs / 1e6:>9.2f}  {action}{bn} ({layer.rule})"
+                f"{layer.macs / 1e6:>9.2f}  {action}{bn} ({layer.rule}{thawed})"
             )
-        share = 100 * self.converted_macs / max(self.total_macs, 1)
         lines.append("-" * len(header))
-        lines.append(
-            f"{len(self.converted)} of {len(self.layers)} convs to adder layers: "
-            f"{self.converted_macs / 1e6:.1f} of {self.total_macs / 1e6:.1f} M multiply-accumulates "
-            f"({share:.1f}%) become additions"
-        )
+        if part_of is not None:
+            parts: dict[str, list[LayerDecision]] = {}
+            for layer in self.layers:
+                parts.setdefault(part_of(layer.name), []).append(layer)
+            lines.extend(f"{part + ':':<10}{_totals(layers)}" for part, layers in parts.items())
+        lines.append(_totals(self.layers))
         return "\n".join(lines)
+
+
+def _totals(layers: Sequence[LayerDecision]) -> str:
+    converted = [layer for layer in layers if layer.convert]
+    done, total = sum(layer.macs for layer in converted), sum(layer.macs for layer in layers)
+    return (
+        f"{len(converted)} of {len(layers)} convs to adder layers: {done / 1e6:.1f} of {total / 1e6:.1f} M "
+        f"multiply-accumulates ({100 * done / max(total, 1):.1f}%) become additions"
+    )
 
 
 def _sign_error(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -178,16 +205,26 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
     return order
 
 
+def is_image_list(batch: object) -> bool:
+    """Whether ``batch`` is a list (or tuple) of image tensors (C, H, W), as detection models take them."""
+    return (
+        isinstance(batch, (list, tuple))
+        and len(batch) > 0
+        and all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in batch)
+    )
+
+
 def run_hooked(
     model: nn.Module,
     batches: torch.Tensor | Iterable | Callable[[nn.Module], object],
     hooks: Sequence[torch.utils.hooks.RemovableHandle],
     device: str | torch.device | None = None,
 ) -> int:
-    """Run ``model`` in eval mode without gradients on ``batches`` (one tensor, an iterable of image tensors or
-    ``(images, labels)`` pairs, moved to ``device`` when given, or a callable ``forward_loop(model)`` that runs it
-    itself) for what its ``hooks`` record; then remove the hooks and give the model back its mode, whatever
-    happened. Returns the number of batches run (1 for a forward loop)."""
+    """Run ``model`` in eval mode without gradients on ``batches`` (one tensor, an iterable of image tensors,
+    lists of image tensors (C, H, W) as detection models take them, or ``(images, targets)`` pairs of either, moved
+    to ``device`` when given, or a callable ``forward_loop(model)`` that runs it itself) for what its ``hooks``
+    record; then remove the hooks and give the model back its mode, whatever happened. Returns the number of
+    batches run (1 for a forward loop)."""
     was_training = model.training
     model.eval()
     seen = 0
@@ -202,10 +239,16 @@ def run_hooked(
                     f"forward_loop(model); got {type(batches).__name__}"
                 )
             for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
-                images = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
-                if not isinstance(images, torch.Tensor):
-                    raise TypeError(f"a batch must be an image tensor or (images, labels), got {type(images).__name__}")
-                model(images if device is None else images.to(device))
+                images = batch[0] if isinstance(batch, (tuple, list)) and batch and not is_image_list(batch) else batch
+                if is_image_list(images):
+                    model([t if device is None else t.to(device) for t in images])
+                elif isinstance(images, torch.Tensor):
+                    model(images if device is None else images.to(device))
+                else:
+                    raise TypeError(
+                        f"a batch must be an image tensor, a list of image tensors or (images, labels), got "
+                        f"{type(images).__name__}"
+                    )
                 seen += 1
     finally:
         model.train(was_training)
@@ -220,9 +263,10 @@ def _trace(
     sizes: Sequence[int] = DEFAULT_INPUT_SIZES,
     measure: bool = False,
 ):
-    """:func:`_trace_leaves` on ``example_input``, or on the first default input of ``sizes`` the model accepts."""
+    """:func:`_trace_leaves` on ``example_input``, or on the first default input of ``sizes`` the model accepts;
+    and the input it ran on."""
     if example_input is not None:
-        return _trace_leaves(model, example_input, measure)
+        return _trace_leaves(model, example_input, measure), example_input
     first = next((m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, AdderConv2d))), None)
     if not isinstance(first, (nn.Conv2d, AdderConv2d)):
         found = f"its first convolution is {type(first).__name__}" if first is not None else "it has no convolution"
@@ -232,8 +276,9 @@ def _trace(
     failures = []
     for size in sizes:
         x = torch.randn(2, first.in_channels, size, size, generator=generator)
+        x = x.to(param.device, param.dtype)
         try:
-            return _trace_leaves(model, x.to(param.device, param.dtype), measure)
+            return _trace_leaves(model, x, measure), x
         except RuntimeError as e:  # the model does not take this size
             failures.append(f"{size}x{size}: {str(e).splitlines()[0]}")
     raise ValueError(
@@ -256,13 +301,69 @@ def norms_after_adders(model: nn.Module, example_input: torch.Tensor | None = No
     The model runs once, in eval mode and without gradients, on ``example_input`` or a default input (the
     smallest it accepts: the order of execution does not depend on the size).
     """
-    order = _trace(model, example_input, sorted(DEFAULT_INPUT_SIZES))
+    order, _ = _trace(model, example_input, sorted(DEFAULT_INPUT_SIZES))
     pairs = {}
     for index, (name, module, *_) in enumerate(order):
         norm = _norm_after(order, index)
         if isinstance(module, AdderConv2d) and norm is not None:
             pairs.setdefault(name, norm)
     return pairs
+
+
+def _tensors(value: object) -> Iterable[torch.Tensor]:
+    """The tensors in ``value`` and in the lists, tuples and dicts it holds."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+def prediction_convs(model: nn.Module, example_input: torch.Tensor) -> set[str]:
+    """The ``nn.Conv2d`` layers of ``model`` whose output no layer with weights (parameters or buffers) reads,
+    directly or through other operations: those that make the model's outputs, as a classifier's last conv, a
+    segmentation model's classifier, a detector's class logits, box regression and mask logits. A detector's
+    region proposals count: torchvision detaches them from the graph before the RoI heads read them.
+
+    The model runs once in eval mode, with gradients, on ``example_input`` (a few images are enough); the data
+    flow is read from the autograd graph."""
+    names = {module: name for name, module in model.named_modules()}
+    produced: dict[str, list] = {}
+    read: list = []
+
+    def reader(module, args, kwargs):
+        read.extend(t.grad_fn for t in _tensors((args, kwargs)) if t.grad_fn is not None)
+
+    def producer(module, args, output):
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            produced.setdefault(names[module], []).append(output.grad_fn)
+
+    hooks = []
+    for module in model.modules():
+        weights = (*module.parameters(recurse=False), *module.buffers(recurse=False))
+        if weights:
+            hooks.append(module.register_forward_pre_hook(reader, with_kwargs=True))
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(producer))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            model(example_input.detach().requires_grad_().clone())  # not a leaf: in-place ops on it are allowed
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    seen, stack = set(), list(read)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions if n is not None)
+    return {name for name, nodes in produced.items() if not any(node in seen for node in nodes)}
 
 
 def _macs(conv: nn.modules.conv._ConvNd, in_shape: torch.Size, out_shape: torch.Size) -> int:
@@ -315,7 +416,13 @@ def plan_conversion(
     the model accepts; it is used to order layers, count MACs and measure each conv's input scale
     (``None``: a default input, see the module's docstring). It should be real data (a few hundred training
     images): the ``sign`` init places weights past the input range measured on it. Other convolutions
-    (Conv1d, Conv3d, transposed) are listed as not supported and left as they are.
+    (Conv1d, Conv3d, transposed) are listed as not supported and left as they are. A conv the model runs more
+    than once (a detection head on each level of a feature pyramid) counts the MACs of every run.
+
+    ``keep_classifier`` keeps the classifier (the last layer with weights, when it is a conv) and every other
+    prediction conv (:func:`prediction_convs`: a segmentation classifier, a detector's class logits and box
+    regression) multiplicative, as a classifier's Linear is. A frozen conv (``requires_grad`` False) that is
+    converted becomes a trainable adder layer; the report marks it (``frozen``).
 
     ``keep`` names kinds of conv kept multiplicative (:data:`KEEP_KINDS`): ``"depthwise"`` (groups equal to
     the input channels) and ``"squeeze_excitation"`` (a conv on a globally pooled vector).
@@ -331,7 +438,8 @@ def plan_conversion(
     if unknown:
         raise ValueError(f"keep takes kinds of conv from {KEEP_KINDS}; got {keep!r}")
     include, exclude = list(include or []), list(exclude or [])
-    order = _trace(model, example_input, measure=True)
+    order, used = _trace(model, example_input, measure=True)
+    predictions = prediction_convs(model, used[:2]) if keep_classifier else set()
     squeeze_excitation = _squeeze_excitation_convs(order) if "squeeze_excitation" in keep else set()
     conv_names = [name for name, module, *_ in order if isinstance(module, nn.Conv2d)]
     for kind, patterns in (("include", include), ("exclude", exclude)):
@@ -339,16 +447,24 @@ def plan_conversion(
             if not any(fnmatch.fnmatchcase(name, pattern) for name in conv_names):
                 examples = ", ".join(conv_names[:3])
                 raise ValueError(f"{kind} rule {pattern!r} matches no Conv2d module (conv names look like: {examples})")
-    layers_after = [e for e in order if isinstance(e[1], (nn.Conv2d, nn.Linear))]
+    layers_after = [e for e in order if isinstance(e[1], (nn.modules.conv._ConvNd, nn.Linear))]
     classifier = layers_after[-1][0] if layers_after and isinstance(layers_after[-1][1], nn.Conv2d) else None
     stem = conv_names[0] if conv_names else None
 
     report = ConversionReport(model=type(model).__name__)
-    seen = set()
+    planned: dict[str, LayerDecision] = {}
     for index, (name, conv, std, low, in_shape, out_shape, extra) in enumerate(order):
-        if name in seen or not isinstance(conv, nn.modules.conv._ConvNd):  # a conv called twice is planned once
+        if not isinstance(conv, nn.modules.conv._ConvNd):
             continue
-        seen.add(name)
+        if (
+            name in planned
+        ):  # a conv run again (a head on each pyramid level) is planned once: MACs summed, ranges joined
+            again = planned[name]
+            again.macs += _macs(conv, in_shape, out_shape)
+            again.input_min = min(again.input_min, low)
+            if again.input_max is not None and "input_max" in extra:
+                again.input_max = max(again.input_max, extra["input_max"])
+            continue
         supported = isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
         if not isinstance(conv, nn.Conv2d):
             do, rule = False, f"{type(conv).__name__}: adder layers replace Conv2d only"
@@ -358,6 +474,8 @@ def plan_conversion(
             do, rule = False, "stem kept (keep_stem)"
         elif keep_classifier and name == classifier:
             do, rule = False, "classifier kept (keep_classifier)"
+        elif name in predictions:
+            do, rule = False, "prediction conv kept (keep_classifier)"
         elif (pattern := _matches(name, exclude)) is not None:
             do, rule = False, f"exclude {pattern!r}"
         elif (kind := _kind(conv, name, squeeze_excitation)) in keep:
@@ -368,28 +486,32 @@ def plan_conversion(
         else:
             do, rule = True, "default"
         # A BatchNorm after every adder layer: its per-channel affine takes the sign init's scale and constant, and
-        # reconstruction refits it. A GroupNorm, LayerNorm or InstanceNorm after the conv cannot: one is inserted.
-        following = index + 1 < len(order) and isinstance(order[index + 1][1], nn.modules.batchnorm._BatchNorm)
-        needs_bn = do and insert_bn and not following
-        report.layers.append(
-            LayerDecision(
-                name=name,
-                in_channels=conv.in_channels,
-                out_channels=conv.out_channels,
-                kernel_size=tuple(conv.kernel_size),
-                stride=tuple(conv.stride),
-                groups=conv.groups,
-                macs=_macs(conv, in_shape, out_shape),
-                convert=do,
-                rule=rule,
-                insert_bn=needs_bn,
-                input_std=std,
-                input_min=low,
-                input_max=extra.get("input_max"),
-                sign_error=extra.get("sign_error"),
-                supported=supported,
-            )
+        # reconstruction refits it. A GroupNorm, LayerNorm or InstanceNorm after the conv cannot, nor can nothing (a
+        # feature pyramid's convs): one is inserted before it.
+        following = (
+            order[index + 1][0] if index + 1 < len(order) and isinstance(order[index + 1][1], _BATCHNORMS) else None
         )
+        needs_bn = do and insert_bn and following is None
+        planned[name] = LayerDecision(
+            name=name,
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            kernel_size=tuple(conv.kernel_size),
+            stride=tuple(conv.stride),
+            groups=conv.groups,
+            macs=_macs(conv, in_shape, out_shape),
+            convert=do,
+            rule=rule,
+            insert_bn=needs_bn,
+            input_std=std,
+            input_min=low,
+            input_max=extra.get("input_max"),
+            sign_error=extra.get("sign_error"),
+            supported=supported,
+            norm=following,
+            frozen=not all(p.requires_grad for p in conv.parameters()),
+        )
+        report.layers.append(planned[name])
     if keep_mac_budget > 0:
         _keep_within_budget(report, keep_mac_budget)
     return report

@@ -279,10 +279,16 @@ def _fit_signs(
 
 def _keeper(store: dict[str, torch.Tensor], name: str, output: bool):
     """A forward (``output``) or forward-pre hook that keeps a copy of the module's output or input in
-    ``store[name]`` (a copy: in-place activations after it would change the tensor)."""
+    ``store[name]`` (a copy: in-place activations after it would change the tensor); of its first run only, where
+    the model runs it more than once (a detection head on each pyramid level)."""
+
+    def keep(tensor: torch.Tensor) -> None:
+        if name not in store:
+            store[name] = tensor.detach().clone()
+
     if output:
-        return lambda module, inputs, out: store.__setitem__(name, out.detach().clone())
-    return lambda module, inputs: store.__setitem__(name, inputs[0].detach().clone())
+        return lambda module, inputs, out: keep(out)
+    return lambda module, inputs: keep(inputs[0])
 
 
 @torch.no_grad()
@@ -327,7 +333,8 @@ def reconstruct(
     weights, chosen with error feedback; ``inside`` also lets taps take places inside their input range;
     ``correct`` rounds the weights that map the student's inputs to the CNN's output rather than the CNN's
     own, see the module's docstring). Each layer is fitted on the first :data:`FIT_SHARE` of ``images``.
-    Each layer keeps the best of as it was, the affine, the step, measured on the rest of ``images``. The
+    Each layer keeps the best of as it was, the affine, the step, measured on the rest of ``images``. A layer the
+    model runs more than once (a detection head on each pyramid level) is fitted on its first run. The
     student is changed in place; it stays an ordinary adder model. Returns each layer's errors and the wall time.
     """
     if method not in RECONSTRUCT_METHODS:
@@ -350,7 +357,12 @@ def reconstruct(
             a, c = mapping
         return _relative_error(a[:, None] * _channels_last(z[fitted:]) + c[:, None], _channels_last(y[fitted:]))
 
+    done: set[str] = set()
+
     def fit(unit: _Unit, x: torch.Tensor) -> None:
+        if unit.name in done:  # run again (a head on each pyramid level): fitted on its first run's data
+            return
+        done.add(unit.name)
         y = targets[unit.target]
         z = _forward(unit.adder, x)
         everything = _channels_last(y)

@@ -1,6 +1,8 @@
 """The layer swap: replace the convs a plan converts with :class:`~adderconvert.nn.AdderConv2d` layers, their
 weights set by an init (:data:`INIT_CHOICES`), and insert a ``BatchNorm2d`` where a converted conv has no norm
-after it: the conv ``name`` becomes ``nn.Sequential(adder, bn)`` (``name.0``, ``name.1``).
+after it: the conv ``name`` becomes ``nn.Sequential(adder, bn)`` (``name.0``, ``name.1``). A
+``FrozenBatchNorm2d`` after a converted conv becomes the ``BatchNorm2d`` it stands for, and the adder layer and its
+norm are trainable whatever the CNN's conv was: an adder layer is trained, never left frozen.
 
 :func:`swap_layers` is one step of :func:`adderconvert.convert`; :func:`restore` uses it alone to rebuild the
 structure a saved adder model had.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from adderconvert.conversion.plan import ConversionReport, LayerDecision, plan_conversion
 from adderconvert.nn import AdderConv2d
@@ -108,7 +111,25 @@ def swap_layers(
             model.set_submodule(decision.name, nn.Sequential(layer, bn))
         else:
             model.set_submodule(decision.name, layer)
+        if decision.norm is not None:
+            _trainable_norm(model, decision.norm)
     return model
+
+
+def _trainable_norm(model: nn.Module, name: str) -> None:
+    """Make the norm ``name`` after an adder layer a trainable BatchNorm: a ``FrozenBatchNorm2d`` becomes the
+    ``BatchNorm2d`` of the same statistics, affine and eps (in eval mode it computes the same), and a frozen
+    BatchNorm's weight and bias train again."""
+    norm = model.get_submodule(name)
+    if isinstance(norm, FrozenBatchNorm2d):
+        frozen = norm
+        norm = nn.BatchNorm2d(frozen.weight.numel(), eps=frozen.eps).to(frozen.weight.device, frozen.weight.dtype)
+        with torch.no_grad():
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(norm, key).copy_(getattr(frozen, key))
+        norm.train(frozen.training)
+        model.set_submodule(name, norm)
+    norm.requires_grad_(True)
 
 
 def _match_conv_scale(bn: nn.BatchNorm2d, layer: AdderConv2d, conv: nn.Conv2d) -> None:
