@@ -248,13 +248,23 @@ def _interrupt_on_sigterm():
 def convert_command(
     model: str, config_file: str | None, dry_run: bool, quiet: bool, resume_from: str | None, **options
 ) -> None:
-    """Convert MODEL (a torchvision classification CNN) to an AdderNet, fine-tune and export it."""
-    from adderconvert.architectures.cnn import list_cnn_models
+    """Convert MODEL (a torchvision CNN) to an AdderNet, fine-tune and export it.
 
-    if model not in list_cnn_models():
-        close = difflib.get_close_matches(model, list_cnn_models(), n=4, cutoff=0.6)
+    Segmentation and detection models show their conversion plan (--dry-run) only so far."""
+    from adderconvert.architectures.registry import models_by_task, part_of, task_of
+
+    known = [name for names in models_by_task().values() for name in names]
+    if model not in known:
+        close = difflib.get_close_matches(model, known, n=4, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise InputError(f"unknown model {model!r} (or not a CNN).{hint} `adderconvert list` shows all.")
+    task = task_of(model)
+    if task != "classification" and not dry_run:
+        raise InputError(
+            f"{model} is a {task} model: the main job (training, fine-tuning, export) takes classification models "
+            f"so far. `adderconvert {model} --dry-run` shows its conversion plan, and adderconvert.convert(model, "
+            "images) converts it in Python."
+        )
     values = _load_config_file(config_file)
     for key in ("include", "exclude", "keep"):
         options[key] = list(options[key]) or None
@@ -282,7 +292,7 @@ def convert_command(
     try:
         if dry_run:
             report, note = plan_only(config)
-            click.echo(report.table())
+            click.echo(report.table(part_of(model)))
             if note:
                 click.echo(note)
             return
@@ -313,13 +323,18 @@ def convert_command(
 
 
 @main.command("list", context_settings=_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object: task -> model names.")
 def list_command(as_json: bool) -> None:
-    """List the torchvision classification CNNs that can be converted."""
-    from adderconvert.architectures.cnn import list_cnn_models
+    """List the torchvision CNNs that can be converted, by task (classification, segmentation, detection)."""
+    from adderconvert.architectures.registry import models_by_task
 
-    names = list_cnn_models()
-    click.echo(json.dumps(names) if as_json else "\n".join(names))
+    tasks = models_by_task()
+    if as_json:
+        click.echo(json.dumps(tasks))
+        return
+    click.echo(
+        "\n\n".join(f"{task} ({len(names)}):\n" + "\n".join(f"  {n}" for n in names) for task, names in tasks.items())
+    )
 
 
 @main.command("doctor", context_settings=_HELP)

@@ -39,6 +39,8 @@ from adderconvert.app.resume import default_pretrain_epochs
 from adderconvert.app.saved_models import deployment_metadata, evaluate_file
 from adderconvert.app.weights import check_weights, load_weights
 from adderconvert.architectures.cnn import build_model, check_input_size
+from adderconvert.architectures.dense import DEFAULT_IMAGE_SIZE
+from adderconvert.architectures.registry import build, task_of
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
 from adderconvert.conversion import (
     CALIBRATION_IMAGES,
@@ -115,18 +117,22 @@ def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> Convers
 
 def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     """The conversion report for ``config.model``, converting nothing: planned as the run plans (the same seed,
-    weights and calibration images), and a note when the run's plan will differ (its CNN is trained first)."""
-    splits = load_dataset(config.dataset, config.data, config.image_size)
+    weights and calibration images), and a note when the run's plan will differ (its CNN is trained first).
+    Segmentation and detection models are planned on the data set's images at ``config.image_size`` (default
+    :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's transform set to that size."""
+    dense = task_of(config.model) != "classification"
+    image_size = config.image_size or (DEFAULT_IMAGE_SIZE if dense else None)
+    splits = load_dataset(config.dataset, config.data, image_size)
     seed_everything(config.seed)
-    model = build_model(config.model, splits.num_classes)
+    model = build(config.model, splits.num_classes, splits.image_size)
     head_fits = None
     if config.weights:
         head_fits = check_weights(model, config.model, config.weights)  # a file is read, a name not fetched
     check_input_size(model, config.model, splits.image_size)
     report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES))
     pretrain = config.pretrain_epochs
-    if pretrain is None:
-        pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
+    if pretrain is None:  # the main job does not train segmentation and detection models yet
+        pretrain = 0 if dense else default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
     note = None
     if pretrain > 0:
         note = (

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from adderconvert.app.saved_models import is_onnx_model
-from adderconvert.architectures.cnn import classifier_path
+from adderconvert.architectures.registry import head_names
 from adderconvert.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -80,7 +80,9 @@ def load_weights(model: nn.Module, name: str, weights: str) -> bool:
     """Load ``weights`` into ``model``: ``DEFAULT`` (or another torchvision weights enum name) or a file path.
 
     Classifier tensors whose shapes do not match (another number of classes) are skipped, so the
-    resized head is trained from scratch. Returns whether the classifier was loaded too (its head fits).
+    resized head is trained from scratch; for a segmentation or detection model, the tensors of every layer whose
+    shape follows the classes (:func:`~adderconvert.architectures.registry.head_names`). Returns whether the
+    classifier was loaded too (its head fits).
     """
     if os.path.exists(weights):
         state = _state_dict_from_file(Path(weights), name)
@@ -96,7 +98,7 @@ def load_weights(model: nn.Module, name: str, weights: str) -> bool:
             ) from e
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    head = classifier_path(model)[0] + "."
+    head = tuple(name + "." for name in head_names(model))
     missing = [k for k in own if k not in compatible and not k.startswith(head) and "num_batches_tracked" not in k]
     foreign = [k for k in state if k not in own and not k.startswith(head)]
     if missing or foreign:
