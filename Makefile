@@ -4,6 +4,7 @@
 # make runtime-wheel  -- dist/adderconvert_ort-*.whl: the ONNX Runtime library and adderconvert_ort, no PyTorch
 # make cpp-example  -- build examples/cpp and check it classifies the demo's first 1,000 images as Python does
 # make test-arm64  -- the CPU kernels' native tests cross-compiled for ARM64 (NEON) and run under qemu-user
+# make arm64-ort  -- the ONNX Runtime library and the C++ example cross-compiled for ARM64 (tests run them in qemu)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +17,7 @@ PACKAGE_FOLDERS := $(shell find adderconvert adderconvert_ort -type d -not -name
 PYTHON_SOURCES := adderconvert adderconvert_ort tests benchmarks examples
 CXX_SOURCES := $(shell find custom_ops examples/cpp \( -name '*.h' -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \))
 
-.PHONY: test test-all demo install lint format bench clean runtime-wheel cpp-example test-arm64
+.PHONY: test test-all demo install lint format bench clean runtime-wheel cpp-example test-arm64 arm64-ort
 
 install: $(VENV)/.installed
 
@@ -68,6 +69,25 @@ test-arm64: $(ARM64_TOOLS)
 	  ADDERCONVERT_CPU_ISA=$$isa $(QEMU_ARM64) $(ARM64_BUILD)/cpu_kernel_test && \
 	  ADDERCONVERT_CPU_ISA=$$isa $(QEMU_ARM64) $(ARM64_BUILD)/quantized_kernel_test || exit 1; \
 	done
+
+# ARM64 under ONNX Runtime: the custom-op library and the C++ example cross-compiled against the aarch64
+# onnxruntime wheel's shared library (the same version as .venv's, from the package index); the test runs them
+# under qemu-user (tests/custom_ops/test_arm64.py).
+ARM64_ORT := $(ARM64_BUILD)/ort
+ORT_HEADERS := $(firstword $(wildcard $(CURDIR)/build/cp*/ort-headers))
+ARM64_CMAKE := -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/custom_ops/cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
+	$(if $(ORT_HEADERS),-DORT_INCLUDE_DIR=$(ORT_HEADERS))
+arm64-ort: $(ARM64_TOOLS) install
+	rm -rf $(ARM64_ORT)/wheel
+	$(PIP) download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 -d $(ARM64_ORT)/wheel \
+		"onnxruntime==$$($(PY) -c 'import onnxruntime; print(onnxruntime.__version__)')"
+	$(PY) -m zipfile -e $(ARM64_ORT)/wheel/onnxruntime-*.whl $(ARM64_ORT)/wheel/unpacked
+	cmake -S custom_ops -B $(ARM64_ORT)/lib $(ARM64_CMAKE) -DADDERCONVERT_TORCH_LIBS=OFF -DADDERCONVERT_WITH_CUDA=OFF \
+		> /dev/null
+	cmake --build $(ARM64_ORT)/lib --target adderconvert_ort -j2
+	cmake -S examples/cpp -B $(ARM64_ORT)/example $(ARM64_CMAKE) \
+		-DORT_LIBRARY=$$(ls $(CURDIR)/$(ARM64_ORT)/wheel/unpacked/onnxruntime/capi/libonnxruntime.so.*) > /dev/null
+	cmake --build $(ARM64_ORT)/example
 
 # The fast tier: every module, one model per family, small budgets (tests marked `slow` wait for test-all).
 test: install $(FASHION_MNIST)

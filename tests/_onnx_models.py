@@ -1,9 +1,12 @@
-"""Kernel test cases built on adderconvert.deploy.ops.single_node_model."""
+"""Kernel test cases built on adderconvert.deploy.ops.single_node_model, and a small adder network."""
 
 import numpy as np
 import onnx
+import torch
+from torch import nn
 
 from adderconvert.deploy.ops import single_node_model as one_node
+from adderconvert.nn import AdderConv2d
 
 # Geometries shared by the CPU and CUDA kernel tests.
 CASES = [
@@ -28,3 +31,25 @@ def case_model(case: dict, form: str, rng: np.random.Generator) -> tuple[onnx.Mo
     elif form.startswith("fused"):
         extra = dict(scale=rng.uniform(0.05, 0.5, m), shift=rng.normal(size=m) * 50, relu=int(form == "fused_relu"))
     return one_node(case["x"], w, **extra, **attrs), x
+
+
+def small_adder_network(image_size: int = 12) -> nn.Module:
+    """A small adder network in eval mode with BatchNorm statistics of its own outputs: a multiplicative stem and
+    head around a plain adder layer and a strided, dilated, grouped, padded one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        AdderConv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        AdderConv2d(16, 16, 3, stride=2, padding=2, dilation=2, groups=4),
+        nn.BatchNorm2d(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    with torch.no_grad():
+        model(torch.randn(32, 3, image_size, image_size))
+    return model.eval()

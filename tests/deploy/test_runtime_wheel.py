@@ -9,36 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import adderconvert_ort
-from adderconvert.nn import AdderConv2d
+from tests._onnx_models import small_adder_network
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("runtime_wheel_check", ROOT / "benchmarks" / "runtime_wheel.py")
 runtime_wheel_check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(runtime_wheel_check)
-
-
-def _model() -> nn.Module:
-    """A small adder network: a multiplicative stem and head, plain, strided and grouped adder layers."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        AdderConv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        AdderConv2d(16, 16, 3, stride=2, padding=1, groups=4),
-        nn.BatchNorm2d(16),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 10),
-    )
-    with torch.no_grad():
-        model(torch.randn(32, 3, 12, 12))  # BatchNorm statistics of adder outputs
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +60,7 @@ def test_the_library_exports_its_c_api_only(runtime_wheel, tmp_path):
 def test_a_fresh_environment_without_torch_runs_every_form(runtime_wheel, tmp_path):
     torch.manual_seed(0)
     x = torch.randn(4, 3, 12, 12)
-    forms = runtime_wheel_check.export_forms(_model(), x, torch.randn(16, 3, 12, 12), tmp_path)
+    forms = runtime_wheel_check.export_forms(small_adder_network(), x, torch.randn(16, 3, 12, 12), tmp_path)
     python = runtime_wheel_check.fresh_environment(runtime_wheel, tmp_path / "venv")
     results = runtime_wheel_check.compare(forms, x.numpy(), python, tmp_path)
     assert results["torch_importable"] is False
