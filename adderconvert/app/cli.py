@@ -146,7 +146,8 @@ def _interrupt_on_sigterm():
 @click.option(
     "--keep-classifier/--convert-classifier",
     default=None,
-    help=f"Keep a conv classifier multiplicative [{_switch('keep_classifier', 'keep', 'convert')}].",
+    help="Keep a conv classifier and the prediction convs of segmentation and detection models multiplicative "
+    f"[{_switch('keep_classifier', 'keep', 'convert')}].",
 )
 @click.option(
     "--keep",
@@ -171,7 +172,12 @@ def _interrupt_on_sigterm():
 )
 @click.option("--dataset", default=None, help=f"{', '.join(DATASETS)} [{RunConfig.dataset}].")
 @click.option("--data", default=None, help="Data folder (default: Debian's Fashion-MNIST).")
-@click.option("--image-size", type=int, default=None, help="Input size, 16-1024 [28 Fashion-MNIST, 32 CIFAR, 224].")
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Input size, 16-1024 [28 Fashion-MNIST, 32 CIFAR, 224; 128 for segmentation and detection].",
+)
 @click.option(
     "--weights",
     default=None,
