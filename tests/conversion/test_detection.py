@@ -152,3 +152,24 @@ def test_the_backbone_exports_with_its_batchnorms_folded(trained, tmp_path):
     ops = [node.op_type for node in onnx.load(path).graph.node]
     assert ops.count("FusedAdderConv") == sum(isinstance(m, AdderConv2d) for m in backbone.modules())
     assert "AdderConv" not in ops
+
+
+@pytest.mark.slow  # 7 s at one thread
+def test_a_faster_rcnn_converts_and_runs():
+    """torchvision's Faster R-CNN (MobileNetV3 with an FPN, untrained, at 64 px): the RPN's conv (no norm before its
+    ReLU) gets a BatchNorm, its class logits and box regression stay convs, the RoI heads' Linear layers stay, and
+    the norm passes run without targets."""
+    from adderconvert.architectures.dense import build_dense_model
+
+    torch.manual_seed(0)
+    cnn = build_dense_model("fasterrcnn_mobilenet_v3_large_320_fpn", 3, SIZE).eval()
+    images = scenes(8, SIZE, seed=4)[0]
+    conversion = run_conversion(cnn, [list(images[:4]), list(images[4:])], max_images=8)
+    decisions = {d.name: d for d in conversion.report.layers}
+    assert decisions["rpn.head.conv.0.0"].convert and decisions["rpn.head.conv.0.0"].insert_bn
+    assert not decisions["rpn.head.cls_logits"].convert and not decisions["rpn.head.bbox_pred"].convert
+    adder = conversion.model
+    assert isinstance(adder.rpn.head.conv[0][0][0], AdderConv2d)
+    with torch.no_grad():
+        detections = adder.eval()(list(images[:2]))
+    assert len(detections) == 2 and set(detections[0]) == {"boxes", "labels", "scores"}
