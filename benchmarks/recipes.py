@@ -411,6 +411,11 @@ def main() -> None:
         help="cache of trained CNN teachers (outside the repository, reused by later runs)",
     )
     parser.add_argument("--teachers-only", action="store_true", help="train and cache the CNNs, convert nothing")
+    parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="print the share of conv MACs the conversion's plan converts, at the budget's size and at 224 px",
+    )
     parser.add_argument("--steps", type=int, default=None, help="adder fine-tuning steps (default: the budget's)")
     parser.add_argument("--epochs", type=int, default=None, help="adder fine-tuning epochs (default: the budget's)")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
@@ -449,6 +454,18 @@ def main() -> None:
     out = Path(args.output or f"runs/recipes/{args.budget}")
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.plan_only:
+        print(f"| model | MACs converted, {budget.image_size} px | {DEPLOYMENT_SIZE} px |\n|---|---:|---:|")
+        for name in args.models:
+            report = plan_conversion(
+                build_model(name, 10).eval(),
+                torch.zeros(1, 3, budget.image_size, budget.image_size),
+                keep=conversion["keep"],
+                keep_mac_budget=conversion["keep_mac_budget"],
+            )
+            share, share_224 = report.converted_macs / max(report.total_macs, 1), converted_share_at(name, 10, report)
+            print(f"| {name} | {100 * share:.1f}% | {100 * share_224:.1f}% |", flush=True)
+        return
     splits = load_dataset("fashion-mnist", image_size=budget.image_size)
     test_set = splits.test
     if budget.test_images is not None:
