@@ -1,7 +1,9 @@
 """Data sets: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (the embedded default), ImageFolder
 directories (ImageNet layout) and CIFAR-10 from a local torchvision root. Images are adapted to the
 model: grayscale becomes 3 channels, sizes are resized, and ImageNet normalisation is applied so that
-pretrained torchvision weights see what they expect."""
+pretrained torchvision weights see what they expect. Also what every data set shares: the splits container, the
+tasks, the check of a data set's task against a model's, the detection batches. The segmentation and detection data
+sets are ``data_scenes.py`` (built in) and ``data_formats.py`` (COCO and VOC folders)."""
 
 from __future__ import annotations
 
@@ -17,9 +19,14 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "DATASETS",
+    "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
+    "TASKS",
     "DataError",
     "DatasetSplits",
+    "check_task",
+    "collate_detection",
+    "fashion_mnist_arrays",
     "load_dataset",
     "read_idx",
 ]
@@ -31,6 +38,16 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Grayscale standing for three channels: the mean of ImageNet's statistics normalises it.
+GRAY_MEAN, GRAY_STD = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
+# What a data set's samples are for: (image, class index), (image, per-pixel class mask) or (image, target dict
+# with ``boxes``, ``labels`` and maybe ``masks``, torchvision's detection format).
+TASKS = ("classification", "segmentation", "detection")
+_DATA_FOR = {
+    "classification": "Fashion-MNIST, CIFAR-10 or an ImageFolder",
+    "segmentation": "the built-in scenes (data_scenes.load_scenes) or a VOC-layout folder (data_formats.load_voc)",
+    "detection": "the built-in scenes (data_scenes.load_scenes) or a COCO-format folder (data_formats.load_coco)",
+}
 
 
 class DataError(RuntimeError):
@@ -39,12 +56,16 @@ class DataError(RuntimeError):
 
 @dataclass
 class DatasetSplits:
+    """A data set's train and test splits with what a model built for them needs. For segmentation and detection,
+    ``classes[0]`` is ``"background"``, so ``num_classes`` is the count torchvision's builders take."""
+
     train: Dataset
     test: Dataset
     classes: list[str]
     image_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation the model's inputs get, per channel
     std: tuple[float, float, float] = IMAGENET_STD
+    task: str = "classification"  # one of TASKS
 
     @property
     def num_classes(self) -> int:
@@ -106,7 +127,26 @@ class TensorImages(Dataset):
         return image.expand(3, -1, -1), int(self.labels[index])
 
 
-def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
+def check_task(data: DatasetSplits, model: str, model_task: str) -> None:
+    """Refuse data of another task than the model's (``model_task``: ``architectures.registry.task_of(model)``)
+    with a :class:`DataError` saying which data the model takes."""
+    if model_task not in TASKS:
+        raise ValueError(f"unknown task {model_task!r}; one of {', '.join(TASKS)}")
+    if data.task != model_task:
+        raise DataError(
+            f"{model} is a {model_task} model, but the data set holds {data.task} data: give it {_DATA_FOR[model_task]}"
+        )
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
+    """A ``DataLoader``'s ``collate_fn`` for detection samples: (list of images, list of target dicts), the
+    input torchvision's detectors take (their targets hold different numbers of boxes, so they are not stacked)."""
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+def fashion_mnist_arrays(root: Path = FASHION_MNIST_DIR) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fashion-MNIST's ``train`` and ``test`` splits from the four idx files in ``root``: ``(N, 28, 28)`` uint8
+    images and ``(N,)`` labels; a :class:`DataError` saying how to get them when they are missing."""
     files = {
         split: (root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz")
         for split, prefix in (("train", "train"), ("test", "t10k"))
@@ -118,23 +158,28 @@ def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
             "Install Debian's package: `sudo apt-get install dataset-fashion-mnist` "
             f"(it provides {FASHION_MNIST_DIR}), or pass --data DIR holding the four idx .gz files."
         )
-    # One channel standing for three: the mean of ImageNet's statistics normalises it.
-    gray_mean, gray_std = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD))
-    splits = {}
+    arrays = {}
     for split, (images, labels) in files.items():
         x, y = read_idx(images), read_idx(labels)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"Fashion-MNIST files in {root} do not match: {x.shape} images, {y.shape} labels")
+        arrays[split] = x, y
+    return arrays
+
+
+def _fashion_mnist(root: Path, image_size: int) -> DatasetSplits:
+    splits = {}
+    for split, (x, y) in fashion_mnist_arrays(root).items():
         splits[split] = TensorImages(
             torch.from_numpy(x.copy()).unsqueeze(1),
             torch.from_numpy(y.astype(np.int64)),
             flip=split == "train",
             size=image_size,
-            mean=gray_mean,
-            std=gray_std,
+            mean=GRAY_MEAN,
+            std=GRAY_STD,
         )
     return DatasetSplits(
-        splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), image_size, (gray_mean,) * 3, (gray_std,) * 3
+        splits["train"], splits["test"], list(FASHION_MNIST_CLASSES), image_size, (GRAY_MEAN,) * 3, (GRAY_STD,) * 3
     )
 
 

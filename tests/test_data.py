@@ -9,7 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from adderconvert.data import FASHION_MNIST_DIR, DataError, load_dataset, read_idx
+from adderconvert.data import (
+    FASHION_MNIST_DIR,
+    DataError,
+    DatasetSplits,
+    check_task,
+    collate_detection,
+    load_dataset,
+    read_idx,
+)
 
 
 def _write_idx(path, array):
@@ -145,3 +153,25 @@ def test_cifar10_missing(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown data set"):
         load_dataset("mnist3d", "/tmp")
+
+
+def test_a_model_refuses_data_of_another_task():
+    """Issue 35, 3: a detection model given classification data is a DataError saying which data it takes."""
+    classification = DatasetSplits([], [], ["a", "b"], 28)
+    with pytest.raises(DataError, match="fcos_resnet50_fpn is a detection model, but the data set holds classif"):
+        check_task(classification, "fcos_resnet50_fpn", "detection")
+    with pytest.raises(DataError, match="VOC-layout folder"):
+        check_task(classification, "fcn_resnet50", "segmentation")
+    detection = DatasetSplits([], [], ["background", "a"], 128, task="detection")
+    with pytest.raises(DataError, match="resnet18 is a classification model"):
+        check_task(detection, "resnet18", "classification")
+    check_task(detection, "fcos_resnet50_fpn", "detection")
+    check_task(classification, "resnet18", "classification")
+    with pytest.raises(ValueError, match="unknown task"):
+        check_task(detection, "x", "keypoints")
+
+
+def test_detection_batches_are_lists():
+    batch = [(torch.zeros(3, 4, 4), {"boxes": torch.zeros(n, 4)}) for n in (0, 2)]
+    images, targets = collate_detection(batch)
+    assert [i.shape for i in images] == [(3, 4, 4)] * 2 and [len(t["boxes"]) for t in targets] == [0, 2]
