@@ -2,11 +2,13 @@
 does (ONNX Runtime's C++ API, the custom-op library registered), and refuses bad input with a message."""
 
 import glob
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -110,9 +112,15 @@ def test_netpbm_images_are_resized_and_normalised_as_torch_does(classify, model_
     [
         ("no_input", "usage:", 2),
         ("bad_threads", "--threads must be 0", 2),
+        ("threads_not_a_number", "--threads must be 0 (ONNX Runtime's default) or more, not 'abc'", 2),
+        ("threads_too_many", "not '99999999999'", 2),
+        ("unknown_option", "unknown option --thread", 2),
+        ("two_tensors", "must be the only INPUT", 2),
         ("partial_tensor", "is not a whole number of float32 3x12x12 images", 1),
         ("text_image", "not a binary PGM (P5) or PPM (P6) image", 1),
         ("truncated_image", "truncated pixel data", 1),
+        ("header_not_a_number", "a netpbm header needs width, height and maxval, found 'x'", 1),
+        ("folder", "is a folder, not a file", 1),
         ("missing_library", "error:", 1),
     ],
 )
@@ -121,13 +129,36 @@ def test_bad_input_gets_a_message(classify, model_path, tmp_path, case, message,
     (tmp_path / "partial.f32").write_bytes(b"\0" * (3 * 12 * 12 * 4 + 4))
     (tmp_path / "text.pgm").write_text("hello")
     (tmp_path / "truncated.pgm").write_bytes(b"P5 9 10 255\n" + b"\0" * 20)
+    (tmp_path / "header.pgm").write_bytes(b"P5 9 x 255\n" + b"\0" * 90)
+    (tmp_path / "folder.f32").mkdir()
+    tensor = tmp_path / "partial.f32"
     args = {
         "no_input": [model_path, library],
-        "bad_threads": [model_path, library, tmp_path / "partial.f32", "--threads", -1],
+        "bad_threads": [model_path, library, tensor, "--threads", -1],
+        "threads_not_a_number": [model_path, library, tensor, "--threads", "abc"],  # was taken as 0
+        "threads_too_many": [model_path, library, tensor, "--threads", "99999999999"],
+        "unknown_option": [model_path, library, tensor, "--thread", "2"],  # was taken as an input file
+        "two_tensors": [model_path, library, tensor, tensor],
         "partial_tensor": [model_path, library, tmp_path / "partial.f32"],
         "text_image": [model_path, library, tmp_path / "text.pgm"],
         "truncated_image": [model_path, library, tmp_path / "truncated.pgm"],
-        "missing_library": [model_path, tmp_path / "nothing.so", tmp_path / "partial.f32"],
+        "header_not_a_number": [model_path, library, tmp_path / "header.pgm"],  # was "error: stoll"
+        "folder": [model_path, library, tmp_path / "folder.f32"],  # was "9223372036854775807 bytes is not ..."
+        "missing_library": [model_path, tmp_path / "nothing.so", tensor],
     }[case]
     run = _run(classify, *args)
     assert run.returncode == code and message in run.stderr and "terminate" not in run.stderr
+
+
+def test_a_relative_python_executable_is_taken_from_the_working_folder(tmp_path):
+    """The documented `cmake ... -DPython3_EXECUTABLE=.venv/bin/python`: FindPython dropped a relative path and
+    found another Python (one without onnxruntime, or with another one)."""
+    options = [f"-DPython3_EXECUTABLE={os.path.relpath(sys.executable, tmp_path)}"]
+    headers = glob.glob(str(REPO / "build" / "*" / "ort-headers" / "onnxruntime_cxx_api.h"))
+    if headers:
+        options.append(f"-DORT_INCLUDE_DIR={Path(headers[0]).parent}")
+    command = ["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", "build", *options]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    library = Path(ort.__file__).parent / "capi"
+    assert f"adderconvert_classify: ONNX Runtime {library}/libonnxruntime.so" in run.stdout

@@ -11,9 +11,12 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -29,6 +32,19 @@ struct Arguments {
   int threads = 1;
 };
 
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A whole number of at least 0 (no sign, no trailing characters), or -1.
+int NonNegative(const char* text) {
+  char* end = nullptr;
+  errno = 0;
+  const long value = std::strtol(text, &end, 10);
+  if (end == text || *end != '\0' || errno == ERANGE || value < 0 || value > INT_MAX) return -1;
+  return static_cast<int>(value);
+}
+
 Arguments Parse(int argc, char** argv) {
   Arguments args;
   std::vector<std::string> positional;
@@ -36,18 +52,28 @@ Arguments Parse(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg == "--threads") {
       if (i + 1 >= argc) throw std::invalid_argument("--threads needs a number");
-      args.threads = std::atoi(argv[++i]);
-      if (args.threads < 0) throw std::invalid_argument("--threads must be 0 (ONNX Runtime's default) or more");
+      args.threads = NonNegative(argv[++i]);
+      if (args.threads < 0) {
+        throw std::invalid_argument("--threads must be 0 (ONNX Runtime's default) or more, not '" +
+                                    std::string(argv[i]) + "'");
+      }
     } else if (arg == "--logits") {
       if (i + 1 >= argc) throw std::invalid_argument("--logits needs a file name");
       args.logits = argv[++i];
     } else if (arg == "-h" || arg == "--help") {
       throw std::invalid_argument("");
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      throw std::invalid_argument("unknown option " + arg);
     } else {
       positional.push_back(arg);
     }
   }
   if (positional.size() < 3) throw std::invalid_argument("expected MODEL.onnx LIBRARY.so INPUT...");
+  for (size_t i = 2; positional.size() > 3 && i < positional.size(); ++i) {
+    if (EndsWith(positional[i], ".f32")) {
+      throw std::invalid_argument("a raw tensor (" + positional[i] + ") must be the only INPUT");
+    }
+  }
   args.model = positional[0];
   args.library = positional[1];
   args.inputs.assign(positional.begin() + 2, positional.end());
@@ -116,9 +142,17 @@ ModelInput DescribeInput(Ort::Session& session) {
   return input;
 }
 
-std::vector<float> ReadTensor(const std::string& path, const ModelInput& input) {
-  std::ifstream file(path, std::ios::binary | std::ios::ate);
+// An input file opened for reading, or a runtime_error naming it (a folder included).
+std::ifstream OpenInput(const std::string& path, std::ios::openmode mode) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) throw std::runtime_error(path + " is a folder, not a file");
+  std::ifstream file(path, mode);
   if (!file) throw std::runtime_error("cannot read " + path);
+  return file;
+}
+
+std::vector<float> ReadTensor(const std::string& path, const ModelInput& input) {
+  std::ifstream file = OpenInput(path, std::ios::binary | std::ios::ate);
   const int64_t bytes = file.tellg();
   const int64_t image_bytes = input.channels * input.height * input.width * 4;
   if (bytes == 0 || bytes % image_bytes != 0) {
@@ -134,8 +168,7 @@ std::vector<float> ReadTensor(const std::string& path, const ModelInput& input) 
 
 // One netpbm image (P5 or P6, maxval <= 255), resized and normalised into `out` (C x H x W).
 void ReadImage(const std::string& path, const ModelInput& input, float* out) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw std::runtime_error("cannot read " + path);
+  std::ifstream file = OpenInput(path, std::ios::binary);
   auto token = [&]() {
     std::string word;
     while (file >> std::ws && file.peek() == '#') file.ignore(1 << 20, '\n');
@@ -144,7 +177,14 @@ void ReadImage(const std::string& path, const ModelInput& input, float* out) {
   };
   const std::string magic = token();
   if (magic != "P5" && magic != "P6") throw std::runtime_error(path + ": not a binary PGM (P5) or PPM (P6) image");
-  const int64_t width = std::stoll(token()), height = std::stoll(token()), maxval = std::stoll(token());
+  auto number = [&]() {
+    const std::string word = token();
+    if (word.empty() || word.size() > 9 || word.find_first_not_of("0123456789") != std::string::npos) {
+      throw std::runtime_error(path + ": a netpbm header needs width, height and maxval, found '" + word + "'");
+    }
+    return std::stoll(word);
+  };
+  const int64_t width = number(), height = number(), maxval = number();
   if (width <= 0 || height <= 0 || maxval <= 0 || maxval > 255) {
     throw std::runtime_error(path + ": unsupported size or maxval (8-bit images only)");
   }
@@ -181,10 +221,6 @@ void ReadImage(const std::string& path, const ModelInput& input, float* out) {
       }
     }
   }
-}
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 int Run(const Arguments& args) {
