@@ -92,11 +92,15 @@ def build_info() -> dict[str, str]:
 
 def kernel_path() -> str:
     """The instruction set the CPU kernels (FP32 and INT8) run on this machine, and why: the widest of this
-    build's that the CPU runs, or the one ``ADDERCONVERT_CPU_ISA`` caps it to (chosen once per process)."""
-    isa = build_info()["cpu_isa"]
+    build's that the CPU runs, or the one ``ADDERCONVERT_CPU_ISA`` caps it to (chosen once per process).
+    INT8's is named when it differs (``avx512ifma`` has INT8 kernels only)."""
+    info = build_info()
+    isa = info["cpu_isa"]
     cap = os.environ.get(ISA_VARIABLE, "")
     if " " in isa:  # the library's message for a value of ISA_VARIABLE that names no instruction set
         return isa
+    if info["cpu_quantized_isa"] != isa:
+        isa = f"{isa}, INT8 {info['cpu_quantized_isa']}"
     if cap:
         return f"{isa} ({ISA_VARIABLE}={cap} caps it)"
     return f"{isa} (the widest instruction set of this build that this CPU runs; {ISA_VARIABLE} caps it)"
@@ -149,16 +153,20 @@ def make_session(
     """
     ort = _onnxruntime()
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an ONNX model")
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
     options = ort.SessionOptions()
     for name, value in session_options.items():
-        if not hasattr(options, name):
+        if not hasattr(options, name) or callable(getattr(options, name)):
             raise TypeError(f"onnxruntime.SessionOptions has no attribute {name!r}")
         setattr(options, name, value)
     options.register_custom_ops_library(get_library_path())
     if providers is None:
         providers = available_providers()
+    elif isinstance(providers, str):  # one provider's name, not a list of its letters
+        providers = [providers]
     names = [p[0] if isinstance(p, tuple) else p for p in providers]
     missing = [p for p in names if p not in ort.get_available_providers()]
     if missing:

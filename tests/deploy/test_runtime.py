@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+import adderconvert_ort
 from adderconvert.deploy.ops import adder_conv_reference, single_node_model
 from adderconvert.deploy.runtime import CPU_PROVIDER, available_providers, build_info, get_library_path, make_session
 from adderconvert_ort import ISA_VARIABLE
@@ -49,9 +50,26 @@ def test_make_session_errors(one_node_path, tmp_path):
         make_session(tmp_path / "missing.onnx")
     with pytest.raises(TypeError, match="no attribute 'no_such_option'"):
         make_session(path, no_such_option=1)
+    with pytest.raises(TypeError, match="no attribute 'add_session_config_entry'"):  # a method: was AttributeError
+        make_session(path, add_session_config_entry=1)
+    with pytest.raises(IsADirectoryError, match="is a folder, not an ONNX model"):  # was "ONNX model not found"
+        make_session(tmp_path)
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ValueError, match="onnxruntime-gpu"):
             make_session(path, providers=["CUDAExecutionProvider"])
+
+
+def test_make_session_takes_one_provider_by_name(one_node_path):
+    path, _ = one_node_path  # a str was taken as a list of its letters: "provider(s) ['C', 'P', 'U', ...]"
+    assert make_session(path, providers=CPU_PROVIDER).get_providers() == [CPU_PROVIDER]
+
+
+def test_kernel_path_names_the_int8_isa_where_it_differs(monkeypatch):
+    monkeypatch.delenv(ISA_VARIABLE, raising=False)
+    monkeypatch.setattr(
+        adderconvert_ort, "build_info", lambda: {"cpu_isa": "avx512", "cpu_quantized_isa": "avx512ifma"}
+    )
+    assert adderconvert_ort.kernel_path().startswith("avx512, INT8 avx512ifma (the widest")  # was "avx512 (the ..."
 
 
 @pytest.mark.parametrize("cap", [None, "generic", "no_such_isa"])
@@ -62,7 +80,10 @@ def test_kernel_path_says_which_isa_runs_and_why(cap):
     code = "import adderconvert_ort; print(adderconvert_ort.kernel_path())"
     said = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
     if cap is None:
-        assert said.startswith(build_info()["cpu_isa"] + " (the widest instruction set of this build")
+        info = build_info()
+        isa = info["cpu_isa"] + ("" if info["cpu_quantized_isa"] == info["cpu_isa"] else ", INT8 ")
+        assert said.startswith(isa) and info["cpu_quantized_isa"] in said
+        assert "(the widest instruction set of this build" in said
     elif cap == "generic":
         assert said.strip() == "generic (ADDERCONVERT_CPU_ISA=generic caps it)"
     else:
