@@ -21,6 +21,7 @@ __all__ = [
     "DATASETS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
+    "IGNORE_INDEX",
     "TASKS",
     "DataError",
     "DatasetSplits",
@@ -43,6 +44,7 @@ GRAY_MEAN, GRAY_STD = float(np.mean(IMAGENET_MEAN)), float(np.mean(IMAGENET_STD)
 # What a data set's samples are for: (image, class index), (image, per-pixel class mask) or (image, target dict
 # with ``boxes``, ``labels`` and maybe ``masks``, torchvision's detection format).
 TASKS = ("classification", "segmentation", "detection")
+IGNORE_INDEX = 255  # a segmentation mask's value for pixels that count in no loss and no metric
 _DATA_FOR = {
     "classification": "Fashion-MNIST, CIFAR-10 or an ImageFolder",
     "segmentation": "the built-in scenes (data_scenes.load_scenes) or a VOC-layout folder (data_formats.load_voc)",

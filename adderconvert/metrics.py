@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "coco_map", "confusion_matrix", "segmentation_scores"]
+from adderconvert.data import IGNORE_INDEX
 
-IGNORE_INDEX = 255
+__all__ = ["coco_map", "confusion_matrix", "segmentation_scores"]
 
 
 def confusion_matrix(

@@ -11,7 +11,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adderconvert"
 
 # From the ground up; a module may import its own layer and the layers before it.
 LAYERS = [
-    ("adderconvert._libs", "adderconvert.nn", "adderconvert.data", "adderconvert.data_scenes", "adderconvert.metrics"),
+    (
+        "adderconvert._libs",
+        "adderconvert.nn",
+        "adderconvert.data",
+        "adderconvert.data_scenes",
+        "adderconvert.data_formats",
+        "adderconvert.metrics",
+    ),
     ("adderconvert.conversion", "adderconvert.quantization"),
     ("adderconvert.architectures",),
     ("adderconvert.checkpoint",),

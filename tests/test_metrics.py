@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from adderconvert.metrics import IGNORE_INDEX, coco_map, confusion_matrix, segmentation_scores
+from adderconvert.data import IGNORE_INDEX
+from adderconvert.metrics import coco_map, confusion_matrix, segmentation_scores
 
 
 def _brute_force(prediction, truth, num_classes):
