@@ -35,16 +35,33 @@ def load_images(count: int, size: int, mean: list[float], std: list[float]) -> t
     return x.astype(np.float32), labels
 
 
+def count_of(least: int):
+    """An argparse type: a whole number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse's "invalid whole number value: 'abc'"
+    return parse
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="an .onnx file written by adderconvert (the main job, `export` or export_onnx)")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
-    parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST test images to classify")
+    parser.add_argument("--threads", type=count_of(0), default=0, help="intra-op threads (0: ONNX Runtime's default)")
+    parser.add_argument("--images", type=count_of(1), default=1000, help="Fashion-MNIST test images to classify")
     parser.add_argument("--save-inputs", help="write the normalised images as raw float32 (NCHW) to this .f32 file")
     parser.add_argument("--predictions", help="write 'index<TAB>class<TAB>name' per image to this file")
     args = parser.parse_args()
 
-    session = adderconvert_ort.make_session(args.model, intra_op_num_threads=args.threads)
+    try:
+        session = adderconvert_ort.make_session(args.model, intra_op_num_threads=args.threads)
+    except Exception as error:  # a missing file, a folder, a file that is no ONNX model, no onnxruntime
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     metadata = adderconvert_ort.model_metadata(session)
     shape = session.get_inputs()[0].shape
     print(f"{args.model}: input {shape}, providers {session.get_providers()}, form {metadata.get('adder_form', '?')}")

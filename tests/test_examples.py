@@ -31,6 +31,27 @@ def test_ort_inference_example(tmp_path):
     assert "top-1 on 300 test images" in out
 
 
+@pytest.mark.parametrize(
+    ("case", "message", "code"),
+    [
+        ("missing", "error: ONNX model not found", 1),
+        ("folder", "is a folder, not an ONNX model", 1),
+        ("text", "error: [ONNXRuntimeError]", 1),
+        ("no_images", "argument --images: must be 1 or more, not 0", 2),  # was a ValueError from np.concatenate
+        ("negative_images", "argument --images: must be 1 or more, not -9990", 2),  # was a ValueError too
+        ("negative_threads", "argument --threads: must be 0 or more, not -1", 2),
+    ],
+)
+def test_ort_inference_example_refuses_bad_input_with_a_message(tmp_path, case, message, code):
+    (tmp_path / "text.onnx").write_text("hello")
+    model = {"missing": tmp_path / "missing.onnx", "folder": tmp_path, "text": tmp_path / "text.onnx"}.get(case, "m")
+    options = {"no_images": ["--images", "0"], "negative_images": ["--images", "-9990"]}.get(case, [])
+    options += ["--threads", "-1"] if case == "negative_threads" else []
+    command = [sys.executable, "examples/ort_inference.py", str(model), *options]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == code and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 def test_convert_finetune_example():
     out = subprocess.run(
