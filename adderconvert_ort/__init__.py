@@ -1,9 +1,10 @@
 """adderconvert-ort: run exported adder models with ONNX Runtime, without PyTorch.
 
 The ``com.adderconvert`` custom-op library (AdderConv, FusedAdderConv, QuantizedAdderConv) and what a
-deployment needs around it: :func:`get_library_path`, :func:`make_session`, :func:`model_metadata` and
-:func:`build_info`. It needs numpy and one of ``onnxruntime`` or ``onnxruntime-gpu`` (never both: they share
-one install folder), chosen by the extra: ``pip install adderconvert-ort[onnxruntime]``.
+deployment needs around it: :func:`get_library_path`, :func:`make_session`, :func:`model_metadata`,
+:func:`build_info` and :func:`kernel_path`. It needs numpy and one of ``onnxruntime`` or ``onnxruntime-gpu``
+(never both: they share one install folder), chosen by the extra of the wheel that ``make runtime-wheel`` writes:
+``pip install 'adderconvert_ort-VERSION-py3-none-manylinux_2_34_x86_64.whl[onnxruntime]'``.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def _onnxruntime():
         import onnxruntime
     except ImportError as error:
         raise ImportError(
-            "ONNX Runtime is not installed: pip install 'adderconvert-ort[onnxruntime]' for CPUs, or "
-            "'adderconvert-ort[onnxruntime-gpu]' for CUDA (never both: they share one install folder)"
+            "ONNX Runtime is not installed: pip install onnxruntime for CPUs, or onnxruntime-gpu for CUDA (never "
+            "both: they share one install folder); the wheel's extras adderconvert-ort[onnxruntime] and "
+            "[onnxruntime-gpu] install the same"
         ) from error
     return onnxruntime
 
