@@ -107,6 +107,21 @@ def test_netpbm_images_are_resized_and_normalised_as_torch_does(classify, model_
     assert [c for _, c, _ in _lines(run.stdout)] == _python_classes(model_path, x)
 
 
+def test_a_netpbm_sample_is_a_share_of_its_maxval(classify, model_path, tmp_path):
+    """Netpbm's maxval is white: a 4-bit image (maxval 15) reads as the same image at maxval 255 (was /255 for any
+    maxval: 15 times darker, silently)."""
+    pixels = np.random.default_rng(2).integers(0, 16, size=(10, 9), dtype=np.uint8)
+    (tmp_path / "four_bit.pgm").write_bytes(b"P5 9 10 15\n" + pixels.tobytes())
+    (tmp_path / "eight_bit.pgm").write_bytes(b"P5 9 10 255\n" + (pixels * 17).tobytes())
+    logits = []
+    for name in ("four_bit", "eight_bit"):
+        out = tmp_path / f"{name}.f32"
+        run = _run(classify, model_path, adderconvert_ort.get_library_path(), tmp_path / f"{name}.pgm", "--logits", out)
+        assert run.returncode == 0, run.stderr
+        logits.append(np.fromfile(out, dtype="<f4"))
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("case", "message", "code"),
     [

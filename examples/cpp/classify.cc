@@ -214,7 +214,9 @@ void ReadImage(const std::string& path, const ModelInput& input, float* out) {
         int64_t x0, x1;
         float fx;
         source(x, width, input.width, &x0, &x1, &fx);
-        auto at = [&](int64_t yy, int64_t xx) { return pixels[(yy * width + xx) * planes + plane] / 255.0f; };
+        auto at = [&](int64_t yy, int64_t xx) {  // a sample's share of maxval (white)
+          return pixels[(yy * width + xx) * planes + plane] / static_cast<float>(maxval);
+        };
         const float top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx;
         const float bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx;
         out[(c * input.height + y) * input.width + x] = (top * (1 - fy) + bottom * fy - mean) / std;
