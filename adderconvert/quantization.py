@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from adderconvert.conversion.observers import RangeObserver
 from adderconvert.conversion.plan import run_hooked
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.quantized import QuantizedAdderConv2d
@@ -160,9 +161,8 @@ def calibrate(
     if not layers:
         raise ValueError("the model has no AdderConv2d layer to quantise")
     generator = torch.Generator().manual_seed(seed)
-    lows: dict[str, float] = {name: math.inf for name in layers}
-    highs: dict[str, float] = {name: -math.inf for name in layers}
-    samples: dict[str, list[Tensor]] = {name: [] for name in layers}
+    sample = _SAMPLE if method in ("percentile", "mse") else 0
+    observers = {name: RangeObserver(sample=sample, generator=generator) for name in layers}
     kept: dict[str, list[Tensor]] = {name: [] for name in layers}  # the mse method's scoring inputs
 
     def hook(name):
@@ -173,16 +173,7 @@ def calibrate(
                 room = limit - sum(len(t) for t in kept[name])
                 if room > 0:
                     kept[name].append(x[:room].cpu())
-            x = inputs[0].detach().float().flatten()
-            x = x[torch.isfinite(x)]
-            if x.numel() == 0:
-                return
-            lows[name] = min(lows[name], float(x.min()))
-            highs[name] = max(highs[name], float(x.max()))
-            if method in ("percentile", "mse"):
-                if x.numel() > _SAMPLE:
-                    x = x[torch.randint(x.numel(), (_SAMPLE,), generator=generator).to(x.device)]
-                samples[name].append(x.cpu())
+            observers[name].observe(inputs[0])
 
         return record
 
@@ -191,19 +182,17 @@ def calibrate(
     if seen == 0:
         raise ValueError("calibration needs at least one batch")
     ranges = {}
-    for name in layers:
-        if not math.isfinite(lows[name]):
+    for name, observer in observers.items():
+        if not observer.observed:
             raise ValueError(f"adder layer {name} saw no finite input during calibration")
-        low, high = lows[name], highs[name]
+        smallest, largest = low, high = observer.range()
         if method in ("percentile", "mse"):
-            values = torch.cat(samples[name]).double()
-            q = torch.tensor([(100 - percentile) / 100, percentile / 100], dtype=torch.float64)
-            low, high = (float(v) for v in torch.quantile(values, q))
+            low, high = observer.percentile_range(percentile)
         if method == "mse":
             layer = layers[name]
             x = torch.cat(kept[name]).to(layer.weight.device)
-            x = torch.nan_to_num(x, nan=0.0, posinf=highs[name], neginf=lows[name])
-            low, high = _mse_range(layer, x, low, high, lows[name], highs[name])
+            x = torch.nan_to_num(x, nan=0.0, posinf=largest, neginf=smallest)
+            low, high = _mse_range(layer, x, low, high, smallest, largest)
         scale, zero_point = grid(low, high)
         ranges[name] = LayerRange(name, low, high, scale, zero_point)
     return ranges

@@ -6,11 +6,14 @@ public here too.
 * :func:`calibrate_norms` and :func:`recalibrate_batchnorm` (``norms.py``): BatchNorm statistics;
 * :func:`reconstruct` (``reconstruction.py``): each adder layer refitted to the CNN's output.
 
-``calibration.py`` turns what :func:`convert` accepts (images, a DataLoader, a forward loop) into images.
+``calibration.py`` turns what :func:`convert` accepts (images, a DataLoader, a forward loop) into images;
+:class:`RangeObserver` (``observers.py``) measures the value ranges that planning, INT8 calibration and the
+saturation diagnostics read.
 """
 
 from adderconvert.conversion.calibration import CALIBRATION_IMAGES, Calibration, calibration_images
 from adderconvert.conversion.norms import calibrate_norms, recalibrate_batchnorm
+from adderconvert.conversion.observers import RangeObserver
 from adderconvert.conversion.plan import (
     DEFAULT_INPUT_SIZES,
     KEEP_KINDS,
@@ -56,6 +59,7 @@ __all__ = [
     "Conversion",
     "ConversionReport",
     "LayerDecision",
+    "RangeObserver",
     "ReconstructionResult",
     "calibrate_norms",
     "calibration_images",

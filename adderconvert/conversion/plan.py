@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from adderconvert.conversion.observers import RangeObserver
 from adderconvert.nn import AdderConv2d
 
 __all__ = [
@@ -184,7 +185,10 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
     def hook(module, inputs, output):
         x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         std = float(x.detach().float().std()) if x is not None and x.numel() > 1 else 1.0
-        low = float(x.detach().min()) if x is not None and x.numel() > 0 else 0.0
+        observer = RangeObserver()
+        if x is not None:
+            observer.observe(x)
+        low, high = observer.range() if observer.observed else (0.0, None)
         shape = output.shape if isinstance(output, torch.Tensor) else torch.Size()
         extra = {"pooled": x is not None and any(x is t for t in pooled)}
         is_global_pool = isinstance(module, _POOLS) and len(shape) == 4 and tuple(shape[-2:]) == (1, 1)
@@ -192,8 +196,8 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
             is_global_pool or (extra["pooled"] and isinstance(module, _ON_POOLED))
         ):
             pooled.append(output)
-        if measure and isinstance(module, nn.Conv2d) and x is not None and x.numel() > 0:
-            extra["input_max"] = float(x.detach().max())
+        if measure and isinstance(module, nn.Conv2d) and high is not None:
+            extra["input_max"] = high
             if module.padding_mode == "zeros" and isinstance(output, torch.Tensor):
                 extra["sign_error"] = _sign_error(module, x, output)
         order.append((names[module], module, std, low, x.shape if x is not None else torch.Size(), shape, extra))

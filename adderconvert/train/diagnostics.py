@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adderconvert.conversion import run_hooked
+from adderconvert.conversion import RangeObserver, run_hooked
 from adderconvert.nn import AdderConv2d
 
 __all__ = ["adder_weight_stats", "saturation_summary"]
@@ -35,7 +35,7 @@ def adder_weight_stats(
     ``saturated`` and ``weights`` (the counts behind it), and ``input_min``/``input_max`` (the range
     of everything the layer read, zero padding included). Layers the batches never reach are left out.
     """
-    ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    ranges: dict[str, RangeObserver] = {}
     hooks = [
         module.register_forward_pre_hook(_range_recorder(ranges, name))
         for name, module in model.named_modules()
@@ -47,9 +47,9 @@ def adder_weight_stats(
 
     modules = dict(model.named_modules())
     stats = []
-    for name, (low, high) in ranges.items():
+    for name, observer in ranges.items():
         weight = modules[name].weight.detach()
-        low, high = _per_weight(modules[name], low, high)
+        low, high = _per_weight(modules[name], observer.low, observer.high)
         saturated = int(((weight >= high) | (weight <= low)).sum())
         stats.append(
             {
@@ -79,24 +79,18 @@ def saturation_summary(stats: list[dict[str, float | str]]) -> dict[str, float |
     }
 
 
-def _range_recorder(ranges: dict, name: str):
-    """A pre-hook folding the per-tap (channel, kernel row, kernel column) min and max of the layer's
-    input into ``ranges[name]``."""
+def _range_recorder(ranges: dict[str, RangeObserver], name: str):
+    """A pre-hook folding the per-tap (channel, kernel row, kernel column) range of the layer's input into
+    ``ranges[name]``."""
 
     def hook(module: AdderConv2d, inputs) -> None:
         x = inputs[0].detach().float()
         top, left, bottom, right = module.pads
         x = F.pad(x, (left, right, top, bottom))  # the zeros the padded taps read
-        low = high = None
+        observer = ranges.setdefault(name, RangeObserver(per_index=1))
         for chunk in x.split(_SAMPLES_PER_UNFOLD):
             # (N, C*kh*kw, L): column l holds what every tap reads at output position l.
-            taps = F.unfold(chunk, module.kernel_size, dilation=module.dilation, stride=module.stride)
-            chunk_low, chunk_high = taps.amin(dim=(0, 2)), taps.amax(dim=(0, 2))
-            low = chunk_low if low is None else torch.minimum(low, chunk_low)
-            high = chunk_high if high is None else torch.maximum(high, chunk_high)
-        if name in ranges:
-            low, high = torch.minimum(ranges[name][0], low), torch.maximum(ranges[name][1], high)
-        ranges[name] = (low, high)
+            observer.observe(F.unfold(chunk, module.kernel_size, dilation=module.dilation, stride=module.stride))
 
     return hook
 
