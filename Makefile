@@ -78,10 +78,14 @@ ORT_HEADERS := $(firstword $(wildcard $(CURDIR)/build/cp*/ort-headers))
 ARM64_CMAKE := -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/custom_ops/cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
 	$(if $(ORT_HEADERS),-DORT_INCLUDE_DIR=$(ORT_HEADERS))
 arm64-ort: $(ARM64_TOOLS) install
-	rm -rf $(ARM64_ORT)/wheel
-	$(PIP) download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 -d $(ARM64_ORT)/wheel \
-		"onnxruntime==$$($(PY) -c 'import onnxruntime; print(onnxruntime.__version__)')"
-	$(PY) -m zipfile -e $(ARM64_ORT)/wheel/onnxruntime-*.whl $(ARM64_ORT)/wheel/unpacked
+	@version=$$($(PY) -c 'import onnxruntime; print(onnxruntime.__version__)'); \
+	if [ ! -d $(ARM64_ORT)/wheel/unpacked-$$version ]; then \
+	  rm -rf $(ARM64_ORT)/wheel && \
+	  $(PIP) download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 -d $(ARM64_ORT)/wheel \
+	    "onnxruntime==$$version" && \
+	  $(PY) -m zipfile -e $(ARM64_ORT)/wheel/onnxruntime-*.whl $(ARM64_ORT)/wheel/unpacked-$$version; \
+	fi; \
+	ln -sfn unpacked-$$version $(ARM64_ORT)/wheel/unpacked
 	cmake -S custom_ops -B $(ARM64_ORT)/lib $(ARM64_CMAKE) -DADDERCONVERT_TORCH_LIBS=OFF -DADDERCONVERT_WITH_CUDA=OFF \
 		> /dev/null
 	cmake --build $(ARM64_ORT)/lib --target adderconvert_ort -j2
