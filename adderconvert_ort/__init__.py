@@ -94,12 +94,13 @@ def build_info() -> dict[str, str]:
 def kernel_path() -> str:
     """The instruction set the CPU kernels (FP32 and INT8) run on this machine, and why: the widest of this
     build's that the CPU runs, or the one ``ADDERCONVERT_CPU_ISA`` caps it to (chosen once per process).
-    INT8's is named when it differs (``avx512ifma`` has INT8 kernels only)."""
+    INT8's is named when it differs (``avx512ifma`` has INT8 kernels only). Raises ValueError, with the library's
+    message, where ``ADDERCONVERT_CPU_ISA`` names no instruction set of this build."""
     info = build_info()
     isa = info["cpu_isa"]
     cap = os.environ.get(ISA_VARIABLE, "")
     if " " in isa:  # the library's message for a value of ISA_VARIABLE that names no instruction set
-        return isa
+        raise ValueError(isa)
     if info["cpu_quantized_isa"] != isa:
         isa = f"{isa}, INT8 {info['cpu_quantized_isa']}"
     if cap:

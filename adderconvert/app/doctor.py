@@ -4,6 +4,7 @@ QuantizedAdderConv) per provider."""
 from __future__ import annotations
 
 import platform
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -26,16 +27,22 @@ __all__ = ["run_doctor"]
 
 
 def run_doctor() -> int:
-    """Print the report; return 0 when every available provider matches the NumPy reference."""
+    """Print the report; return 0 when every available provider matches the NumPy reference (2 when
+    ADDERCONVERT_CPU_ISA names no instruction set of the build)."""
     print(f"adderconvert {version('adderconvert')}, Python {platform.python_version()}")
     print(
         f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), onnx {onnx.__version__}, "
         f"onnxruntime {ort.__version__} (providers: {', '.join(ort.get_available_providers())})"
     )
     print(f"custom-op library: {get_library_path()}")
+    try:
+        path = kernel_path()
+    except ValueError as e:  # a value of ADDERCONVERT_CPU_ISA that names no instruction set: no op can load
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
     for key, value in build_info().items():
         print(f"  {key}: {value}")
-    print(f"CPU kernel path: {kernel_path()}")
+    print(f"CPU kernel path: {path}")
     print(f"PyTorch CPU kernel ISA: {_kernels.cpu_isa()}")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 4, 9, 9)).astype(np.float32)

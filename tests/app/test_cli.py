@@ -2,7 +2,10 @@
 
 import gzip
 import json
+import os
 import struct
+import subprocess
+import sys
 import urllib.error
 
 import numpy as np
@@ -351,3 +354,11 @@ def test_doctor():
     assert "AdderConv, CPUExecutionProvider: ok" in result.output and "ort_api: 21" in result.output
     assert "QuantizedAdderConv (INT8), CPUExecutionProvider: ok" in result.output
     assert "CPU kernel path: " in result.output and "ADDERCONVERT_CPU_ISA" in result.output
+
+
+def test_doctor_with_an_unknown_isa_says_it_once():
+    code = "from adderconvert.app.cli import main; main(['doctor'])"
+    env = {**os.environ, "ADDERCONVERT_CPU_ISA": "bogus"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("ADDERCONVERT_CPU_ISA='bogus'") == 1, run.stderr
+    assert run.stderr.startswith("Error: ") and "FAILED" not in run.stdout and "Traceback" not in run.stderr
