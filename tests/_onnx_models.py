@@ -33,7 +33,7 @@ def case_model(case: dict, form: str, rng: np.random.Generator) -> tuple[onnx.Mo
     return one_node(case["x"], w, **extra, **attrs), x
 
 
-def small_adder_network(image_size: int = 12) -> nn.Module:
+def small_adder_network(image_size: int = 12, num_classes: int = 10) -> nn.Module:
     """A small adder network in eval mode with BatchNorm statistics of its own outputs: a multiplicative stem and
     head around a plain adder layer and a strided, dilated, grouped, padded one."""
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def small_adder_network(image_size: int = 12) -> nn.Module:
         nn.BatchNorm2d(16),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(16, 10),
+        nn.Linear(16, num_classes),
     )
     with torch.no_grad():
         model(torch.randn(32, 3, image_size, image_size))

@@ -11,12 +11,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 import adderconvert_ort
 from adderconvert import export_onnx
 from adderconvert.deploy.export import input_metadata
-from adderconvert.nn import AdderConv2d
+from tests._onnx_models import small_adder_network
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["zero", "one", 'two "2"', "three", "four", "five"]
@@ -39,22 +38,10 @@ def classify(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        AdderConv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, len(CLASSES)),
-    )
-    with torch.no_grad():
-        model(torch.randn(16, 3, 12, 12))
+    model = small_adder_network(num_classes=len(CLASSES))
     metadata = input_metadata(image_size=12, mean=MEAN, std=STD, classes=CLASSES)
     x = torch.randn(2, 3, 12, 12)
-    return export_onnx(model.eval(), tmp_path_factory.mktemp("model") / "m.onnx", x, dynamic_hw=True, metadata=metadata)
+    return export_onnx(model, tmp_path_factory.mktemp("model") / "m.onnx", x, dynamic_hw=True, metadata=metadata)
 
 
 def _python_logits(model_path: Path, x: np.ndarray) -> np.ndarray:
