@@ -51,7 +51,8 @@ from adderconvert.conversion import (
     plan_conversion,
     run_conversion,
 )
-from adderconvert.data import DatasetSplits, load_dataset
+from adderconvert.data import DatasetSplits, check_task, load_dataset
+from adderconvert.data_scenes import load_scenes
 from adderconvert.deploy.export import export_onnx
 from adderconvert.train import (
     TrainConfig,
@@ -118,11 +119,18 @@ def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> Convers
 def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     """The conversion report for ``config.model``, converting nothing: planned as the run plans (the same seed,
     weights and calibration images), and a note when the run's plan will differ (its CNN is trained first).
-    Segmentation and detection models are planned on the data set's images at ``config.image_size`` (default
-    :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's transform set to that size."""
-    dense = task_of(config.model) != "classification"
+    Segmentation and detection models are planned on their task's data (Fashion-MNIST's default stands for the
+    built-in scenes, :func:`~adderconvert.data_scenes.load_scenes`; data of another task is refused) at
+    ``config.image_size`` (default :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's
+    transform set to that size."""
+    task = task_of(config.model)
+    dense = task != "classification"
     image_size = config.image_size or (DEFAULT_IMAGE_SIZE if dense else None)
-    splits = load_dataset(config.dataset, config.data, image_size)
+    if dense and config.dataset == "fashion-mnist":  # the task's built-in data: scenes of Fashion-MNIST items
+        splits = load_scenes(task, config.data, image_size, config.seed)
+    else:
+        splits = load_dataset(config.dataset, config.data, image_size)
+    check_task(splits, config.model, task)
     seed_everything(config.seed)
     model = build(config.model, splits.num_classes, splits.image_size)
     head_fits = None

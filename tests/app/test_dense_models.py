@@ -8,6 +8,7 @@ import urllib.error
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from adderconvert.app.cli import main
 from adderconvert.app.weights import WeightsError, load_weights
@@ -46,6 +47,22 @@ def test_dry_run_shows_the_macs_of_each_part(tmp_path, model, size, parts):
         assert any(line.startswith(f"{part}:") and "multiply-accumulates" in line for line in lines), part
     assert "prediction conv kept (keep_classifier)" in result.output or "classifier kept" in result.output
     assert "note:" not in result.output  # nothing trained first, nothing left undownloaded
+
+
+def test_dry_run_plans_on_the_tasks_scenes_and_refuses_classification_data(tmp_path):
+    data = _fake_fashion_mnist(tmp_path)
+    args = ["lraspp_mobilenet_v3_large", "--dry-run", "--weights", "none", "--image-size", "32", "--data", str(data)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    # The scenes' 11 classes (background + 10): the classifier convs end in 11 channels.
+    assert "->11" in result.output.replace(" ", ""), result.output
+    folder = tmp_path / "images"
+    for split in ("train", "test"):
+        for name in ("a", "b"):  # ImageFolder classes: a folder each, one image
+            (folder / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(folder / split / name / "x.png")
+    args = ["lraspp_mobilenet_v3_large", "--dry-run", "--weights", "none", "--dataset", "imagefolder"]
+    _input_error(CliRunner().invoke(main, [*args, "--data", str(folder)]), "segmentation model", "classification")
 
 
 def test_the_main_job_refuses_them_for_now():
