@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml
+NATIVE_SOURCES := $(shell find custom_ops -type f) pyproject.toml adderconvert_ort/_version.py
 # The editable install maps each Python module to its file: a module added, moved or removed (a folder's
 # entries change) needs a reinstall.
 PACKAGE_FOLDERS := $(shell find adderconvert adderconvert_ort -type d -not -name __pycache__ -not -path '*/_lib*')
@@ -62,6 +62,8 @@ $(ARM64_TOOLS):
 	fi
 
 test-arm64: $(ARM64_TOOLS)
+	@command -v aarch64-linux-gnu-g++ > /dev/null && command -v qemu-aarch64 > /dev/null || \
+	  { echo "the ARM64 toolchain is missing: run 'sudo apt-get install g++-aarch64-linux-gnu qemu-user'" >&2; exit 1; }
 	cmake -S custom_ops -B $(ARM64_BUILD) -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/custom_ops/cmake/aarch64-linux-gnu.cmake \
 		-DADDERCONVERT_ORT=OFF -DADDERCONVERT_TORCH_LIBS=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
 	cmake --build $(ARM64_BUILD) --target cpu_kernel_test quantized_kernel_test -j2
@@ -78,6 +80,8 @@ ORT_HEADERS := $(firstword $(wildcard $(CURDIR)/build/cp*/ort-headers))
 ARM64_CMAKE := -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/custom_ops/cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
 	$(if $(ORT_HEADERS),-DORT_INCLUDE_DIR=$(ORT_HEADERS))
 arm64-ort: $(ARM64_TOOLS) install
+	@command -v aarch64-linux-gnu-g++ > /dev/null && command -v qemu-aarch64 > /dev/null || \
+	  { echo "the ARM64 toolchain is missing: run 'sudo apt-get install g++-aarch64-linux-gnu qemu-user'" >&2; exit 1; }
 	@version=$$($(PY) -c 'import onnxruntime; print(onnxruntime.__version__)'); \
 	if [ ! -d $(ARM64_ORT)/wheel/unpacked-$$version ]; then \
 	  rm -rf $(ARM64_ORT)/wheel && \

@@ -55,6 +55,16 @@ VOC_CLASSES = [
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 ]  # fmt: skip
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _images_by_name(folder: Path) -> dict[str, Path]:
+    """The images in ``folder`` by name (file stem), suffixes in any case; where one name has several, the first
+    suffix of :data:`_IMAGE_SUFFIXES`."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
+    files.sort(key=lambda p: _IMAGE_SUFFIXES.index(p.suffix.lower()), reverse=True)
+    return {p.stem: p for p in files}  # the preferred suffix comes last and wins
+
+
 _BOX_TOLERANCE = 1.0  # pixels a box may reach outside its image (rounding in annotation tools); it is clipped
 
 
@@ -123,6 +133,8 @@ class CocoDetection(Dataset):
         for entry in data["images"]:
             try:
                 name, width, height = str(entry["file_name"]), int(entry["width"]), int(entry["height"])
+                if entry["id"] in index_of:
+                    raise DataError(f"{self.file} lists image id {entry['id']!r} twice")
                 index_of[entry["id"]] = len(self.entries)
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(
@@ -169,7 +181,9 @@ class CocoDetection(Dataset):
         t = _BOX_TOLERANCE
         if x < -t or y < -t or x + w > width + t or y + h > height + t:
             raise DataError(f"{where}: box {[x, y, w, h]} is outside image {name} ({width}x{height})")
-        box = [max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))]
+        box = [min(max(x, 0.0), width), min(max(y, 0.0), height), min(x + w, float(width)), min(y + h, float(height))]
+        if not (box[2] > box[0] and box[3] > box[1]):  # within the tolerance but nothing left inside the image
+            raise DataError(f"{where}: box {[x, y, w, h]} has no area inside image {name} ({width}x{height})")
         return box, labels[annotation["category_id"]], index
 
     @property
@@ -220,9 +234,9 @@ class VocSegmentation(Dataset):
     def __init__(self, root: str | Path, names: list[str], num_classes: int, image_size: int = 128) -> None:
         self.root, self.names, self.num_classes, self.image_size = Path(root), names, num_classes, image_size
         self.images = []
+        found = _images_by_name(self.root / "JPEGImages")
         for name in names:
-            candidates = (self.root / "JPEGImages" / f"{name}{suffix}" for suffix in _IMAGE_SUFFIXES)
-            image = next((path for path in candidates if path.is_file()), None)
+            image = found.get(name)
             if image is None:
                 raise DataError(f"{self.root / 'JPEGImages'} has no image {name} (.jpg, .jpeg or .png)")
             if not self._mask_path(name).is_file():
@@ -286,7 +300,7 @@ def load_voc(root: str | Path, image_size: int = 128) -> DatasetSplits:
             if not splits[split]:
                 raise DataError(f"{lists / f'{split}.txt'} names no image")
     else:
-        names = sorted(p.stem for p in (root / "JPEGImages").iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        names = sorted(_images_by_name(root / "JPEGImages"))
         if len(names) < 2:
             raise DataError(f"{root / 'JPEGImages'} holds {len(names)} image: a train and a test split need two")
         test = set(names[9::10] or names[-1:])  # fewer than ten images: the last one is the test split

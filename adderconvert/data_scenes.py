@@ -4,8 +4,9 @@ of these tasks as Fashion-MNIST is of classifiers.
 A scene is a black square canvas (``image_size``, 128 px by default) holding 1 to 4 Fashion-MNIST items, each
 resized to a side drawn between 7/32 and 7/16 of the canvas (28 to 56 px at 128 px) and cropped to its ink: the
 pixels above ``threshold`` (0.1 of full intensity). Items never overlap: an item is placed at a random position
-where its ink box meets no other item's, drawn again up to 20 times, and left out if none was found (the first item
-always fits). So each item's pixels are its own, and its box is exactly the box of its mask.
+where its ink box meets no other item's; a failed try draws a new item and position, up to 20 tries, and the
+item is left out if none fits (the first item always fits; crowded scenes thus lean to small items). So each
+item's pixels are its own, and its box is exactly the box of its mask.
 
 - **Segmentation** samples are ``(image, mask)``: ``mask`` is ``(H, W)`` int64, 0 for background and
   ``class + 1`` where an item's intensity is above the threshold.

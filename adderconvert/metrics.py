@@ -33,8 +33,9 @@ def confusion_matrix(
     kept = truth != ignore_index
     truth, prediction = truth[kept].long(), prediction[kept].long()
     for name, values in (("truth", truth), ("prediction", prediction)):
-        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{name} holds class {int(values.max())}, outside the {num_classes} classes")
+        outside = values[(values < 0) | (values >= num_classes)]
+        if outside.numel():
+            raise ValueError(f"{name} holds class {int(outside[0])}, outside the {num_classes} classes")
     counts = torch.bincount(truth * num_classes + prediction, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).cpu()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -56,10 +57,11 @@ def export_forms(model, example, calibration, folder: Path) -> dict[str, Path]:
 
 
 def fresh_environment(wheel: Path, folder: Path) -> Path:
-    """A new virtual environment in ``folder`` with ``wheel`` and this environment's onnxruntime version (from
-    the machine's package index); returns its python."""
+    """A new virtual environment in ``folder`` (anything there before is removed) with ``wheel`` and this
+    environment's onnxruntime version (from the machine's package index); returns its python."""
     import onnxruntime
 
+    shutil.rmtree(folder, ignore_errors=True)  # never an earlier wheel of the same version
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     python = folder.resolve() / "bin" / "python"
     install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import adderconvert_ort
-from adderconvert.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, IMAGENET_MEAN, IMAGENET_STD, read_idx
+from adderconvert.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, GRAY_MEAN, GRAY_STD, read_idx
 
 DATASET = "fashion-mnist"
 
@@ -78,7 +78,7 @@ def main() -> int:
         mean, std = metadata["mean"], metadata["std"]
     else:
         # adderconvert's Fashion-MNIST preprocessing: the mean of ImageNet's statistics on every channel.
-        mean, std = [float(np.mean(IMAGENET_MEAN))] * 3, [float(np.mean(IMAGENET_STD))] * 3
+        mean, std = [GRAY_MEAN] * 3, [GRAY_STD] * 3
         print("warning: the model has no normalisation metadata; using adderconvert's defaults", file=sys.stderr)
     classes = metadata.get("classes") or FASHION_MNIST_CLASSES
 

@@ -90,6 +90,8 @@ def _set(path, value):
         (_set(("annotations", 1, "bbox"), [20, 0, 21.5, 30]), r"annotation 2: box .* is outside image a.png \(40x30"),
         (_set(("annotations", 0, "bbox"), [-2, 6, 10, 8]), "annotation 1: box .* is outside image a.png"),
         (lambda d: d["annotations"].clear(), "instances_train2017.json has no annotation"),
+        (_set(("annotations", 1, "bbox"), [40.5, 0, 0.4, 10]), r"annotation 2: box .* has no area inside image a.png"),
+        (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "lists image id .* twice"),
         (_set(("categories", 0, "name"), "wolf"), "the categories of .*instances_train2017.json and .* differ"),
         (_set(("categories", 0), {"name": "dog"}), "a category without an integer 'id' and a 'name'"),
         (_set(("categories", 0, "id"), 3), "lists a category id twice"),
@@ -187,6 +189,15 @@ def test_voc_without_lists_or_class_names(tmp_path):
     assert data.test.names == ["09"] and data.train.names == [n for n in names if n != "09"]
     small = load_voc(_write_voc(tmp_path / "small", ("a", "b", "c"), lists=False), 16)
     assert (small.train.names, small.test.names) == (["a", "b"], ["c"])
+
+
+def test_voc_image_suffixes_in_any_case_and_one_name_once(tmp_path):
+    root = _write_voc(tmp_path, lists=False)
+    (root / "JPEGImages" / "y.jpg").rename(root / "JPEGImages" / "y.JPG")
+    shutil.copy(root / "JPEGImages" / "z.jpg", root / "JPEGImages" / "z.png")  # z in two formats: the .jpg
+    data = load_voc(root, 16)
+    assert (data.train.names, data.test.names) == (["x", "y"], ["z"])
+    assert [p.name for p in data.train.images + data.test.images] == ["x.jpg", "y.JPG", "z.jpg"]
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,8 @@ def test_miou_matches_a_per_class_loop(seed):
 def test_segmentation_values_outside_the_classes_are_refused():
     with pytest.raises(ValueError, match="truth holds class 7, outside the 3 classes"):
         confusion_matrix(torch.zeros(2, dtype=torch.long), torch.tensor([0, 7]), 3)
+    with pytest.raises(ValueError, match="prediction holds class -1, outside the 3 classes"):
+        confusion_matrix(torch.tensor([-1, 2]), torch.tensor([0, 1]), 3)
     with pytest.raises(ValueError, match="prediction holds class 3"):
         confusion_matrix(torch.tensor([0, 3]), torch.tensor([0, 1]), 3)
     with pytest.raises(ValueError, match="differ in shape"):

@@ -15,10 +15,9 @@ from adderconvert.architectures.dense import (
     class_heads,
     model_part,
 )
+from adderconvert.data import TASKS
 
 __all__ = ["TASKS", "build", "head_names", "models_by_task", "part_of", "task_of"]
-
-TASKS = ("classification", "segmentation", "detection")
 
 
 def models_by_task() -> dict[str, list[str]]:

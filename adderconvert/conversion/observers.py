@@ -52,8 +52,11 @@ class RangeObserver:
         else:
             keep = self.per_index % x.dim()
             dims = tuple(d for d in range(x.dim()) if d != keep)
-            low = torch.where(finite, x, torch.inf).amin(dim=dims)
-            high = torch.where(finite, x, -torch.inf).amax(dim=dims)
+            if bool(finite.all()):
+                low, high = x.amin(dim=dims), x.amax(dim=dims)
+            else:
+                low = torch.where(finite, x, torch.inf).amin(dim=dims)
+                high = torch.where(finite, x, -torch.inf).amax(dim=dims)
         self.low = low if self.low is None else torch.minimum(self.low, low)
         self.high = high if self.high is None else torch.maximum(self.high, high)
 

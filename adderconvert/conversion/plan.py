@@ -173,7 +173,7 @@ def _sign_error(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool = False):
-    """Run the model once; return leaf modules in execution order with input std, input minimum, input and
+    """Run the model once; return leaf modules in execution order with input std, input minimum (convs only), input and
     output shapes and a dict: ``pooled`` (the leaf reads a globally pooled vector: an adaptive pool's 1x1 output,
     through activations and other such leaves only) and (``measure``) what planning measures on convs:
     ``input_max`` and ``sign_error``."""
@@ -185,10 +185,12 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
     def hook(module, inputs, output):
         x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         std = float(x.detach().float().std()) if x is not None and x.numel() > 1 else 1.0
-        observer = RangeObserver()
-        if x is not None:
+        low, high = 0.0, None  # the input range, measured on convs only (planning reads no other)
+        if x is not None and isinstance(module, nn.modules.conv._ConvNd):
+            observer = RangeObserver()
             observer.observe(x)
-        low, high = observer.range() if observer.observed else (0.0, None)
+            if observer.observed:
+                low, high = observer.range()
         shape = output.shape if isinstance(output, torch.Tensor) else torch.Size()
         extra = {"pooled": x is not None and any(x is t for t in pooled)}
         is_global_pool = isinstance(module, _POOLS) and len(shape) == 4 and tuple(shape[-2:]) == (1, 1)
@@ -460,9 +462,8 @@ def plan_conversion(
     for index, (name, conv, std, low, in_shape, out_shape, extra) in enumerate(order):
         if not isinstance(conv, nn.modules.conv._ConvNd):
             continue
-        if (
-            name in planned
-        ):  # a conv run again (a head on each pyramid level) is planned once: MACs summed, ranges joined
+        # A conv run again (a head on each pyramid level) is planned once: MACs summed, ranges joined.
+        if name in planned:
             again = planned[name]
             again.macs += _macs(conv, in_shape, out_shape)
             again.input_min = min(again.input_min, low)
