@@ -3,7 +3,7 @@ public here too.
 
 * :func:`plan_conversion` (``plan.py``): which convs become adder layers, measured on calibration images;
 * :func:`swap_layers` (``swap.py``): the layer swap with an init (:func:`restore` uses it alone);
-* :func:`calibrate_norms` and :func:`recalibrate_batchnorm` (``norms.py``): BatchNorm statistics;
+* :func:`fit_norm_statistics` and :func:`reestimate_batchnorm` (``norms.py``): BatchNorm statistics;
 * :func:`reconstruct` (``reconstruction.py``): each adder layer refitted to the CNN's output.
 
 ``calibration.py`` turns what :func:`convert` accepts (images, a DataLoader, a forward loop) into images;
@@ -12,7 +12,7 @@ saturation diagnostics read.
 """
 
 from adderconvert.conversion.calibration import CALIBRATION_IMAGES, Calibration, calibration_images
-from adderconvert.conversion.norms import calibrate_norms, recalibrate_batchnorm
+from adderconvert.conversion.norms import fit_norm_statistics, reestimate_batchnorm
 from adderconvert.conversion.observers import RangeObserver
 from adderconvert.conversion.plan import (
     DEFAULT_INPUT_SIZES,
@@ -61,13 +61,13 @@ __all__ = [
     "LayerDecision",
     "RangeObserver",
     "ReconstructionResult",
-    "calibrate_norms",
+    "fit_norm_statistics",
     "calibration_images",
     "convert",
     "norms_after_adders",
     "plan_conversion",
     "prediction_convs",
-    "recalibrate_batchnorm",
+    "reestimate_batchnorm",
     "reconstruct",
     "restore",
     "run_conversion",

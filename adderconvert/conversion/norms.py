@@ -1,5 +1,5 @@
-"""BatchNorm statistics after a layer swap: :func:`calibrate_norms` (one pass that keeps what the inserted norms
-compute) and :func:`recalibrate_batchnorm` (plain averages over training batches, also run before every
+"""BatchNorm statistics after a layer swap: :func:`fit_norm_statistics` (one pass that keeps what the inserted norms
+compute) and :func:`reestimate_batchnorm` (plain averages over training batches, also run before every
 evaluation during fine-tuning).
 """
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from adderconvert.conversion.plan import ConversionReport
 
-__all__ = ["calibrate_norms", "recalibrate_batchnorm"]
+__all__ = ["fit_norm_statistics", "reestimate_batchnorm"]
 
 
 def _inserted_norms(model: nn.Module, report: ConversionReport) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -59,7 +59,7 @@ def _averaging(model: nn.Module):
 
 
 @torch.no_grad()
-def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Tensor, init: str = "sign") -> None:
+def fit_norm_statistics(model: nn.Module, report: ConversionReport, images: torch.Tensor, init: str = "sign") -> None:
     """Re-estimate every BatchNorm's statistics on ``images`` after
     :func:`~adderconvert.conversion.swap_layers`, keeping what the BatchNorms it inserted compute.
 
@@ -72,7 +72,7 @@ def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Te
     learn their scale, as before). A norm the model runs more than once (after a detection head's conv, on each
     pyramid level) is folded last for the averages of its runs, which its running statistics hold. Call it once,
     after the layer swap and before any training step; a longer re-estimation may follow
-    (:func:`recalibrate_batchnorm`).
+    (:func:`reestimate_batchnorm`).
     """
     inserted = set(_inserted_norms(model, report)) if init == "sign" else set()
 
@@ -108,7 +108,7 @@ def calibrate_norms(model: nn.Module, report: ConversionReport, images: torch.Te
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches, steps: int, device: str | torch.device = "cpu") -> None:
+def reestimate_batchnorm(model: nn.Module, batches, steps: int, device: str | torch.device = "cpu") -> None:
     """Re-estimate every BatchNorm's running statistics as plain averages over the first ``steps`` of
     ``batches`` (``(images, labels)`` pairs).
 

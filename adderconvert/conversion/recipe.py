@@ -4,7 +4,7 @@
    and each one's input range;
 2. :func:`~adderconvert.conversion.swap_layers` on a copy, with the ``sign`` init: every adder weight just past
    its inputs, so that each layer computes its conv's binary-weight twin (plus a constant);
-3. :func:`~adderconvert.conversion.calibrate_norms`, then :func:`~adderconvert.conversion.recalibrate_batchnorm`
+3. :func:`~adderconvert.conversion.fit_norm_statistics`, then :func:`~adderconvert.conversion.reestimate_batchnorm`
    over all calibration images: BatchNorm statistics for the adder layers' outputs;
 4. :func:`~adderconvert.conversion.reconstruct`: each adder layer refitted to the CNN's output of that layer.
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from adderconvert.conversion.calibration import CALIBRATION_IMAGES, Calibration, calibration_images
-from adderconvert.conversion.norms import calibrate_norms, recalibrate_batchnorm
+from adderconvert.conversion.norms import fit_norm_statistics, reestimate_batchnorm
 from adderconvert.conversion.plan import ConversionReport, plan_conversion
 from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, ReconstructionResult, reconstruct
 from adderconvert.conversion.swap import DEFAULT_INIT, INIT_CHOICES, SIGN_MARGIN, swap_layers
@@ -39,7 +39,7 @@ __all__ = [
     "run_conversion",
 ]
 
-# The first calibration images planning measures input ranges on (and the norms are calibrated and the layers
+# The first calibration images planning measures input ranges on (and the norms are fitted and the layers
 # refitted on): a few hundred find each layer's range.
 PLAN_IMAGES = 256
 # BatchNorm statistics are re-estimated over all calibration images, in batches of this many.
@@ -137,10 +137,10 @@ def run_conversion(
     adder = swap_layers(copy.deepcopy(model), None, init=init, report=report, sign_margin=sign_margin)
     if data is None:
         return Conversion(adder, report, None)
-    calibrate_norms(adder, report, planning, init)
+    fit_norm_statistics(adder, report, planning, init)
     # Batches of (nearly) equal size: never a last batch of one image, which BatchNorm cannot train on.
     batches = [(batch, None) for batch in data.tensor_split(math.ceil(len(data) / NORM_BATCH))]
-    recalibrate_batchnorm(adder, batches, len(batches), data.device)
+    reestimate_batchnorm(adder, batches, len(batches), data.device)
     if init != "sign" or reconstruct_method is None:
         return Conversion(adder, report, None)
     fit_images = _reconstruction_images(report, planning)

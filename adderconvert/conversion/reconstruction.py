@@ -72,7 +72,7 @@ class _Unit:
 @dataclass
 class LayerFit:
     """What reconstruction did to one adder layer: its relative output error (MSE over the target's
-    variance) on the calibration images, before (sign init, the norm as calibrated) and after, and the step
+    variance) on the calibration images, before (sign init, the norm as fitted) and after, and the step
     kept (``"none"`` where neither step lowered the error)."""
 
     name: str
@@ -326,7 +326,7 @@ def reconstruct(
     """Fit each adder layer of ``student`` (converted from ``teacher`` with ``init="sign"`` following
     ``report``) and the BatchNorm after it to ``teacher``'s output of that layer on ``images``, in
     execution order, each on the student's own inputs (so that a layer also corrects what the layers before
-    it got wrong). Call it after :func:`~adderconvert.conversion.calibrate_norms` (and any BatchNorm
+    it got wrong). Call it after :func:`~adderconvert.conversion.fit_norm_statistics` (and any BatchNorm
     re-estimation); ``images`` are calibration images from the training set (a few hundred).
 
     ``method`` is ``"affine"`` (the norm's per-channel scale and shift only) or ``"signs"`` (also the binary

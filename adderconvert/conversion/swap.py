@@ -81,8 +81,8 @@ def swap_layers(
 
     ``init`` chooses the adder weights: ``"sign"`` (the default: each weight just past the range of the
     inputs measured on ``example_input``, on the side of the conv weight's sign, see :func:`sign_edges`;
-    the model keeps the CNN's function up to binary weights, once its norms are recalibrated with
-    :func:`~adderconvert.conversion.calibrate_norms`), ``"fresh"`` (Kaiming init scaled to the
+    the model keeps the CNN's function up to binary weights, once its norms are re-estimated with
+    :func:`~adderconvert.conversion.fit_norm_statistics`), ``"fresh"`` (Kaiming init scaled to the
     std of the layer's input activations and made non-negative where those inputs are, as after a ReLU),
     ``"rescale"`` (the conv's weights scaled to that std) or ``"copy"`` (the conv's weights as they are).
     Without a ``report`` the model is planned on ``example_input`` with ``rules`` (the keywords of

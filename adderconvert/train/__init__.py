@@ -1,6 +1,6 @@
 """Fine-tuning adder models: training loop, distillation, checkpoint saving, multi-process training."""
 
-from adderconvert.conversion.norms import recalibrate_batchnorm
+from adderconvert.conversion.norms import reestimate_batchnorm
 from adderconvert.train.distill import FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import (
     GlobalBatchNorm2d,
@@ -33,6 +33,6 @@ __all__ = [
     "finish_distributed",
     "fit",
     "init_distributed",
-    "recalibrate_batchnorm",
+    "reestimate_batchnorm",
     "train_one_epoch",
 ]

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from adderconvert.checkpoint import CheckpointMeta, load_checkpoint, load_state_dict
-from adderconvert.conversion.norms import recalibrate_batchnorm
+from adderconvert.conversion.norms import reestimate_batchnorm
 from adderconvert.nn import adder_weights, scale_adder_gradients_
 from adderconvert.train.distill import KD_ALPHA, KD_TEMPERATURE, FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import DistributedContext, convert_sync_batchnorm
@@ -66,7 +66,7 @@ class TrainConfig:
     kd_alpha: float = KD_ALPHA
     kd_temperature: float = KD_TEMPERATURE
     feature_kd: float = 5.0  # weight of FeatureDistillation's loss (0: off)
-    recalibrate_steps: int = 20  # training batches that re-estimate BatchNorm statistics before each evaluation
+    batchnorm_batches: int = 20  # training batches that re-estimate BatchNorm statistics before each evaluation
     amp: bool = False  # bfloat16 autocast for the teacher and the non-adder layers
     seed: int = 0
     workers: int = 0
@@ -363,7 +363,7 @@ def fit(
             except TrainingDiverged as e:
                 raise TrainingDiverged(_diverged_message(str(e), config, history, saver)) from None
             # Every rank runs the same batches count, so synchronised BatchNorm's collectives match up.
-            recalibrate_batchnorm(model, loader, min(config.recalibrate_steps, steps), device)
+            reestimate_batchnorm(model, loader, min(config.batchnorm_batches, steps), device)
             test_top1 = (
                 evaluate(
                     model,

@@ -13,7 +13,7 @@ from adderconvert.conversion import (
     SIGN_MARGIN,
     SIGN_MIN_GAP,
     ConversionReport,
-    calibrate_norms,
+    fit_norm_statistics,
     norms_after_adders,
     plan_conversion,
     restore,
@@ -336,7 +336,7 @@ def _convert_default(model, calibration):
     student = copy.deepcopy(model)
     report = plan_conversion(student, calibration)
     swap_layers(student, None, report=report)  # the default init
-    calibrate_norms(student, report, calibration)
+    fit_norm_statistics(student, report, calibration)
     return student.eval(), report
 
 
@@ -350,7 +350,7 @@ def test_default_conversion_keeps_the_cnns_function(trained_cnn):
         fresh = copy.deepcopy(model)
         plan = plan_conversion(fresh, calibration)
         swap_layers(fresh, None, report=plan, init="fresh")
-        calibrate_norms(fresh, plan, calibration, init="fresh")
+        fit_norm_statistics(fresh, plan, calibration, init="fresh")
         agree_fresh = float((fresh.eval()(test_images).argmax(1) == model(test_images).argmax(1)).float().mean())
     assert agree >= 0.8, f"the default-converted adder model agrees with its CNN on {100 * agree:.1f}% of images"
     assert agree_fresh < 0.5  # the old default threw the function away: the test can tell them apart
@@ -430,7 +430,7 @@ def test_inserted_norm_gives_the_convs_scale_in_both_modes():
     swap_layers(model, None, report=report)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(calibration), binary, rtol=1e-4, atol=1e-3)
-        calibrate_norms(model, report, calibration)
+        fit_norm_statistics(model, report, calibration)
         torch.testing.assert_close(model.eval()(calibration), binary, rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(model.train()(calibration), binary, rtol=1e-4, atol=1e-3)
 

@@ -218,7 +218,7 @@ def test_norm_reestimation_never_uses_a_batch_of_one(trained):
         adderconvert.convert(cnn, _calibration(train, 129), max_images=129, reconstruct_method=None)
     finally:
         handle.remove()
-    assert seen == [129, 65, 64]  # calibrate_norms on the planning images, then the re-estimation
+    assert seen == [129, 65, 64]  # fit_norm_statistics on the planning images, then the re-estimation
 
 
 def test_a_model_that_is_not_a_module_is_refused():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from adderconvert.conversion import calibrate_norms, plan_conversion, restore, swap_layers
+from adderconvert.conversion import fit_norm_statistics, plan_conversion, restore, swap_layers
 from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, layer_errors, reconstruct
 from adderconvert.deploy.export import export_onnx
 from adderconvert.nn import AdderConv2d
@@ -60,7 +60,7 @@ def _sign_student(model, calibration):
     student = copy.deepcopy(model)
     report = plan_conversion(student, calibration)
     swap_layers(student, None, init="sign", report=report)
-    calibrate_norms(student, report, calibration)
+    fit_norm_statistics(student, report, calibration)
     return student.eval(), report
 
 

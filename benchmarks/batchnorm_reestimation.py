@@ -1,11 +1,12 @@
 """How much the BatchNorm re-estimation's batch count moves a saved model's top-1.
 
 For each checkpoint (an adderconvert checkpoint, e.g. benchmarks/recipes.py's OUTPUT/MODEL.pt) and each count N,
-the BatchNorm statistics are re-estimated over N shuffled training batches (train.loop.recalibrate_batchnorm,
-what fine-tuning does before each evaluation with N = recalibrate_steps) and the model is evaluated on the
+the BatchNorm statistics are re-estimated over N shuffled training batches (train.loop.reestimate_batchnorm,
+what fine-tuning does before each evaluation with N = batchnorm_batches) and the model is evaluated on the
 whole test split, once per shuffle seed. The spread over seeds is the estimate's noise at that count.
 
-Usage: python benchmarks/recalibration.py runs/recipes/NAME/MODEL.pt [...] [--batches 20 200] [--draws 3] [--data DIR]
+Usage: python benchmarks/batchnorm_reestimation.py runs/recipes/NAME/MODEL.pt [...] [--batches 20 200] [--draws 3]
+       [--data DIR]
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adderconvert.checkpoint import CheckpointError, load, read_meta  # noqa: E402
 from adderconvert.data import DataError, load_dataset  # noqa: E402
 from adderconvert.train import evaluate  # noqa: E402
-from adderconvert.train.loop import recalibrate_batchnorm  # noqa: E402
+from adderconvert.train.loop import reestimate_batchnorm  # noqa: E402
 
 BATCH_SIZE = 64  # the cpu budget's and the CLI's training batch
 
 
-def recalibrated_top1(model: nn.Module, train_set: Dataset, test_set: Dataset, batches: int, seed: int) -> float:
+def reestimated_top1(model: nn.Module, train_set: Dataset, test_set: Dataset, batches: int, seed: int) -> float:
     """Top-1 (%) on ``test_set`` after BatchNorm is re-estimated over ``batches`` shuffled training batches."""
     loader = DataLoader(
         train_set, batch_size=BATCH_SIZE, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
     )
-    recalibrate_batchnorm(model, loader, batches)
+    reestimate_batchnorm(model, loader, batches)
     return evaluate(model, test_set)
 
 
@@ -58,7 +59,7 @@ def main() -> None:
         except (CheckpointError, DataError) as e:
             raise SystemExit(f"{path}: {e}") from None
         for count in args.batches:
-            tops = [recalibrated_top1(model, splits.train, splits.test, count, seed) for seed in range(args.draws)]
+            tops = [reestimated_top1(model, splits.train, splits.test, count, seed) for seed in range(args.draws)]
             print(
                 f"{path} batches {count}: {' '.join(f'{t:.2f}' for t in tops)} "
                 f"mean {statistics.mean(tops):.2f} sd {statistics.pstdev(tops):.2f}",
