@@ -43,6 +43,7 @@ from adderconvert.app.pipeline import RunConfig, adder_train_config, checkpoint_
 from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.checkpoint import save_checkpoint  # noqa: E402
 from adderconvert.conversion import (  # noqa: E402
+    DEPLOYMENT_SIZE,
     INIT_CHOICES,
     KEEP_KINDS,
     RECONSTRUCT_METHODS,
@@ -208,11 +209,6 @@ def fine_tune_config(budget: Budget, overrides: dict) -> TrainConfig:
     return replace(adder_train_config(run), log=False, **overrides)
 
 
-# Conv MACs are also counted at this input size, the deployment size of ImageNet models: squeeze-excitation convs
-# act on pooled vectors, so their share of the MACs at 32 px (26-42% on the mobile families) says little.
-DEPLOYMENT_SIZE = 224
-
-
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
     """The share of ``name``'s conv MACs at ``size`` px in the layers ``report`` converts."""
     at_size = plan_conversion(build_model(name, num_classes).eval(), torch.zeros(1, 3, size, size))
@@ -228,7 +224,8 @@ def convert_student(name: str, teacher, splits, test_set, ctx, conversion: dict)
         init=conversion.get("init", RunConfig.init),
         reconstruct=conversion.get("reconstruct", RunConfig.reconstruct),
         keep=list(conversion.get("keep", RunConfig().keep)),
-        keep_mac_budget=conversion.get("keep_mac_budget", 0.0),
+        keep_ceiling=conversion.get("keep_ceiling", RunConfig.keep_ceiling),
+        keep_mac_budget=conversion.get("keep_mac_budget", RunConfig.keep_mac_budget),
     )
     converted = convert_trained(
         teacher,
@@ -344,7 +341,12 @@ def markdown_table(
         k: getattr(fine_tune_config(budget, overrides), k)
         for k in ("lr", "eta", "weight_decay", "kd_alpha", "kd_temperature", "feature_kd")
     }
-    conversion = {"init": RunConfig.init, "keep_mac_budget": 0.0, **(conversion or {})}
+    conversion = {
+        "init": RunConfig.init,
+        "keep_ceiling": RunConfig.keep_ceiling,
+        "keep_mac_budget": RunConfig.keep_mac_budget,
+        **(conversion or {}),
+    }
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
     tests = budget.test_images or "all 10,000"
@@ -359,6 +361,7 @@ def markdown_table(
             else f"Recipe: {recipe} ({', '.join(f'{k} {v}' for k, v in settings.items())}). "
         )
         + f"Conversion: init {conversion['init']}, keep {', '.join(conversion.get('keep', [])) or 'none'}, "
+        f"keep_ceiling {conversion['keep_ceiling']:g} at {DEPLOYMENT_SIZE} px, "
         f"keep_mac_budget {conversion['keep_mac_budget']:g}, "
         f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}, reconstruct "
         f"{conversion.get('reconstruct', 'none')}{' (inside)' if conversion.get('inside') else ''}.",
@@ -425,7 +428,8 @@ def main() -> None:
     parser.add_argument(
         "--keep", nargs="*", default=RunConfig().keep, choices=KEEP_KINDS, help="see plan_conversion (none: --keep)"
     )
-    parser.add_argument("--keep-mac-budget", type=float, default=0.0, help="see plan_conversion")
+    parser.add_argument("--keep-ceiling", type=float, default=RunConfig.keep_ceiling, help="see plan_conversion")
+    parser.add_argument("--keep-mac-budget", type=float, default=RunConfig.keep_mac_budget, help="see plan_conversion")
     parser.add_argument("--sign-margin", type=float, default=SIGN_MARGIN, help="see conversion.sign_edges")
     parser.add_argument(
         "--reconstruct",
@@ -435,7 +439,12 @@ def main() -> None:
     )
     parser.add_argument("--inside", action="store_true", help="--reconstruct signs may place weights inside the range")
     args = parser.parse_args()
-    conversion = {"init": args.init, "keep_mac_budget": args.keep_mac_budget, "sign_margin": args.sign_margin}
+    conversion = {
+        "init": args.init,
+        "keep_ceiling": args.keep_ceiling,
+        "keep_mac_budget": args.keep_mac_budget,
+        "sign_margin": args.sign_margin,
+    }
     conversion["keep"] = list(args.keep)
     conversion.update(reconstruct=args.reconstruct, inside=args.inside)
     overrides = parse_overrides(args.overrides)
@@ -461,6 +470,8 @@ def main() -> None:
                 build_model(name, 10).eval(),
                 torch.zeros(1, 3, budget.image_size, budget.image_size),
                 keep=conversion["keep"],
+                keep_ceiling=conversion["keep_ceiling"],
+                mac_size=DEPLOYMENT_SIZE,
                 keep_mac_budget=conversion["keep_mac_budget"],
             )
             share, share_224 = report.converted_macs / max(report.total_macs, 1), converted_share_at(name, 10, report)

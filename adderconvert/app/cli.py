@@ -17,7 +17,7 @@ import click
 import yaml
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
-from adderconvert.conversion import INIT_CHOICES, KEEP_KINDS
+from adderconvert.conversion import DEPLOYMENT_SIZE, INIT_CHOICES, KEEP_KINDS
 from adderconvert.data import DATASETS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
@@ -155,6 +155,13 @@ def _interrupt_on_sigterm():
     type=click.Choice((*KEEP_KINDS, "none")),
     help="Keep this kind of conv multiplicative (repeatable); none converts them all "
     f"[{' '.join(RunConfig().keep) or 'none'}].",
+)
+@click.option(
+    "--keep-ceiling",
+    type=float,
+    default=None,
+    help=f"Keep at most this share of the conv MACs (counted at {DEPLOYMENT_SIZE} px) multiplicative, the stem "
+    f"included: the --keep kinds that binary weights fit best are converted beyond it [{RunConfig.keep_ceiling:g}].",
 )
 @click.option(
     "--keep-mac-budget",

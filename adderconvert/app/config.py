@@ -13,6 +13,7 @@ import yaml
 from adderconvert.conversion import (
     DEFAULT_INIT,
     DEFAULT_KEEP,
+    DEFAULT_KEEP_CEILING,
     DEFAULT_RECONSTRUCT,
     INIT_CHOICES,
     KEEP_KINDS,
@@ -50,6 +51,7 @@ class RunConfig:
     keep_stem: bool = True
     keep_classifier: bool = True
     keep: list[str] = field(default_factory=lambda: list(DEFAULT_KEEP))  # kinds of conv kept multiplicative
+    keep_ceiling: float = DEFAULT_KEEP_CEILING  # share of the conv MACs (at DEPLOYMENT_SIZE px) kept at most
     keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
     sync_bn: bool = TrainConfig.sync_bn
     amp: bool = TrainConfig.amp
@@ -116,6 +118,7 @@ _RULES: dict[str, _Rule] = {
     "keep_stem": _Rule(bool),
     "keep_classifier": _Rule(bool),
     "keep": _Rule(list, choices=(*KEEP_KINDS, "none")),  # "none": every kind converts
+    "keep_ceiling": _Rule(float, low=0, high=1),
     "keep_mac_budget": _Rule(float, low=0, high=1),
     "sync_bn": _Rule(bool),
     "amp": _Rule(bool),

@@ -44,6 +44,7 @@ from adderconvert.architectures.registry import build, task_of
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
 from adderconvert.conversion import (
     CALIBRATION_IMAGES,
+    DEPLOYMENT_SIZE,
     PLAN_IMAGES,
     SIGN_MARGIN,
     Conversion,
@@ -102,8 +103,8 @@ def draw_calibration_images(splits: DatasetSplits, seed: int, count: int = CALIB
 
 def _rules(config: RunConfig) -> dict:
     """The run's conversion rules, as plan_conversion and run_conversion take them."""
-    names = ("include", "exclude", "keep_stem", "keep_classifier", "keep", "keep_mac_budget")
-    return {name: getattr(config, name) for name in names}
+    names = ("include", "exclude", "keep_stem", "keep_classifier", "keep", "keep_ceiling", "keep_mac_budget")
+    return {name: getattr(config, name) for name in names} | {"mac_size": DEPLOYMENT_SIZE}
 
 
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> ConversionReport:

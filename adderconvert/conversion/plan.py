@@ -412,6 +412,8 @@ def plan_conversion(
     keep_classifier: bool = True,
     insert_bn: bool = True,
     keep: Sequence[str] | None = None,
+    keep_ceiling: float = 1.0,
+    mac_size: int | None = None,
     keep_mac_budget: float = 0.0,
 ) -> ConversionReport:
     """Decide which convs become adder layers, without changing the model.
@@ -431,14 +433,22 @@ def plan_conversion(
     converted becomes a trainable adder layer; the report marks it (``frozen``).
 
     ``keep`` names kinds of conv kept multiplicative (:data:`KEEP_KINDS`): ``"depthwise"`` (groups equal to
-    the input channels) and ``"squeeze_excitation"`` (a conv on a globally pooled vector).
+    the input channels) and ``"squeeze_excitation"`` (a conv on a globally pooled vector). ``keep_ceiling`` caps
+    the conv MACs left multiplicative, counted at ``mac_size`` px (a square input; ``None``: the example's size),
+    at that share: together with every other conv kept (the stem, prediction convs, the rules'), the convs of the
+    kept kinds whose binary-weight twin matches them worst per MAC stay, the others are converted. Count at the size
+    the model is deployed at: a squeeze-excitation conv's MACs do not grow with the image, so its share at 32 px is
+    many times its share at 224.
 
     ``keep_mac_budget`` (a share of all conv MACs, e.g. 0.05) keeps multiplicative the convs the rules
     would convert whose binary-weight twin matches them worst per MAC (``sign_error / macs``, highest
     first: depthwise and squeeze-excitation convs in mobile networks), as long as their MACs fit the budget.
     """
-    if not 0.0 <= keep_mac_budget <= 1.0:
-        raise ValueError(f"keep_mac_budget is a share of the MACs, from 0 to 1; got {keep_mac_budget}")
+    for option, share in (("keep_ceiling", keep_ceiling), ("keep_mac_budget", keep_mac_budget)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{option} is a share of the MACs, from 0 to 1; got {share}")
+    if mac_size is not None and (isinstance(mac_size, bool) or not isinstance(mac_size, int) or mac_size < 1):
+        raise ValueError(f"mac_size is an input size in pixels (a positive integer); got {mac_size!r}")
     keep = () if keep is None else keep
     unknown = [keep] if isinstance(keep, str) else sorted(set(keep) - set(KEEP_KINDS))
     if unknown:
@@ -459,6 +469,7 @@ def plan_conversion(
 
     report = ConversionReport(model=type(model).__name__)
     planned: dict[str, LayerDecision] = {}
+    kept_kinds: dict[str, bool] = {}  # conv kept by its kind -> whether converting it would insert a norm
     for index, (name, conv, std, low, in_shape, out_shape, extra) in enumerate(order):
         if not isinstance(conv, nn.modules.conv._ConvNd):
             continue
@@ -497,6 +508,8 @@ def plan_conversion(
             order[index + 1][0] if index + 1 < len(order) and isinstance(order[index + 1][1], _BATCHNORMS) else None
         )
         needs_bn = do and insert_bn and following is None
+        if rule.endswith("kept (keep)"):
+            kept_kinds[name] = insert_bn and following is None
         planned[name] = LayerDecision(
             name=name,
             in_channels=conv.in_channels,
@@ -517,9 +530,51 @@ def plan_conversion(
             frozen=not all(p.requires_grad for p in conv.parameters()),
         )
         report.layers.append(planned[name])
+    if kept_kinds and keep_ceiling < 1.0:
+        at_size = _conv_macs_at(model, used, mac_size)
+        _keep_kinds_within(report, kept_kinds, keep_ceiling, at_size, mac_size)
     if keep_mac_budget > 0:
         _keep_within_budget(report, keep_mac_budget)
     return report
+
+
+def _conv_macs_at(model: nn.Module, example: object, size: int | None) -> dict[str, int] | None:
+    """Each conv's MACs (every run summed) on one square image of ``size`` px, or None where that is the
+    example's own size or the model takes no image batch (a detector's image lists)."""
+    if size is None or not isinstance(example, torch.Tensor) or example.dim() != 4 or example.shape[-2:] == (size,) * 2:
+        return None
+    macs: dict[str, int] = {}
+    for name, module, _, _, in_shape, out_shape, _ in _trace_leaves(
+        model, example.new_zeros(1, example.shape[1], size, size)
+    ):
+        if isinstance(module, nn.modules.conv._ConvNd):
+            macs[name] = macs.get(name, 0) + _macs(module, in_shape, out_shape)
+    return macs
+
+
+def _keep_kinds_within(
+    report: ConversionReport, kept_kinds: dict[str, bool], ceiling: float, at_size: dict[str, int] | None, size
+) -> None:
+    """Convert the convs kept by their kind where all the kept convs (the stem and the other rules' too) would
+    pass ``ceiling`` of the conv MACs (``at_size``'s counts, or the report's), keeping those whose binary-weight
+    error per MAC is highest."""
+
+    def macs(decision: LayerDecision) -> int:
+        return at_size.get(decision.name, decision.macs) if at_size is not None else decision.macs
+
+    kept_otherwise = sum(macs(d) for d in report.layers if not d.convert and d.name not in kept_kinds)
+    allowed = ceiling * sum(macs(d) for d in report.layers) - kept_otherwise
+    kept = [d for d in report.layers if d.name in kept_kinds]
+    kept.sort(key=lambda d: (d.sign_error or 0.0) / max(macs(d), 1), reverse=True)
+    spent = 0
+    where = f" at {size} px" if at_size is not None else ""
+    for decision in kept:
+        if spent + macs(decision) <= allowed:
+            spent += macs(decision)
+            continue
+        decision.convert, decision.insert_bn = True, kept_kinds[decision.name]
+        kind = decision.rule.split(" kept")[0]
+        decision.rule = f"{kind} over keep_ceiling {ceiling:g} of the MACs{where}: converted"
 
 
 def _keep_within_budget(report: ConversionReport, budget: float) -> None:

@@ -30,6 +30,8 @@ from adderconvert.conversion.swap import DEFAULT_INIT, INIT_CHOICES, SIGN_MARGIN
 
 __all__ = [
     "DEFAULT_KEEP",
+    "DEFAULT_KEEP_CEILING",
+    "DEPLOYMENT_SIZE",
     "DEFAULT_RECONSTRUCT",
     "NORM_BATCH",
     "PLAN_IMAGES",
@@ -50,6 +52,13 @@ DEFAULT_RECONSTRUCT = "signs"
 # epoch ended 2.5 pt short of its CNN with them converted (docs/results/recipes_cpu_converged.md). Squeeze-
 # excitation convs act on pooled vectors: 0.7% of its MACs at 224 px. Networks without them are unaffected.
 DEFAULT_KEEP = ("depthwise", "squeeze_excitation")
+# At most this share of the conv MACs stays multiplicative (the stem and the kept kinds together), counted at
+# DEPLOYMENT_SIZE px: on MobileNetV3-Small the stem and the kept kinds are 24% of the MACs at 224 px, and the
+# kinds give way (the ones binary weights fit best per MAC are converted) until 85% are converted; on the other
+# families in docs/results/recipes_cpu_converged.md everything kept is 6-15% and the ceiling changes nothing.
+DEFAULT_KEEP_CEILING = 0.15
+# The input size the MAC shares are counted at: ImageNet's, which torchvision's models are built for.
+DEPLOYMENT_SIZE = 224
 # Reconstruction keeps the CNN's output and input of every converted layer, and the adder model's, for each
 # image it fits on: it fits on as many of the planning images as that takes within this many bytes (at least
 # RECONSTRUCT_MIN_IMAGES; a fit reads at most reconstruction.MAX_SAMPLES positions per layer anyway).
@@ -86,6 +95,8 @@ def run_conversion(
     keep_stem: bool = True,
     keep_classifier: bool = True,
     keep: Sequence[str] = DEFAULT_KEEP,
+    keep_ceiling: float = DEFAULT_KEEP_CEILING,
+    mac_size: int | None = DEPLOYMENT_SIZE,
     keep_mac_budget: float = 0.0,
     sign_margin: float = SIGN_MARGIN,
     inside: bool = False,
@@ -104,7 +115,8 @@ def run_conversion(
     ``init`` (:data:`~adderconvert.conversion.INIT_CHOICES`; other inits than ``sign`` skip reconstruction),
     ``reconstruct_method`` (``"signs"``, ``"affine"`` or None), the rules ``include``/``exclude`` (wildcards on
     conv names), ``keep_stem``, ``keep_classifier``, ``keep`` (kinds of conv kept multiplicative:
-    :data:`DEFAULT_KEEP` by default, ``()`` converts them too) and ``keep_mac_budget`` (see
+    :data:`DEFAULT_KEEP` by default, ``()`` converts them too), ``keep_ceiling`` and ``mac_size`` (at most
+    :data:`DEFAULT_KEEP_CEILING` of the conv MACs at :data:`DEPLOYMENT_SIZE` px kept) and ``keep_mac_budget`` (see
     :func:`~adderconvert.conversion.plan_conversion`), ``sign_margin`` (see
     :func:`~adderconvert.conversion.sign_edges`) and ``inside`` (see
     :func:`~adderconvert.conversion.reconstruct`) choose the steps. ``log`` receives a line per step (the plan's
@@ -127,7 +139,15 @@ def run_conversion(
     data = calibration_images(model, calibration, max_images) if calibration is not None else None
     planning = data[:PLAN_IMAGES] if data is not None else None
     rules = dict(include=include, exclude=exclude, keep_stem=keep_stem, keep_classifier=keep_classifier)
-    report = plan_conversion(model, planning, **rules, keep=keep, keep_mac_budget=keep_mac_budget)
+    report = plan_conversion(
+        model,
+        planning,
+        **rules,
+        keep=keep,
+        keep_ceiling=keep_ceiling,
+        mac_size=mac_size,
+        keep_mac_budget=keep_mac_budget,
+    )
     if not report.converted:
         raise ValueError(
             f"nothing to convert: no Conv2d of {type(model).__name__} becomes an adder layer under these rules "
@@ -160,7 +180,7 @@ def convert(model: nn.Module, calibration: Calibration | None, **options) -> nn.
     ``calibration`` is training data, normalised as in training: a tensor of images (N, C, H, W), an iterable of
     batches (a ``DataLoader``) or a callable ``forward_loop(model)``; about 1,024 images are enough. ``options``
     choose the steps (``init``, ``reconstruct_method``, ``include``, ``exclude``, ``keep_stem``,
-    ``keep_classifier``, ``keep``, ``keep_mac_budget``, ``sign_margin``, ``inside``, ``max_images``, ``log``): see
-    :func:`run_conversion`, which also returns the plan's report.
+    ``keep_classifier``, ``keep``, ``keep_ceiling``, ``mac_size``, ``keep_mac_budget``, ``sign_margin``,
+    ``inside``, ``max_images``, ``log``): see :func:`run_conversion`, which also returns the plan's report.
     """
     return run_conversion(model, calibration, **options).model

@@ -462,6 +462,41 @@ def test_keep_mac_budget_keeps_the_worst_binary_layers_within_the_budget():
         plan_conversion(model, x, keep_mac_budget=1.5)
 
 
+def test_keep_ceiling_converts_the_kept_kinds_that_binarise_best_beyond_it():
+    """MobileNetV3-Small keeps 24% of its conv MACs at 224 px with its stem, depthwise and squeeze-excitation convs:
+    a ceiling of 15% counted at 224 px converts the depthwise convs whose binary twin fits best per MAC there."""
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    uncapped = plan_conversion(model, x, keep=KEEP_KINDS)
+    capped = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15, mac_size=224)
+    at_224 = {d.name: d.macs for d in plan_conversion(model, torch.zeros(1, 3, 224, 224)).layers}
+    total = sum(at_224.values())
+    kept = [d for d in capped.layers if not d.convert]
+    assert (
+        sum(at_224[d.name] for d in kept)
+        <= 0.15 * total
+        < sum(at_224[d.name] for d in uncapped.layers if not d.convert)
+    )
+    given_way = [d for d in capped.layers if "over keep_ceiling 0.15 of the MACs at 224 px" in d.rule]
+    assert given_way and all(d.convert and d.groups == d.in_channels for d in given_way)
+    assert all(d.insert_bn is False for d in given_way)  # each is followed by its own BatchNorm
+    # Those converted binarise better per MAC at 224 px than every depthwise conv still kept.
+    worst_converted = max(d.sign_error / at_224[d.name] for d in given_way)
+    still_kept = [d for d in kept if d.groups > 1 and d.groups == d.in_channels]
+    assert still_kept and min(d.sign_error / at_224[d.name] for d in still_kept) >= worst_converted
+    # At the example's own size (32 px), squeeze-excitation is a large share and the ceiling takes more.
+    at_32 = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15)
+    assert sum(d.macs for d in at_32.layers if not d.convert) <= 0.15 * at_32.total_macs
+    assert len(at_32.converted) > len(capped.converted)
+    # A ceiling the kept convs fit under changes nothing; ResNet-18 keeps its stem only.
+    loose = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.3, mac_size=224)
+    assert [d.convert for d in loose.layers] == [d.convert for d in uncapped.layers]
+    assert len(plan_conversion(_resnet18(), X, keep=KEEP_KINDS, keep_ceiling=0.0).converted) == 19
+    for bad in ({"keep_ceiling": -0.1}, {"keep_ceiling": 2}, {"mac_size": 0}, {"mac_size": 22.4}):
+        with pytest.raises(ValueError, match="keep_ceiling|mac_size"):
+            plan_conversion(model, x, **bad)
+
+
 @pytest.mark.parametrize("size", [32, 64])  # at 32 px the last maps are 1x1, as pooled vectors are
 def test_keep_depthwise_and_squeeze_excitation_convs(size):
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
