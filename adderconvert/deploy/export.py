@@ -26,6 +26,16 @@ import onnxscript
 import torch
 from onnx import helper, numpy_helper
 
+from adderconvert.deploy.dense import (
+    IMAGES,
+    LOGITS,
+    RAW_BOXES,
+    RAW_SCORES,
+    DetectionHeads,
+    SegmentationLogits,
+    append_detection_postprocess,
+    model_task,
+)
 from adderconvert.deploy.ops import (
     ADDER_CONV_SCHEMA,
     DOMAIN,
@@ -50,6 +60,7 @@ _RESERVED_METADATA = (
     "quantization",
     "dynamic_hw",
     "min_image_size",
+    "postprocess",
 )
 # The portable form materialises |patches - weights| for a chunk of output channels at a time, at most this
 # many elements per image.
@@ -238,7 +249,7 @@ def _static_shapes(model: onnx.ModelProto, input_shape: Sequence[int]) -> dict[s
         dim.Clear()
         dim.dim_value = size
     del fixed.graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(fixed)
+    inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)  # sizes computed from Shape (an FPN)
     shapes = {}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         dims = value.type.tensor_type.shape.dim
@@ -442,6 +453,11 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` (in eval mode, on CPU) to one self-contained ONNX file and return its path.
 
+    A classifier's graph maps ``input`` to ``output``. torchvision's segmentation and detection models export as
+    :mod:`adderconvert.deploy.dense` says: ``images`` to ``logits`` (the model's ``"out"``), or ``images``
+    ``(N, 3, S, S)`` to ``boxes``, ``scores``, ``labels`` and ``image_index``, post-processing included (RetinaNet,
+    FCOS, SSD; ``example_inputs`` may be a detector's list of images, of the size ``S`` its transform keeps).
+
     Adder layers become ``com.adderconvert::AdderConv`` (or ``FusedAdderConv`` with ``fuse_bn``); run the
     file with :func:`adderconvert.deploy.runtime.make_session`. With ``portable`` they become standard ONNX ops
     (see :func:`make_portable`; BatchNorm stays ``BatchNormalization``, ``fuse_bn`` is ignored), which any
@@ -453,13 +469,18 @@ def export_onnx(
     values as JSON) beside ``adderconvert_version``, ``torch_version``, ``adder_form`` (``custom_op`` or
     ``portable``) and ``adder_precision`` (``int8`` when the model holds QuantizedAdderConv2d layers, from
     :func:`adderconvert.quantize`, with their calibration as ``quantization``; else ``fp32``). The file passes
-    ``onnx.checker`` with ``full_check``.
+    ``onnx.checker`` with ``full_check``. ``task`` (``classification``, ``segmentation`` or ``detection``) is
+    written too, and for a detector ``postprocess``: its score threshold, NMS and top-k settings.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, (torch.Tensor, list, tuple)):
         found = type(example_inputs).__name__
         raise TypeError(f"example_inputs must be a torch.Tensor batch (N, C, H, W), got {found} (torch.from_numpy?)")
+    task = model_task(model)
+    if task == "detection" and isinstance(example_inputs, (list, tuple)) and len(example_inputs) > 1:
+        if all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in example_inputs):
+            example_inputs = torch.stack(list(example_inputs))  # a detector's list of images, one size
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise ValueError(f"export_onnx expects one example input tensor, got {len(inputs)} inputs")
@@ -480,20 +501,30 @@ def export_onnx(
     clash = sorted(set(metadata or {}) & set(_RESERVED_METADATA))
     if clash:
         raise ValueError(f"metadata keys {clash} are written by export_onnx itself")
+    if (metadata or {}).get("task", task) != task:
+        raise ValueError(f"metadata says task {metadata['task']!r}, but the model is a {task} model")
+    if task == "detection" and dynamic_hw:
+        raise ValueError("a detector exports at one image size (its anchors are constants of it): no dynamic_hw")
     was_training = model.training
     model.eval()
     try:
-        min_size = dynamic_hw_sizes(model, inputs[0]) if dynamic_hw else None
+        module, input_name, output_names, heads = model, INPUT_NAME, [OUTPUT_NAME], None
+        if task == "segmentation":
+            module, input_name, output_names = SegmentationLogits(model).eval(), IMAGES, [LOGITS]
+        elif task == "detection":
+            heads = DetectionHeads(model, tuple(inputs[0].shape[-2:])).eval()
+            module, input_name, output_names = heads, IMAGES, [RAW_BOXES, RAW_SCORES]
+        min_size = dynamic_hw_sizes(module, inputs[0]) if dynamic_hw else None
         dims = {0: torch.export.Dim.DYNAMIC} if dynamic_batch else {}
         if dynamic_hw:
             dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
         program = torch.onnx.export(
-            model,
+            module,
             inputs,
             dynamo=True,
             opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=[input_name],
+            output_names=output_names,
             dynamic_shapes=(dims,) if dims else None,
             custom_translation_table=_translation_table(),
             report=False,
@@ -512,6 +543,8 @@ def export_onnx(
             fuse_batchnorm(proto)
         if not any(o.domain == DOMAIN for o in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    if heads is not None:
+        append_detection_postprocess(proto, heads)
     del proto.metadata_props[:]
     props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     props.update(
@@ -520,7 +553,10 @@ def export_onnx(
         adder_form="portable" if portable else "custom_op",
         dynamic_hw=json.dumps(dynamic_hw),
         adder_precision="int8" if quantized else "fp32",
+        task=task,
     )
+    if heads is not None:
+        props["postprocess"] = json.dumps(heads.postprocess_settings())
     if quantized and getattr(model, "quantization", None):
         props["quantization"] = json.dumps(model.quantization)
     if min_size is not None:

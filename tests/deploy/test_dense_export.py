@@ -1,0 +1,333 @@
+"""Segmentation and detection models in ONNX: PyTorch against ONNX Runtime (through ``run_dense``), for the CNN and its
+adder model (``adderconvert.conversion.convert`` on a few built-in scenes), in every form (custom op with BatchNorms
+folded, portable, INT8).
+
+- Segmentation: the same argmax on at least 99.9% of the pixels.
+- Detection (post-processing in the graph): the same detections above score 0.3, each matched with the same label,
+  IoU >= 0.99 and a score within 1e-4. An untrained detector scores every anchor about its prior (0.01 for RetinaNet
+  and FCOS, 1/C for SSD), below 0.3, and its boxes are specks, so the tests redraw the weights of its prediction
+  convs (``_score_spread``): a few dozen detections per image above 0.3, boxes of some pixels, well below the
+  ``detections_per_img`` cut. Noise (std 0.05) is added to the scenes: on their black background many anchors would
+  tie, and NMS may keep either of two tied boxes.
+
+The default tier uses small models of torchvision's classes (tests/conversion/_dense.py and a small SSD here); the
+named torchvision models are the slow tier.
+"""
+
+from collections import OrderedDict
+
+import onnx
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD
+from torchvision.ops import box_iou
+
+import adderconvert
+from adderconvert.architectures.dense import build_dense_model
+from adderconvert.conversion import convert
+from adderconvert.data import FASHION_MNIST_DIR
+from adderconvert.data_scenes import load_scenes
+from adderconvert.deploy.export import export_onnx, input_metadata, read_metadata
+from adderconvert.deploy.ops import DOMAIN
+from adderconvert.deploy.runtime import make_session, run_dense
+from adderconvert.nn import AdderConv2d
+from tests.conversion._dense import small_deeplab, small_fcos
+
+pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+
+SIZE = 64
+THRESHOLD, SCORE_TOLERANCE, MIN_IOU = 0.3, 1e-4, 0.99
+# The prediction convs of RetinaNet and FCOS, and SSD's (their last conv: SSDlite's is a Sequential).
+_PREDICTIONS = ("cls_logits", "bbox_reg", "bbox_ctrness", *(f"module_list.{i}" for i in range(8)),
+                *(f"module_list.{i}.1" for i in range(8)))  # fmt: skip
+INT8_SCORE_TOLERANCE, INT8_MIN_IOU = 0.02, 0.9
+BOX_TOLERANCE = 1e-3  # pixels, for boxes of no area (clipped to the image's edge), which have no IoU
+
+
+def _scenes(task: str, count: int, size: int = SIZE, noise: float = 0.0) -> torch.Tensor:
+    """The first ``count`` test scenes of ``task`` as one batch, with Gaussian ``noise`` added (seeded)."""
+    data = load_scenes(task, image_size=size, counts={"train": 0, "test": count})
+    images = torch.stack([data.test[i][0] for i in range(count)])
+    return images + noise * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+
+
+def _score_spread(model: nn.Module) -> nn.Module:
+    """Redraw the prediction convs of an untrained detector (``_PREDICTIONS``) so that a few dozen anchors per image
+    score above 0.3 with boxes of some size: class logits of unit variance about -3 (SSD: the background's 3 above
+    the others'), box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a distance)."""
+    torch.manual_seed(1)
+    head = model.head.classification_head
+    classes = head.num_columns if isinstance(model, SSD) else head.num_classes
+    for name, conv in model.head.named_modules():
+        if not (isinstance(conv, nn.Conv2d) and name.endswith(_PREDICTIONS)):
+            continue
+        logits = name.startswith("classification_head")
+        nn.init.normal_(conv.weight, 0, (1.0 if logits else 0.5) * conv.weight[0].numel() ** -0.5)
+        if conv.bias is not None:
+            # FCOS's box regression goes through a ReLU: about 1 (an anchor's size each side), not 0 (no area)
+            distance = isinstance(model, FCOS) and name.endswith("bbox_reg")
+            nn.init.normal_(conv.bias, -3.0 if logits else float(distance), 1.0 if logits else 0.0)
+            if logits and isinstance(model, SSD):  # softmax over the classes, the background first of each anchor's
+                conv.bias.data += 3.0 * (torch.arange(len(conv.bias)) % classes == 0)
+    return model.eval()
+
+
+def small_ssd(size: int, num_classes: int = 11) -> SSD:
+    """torchvision's SSD on a 3-conv backbone with two feature maps (strides 4 and 8), its transform at ``size``."""
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+            self.layer1 = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1), nn.BatchNorm2d(24), nn.ReLU())
+            self.layer2 = nn.Sequential(nn.Conv2d(24, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+
+        def forward(self, x):
+            first = self.layer1(self.stem(x))
+            return OrderedDict([("0", first), ("1", self.layer2(first))])
+
+    return SSD(Backbone(), DefaultBoxGenerator([[2], [2]]), (size, size), num_classes, [0.5] * 3, [0.25] * 3)
+
+
+def _adder(model: nn.Module, calibration) -> nn.Module:
+    adder = convert(model, calibration).eval()
+    assert any(isinstance(m, AdderConv2d) for m in adder.modules())
+    return adder
+
+
+def _agreement(model: nn.Module, path, images: torch.Tensor) -> float:
+    """The share of pixels whose argmax ONNX Runtime and PyTorch agree on."""
+    with torch.no_grad():
+        expected = model(images)["out"].argmax(1)
+    got = run_dense(make_session(path, intra_op_num_threads=1), images)
+    assert got.shape == (len(images), 11, *images.shape[-2:])
+    return float((got.argmax(1) == expected).double().mean())
+
+
+def _matched(
+    expected: list[dict], got: list[dict], score_tolerance: float = SCORE_TOLERANCE, min_iou: float = MIN_IOU
+) -> int:
+    """Assert that the detections above THRESHOLD of ``expected`` and ``got`` are the same (label, IoU >= MIN_IOU,
+        score within SCORE_TOLERANCE; the other side's may lie just below THRESHOLD) and return how many there are. A box of
+    no area (clipped to the image's edge: FCOS and RetinaNet keep them) matches one whose corners are within
+    BOX_TOLERANCE."""
+    assert len(expected) == len(got)
+    count = 0
+    for image, (first, second) in enumerate(zip(expected, got)):
+        for side, (a, b) in enumerate(((first, second), (second, first))):
+            above = (a["scores"] > THRESHOLD).nonzero().flatten().tolist()
+            candidates = b["scores"] > THRESHOLD - score_tolerance
+            ious = box_iou(a["boxes"], b["boxes"]) if len(b["boxes"]) else torch.zeros(len(a["boxes"]), 0)
+            # a box clipped to no area has no IoU: its corners must agree instead
+            ious[(a["boxes"][:, None] - b["boxes"][None]).abs().amax(-1) <= BOX_TOLERANCE] = 1.0
+            used: set[int] = set()
+            for i in above:
+                fits = (
+                    candidates
+                    & (b["labels"] == a["labels"][i])
+                    & ((b["scores"] - a["scores"][i]).abs() <= score_tolerance)
+                    & (ious[i] >= min_iou)
+                )
+                match = next((j for j in fits.nonzero().flatten().tolist() if j not in used), None)
+                assert match is not None, f"image {image}: detection {i} {a['boxes'][i].tolist()} unmatched"
+                used.add(match)
+            count += len(above) if side == 0 else 0
+    return count
+
+
+def _detection_parity(model: nn.Module, path, images: torch.Tensor, **tolerances: float) -> int:
+    with torch.no_grad():
+        expected = model(list(images))
+    session = make_session(path, intra_op_num_threads=1)
+    got = run_dense(session, images)
+    assert all(d["labels"].dtype == torch.int64 and d["boxes"].shape[1:] == (4,) for d in got)
+    return _matched(expected, got, **tolerances)
+
+
+# --- segmentation ---
+
+
+@pytest.fixture(scope="module")
+def deeplab():
+    torch.manual_seed(0)
+    cnn = small_deeplab(num_classes=11).eval()
+    images = _scenes("segmentation", 12)
+    return cnn, _adder(cnn, images[:8]), images[8:]
+
+
+def test_segmentation_exports_logits_without_the_auxiliary_head(deeplab, tmp_path):
+    cnn, _, images = deeplab
+    metadata = input_metadata(image_size=SIZE, classes=[str(c) for c in range(11)], dataset="scenes")
+    path = export_onnx(cnn, tmp_path / "cnn.onnx", images[:2], metadata=metadata)
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+    main = sum(isinstance(m, nn.Conv2d) for n, m in cnn.named_modules() if not n.startswith("aux_classifier"))
+    assert convs == main  # the auxiliary classifier's convs are not in the graph
+    metadata = read_metadata(path)
+    assert metadata["task"] == "segmentation" and metadata["image_size"] == [SIZE, SIZE]
+    assert _agreement(cnn, path, images) >= 0.999  # batch 4 through a batch-2 export
+
+
+@pytest.mark.parametrize(
+    "form", ["fused", *(pytest.param(f, marks=pytest.mark.slow) for f in ("unfused", "portable", "int8"))]
+)
+def test_segmentation_adder_model_parity(deeplab, tmp_path, form):
+    _, adder, images = deeplab
+    if form == "int8":
+        adder = adderconvert.quantize(adder, images)
+    path = export_onnx(
+        adder, tmp_path / "adder.onnx", images[:2], fuse_bn=form != "unfused", portable=form == "portable"
+    )
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node if n.domain == DOMAIN}
+    expected = {"fused": {"FusedAdderConv"}, "unfused": {"AdderConv"}, "portable": set()}
+    assert ops == expected.get(form, {"QuantizedAdderConv"})
+    assert _agreement(adder, path, images) >= 0.999
+
+
+@pytest.mark.slow
+def test_segmentation_dynamic_hw(deeplab, tmp_path):
+    cnn, _, images = deeplab
+    path = export_onnx(cnn, tmp_path / "cnn.onnx", images[:1], dynamic_hw=True)
+    assert read_metadata(path)["dynamic_hw"] is True
+    larger = _scenes("segmentation", 2, size=96)
+    assert _agreement(cnn, path, larger) >= 0.999
+
+
+# --- detection ---
+
+
+@pytest.fixture(scope="module")
+def fcos():
+    torch.manual_seed(0)
+    cnn = _score_spread(small_fcos(SIZE, num_classes=11))
+    images = _scenes("detection", 12, noise=0.05)
+    return cnn, _adder(cnn, [list(images[:8])]), images[8:]
+
+
+@pytest.fixture(scope="module")
+def ssd():
+    torch.manual_seed(0)
+    cnn = _score_spread(small_ssd(SIZE))
+    images = _scenes("detection", 12, noise=0.05)
+    return cnn, _adder(cnn, [list(images[:8])]), images[8:]
+
+
+def test_detection_graph_from_image_to_detections(fcos, tmp_path):
+    cnn, _, images = fcos
+    path = export_onnx(cnn, tmp_path / "cnn.onnx", list(images[:2]), metadata={"dataset": "scenes"})
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["boxes", "scores", "labels", "image_index"]
+    assert "NonMaxSuppression" in {n.op_type for n in proto.graph.node}
+    metadata = read_metadata(path)
+    assert metadata["task"] == "detection" and metadata["dataset"] == "scenes"
+    assert metadata["postprocess"] == {
+        "architecture": "FCOS",
+        "score_thresh": pytest.approx(0.2),
+        "nms_thresh": pytest.approx(0.6),
+        "detections_per_img": 100,
+        "topk_candidates": 1000,
+        "topk_per": "level",
+        "image_size": [SIZE, SIZE],
+    }
+    assert _detection_parity(cnn, path, images) > 10
+    assert _detection_parity(cnn, path, images[:3]) > 0  # another batch size
+
+
+@pytest.mark.parametrize("form", ["fused", *(pytest.param(f, marks=pytest.mark.slow) for f in ("portable", "int8"))])
+def test_detection_adder_model_parity(fcos, tmp_path, form):
+    _, adder, images = fcos
+    if form == "int8":
+        adder = adderconvert.quantize(adder, lambda model: model(list(images)))
+    path = export_onnx(adder, tmp_path / "adder.onnx", images[:2], portable=form == "portable")
+    # INT8: a float difference before a layer can move an input across an edge of its uint8 grid, one step of the
+    # grid, which the layers after it carry on: INT8 agrees within grid steps, not float rounding.
+    tolerances = {"score_tolerance": INT8_SCORE_TOLERANCE, "min_iou": INT8_MIN_IOU} if form == "int8" else {}
+    assert _detection_parity(adder, path, images, **tolerances) > 10
+
+
+@pytest.mark.parametrize("stage", ["cnn", "adder"])
+def test_ssd_detection_parity(ssd, tmp_path, stage):
+    """SSD takes the best candidates of each class (not of each level) and leaves out the background."""
+    model = ssd[0] if stage == "cnn" else ssd[1]
+    path = export_onnx(model, tmp_path / "m.onnx", ssd[2][:2])
+    assert read_metadata(path)["postprocess"]["topk_per"] == "class"
+    assert _detection_parity(model, path, ssd[2]) > 10
+
+
+def test_detection_limits_and_no_detection(ssd, tmp_path):
+    cnn, _, images = ssd
+    settings = cnn.detections_per_img, cnn.nms_thresh, cnn.score_thresh
+    cnn.detections_per_img, cnn.nms_thresh = 3, 0.3
+    try:
+        path = export_onnx(cnn, tmp_path / "few.onnx", images[:2])
+        got = run_dense(make_session(path), images)
+        assert [len(d["scores"]) for d in got] == [3] * len(images)
+        assert all(bool((d["scores"][:-1] >= d["scores"][1:]).all()) for d in got)  # highest first
+        _detection_parity(cnn, path, images)
+        cnn.score_thresh = 0.9999
+        path = export_onnx(cnn, tmp_path / "none.onnx", images[:2])
+        got = run_dense(make_session(path), images)
+        assert [d["boxes"].shape for d in got] == [(0, 4)] * len(images)
+    finally:
+        cnn.detections_per_img, cnn.nms_thresh, cnn.score_thresh = settings
+
+
+def test_detection_export_refusals(fcos, tmp_path):
+    cnn, _, images = fcos
+    with pytest.raises(ValueError, match="resizes 32x32 images to 64x64"):
+        export_onnx(cnn, tmp_path / "m.onnx", images[:2, :, :32, :32])
+    with pytest.raises(ValueError, match="no dynamic_hw"):
+        export_onnx(cnn, tmp_path / "m.onnx", images[:2], dynamic_hw=True)
+    with pytest.raises(ValueError, match="metadata says task 'segmentation'"):
+        export_onnx(cnn, tmp_path / "m.onnx", images[:2], metadata={"task": "segmentation"})
+    session = make_session(export_onnx(nn.Sequential(nn.Conv2d(3, 2, 1)).eval(), tmp_path / "c.onnx", images[:1]))
+    with pytest.raises(ValueError, match="not a segmentation or detection model"):
+        run_dense(session, images)
+
+
+def test_two_stage_detectors_are_refused_with_the_reason(tmp_path):
+    model = build_dense_model("fasterrcnn_mobilenet_v3_large_320_fpn", 11, SIZE).eval()
+    with pytest.raises(NotImplementedError, match="two-stage"):
+        export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 3, SIZE, SIZE))
+
+
+# --- torchvision's models (slow) ---
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "fcn_resnet50"])
+def test_torchvision_segmentation_parity(name, tmp_path):
+    torch.manual_seed(0)
+    cnn = build_dense_model(name, 11, SIZE).eval()
+    images = _scenes("segmentation", 8)
+    for stage, model in (("cnn", cnn), ("adder", _adder(cnn, images[:4]))):
+        path = export_onnx(model, tmp_path / f"{stage}.onnx", images[4:6])
+        assert _agreement(model, path, images[4:]) >= 0.999, stage
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn", "retinanet_resnet50_fpn"])
+def test_torchvision_detection_parity(name, tmp_path):
+    torch.manual_seed(0)
+    cnn = _score_spread(build_dense_model(name, 11, SIZE))
+    images = _scenes("detection", 8, noise=0.05)
+    for stage, model in (("cnn", cnn), ("adder", _adder(cnn, [list(images[:4])]))):
+        path = export_onnx(model, tmp_path / f"{stage}.onnx", images[4:6])
+        assert _detection_parity(model, path, images[4:]) > 0, stage
+
+
+def test_parity_helpers_catch_a_difference():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    first = [{"boxes": boxes, "scores": torch.tensor([0.9, 0.5]), "labels": torch.tensor([1, 2])}]
+    assert _matched(first, first) == 2
+    for change in ({"labels": torch.tensor([1, 3])}, {"scores": torch.tensor([0.9, 0.501])}, {"boxes": boxes + 1}):
+        with pytest.raises(AssertionError):
+            _matched(first, [first[0] | change])
+    near = [first[0] | {"scores": torch.tensor([0.9, 0.30004])}]  # above 0.3 on one side only, within 1e-4
+    assert _matched(near, [first[0] | {"scores": torch.tensor([0.9, 0.29996])}]) == 2
