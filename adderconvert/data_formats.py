@@ -48,7 +48,10 @@ from torch.utils.data import Dataset
 
 from adderconvert.data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, DataError, DatasetSplits
 
-__all__ = ["VOC_CLASSES", "CocoDetection", "VocSegmentation", "load_coco", "load_voc"]
+__all__ = ["FORMATS", "VOC_CLASSES", "CocoDetection", "VocSegmentation", "load_coco", "load_voc"]
+
+# The formats of users' segmentation and detection data (``--dataset``), with the task of each.
+FORMATS = {"coco": "detection", "voc": "segmentation"}
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

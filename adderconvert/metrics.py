@@ -18,7 +18,10 @@ import torch
 
 from adderconvert.data import IGNORE_INDEX
 
-__all__ = ["coco_map", "confusion_matrix", "segmentation_scores"]
+__all__ = ["METRIC_NAMES", "coco_map", "confusion_matrix", "segmentation_scores"]
+
+# How the scores are named in what is printed (the keys are those of summary.json, in percent there).
+METRIC_NAMES = {"top1": "top-1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy", "map": "mAP", "map_50": "mAP@.5"}
 
 
 def confusion_matrix(

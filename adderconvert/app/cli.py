@@ -19,6 +19,7 @@ import yaml
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
 from adderconvert.conversion import DEPLOYMENT_SIZE, INIT_CHOICES, KEEP_KINDS
 from adderconvert.data import DATASETS
+from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
@@ -177,7 +178,12 @@ def _interrupt_on_sigterm():
     help="After the sign init, fit each adder layer to the CNN's output on calibration images: signs (binary "
     f"weights and norm), affine (the norm only) or none [{RunConfig.reconstruct}].",
 )
-@click.option("--dataset", default=None, help=f"{', '.join(DATASETS)} [{RunConfig.dataset}].")
+@click.option(
+    "--dataset",
+    default=None,
+    help=f"{', '.join(DATASETS)}; {' or '.join(FORMATS)} for detection or segmentation [{RunConfig.dataset}: for "
+    "segmentation and detection its built-in scenes].",
+)
 @click.option("--data", default=None, help="Data folder (default: Debian's Fashion-MNIST).")
 @click.option(
     "--image-size",
@@ -263,21 +269,15 @@ def convert_command(
 ) -> None:
     """Convert MODEL (a torchvision CNN) to an AdderNet, fine-tune and export it.
 
-    Segmentation and detection models show their conversion plan (--dry-run) only so far."""
-    from adderconvert.architectures.registry import models_by_task, part_of, task_of
+    Segmentation and detection models are trained, converted and fine-tuned (mIoU, mAP); their ONNX export is not
+    wired in yet."""
+    from adderconvert.architectures.registry import models_by_task, part_of
 
     known = [name for names in models_by_task().values() for name in names]
     if model not in known:
         close = difflib.get_close_matches(model, known, n=4, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise InputError(f"unknown model {model!r} (or not a CNN).{hint} `adderconvert list` shows all.")
-    task = task_of(model)
-    if task != "classification" and not dry_run:
-        raise InputError(
-            f"{model} is a {task} model: the main job (training, fine-tuning, export) takes classification models "
-            f"so far. `adderconvert {model} --dry-run` shows its conversion plan, and adderconvert.convert(model, "
-            "images) converts it in Python."
-        )
     values = _load_config_file(config_file)
     for key in ("include", "exclude", "keep"):
         options[key] = list(options[key]) or None
@@ -328,10 +328,14 @@ def convert_command(
         if not command and config.overwrite and find_run(config.output) is not None:
             hint = f"no checkpoint had been written: the run it was replacing is back in {config.output} as it was"
         raise click.ClickException(f"interrupted; {hint}") from None
-    if config.max_drop is not None and summary["adder_top1"] < summary["cnn_top1"] - config.max_drop:
+    metric = summary.get("metric", "top1")
+    if config.max_drop is not None and summary[f"adder_{metric}"] < summary[f"cnn_{metric}"] - config.max_drop:
+        from adderconvert.metrics import METRIC_NAMES
+
+        name = METRIC_NAMES[metric]
         raise click.ClickException(
-            f"adder top-1 {summary['adder_top1']:.2f}% is more than {config.max_drop} points below the CNN's "
-            f"{summary['cnn_top1']:.2f}%"
+            f"adder {name} {summary[f'adder_{metric}']:.2f}% is more than {config.max_drop} points below the CNN's "
+            f"{summary[f'cnn_{metric}']:.2f}%"
         )
 
 
@@ -367,7 +371,8 @@ def doctor_command() -> None:
 @click.option("--max-batches", type=int, default=None, help="Evaluate on this many batches only.")
 @click.option("--device", default="auto", show_default=True, help="PyTorch device for a checkpoint.")
 def evaluate_command(target, dataset, data, image_size, batch_size, max_batches, device) -> None:
-    """Top-1 of TARGET on the test split: a checkpoint (.pt, PyTorch) or an ONNX file (ONNX Runtime)."""
+    """Top-1 of TARGET on the test split: a checkpoint (.pt, PyTorch) or an ONNX file (ONNX Runtime); mIoU and pixel
+    accuracy of a segmentation checkpoint, mAP@[.5:.95] and mAP@.5 of a detector's."""
     from adderconvert.app.saved_models import evaluate_file
 
     for name, value, low in (("--batch-size", batch_size, 1), ("--max-batches", max_batches, 1)):
@@ -387,9 +392,11 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
         raise InputError(str(e)) from None
     for warning in result["warnings"]:
         click.echo(f"warning: {warning}", err=True)
+    from adderconvert.metrics import METRIC_NAMES
+
+    scores = ", ".join(f"{METRIC_NAMES.get(k, k)} {v:.2f}%" for k, v in result["scores"].items())
     click.echo(
-        f"{result['target']}: top-1 {result['top1']:.2f}% on {result['images']} {result['dataset']} test images "
-        f"({result['runtime']})"
+        f"{result['target']}: {scores} on {result['images']} {result['dataset']} test images ({result['runtime']})"
     )
 
 

@@ -20,6 +20,7 @@ from adderconvert.conversion import (
     RECONSTRUCT_METHODS,
 )
 from adderconvert.data import DATASETS
+from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_CALIBRATION_BATCHES, DEFAULT_METHOD, METHODS
 from adderconvert.train import TrainConfig
 
@@ -97,7 +98,7 @@ class _Rule:
 _DEVICE = r"auto|cpu|cuda(:\d+)?"
 _RULES: dict[str, _Rule] = {
     "model": _Rule(str),
-    "dataset": _Rule(str, choices=DATASETS),
+    "dataset": _Rule(str, choices=(*DATASETS, *FORMATS)),  # FORMATS: segmentation and detection data
     "data": _Rule(str, optional=True),
     "image_size": _Rule(int, optional=True, low=16, high=1024),
     "weights": _Rule(str, optional=True),

@@ -1,5 +1,7 @@
 """The main job: CNN teacher -> conversion -> fine-tuning with distillation -> evaluation -> ONNX export
-and ONNX Runtime evaluation, with everything written to one run folder.
+and ONNX Runtime evaluation, with everything written to one run folder. Classifiers, segmentation and detection
+models alike: what differs by task (data, losses, distillation, metric) is its training task
+(:func:`adderconvert.train.dense.training_task`); the metric is top-1, mIoU or mAP, under its name in the summary.
 
 The run folder (``--output``) holds ``config.yaml``, ``teacher/`` (the CNN's ``last.pt``, ``best.pt`` and
 ``metrics.csv`` when it is trained here), the adder model's ``last.pt``, ``best.pt`` and ``metrics.csv``,
@@ -36,11 +38,10 @@ from adderconvert.app.outputs import (
 )
 from adderconvert.app.report import write_report
 from adderconvert.app.resume import default_pretrain_epochs
-from adderconvert.app.saved_models import deployment_metadata, evaluate_file
+from adderconvert.app.saved_models import deployment_metadata, evaluate_file, load_data
 from adderconvert.app.weights import check_weights, load_weights
-from adderconvert.architectures.cnn import build_model, check_input_size
-from adderconvert.architectures.dense import DEFAULT_IMAGE_SIZE
-from adderconvert.architectures.registry import build, task_of
+from adderconvert.architectures.cnn import check_input_size
+from adderconvert.architectures.registry import build
 from adderconvert.checkpoint import CheckpointMeta, check_compatible, load_checkpoint
 from adderconvert.conversion import (
     CALIBRATION_IMAGES,
@@ -52,18 +53,18 @@ from adderconvert.conversion import (
     plan_conversion,
     run_conversion,
 )
-from adderconvert.data import DatasetSplits, check_task, load_dataset
-from adderconvert.data_scenes import load_scenes
+from adderconvert.data import DatasetSplits
 from adderconvert.deploy.export import export_onnx
+from adderconvert.metrics import METRIC_NAMES
 from adderconvert.train import (
     TrainConfig,
-    evaluate,
     finish_distributed,
     fit,
     init_distributed,
 )
+from adderconvert.train.dense import training_task
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
-from adderconvert.train.loop import check_same_schedule
+from adderconvert.train.loop import Task, check_same_schedule
 from adderconvert.train.saver import seed_everything
 
 __all__ = [
@@ -117,6 +118,20 @@ def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> Convers
     return report
 
 
+def _data_and_model(config: RunConfig, *, fetch: bool) -> tuple[DatasetSplits, nn.Module, bool | None]:
+    """The run's data (:func:`~adderconvert.app.saved_models.load_data`: of the model's task), its CNN built for
+    them from ``config.seed`` with ``config.weights`` (loaded, or with ``fetch`` False only checked: a file is read,
+    a name not fetched) and whether the weights' head fits the classes (None: unknown or no weights)."""
+    splits = load_data(config.dataset, config.data, config.image_size, config.model, seed=config.seed)
+    seed_everything(config.seed)  # the CNN's initial weights (and a resized head) follow from --seed
+    model = build(config.model, splits.num_classes, splits.image_size)
+    head_fits = None
+    if config.weights:
+        head_fits = (load_weights if fetch else check_weights)(model, config.model, config.weights)
+    check_input_size(model, config.model, splits.image_size)
+    return splits, model, head_fits
+
+
 def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     """The conversion report for ``config.model``, converting nothing: planned as the run plans (the same seed,
     weights and calibration images), and a note when the run's plan will differ (its CNN is trained first).
@@ -124,24 +139,11 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     built-in scenes, :func:`~adderconvert.data_scenes.load_scenes`; data of another task is refused) at
     ``config.image_size`` (default :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's
     transform set to that size."""
-    task = task_of(config.model)
-    dense = task != "classification"
-    image_size = config.image_size or (DEFAULT_IMAGE_SIZE if dense else None)
-    if dense and config.dataset == "fashion-mnist":  # the task's built-in data: scenes of Fashion-MNIST items
-        splits = load_scenes(task, config.data, image_size, config.seed)
-    else:
-        splits = load_dataset(config.dataset, config.data, image_size)
-    check_task(splits, config.model, task)
-    seed_everything(config.seed)
-    model = build(config.model, splits.num_classes, splits.image_size)
-    head_fits = None
-    if config.weights:
-        head_fits = check_weights(model, config.model, config.weights)  # a file is read, a name not fetched
-    check_input_size(model, config.model, splits.image_size)
+    splits, model, head_fits = _data_and_model(config, fetch=False)
     report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES))
     pretrain = config.pretrain_epochs
-    if pretrain is None:  # the main job does not train segmentation and detection models yet
-        pretrain = 0 if dense else default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
+    if pretrain is None:
+        pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
     note = None
     if pretrain > 0:
         note = (
@@ -166,6 +168,7 @@ class _Prepared:
     pretrain_epochs: int
     out: Path
     device: str
+    task: Task  # what training and evaluation take from the model's task
 
 
 def _check_folder(config: RunConfig, out: Path) -> None:
@@ -190,7 +193,7 @@ def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, wor
         raise RunInputError(f"--batch-size {config.batch_size} must be divisible by the {world_size} processes")
     if len(splits.train) < config.batch_size:
         raise RunInputError(f"--batch-size {config.batch_size} is larger than the {len(splits.train)} training images")
-    if per_process == 1:  # BatchNorm cannot train on one value per channel (a 1x1 map of one image)
+    if per_process == 1 and splits.task == "classification":  # BatchNorm: one value per channel (1x1 map, 1 image)
         probe = copy.deepcopy(model).train()
         try:
             probe(_example_batch(splits.train, 1))
@@ -205,13 +208,9 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     out = Path(config.output)
     _check_folder(config, out)
     device = resolve_device(config.device)
-    splits = load_dataset(config.dataset, config.data, config.image_size)
-    seed_everything(config.seed)  # the CNN's initial weights (and a resized head) follow from --seed
-    teacher = build_model(config.model, splits.num_classes)
-    head_fits = load_weights(teacher, config.model, config.weights) if config.weights else None
-    check_input_size(teacher, config.model, splits.image_size)
+    splits, teacher, head_fits = _data_and_model(config, fetch=True)
     _check_batch(config, teacher, splits, world_size)
-    if config.int8:
+    if config.int8 and splits.task == "classification":
         try:
             check_calibration_batches(config.calibration_batches, len(splits.train))
         except ValueError as e:
@@ -237,7 +236,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path)
-    return _Prepared(splits, teacher, report, pretrain, out, device)
+    return _Prepared(splits, teacher, report, pretrain, out, device, training_task(splits.task))
 
 
 def _common(config: RunConfig) -> dict:
@@ -349,7 +348,8 @@ def _run(config: RunConfig, prepared: _Prepared, ctx) -> dict:
 
 def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replaced: ReplacedRun | None) -> dict:
     main = ctx.is_main
-    out, splits, teacher, report = prepared.out, prepared.splits, prepared.teacher, prepared.report
+    out, splits, teacher, report, task = prepared.out, prepared.splits, prepared.teacher, prepared.report, prepared.task
+    metric = task.metric
     _log(
         f"data: {config.dataset}, {len(splits.train)} train / {len(splits.test)} test images, "
         f"{splits.num_classes} classes, {splits.image_size}px; device {prepared.device}",
@@ -370,23 +370,17 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             meta=checkpoint_meta(config.model, config.dataset, splits, "teacher", None),
             resume=resume,
             ctx=ctx,
+            task=task,
         )
     if replaced is not None:
         replaced.settle()  # the teacher's checkpoints are written: the old run's go
-    cnn_top1 = _top1(cnn_history, teacher, splits.test, ctx, config, "CNN eval")
-    _log(f"CNN top-1: {cnn_top1:.2f}%", main)
+    cnn = _scores(cnn_history, teacher, splits.test, ctx, config, "CNN eval", task)
+    _log(_describe("CNN", cnn), main)
 
     conversion = convert_trained(teacher, splits, config, ctx, log=main)
     student, report = conversion.model, conversion.report
-    zero_step_top1 = evaluate(
-        student,
-        splits.test,
-        device=ctx.device,
-        progress=config.progress and main,
-        desc="adder eval (zero steps)",
-        max_batches=config.eval_max_batches,
-    )
-    _log(f"adder top-1 before fine-tuning (zero steps): {zero_step_top1:.2f}%", main)
+    zero_step = _scores([], student, splits.test, ctx, config, "adder eval (zero steps)", task)
+    _log(_describe("adder", zero_step).replace(":", " before fine-tuning (zero steps):", 1), main)
 
     adder_history = []
     if config.finetune:
@@ -401,13 +395,14 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             meta=checkpoint_meta(config.model, config.dataset, splits, "adder", report),
             resume=resume,
             ctx=ctx,
-            teacher_top1=cnn_top1,
+            teacher_top1=cnn[metric],
+            task=task,
         )
     if replaced is not None:
         replaced.settle()
-    adder_top1 = _top1(adder_history, student, splits.test, ctx, config, "adder eval")
-    _log(f"adder top-1: {adder_top1:.2f}%", main)
-    weights = _weight_health(student, splits, ctx, main and config.init != "sign")
+    adder = _scores(adder_history, student, splits.test, ctx, config, "adder eval", task)
+    _log(_describe("adder", adder), main)
+    weights = _weight_health(student, splits, ctx, main and config.init != "sign", task)
 
     summary = {
         "model": config.model,
@@ -415,19 +410,27 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
         "converted_layers": len(report.converted),
         "converted_macs": report.converted_macs,
         "total_conv_macs": report.total_macs,
-        "cnn_top1": cnn_top1,
-        "zero_step_top1": zero_step_top1,
-        "adder_top1": adder_top1,
-        "onnx_top1": None,
-        "int8_top1": None,
+        **{f"cnn_{name}": value for name, value in cnn.items()},
+        **{f"zero_step_{name}": value for name, value in zero_step.items()},
+        **{f"adder_{name}": value for name, value in adder.items()},
+        f"onnx_{metric}": None,
+        f"int8_{metric}": None,
         "pretrain_epochs": prepared.pretrain_epochs,
         "epochs": config.epochs if config.finetune else 0,
         "adder_weights": weights,
     }
-    if config.export and main:
+    if metric != "top1":
+        summary = {"task": splits.task, "metric": metric, **summary}
+    exports = metric == "top1"  # ONNX export of segmentation and detection models is not wired in yet
+    if main and not exports and (config.export or config.int8):
+        _log(
+            f"export: skipped, with the ONNX Runtime evaluation{' and --int8' if config.int8 else ''} and the cost "
+            f"report: exporting {splits.task} models to ONNX is not available yet; the checkpoints are in {out}"
+        )
+    if config.export and main and exports:
         summary["onnx_top1"], summary["onnx_path"] = _export_and_evaluate(student, splits, out, config)
         _log(f"ONNX Runtime top-1: {summary['onnx_top1']:.2f}%", main)
-    if config.int8 and main:
+    if config.int8 and main and exports:
         summary.update(_export_and_evaluate_int8(student, splits, out, config, summary.get("onnx_path")))
         agreement = summary["int8_agreement"]
         same = f", same top-1 class as FP32 on {agreement:.2f}% of the images" if agreement is not None else ""
@@ -435,8 +438,8 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if main:
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        _log(_stage_table(summary), main)
-        if config.finetune:
+        _log(_stage_table(summary, metric), main)
+        if config.finetune and exports:
             html, _ = write_report(out)
             _log(f"cost report: {html}", main)
     return summary
@@ -455,19 +458,27 @@ def convert_trained(
     """The main job's conversion of the trained CNN ``teacher``: :func:`adderconvert.conversion.run_conversion`
     with the run's rules and init on :data:`~adderconvert.conversion.CALIBRATION_IMAGES` training images drawn
     at random (the ranges the sign init needs are the trained CNN's). ``sign_margin`` and ``inside`` are the
-    conversion's and the reconstruction's (for screening). The adder model is on ``ctx.device``.
+    conversion's and the reconstruction's (for screening). The adder model is on ``ctx.device``. A detector is
+    calibrated through a forward loop that gives it the images as lists.
 
     Its random draws come from ``config.seed`` alone, and the caller's random state is left as it was: the same
     teacher always gives the same adder model, in a fresh process (a resumed run, a cached teacher) as after
     training."""
     images = draw_calibration_images(splits, config.seed)
+    calibration = images
+    if splits.task == "detection":  # a detector takes lists of images: a forward loop runs it so
+
+        def calibration(model: nn.Module) -> None:
+            for chunk in images.split(64):
+                model([image.to(ctx.device) for image in chunk])
+
     cuda = ctx.device.type == "cuda"
     index = (torch.cuda.current_device() if ctx.device.index is None else ctx.device.index) if cuda else None
     with torch.random.fork_rng(devices=[index] if cuda else []):
         torch.manual_seed(config.seed)
         return run_conversion(
             teacher.to(ctx.device),
-            images,
+            calibration,
             init=config.init,
             reconstruct_method=None if config.reconstruct == "none" else config.reconstruct,
             **_rules(config),
@@ -477,14 +488,14 @@ def convert_trained(
         )
 
 
-def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, warn: bool) -> dict:
+def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, warn: bool, task: Task) -> dict:
     """Per adder layer weight std and saturation (on 4 test batches), with a warning (``warn``) when nearly
     all weights are saturated: beyond every input their tap reads, where |x - w| is only a sign-weighted x.
     The sign init puts them there by design (a binary-weight conv plus a constant), so it is not warned of
     then; from the other inits, healthy runs of benchmarks/recipes.py ended at 46-86% saturated, the lr 0.1
     ones at 82-97%."""
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=64)
-    layers = adder_weight_stats(student, islice(loader, 4), ctx.device)
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=64, collate_fn=task.collate_fn)
+    layers = adder_weight_stats(student, (task.images(batch) for batch in islice(loader, 4)), ctx.device)
     summary = saturation_summary(layers)
     if summary["saturated_fraction"] > 0.9:
         _log(
@@ -496,11 +507,19 @@ def _weight_health(student: nn.Module, splits: DatasetSplits, ctx, warn: bool) -
     return {**summary, "per_layer": layers}
 
 
-def _top1(history, model, test_set, ctx, config: RunConfig, desc: str) -> float:
-    """Test top-1 of ``model``: the last epoch's figure from ``history``, else a fresh evaluation."""
-    if history:
-        return history[-1].test_top1
-    return evaluate(
+def _describe(what: str, scores: dict[str, float]) -> str:
+    """``"CNN top-1: 85.58%"``; ``"CNN mIoU / pixel accuracy: 40.00% / 90.00%"`` (``what`` is "CNN")."""
+    names = " / ".join(METRIC_NAMES.get(name, name) for name in scores)
+    values = " / ".join(f"{value:.2f}%" for value in scores.values())
+    return f"{what} {names}: {values}".replace("  ", " ")
+
+
+def _scores(history, model, test_set, ctx, config: RunConfig, desc: str, task: Task) -> dict[str, float]:
+    """The task's test scores of ``model`` (:meth:`Task.evaluate`): a classifier's top-1 is the last epoch's figure
+    from ``history`` where there is one; otherwise, and for the other tasks' several scores, a fresh evaluation."""
+    if history and task.metric == "top1":
+        return {"top1": history[-1].test_top1}
+    return task.evaluate(
         model,
         test_set,
         device=ctx.device,
@@ -541,16 +560,16 @@ def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_
     return {**result, "int8_path": path.name}
 
 
-def _stage_table(summary: dict) -> str:
+def _stage_table(summary: dict, metric: str = "top1") -> str:
     rows = [
-        ("CNN (teacher)", summary["cnn_top1"]),
-        ("AdderNet, zero steps", summary["zero_step_top1"]),
-        ("AdderNet (PyTorch)", summary["adder_top1"]),
-        ("AdderNet (ONNX Runtime)", summary["onnx_top1"]),
+        ("CNN (teacher)", summary[f"cnn_{metric}"]),
+        ("AdderNet, zero steps", summary[f"zero_step_{metric}"]),
+        ("AdderNet (PyTorch)", summary[f"adder_{metric}"]),
+        ("AdderNet (ONNX Runtime)", summary[f"onnx_{metric}"]),
     ]
-    if summary["int8_top1"] is not None:  # a run with --int8
-        rows.append(("AdderNet INT8 (ONNX RT)", summary["int8_top1"]))
-    lines = [f"{'stage':<26}{'top-1':>8}", "-" * 34]
+    if summary[f"int8_{metric}"] is not None:  # a run with --int8
+        rows.append(("AdderNet INT8 (ONNX RT)", summary[f"int8_{metric}"]))
+    lines = [f"{'stage':<26}{METRIC_NAMES[metric]:>8}", "-" * 34]
     lines += [f"{name:<26}{(f'{v:.2f}%' if v is not None else 'n/a'):>8}" for name, v in rows]
     lines.append(
         f"{summary['model']} on {summary['dataset']}, {summary['converted_layers']} adder layers, "

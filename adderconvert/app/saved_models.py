@@ -1,5 +1,6 @@
-"""Saved models: top-1 of a checkpoint (PyTorch) or of an ONNX file (ONNX Runtime), and ONNX export of a
-checkpoint with the metadata a deployment needs."""
+"""Saved models: top-1 of a checkpoint (PyTorch) or of an ONNX file (ONNX Runtime), the metric of a segmentation
+or detection checkpoint (mIoU, mAP), and ONNX export of a checkpoint with the metadata a deployment needs; the
+data sets of every task by name (:func:`load_data`)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,60 @@ import torch
 
 from adderconvert.app.devices import resolve_device
 from adderconvert.app.outputs import check_output_file, write_through
+from adderconvert.architectures.dense import DEFAULT_IMAGE_SIZE
+from adderconvert.architectures.registry import task_of
 from adderconvert.checkpoint import CheckpointError, CheckpointMeta, load, read_meta
-from adderconvert.data import load_dataset
+from adderconvert.data import DATASETS, DataError, DatasetSplits, check_task, load_dataset
+from adderconvert.data_formats import FORMATS, load_coco, load_voc
+from adderconvert.data_scenes import load_scenes
 from adderconvert.deploy.export import export_onnx, input_metadata, read_metadata
 from adderconvert.deploy.runtime import make_session
-from adderconvert.train import evaluate
+from adderconvert.train.dense import training_task
 
-__all__ = ["deployment_metadata", "evaluate_file", "export_checkpoint", "is_onnx_model"]
+__all__ = ["ALL_DATASETS", "deployment_metadata", "evaluate_file", "export_checkpoint", "is_onnx_model", "load_data"]
+
+ALL_DATASETS = (*DATASETS, *FORMATS)  # what --dataset takes
 
 
-def _dataset_for(meta_dataset: str | None, dataset: str | None, data: str | None, image_size: int | None):
-    name = dataset or meta_dataset or "fashion-mnist"
-    return name, load_dataset(name, data, image_size)
+def load_data(
+    name: str,
+    root: str | Path | None,
+    image_size: int | None,
+    model: str,
+    *,
+    seed: int = 0,
+) -> DatasetSplits:
+    """The data set ``name`` (:data:`ALL_DATASETS`) from ``root`` at ``image_size`` for ``model``, checked to be of
+    its task. Classifiers take Fashion-MNIST, CIFAR-10 or an ImageFolder (:func:`adderconvert.data.load_dataset`);
+    segmentation and detection models take a VOC or COCO folder (``adderconvert.data_formats``), and the default
+    ``fashion-mnist`` stands for their task's built-in scenes of its items (``data_scenes.load_scenes`` from
+    ``seed``, with instance masks for Mask R-CNN), at :data:`DEFAULT_IMAGE_SIZE` unless ``image_size`` says."""
+    task = task_of(model)
+    if task != "classification":
+        image_size = image_size or DEFAULT_IMAGE_SIZE
+        if model.startswith("keypointrcnn"):
+            raise DataError(f"{model} trains on keypoint annotations, which none of the data sets here has")
+    if root is not None and not Path(root).is_dir():
+        what = "is a file, not a folder" if Path(root).exists() else "does not exist"
+        raise DataError(f"data folder {root} {what}")
+    if name in FORMATS:
+        if root is None:
+            raise DataError(f"--dataset {name} needs --data DIR")
+        if model.startswith("maskrcnn"):
+            raise DataError(f"{model} trains on instance masks, which the {name} reader does not read; use the scenes")
+        splits = (load_coco if name == "coco" else load_voc)(root, image_size or DEFAULT_IMAGE_SIZE)
+    elif task != "classification" and name == "fashion-mnist":
+        splits = load_scenes(task, root, image_size, seed, masks=model.startswith("maskrcnn"))
+    else:
+        splits = load_dataset(name, root, image_size)
+    check_task(splits, model, task)
+    return splits
+
+
+def _dataset_for(meta: CheckpointMeta, dataset: str | None, data: str | None, image_size: int | None):
+    name = dataset or meta.dataset or "fashion-mnist"
+    seed = (meta.recipe or {}).get("seed", 0)  # the built-in scenes follow the run's seed
+    return name, load_data(name, data, image_size, meta.model_name, seed=seed)
 
 
 def _check_classes(model_classes: int, splits, name: str, target) -> None:
@@ -76,7 +119,9 @@ def evaluate_file(
 ) -> dict[str, Any]:
     """Top-1 (%) of a checkpoint or ``.onnx`` file on a data set's test split (by default the data set and
     input size the model was trained with). Returns ``target, top1, images, dataset, runtime, warnings``
-    (where the data set or input size differ from the model's training)."""
+    (where the data set or input size differ from the model's training), and ``scores``: the task's metrics
+    (``{"top1"}``; a segmentation checkpoint's ``{"miou", "pixel_accuracy"}``, a detector's ``{"map", "map_50"}``,
+    where ``top1`` is None)."""
     target = Path(target)
     if not target.is_file():
         raise FileNotFoundError(f"no such file: {target}")
@@ -84,14 +129,19 @@ def evaluate_file(
         return _evaluate_onnx(target, dataset, data, image_size, batch_size, max_batches)
     meta = _read_checkpoint_meta(target)
     device = resolve_device(device)
-    name, splits = _dataset_for(meta.dataset, dataset, data, image_size or meta.image_size)
+    try:
+        task = training_task(task_of(meta.model_name))
+    except ValueError as e:
+        raise CheckpointError(f"{target}: {e}") from None
+    name, splits = _dataset_for(meta, dataset, data, image_size or meta.image_size)
     _check_classes(meta.num_classes, splits, name, target)
     model = load(target).to(device)
-    top1 = evaluate(model, splits.test, batch_size=batch_size, device=device, max_batches=max_batches)
+    scores = task.evaluate(model, splits.test, batch_size=batch_size, device=device, max_batches=max_batches)
     images = _count(splits.test, batch_size, max_batches)
     return {
         "target": str(target),
-        "top1": top1,
+        "top1": scores.get("top1"),
+        "scores": scores,
         "images": images,
         "dataset": name,
         "runtime": f"PyTorch, {device}",
@@ -191,7 +241,8 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
     stored = metadata.get("image_size")
     stored = stored[-1] if isinstance(stored, list) and stored and isinstance(stored[-1], int) else None
     size = image_size or stored or fixed
-    name, splits = _dataset_for(metadata.get("dataset"), dataset, data, size)
+    name = dataset or metadata.get("dataset") or "fashion-mnist"
+    splits = load_dataset(name, data, size)
     if fixed is not None and splits.image_size != fixed:
         raise ValueError(f"{target} takes {fixed}x{fixed} input only; {name} gives {splits.image_size}px images")
     _check_dynamic_size(target, model, metadata, splits.image_size)
@@ -215,9 +266,11 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
         if not _is_ort_error(e):
             raise
         raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {_first_line(e)}") from None
+    top1 = 100.0 * correct / max(total, 1)
     return {
         "target": str(target),
-        "top1": 100.0 * correct / max(total, 1),
+        "top1": top1,
+        "scores": {"top1": top1},
         "images": total,
         "dataset": name,
         "runtime": f"ONNX Runtime, {session.get_providers()[0]}",

@@ -23,18 +23,24 @@ def distillation_loss(
     teacher_logits: torch.Tensor | None,
     alpha: float = KD_ALPHA,
     temperature: float = KD_TEMPERATURE,
+    ignore_index: int = -100,
 ) -> torch.Tensor:
-    """``(1 - alpha) * CE(student, y) + alpha * T^2 * KL(teacher_T || student_T)``; plain CE without a teacher."""
-    ce = F.cross_entropy(student_logits, targets)
+    """``(1 - alpha) * CE(student, y) + alpha * T^2 * KL(teacher_T || student_T)``; plain CE without a teacher.
+
+    Logits are ``(N, C)`` (a classifier's) or ``(N, C, H, W)`` (a segmentation model's, ``targets`` ``(N, H, W)``):
+    both terms are means over the images or the pixels, and a pixel whose target is ``ignore_index`` counts in
+    neither."""
+    ce = F.cross_entropy(student_logits, targets, ignore_index=ignore_index)
     if teacher_logits is None or alpha == 0:
         return ce
     t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student_logits / t, dim=1),
-        F.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    )
+    log_student = F.log_softmax(student_logits / t, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / t, dim=1)
+    if student_logits.dim() == 2:
+        kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    else:  # per position, over the positions the cross-entropy counts
+        per_position = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(1)
+        kl = per_position[targets != ignore_index].mean()
     return (1 - alpha) * ce + alpha * t * t * kl
 
 

@@ -2,7 +2,9 @@
 adder weights (applied after DDP's all-reduce), distillation from the CNN teacher, divergence guards,
 and a checkpoint after every epoch from which a run resumes exactly.
 
-:func:`fit` runs a whole stage; :func:`train_one_epoch` and :func:`evaluate` are its pieces.
+:func:`fit` runs a whole stage; :func:`train_one_epoch` and :func:`evaluate` are its pieces. What depends on the
+task (batches, loss, distillation, metric) is a :class:`Task`: classification here, segmentation and detection in
+``train/dense.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,9 @@ from adderconvert.train.distributed import DistributedContext, convert_sync_batc
 from adderconvert.train.saver import CheckpointSaver, rng_state, set_rng_state
 
 __all__ = [
+    "CLASSIFICATION",
     "EpochRecord",
+    "Task",
     "TrainConfig",
     "TrainingDiverged",
     "build_optimizer",
@@ -94,8 +99,8 @@ class EpochRecord:
     epoch: int
     lr: float  # at the epoch's first step
     train_loss: float
-    train_top1: float
-    test_top1: float
+    train_top1: float | None  # None where the task has no training accuracy (segmentation, detection)
+    test_top1: float  # the task's metric (Task.metric): top-1 for classifiers
     seconds: float
     images_per_second: float
 
@@ -104,7 +109,80 @@ class TrainingDiverged(RuntimeError):
     """Training left the range where it can recover; the message says what happened and what to try."""
 
 
-@torch.no_grad()
+class Task:
+    """What :func:`fit` needs to know about a task; this one is classification: ``(images, labels)`` batches, the
+    loss :func:`~adderconvert.train.distill.distillation_loss` (cross-entropy and the teacher's logits), the norm
+    outputs after every adder layer distilled (:class:`~adderconvert.train.distill.FeatureDistillation`), and
+    top-1. ``train/dense.py`` has the segmentation and detection ones."""
+
+    metric = "top1"  # the name of the metric the checkpoints are chosen by (a key of :meth:`evaluate`'s result)
+    collate_fn: Callable | None = None  # the DataLoader's
+
+    def images(self, batch: Any) -> torch.Tensor:
+        """The batch's images as one tensor (N, C, H, W)."""
+        return batch[0]
+
+    def step(
+        self, net: nn.Module, batch: Any, teacher: nn.Module | None, config: TrainConfig, device: torch.device
+    ) -> tuple[torch.Tensor, int, float | None]:
+        """One training forward of ``net`` (and of ``teacher``, without gradients, where distillation needs it):
+        the loss without the feature term, the batch's number of images, and how many it classified right (None
+        where the task has no such count)."""
+        images, labels = batch[0].to(device), batch[1].to(device)
+        with torch.no_grad():
+            teacher_logits = teacher(images) if (teacher is not None and config.kd) else None
+        logits = net(images)
+        loss = distillation_loss(logits.float(), labels, _float(teacher_logits), config.kd_alpha, config.kd_temperature)
+        return loss, len(labels), float((logits.argmax(1) == labels).sum())
+
+    def features(self, model: nn.Module, teacher: nn.Module) -> Any:
+        """The feature distillation between ``model`` and ``teacher``: an object with ``loss()`` (of the last
+        forwards) and ``remove()``."""
+        return FeatureDistillation(model, teacher)
+
+    def batch_result(self, model: nn.Module, batch: Any, device: str | torch.device) -> Any:
+        """What :meth:`scores` needs of one test batch: here (right, images)."""
+        images, labels = batch
+        return int((model(images.to(device)).argmax(1).cpu() == labels).sum()), len(labels)
+
+    def scores(self, results: list[Any]) -> dict[str, float]:
+        """The scores (%) of a test set from its batches' :meth:`batch_result`, :attr:`metric` first."""
+        right, total = (sum(column) for column in zip(*results)) if results else (0, 0)
+        return {"top1": 100.0 * right / max(total, 1)}
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        *,
+        batch_size: int = 256,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+        desc: str = "eval",
+        workers: int = 0,
+        max_batches: int | None = None,
+    ) -> dict[str, float]:
+        """The task's scores (%) of ``model`` (in eval mode) on ``dataset``'s first ``max_batches`` batches (all
+        when None), :attr:`metric` first."""
+        model.eval()
+        loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=self.collate_fn
+        )
+        total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+        bar = tqdm(loader, total=total_batches, desc=desc, disable=not progress, leave=False, unit="batch")
+        results = []
+        for index, batch in enumerate(bar):
+            if index >= total_batches:
+                break
+            results.append(self.batch_result(model, batch, device))
+        bar.close()
+        return self.scores(results)
+
+
+CLASSIFICATION = Task()
+
+
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -116,19 +194,8 @@ def evaluate(
     max_batches: int | None = None,
 ) -> float:
     """Top-1 accuracy (%) of ``model`` on ``dataset`` (its first ``max_batches`` batches when given)."""
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-    correct = total = 0
-    bar = tqdm(loader, total=total_batches, desc=desc, disable=not progress, leave=False, unit="batch")
-    for index, (images, labels) in enumerate(bar):
-        if index >= total_batches:
-            break
-        logits = model(images.to(device))
-        correct += int((logits.argmax(1).cpu() == labels).sum())
-        total += len(labels)
-    bar.close()
-    return 100.0 * correct / max(total, 1)
+    options = dict(batch_size=batch_size, device=device, progress=progress, desc=desc, workers=workers)
+    return CLASSIFICATION.evaluate(model, dataset, **options, max_batches=max_batches)["top1"]
 
 
 def build_optimizer(
@@ -204,19 +271,22 @@ def train_one_epoch(
     total_steps: int,
     ctx: DistributedContext,
     teacher: nn.Module | None = None,
-    features: FeatureDistillation | None = None,
+    features: Any = None,
     watch: _LossWatch | None = None,
-) -> dict[str, float]:
-    """One epoch of ``steps`` batches; returns ``lr`` (at its first step), ``train_loss``, ``train_top1``,
-    ``seconds`` and ``images_per_second``. Raises :class:`TrainingDiverged` (without stepping the
-    optimizer on the bad loss) when ``watch`` sees the loss diverge."""
+    task: Task = CLASSIFICATION,
+) -> dict[str, float | None]:
+    """One epoch of ``steps`` batches; returns ``lr`` (at its first step), ``train_loss``, ``train_top1`` (None
+    where ``task`` counts no right answers), ``seconds`` and ``images_per_second``. Raises
+    :class:`TrainingDiverged` (without stepping the optimizer on the bad loss) when ``watch`` sees the loss
+    diverge."""
     model = net.module if isinstance(net, DistributedDataParallel) else net
     device = ctx.device
     has_adder = next(adder_weights(model), None) is not None
     net.train()
     lr = config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)  # the base lr; adder weights' is scaled
     started = time.perf_counter()
-    loss_sum = correct = seen = 0.0
+    loss_sum = seen = 0.0
+    correct: float | None = 0.0
     bar = tqdm(
         total=steps,
         desc=f"{config.desc} {epoch + 1}/{config.epochs}",
@@ -225,17 +295,11 @@ def train_one_epoch(
         leave=False,
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.amp else contextlib.nullcontext()
-    for step, (images, labels) in enumerate(loader):
+    for step, batch in enumerate(loader):
         if step >= steps:
             break
-        images, labels = images.to(device), labels.to(device)
         with autocast:
-            with torch.no_grad():
-                teacher_logits = teacher(images) if (teacher is not None and config.kd) else None
-            logits = net(images)
-            loss = distillation_loss(
-                logits.float(), labels, _float(teacher_logits), config.kd_alpha, config.kd_temperature
-            )
+            loss, count, right = task.step(net, batch, teacher, config, device)
             if features is not None:
                 loss = loss + config.feature_kd * features.loss()
         value = float(loss.detach())
@@ -249,22 +313,19 @@ def train_one_epoch(
             scale_adder_gradients_(model, eta_at(config, epoch * steps + step, total_steps))
         optimizer.step()
         scheduler.step()
-        loss_sum += value * len(labels)
-        correct += float((logits.argmax(1) == labels).sum())
-        seen += len(labels)
+        loss_sum += value * count
+        correct = None if right is None or correct is None else correct + right
+        seen += count
         elapsed = time.perf_counter() - started
-        bar.set_postfix(
-            loss=f"{loss_sum / seen:.3f}",
-            acc=f"{100 * correct / seen:.1f}",
-            img_s=f"{seen * ctx.world_size / elapsed:.0f}",
-        )
+        accuracy = {} if correct is None else {"acc": f"{100 * correct / seen:.1f}"}
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", **accuracy, img_s=f"{seen * ctx.world_size / elapsed:.0f}")
         bar.update()
     bar.close()
     seconds = time.perf_counter() - started
     return {
         "lr": lr,
         "train_loss": loss_sum / seen,
-        "train_top1": 100 * correct / seen,
+        "train_top1": None if correct is None else 100 * correct / seen,
         "seconds": seconds,
         "images_per_second": seen * ctx.world_size / seconds,
     }
@@ -286,8 +347,11 @@ def fit(
     resume: str | Path | None = None,
     ctx: DistributedContext | None = None,
     teacher_top1: float | None = None,
+    task: Task = CLASSIFICATION,
 ) -> list[EpochRecord]:
     """Train ``model`` and return one record per epoch (those of a resumed run's earlier epochs included).
+    ``task`` says what the batches, the loss, the distillation and the metric are (:class:`Task`: classification
+    by default); the records' ``test_top1`` is its metric, which chooses ``best.pt``.
 
     With ``output`` the run writes ``last.pt``, ``best.pt`` and ``metrics.csv`` there after every epoch
     (``meta`` says what the model is; the recipe is added to it). ``resume`` continues from a ``last.pt``
@@ -319,6 +383,7 @@ def fit(
         sampler=sampler,
         num_workers=config.workers,
         drop_last=True,
+        collate_fn=task.collate_fn,
     )
     steps = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
     if steps == 0:
@@ -326,12 +391,10 @@ def fit(
     total_steps = config.epochs * steps
     optimizer, scheduler = build_optimizer(model, config, total_steps)
     net = DistributedDataParallel(model) if ctx.enabled else model
-    features = (
-        FeatureDistillation(model, teacher) if (teacher is not None and config.kd and config.feature_kd > 0) else None
-    )
+    features = task.features(model, teacher) if (teacher is not None and config.kd and config.feature_kd > 0) else None
     saver = None
     if output is not None and ctx.is_main:
-        saver = CheckpointSaver(output, replace(meta, recipe=asdict(config)))
+        saver = CheckpointSaver(output, replace(meta, recipe=asdict(config)), metric=task.metric)
 
     start_epoch, best, history = 0, -math.inf, []
     if resume is not None:
@@ -358,26 +421,27 @@ def fit(
                 stats = train_one_epoch(
                     net, loader, optimizer, scheduler, config,
                     steps=steps, epoch=epoch, total_steps=total_steps, ctx=ctx,
-                    teacher=teacher, features=features, watch=watch,
+                    teacher=teacher, features=features, watch=watch, task=task,
                 )  # fmt: skip
             except TrainingDiverged as e:
                 raise TrainingDiverged(_diverged_message(str(e), config, history, saver)) from None
             # Every rank runs the same batches count, so synchronised BatchNorm's collectives match up.
-            reestimate_batchnorm(model, loader, min(config.batchnorm_batches, steps), device)
+            images = ((task.images(batch), None) for batch in loader)
+            reestimate_batchnorm(model, images, min(config.batchnorm_batches, steps), device)
             test_top1 = (
-                evaluate(
+                task.evaluate(
                     model,
                     test_set,
                     device=device,
                     progress=config.progress and ctx.is_main,
                     desc=f"eval {epoch + 1}",
                     max_batches=config.eval_max_batches,
-                )
+                )[task.metric]
                 if ctx.is_main
                 else 0.0
             )
             record = EpochRecord(epoch=epoch + 1, test_top1=test_top1, **stats)
-            chance = 100.0 / num_classes if num_classes else None
+            chance = 100.0 / num_classes if (num_classes and task.metric == "top1") else None
             if (
                 ctx.is_main
                 and chance is not None
@@ -396,10 +460,11 @@ def fit(
                     )
                 )
             history.append(record)
+            train = "" if record.train_top1 is None else f"train top-1 {record.train_top1:.2f}%, "
+            test = "top-1" if task.metric == "top1" else task.metric
             _log(
                 f"{config.desc} epoch {record.epoch}/{config.epochs}: loss {record.train_loss:.4f}, "
-                f"train top-1 {record.train_top1:.2f}%, test top-1 {record.test_top1:.2f}%, "
-                f"lr {record.lr:.4g} ({record.seconds:.0f}s)",
+                f"{train}test {test} {record.test_top1:.2f}%, lr {record.lr:.4g} ({record.seconds:.0f}s)",
                 config.log and ctx.is_main,
             )
             if saver is not None:

@@ -55,11 +55,14 @@ class CheckpointSaver:
     ``last.pt`` is written first and ``metrics.csv`` after it, so the CSV never lists an epoch the
     checkpoint lacks. ``best.pt`` is a hard link to the ``last.pt`` of the best epoch (a copy only where
     the file system has no hard links): when ``last.pt`` is replaced, ``best.pt`` keeps the old file.
+    ``metric`` names the task's metric: the CSV's ``test_top1`` column is ``test_METRIC`` for another one
+    (``test_miou``, ``test_map``), and a ``train_top1`` the task does not have (None) is left out.
     """
 
-    def __init__(self, folder: str | os.PathLike, meta: CheckpointMeta) -> None:
+    def __init__(self, folder: str | os.PathLike, meta: CheckpointMeta, metric: str = "top1") -> None:
         self.folder = Path(folder)
         self.meta = meta
+        self.metric = metric
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.folder)
 
@@ -77,7 +80,8 @@ class CheckpointSaver:
         save_checkpoint(self.last, {"meta": self.meta, **state, "history": history})
         if is_best:
             self._link_best()
-        write_atomic(self.folder / "metrics.csv", lambda f: f.write(_csv_bytes(history)))
+        rows = [_csv_row(row, self.metric) for row in history]
+        write_atomic(self.folder / "metrics.csv", lambda f: f.write(_csv_bytes(rows)))
 
     def _link_best(self) -> None:
         tmp = self.folder / ".best.pt.link.tmp"
@@ -87,6 +91,15 @@ class CheckpointSaver:
         except OSError:  # no hard links here (some network and FAT file systems)
             shutil.copyfile(self.last, tmp)
         os.replace(tmp, self.best)
+
+
+def _csv_row(row: dict[str, Any], metric: str) -> dict[str, Any]:
+    if metric == "top1":
+        return row
+    renamed = {(f"test_{metric}" if key == "test_top1" else key): value for key, value in row.items()}
+    if renamed.get("train_top1", 0) is None:
+        del renamed["train_top1"]
+    return renamed
 
 
 def _csv_bytes(history: list[dict[str, Any]]) -> bytes:

@@ -158,7 +158,7 @@ def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_pat
 def test_chance_accuracy_with_a_good_teacher_counts_as_divergence(tmp_path, monkeypatch):
     from adderconvert.train import loop
 
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: 25.0)  # 4 classes: chance
+    monkeypatch.setattr(loop.CLASSIFICATION, "evaluate", lambda *a, **k: {"top1": 25.0})  # 4 classes: chance
     config = TrainConfig(**{**CONFIG.__dict__, "epochs": 1})
     with pytest.raises(TrainingDiverged, match="chance level"):
         fit(tiny_model(), tiny_data(16 * 50), tiny_data(16, seed=2), config, teacher_top1=90.0)

@@ -1,0 +1,191 @@
+"""Fine-tuning segmentation and detection models: their :class:`~adderconvert.train.loop.Task` for :func:`fit`.
+
+- **Segmentation** (``(image, mask)`` batches): per-pixel cross-entropy on the model's ``out`` logits, pixels of
+  the ignore index (255) left out, plus :data:`AUX_WEIGHT` times the auxiliary classifier's where the model has one
+  (FCN, DeepLabV3), as torchvision's reference training does; distillation of the CNN's ``out`` logits per pixel
+  (KL at the config's temperature, weight ``kd_alpha``: :func:`~adderconvert.train.distill.distillation_loss`).
+  Metric: mIoU, with pixel accuracy beside it (:mod:`adderconvert.metrics`).
+- **Detection** (``(images, targets)`` lists, :func:`adderconvert.data.collate_detection`): the sum of the
+  detector's own loss dictionary in training mode (classification, box regression, objectness, ...). Metric: COCO
+  mAP@[.5:.95], with mAP@.5 beside it (pycocotools).
+- **Feature distillation** (both, weight ``feature_kd``): the backbone's outputs (a segmentation backbone's feature
+  maps, a detector's FPN levels or SSD's feature maps) matched to the CNN's, :func:`feature_map_loss`.
+
+Metrics are in percent, as top-1 is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adderconvert.data import IGNORE_INDEX, collate_detection
+from adderconvert.metrics import coco_map, confusion_matrix, segmentation_scores
+from adderconvert.train.distill import distillation_loss
+from adderconvert.train.loop import CLASSIFICATION, Task, TrainConfig
+
+__all__ = [
+    "AUX_WEIGHT",
+    "DETECTION",
+    "SEGMENTATION",
+    "BackboneDistillation",
+    "DetectionTask",
+    "SegmentationTask",
+    "feature_map_loss",
+    "segmentation_loss",
+    "training_task",
+]
+
+AUX_WEIGHT = 0.5  # the auxiliary classifier's loss weight, torchvision's reference training's
+_EPS = 1e-5
+
+
+def segmentation_loss(
+    outputs: dict[str, torch.Tensor],
+    masks: torch.Tensor,
+    teacher_outputs: dict[str, torch.Tensor] | None,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """The loss of a segmentation model's ``outputs`` (``out`` logits, ``aux`` where it has an auxiliary
+    classifier) for ``masks``: :func:`distillation_loss` of ``out`` with the teacher's ``out`` logits (per pixel,
+    plain cross-entropy without a teacher), plus :data:`AUX_WEIGHT` times the cross-entropy of ``aux``; pixels of
+    the ignore index count in neither."""
+    teacher_logits = teacher_outputs["out"].float() if teacher_outputs is not None else None
+    loss = distillation_loss(outputs["out"].float(), masks, teacher_logits, alpha, temperature, IGNORE_INDEX)
+    if outputs.get("aux") is not None:
+        loss = loss + AUX_WEIGHT * F.cross_entropy(outputs["aux"].float(), masks, ignore_index=IGNORE_INDEX)
+    return loss
+
+
+def feature_map_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over the feature maps of ``teacher`` (name -> ``(N, C, H, W)``) of the student's mean squared
+    difference from each, divided by the teacher map's variance (per channel over the batch and positions, averaged
+    over the channels): the feature distillation of :class:`~adderconvert.train.distill.FeatureDistillation` for
+    maps that no norm has scaled (an FPN level), so that one weight suits every map. A per-map, not per-channel,
+    scale keeps a channel that hardly varies (a dead one) from weighing more than the others."""
+    terms = []
+    for name, target in teacher.items():
+        target = target.detach().float()
+        variance = target.var(dim=(0, 2, 3), unbiased=False).mean().clamp_min(_EPS)
+        terms.append(F.mse_loss(student[name].float(), target) / variance)
+    return torch.stack(terms).mean()
+
+
+class BackboneDistillation:
+    """Records the outputs of ``student.backbone`` (in training forwards only, with gradients) and of
+    ``teacher.backbone`` through forward hooks; :meth:`loss` is :func:`feature_map_loss` of the last pair."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        self._student: dict[str, torch.Tensor] = {}
+        self._teacher: dict[str, torch.Tensor] = {}
+
+        def record(store: dict, needs_grad: bool):
+            def hook(module, inputs, output):
+                if needs_grad and not torch.is_grad_enabled():
+                    return  # evaluation and BatchNorm re-estimation
+                store.clear()
+                store.update(output if isinstance(output, dict) else {"0": output})
+
+            return hook
+
+        self._hooks = [
+            student.backbone.register_forward_hook(record(self._student, True)),
+            teacher.backbone.register_forward_hook(record(self._teacher, False)),
+        ]
+
+    def loss(self) -> torch.Tensor:
+        """:func:`feature_map_loss` of the features recorded by the last student and teacher forwards."""
+        if not self._student or not self._teacher:
+            raise RuntimeError("feature distillation: the student's or the teacher's backbone did not run")
+        loss = feature_map_loss(self._student, self._teacher)
+        self._student.clear()
+        self._teacher.clear()
+        return loss
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+class SegmentationTask(Task):
+    """torchvision's segmentation models (the module's docstring)."""
+
+    metric = "miou"
+
+    def step(
+        self, net: nn.Module, batch: Any, teacher: nn.Module | None, config: TrainConfig, device: torch.device
+    ) -> tuple[torch.Tensor, int, float | None]:
+        images, masks = batch[0].to(device), batch[1].to(device)
+        with torch.no_grad():
+            teacher_outputs = teacher(images) if (teacher is not None and config.kd) else None
+        outputs = net(images)
+        loss = segmentation_loss(outputs, masks, teacher_outputs, config.kd_alpha, config.kd_temperature)
+        return loss, len(images), None
+
+    def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
+        return BackboneDistillation(model, teacher)
+
+    def batch_result(self, model: nn.Module, batch: Any, device: str | torch.device) -> torch.Tensor:
+        """The batch's confusion matrix."""
+        images, masks = batch
+        logits = model(images.to(device))["out"]
+        return confusion_matrix(logits.argmax(1).cpu(), masks, logits.shape[1])
+
+    def scores(self, results: list[torch.Tensor]) -> dict[str, float]:
+        """``{"miou", "pixel_accuracy"}`` (%) of the summed confusion matrices."""
+        if not results:
+            raise ValueError("segmentation: the test set is empty")
+        return {name: 100.0 * value for name, value in segmentation_scores(sum(results)).items()}
+
+
+class DetectionTask(Task):
+    """torchvision's detection models (the module's docstring)."""
+
+    metric = "map"
+    collate_fn = staticmethod(collate_detection)
+
+    def images(self, batch: Any) -> torch.Tensor:
+        return torch.stack(list(batch[0]))
+
+    def step(
+        self, net: nn.Module, batch: Any, teacher: nn.Module | None, config: TrainConfig, device: torch.device
+    ) -> tuple[torch.Tensor, int, float | None]:
+        images = [image.to(device) for image in batch[0]]
+        targets = [{key: value.to(device) for key, value in target.items()} for target in batch[1]]
+        if teacher is not None and config.kd and config.feature_kd > 0:  # its features only: no detections
+            with torch.no_grad():
+                teacher.backbone(teacher.transform(images)[0].tensors)
+        losses = net(images, targets)
+        return sum(losses.values()), len(images), None
+
+    def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
+        return BackboneDistillation(model, teacher)
+
+    def batch_result(self, model: nn.Module, batch: Any, device: str | torch.device) -> tuple[list, list]:
+        """The batch's detections (on the CPU) and targets."""
+        images, targets = batch
+        outputs = model([image.to(device) for image in images])
+        return [{key: value.cpu() for key, value in output.items()} for output in outputs], list(targets)
+
+    def scores(self, results: list[tuple[list, list]]) -> dict[str, float]:
+        """``{"map", "map_50"}`` (%) of all the batches' detections (:func:`adderconvert.metrics.coco_map`)."""
+        predictions = [p for batch, _ in results for p in batch]
+        truth = [t for _, batch in results for t in batch]
+        return {name: 100.0 * value for name, value in coco_map(predictions, truth).items()}
+
+
+SEGMENTATION = SegmentationTask()
+DETECTION = DetectionTask()
+
+
+def training_task(task: str) -> Task:
+    """The :class:`~adderconvert.train.loop.Task` of ``task`` (``classification``, ``segmentation``,
+    ``detection``)."""
+    tasks = {"classification": CLASSIFICATION, "segmentation": SEGMENTATION, "detection": DETECTION}
+    if task not in tasks:
+        raise ValueError(f"unknown task {task!r}; one of {', '.join(tasks)}")
+    return tasks[task]

@@ -1,0 +1,113 @@
+"""The main job on segmentation and detection models: trained, converted and fine-tuned on the built-in scenes at a
+tiny budget, with their metric (mIoU, mAP) in summary.json and metrics.csv; `evaluate` on their checkpoints; resume
+of an interrupted run; bad input as one ``Error:`` line and exit status 2."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import adderconvert.app.pipeline as pipeline
+import adderconvert.data_scenes as data_scenes
+import adderconvert.train.loop as loop
+from adderconvert.app.cli import main
+from adderconvert.checkpoint import load_checkpoint
+from tests.app.test_cli import _fake_fashion_mnist, _input_error
+
+
+@pytest.fixture
+def small(monkeypatch, tmp_path):
+    """Few scenes (of a fake Fashion-MNIST's items) and few calibration images: a run takes seconds."""
+    monkeypatch.setattr(data_scenes, "DEFAULT_COUNTS", {"train": 32, "test": 8})
+    monkeypatch.setattr(pipeline, "CALIBRATION_IMAGES", 16)
+    return _fake_fashion_mnist(tmp_path, n_train=64, n_test=16)
+
+
+def _args(model, data, out, *extra):
+    args = [model, "--data", str(data), "--weights", "none", "--pretrain-epochs", "1", "--image-size", "64"]
+    return [*args, "--max-steps", "2", "--batch-size", "4", "--quiet", "--output", str(out), *extra]  # extra wins
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize(
+    ("model", "metric", "other", "extra"),
+    [
+        ("lraspp_mobilenet_v3_large", "miou", "pixel_accuracy", []),
+        ("ssdlite320_mobilenet_v3_large", "map", "map_50", ["--reconstruct", "none"]),  # in seconds
+    ],
+)
+def test_a_dense_run_writes_its_metric(small, tmp_path, model, metric, other, extra):
+    out = tmp_path / "run"
+    result = _run(*_args(model, small, out, *extra))
+    assert "export: skipped" in result.output  # one line: ONNX export of these models is not wired in yet
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == metric and summary["task"] in ("segmentation", "detection")
+    for stage in ("cnn", "zero_step", "adder"):
+        for name in (metric, other):
+            assert 0 <= summary[f"{stage}_{name}"] <= 100, (stage, name, summary)
+    assert summary[f"onnx_{metric}"] is None and "cnn_top1" not in summary
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert f"test_{metric}" in header and "test_top1" not in header and "train_top1" not in header
+    for folder in (out, out / "teacher"):
+        assert {"last.pt", "best.pt", "metrics.csv"} <= {p.name for p in folder.iterdir()}
+    assert (out / "config.yaml").is_file()
+    # evaluate scores the checkpoint as the run did (the same scenes: the run's seed is in its recipe)
+    evaluated = _run("evaluate", str(out / "last.pt"), "--data", str(small))
+    assert f"{summary[f'adder_{metric}']:.2f}%" in evaluated.output, (evaluated.output, summary)
+
+
+def test_an_interrupted_dense_run_resumes_exactly(small, tmp_path, monkeypatch):
+    args = ("lraspp_mobilenet_v3_large", "--epochs", "2", "--no-export", "--reconstruct", "none", "--image-size", "32")
+    _run(*_args(args[0], small, tmp_path / "whole", *args[1:]))
+
+    original = loop.train_one_epoch
+
+    def interrupted(net, loader, optimizer, scheduler, config, **k):
+        if config.desc == "adder" and k["epoch"] == 1:  # the adder model's second epoch
+            raise KeyboardInterrupt
+        return original(net, loader, optimizer, scheduler, config, **k)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
+    result = CliRunner().invoke(main, _args(args[0], small, tmp_path / "cut", *args[1:]))
+    assert result.exit_code == 1 and "interrupted; continue with:" in result.output, result.output
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
+    monkeypatch.setattr(loop, "train_one_epoch", original)
+    _run(args[0], "--resume", "--output", str(tmp_path / "cut"), "--data", str(small), "--quiet")
+
+    whole, cut = (load_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "cut"))
+    assert cut["epoch"] == whole["epoch"] == 1
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(cut["model"][key], value, rtol=0, atol=0, msg=key)
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("whole", "cut")]
+    for key in ("cnn_miou", "zero_step_miou", "adder_miou", "adder_pixel_accuracy"):
+        assert summaries[0][key] == summaries[1][key], key
+
+
+def test_bad_input_is_one_error_line(small, tmp_path):
+    out = tmp_path / "run"
+    base = ["--weights", "none", "--pretrain-epochs", "1", "--output", str(out)]
+    # a detection model given classification data, or segmentation data
+    folder = tmp_path / "images"
+    for split in ("train", "test"):
+        for name in ("a", "b"):  # ImageFolder classes: a folder each, one image
+            (folder / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(folder / split / name / "x.png")
+    cases = [
+        (["ssdlite320_mobilenet_v3_large", "--dataset", "imagefolder", "--data", str(folder)], ["detection model"]),
+        (["fasterrcnn_mobilenet_v3_large_320_fpn", "--dataset", "voc", "--data", str(small)], ["JPEGImages"]),
+        (["lraspp_mobilenet_v3_large", "--dataset", "coco", "--data", str(small)], ["instances_train"]),
+        (["lraspp_mobilenet_v3_large", "--dataset", "coco"], ["--data DIR"]),
+        (["lraspp_mobilenet_v3_large", "--dataset", "voc", "--data", str(tmp_path / "nowhere")], ["does not exist"]),
+        (["keypointrcnn_resnet50_fpn", "--data", str(small)], ["keypoint"]),
+        (["lraspp_mobilenet_v3_large", "--dataset", "mnist"], ["--dataset", "coco"]),
+    ]
+    for args, fragments in cases:
+        _input_error(CliRunner().invoke(main, [*args, *base]), *fragments)
+        assert not out.exists(), args
