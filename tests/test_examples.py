@@ -101,3 +101,87 @@ def test_ort_inference_example_reads_metadata(tmp_path, portable, dataset):
     warned = "trained on 'cifar10'" in result.stderr
     assert warned == (dataset == "cifar10")
     assert "no normalisation metadata" not in result.stderr
+
+
+def _scene_models(tmp_path: Path) -> dict[str, Path]:
+    """A small segmentation model and a small detector of the scenes' 11 classes, exported at 64 px."""
+    from adderconvert.deploy.export import input_metadata
+    from tests.conversion._dense import small_deeplab
+    from tests.deploy._dense_models import score_spread, small_ssd
+
+    torch.manual_seed(0)
+    metadata = input_metadata(image_size=64, classes=[f"class {i}" for i in range(11)], dataset="scenes")
+    images = torch.randn(2, 3, 64, 64)
+    return {
+        task: export_onnx(model, tmp_path / f"{task}.onnx", images, metadata=metadata)
+        for task, model in (("segmentation", small_deeplab(11).eval()), ("detection", score_spread(small_ssd(64))))
+    }
+
+
+@pytest.fixture(scope="module")
+def scene_models(tmp_path_factory):
+    return _scene_models(tmp_path_factory.mktemp("scene_models"))
+
+
+def _run_example(monkeypatch, capsys, script: str, *arguments: str) -> tuple[int, str, str]:
+    """Run examples/SCRIPT.py in this process (as its ``__main__``; a new Python takes seconds to import torch):
+    its exit code, stdout and stderr."""
+    import runpy
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    monkeypatch.setattr(sys, "argv", [f"examples/{script}.py", *arguments])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "examples" / f"{script}.py"), run_name="__main__")
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+@pytest.mark.parametrize(
+    ("script", "task", "printed"), [("segment_scenes", "segmentation", "mIoU"), ("detect_scenes", "detection", "mAP")]
+)
+def test_scene_examples_draw_their_outputs(scene_models, tmp_path, monkeypatch, capsys, script, task, printed):
+    arguments = [str(scene_models[task]), "--images", "3", "--output", str(tmp_path / "out"), "--threads", "1"]
+    code, out, err = _run_example(monkeypatch, capsys, script, *arguments)
+    assert code == 0, err
+    assert printed in out and "wrote 3 PNGs" in out
+    pictures = sorted((tmp_path / "out").glob("*.png"))
+    assert [p.name for p in pictures] == ["scene_0000.png", "scene_0001.png", "scene_0002.png"]
+    from PIL import Image
+
+    assert Image.open(pictures[0]).height == 3 * 64  # --scale 3
+
+
+@pytest.mark.slow
+def test_detect_scenes_example_as_a_user_runs_it(scene_models, tmp_path):
+    command = [sys.executable, "examples/detect_scenes.py", str(scene_models["detection"]), "--images", "2"]
+    result = subprocess.run([*command, "--output", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "wrote 2 PNGs" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "case", "message", "code"),
+    [
+        ("detect_scenes", "segmentation", "is a segmentation model (outputs ['logits']), not a detection model", 1),
+        ("segment_scenes", "detection", "is a detection model", 1),
+        ("segment_scenes", "missing", "error: ONNX model not found", 1),
+        ("detect_scenes", "output_file", "is a file, not a folder", 1),
+        ("segment_scenes", "no_images", "argument --images: must be 1 or more, not 0", 2),
+        ("detect_scenes", "too_many", "--images: at most 1000 test scenes, not 1001", 1),
+        ("detect_scenes", "min_score", "argument --min-score: must be between 0 and 1, not 2.0", 2),
+    ],
+)
+def test_scene_examples_refuse_bad_input_with_a_message(
+    scene_models, tmp_path, monkeypatch, capsys, script, case, message, code
+):
+    (tmp_path / "file").write_text("")
+    model = scene_models.get(case, tmp_path / "missing.onnx")
+    if case in ("output_file", "no_images", "too_many", "min_score"):
+        model = scene_models["detection" if script == "detect_scenes" else "segmentation"]
+    options = {
+        "output_file": ["--output", str(tmp_path / "file" / "out")],
+        "no_images": ["--images", "0"],
+        "too_many": ["--images", "1001"],
+        "min_score": ["--min-score", "2"],
+    }.get(case, ["--output", str(tmp_path / "out")])
+    got, _, err = _run_example(monkeypatch, capsys, script, str(model), *options)
+    assert got == code and message in err, err

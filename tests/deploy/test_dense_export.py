@@ -6,7 +6,7 @@ folded, portable, INT8).
 - Detection (post-processing in the graph): the same detections above score 0.3, each matched with the same label,
   IoU >= 0.99 and a score within 1e-4. An untrained detector scores every anchor about its prior (0.01 for RetinaNet
   and FCOS, 1/C for SSD), below 0.3, and its boxes are specks, so the tests redraw the weights of its prediction
-  convs (``_score_spread``): a few dozen detections per image above 0.3, boxes of some pixels, well below the
+  convs (``score_spread``): a few dozen detections per image above 0.3, boxes of some pixels, well below the
   ``detections_per_img`` cut. Noise (std 0.05) is added to the scenes: on their black background many anchors would
   tie, and NMS may keep either of two tied boxes.
 
@@ -14,15 +14,10 @@ The default tier uses small models of torchvision's classes (tests/conversion/_d
 named torchvision models are the slow tier.
 """
 
-from collections import OrderedDict
-
 import onnx
 import pytest
 import torch
 from torch import nn
-from torchvision.models.detection import FCOS
-from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
 import adderconvert
@@ -35,14 +30,12 @@ from adderconvert.deploy.ops import DOMAIN
 from adderconvert.deploy.runtime import make_session, run_dense
 from adderconvert.nn import AdderConv2d
 from tests.conversion._dense import small_deeplab, small_fcos
+from tests.deploy._dense_models import score_spread, small_ssd
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 
 SIZE = 64
 THRESHOLD, SCORE_TOLERANCE, MIN_IOU = 0.3, 1e-4, 0.99
-# The prediction convs of RetinaNet and FCOS, and SSD's (their last conv: SSDlite's is a Sequential).
-_PREDICTIONS = ("cls_logits", "bbox_reg", "bbox_ctrness", *(f"module_list.{i}" for i in range(8)),
-                *(f"module_list.{i}.1" for i in range(8)))  # fmt: skip
 INT8_SCORE_TOLERANCE, INT8_MIN_IOU = 0.02, 0.9
 BOX_TOLERANCE = 1e-3  # pixels, for boxes of no area (clipped to the image's edge), which have no IoU
 
@@ -52,44 +45,6 @@ def _scenes(task: str, count: int, size: int = SIZE, noise: float = 0.0) -> torc
     data = load_scenes(task, image_size=size, counts={"train": 0, "test": count})
     images = torch.stack([data.test[i][0] for i in range(count)])
     return images + noise * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-
-
-def _score_spread(model: nn.Module) -> nn.Module:
-    """Redraw the prediction convs of an untrained detector (``_PREDICTIONS``) so that a few dozen anchors per image
-    score above 0.3 with boxes of some size: class logits of unit variance about -3 (SSD: the background's 3 above
-    the others'), box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a distance)."""
-    torch.manual_seed(1)
-    head = model.head.classification_head
-    classes = head.num_columns if isinstance(model, SSD) else head.num_classes
-    for name, conv in model.head.named_modules():
-        if not (isinstance(conv, nn.Conv2d) and name.endswith(_PREDICTIONS)):
-            continue
-        logits = name.startswith("classification_head")
-        nn.init.normal_(conv.weight, 0, (1.0 if logits else 0.5) * conv.weight[0].numel() ** -0.5)
-        if conv.bias is not None:
-            # FCOS's box regression goes through a ReLU: about 1 (an anchor's size each side), not 0 (no area)
-            distance = isinstance(model, FCOS) and name.endswith("bbox_reg")
-            nn.init.normal_(conv.bias, -3.0 if logits else float(distance), 1.0 if logits else 0.0)
-            if logits and isinstance(model, SSD):  # softmax over the classes, the background first of each anchor's
-                conv.bias.data += 3.0 * (torch.arange(len(conv.bias)) % classes == 0)
-    return model.eval()
-
-
-def small_ssd(size: int, num_classes: int = 11) -> SSD:
-    """torchvision's SSD on a 3-conv backbone with two feature maps (strides 4 and 8), its transform at ``size``."""
-
-    class Backbone(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
-            self.layer1 = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1), nn.BatchNorm2d(24), nn.ReLU())
-            self.layer2 = nn.Sequential(nn.Conv2d(24, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
-
-        def forward(self, x):
-            first = self.layer1(self.stem(x))
-            return OrderedDict([("0", first), ("1", self.layer2(first))])
-
-    return SSD(Backbone(), DefaultBoxGenerator([[2], [2]]), (size, size), num_classes, [0.5] * 3, [0.25] * 3)
 
 
 def _adder(model: nn.Module, calibration) -> nn.Module:
@@ -111,8 +66,8 @@ def _matched(
     expected: list[dict], got: list[dict], score_tolerance: float = SCORE_TOLERANCE, min_iou: float = MIN_IOU
 ) -> int:
     """Assert that the detections above THRESHOLD of ``expected`` and ``got`` are the same (label, IoU >= MIN_IOU,
-        score within SCORE_TOLERANCE; the other side's may lie just below THRESHOLD) and return how many there are. A box of
-    no area (clipped to the image's edge: FCOS and RetinaNet keep them) matches one whose corners are within
+    score within SCORE_TOLERANCE; the other side's may lie just below THRESHOLD) and return how many there are. A box
+    of no area (clipped to the image's edge: FCOS and RetinaNet keep them) matches one whose corners are within
     BOX_TOLERANCE."""
     assert len(expected) == len(got)
     count = 0
@@ -204,7 +159,7 @@ def test_segmentation_dynamic_hw(deeplab, tmp_path):
 @pytest.fixture(scope="module")
 def fcos():
     torch.manual_seed(0)
-    cnn = _score_spread(small_fcos(SIZE, num_classes=11))
+    cnn = score_spread(small_fcos(SIZE, num_classes=11))
     images = _scenes("detection", 12, noise=0.05)
     return cnn, _adder(cnn, [list(images[:8])]), images[8:]
 
@@ -212,7 +167,7 @@ def fcos():
 @pytest.fixture(scope="module")
 def ssd():
     torch.manual_seed(0)
-    cnn = _score_spread(small_ssd(SIZE))
+    cnn = score_spread(small_ssd(SIZE))
     images = _scenes("detection", 12, noise=0.05)
     return cnn, _adder(cnn, [list(images[:8])]), images[8:]
 
@@ -315,7 +270,7 @@ def test_torchvision_segmentation_parity(name, tmp_path):
 @pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn", "retinanet_resnet50_fpn"])
 def test_torchvision_detection_parity(name, tmp_path):
     torch.manual_seed(0)
-    cnn = _score_spread(build_dense_model(name, 11, SIZE))
+    cnn = score_spread(build_dense_model(name, 11, SIZE))
     images = _scenes("detection", 8, noise=0.05)
     for stage, model in (("cnn", cnn), ("adder", _adder(cnn, [list(images[:4])]))):
         path = export_onnx(model, tmp_path / f"{stage}.onnx", images[4:6])
