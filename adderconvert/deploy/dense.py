@@ -17,6 +17,10 @@ shapes that depend on the data: ``GuardOnDataDependentSymNode`` in ``batched_nms
 ``postprocess_detections`` does it: scores above ``score_thresh``; the ``topk_candidates`` best of each pyramid level
 (RetinaNet, FCOS) or each class (SSD); ``NonMaxSuppression`` per class at ``nms_thresh``; the
 ``detections_per_img`` best of each image.
+
+The two-stage R-CNNs (Faster, Mask and Keypoint R-CNN: region proposals, then RoI pooling of each) export through the
+TorchScript exporter instead (:class:`RCNNDetections`), whose trace takes torchvision's own ONNX paths for its
+post-processing; its graph takes the example's batch size only (``run_dense`` runs other batches in pieces of it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torchvision.ops import boxes as box_ops
 __all__ = [
     "DETECTION_OUTPUTS",
     "DetectionHeads",
+    "RCNNDetections",
     "SegmentationLogits",
     "append_detection_postprocess",
     "model_task",
@@ -70,6 +75,54 @@ class SegmentationLogits(nn.Module):
         return self.model(images)["out"]
 
 
+def _kept_size(model: nn.Module, image_size: tuple[int, int]) -> torch.Tensor:
+    """The batch of two zero images of ``image_size`` as the detector's transform makes it; ``ValueError`` where the
+    transform resizes that size (the graph does not resize)."""
+    with torch.no_grad():
+        # two images: a GroupNorm of one value per group (a 1x1 map) refuses a batch of one
+        images, _ = model.transform([torch.zeros(3, *image_size)] * 2)
+    if tuple(images.image_sizes[0]) != tuple(image_size):
+        raise ValueError(
+            f"the model's transform resizes {image_size[0]}x{image_size[1]} images to "
+            f"{images.image_sizes[0][0]}x{images.image_sizes[0][1]}: export at the size it keeps (build it "
+            "for the data's size: architectures.dense.build_dense_model)"
+        )
+    return images
+
+
+class RCNNDetections(nn.Module):
+    """A two-stage R-CNN (Faster, Mask and Keypoint R-CNN) from a batch of images to :data:`DETECTION_OUTPUTS`, with
+    torchvision's own post-processing: for the TorchScript exporter (``torch.onnx.export(dynamo=False)``), which
+    traces torchvision's ONNX paths (``RoiAlign``, ``NonMaxSuppression``) where ``torch.export`` cannot. The trace
+    unrolls the loop over the images, so the graph takes the example's batch size only. Masks and keypoints are not
+    among the outputs."""
+
+    def __init__(self, model: nn.Module, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = tuple(int(v) for v in image_size)
+        _kept_size(model, self.image_size)
+
+    def postprocess_settings(self) -> dict[str, Any]:
+        """The post-processing's settings, as the model holds them (written to the ONNX metadata)."""
+        heads, rpn = self.model.roi_heads, self.model.rpn
+        return {
+            "architecture": type(self.model).__name__,
+            "score_thresh": float(heads.score_thresh),
+            "nms_thresh": float(heads.nms_thresh),
+            "detections_per_img": int(heads.detections_per_img),
+            "rpn_pre_nms_top_n": int(rpn._pre_nms_top_n["testing"]),
+            "rpn_post_nms_top_n": int(rpn._post_nms_top_n["testing"]),
+            "rpn_nms_thresh": float(rpn.nms_thresh),
+            "image_size": list(self.image_size),
+        }
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        found = self.model(list(images.unbind(0)))
+        index = [torch.full_like(d["labels"], i) for i, d in enumerate(found)]
+        return (*(torch.cat([d[key] for d in found]) for key in DETECTION_OUTPUTS[:3]), torch.cat(index))
+
+
 class DetectionHeads(nn.Module):
     """The traced part of a one-stage detector at one image size: normalisation and padding as its transform does
     them, backbone, head, and for every anchor the decoded box clipped to the image, ``(N, M, 4)``, and the class
@@ -83,20 +136,13 @@ class DetectionHeads(nn.Module):
         super().__init__()
         if not isinstance(model, _ONE_STAGE):
             raise NotImplementedError(
-                f"ONNX export of {type(model).__name__} with its post-processing is not supported yet (the two-stage "
-                "R-CNNs); RetinaNet, FCOS, SSD and SSDlite are"
+                f"{type(model).__name__} is not a one-stage detector (RetinaNet, FCOS, SSD): export the R-CNNs with "
+                "RCNNDetections"
             )
         self.model = model
         self.image_size = tuple(int(v) for v in image_size)
+        images = _kept_size(model, self.image_size)
         with torch.no_grad():
-            # two images: a GroupNorm of one value per group (a 1x1 map) refuses a batch of one
-            images, _ = model.transform([torch.zeros(3, *self.image_size)] * 2)
-            if tuple(images.image_sizes[0]) != self.image_size:
-                raise ValueError(
-                    f"the model's transform resizes {self.image_size[0]}x{self.image_size[1]} images to "
-                    f"{images.image_sizes[0][0]}x{images.image_sizes[0][1]}: export at the size it keeps (build it "
-                    "for the data's size: architectures.dense.build_dense_model)"
-                )
             self.padded = tuple(images.tensors.shape[-2:])
             features = self._features(images.tensors)
             anchors = model.anchor_generator(images, features)[0]

@@ -12,6 +12,7 @@ names, layout) goes into ``metadata_props`` as JSON values (:func:`input_metadat
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -25,13 +26,17 @@ import onnx
 import onnxscript
 import torch
 from onnx import helper, numpy_helper
+from torch.onnx import symbolic_helper
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from adderconvert.deploy.dense import (
+    DETECTION_OUTPUTS,
     IMAGES,
     LOGITS,
     RAW_BOXES,
     RAW_SCORES,
     DetectionHeads,
+    RCNNDetections,
     SegmentationLogits,
     append_detection_postprocess,
     model_task,
@@ -43,6 +48,7 @@ from adderconvert.deploy.ops import (
     QUANTIZED_ADDER_CONV_SCHEMA,
     register_schemas,
 )
+from adderconvert.nn import AdderConv2d
 from adderconvert.nn.quantized import QuantizedAdderConv2d
 
 __all__ = ["dynamic_hw_sizes", "export_onnx", "fuse_batchnorm", "input_metadata", "make_portable", "read_metadata"]
@@ -101,6 +107,62 @@ def _translation_table() -> dict:
         torch.ops.adderconvert.adder_conv2d.default: translate,
         torch.ops.adderconvert.quantized_adder_conv2d.default: translate_quantized,
     }
+
+
+def _adder_symbolic(g, x, weight, bias, stride, padding, dilation, groups):
+    """``adderconvert::adder_conv2d`` for the TorchScript exporter: ``AdderConv``, as :func:`_translation_table`."""
+    inputs = [x, weight] if symbolic_helper._is_none(bias) else [x, weight, bias]
+    value = symbolic_helper._get_const
+    return g.op(
+        f"{DOMAIN}::AdderConv",
+        *inputs,
+        strides_i=value(stride, "is", "stride"),
+        pads_i=value(padding, "is", "padding"),
+        dilations_i=value(dilation, "is", "dilation"),
+        group_i=value(groups, "i", "groups"),
+    ).setType(x.type().with_sizes(None))
+
+
+def _quantized_symbolic(g, x, weight, alpha, beta, stride, padding, dilation, groups, x_scale, x_zero_point, relu):
+    """``adderconvert::quantized_adder_conv2d`` for the TorchScript exporter: ``QuantizedAdderConv``."""
+    value = symbolic_helper._get_const
+    return g.op(
+        f"{DOMAIN}::QuantizedAdderConv",
+        x,
+        weight,
+        alpha,
+        beta,
+        strides_i=value(stride, "is", "stride"),
+        pads_i=value(padding, "is", "padding"),
+        dilations_i=value(dilation, "is", "dilation"),
+        group_i=value(groups, "i", "groups"),
+        x_scale_f=value(x_scale, "f", "x_scale"),
+        x_zero_point_i=value(x_zero_point, "i", "x_zero_point"),
+        relu_i=int(value(relu, "b", "relu")),
+    ).setType(x.type().with_sizes(None))
+
+
+def _torchscript_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
+    """``module`` (an :class:`RCNNDetections`) through the TorchScript exporter, with the adder ops registered:
+    torchvision's R-CNNs trace with ONNX ops there (``torch.export`` cannot take their post-processing). The graph
+    takes the example's batch size."""
+    for name, symbolic in (("adder_conv2d", _adder_symbolic), ("quantized_adder_conv2d", _quantized_symbolic)):
+        torch.onnx.register_custom_op_symbolic(f"adderconvert::{name}", symbolic, opset)
+    adders = any(isinstance(m, (AdderConv2d, QuantizedAdderConv2d)) for m in module.modules())
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice and the trace's warnings on its loops
+        torch.onnx.export(
+            module,
+            inputs,
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[IMAGES],
+            output_names=list(DETECTION_OUTPUTS),
+            custom_opsets={DOMAIN: OPSET_VERSION} if adders else None,
+        )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -455,8 +517,9 @@ def export_onnx(
 
     A classifier's graph maps ``input`` to ``output``. torchvision's segmentation and detection models export as
     :mod:`adderconvert.deploy.dense` says: ``images`` to ``logits`` (the model's ``"out"``), or ``images``
-    ``(N, 3, S, S)`` to ``boxes``, ``scores``, ``labels`` and ``image_index``, post-processing included (RetinaNet,
-    FCOS, SSD; ``example_inputs`` may be a detector's list of images, of the size ``S`` its transform keeps).
+    ``(N, 3, S, S)`` to ``boxes``, ``scores``, ``labels`` and ``image_index``, post-processing included
+    (``example_inputs`` may be a detector's list of images, of the size ``S`` its transform keeps). The two-stage
+    R-CNNs go through the TorchScript exporter, for the example's batch size only, and have no portable form.
 
     Adder layers become ``com.adderconvert::AdderConv`` (or ``FusedAdderConv`` with ``fuse_bn``); run the
     file with :func:`adderconvert.deploy.runtime.make_session`. With ``portable`` they become standard ONNX ops
@@ -505,12 +568,19 @@ def export_onnx(
         raise ValueError(f"metadata says task {metadata['task']!r}, but the model is a {task} model")
     if task == "detection" and dynamic_hw:
         raise ValueError("a detector exports at one image size (its anchors are constants of it): no dynamic_hw")
+    if portable and isinstance(model, GeneralizedRCNN):
+        raise ValueError(
+            "the portable form of a two-stage R-CNN is not supported (its traced graph has no static shapes to size "
+            "the adder layers' chunks by): export it with the custom ops"
+        )
     was_training = model.training
     model.eval()
     try:
-        module, input_name, output_names, heads = model, INPUT_NAME, [OUTPUT_NAME], None
+        module, input_name, output_names, heads, rcnn = model, INPUT_NAME, [OUTPUT_NAME], None, None
         if task == "segmentation":
             module, input_name, output_names = SegmentationLogits(model).eval(), IMAGES, [LOGITS]
+        elif isinstance(model, GeneralizedRCNN):
+            rcnn = RCNNDetections(model, tuple(inputs[0].shape[-2:])).eval()
         elif task == "detection":
             heads = DetectionHeads(model, tuple(inputs[0].shape[-2:])).eval()
             module, input_name, output_names = heads, IMAGES, [RAW_BOXES, RAW_SCORES]
@@ -518,21 +588,23 @@ def export_onnx(
         dims = {0: torch.export.Dim.DYNAMIC} if dynamic_batch else {}
         if dynamic_hw:
             dims.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
-        program = torch.onnx.export(
-            module,
-            inputs,
-            dynamo=True,
-            opset_version=opset,
-            input_names=[input_name],
-            output_names=output_names,
-            dynamic_shapes=(dims,) if dims else None,
-            custom_translation_table=_translation_table(),
-            report=False,
-            verbose=False,
-        )
+        if rcnn is not None:
+            proto = _torchscript_export(rcnn, inputs, opset)
+        else:
+            proto = torch.onnx.export(
+                module,
+                inputs,
+                dynamo=True,
+                opset_version=opset,
+                input_names=[input_name],
+                output_names=output_names,
+                dynamic_shapes=(dims,) if dims else None,
+                custom_translation_table=_translation_table(),
+                report=False,
+                verbose=False,
+            ).model_proto
     finally:
         model.train(was_training)
-    proto = program.model_proto
     _name_dynamic_dims(proto)
     if dynamic_hw:
         _check_dynamic_output(proto)
@@ -555,8 +627,8 @@ def export_onnx(
         adder_precision="int8" if quantized else "fp32",
         task=task,
     )
-    if heads is not None:
-        props["postprocess"] = json.dumps(heads.postprocess_settings())
+    if heads is not None or rcnn is not None:
+        props["postprocess"] = json.dumps((heads or rcnn).postprocess_settings())
     if quantized and getattr(model, "quantization", None):
         props["quantization"] = json.dumps(model.quantization)
     if min_size is not None:

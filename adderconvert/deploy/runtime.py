@@ -45,16 +45,27 @@ def run_dense(session: Any, images: torch.Tensor | np.ndarray | Sequence[torch.T
       ``(n, 4)`` float32 ``x1, y1, x2, y2``, ``scores`` ``(n,)`` and ``labels`` ``(n,)`` int64, highest score first,
       what ``adderconvert.metrics.coco_map`` takes.
 
-    A session of another model (a classifier) is a ``ValueError``."""
+    A graph of one batch size (a two-stage R-CNN's) runs ``images`` in pieces of that size, the last one padded with
+    zero images. A session of another model (a classifier) is a ``ValueError``."""
     if isinstance(images, (list, tuple)):
         images = torch.stack(list(images))
-    batch = np.ascontiguousarray(images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images)
+    batch = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
     names = [output.name for output in session.get_outputs()]
-    feed = {session.get_inputs()[0].name: batch.astype(np.float32, copy=False)}
+    name = session.get_inputs()[0].name
     if names == ["logits"]:
-        return torch.from_numpy(session.run(None, feed)[0])
+        return torch.from_numpy(session.run(None, {name: batch})[0])
     if sorted(names) != sorted(DETECTION_OUTPUTS):
         raise ValueError(f"not a segmentation or detection model exported by adderconvert: its outputs are {names}")
-    found = dict(zip(names, (torch.from_numpy(v) for v in session.run(None, feed))))
-    image_index = found.pop("image_index")
-    return [{key: value[image_index == i] for key, value in found.items()} for i in range(len(batch))]
+    size = session.get_inputs()[0].shape[0]
+    step = size if isinstance(size, int) else len(batch)
+    detections: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(batch), max(1, step)):
+        piece = batch[start : start + step]
+        if len(piece) < step:  # a graph of one batch size
+            piece = np.concatenate([piece, np.zeros((step - len(piece), *piece.shape[1:]), piece.dtype)])
+        found = dict(zip(names, (torch.from_numpy(v) for v in session.run(None, {name: piece}))))
+        image_index = found.pop("image_index")
+        count = min(step, len(batch) - start)
+        detections += [{key: value[image_index == i] for key, value in found.items()} for i in range(count)]
+    return detections

@@ -5,9 +5,12 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models.detection import FCOS
-from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection import FCOS, FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.ssd import SSD
+from torchvision.ops import MultiScaleRoIAlign
 
 # The prediction convs of RetinaNet and FCOS, and SSD's (their last conv: SSDlite's is a Sequential).
 _PREDICTIONS = ("cls_logits", "bbox_reg", "bbox_ctrness", *(f"module_list.{i}" for i in range(8)),
@@ -15,10 +18,17 @@ _PREDICTIONS = ("cls_logits", "bbox_reg", "bbox_ctrness", *(f"module_list.{i}" f
 
 
 def score_spread(model: nn.Module) -> nn.Module:
-    """Redraw the prediction convs of an untrained detector (``_PREDICTIONS``) so that a few dozen anchors per image
-    score above 0.3 with boxes of some size: class logits of unit variance about -3 (SSD: the background's 3 above
-    the others'), box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a distance)."""
+    """Redraw the prediction convs of an untrained detector (``_PREDICTIONS``; an R-CNN's box predictor) so that a
+    few dozen anchors per image score above 0.3 with boxes of some size: class logits of unit variance about -3 (SSD:
+    the background's 3 above the others'; an R-CNN's: weights 10 times larger, on its box head's small features),
+    box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a distance)."""
     torch.manual_seed(1)
+    if isinstance(model, GeneralizedRCNN):  # the box head's Linear layers, before a softmax over the classes
+        predictor = model.roi_heads.box_predictor
+        for linear, deviation in ((predictor.cls_score, 10.0), (predictor.bbox_pred, 0.5)):
+            nn.init.normal_(linear.weight, 0, deviation * linear.in_features**-0.5)
+            nn.init.zeros_(linear.bias)
+        return model.eval()
     head = model.head.classification_head
     classes = head.num_columns if isinstance(model, SSD) else head.num_classes
     for name, conv in model.head.named_modules():
@@ -50,3 +60,20 @@ def small_ssd(size: int, num_classes: int = 11) -> SSD:
             return OrderedDict([("0", first), ("1", self.layer2(first))])
 
     return SSD(Backbone(), DefaultBoxGenerator([[2], [2]]), (size, size), num_classes, [0.5] * 3, [0.25] * 3)
+
+
+def small_faster_rcnn(size: int, num_classes: int = 11) -> FasterRCNN:
+    """torchvision's Faster R-CNN on a 3-conv backbone (stride 8), RoI pooling of 5x5 and a box head of 64 features,
+    its transform at ``size``."""
+    body = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 24, 3, 2, 1), nn.BatchNorm2d(24), nn.ReLU(),
+        nn.Conv2d(24, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+    )  # fmt: skip
+    body.out_channels = 32
+    return FasterRCNN(
+        body, None, min_size=size, max_size=size, image_mean=[0.5] * 3, image_std=[0.25] * 3,
+        rpn_anchor_generator=AnchorGenerator(((16, 32),), ((0.5, 1.0, 2.0),)),
+        box_roi_pool=MultiScaleRoIAlign(["0"], 5, 2), box_head=TwoMLPHead(32 * 25, 64),
+        box_predictor=FastRCNNPredictor(64, num_classes),
+    )  # fmt: skip

@@ -10,8 +10,8 @@ folded, portable, INT8).
   ``detections_per_img`` cut. Noise (std 0.05) is added to the scenes: on their black background many anchors would
   tie, and NMS may keep either of two tied boxes.
 
-The default tier uses small models of torchvision's classes (tests/conversion/_dense.py and a small SSD here); the
-named torchvision models are the slow tier.
+The default tier uses small models of torchvision's classes (tests/conversion/_dense.py; tests/deploy/_dense_models.py:
+an SSD and a Faster R-CNN); the named torchvision models are the slow tier.
 """
 
 import onnx
@@ -30,7 +30,7 @@ from adderconvert.deploy.ops import DOMAIN
 from adderconvert.deploy.runtime import make_session, run_dense
 from adderconvert.nn import AdderConv2d
 from tests.conversion._dense import small_deeplab, small_fcos
-from tests.deploy._dense_models import score_spread, small_ssd
+from tests.deploy._dense_models import score_spread, small_faster_rcnn, small_ssd
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 
@@ -246,10 +246,37 @@ def test_detection_export_refusals(fcos, tmp_path):
         run_dense(session, images)
 
 
-def test_two_stage_detectors_are_refused_with_the_reason(tmp_path):
-    model = build_dense_model("fasterrcnn_mobilenet_v3_large_320_fpn", 11, SIZE).eval()
-    with pytest.raises(NotImplementedError, match="two-stage"):
-        export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 3, SIZE, SIZE))
+@pytest.fixture(scope="module")
+def faster_rcnn():
+    torch.manual_seed(0)
+    cnn = score_spread(small_faster_rcnn(SIZE))
+    images = _scenes("detection", 12, noise=0.05)
+    return cnn, _adder(cnn, [list(images[:8])]), images[8:]
+
+
+@pytest.mark.parametrize("form", ["cnn", "fused", pytest.param("int8", marks=pytest.mark.slow)])
+def test_two_stage_detector_parity(faster_rcnn, tmp_path, form):
+    """A Faster R-CNN through the TorchScript exporter: a graph of the example's batch size (2), which run_dense runs
+    on 3 images as two batches, the second padded."""
+    cnn, adder, images = faster_rcnn
+    model = cnn if form == "cnn" else adder
+    if form == "int8":
+        model = adderconvert.quantize(adder, lambda m: m(list(images)))
+    path = export_onnx(model, tmp_path / "m.onnx", images[:2])
+    proto = onnx.load(str(path))
+    assert [o.name for o in proto.graph.output] == ["boxes", "scores", "labels", "image_index"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    expected = {"cnn": set(), "fused": {"FusedAdderConv"}, "int8": {"QuantizedAdderConv"}}[form]
+    assert {n.op_type for n in proto.graph.node if n.domain == DOMAIN} == expected
+    settings = read_metadata(path)["postprocess"]
+    assert settings["architecture"] == "FasterRCNN" and settings["rpn_post_nms_top_n"] == 1000
+    tolerances = {"score_tolerance": INT8_SCORE_TOLERANCE, "min_iou": INT8_MIN_IOU} if form == "int8" else {}
+    assert _detection_parity(model, path, images[:3], **tolerances) > 5
+
+
+def test_two_stage_detector_has_no_portable_form(faster_rcnn, tmp_path):
+    with pytest.raises(ValueError, match="portable form of a two-stage R-CNN is not supported"):
+        export_onnx(faster_rcnn[1], tmp_path / "m.onnx", faster_rcnn[2][:2], portable=True)
 
 
 # --- torchvision's models (slow) ---
@@ -286,3 +313,17 @@ def test_parity_helpers_catch_a_difference():
             _matched(first, [first[0] | change])
     near = [first[0] | {"scores": torch.tensor([0.9, 0.30004])}]  # above 0.3 on one side only, within 1e-4
     assert _matched(near, [first[0] | {"scores": torch.tensor([0.9, 0.29996])}]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["fasterrcnn_mobilenet_v3_large_320_fpn", "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn"]
+)
+def test_torchvision_two_stage_detection_parity(name, tmp_path):
+    """Mask and Keypoint R-CNN export their boxes, scores and labels (not their masks or keypoints)."""
+    torch.manual_seed(0)
+    cnn = score_spread(build_dense_model(name, 11 if "keypoint" not in name else 2, SIZE))
+    images = _scenes("detection", 6, noise=0.05)
+    for stage, model in (("cnn", cnn), ("adder", _adder(cnn, [list(images[:4])]))):
+        path = export_onnx(model, tmp_path / f"{stage}.onnx", images[4:6])
+        assert _detection_parity(model, path, images[4:]) > 0, stage
