@@ -10,7 +10,8 @@
   ``(K,)`` int64 (the image of the batch each detection is in), grouped by image and by score, highest first.
 
 Detection's post-processing does not trace through ``torch.export`` (torchvision's NMS and its score filters make
-shapes that depend on the data: ``GuardOnDataDependentSymNode`` in ``batched_nms``). So the exported PyTorch part
+shapes that depend on the data: ``GuardOnDataDependentSymNode`` in ``batched_nms``; open upstream as pytorch/vision
+#9306 and #9462). So the exported PyTorch part
 (:class:`DetectionHeads`) stops at every anchor's decoded, clipped box and class scores (torchvision's own
 ``box_coder`` and ``clip_boxes_to_image``, the anchors a constant of the image size), and
 :func:`append_detection_postprocess` adds the rest as standard ONNX ops, as torchvision's

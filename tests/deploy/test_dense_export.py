@@ -156,20 +156,22 @@ def test_segmentation_dynamic_hw(deeplab, tmp_path):
 # --- detection ---
 
 
-@pytest.fixture(scope="module")
-def fcos():
+def _detector(build) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A detector of ``build`` with its scores spread, its adder model converted on 8 scenes, and 4 other scenes."""
     torch.manual_seed(0)
-    cnn = score_spread(small_fcos(SIZE, num_classes=11))
+    cnn = score_spread(build())
     images = _scenes("detection", 12, noise=0.05)
     return cnn, _adder(cnn, [list(images[:8])]), images[8:]
+
+
+@pytest.fixture(scope="module")
+def fcos():
+    return _detector(lambda: small_fcos(SIZE, num_classes=11))
 
 
 @pytest.fixture(scope="module")
 def ssd():
-    torch.manual_seed(0)
-    cnn = score_spread(small_ssd(SIZE))
-    images = _scenes("detection", 12, noise=0.05)
-    return cnn, _adder(cnn, [list(images[:8])]), images[8:]
+    return _detector(lambda: small_ssd(SIZE))
 
 
 def test_detection_graph_from_image_to_detections(fcos, tmp_path):
@@ -248,10 +250,7 @@ def test_detection_export_refusals(fcos, tmp_path):
 
 @pytest.fixture(scope="module")
 def faster_rcnn():
-    torch.manual_seed(0)
-    cnn = score_spread(small_faster_rcnn(SIZE))
-    images = _scenes("detection", 12, noise=0.05)
-    return cnn, _adder(cnn, [list(images[:8])]), images[8:]
+    return _detector(lambda: small_faster_rcnn(SIZE))
 
 
 @pytest.mark.parametrize("form", ["cnn", "fused", pytest.param("int8", marks=pytest.mark.slow)])
