@@ -11,20 +11,29 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from adderconvert.app.devices import resolve_device
 from adderconvert.app.outputs import check_output_file, write_through
-from adderconvert.architectures.dense import DEFAULT_IMAGE_SIZE
+from adderconvert.architectures.dense import DEFAULT_IMAGE_SIZE, DETECTION_MODELS, SEGMENTATION_MODELS
 from adderconvert.architectures.registry import task_of
 from adderconvert.checkpoint import CheckpointError, CheckpointMeta, load, read_meta
 from adderconvert.data import DATASETS, DataError, DatasetSplits, check_task, load_dataset
 from adderconvert.data_formats import FORMATS, load_coco, load_voc
 from adderconvert.data_scenes import load_scenes
 from adderconvert.deploy.export import export_onnx, input_metadata, read_metadata
-from adderconvert.deploy.runtime import make_session
+from adderconvert.deploy.runtime import make_session, run_dense
 from adderconvert.train.dense import training_task
 
-__all__ = ["ALL_DATASETS", "deployment_metadata", "evaluate_file", "export_checkpoint", "is_onnx_model", "load_data"]
+__all__ = [
+    "ALL_DATASETS",
+    "SessionModel",
+    "deployment_metadata",
+    "evaluate_file",
+    "export_checkpoint",
+    "is_onnx_model",
+    "load_data",
+]
 
 ALL_DATASETS = (*DATASETS, *FORMATS)  # what --dataset takes
 
@@ -234,6 +243,20 @@ def onnx_logits(sessions, loader, max_batches: int | None = None, fixed_batch: i
         yield [s.run(None, {s.get_inputs()[0].name: feed})[0][:count] for s in sessions], labels.numpy()
 
 
+class SessionModel(nn.Module):
+    """An ONNX Runtime session of an exported segmentation or detection model (``task``), called as the PyTorch
+    model is in eval mode: ``{"out": logits}`` of an image batch, a detector's detections of a list of images
+    (:func:`adderconvert.deploy.runtime.run_dense`), so that the task's evaluation scores it."""
+
+    def __init__(self, session: Any, task: str) -> None:
+        super().__init__()
+        self.session, self.task = session, task
+
+    def forward(self, images: torch.Tensor | list[torch.Tensor]) -> Any:
+        outputs = run_dense(self.session, images)
+        return {"out": outputs} if self.task == "segmentation" else outputs
+
+
 def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batches) -> dict[str, Any]:
     model = _read_onnx(target)
     metadata = read_metadata(model)
@@ -242,7 +265,13 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
     stored = stored[-1] if isinstance(stored, list) and stored and isinstance(stored[-1], int) else None
     size = image_size or stored or fixed
     name = dataset or metadata.get("dataset") or "fashion-mnist"
-    splits = load_dataset(name, data, size)
+    task = metadata.get("task", "classification")
+    if task != "classification":  # the scenes follow the run's seed, which its export records
+        if not isinstance(metadata.get("model_name"), str):
+            raise ValueError(f"{target} is a {task} model whose metadata does not name it (model_name)")
+        splits = load_data(name, data, size, metadata["model_name"], seed=metadata.get("seed", 0))
+    else:
+        splits = load_dataset(name, data, size)
     if fixed is not None and splits.image_size != fixed:
         raise ValueError(f"{target} takes {fixed}x{fixed} input only; {name} gives {splits.image_size}px images")
     _check_dynamic_size(target, model, metadata, splits.image_size)
@@ -252,6 +281,20 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
         if not _is_ort_error(e):
             raise
         raise ValueError(f"ONNX Runtime cannot load {target}: {_first_line(e)}") from None
+    runtime = f"ONNX Runtime, {session.get_providers()[0]}"
+    warnings = _data_warnings(target, metadata.get("dataset"), stored, name, splits.image_size)
+    if task != "classification":
+        try:
+            scores = training_task(task).evaluate(
+                SessionModel(session, task), splits.test, batch_size=fixed_batch or batch_size, max_batches=max_batches
+            )
+        except Exception as e:
+            if not _is_ort_error(e):
+                raise
+            raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {_first_line(e)}") from None
+        images = _count(splits.test, fixed_batch or batch_size, max_batches)
+        result = {"target": str(target), "top1": None, "scores": scores, "images": images, "dataset": name}
+        return {**result, "runtime": runtime, "warnings": warnings}
     correct = total = 0
     loader = torch.utils.data.DataLoader(splits.test, batch_size=fixed_batch or batch_size)
     try:
@@ -273,8 +316,8 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
         "scores": {"top1": top1},
         "images": total,
         "dataset": name,
-        "runtime": f"ONNX Runtime, {session.get_providers()[0]}",
-        "warnings": _data_warnings(target, metadata.get("dataset"), stored, name, splits.image_size),
+        "runtime": runtime,
+        "warnings": warnings,
     }
 
 
@@ -311,9 +354,14 @@ def export_checkpoint(
     )
 
 
-def deployment_metadata(meta: CheckpointMeta) -> dict[str, Any]:
-    """What an ONNX file needs to be used alone: input size, normalisation, classes, layout, data set, model."""
+def deployment_metadata(meta: CheckpointMeta, seed: int | None = None) -> dict[str, Any]:
+    """What an ONNX file needs to be used alone: input size, normalisation, classes, layout, data set, model; for a
+    segmentation or detection model also ``seed``, the run's (``seed``, else its recipe's), which its built-in
+    scenes follow."""
     values = input_metadata(
         image_size=meta.image_size, mean=meta.mean, std=meta.std, classes=meta.classes, dataset=meta.dataset
     )
-    return {**values, "model_name": meta.official_arch or meta.model_name}
+    values["model_name"] = meta.official_arch or meta.model_name
+    if meta.official_arch is None and meta.model_name in (*SEGMENTATION_MODELS, *DETECTION_MODELS):
+        values["seed"] = seed if seed is not None else (meta.recipe or {}).get("seed", 0)
+    return values

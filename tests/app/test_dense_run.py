@@ -1,6 +1,6 @@
-"""The main job on segmentation and detection models: trained, converted and fine-tuned on the built-in scenes at a
-tiny budget, with their metric (mIoU, mAP) in summary.json and metrics.csv; `evaluate` on their checkpoints; resume
-of an interrupted run; bad input as one ``Error:`` line and exit status 2."""
+"""The main job on segmentation and detection models: trained, converted, fine-tuned and exported on the built-in
+scenes at a tiny budget, with their metric (mIoU, mAP) in summary.json and metrics.csv; `evaluate` on their
+checkpoints and ONNX files; resume of an interrupted run; bad input as one ``Error:`` line and exit status 2."""
 
 import json
 
@@ -36,23 +36,25 @@ def _run(*args):
     return result
 
 
-@pytest.mark.parametrize(
+_MODELS = pytest.mark.parametrize(
     ("model", "metric", "other", "extra"),
     [
         ("lraspp_mobilenet_v3_large", "miou", "pixel_accuracy", []),
         ("ssdlite320_mobilenet_v3_large", "map", "map_50", ["--reconstruct", "none"]),  # in seconds
     ],
 )
+
+
+@_MODELS
 def test_a_dense_run_writes_its_metric(small, tmp_path, model, metric, other, extra):
     out = tmp_path / "run"
-    result = _run(*_args(model, small, out, *extra))
-    assert "export: skipped" in result.output  # one line: ONNX export of these models is not wired in yet
+    _run(*_args(model, small, out, *extra, "--no-export"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == metric and summary["task"] in ("segmentation", "detection")
     for stage in ("cnn", "zero_step", "adder"):
         for name in (metric, other):
             assert 0 <= summary[f"{stage}_{name}"] <= 100, (stage, name, summary)
-    assert summary[f"onnx_{metric}"] is None and "cnn_top1" not in summary
+    assert summary[f"onnx_{metric}"] is None and summary[f"int8_{metric}"] is None and "cnn_top1" not in summary
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert f"test_{metric}" in header and "test_top1" not in header and "train_top1" not in header
     for folder in (out, out / "teacher"):
@@ -61,6 +63,21 @@ def test_a_dense_run_writes_its_metric(small, tmp_path, model, metric, other, ex
     # evaluate scores the checkpoint as the run did (the same scenes: the run's seed is in its recipe)
     evaluated = _run("evaluate", str(out / "last.pt"), "--data", str(small))
     assert f"{summary[f'adder_{metric}']:.2f}%" in evaluated.output, (evaluated.output, summary)
+
+
+@pytest.mark.slow  # the ONNX export (15-20 s each)
+@_MODELS
+def test_a_dense_run_exports_and_scores_in_onnx_runtime(small, tmp_path, model, metric, other, extra):
+    out = tmp_path / "run"
+    result = _run(*_args(model, small, out, *extra, "--int8"))
+    assert "--int8: skipped" in result.output and "cost report: skipped" in result.output  # one line each
+    summary = json.loads((out / "summary.json").read_text())
+    # ONNX Runtime scores the exported model as PyTorch does (segmentation argmax, detections after NMS)
+    assert summary["onnx_path"] == f"{model}_adder.onnx" and (out / summary["onnx_path"]).is_file()
+    assert summary[f"onnx_{metric}"] == pytest.approx(summary[f"adder_{metric}"], abs=0.5)
+    assert summary[f"int8_{metric}"] is None
+    evaluated = _run("evaluate", str(out / summary["onnx_path"]), "--data", str(small))
+    assert f"{summary[f'onnx_{metric}']:.2f}%" in evaluated.output and "ONNX Runtime" in evaluated.output
 
 
 def test_an_interrupted_dense_run_resumes_exactly(small, tmp_path, monkeypatch):
