@@ -15,6 +15,7 @@ import adderconvert.train.loop as loop
 from adderconvert.app.cli import main
 from adderconvert.checkpoint import load_checkpoint
 from tests.app.test_cli import _fake_fashion_mnist, _input_error
+from tests.test_data_formats import _write_coco, _write_voc
 
 
 @pytest.fixture
@@ -128,3 +129,22 @@ def test_bad_input_is_one_error_line(small, tmp_path):
     for args, fragments in cases:
         _input_error(CliRunner().invoke(main, [*args, *base]), *fragments)
         assert not out.exists(), args
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "write", "classes"),
+    [
+        ("lraspp_mobilenet_v3_large", "voc", _write_voc, 3),  # masks with ignored (255) borders and padding
+        ("ssdlite320_mobilenet_v3_large", "coco", _write_coco, 3),  # an image without objects among them
+    ],
+)
+@pytest.mark.filterwarnings("ignore:1 of 2 images in .* have no annotations")
+def test_users_data_through_the_main_job(small, tmp_path, model, dataset, write, classes):
+    data = write(tmp_path / dataset)
+    out = tmp_path / "run"
+    args = [model, "--dataset", dataset, "--data", str(data), "--weights", "none", "--pretrain-epochs", "1"]
+    args += ["--image-size", "64", "--max-steps", "1", "--batch-size", "2", "--no-export"]
+    _run(*args, "--quiet", "--output", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == dataset and summary["converted_layers"] > 0
+    assert load_checkpoint(out / "last.pt")["meta"].num_classes == classes  # the background and two classes
