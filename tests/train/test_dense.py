@@ -224,3 +224,16 @@ def test_fit_on_a_segmentation_task_distils_and_writes_its_metric(tmp_path):
         rows = list(csv.DictReader(f))
     assert [float(r["test_miou"]) for r in rows] == [r.test_top1 for r in history]
     assert "train_top1" not in rows[0] and "test_top1" not in rows[0]
+
+
+def test_the_divergence_guard_stops_a_dense_run(tmp_path):
+    from adderconvert.checkpoint import CheckpointMeta
+    from adderconvert.train import TrainingDiverged
+
+    scenes = _scenes(n=16)
+    scenes[5] = (torch.full((3, 8, 8), math.nan), scenes[5][1])  # its batch's loss is not finite
+    config = TrainConfig(epochs=1, batch_size=4, progress=False, log=False, kd=False)
+    meta = CheckpointMeta(model_name="tiny", num_classes=3)
+    with pytest.raises(TrainingDiverged, match="the loss became nan at epoch 1, step"):
+        fit(_Segmenter(), scenes, scenes, config, output=tmp_path, meta=meta, task=SEGMENTATION)
+    assert not (tmp_path / "last.pt").exists()
