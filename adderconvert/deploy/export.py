@@ -179,11 +179,14 @@ def fuse_batchnorm(model: onnx.ModelProto) -> int:
     and ``relu``, in place.
 
     Only chains whose intermediate outputs have a single consumer, are not graph outputs and whose
-    BatchNorm parameters (and ``alpha``, ``beta``) are initializers are folded. Returns the number of folded
-    chains.
+    BatchNorm parameters (and ``alpha``, ``beta``) are initializers (or Identity nodes of them) are folded. Returns
+    the number of folded chains.
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:  # the TorchScript exporter shares equal initializers through Identity nodes
+        if node.op_type == "Identity" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]]
     graph_outputs = {o.name for o in graph.output}
     users = _consumers(graph)
     folded, removed = 0, set()
