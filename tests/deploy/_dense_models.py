@@ -17,11 +17,11 @@ _PREDICTIONS = ("cls_logits", "bbox_reg", "bbox_ctrness", *(f"module_list.{i}" f
                 *(f"module_list.{i}.1" for i in range(8)))  # fmt: skip
 
 
-def score_spread(model: nn.Module) -> nn.Module:
+def score_spread(model: nn.Module, background: float = 5.0) -> nn.Module:
     """Redraw the prediction convs of an untrained detector (``_PREDICTIONS``; an R-CNN's box predictor) so that a
     few dozen anchors per image score above 0.3 with boxes of some size: class logits of unit variance about -3 (SSD:
-    the background's 5 above the others'; an R-CNN's: weights 10 times larger, on its box head's small features),
-    box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a distance)."""
+    the background's ``background`` above the others'; an R-CNN's: weights 10 times larger, on its box head's
+    small features), box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a distance)."""
     torch.manual_seed(1)
     if isinstance(model, GeneralizedRCNN):  # the box head's Linear layers, before a softmax over the classes
         predictor = model.roi_heads.box_predictor
@@ -41,7 +41,7 @@ def score_spread(model: nn.Module) -> nn.Module:
             distance = isinstance(model, FCOS) and name.endswith("bbox_reg")
             nn.init.normal_(conv.bias, -3.0 if logits else float(distance), 1.0 if logits else 0.0)
             if logits and isinstance(model, SSD):  # softmax over the classes, the background first of each anchor's
-                conv.bias.data += 5.0 * (torch.arange(len(conv.bias)) % classes == 0)
+                conv.bias.data += background * (torch.arange(len(conv.bias)) % classes == 0)
     return model.eval()
 
 
