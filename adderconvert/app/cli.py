@@ -212,8 +212,8 @@ def _interrupt_on_sigterm():
     "--feature-kd",
     type=float,
     default=None,
-    help=f"Weight of feature distillation: each BatchNorm after an adder layer matched to the teacher's; "
-    f"0 turns it off [{RunConfig.feature_kd}].",
+    help=f"Weight of feature distillation: each BatchNorm after an adder layer matched to the teacher's (segmentation "
+    f"and detection: the backbone's output maps, at a tenth of the weight); 0 turns it off [{RunConfig.feature_kd}].",
 )
 @click.option("--sync-bn", is_flag=True, default=None, help="Synchronise BatchNorm over torchrun processes.")
 @click.option("--amp", is_flag=True, default=None, help="bfloat16 autocast (adder layers stay float32).")

@@ -117,6 +117,7 @@ class Task:
 
     metric = "top1"  # the name of the metric the checkpoints are chosen by (a key of :meth:`evaluate`'s result)
     collate_fn: Callable | None = None  # the DataLoader's
+    feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
 
     def images(self, batch: Any) -> torch.Tensor:
         """The batch's images as one tensor (N, C, H, W)."""
@@ -301,7 +302,7 @@ def train_one_epoch(
         with autocast:
             loss, count, right = task.step(net, batch, teacher, config, device)
             if features is not None:
-                loss = loss + config.feature_kd * features.loss()
+                loss = loss + config.feature_kd * task.feature_scale * features.loss()
         value = float(loss.detach())
         problem = watch.check(value) if watch is not None else None
         if problem is not None:
