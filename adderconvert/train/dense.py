@@ -119,11 +119,19 @@ class BackboneDistillation:
             hook.remove()
 
 
-class SegmentationTask(Task):
+class _DenseTask(Task):
+    """What segmentation and detection share: the backbone maps' distillation."""
+
+    feature_scale = FEATURE_SCALE
+
+    def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
+        return BackboneDistillation(model, teacher)
+
+
+class SegmentationTask(_DenseTask):
     """torchvision's segmentation models (the module's docstring)."""
 
     metric = "miou"
-    feature_scale = FEATURE_SCALE
 
     def step(
         self, net: nn.Module, batch: Any, teacher: nn.Module | None, config: TrainConfig, device: torch.device
@@ -134,9 +142,6 @@ class SegmentationTask(Task):
         outputs = net(images)
         loss = segmentation_loss(outputs, masks, teacher_outputs, config.kd_alpha, config.kd_temperature)
         return loss, len(images), None
-
-    def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
-        return BackboneDistillation(model, teacher)
 
     def batch_result(self, model: nn.Module, batch: Any, device: str | torch.device) -> torch.Tensor:
         """The batch's confusion matrix."""
@@ -151,12 +156,11 @@ class SegmentationTask(Task):
         return {name: 100.0 * value for name, value in segmentation_scores(sum(results)).items()}
 
 
-class DetectionTask(Task):
+class DetectionTask(_DenseTask):
     """torchvision's detection models (the module's docstring)."""
 
     metric = "map"
     collate_fn = staticmethod(collate_detection)
-    feature_scale = FEATURE_SCALE
 
     def images(self, batch: Any) -> torch.Tensor:
         return torch.stack(list(batch[0]))
@@ -171,9 +175,6 @@ class DetectionTask(Task):
                 teacher.backbone(teacher.transform(images)[0].tensors)
         losses = net(images, targets)
         return sum(losses.values()), len(images), None
-
-    def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
-        return BackboneDistillation(model, teacher)
 
     def batch_result(self, model: nn.Module, batch: Any, device: str | torch.device) -> tuple[list, list]:
         """The batch's detections (on the CPU) and targets."""
