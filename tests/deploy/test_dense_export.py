@@ -14,6 +14,8 @@ The default tier uses small models of torchvision's classes (tests/conversion/_d
 an SSD and a Faster R-CNN); the named torchvision models are the slow tier.
 """
 
+import functools
+
 import onnx
 import pytest
 import torch
@@ -157,26 +159,33 @@ def test_segmentation_dynamic_hw(deeplab, tmp_path):
 # --- detection ---
 
 
-def _detector(build) -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """A detector of ``build`` with its scores spread, its adder model converted on 8 scenes, and 4 other scenes."""
-    torch.manual_seed(0)
-    cnn = score_spread(build())
-    images = _scenes("detection", 12, noise=0.05)
-    return cnn, _adder(cnn, [list(images[:8])]), images[8:]
+class _Detector:
+    """A detector of ``build`` with its scores spread, 4 test scenes, and its adder model converted on 8 other scenes
+    when a test asks for it."""
+
+    def __init__(self, build) -> None:
+        torch.manual_seed(0)
+        self.cnn = score_spread(build())
+        scenes = _scenes("detection", 12, noise=0.05)
+        self.calibration, self.images = scenes[:8], scenes[8:]
+
+    @functools.cached_property
+    def adder(self) -> nn.Module:
+        return _adder(self.cnn, [list(self.calibration)])
 
 
 @pytest.fixture(scope="module")
 def fcos():
-    return _detector(lambda: small_fcos(SIZE, num_classes=11))
+    return _Detector(lambda: small_fcos(SIZE, num_classes=11))
 
 
 @pytest.fixture(scope="module")
 def ssd():
-    return _detector(lambda: small_ssd(SIZE))
+    return _Detector(lambda: small_ssd(SIZE))
 
 
 def test_detection_graph_from_image_to_detections(fcos, tmp_path):
-    cnn, _, images = fcos
+    cnn, images = fcos.cnn, fcos.images
     path = export_onnx(cnn, tmp_path / "cnn.onnx", list(images[:2]), metadata={"dataset": "scenes"})
     proto = onnx.load(str(path))
     assert [i.name for i in proto.graph.input] == ["images"]
@@ -193,13 +202,13 @@ def test_detection_graph_from_image_to_detections(fcos, tmp_path):
         "topk_per": "level",
         "image_size": [SIZE, SIZE],
     }
-    assert _detection_parity(cnn, path, images) > 10
-    assert _detection_parity(cnn, path, images[:3]) > 0  # another batch size
+    assert _detection_parity(cnn, path, images[:3]) > 10  # another batch size than the export's
 
 
-@pytest.mark.parametrize("form", ["fused", *(pytest.param(f, marks=pytest.mark.slow) for f in ("portable", "int8"))])
+@pytest.mark.slow  # the default tier has SSD's adder model
+@pytest.mark.parametrize("form", ["fused", "portable", "int8"])
 def test_detection_adder_model_parity(fcos, tmp_path, form):
-    _, adder, images = fcos
+    adder, images = fcos.adder, fcos.images
     if form == "int8":
         adder = adderconvert.quantize(adder, lambda model: model(list(images)))
     path = export_onnx(adder, tmp_path / "adder.onnx", images[:2], portable=form == "portable")
@@ -209,35 +218,38 @@ def test_detection_adder_model_parity(fcos, tmp_path, form):
     assert _detection_parity(adder, path, images, **tolerances) > 10
 
 
-@pytest.mark.parametrize("stage", ["cnn", "adder"])
+@pytest.mark.parametrize("stage", [pytest.param("cnn", marks=pytest.mark.slow), "adder"])
 def test_ssd_detection_parity(ssd, tmp_path, stage):
     """SSD takes the best candidates of each class (not of each level) and leaves out the background."""
-    model = ssd[0] if stage == "cnn" else ssd[1]
-    path = export_onnx(model, tmp_path / "m.onnx", ssd[2][:2])
+    model = ssd.cnn if stage == "cnn" else ssd.adder
+    path = export_onnx(model, tmp_path / "m.onnx", ssd.images[:2])
     assert read_metadata(path)["postprocess"]["topk_per"] == "class"
-    assert _detection_parity(model, path, ssd[2]) > 10
+    assert _detection_parity(model, path, ssd.images) > 10
 
 
-def test_detection_limits_and_no_detection(ssd, tmp_path):
-    cnn, _, images = ssd
+@pytest.mark.parametrize("case", ["few", pytest.param("none", marks=pytest.mark.slow)])
+def test_detection_limits(ssd, tmp_path, case):
+    """At most detections_per_img per image, highest first; none above a threshold no score reaches."""
+    cnn, images = ssd.cnn, ssd.images
     settings = cnn.detections_per_img, cnn.nms_thresh, cnn.score_thresh
     cnn.detections_per_img, cnn.nms_thresh = 3, 0.3
+    if case == "none":
+        cnn.score_thresh = 0.9999
     try:
-        path = export_onnx(cnn, tmp_path / "few.onnx", images[:2])
+        path = export_onnx(cnn, tmp_path / "m.onnx", images[:2])
         got = run_dense(make_session(path), images)
+        if case == "none":
+            assert [d["boxes"].shape for d in got] == [(0, 4)] * len(images)
+            return
         assert [len(d["scores"]) for d in got] == [3] * len(images)
         assert all(bool((d["scores"][:-1] >= d["scores"][1:]).all()) for d in got)  # highest first
         _detection_parity(cnn, path, images)
-        cnn.score_thresh = 0.9999
-        path = export_onnx(cnn, tmp_path / "none.onnx", images[:2])
-        got = run_dense(make_session(path), images)
-        assert [d["boxes"].shape for d in got] == [(0, 4)] * len(images)
     finally:
         cnn.detections_per_img, cnn.nms_thresh, cnn.score_thresh = settings
 
 
 def test_detection_export_refusals(fcos, tmp_path):
-    cnn, _, images = fcos
+    cnn, images = fcos.cnn, fcos.images
     with pytest.raises(ValueError, match="resizes 32x32 images to 64x64"):
         export_onnx(cnn, tmp_path / "m.onnx", images[:2, :, :32, :32])
     with pytest.raises(ValueError, match="no dynamic_hw"):
@@ -251,14 +263,14 @@ def test_detection_export_refusals(fcos, tmp_path):
 
 @pytest.fixture(scope="module")
 def faster_rcnn():
-    return _detector(lambda: small_faster_rcnn(SIZE))
+    return _Detector(lambda: small_faster_rcnn(SIZE))
 
 
-@pytest.mark.parametrize("form", ["cnn", "fused", pytest.param("int8", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("form", [*(pytest.param(f, marks=pytest.mark.slow) for f in ("cnn", "int8")), "fused"])
 def test_two_stage_detector_parity(faster_rcnn, tmp_path, form):
     """A Faster R-CNN through the TorchScript exporter: a graph of the example's batch size (2), which run_dense runs
     on 3 images as two batches, the second padded."""
-    cnn, adder, images = faster_rcnn
+    cnn, adder, images = faster_rcnn.cnn, faster_rcnn.adder, faster_rcnn.images
     model = cnn if form == "cnn" else adder
     if form == "int8":
         model = adderconvert.quantize(adder, lambda m: m(list(images)))
@@ -276,7 +288,7 @@ def test_two_stage_detector_parity(faster_rcnn, tmp_path, form):
 
 def test_two_stage_detector_has_no_portable_form(faster_rcnn, tmp_path):
     with pytest.raises(ValueError, match="portable form of a two-stage R-CNN is not supported"):
-        export_onnx(faster_rcnn[1], tmp_path / "m.onnx", faster_rcnn[2][:2], portable=True)
+        export_onnx(faster_rcnn.cnn, tmp_path / "m.onnx", faster_rcnn.images[:2], portable=True)
 
 
 # --- torchvision's models (slow) ---
