@@ -75,6 +75,8 @@ def load_data(
 
 def _dataset_for(meta: CheckpointMeta, dataset: str | None, data: str | None, image_size: int | None):
     name = dataset or meta.dataset or "fashion-mnist"
+    if meta.official_arch is not None:  # the official AdderNet code's classifiers, named by it
+        return name, load_dataset(name, data, image_size)
     seed = (meta.recipe or {}).get("seed", 0)  # the built-in scenes follow the run's seed
     return name, load_data(name, data, image_size, meta.model_name, seed=seed)
 
@@ -139,7 +141,7 @@ def evaluate_file(
     meta = _read_checkpoint_meta(target)
     device = resolve_device(device)
     try:
-        task = training_task(task_of(meta.model_name))
+        task = training_task("classification" if meta.official_arch else task_of(meta.model_name))
     except ValueError as e:
         raise CheckpointError(f"{target}: {e}") from None
     name, splits = _dataset_for(meta, dataset, data, image_size or meta.image_size)
