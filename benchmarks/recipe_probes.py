@@ -1,0 +1,119 @@
+"""Probes of the fine-tuning recipe that are not in the package: benchmarks/recipes.py with one change applied, and
+how far fine-tuning moved each adder layer's weights.
+
+  python benchmarks/recipe_probes.py step-scale [--width-ref 48] RECIPES_ARGS...
+      the adaptive LR's step of each adder layer times max(1, input span / width_ref), the span measured at
+      planning (input_max - input_min), so that layers whose inputs span far more than a BatchNorm'd input's move
+      as far relative to their scale;
+  python benchmarks/recipe_probes.py no-stochastic-depth RECIPES_ARGS...
+      torchvision's StochasticDepth off (p = 0) in the converted model: its norm statistics, fine-tuning and
+      BatchNorm re-estimation;
+  python benchmarks/recipe_probes.py displacement MODEL FOLDER
+      per adder layer of FOLDER/MODEL.pt (a recipes.py output), the spread of its weights at zero steps
+      (MODEL_cnn.pt converted again as the main job converts) and the RMS and relative size of what fine-tuning
+      changed.
+
+RECIPES_ARGS are benchmarks/recipes.py's (e.g. --budget cpu --threads 1 --teacher-epochs 8 --models efficientnet_b0
+--output runs/recipes/probe). Results: docs/results/recipes_cpu_converged.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torchvision.ops import StochasticDepth
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipes  # noqa: E402
+
+import adderconvert.train.loop as loop  # noqa: E402
+from adderconvert.app.pipeline import RunConfig, convert_trained  # noqa: E402
+from adderconvert.checkpoint import load_checkpoint  # noqa: E402
+from adderconvert.data import load_dataset  # noqa: E402
+from adderconvert.nn import AdderConv2d  # noqa: E402
+from adderconvert.train.distributed import DistributedContext  # noqa: E402
+
+
+def step_scale(width_ref: float) -> None:
+    """Patch recipes.py's conversion and the training loop's adaptive LR for the ``step-scale`` probe."""
+    convert = recipes.convert_student
+
+    def convert_student(*args, **kwargs):
+        student, report, row = convert(*args, **kwargs)
+        for decision in report.converted:
+            span = decision.input_max - decision.input_min
+            student.get_submodule(decision.name).step_factor = max(1.0, span / width_ref)
+        factors = sorted(round(m.step_factor, 2) for m in student.modules() if isinstance(m, AdderConv2d))
+        print(f"step factors: {factors}", flush=True)
+        return student, report, row
+
+    @torch.no_grad()
+    def scaled(model, eta):
+        for module in model.modules():
+            if isinstance(module, AdderConv2d) and module.weight.grad is not None:
+                grad = module.weight.grad
+                norm = torch.linalg.vector_norm(grad)
+                if norm > 0:
+                    grad.mul_(eta * getattr(module, "step_factor", 1.0) * math.sqrt(grad.numel()) / norm)
+
+    recipes.convert_student = convert_student
+    loop.scale_adder_gradients_ = scaled
+
+
+def no_stochastic_depth() -> None:
+    """Patch recipes.py's conversion for the ``no-stochastic-depth`` probe: the teacher's copy is converted."""
+    convert = recipes.convert_student
+
+    def convert_student(name, teacher, *args, **kwargs):
+        found = [m for m in teacher.modules() if isinstance(m, StochasticDepth)]
+        for module in found:
+            module.p = 0.0  # the teacher evaluates in eval mode, where p does nothing
+        print(f"stochastic depth off in {len(found)} modules", flush=True)
+        return convert(name, teacher, *args, **kwargs)
+
+    recipes.convert_student = convert_student
+
+
+def displacement(name: str, folder: Path) -> None:
+    """Print, per adder layer, how far fine-tuning moved its weights against their zero-step spread."""
+    splits = load_dataset("fashion-mnist", image_size=32)
+    teacher = recipes.build_model(name, splits.num_classes)
+    teacher.load_state_dict(load_checkpoint(folder / f"{name}_cnn.pt")["model"])
+    zero = convert_trained(teacher.eval(), splits, RunConfig(progress=False), DistributedContext(), log=False).model
+    tuned = load_checkpoint(folder / f"{name}.pt")["model"]
+    print("| layer | weight std at zero steps | RMS change | change / zero-step norm |\n|---|---:|---:|---:|")
+    for layer_name, module in zero.named_modules():
+        if isinstance(module, AdderConv2d):
+            before = module.weight.detach()
+            change = tuned[f"{layer_name}.weight"] - before
+            print(
+                f"| {layer_name} | {float(before.std()):.2f} | {float(change.pow(2).mean().sqrt()):.3f} | "
+                f"{float(change.norm() / before.norm()):.4f} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("probe", choices=("step-scale", "no-stochastic-depth", "displacement"))
+    parser.add_argument("--width-ref", type=float, default=48.0, help="step-scale: the input span of factor 1")
+    args, rest = parser.parse_known_args()
+    torch.set_num_threads(1)
+    if args.probe == "displacement":
+        if len(rest) != 2:
+            parser.error("displacement takes MODEL FOLDER")
+        displacement(rest[0], Path(rest[1]))
+        return
+    if args.probe == "step-scale":
+        step_scale(args.width_ref)
+    else:
+        no_stochastic_depth()
+    sys.argv = [sys.argv[0], *rest]
+    recipes.main()
+
+
+if __name__ == "__main__":
+    main()
