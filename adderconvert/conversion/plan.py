@@ -435,8 +435,9 @@ def plan_conversion(
     ``keep`` names kinds of conv kept multiplicative (:data:`KEEP_KINDS`): ``"depthwise"`` (groups equal to
     the input channels) and ``"squeeze_excitation"`` (a conv on a globally pooled vector). ``keep_ceiling`` caps
     the conv MACs left multiplicative, counted at ``mac_size`` px (a square input; ``None``: the example's size),
-    at that share: together with every other conv kept (the stem, prediction convs, the rules'), the convs of the
-    kept kinds whose binary-weight twin matches them worst per MAC stay, the others are converted. Count at the size
+    at that share: together with the stem, the classifier and prediction convs, the convs of the kept kinds whose
+    binary-weight twin matches them worst per MAC stay, the others are converted (what ``include``/``exclude``
+    leave multiplicative is the user's choice: it neither counts nor is converted). Count at the size
     the model is deployed at: a squeeze-excitation conv's MACs do not grow with the image, so its share at 32 px is
     many times its share at 224.
 
@@ -470,6 +471,7 @@ def plan_conversion(
     report = ConversionReport(model=type(model).__name__)
     planned: dict[str, LayerDecision] = {}
     kept_kinds: dict[str, bool] = {}  # conv kept by its kind -> whether converting it would insert a norm
+    kept_by_default: set[str] = set()  # the stem, the classifier and prediction convs
     for index, (name, conv, std, low, in_shape, out_shape, extra) in enumerate(order):
         if not isinstance(conv, nn.modules.conv._ConvNd):
             continue
@@ -508,8 +510,10 @@ def plan_conversion(
             order[index + 1][0] if index + 1 < len(order) and isinstance(order[index + 1][1], _BATCHNORMS) else None
         )
         needs_bn = do and insert_bn and following is None
-        if rule.endswith("kept (keep)"):
+        if rule.endswith("kept (keep)") and (not include or _matches(name, include)):  # else not included anyway
             kept_kinds[name] = insert_bn and following is None
+        elif rule.endswith(("(keep_stem)", "(keep_classifier)")):
+            kept_by_default.add(name)
         planned[name] = LayerDecision(
             name=name,
             in_channels=conv.in_channels,
@@ -532,7 +536,7 @@ def plan_conversion(
         report.layers.append(planned[name])
     if kept_kinds and keep_ceiling < 1.0:
         at_size = _conv_macs_at(model, used, mac_size)
-        _keep_kinds_within(report, kept_kinds, keep_ceiling, at_size, mac_size)
+        _keep_kinds_within(report, kept_kinds, kept_by_default, keep_ceiling, at_size, mac_size)
     if keep_mac_budget > 0:
         _keep_within_budget(report, keep_mac_budget)
     return report
@@ -553,17 +557,24 @@ def _conv_macs_at(model: nn.Module, example: object, size: int | None) -> dict[s
 
 
 def _keep_kinds_within(
-    report: ConversionReport, kept_kinds: dict[str, bool], ceiling: float, at_size: dict[str, int] | None, size
+    report: ConversionReport,
+    kept_kinds: dict[str, bool],
+    kept_by_default: set[str],
+    ceiling: float,
+    at_size: dict[str, int] | None,
+    size: int | None,
 ) -> None:
-    """Convert the convs kept by their kind where all the kept convs (the stem and the other rules' too) would
-    pass ``ceiling`` of the conv MACs (``at_size``'s counts, or the report's), keeping those whose binary-weight
-    error per MAC is highest."""
+    """Convert the convs kept by their kind where they and the convs kept by default (the stem, the classifier,
+    prediction convs) would pass ``ceiling`` of the conv MACs (``at_size``'s counts, or the report's), keeping those
+    whose binary-weight error per MAC is highest. What ``include``/``exclude`` leave out does not count: the user
+    chose it."""
 
     def macs(decision: LayerDecision) -> int:
         return at_size.get(decision.name, decision.macs) if at_size is not None else decision.macs
 
-    kept_otherwise = sum(macs(d) for d in report.layers if not d.convert and d.name not in kept_kinds)
-    allowed = ceiling * sum(macs(d) for d in report.layers) - kept_otherwise
+    allowed = ceiling * sum(macs(d) for d in report.layers) - sum(
+        macs(d) for d in report.layers if d.name in kept_by_default
+    )
     kept = [d for d in report.layers if d.name in kept_kinds]
     kept.sort(key=lambda d: (d.sign_error or 0.0) / max(macs(d), 1), reverse=True)
     spent = 0

@@ -492,6 +492,13 @@ def test_keep_ceiling_converts_the_kept_kinds_that_binarise_best_beyond_it():
     loose = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.3, mac_size=224)
     assert [d.convert for d in loose.layers] == [d.convert for d in uncapped.layers]
     assert len(plan_conversion(_resnet18(), X, keep=KEEP_KINDS, keep_ceiling=0.0).converted) == 19
+    # What include/exclude leave multiplicative is the user's choice: it neither counts against the ceiling nor
+    # makes it convert depthwise convs that the include rule leaves out.
+    last = [d.name for d in uncapped.layers if d.convert][-1]
+    only_last = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15, mac_size=224, include=[last])
+    assert [d.name for d in only_last.converted] == [last]
+    excluded = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15, mac_size=224, exclude=[last])
+    assert {d.name for d in excluded.layers if "over keep_ceiling" in d.rule} == {d.name for d in given_way}
     for bad in ({"keep_ceiling": -0.1}, {"keep_ceiling": 2}, {"mac_size": 0}, {"mac_size": 22.4}):
         with pytest.raises(ValueError, match="keep_ceiling|mac_size"):
             plan_conversion(model, x, **bad)
