@@ -38,7 +38,7 @@ def main() -> int:
     if isinstance(opened, str):
         return fail(opened)
     session, metadata, size = opened
-    data, images, targets = scenes("detection", args.images, size)
+    data, images, targets = scenes("detection", args.images, size, int(metadata.get("seed", 0)))
     classes = metadata.get("classes") or data.classes
     detections = run_dense(session, images)
     output = Path(args.output)

@@ -56,9 +56,10 @@ def open_model(args: argparse.Namespace, task: str):
     return session, metadata, size
 
 
-def scenes(task: str, count: int, size: int):
-    """The first ``count`` test scenes of ``task`` at ``size``: the data set, the images as one batch, the truths."""
-    data = load_scenes(task, image_size=size, counts={"train": 0, "test": count})
+def scenes(task: str, count: int, size: int, seed: int = 0):
+    """The first ``count`` test scenes of ``task`` at ``size`` made from ``seed`` (the run's: its model's metadata
+    records it): the data set, the images as one batch, the truths."""
+    data = load_scenes(task, image_size=size, seed=seed, counts={"train": 0, "test": count})
     samples = [data.test[i] for i in range(count)]
     return data, torch.stack([image for image, _ in samples]), [truth for _, truth in samples]
 

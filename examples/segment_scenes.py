@@ -36,7 +36,7 @@ def main() -> int:
     if isinstance(opened, str):
         return fail(opened)
     session, metadata, size = opened
-    data, images, masks = scenes("segmentation", args.images, size)
+    data, images, masks = scenes("segmentation", args.images, size, int(metadata.get("seed", 0)))
     logits = run_dense(session, images)
     count = logits.shape[1]
     if count != data.num_classes:

@@ -19,6 +19,7 @@ from torch import nn
 
 from adderconvert.app.outputs import check_output_file, write_through
 from adderconvert.app.saved_models import deployment_metadata, onnx_logits
+from adderconvert.architectures.dense import DETECTION_MODELS, SEGMENTATION_MODELS
 from adderconvert.checkpoint import CheckpointMeta, load, read_meta
 from adderconvert.data import load_dataset
 from adderconvert.deploy.export import export_onnx
@@ -109,6 +110,12 @@ def export_checkpoint_int8(
         raise ValueError(f"{checkpoint} does not record its input size; quantise it from Python")
     if meta.stage != "adder":
         raise ValueError(f"{checkpoint} holds a {meta.stage} model: --int8 needs an adder model's checkpoint")
+    if meta.model_name in SEGMENTATION_MODELS + DETECTION_MODELS:
+        raise ValueError(
+            f"{checkpoint} holds a {meta.model_name} model: `export --int8` calibrates classifiers only so "
+            "far; quantise it from Python (adderconvert.quantize(model, calibration) on its training scenes, then "
+            "adderconvert.export_onnx)"
+        )
     if batches < 1:
         raise ValueError(f"--calibration-batches must be >= 1, got {batches}")
     if method not in METHODS:

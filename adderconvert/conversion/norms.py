@@ -6,12 +6,11 @@ evaluation during fine-tuning).
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import torch
 from torch import nn
 
-from adderconvert.conversion.plan import ConversionReport
+from adderconvert.conversion.plan import ConversionReport, takes_targets
 
 __all__ = ["fit_norm_statistics", "reestimate_batchnorm"]
 
@@ -20,21 +19,12 @@ def _inserted_norms(model: nn.Module, report: ConversionReport) -> list[nn.modul
     return [model.get_submodule(f"{d.name}.1") for d in report.converted if d.insert_bn]
 
 
-def _takes_targets(module: nn.Module) -> bool:
-    """Whether ``module``'s forward takes ``targets``: torchvision's detectors and their parts (the transform, the
-    region proposal network, the RoI heads), which in training mode compute their losses and need targets."""
-    try:
-        return "targets" in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):  # a forward without a readable signature
-        return False
-
-
 @contextlib.contextmanager
 def _averaging(model: nn.Module):
     """``model`` in training mode with every tracking BatchNorm's statistics reset to a plain (cumulative) average
     of the batches run inside; the momenta and the model's mode come back afterwards, whatever happened. Dropout
     stays off (a BatchNorm after it, as in DeepLab's head, takes the statistics of the model as it evaluates). A
-    model holding a detector (:func:`_takes_targets`: in training mode it would ask for targets) runs in eval mode
+    model holding a detector (:func:`takes_targets`: in training mode it would ask for targets) runs in eval mode
     with its BatchNorms alone in training mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
@@ -43,7 +33,7 @@ def _averaging(model: nn.Module):
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    if any(_takes_targets(m) for m in model.modules()):
+    if any(takes_targets(m) for m in model.modules()):
         model.eval()
         for m in norms:
             m.train()

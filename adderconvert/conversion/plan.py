@@ -18,6 +18,7 @@ at the first of :data:`DEFAULT_INPUT_SIZES` it accepts (224, ImageNet's, for tor
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -209,6 +210,15 @@ def _trace_leaves(model: nn.Module, example_input: torch.Tensor, measure: bool =
             hooks.append(module.register_forward_hook(hook))
     run_hooked(model, example_input, hooks)
     return order
+
+
+def takes_targets(module: nn.Module) -> bool:
+    """Whether ``module``'s forward takes ``targets``: torchvision's detectors and their parts (the transform, the
+    region proposal network, the RoI heads), which in training mode compute their losses and need targets."""
+    try:
+        return "targets" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # a forward without a readable signature
+        return False
 
 
 def is_image_list(batch: object) -> bool:
@@ -544,8 +554,10 @@ def plan_conversion(
 
 def _conv_macs_at(model: nn.Module, example: object, size: int | None) -> dict[str, int] | None:
     """Each conv's MACs (every run summed) on one square image of ``size`` px, or None where that is the
-    example's own size or the model takes no image batch (a detector's image lists)."""
+    example's own size or the model is a detector (its transform resizes any image to its own size)."""
     if size is None or not isinstance(example, torch.Tensor) or example.dim() != 4 or example.shape[-2:] == (size,) * 2:
+        return None
+    if any(takes_targets(m) for m in model.modules()):
         return None
     macs: dict[str, int] = {}
     for name, module, _, _, in_shape, out_shape, _ in _trace_leaves(

@@ -30,6 +30,8 @@ def distillation_loss(
     Logits are ``(N, C)`` (a classifier's) or ``(N, C, H, W)`` (a segmentation model's, ``targets`` ``(N, H, W)``):
     both terms are means over the images or the pixels, and a pixel whose target is ``ignore_index`` counts in
     neither."""
+    if not (targets != ignore_index).any():  # nothing counts (a batch of ignored pixels): a zero loss, not NaN
+        return student_logits.sum() * 0.0
     ce = F.cross_entropy(student_logits, targets, ignore_index=ignore_index)
     if teacher_logits is None or alpha == 0:
         return ce

@@ -113,6 +113,16 @@ def test_a_cnn_checkpoint_is_refused(tmp_path):
     assert result.exit_code == 2 and "needs an adder model" in result.output, result.output
 
 
+def test_a_segmentation_checkpoint_is_refused_with_what_to_do(tmp_path):
+    """`export --int8` calibrates classifiers on their data set: a segmentation model is refused, pointing to Python,
+    not calibrated on Fashion-MNIST images its checkpoint's dataset name would give."""
+    meta = CheckpointMeta(model_name="lraspp_mobilenet_v3_large", num_classes=11, stage="adder", image_size=64)
+    save_checkpoint(tmp_path / "seg.pt", {"meta": meta, "model": {}})
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "seg.pt"), "--int8"])
+    assert result.exit_code == 2 and "calibrates classifiers only" in result.output, result.output
+    assert "adderconvert.quantize" in result.output and "Traceback" not in result.output
+
+
 def test_calibration_batches_are_seeded_training_batches(adder_checkpoint):
     _, data, _ = adder_checkpoint
     splits = load_dataset("fashion-mnist", data, 28)

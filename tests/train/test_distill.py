@@ -26,6 +26,22 @@ def test_distillation_loss_matches_hand_computation():
     assert float(distillation_loss(student, target, None)) == pytest.approx(ce, rel=1e-6)
 
 
+def test_a_batch_of_ignored_pixels_is_a_zero_loss_not_nan():
+    """Segmentation logits whose every pixel is the ignore index: nothing counts, and the loss is zero with a
+    gradient (not NaN, which the divergence guard would take for a learning rate too high)."""
+    student = torch.randn(2, 3, 4, 4, requires_grad=True)
+    ignored = torch.full((2, 4, 4), 255)
+    for teacher in (None, torch.randn(2, 3, 4, 4)):
+        loss = distillation_loss(student, ignored, teacher, ignore_index=255)
+        assert float(loss) == 0.0
+        loss.backward()
+        assert torch.equal(student.grad, torch.zeros_like(student))
+    partly = ignored.clone()
+    partly[0, 0, 0] = 1  # one pixel counts: the plain mean over it
+    expected = torch.nn.functional.cross_entropy(student[:1, :, 0, 0], torch.tensor([1]))
+    assert float(distillation_loss(student, partly, None, ignore_index=255)) == pytest.approx(float(expected))
+
+
 def _pair():
     teacher = torchvision.models.resnet18(num_classes=10).eval()
     student = copy.deepcopy(teacher)
