@@ -427,7 +427,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     if config.export and main:
         try:
             scores, summary["onnx_path"] = _export_and_evaluate(student, splits, out, config)
-        except NotImplementedError as e:  # a model the export does not take yet (the two-stage R-CNNs)
+        except NotImplementedError as e:  # a model the export does not take (none today: kept for new builders)
             _log(f"export: skipped, with the ONNX Runtime evaluation: {e}; the checkpoints are in {out}")
         else:
             summary.update({f"onnx_{name}": value for name, value in scores.items()})
