@@ -20,7 +20,6 @@ RECIPES_ARGS are benchmarks/recipes.py's (e.g. --budget cpu --threads 1 --teache
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import adderconvert.train.loop as loop  # noqa: E402
 from adderconvert.app.pipeline import RunConfig, convert_trained  # noqa: E402
 from adderconvert.checkpoint import load_checkpoint  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
-from adderconvert.nn import AdderConv2d  # noqa: E402
+from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
 
 
@@ -51,21 +50,18 @@ def step_scale(width_ref: float) -> None:
         print(f"step factors: {factors}", flush=True)
         return student, report, row
 
-    @torch.no_grad()
     def scaled(model, eta):
         for module in model.modules():
-            if isinstance(module, AdderConv2d) and module.weight.grad is not None:
-                grad = module.weight.grad
-                norm = torch.linalg.vector_norm(grad)
-                if norm > 0:
-                    grad.mul_(eta * getattr(module, "step_factor", 1.0) * math.sqrt(grad.numel()) / norm)
+            if isinstance(module, AdderConv2d):  # the package's rule, per layer, at eta times the layer's factor
+                scale_adder_gradients_(module, eta * getattr(module, "step_factor", 1.0))
 
     recipes.convert_student = convert_student
     loop.scale_adder_gradients_ = scaled
 
 
 def no_stochastic_depth() -> None:
-    """Patch recipes.py's conversion for the ``no-stochastic-depth`` probe: the teacher's copy is converted."""
+    """Patch recipes.py's conversion for the ``no-stochastic-depth`` probe: stochastic depth is switched off in the
+    teacher (where eval mode ignores it) before the conversion copies it."""
     convert = recipes.convert_student
 
     def convert_student(name, teacher, *args, **kwargs):

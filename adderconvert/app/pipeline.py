@@ -148,12 +148,12 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     if pretrain > 0:
         note = (
             f"note: planned on the CNN before its {pretrain} epoch(s) of training; the run plans on the trained CNN, "
-            "so what --keep-mac-budget keeps may differ"
+            "so what --keep-ceiling converts and --keep-mac-budget keeps may differ"
         )
     elif config.weights and head_fits is None:
         note = (
             f"note: planned on random weights (--dry-run does not download --weights {config.weights}); the run "
-            "plans on them, so what --keep-mac-budget keeps may differ"
+            "plans on them, so what --keep-ceiling converts and --keep-mac-budget keeps may differ"
         )
     return report, note
 

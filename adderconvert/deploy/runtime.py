@@ -5,12 +5,10 @@ adderconvert-ort wheel, which deployments install without PyTorch) owns it; this
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from adderconvert.deploy.dense import DETECTION_OUTPUTS
 from adderconvert_ort import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -21,6 +19,9 @@ from adderconvert_ort import (
     make_session,
     model_metadata,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CPU_PROVIDER",
@@ -47,6 +48,10 @@ def run_dense(session: Any, images: torch.Tensor | np.ndarray | Sequence[torch.T
 
     A graph of one batch size (a two-stage R-CNN's) runs ``images`` in pieces of that size, the last one padded with
     zero images. A session of another model (a classifier) is a ``ValueError``."""
+    import torch  # here, not at import: doctor, the report and INT8 name this module without needing it
+
+    from adderconvert.deploy.dense import DETECTION_OUTPUTS  # torchvision's detection models: deferred as torch
+
     if isinstance(images, (list, tuple)):
         images = torch.stack(list(images))
     batch = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
