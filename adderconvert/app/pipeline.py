@@ -187,16 +187,17 @@ def _check_folder(config: RunConfig, out: Path) -> None:
         raise RunInputError(str(e)) from None
 
 
-def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, world_size: int) -> None:
+def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, world_size: int, task: Task) -> None:
     per_process = config.batch_size // world_size
     if config.batch_size % world_size:
         raise RunInputError(f"--batch-size {config.batch_size} must be divisible by the {world_size} processes")
     if len(splits.train) < config.batch_size:
         raise RunInputError(f"--batch-size {config.batch_size} is larger than the {len(splits.train)} training images")
-    if per_process == 1 and splits.task == "classification":  # BatchNorm: one value per channel (1x1 map, 1 image)
+    if per_process == 1:  # BatchNorm: one value per channel (a 1x1 map, a pooled branch) in a batch of one image
         probe = copy.deepcopy(model).train()
+        batch = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=1, collate_fn=task.collate_fn)))
         try:
-            probe(_example_batch(splits.train, 1))
+            task.step(probe, batch, None, _teacher_config(config, 1), torch.device("cpu"))  # a training forward
         except ValueError as e:
             raise RunInputError(
                 f"--batch-size {config.batch_size}: {config.model} has BatchNorm layers that see one value per channel "
@@ -209,8 +210,9 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     _check_folder(config, out)
     device = resolve_device(config.device)
     splits, teacher, head_fits = _data_and_model(config, fetch=True)
-    _check_batch(config, teacher, splits, world_size)
-    if config.int8 and splits.task == "classification":
+    task = training_task(splits.task)
+    _check_batch(config, teacher, splits, world_size, task)
+    if config.int8:
         try:
             check_calibration_batches(config.calibration_batches, len(splits.train))
         except ValueError as e:
@@ -236,7 +238,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path)
-    return _Prepared(splits, teacher, report, pretrain, out, device, training_task(splits.task))
+    return _Prepared(splits, teacher, report, pretrain, out, device, task)
 
 
 def _common(config: RunConfig) -> dict:
@@ -422,8 +424,6 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     if metric != "top1":
         summary = {"task": splits.task, "metric": metric, **summary}
     classifier = metric == "top1"
-    if main and not classifier and config.int8:
-        _log(f"--int8: skipped: the INT8 export of {splits.task} models is not wired into the main job yet")
     if config.export and main:
         try:
             scores, summary["onnx_path"] = _export_and_evaluate(student, splits, out, config)
@@ -432,11 +432,13 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
         else:
             summary.update({f"onnx_{name}": value for name, value in scores.items()})
             _log(_describe("ONNX Runtime", scores), main)
-    if config.int8 and main and classifier:
-        summary.update(_export_and_evaluate_int8(student, splits, out, config, summary.get("onnx_path")))
-        agreement = summary["int8_agreement"]
-        same = f", same top-1 class as FP32 on {agreement:.2f}% of the images" if agreement is not None else ""
-        _log(f"INT8 ONNX Runtime top-1: {summary['int8_top1']:.2f}%{same}", main)
+    if config.int8 and main:
+        int8 = _export_and_evaluate_int8(student, splits, out, config, summary.get("onnx_path"))
+        summary.update(int8)
+        agreement, what = int8["int8_agreement"], "images" if classifier else "pixels"
+        same = f", same class as FP32 on {agreement:.2f}% of the {what}" if agreement is not None else ""
+        scores = {name[5:]: int8[name] for name in int8 if name[5:] in METRIC_NAMES}  # int8_miou -> miou
+        _log(_describe("INT8 ONNX Runtime", scores) + same, main)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if main:
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -555,14 +557,16 @@ def _export_and_evaluate(model, splits, out: Path, config: RunConfig) -> tuple[d
 
 def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_name: str | None) -> dict:
     """The INT8 adder model (``MODEL_adder_int8.onnx``, calibrated on ``calibration_batches`` training batches),
-    its test top-1 and its top-1 agreement with the FP32 adder ONNX model (when exported)."""
-    metadata = deployment_metadata(checkpoint_meta(config.model, config.dataset, splits, "adder", None))
-    batches = calibration_batches(splits.train, config.calibration_batches, config.seed)
+    its test scores and its agreement with the FP32 adder ONNX model (when exported): ``app.int8.compare_onnx``."""
+    meta = checkpoint_meta(config.model, config.dataset, splits, "adder", None)
+    metadata = deployment_metadata(meta, seed=config.seed)
+    batches = calibration_batches(splits.train, config.calibration_batches, config.seed, splits.task)
     model = model.cpu().eval()
     method = config.calibration_method
     path = write_through(int8_path(out, config.model), lambda tmp: export_int8(model, tmp, batches, metadata, method))
     fp32 = out / Path(fp32_name).name if fp32_name else None
-    result = compare_onnx(path, fp32, splits.test, max_batches=config.eval_max_batches, workers=config.workers)
+    options = dict(max_batches=config.eval_max_batches, workers=config.workers, task=splits.task)
+    result = compare_onnx(path, fp32, splits.test, **options)
     return {**result, "int8_path": path.name}
 
 

@@ -84,7 +84,7 @@ def _dataset_for(meta: CheckpointMeta, dataset: str | None, data: str | None, im
 def _check_classes(model_classes: int, splits, name: str, target) -> None:
     if model_classes != splits.num_classes:
         raise ValueError(
-            f"{target} has {model_classes} outputs but {name} has {splits.num_classes} classes: "
+            f"{target} has {model_classes} classes but {name} has {splits.num_classes}: "
             "pass the --dataset it was trained on"
         )
 
@@ -272,6 +272,8 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
         if not isinstance(metadata.get("model_name"), str):
             raise ValueError(f"{target} is a {task} model whose metadata does not name it (model_name)")
         splits = load_data(name, data, size, metadata["model_name"], seed=metadata.get("seed", 0))
+        if isinstance(metadata.get("classes"), list):  # the class names its export recorded, background included
+            _check_classes(len(metadata["classes"]), splits, name, target)
     else:
         splits = load_dataset(name, data, size)
     if fixed is not None and splits.image_size != fixed:

@@ -14,7 +14,10 @@ import adderconvert.data_scenes as data_scenes
 import adderconvert.train.loop as loop
 from adderconvert.app.cli import main
 from adderconvert.checkpoint import load_checkpoint
+from adderconvert.deploy.export import export_onnx, input_metadata
 from tests.app.test_cli import _fake_fashion_mnist, _input_error
+from tests.conversion._dense import small_deeplab
+from tests.deploy._dense_models import small_ssd
 from tests.test_data_formats import _write_coco, _write_voc
 
 
@@ -148,3 +151,30 @@ def test_users_data_through_the_main_job(small, tmp_path, model, dataset, write,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == dataset and summary["converted_layers"] > 0
     assert load_checkpoint(out / "last.pt")["meta"].num_classes == classes  # the background and two classes
+
+
+@pytest.mark.parametrize(
+    ("build", "model"),
+    [
+        (lambda: small_deeplab(num_classes=3), "lraspp_mobilenet_v3_large"),
+        (lambda: small_ssd(64, num_classes=3), "ssdlite320_mobilenet_v3_large"),
+    ],
+)
+def test_evaluate_refuses_a_dense_onnx_file_of_other_classes(small, tmp_path, build, model):
+    """An ONNX file whose metadata records 3 classes, scored on the scenes' 11: one Error line, exit status 2."""
+    metadata = input_metadata(image_size=64, classes=["background", "a", "b"], dataset="fashion-mnist")
+    path = export_onnx(
+        build().eval(), tmp_path / "m.onnx", torch.zeros(2, 3, 64, 64), metadata=metadata | {"model_name": model}
+    )
+    result = CliRunner().invoke(main, ["evaluate", str(path), "--data", str(small)])
+    _input_error(result, "has 3 classes but fashion-mnist has 11", "--dataset")
+
+
+@pytest.mark.parametrize("model", ["deeplabv3_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large"])
+def test_a_batch_of_one_is_refused_where_batchnorm_sees_one_value(small, tmp_path, model):
+    """DeepLabV3's pooled ASPP branch and SSDlite's last extra layer (1x1 maps) train BatchNorm on one value per
+    channel in a batch of one image: refused before the run starts, not a traceback in its first step."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, _args(model, small, out, "--batch-size", "1"))
+    _input_error(result, "--batch-size 1", "2 or more")
+    assert not out.exists()
