@@ -50,6 +50,7 @@ from adderconvert.conversion import (  # noqa: E402
     SIGN_MARGIN,
     plan_conversion,
 )
+from adderconvert.conversion.plan import conv_macs_at  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
 from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
@@ -211,9 +212,9 @@ def fine_tune_config(budget: Budget, overrides: dict) -> TrainConfig:
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
     """The share of ``name``'s conv MACs at ``size`` px in the layers ``report`` converts."""
-    at_size = plan_conversion(build_model(name, num_classes).eval(), torch.zeros(1, 3, size, size))
+    macs = conv_macs_at(build_model(name, num_classes).eval(), size)
     converted = {d.name for d in report.converted}
-    return sum(d.macs for d in at_size.layers if d.name in converted) / max(at_size.total_macs, 1)
+    return sum(m for layer, m in macs.items() if layer in converted) / max(sum(macs.values()), 1)
 
 
 def convert_student(name: str, teacher, splits, test_set, ctx, conversion: dict) -> tuple:

@@ -36,6 +36,7 @@ __all__ = [
     "KEEP_KINDS",
     "ConversionReport",
     "LayerDecision",
+    "conv_macs_at",
     "is_image_list",
     "norms_after_adders",
     "plan_conversion",
@@ -553,16 +554,22 @@ def plan_conversion(
 
 
 def _conv_macs_at(model: nn.Module, example: object, size: int | None) -> dict[str, int] | None:
-    """Each conv's MACs (every run summed) on one square image of ``size`` px, or None where that is the
-    example's own size or the model is a detector (its transform resizes any image to its own size)."""
+    """:func:`conv_macs_at` ``size`` px, or None where that is the example's own size or the model is a detector (its
+    transform resizes any image to its own size)."""
     if size is None or not isinstance(example, torch.Tensor) or example.dim() != 4 or example.shape[-2:] == (size,) * 2:
         return None
     if any(takes_targets(m) for m in model.modules()):
         return None
+    return conv_macs_at(model, size, example)
+
+
+def conv_macs_at(model: nn.Module, size: int, example: torch.Tensor | None = None) -> dict[str, int]:
+    """Each conv's multiply-accumulates (every run summed), by name, when ``model`` runs on one square image of
+    ``size`` px of ``example``'s channels, dtype and device (3 channels of float32 on the CPU without one): what the
+    MAC shares of a plan made at another size are at ``size``."""
+    image = torch.zeros(1, 3, size, size) if example is None else example.new_zeros(1, example.shape[1], size, size)
     macs: dict[str, int] = {}
-    for name, module, _, _, in_shape, out_shape, _ in _trace_leaves(
-        model, example.new_zeros(1, example.shape[1], size, size)
-    ):
+    for name, module, _, _, in_shape, out_shape, _ in _trace_leaves(model, image):
         if isinstance(module, nn.modules.conv._ConvNd):
             macs[name] = macs.get(name, 0) + _macs(module, in_shape, out_shape)
     return macs
