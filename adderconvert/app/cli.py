@@ -269,8 +269,8 @@ def convert_command(
 ) -> None:
     """Convert MODEL (a torchvision CNN) to an AdderNet, fine-tune and export it.
 
-    Segmentation and detection models go through the same stages, scored by mIoU or mAP (--int8 and the cost
-    report of these models are not available yet)."""
+    Segmentation and detection models go through the same stages, scored by mIoU or mAP (--int8 too; the cost
+    report of these models is not available yet)."""
     from adderconvert.architectures.registry import models_by_task, part_of
 
     known = [name for names in models_by_task().values() for name in names]
@@ -424,7 +424,11 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
     "calibration inputs, "
     "or the range whose layer output is closest to the float layer's (mse; slower).",
 )
-@click.option("--data", default=None, help="With --int8: the training data's folder [Debian's Fashion-MNIST].")
+@click.option(
+    "--data",
+    default=None,
+    help="With --int8: the training data's folder [Debian's Fashion-MNIST; a COCO or VOC run's own --data].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (never CHECKPOINT itself).")
 def export_command(
     checkpoint: str, output: str | None, dynamic_hw: bool, portable: bool, overwrite: bool, **int8_options

@@ -1,5 +1,6 @@
 """INT8 in the application: an adder checkpoint exported as MODEL_adder_int8.onnx (calibrated on its training set),
-evaluated by `adderconvert evaluate`, compared with its FP32 export; bad inputs refused with a message."""
+evaluated by `adderconvert evaluate`, compared with its FP32 export; segmentation and detection models too (trained
+in the test on the built-in scenes); bad inputs refused with a message."""
 
 import json
 
@@ -9,12 +10,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import adderconvert.app.pipeline as pipeline
+import adderconvert.data_scenes as data_scenes
 from adderconvert.app.cli import main
 from adderconvert.app.int8 import calibration_batches, compare_onnx, export_checkpoint_int8, int8_path
+from adderconvert.app.saved_models import evaluate_file, export_checkpoint, load_data
 from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
 from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.data import FASHION_MNIST_CLASSES, load_dataset
+from adderconvert.deploy.dense import DETECTION_OUTPUTS
 from adderconvert.deploy.export import export_onnx, read_metadata
 from adderconvert.quantization import DEFAULT_METHOD, METHODS
 from tests.app.test_cli import _fake_fashion_mnist
@@ -113,14 +118,80 @@ def test_a_cnn_checkpoint_is_refused(tmp_path):
     assert result.exit_code == 2 and "needs an adder model" in result.output, result.output
 
 
-def test_a_segmentation_checkpoint_is_refused_with_what_to_do(tmp_path):
-    """`export --int8` calibrates classifiers on their data set: a segmentation model is refused, pointing to Python,
-    not calibrated on Fashion-MNIST images its checkpoint's dataset name would give."""
-    meta = CheckpointMeta(model_name="lraspp_mobilenet_v3_large", num_classes=11, stage="adder", image_size=64)
-    save_checkpoint(tmp_path / "seg.pt", {"meta": meta, "model": {}})
-    result = CliRunner().invoke(main, ["export", str(tmp_path / "seg.pt"), "--int8"])
-    assert result.exit_code == 2 and "calibrates classifiers only" in result.output, result.output
-    assert "adderconvert.quantize" in result.output and "Traceback" not in result.output
+# INT8 against FP32 on a dense model trained in the test: how far its metric may move (points), and the share of
+# pixels (%) on which a segmentation model's INT8 and FP32 argmax must agree. The test's models train for seconds
+# (the LR-ASPP to about 9% mIoU, the SSDlite to about 0.2% mAP): their logits are close to ties, which a step of an
+# INT8 grid flips, so the bounds are wider than the issue's goal for trained models (0.5 point). Measured on the
+# Intel Xeon: mIoU 10.02% INT8 / 8.99% FP32, argmax agreement 98.73%.
+DENSE_TOLERANCE = {"miou": 2.0, "map": 0.5}
+MIN_PIXEL_AGREEMENT = 97.0
+_COUNTS = {"train": 64, "test": 16}  # the scenes of the dense runs
+_DENSE = {
+    "segmentation": ("lraspp_mobilenet_v3_large", "miou"),
+    "detection": ("ssdlite320_mobilenet_v3_large", "map"),
+}
+
+
+@pytest.fixture(scope="module")
+def dense_runs(tmp_path_factory):
+    """A segmentation and a detection run, trained in the test on few scenes of a fake Fashion-MNIST's items (64 px,
+    one CNN epoch and two adder steps of batch 4): task -> (run folder, data folder)."""
+    root = tmp_path_factory.mktemp("dense_int8")
+    data = _fake_fashion_mnist(root, n_train=64, n_test=16)
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_scenes, "DEFAULT_COUNTS", _COUNTS)
+        patch.setattr(pipeline, "CALIBRATION_IMAGES", 16)
+        for task, (model, _) in _DENSE.items():
+            out = root / task
+            args = [model, "--data", str(data), "--weights", "none", "--pretrain-epochs", "4", "--image-size", "64"]
+            args += ["--epochs", "1", "--batch-size", "8", "--quiet", "--output", str(out), "--no-export"]
+            result = CliRunner().invoke(main, [*args, "--reconstruct", "none"])
+            assert result.exit_code == 0, result.output
+            runs[task] = out, data
+    return runs
+
+
+@pytest.mark.parametrize("task", ["segmentation", pytest.param("detection", marks=pytest.mark.slow)])  # 45 s, 80 s
+def test_a_dense_checkpoint_exports_int8_close_to_fp32(dense_runs, tmp_path, monkeypatch, task):
+    """`export --int8` calibrates a segmentation or detection model on its own scenes (the run's seed), exports
+    QuantizedAdderConv layers (a detector with its post-processing graph), and ONNX Runtime scores it within
+    DENSE_TOLERANCE of the FP32 export; a segmentation model's argmax agrees on MIN_PIXEL_AGREEMENT of the pixels."""
+    (out, data), (model, metric) = dense_runs[task], _DENSE[task]
+    monkeypatch.setattr(data_scenes, "DEFAULT_COUNTS", _COUNTS)  # the run's scenes
+    int8 = export_checkpoint_int8(out / "best.pt", tmp_path / "int8.onnx", batches=1, data=str(data))
+    fp32 = export_checkpoint(out / "best.pt", tmp_path / "fp32.onnx")
+    ops = {n.op_type for n in onnx.load(int8).graph.node}
+    assert "QuantizedAdderConv" in ops and not ops & {"AdderConv", "FusedAdderConv"}
+    assert read_metadata(int8)["task"] == task and read_metadata(int8)["seed"] == 0
+    if task == "detection":
+        assert "NonMaxSuppression" in ops and [o.name for o in onnx.load(int8).graph.output] == list(DETECTION_OUTPUTS)
+    splits = load_data("fashion-mnist", data, 64, model)
+    result = compare_onnx(int8, fp32, splits.test, batch_size=8, task=task)
+    reference = evaluate_file(fp32, data=str(data))["scores"]
+    assert result["int8_images"] == 16 and set(result) >= {f"int8_{name}" for name in reference}
+    assert abs(result[f"int8_{metric}"] - reference[metric]) <= DENSE_TOLERANCE[metric], (result, reference)
+    if task == "detection":
+        assert result["int8_agreement"] is None
+        return
+    assert result["int8_agreement"] >= MIN_PIXEL_AGREEMENT, result
+    # the CLI's export --int8 takes it too, writing MODEL_adder_int8.onnx beside the checkpoint
+    cli = CliRunner().invoke(main, ["export", str(out / "best.pt"), "--int8", "--calibration-batches", "1"])
+    assert cli.exit_code == 0 and (out / f"{model}_adder_int8.onnx").is_file(), cli.output
+
+
+def test_a_dense_checkpoint_of_user_data_needs_its_folder(tmp_path):
+    """A COCO run's checkpoint calibrates on the run's folder (its config.yaml names it); without one, the error
+    asks for --data."""
+    meta = CheckpointMeta(
+        model_name="ssdlite320_mobilenet_v3_large", num_classes=3, stage="adder", dataset="coco", image_size=64
+    )
+    save_checkpoint(tmp_path / "det.pt", {"meta": meta, "model": {}})
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "det.pt"), "--int8"])
+    assert result.exit_code == 2 and "--dataset coco needs --data DIR" in result.output, result.output
+    (tmp_path / "config.yaml").write_text(f"dataset: coco\ndata: {tmp_path / 'gone'}\n")
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "det.pt"), "--int8"])
+    assert result.exit_code == 2 and f"data folder {tmp_path / 'gone'} does not exist" in result.output, result.output
 
 
 def test_calibration_batches_are_seeded_training_batches(adder_checkpoint):
