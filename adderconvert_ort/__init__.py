@@ -2,8 +2,9 @@
 
 The ``com.adderconvert`` custom-op library (AdderConv, FusedAdderConv, QuantizedAdderConv) and what a
 deployment needs around it: :func:`get_library_path`, :func:`make_session`, :func:`model_metadata`,
-:func:`build_info` and :func:`kernel_path`. It needs numpy and one of ``onnxruntime`` or ``onnxruntime-gpu``
-(never both: they share one install folder), chosen by the extra of the wheel that ``make runtime-wheel`` writes:
+:func:`build_info`, :func:`kernel_path`, and :func:`run_dense` for exported segmentation and detection models. It
+needs numpy and one of ``onnxruntime`` or ``onnxruntime-gpu`` (never both: they share one install folder), chosen by
+the extra of the wheel that ``make runtime-wheel`` writes:
 ``pip install 'adderconvert_ort-VERSION-py3-none-manylinux_2_34_x86_64.whl[onnxruntime]'``.
 """
 
@@ -16,12 +17,16 @@ import os
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from adderconvert_ort._version import __version__
 
 __all__ = [
     "CPU_PROVIDER",
     "CUDA_PROVIDER",
+    "DETECTION_OUTPUTS",
     "LIBRARY",
     "__version__",
     "available_providers",
@@ -31,11 +36,14 @@ __all__ = [
     "kernel_path",
     "make_session",
     "model_metadata",
+    "run_dense",
 ]
 
 LIBRARY = "libadderconvert_ort.so"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+# The outputs of an exported detector (adderconvert.deploy.dense), per detection of the batch.
+DETECTION_OUTPUTS = ("boxes", "scores", "labels", "image_index")
 # Caps the CPU kernels' instruction set (one of this build's: e.g. avx512ifma, avx512, avx2, generic on x86-64).
 ISA_VARIABLE = "ADDERCONVERT_CPU_ISA"
 # The library's C entry points besides RegisterCustomOps: function -> (restype, argtypes).
@@ -193,3 +201,35 @@ def model_metadata(session) -> dict:
         except ValueError:
             metadata[key] = value
     return metadata
+
+
+def run_dense(session, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | list[dict[str, np.ndarray]]:
+    """Run an exported segmentation or detection model (``session`` from :func:`make_session`) on one batch of
+    ``images`` (``(N, 3, H, W)`` float32, normalised as for the PyTorch model, or a sequence of ``(3, H, W)``
+    images of one size) and return, as numpy arrays, what the PyTorch model returns in eval mode:
+
+    - segmentation (output ``logits``): the logits ``(N, C, H, W)``, the model's ``"out"``;
+    - detection (outputs :data:`DETECTION_OUTPUTS`): one dict per image with ``boxes`` ``(n, 4)`` float32
+      ``x1, y1, x2, y2``, ``scores`` ``(n,)`` and ``labels`` ``(n,)`` int64, highest score first.
+
+    A graph of one batch size (a two-stage R-CNN's) runs ``images`` in pieces of that size, the last one padded with
+    zero images. A session of another model (a classifier) is a ``ValueError``."""
+    batch = np.ascontiguousarray(np.stack(images) if isinstance(images, (list, tuple)) else images, np.float32)
+    names = [output.name for output in session.get_outputs()]
+    name = session.get_inputs()[0].name
+    if names == ["logits"]:
+        return session.run(None, {name: batch})[0]
+    if sorted(names) != sorted(DETECTION_OUTPUTS):
+        raise ValueError(f"not a segmentation or detection model exported by adderconvert: its outputs are {names}")
+    size = session.get_inputs()[0].shape[0]
+    step = max(1, size if isinstance(size, int) else len(batch))
+    detections: list[dict[str, Any]] = []
+    for start in range(0, len(batch), step):
+        piece = batch[start : start + step]
+        if len(piece) < step:  # a graph of one batch size
+            piece = np.concatenate([piece, np.zeros((step - len(piece), *piece.shape[1:]), piece.dtype)])
+        found = dict(zip(names, session.run(None, {name: piece})))
+        image_index = found.pop("image_index")
+        count = min(step, len(batch) - start)
+        detections += [{key: value[image_index == i] for key, value in found.items()} for i in range(count)]
+    return detections

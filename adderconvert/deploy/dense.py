@@ -37,6 +37,8 @@ from torch import nn
 from torchvision.models import detection, segmentation
 from torchvision.ops import boxes as box_ops
 
+from adderconvert_ort import DETECTION_OUTPUTS  # the runtime package's run_dense reads them too
+
 __all__ = [
     "DETECTION_OUTPUTS",
     "DetectionHeads",
@@ -48,7 +50,6 @@ __all__ = [
 
 IMAGES = "images"
 LOGITS = "logits"
-DETECTION_OUTPUTS = ("boxes", "scores", "labels", "image_index")
 # The outputs of the traced part of a detector, inputs of the post-processing graph.
 RAW_BOXES, RAW_SCORES = "anchor_boxes", "anchor_scores"
 _SEGMENTATION = (segmentation.FCN, segmentation.DeepLabV3, segmentation.LRASPP)
