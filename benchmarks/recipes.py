@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adderconvert.app.pipeline import RunConfig, adder_train_config, checkpoint_meta, convert_trained  # noqa: E402
 from adderconvert.architectures.cnn import build_model  # noqa: E402
+from adderconvert.architectures.registry import build  # noqa: E402
 from adderconvert.checkpoint import save_checkpoint  # noqa: E402
 from adderconvert.conversion import (  # noqa: E402
     DEPLOYMENT_SIZE,
@@ -52,9 +53,10 @@ from adderconvert.conversion import (  # noqa: E402
 )
 from adderconvert.conversion.plan import conv_macs_at  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
-from adderconvert.train import TrainConfig, TrainingDiverged, evaluate, fit  # noqa: E402
+from adderconvert.train import TrainConfig, TrainingDiverged, fit  # noqa: E402
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
+from adderconvert.train.loop import CLASSIFICATION, Task  # noqa: E402
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg11_bn", "regnet_y_400mf")
 STATS_BATCHES = 4  # training batches over which the adder layers' input ranges are measured
@@ -164,11 +166,13 @@ def _teacher_config(name: str, budget: Budget, train_images: int) -> TrainConfig
 TEACHER_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps", "max_steps", "seed", "amp")
 
 
-def teacher_key(name: str, budget: Budget, config: TrainConfig) -> str:
-    """The cache file stem of ``name``'s CNN trained with ``config`` at ``budget``: a hash of its recipe alone."""
+def teacher_key(name: str, budget: Budget, config: TrainConfig, **data: object) -> str:
+    """The cache file stem of ``name``'s CNN trained with ``config`` at ``budget``: a hash of its recipe alone;
+    ``data`` adds what else makes its data (benchmarks/dense.py: the scene counts)."""
     recipe = {k: getattr(config, k) for k in TEACHER_FIELDS}
     # test_images too: the cached top-1 was measured on that many test images.
     key = {"model": name, "image_size": budget.image_size, "test_images": budget.test_images, "recipe": recipe}
+    key.update(data)  # nothing for the classifiers: their keys stay those of the teachers already cached
     return f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
@@ -176,32 +180,55 @@ def train_teacher(name: str, budget: Budget, splits, test_set, ctx, cache: Path)
     """The CNN trained from scratch, cached by its recipe (:func:`teacher_key`). Training checkpoints every epoch
     in ``cache/KEY.partial/`` and an interrupted one resumes from there. Raises TrainingDiverged."""
     config = _teacher_config(name, budget, len(splits.train))
-    stem = teacher_key(name, budget, config)
-    path, partial = cache / f"{stem}.pt", cache / f"{stem}.partial"
     torch.manual_seed(0)
     teacher = build_model(name, splits.num_classes)
+    meta = checkpoint_meta(name, "fashion-mnist", splits, "teacher", None)
+    result = cached_fit(teacher, cache / teacher_key(name, budget, config), config, splits.train, test_set, ctx, meta)
+    return teacher, result
+
+
+def cached_fit(
+    model: torch.nn.Module,
+    stem: Path,
+    config: TrainConfig,
+    train_set,
+    test_set,
+    ctx,
+    meta,
+    task: Task = CLASSIFICATION,
+) -> dict:
+    """Trains ``model`` in place with ``config`` (:func:`fit` of ``task``), or loads it from ``STEM.pt`` where an
+    earlier run saved it there; checkpoints every epoch in ``STEM.partial/``, from where an interrupted run resumes.
+    Returns the test scores (``cnn_top1``, or ``cnn_miou``, ``cnn_map`` ... with the task's others beside),
+    ``cnn_seconds`` and ``cnn_epochs``. Raises TrainingDiverged."""
+    path, partial = stem.with_name(f"{stem.name}.pt"), stem.with_name(f"{stem.name}.partial")
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        teacher.load_state_dict(saved["model"])
-        return teacher.to(ctx.device), {k: saved[k] for k in ("cnn_top1", "cnn_seconds", "cnn_epochs")}
+        model.load_state_dict(saved.pop("model"))
+        model.to(ctx.device)
+        return saved
     resume = partial / "last.pt" if (partial / "last.pt").is_file() else None
     history = fit(
-        teacher,
-        splits.train,
+        model,
+        train_set,
         test_set,
         replace(config, log=True),
         output=partial,
-        meta=checkpoint_meta(name, "fashion-mnist", splits, "teacher", None),
+        meta=meta,
         resume=resume,
         ctx=ctx,
+        task=task,
     )
+    scores = {task.metric: history[-1].test_top1}
+    if task is not CLASSIFICATION:  # the scores beside the metric (pixel accuracy, mAP@.5)
+        scores = task.evaluate(model, test_set, device=ctx.device)
     # Seconds of the epochs this process trained plus those a resumed run recorded.
     seconds = sum(record.seconds for record in history)
-    result = {"cnn_top1": history[-1].test_top1, "cnn_seconds": seconds, "cnn_epochs": config.epochs}
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": teacher.state_dict(), **result}, path)
+    result = {**{f"cnn_{k}": v for k, v in scores.items()}, "cnn_seconds": seconds, "cnn_epochs": config.epochs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), **result}, path)
     shutil.rmtree(partial, ignore_errors=True)
-    return teacher, result
+    return result
 
 
 def fine_tune_config(budget: Budget, overrides: dict) -> TrainConfig:
@@ -211,17 +238,31 @@ def fine_tune_config(budget: Budget, overrides: dict) -> TrainConfig:
 
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
-    """The share of ``name``'s conv MACs at ``size`` px in the layers ``report`` converts."""
-    macs = conv_macs_at(build_model(name, num_classes).eval(), size)
+    """The share of ``name``'s conv MACs at ``size`` px in the layers ``report`` converts (a detector's input
+    transform set to ``size``: it resizes every image to its own size)."""
+    macs = conv_macs_at(build(name, num_classes, size).eval(), size)
     converted = {d.name for d in report.converted}
     return sum(m for layer, m in macs.items() if layer in converted) / max(sum(macs.values()), 1)
 
 
-def convert_student(name: str, teacher, splits, test_set, ctx, conversion: dict) -> tuple:
-    """The adder model as the main job makes it (pipeline.convert_trained, with the main job's defaults or the
-    choices in ``conversion``) and its top-1 before any step: (student, report, row)."""
+def convert_student(
+    name: str,
+    teacher,
+    splits,
+    test_set,
+    ctx,
+    conversion: dict,
+    task: Task = CLASSIFICATION,
+    seed: int = RunConfig.seed,
+    deployment_size: int = DEPLOYMENT_SIZE,
+) -> tuple:
+    """The adder model as the main job makes it (pipeline.convert_trained from ``seed``, with the main job's
+    defaults or the choices in ``conversion``), its ``task``'s scores before any step (``zero_step_top1``, or
+    ``zero_step_miou``, ...) and the share of conv MACs it converts (at ``deployment_size`` px too):
+    (student, report, row)."""
     started = time.perf_counter()
     config = RunConfig(
+        seed=seed,
         init=conversion.get("init", RunConfig.init),
         reconstruct=conversion.get("reconstruct", RunConfig.reconstruct),
         keep=list(conversion.get("keep", RunConfig().keep)),
@@ -238,13 +279,15 @@ def convert_student(name: str, teacher, splits, test_set, ctx, conversion: dict)
         inside=conversion.get("inside", False),
     )
     student, report, fitted = converted.model, converted.report, converted.reconstruction
-    zero = evaluate(student, test_set, device=ctx.device)
+    zero = task.evaluate(student, test_set, device=ctx.device)
     row = {
-        "zero_step_top1": zero,
+        **{f"zero_step_{k}": v for k, v in zero.items()},
         "convert_seconds": time.perf_counter() - started,
         "reconstruct_seconds": fitted.seconds if fitted is not None else 0.0,
         "converted_macs_share": report.converted_macs / max(report.total_macs, 1),
-        f"converted_macs_share_{DEPLOYMENT_SIZE}": converted_share_at(name, splits.num_classes, report),
+        f"converted_macs_share_{deployment_size}": converted_share_at(
+            name, splits.num_classes, report, deployment_size
+        ),
     }
     return student, report, row
 
@@ -288,23 +331,35 @@ def run_model(
     return _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds)
 
 
-def fine_tune(student, teacher, cnn_top1: float, budget: Budget, overrides: dict, splits, test_set, ctx) -> tuple:
+def fine_tune(
+    student,
+    teacher,
+    cnn_top1: float,
+    budget: Budget,
+    overrides: dict,
+    splits,
+    test_set,
+    ctx,
+    task: Task = CLASSIFICATION,
+) -> tuple:
     """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1
-    after each epoch)."""
+    after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
     config = fine_tune_config(budget, overrides)
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:
-        history = fit(student, splits.train, test_set, config, teacher=teacher, ctx=ctx, teacher_top1=cnn_top1)
+        history = fit(
+            student, splits.train, test_set, config, teacher=teacher, ctx=ctx, teacher_top1=cnn_top1, task=task
+        )
         adder_top1, train_loss = history[-1].test_top1, history[-1].train_loss
         by_epoch = [epoch.test_top1 for epoch in history]
     except TrainingDiverged as e:
         diverged = str(e)
-        adder_top1, train_loss = evaluate(student, test_set, device=ctx.device), math.nan
+        adder_top1, train_loss = task.evaluate(student, test_set, device=ctx.device)[task.metric], math.nan
     chance = 100.0 / splits.num_classes
     if diverged is None and not math.isfinite(train_loss):
         diverged = f"non-finite training loss ({train_loss})"
-    if diverged is None and adder_top1 <= 1.5 * chance:
+    if diverged is None and task is CLASSIFICATION and adder_top1 <= 1.5 * chance:
         diverged = f"adder top-1 {adder_top1:.2f}% is at chance ({chance:.0f}%)"
     return adder_top1, diverged, time.perf_counter() - started, by_epoch
 
@@ -396,6 +451,16 @@ def markdown_table(
             "edge: at or beyond every input their tap reads (the rest lie inside the range).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, payload: dict, table: str, table_file: str | None = None) -> None:
+    """``out/results.json`` (``payload``) and ``out/table.md``, and the table in ``table_file`` too where given:
+    called after every model, so that an interrupted run keeps the rows it has."""
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / "table.md").write_text(table)
+    if table_file:
+        Path(table_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(table_file).write_text(table)
 
 
 def _share(row: dict, key: str) -> str:
@@ -508,7 +573,6 @@ def main() -> None:
             f"saturated {100 * row['saturated_fraction']:.1f}%, diverged: {row['diverged'] or 'no'}",
             flush=True,
         )
-        # Written after every model, so that an interrupted run keeps the rows it has.
         payload = {
             "budget": args.budget,
             "steps": budget.steps,
@@ -517,12 +581,8 @@ def main() -> None:
             "conversion": conversion,
             "rows": rows,
         }
-        (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
         table = markdown_table(rows, args.budget, budget, machine, overrides, conversion)
-        (out / "table.md").write_text(table)
-        if args.table:
-            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.table).write_text(table)
+        write_results(out, payload, table, args.table)
     print("\n" + table)
 
 
