@@ -28,14 +28,9 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from adderconvert.architectures.cnn import build_model
-from adderconvert.architectures.dense import (
-    DEFAULT_IMAGE_SIZE,
-    DETECTION_MODELS,
-    SEGMENTATION_MODELS,
-    build_dense_model,
-)
-from adderconvert.architectures.official import build
+from adderconvert.architectures import official
+from adderconvert.architectures.dense import DEFAULT_IMAGE_SIZE
+from adderconvert.architectures.registry import build
 from adderconvert.conversion import restore
 
 __all__ = [
@@ -265,11 +260,9 @@ def load(path: str | os.PathLike) -> nn.Module:
     if not isinstance(payload.get("model"), dict):
         raise CheckpointError(f"{path} holds no model weights (its 'model' state dict is missing)")
     if meta.official_arch is not None:
-        model = build(meta.official_arch, meta.num_classes)
-    elif meta.model_name in SEGMENTATION_MODELS + DETECTION_MODELS:  # a detector's transform takes its trained size
-        model = build_dense_model(meta.model_name, meta.num_classes, meta.image_size or DEFAULT_IMAGE_SIZE)
-    else:
-        model = build_model(meta.model_name, meta.num_classes)
+        model = official.build(meta.official_arch, meta.num_classes)
+    else:  # a detector's transform takes its trained size
+        model = build(meta.model_name, meta.num_classes, meta.image_size or DEFAULT_IMAGE_SIZE)
     if meta.official_arch is None and meta.conversion is not None:
         restore(model, meta.conversion)
     try:

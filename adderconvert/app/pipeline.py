@@ -443,11 +443,9 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     if main:
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary, metric), main)
-        if config.finetune and classifier:
+        if config.finetune:
             html, _ = write_report(out)
             _log(f"cost report: {html}", main)
-        elif config.finetune:
-            _log(f"cost report: skipped: the report of {splits.task} models is not available yet")
     return summary
 
 
@@ -463,28 +461,22 @@ def convert_trained(
 ) -> Conversion:
     """The main job's conversion of the trained CNN ``teacher``: :func:`adderconvert.conversion.run_conversion`
     with the run's rules and init on :data:`~adderconvert.conversion.CALIBRATION_IMAGES` training images drawn
-    at random (the ranges the sign init needs are the trained CNN's). ``sign_margin`` and ``inside`` are the
-    conversion's and the reconstruction's (for screening). The adder model is on ``ctx.device``. A detector is
-    calibrated through a forward loop that gives it the images as lists.
+    at random (the ranges the sign init needs are the trained CNN's), as one tensor whatever the task: the
+    conversion runs the model on them only as its steps need (a detector takes the tensor as its list of images).
+    ``sign_margin`` and ``inside`` are the conversion's and the reconstruction's (for screening). The adder model is
+    on ``ctx.device``.
 
     Its random draws come from ``config.seed`` alone, and the caller's random state is left as it was: the same
     teacher always gives the same adder model, in a fresh process (a resumed run, a cached teacher) as after
     training."""
     images = draw_calibration_images(splits, config.seed)
-    calibration = images
-    if splits.task == "detection":  # a detector takes lists of images: a forward loop runs it so
-
-        def calibration(model: nn.Module) -> None:
-            for chunk in images.split(64):
-                model([image.to(ctx.device) for image in chunk])
-
     cuda = ctx.device.type == "cuda"
     index = (torch.cuda.current_device() if ctx.device.index is None else ctx.device.index) if cuda else None
     with torch.random.fork_rng(devices=[index] if cuda else []):
         torch.manual_seed(config.seed)
         return run_conversion(
             teacher.to(ctx.device),
-            calibration,
+            images,
             init=config.init,
             reconstruct_method=None if config.reconstruct == "none" else config.reconstruct,
             **_rules(config),
@@ -521,8 +513,11 @@ def _describe(what: str, scores: dict[str, float]) -> str:
 
 
 def _scores(history, model, test_set, ctx, config: RunConfig, desc: str, task: Task) -> dict[str, float]:
-    """The task's test scores of ``model`` (:meth:`Task.evaluate`): a classifier's top-1 is the last epoch's figure
-    from ``history`` where there is one; otherwise, and for the other tasks' several scores, a fresh evaluation."""
+    """The task's test scores of ``model`` (:meth:`Task.evaluate`), the model :func:`fit` gave ``history`` of: its
+    last epoch's (fit leaves the last epoch's weights, whichever epoch best.pt holds), as fit scored them where the
+    record has them; a classifier's top-1 from the record otherwise (a resumed run's); else a fresh evaluation."""
+    if history and history[-1].test_scores is not None:
+        return dict(history[-1].test_scores)
     if history and task.metric == "top1":
         return {"top1": history[-1].test_top1}
     return task.evaluate(

@@ -103,6 +103,9 @@ class EpochRecord:
     test_top1: float  # the task's metric (Task.metric): top-1 for classifiers
     seconds: float
     images_per_second: float
+    # Every score of the epoch's Task.evaluate (the metric and those beside it: pixel accuracy, mAP@.5), where this
+    # process evaluated; not kept in checkpoints or metrics.csv (None in a resumed run's earlier epochs).
+    test_scores: dict[str, float] | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -184,19 +187,10 @@ class Task:
 CLASSIFICATION = Task()
 
 
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    desc: str = "eval",
-    workers: int = 0,
-    max_batches: int | None = None,
-) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``dataset`` (its first ``max_batches`` batches when given)."""
-    options = dict(batch_size=batch_size, device=device, progress=progress, desc=desc, workers=workers)
-    return CLASSIFICATION.evaluate(model, dataset, **options, max_batches=max_batches)["top1"]
+def evaluate(model: nn.Module, dataset: Dataset, **options: Any) -> float:
+    """Top-1 accuracy (%) of the classifier ``model`` on ``dataset``: :meth:`Task.evaluate` of :data:`CLASSIFICATION`,
+    whose keyword ``options`` it takes (``batch_size``, ``device``, ``max_batches``, ...)."""
+    return CLASSIFICATION.evaluate(model, dataset, **options)["top1"]
 
 
 def build_optimizer(
@@ -429,7 +423,7 @@ def fit(
             # Every rank runs the same batches count, so synchronised BatchNorm's collectives match up.
             images = ((task.images(batch), None) for batch in loader)
             reestimate_batchnorm(model, images, min(config.batchnorm_batches, steps), device)
-            test_top1 = (
+            scores = (
                 task.evaluate(
                     model,
                     test_set,
@@ -437,11 +431,12 @@ def fit(
                     progress=config.progress and ctx.is_main,
                     desc=f"eval {epoch + 1}",
                     max_batches=config.eval_max_batches,
-                )[task.metric]
+                )
                 if ctx.is_main
-                else 0.0
+                else None
             )
-            record = EpochRecord(epoch=epoch + 1, test_top1=test_top1, **stats)
+            test_top1 = scores[task.metric] if scores is not None else 0.0
+            record = EpochRecord(epoch=epoch + 1, test_top1=test_top1, **stats, test_scores=scores)
             chance = 100.0 / num_classes if (num_classes and task.metric == "top1") else None
             if (
                 ctx.is_main
@@ -477,7 +472,7 @@ def fit(
                     "epoch": epoch,
                     "best_top1": max(best, test_top1),
                 }
-                saver.save(state, [asdict(r) for r in history], is_best=test_top1 > best)
+                saver.save(state, [_saved(r) for r in history], is_best=test_top1 > best)
             best = max(best, test_top1)
     finally:
         if features is not None:
@@ -488,6 +483,11 @@ def fit(
 def _log(message: str, enabled: bool) -> None:
     if enabled:
         tqdm.write(message)
+
+
+def _saved(record: EpochRecord) -> dict[str, Any]:
+    """What a checkpoint's history and metrics.csv keep of ``record``: all but ``test_scores``."""
+    return {key: value for key, value in asdict(record).items() if key != "test_scores"}
 
 
 def _num_classes(model: nn.Module) -> int | None:

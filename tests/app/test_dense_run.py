@@ -73,13 +73,15 @@ def test_a_dense_run_writes_its_metric(small, tmp_path, model, metric, other, ex
 @_MODELS
 def test_a_dense_run_exports_and_scores_in_onnx_runtime(small, tmp_path, model, metric, other, extra):
     out = tmp_path / "run"
-    result = _run(*_args(model, small, out, *extra, "--int8"))
-    assert "--int8: skipped" in result.output and "cost report: skipped" in result.output  # one line each
+    result = _run(*_args(model, small, out, *extra, "--int8", "--calibration-batches", "1"))
+    assert f"cost report: {out / 'report.html'}" in result.output
     summary = json.loads((out / "summary.json").read_text())
     # ONNX Runtime scores the exported model as PyTorch does (segmentation argmax, detections after NMS)
     assert summary["onnx_path"] == f"{model}_adder.onnx" and (out / summary["onnx_path"]).is_file()
     assert summary[f"onnx_{metric}"] == pytest.approx(summary[f"adder_{metric}"], abs=0.5)
-    assert summary[f"int8_{metric}"] is None
+    # INT8 on the run's own scenes (tests/app/test_int8.py bounds it against FP32)
+    assert summary["int8_path"] == f"{model}_adder_int8.onnx" and 0 <= summary[f"int8_{metric}"] <= 100
+    assert f"INT8 ONNX Runtime {'mIoU' if metric == 'miou' else 'mAP'}" in result.output
     evaluated = _run("evaluate", str(out / summary["onnx_path"]), "--data", str(small))
     assert f"{summary[f'onnx_{metric}']:.2f}%" in evaluated.output and "ONNX Runtime" in evaluated.output
 
@@ -178,3 +180,25 @@ def test_a_batch_of_one_is_refused_where_batchnorm_sees_one_value(small, tmp_pat
     result = CliRunner().invoke(main, _args(model, small, out, "--batch-size", "1"))
     _input_error(result, "--batch-size 1", "2 or more")
     assert not out.exists()
+
+
+def test_a_dense_run_scores_each_model_once(small, tmp_path, monkeypatch):
+    """The CNN and the adder model are scored by fit() after their last epoch, and that score is the summary's: one
+    evaluation per epoch and one of the zero-step model, none again."""
+    from adderconvert.train.dense import SegmentationTask
+
+    calls = []
+    original = SegmentationTask.evaluate
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SegmentationTask, "evaluate", counted)
+    out = tmp_path / "run"
+    _run(*_args("lraspp_mobilenet_v3_large", small, out, "--epochs", "2", "--no-export", "--reconstruct", "none"))
+    assert len(calls) == 4, calls  # the CNN's epoch, the zero-step model, the adder model's two epochs
+    summary = json.loads((out / "summary.json").read_text())
+    rows = (out / "metrics.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert float(last[header.index("test_miou")]) == pytest.approx(summary["adder_miou"])

@@ -58,3 +58,48 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
     assert any("keep_mac_budget" in d.rule for d in run.layers)
     _, note = plan_only(RunConfig(model="mobilenet_v3_small", data=str(data), weights=None, pretrain_epochs=1))
     assert note is not None and "before its 1 epoch(s) of training" in note
+
+
+def test_a_detector_is_run_only_as_the_conversion_needs(tmp_path):
+    """The detector's calibration images go to the conversion as the classifier's do (one tensor): its forwards in
+    convert_trained are those of run_conversion on the drawn images, none spent collecting them."""
+    from adderconvert.app.pipeline import _rules, draw_calibration_images
+    from adderconvert.conversion import run_conversion
+    from adderconvert.data_scenes import load_scenes
+    from tests.app.test_cli import _fake_fashion_mnist
+    from tests.deploy._dense_models import small_ssd
+
+    _fake_fashion_mnist(tmp_path, n_train=64, n_test=8)
+    splits = load_scenes("detection", tmp_path, 32, counts={"train": 200, "test": 1})  # four chunks of 64
+    torch.manual_seed(0)
+    teacher = small_ssd(32).eval()
+    config = RunConfig(model="ssdlite320_mobilenet_v3_large", reconstruct="none")
+    forwards = []
+    teacher.register_forward_pre_hook(lambda module, args: forwards.append(module is teacher))
+    convert_trained(teacher, splits, config, DistributedContext(), log=False)
+    run, forwards[:] = sum(forwards), []
+    images = draw_calibration_images(splits, config.seed)
+    run_conversion(teacher, images, init=config.init, reconstruct_method=None, **_rules(config))
+    assert run == sum(forwards) > 0
+
+
+def test_the_scores_of_a_trained_model_are_fits_of_its_last_epoch():
+    """fit() leaves the last epoch's weights, whichever epoch best.pt holds: their scores are that epoch's record's
+    (every score of the task), with no second evaluation; a record without them (a resumed run's) is scored again."""
+    from adderconvert.app.pipeline import _scores
+    from adderconvert.train import EpochRecord
+
+    class Segmentation:
+        metric = "miou"
+
+        def evaluate(self, *args, **kwargs):
+            return {"miou": 1.0, "pixel_accuracy": 2.0}
+
+    def record(epoch, miou, scores):
+        return EpochRecord(epoch, 0.1, 1.0, None, miou, 1.0, 10.0, test_scores=scores)
+
+    best_first = [record(1, 50.0, {"miou": 50.0, "pixel_accuracy": 90.0}), record(2, 40.0, {"miou": 40.0})]
+    args = (None, None, DistributedContext(), RunConfig(), "eval", Segmentation())
+    assert _scores(best_first, *args) == {"miou": 40.0}
+    assert _scores([record(1, 50.0, None)], *args) == {"miou": 1.0, "pixel_accuracy": 2.0}
+    assert _scores([], *args) == {"miou": 1.0, "pixel_accuracy": 2.0}

@@ -200,24 +200,47 @@ def test_training_task_by_name():
 
 
 def test_fit_on_a_segmentation_task_distils_and_writes_its_metric(tmp_path):
+    """The teacher's logits and backbone maps are distilled: with them the loss is another, and the student moves
+    toward the teacher (KL 0.59 -> 0.39), where the same student trained on the labels alone moves away (1.17)."""
     from adderconvert.checkpoint import CheckpointMeta
 
     torch.manual_seed(0)
     teacher = _Segmenter()
     config = TrainConfig(epochs=1, batch_size=4, progress=False, log=False, batchnorm_batches=2, kd=False)
     fit(teacher, _scenes(), _scenes(8, seed=1), config, task=SEGMENTATION)
-    student = copy.deepcopy(teacher)
-    meta = CheckpointMeta(model_name="tiny", num_classes=3)
-    history = fit(
-        student,
-        _scenes(),
-        _scenes(8, seed=1),
-        TrainConfig(epochs=2, batch_size=4, progress=False, log=False, batchnorm_batches=2, feature_kd=1.0),
-        teacher=teacher,
-        output=tmp_path,
-        meta=meta,
-        task=SEGMENTATION,
-    )
+    teacher.classifier.weight.data *= 20  # confident: its distribution is far from a fresh model's
+    torch.manual_seed(1)
+    start = _Segmenter()  # other weights than the teacher's
+    test = _scenes(8, seed=1)
+
+    def trained(kd: bool, output=None):
+        student = copy.deepcopy(start)
+        config = TrainConfig(
+            epochs=2,
+            batch_size=4,
+            lr=0.1,
+            progress=False,
+            log=False,
+            batchnorm_batches=2,
+            kd=kd,
+            kd_alpha=1.0,
+            feature_kd=1.0,
+        )
+        meta = CheckpointMeta(model_name="tiny", num_classes=3)
+        history = fit(student, _scenes(), test, config, teacher=teacher, output=output, meta=meta, task=SEGMENTATION)
+        return student, history
+
+    def gap(model: nn.Module) -> float:
+        """KL(teacher || model) of the per-pixel class distributions on the test scenes."""
+        images = torch.stack([image for image, _ in test])
+        with torch.no_grad():
+            log_t, log_m = (m.eval()(images)["out"].log_softmax(1) for m in (teacher, model))
+        return float((log_t.exp() * (log_t - log_m)).sum(1).mean())
+
+    distilled, history = trained(True, output=tmp_path)
+    plain, plain_history = trained(False)
+    assert [r.train_loss for r in history] != [r.train_loss for r in plain_history]
+    assert gap(distilled) < min(0.8 * gap(start), 0.5 * gap(plain)), (gap(distilled), gap(start), gap(plain))
     assert [r.train_top1 for r in history] == [None, None]
     assert all(0 <= r.test_top1 <= 100 and math.isfinite(r.train_loss) for r in history)
     with open(tmp_path / "metrics.csv") as f:
