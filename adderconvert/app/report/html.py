@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from adderconvert.app.report.costs import ENERGY_PJ, ENERGY_SOURCE
+from adderconvert.metrics import METRIC_NAMES
 
 __all__ = ["plots", "render_html"]
 
@@ -91,15 +92,17 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         fig.suptitle("Energy per image, convolution and linear layers", y=1.03)
         plots["Energy split"] = _png(fig)
     curves = {k: v for k, v in report["curves"].items() if v}
+    metric = report.get("metric", "top1")
     if curves:
         fig, (top1, loss) = _figure((10, 3.6), 1, 2)
         for label, rows in curves.items():
             name = "CNN (teacher)" if label == "cnn" else "AdderNet (fine-tuning)"
             epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
-            top1.plot(epochs, [r.get("test_top1", math.nan) for r in rows], marker="o", label=f"{name} test")
-            top1.plot(epochs, [r.get("train_top1", math.nan) for r in rows], ls="--", label=f"{name} train")
+            top1.plot(epochs, [r.get(f"test_{metric}", math.nan) for r in rows], marker="o", label=f"{name} test")
+            if metric == "top1":  # the dense tasks score the test set only
+                top1.plot(epochs, [r.get("train_top1", math.nan) for r in rows], ls="--", label=f"{name} train")
             loss.plot(epochs, [r.get("train_loss", math.nan) for r in rows], marker="o", label=name)
-        top1.set(xlabel="epoch", ylabel="top-1 %", title="Accuracy")
+        top1.set(xlabel="epoch", ylabel=f"{METRIC_NAMES[metric]} %", title="Accuracy")
         loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
         top1.legend(fontsize=8)
         loss.legend(fontsize=8)
@@ -173,15 +176,25 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
         ]
     )
     energy_rows = [[p.upper(), _fmt(t["multiplication"]), _fmt(t["addition"])] for p, t in ENERGY_PJ.items()]
-    accuracy = r["accuracy"]
+    accuracy, metric = r["accuracy"], r.get("metric", "top1")
+    metric_name = METRIC_NAMES[metric]
+    counted = "images" if metric == "top1" else "pixels"  # a detector has no agreement: n/a
     accuracy_rows = [
-        ["CNN (teacher, PyTorch)", _fmt(accuracy["cnn_top1"], suffix=" %")],
-        ["AdderNet before fine-tuning (PyTorch)", _fmt(accuracy.get("zero_step_top1"), suffix=" %")],
-        ["AdderNet (PyTorch)", _fmt(accuracy["adder_top1"], suffix=" %")],
-        ["AdderNet (ONNX Runtime)", _fmt(accuracy["onnx_top1"], suffix=" %")],
-        ["AdderNet INT8 (ONNX Runtime)", _fmt(accuracy.get("int8_top1"), suffix=" %")],
-        ["AdderNet INT8: same class as FP32", _fmt(accuracy.get("int8_agreement"), suffix=" %")],
+        ["CNN (teacher, PyTorch)", _fmt(accuracy[f"cnn_{metric}"], suffix=" %")],
+        ["AdderNet before fine-tuning (PyTorch)", _fmt(accuracy.get(f"zero_step_{metric}"), suffix=" %")],
+        ["AdderNet (PyTorch)", _fmt(accuracy[f"adder_{metric}"], suffix=" %")],
+        ["AdderNet (ONNX Runtime)", _fmt(accuracy[f"onnx_{metric}"], suffix=" %")],
+        ["AdderNet INT8 (ONNX Runtime)", _fmt(accuracy.get(f"int8_{metric}"), suffix=" %")],
+        [f"AdderNet INT8: {counted} of the FP32 model's class", _fmt(accuracy.get("int8_agreement"), suffix=" %")],
     ]
+    part_rows = [
+        [html.escape(part)]
+        + [_fmt(pair.get(label, {}).get(key)) for label in ("cnn", "adder") for key in ("multiplications", "additions")]
+        + [_energy_text(pair.get(label, {}).get("energy_pj")) for label in ("cnn", "adder")]
+        for part, pair in (r.get("parts") or {}).items()
+    ]
+    part_header = ["part", "CNN mult.", "CNN add.", "AdderNet mult.", "AdderNet add.", "CNN FP32", "AdderNet FP32"]
+    parts = f"<h2>Per part (backbone, neck, head), per image</h2>{_table(part_header, part_rows)}" if part_rows else ""
     latency_rows = [
         [row["provider"], str(row["batch"]), _fmt(row.get("cnn_ms")), _fmt(row.get("adder_ms")), _fmt(row["ratio"])]
         + [_fmt(row.get("int8_ms")), _fmt(row.get("int8_ratio"))]
@@ -222,8 +235,9 @@ BatchNorm is listed apart: it folds into a preceding convolution or linear layer
 where it costs 1 multiplication + 1 addition per element.</p>
 <p class="note">Energy per operation (pJ), {html.escape(ENERGY_SOURCE)}:</p>
 {_table(["precision", "multiplication", "addition"], energy_rows)}
-<h2>Accuracy (test top-1)</h2>
-{_table(["model", "top-1"], accuracy_rows)}
+{parts}
+<h2>Accuracy (test {metric_name})</h2>
+{_table(["model", metric_name], accuracy_rows)}
 <h2>Latency, ONNX Runtime on this machine (median ms per run)</h2>
 {latency_table}
 <h2>Plots</h2>

@@ -1,7 +1,10 @@
 """The cost report of a run folder: what converting the CNN into an AdderNet buys, per image and per layer.
 
 :func:`write_report` writes ``report.json`` and ``report.html`` into a run folder. Everything missing from
-the folder reads "n/a". The accounting is :mod:`.costs`'s, the timings :mod:`.latency`'s.
+the folder reads "n/a". The accounting is :mod:`.costs`'s, the timings :mod:`.latency`'s. A segmentation or
+detection run is reported the same way, with its operations and energy split into the parts of the model
+(backbone, neck, head: ``architectures.registry.part_of``, as ``--dry-run`` splits its plan) and its metric (mIoU,
+mAP) where a classifier's run shows top-1.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from adderconvert.app.report.costs import (
 )
 from adderconvert.app.report.html import plots, render_html
 from adderconvert.app.report.latency import LATENCY_BUDGET_S, latency_table, ratio
-from adderconvert.architectures.cnn import build_model
+from adderconvert.architectures.registry import build, part_of
 from adderconvert.checkpoint import load, read_meta
 from adderconvert.deploy.export import export_onnx
 
 __all__ = ["build_report", "write_report"]
+
+# The stages whose metric summary.json holds (cnn_top1, ..., int8_miou).
+_STAGES = ("cnn", "zero_step", "adder", "onnx", "int8")
 
 
 def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -91,7 +97,7 @@ def _load_models(run_dir: Path, notes: list[str]) -> tuple[nn.Module | None, nn.
         if meta.official_arch is not None:
             cnn = cnn_twin(adder)
         else:
-            cnn = build_model(meta.model_name, meta.num_classes).eval()
+            cnn = build(meta.model_name, meta.num_classes, meta.image_size).eval()
         return adder, cnn, meta.to_dict()
     except Exception as e:  # a foreign or damaged file: the report says so instead of failing
         notes.append(f"could not rebuild the model from {checkpoint.name}: {type(e).__name__}: {e}")
@@ -131,6 +137,27 @@ def _totals(counts: OperationCounts | None) -> dict[str, Any]:
         "bn_multiplications": counts.bn_multiplications,
         "bn_additions": counts.bn_additions,
     }
+
+
+def _parts(model_name: str | None, counts: dict[str, OperationCounts | None]) -> dict[str, Any] | None:
+    """A segmentation or detection model's operations and FP32 energy per part (backbone, neck, head), per image:
+    ``{part: {"cnn": {...}, "adder": {...}}}`` with ``macs``, ``multiplications``, ``additions``, ``energy_pj``;
+    None for a classifier or without counts."""
+    parts_of = part_of(model_name) if isinstance(model_name, str) and model_name else None
+    if parts_of is None or counts["adder"] is None:
+        return None
+    parts: dict[str, Any] = {}
+    for label, count in counts.items():
+        for layer in count.layers:
+            part = parts.setdefault(parts_of(layer.name), {}).setdefault(
+                label, {"macs": 0, "multiplications": 0, "additions": 0}
+            )
+            for key in part:
+                part[key] += getattr(layer, key)
+    for pair in parts.values():
+        for totals in pair.values():
+            totals["energy_pj"] = energy_pj(totals["multiplications"], totals["additions"])
+    return parts
 
 
 def _pair(cnn: Any, adder: Any) -> dict[str, Any]:
@@ -199,10 +226,14 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         precision: _pair(_energy(totals["cnn"], precision, True), _energy(totals["adder"], precision, True))
         for precision in ENERGY_PJ
     }
+    model_name = summary.get("model") or meta.get("model_name") or config.get("model")
+    metric = summary.get("metric", "top1")  # a segmentation or detection run's summary names its metric
     report = {
         "run_dir": str(run_dir.resolve()),
-        "model": summary.get("model") or meta.get("model_name") or config.get("model"),
+        "model": model_name,
         "dataset": summary.get("dataset") or meta.get("dataset") or config.get("dataset"),
+        "task": summary.get("task", "classification"),
+        "metric": metric,
         "image_size": image_size,
         "accounting": {
             "conv_or_linear_mac": "1 multiplication + 1 addition",
@@ -227,15 +258,14 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         },
         "energy_pj_with_batchnorm": energies_bn["fp32"],
         "energy_ratio_with_batchnorm": ratio(energies_bn["fp32"]["cnn"], energies_bn["fp32"]["adder"]),
+        "parts": _parts(model_name if meta.get("official_arch") is None else None, counts),
         "parameters": parameters,
         "onnx_file_bytes": file_sizes,
+        # the run's metric (top-1, mIoU, mAP) of: the CNN, the adder model before any fine-tuning step and after it,
+        # in ONNX Runtime, its INT8 model (--int8); and the % of images (pixels) with the FP32 ONNX model's class
         "accuracy": {
-            "cnn_top1": summary.get("cnn_top1"),
-            "zero_step_top1": summary.get("zero_step_top1"),  # converted, before any fine-tuning step
-            "adder_top1": summary.get("adder_top1"),
-            "onnx_top1": summary.get("onnx_top1"),
-            "int8_top1": summary.get("int8_top1"),  # the INT8 adder ONNX model (--int8)
-            "int8_agreement": summary.get("int8_agreement"),  # % of images with the FP32 ONNX model's class
+            **{f"{stage}_{metric}": summary.get(f"{stage}_{metric}") for stage in _STAGES},
+            "int8_agreement": summary.get("int8_agreement"),
         },
         "curves": {
             "cnn": _read_curve(run_dir / "teacher" / "metrics.csv", notes),

@@ -13,6 +13,7 @@ import yaml
 
 from adderconvert.app.report import write_report
 from adderconvert.architectures.cnn import build_model
+from adderconvert.architectures.registry import build, part_of
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
 from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.deploy.export import export_onnx
@@ -106,6 +107,61 @@ def test_missing_pieces_read_na(tmp_path):
     assert any("could not rebuild the model from best.pt" in n for n in report["notes"])
     with pytest.raises(FileNotFoundError, match="run folder not found"):
         write_report(tmp_path / "nowhere")
+
+
+# Tiny dense runs: (model, image size, metric, the parts of its layers).
+_DENSE = {
+    "lraspp_mobilenet_v3_large": (32, "miou", {"backbone", "head"}),
+    "ssdlite320_mobilenet_v3_large": (64, "map", {"backbone", "neck", "head"}),
+}
+
+
+@pytest.mark.parametrize(  # 55 s, 63 s
+    "model_name", ["lraspp_mobilenet_v3_large", pytest.param("ssdlite320_mobilenet_v3_large", marks=pytest.mark.slow)]
+)
+def test_a_dense_run_is_reported_per_part_with_its_metric(tmp_path, model_name):
+    """A segmentation or detection run folder (the model converted untrained at a small size, its summary as the
+    main job writes it): the costs split into backbone, neck and head, adding up to the totals, and the task's
+    metric where a classifier's run shows top-1."""
+    size, metric, parts = _DENSE[model_name]
+    torch.manual_seed(0)
+    model = build(model_name, 11, size).eval()
+    x = torch.randn(2, 3, size, size)
+    plan = plan_conversion(model, x)
+    swap_layers(model, x, report=plan)
+    meta = CheckpointMeta(model_name, 11, dataset="fashion-mnist", image_size=size, conversion=plan.to_dict())
+    save_checkpoint(tmp_path / "best.pt", {"meta": meta, "model": model.eval().state_dict()})
+    task = "segmentation" if metric == "miou" else "detection"
+    summary = {"model": model_name, "dataset": "fashion-mnist", "task": task, "metric": metric}
+    summary |= {f"cnn_{metric}": 41.5, f"adder_{metric}": 40.25, f"onnx_{metric}": 40.5, f"int8_{metric}": 39.75}
+    summary["int8_agreement"] = 98.5 if task == "segmentation" else None
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": model_name, "batch_size": 2}))
+    with open(tmp_path / "metrics.csv", "w") as f:
+        f.write(f"epoch,lr,train_loss,test_{metric},seconds,images_per_second\n1,0.01,0.5,40.25,3.0,10.0\n")
+    html_path, json_path = write_report(tmp_path, latency_budget_s=0.1)
+    report = json.loads(json_path.read_text())
+    assert report["task"] == task and report["metric"] == metric
+    assert set(report["parts"]) == parts
+    for label in ("cnn", "adder"):
+        for key in ("multiplications", "additions"):
+            assert sum(part[label][key] for part in report["parts"].values()) == report[key][label], (label, key)
+        assert sum(p[label]["energy_pj"] for p in report["parts"].values()) == pytest.approx(report["energy_pj"][label])
+    part = part_of(model_name)
+    backbone = sum(r["macs"] for r in report["layers"] if r["kind"] == "adder" and part(r["name"]) == "backbone")
+    # the backbone's adder layers: two additions per MAC, no multiplication
+    assert report["parts"]["backbone"]["adder"]["multiplications"] == (
+        report["parts"]["backbone"]["cnn"]["multiplications"] - backbone
+    )
+    assert report["accuracy"] == {
+        f"{stage}_{metric}": summary.get(f"{stage}_{metric}") for stage in ("cnn", "zero_step", "adder", "onnx", "int8")
+    } | {"int8_agreement": summary["int8_agreement"]}
+    assert [r[f"test_{metric}"] for r in report["curves"]["adder"]] == [40.25]
+    assert all(r["cnn_ms"] > 0 and r["adder_ms"] > 0 for r in report["latency_ms"]), report["notes"]
+    text = html_path.read_text()
+    name = {"miou": "mIoU", "map": "mAP"}[metric]
+    assert f"Accuracy (test {name})" in text and "39.75 %" in text and "Per part (backbone, neck, head)" in text
+    assert "top-1" not in text
 
 
 CHROMIUM = shutil.which("chromium")
