@@ -11,12 +11,13 @@ names, layout) goes into ``metadata_props`` as JSON values (:func:`input_metadat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -142,15 +143,33 @@ def _quantized_symbolic(g, x, weight, alpha, beta, stride, padding, dilation, gr
     ).setType(x.type().with_sizes(None))
 
 
+# The TorchScript exporter's symbolics of the adder ops, by op.
+_SYMBOLICS = {
+    "adderconvert::adder_conv2d": _adder_symbolic,
+    "adderconvert::quantized_adder_conv2d": _quantized_symbolic,
+}
+
+
+@contextlib.contextmanager
+def _adder_symbolics(opset: int) -> Iterator[None]:
+    """:data:`_SYMBOLICS` registered with the TorchScript exporter at ``opset`` for one export, and unregistered
+    after it: the exporter's registry is global."""
+    for name, symbolic in _SYMBOLICS.items():
+        torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
+    try:
+        yield
+    finally:
+        for name in _SYMBOLICS:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
 def _torchscript_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int) -> onnx.ModelProto:
     """``module`` (an :class:`RCNNDetections`) through the TorchScript exporter, with the adder ops registered:
     torchvision's R-CNNs trace with ONNX ops there (``torch.export`` cannot take their post-processing). The graph
     takes the example's batch size."""
-    for name, symbolic in (("adder_conv2d", _adder_symbolic), ("quantized_adder_conv2d", _quantized_symbolic)):
-        torch.onnx.register_custom_op_symbolic(f"adderconvert::{name}", symbolic, opset)
     adders = any(isinstance(m, (AdderConv2d, QuantizedAdderConv2d)) for m in module.modules())
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with _adder_symbolics(opset), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and the trace's warnings on its loops
         torch.onnx.export(
             module,
@@ -163,6 +182,39 @@ def _torchscript_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...
             custom_opsets={DOMAIN: OPSET_VERSION} if adders else None,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs of ``node``'s attributes (an If's branches, a Loop's body)."""
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
+
+
+def _remove_identities(graph: onnx.GraphProto) -> None:
+    """Drop ``graph``'s Identity nodes, in place, their readers (in subgraphs too) reading their input instead: the
+    TorchScript exporter shares equal initializers through them, and those of BatchNorms that
+    :func:`fuse_batchnorm` folded feed nothing. One whose output is the graph's or a subgraph's output stays."""
+
+    def outputs(g: onnx.GraphProto) -> set[str]:
+        return {o.name for o in g.output} | {n for node in g.node for sub in _subgraphs(node) for n in outputs(sub)}
+
+    kept_names = outputs(graph)
+    source: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.output[0] not in kept_names:
+            source[node.output[0]] = source.get(node.input[0], node.input[0])
+        else:
+            kept.append(node)
+
+    def rewire(nodes) -> None:
+        for node in nodes:
+            node.input[:] = [source.get(name, name) for name in node.input]
+            for sub in _subgraphs(node):
+                rewire(sub.node)
+
+    rewire(kept)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -616,6 +668,8 @@ def export_onnx(
     else:
         if fuse_bn:
             fuse_batchnorm(proto)
+        if rcnn is not None:
+            _remove_identities(proto.graph)
         if not any(o.domain == DOMAIN for o in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
     if heads is not None:

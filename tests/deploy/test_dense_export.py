@@ -261,9 +261,18 @@ def test_detection_export_refusals(fcos, tmp_path):
         run_dense(session, images)
 
 
+def _faster_rcnn_of_shared_initializers() -> nn.Module:
+    """The small Faster R-CNN with its box head's two biases alike: equal initializers, which the TorchScript
+    exporter shares through Identity nodes."""
+    model = small_faster_rcnn(SIZE)
+    for linear in (model.roi_heads.box_head.fc6, model.roi_heads.box_head.fc7):
+        nn.init.zeros_(linear.bias)
+    return model
+
+
 @pytest.fixture(scope="module")
 def faster_rcnn():
-    return _Detector(lambda: small_faster_rcnn(SIZE))
+    return _Detector(_faster_rcnn_of_shared_initializers)
 
 
 @pytest.mark.parametrize("form", [*(pytest.param(f, marks=pytest.mark.slow) for f in ("cnn", "int8")), "fused"])
@@ -280,10 +289,31 @@ def test_two_stage_detector_parity(faster_rcnn, tmp_path, form):
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
     expected = {"cnn": set(), "fused": {"FusedAdderConv"}, "int8": {"QuantizedAdderConv"}}[form]
     assert {n.op_type for n in proto.graph.node if n.domain == DOMAIN} == expected
+    assert "Identity" not in {n.op_type for n in proto.graph.node}  # the shared initializers read directly
     settings = read_metadata(path)["postprocess"]
     assert settings["architecture"] == "FasterRCNN" and settings["rpn_post_nms_top_n"] == 1000
     tolerances = {"score_tolerance": INT8_SCORE_TOLERANCE, "min_iou": INT8_MIN_IOU} if form == "int8" else {}
     assert _detection_parity(model, path, images[:3], **tolerances) > 5
+
+
+def test_two_stage_export_leaves_the_exporters_registry_as_it_was(faster_rcnn, tmp_path, monkeypatch):
+    """The adder ops' TorchScript symbolics are registered for the export only: the exporter's registry is global."""
+    registered = []
+    register, unregister = torch.onnx.register_custom_op_symbolic, torch.onnx.unregister_custom_op_symbolic
+
+    def spy_register(name, symbolic, opset):
+        registered.append((name, opset))
+        register(name, symbolic, opset)
+
+    def spy_unregister(name, opset):
+        registered.remove((name, opset))
+        unregister(name, opset)
+
+    monkeypatch.setattr(torch.onnx, "register_custom_op_symbolic", spy_register)
+    monkeypatch.setattr(torch.onnx, "unregister_custom_op_symbolic", spy_unregister)
+    for _ in range(2):
+        export_onnx(faster_rcnn.adder, tmp_path / "m.onnx", faster_rcnn.images[:2])
+        assert registered == []
 
 
 def test_two_stage_detector_has_no_portable_form(faster_rcnn, tmp_path):
