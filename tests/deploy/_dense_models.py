@@ -17,15 +17,16 @@ _PREDICTIONS = ("cls_logits", "bbox_reg", "bbox_ctrness", *(f"module_list.{i}" f
                 *(f"module_list.{i}.1" for i in range(8)))  # fmt: skip
 
 
-def score_spread(model: nn.Module, background: float = 5.0) -> nn.Module:
+def score_spread(model: nn.Module, background: float = 5.0, rcnn_logits: float = 10.0) -> nn.Module:
     """Redraw the prediction convs of an untrained detector (``_PREDICTIONS``; an R-CNN's box predictor) so that a
     few dozen anchors per image score above 0.3 with boxes of some size: class logits of unit variance about -3 (SSD:
-    the background's ``background`` above the others'; an R-CNN's: weights 10 times larger, on its box head's
-    small features), box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a distance)."""
+    the background's ``background`` above the others'; an R-CNN's: weights ``rcnn_logits`` times larger, on its box
+    head's small features), box regressions of standard deviation 0.5 (about 1 for FCOS: its regression is a
+    distance)."""
     torch.manual_seed(1)
     if isinstance(model, GeneralizedRCNN):  # the box head's Linear layers, before a softmax over the classes
         predictor = model.roi_heads.box_predictor
-        for linear, deviation in ((predictor.cls_score, 10.0), (predictor.bbox_pred, 0.5)):
+        for linear, deviation in ((predictor.cls_score, rcnn_logits), (predictor.bbox_pred, 0.5)):
             nn.init.normal_(linear.weight, 0, deviation * linear.in_features**-0.5)
             nn.init.zeros_(linear.bias)
         return model.eval()

@@ -24,7 +24,7 @@ from torchvision.ops import box_iou
 
 import adderconvert
 from adderconvert.architectures.dense import build_dense_model
-from adderconvert.conversion import convert
+from adderconvert.conversion import convert, reestimate_batchnorm
 from adderconvert.data import FASHION_MNIST_DIR
 from adderconvert.data_scenes import load_scenes
 from adderconvert.deploy.export import export_onnx, input_metadata, read_metadata
@@ -354,13 +354,19 @@ def test_torchvision_detection_parity(name, tmp_path):
 def test_torchvision_two_stage_detectors_export(name, tmp_path):
     """The CNN's detections agree (Mask and Keypoint R-CNN export their boxes, scores and labels, not their masks or
     keypoints); the adder model, converted without the reconstruction step (minutes on a ResNet-50; without it the
-    adder model is too ill-conditioned for the parity bar), exports and runs. fasterrcnn_mobilenet_v3_large_320_fpn
-    untrained at 64 px scores every proposal alike (no detection above 0.3 to compare)."""
+    adder model is too ill-conditioned for the parity bar), exports and runs. Untrained, the MobileNetV3 of
+    fasterrcnn_mobilenet_v3_large_320_fpn with its BatchNorms' initial statistics (mean 0, variance 1) gives nearly
+    constant maps at 64 px: every proposal is pooled alike and scored alike (0.11). Its statistics are estimated on
+    12 scenes first; then its proposals differ, and with class weights 30 times larger about 20 of them score above
+    0.3 (estimated on 4 scenes, a few maps stay large, and their scores differ by 3e-4 between the runtimes)."""
     torch.manual_seed(0)
-    cnn = score_spread(build_dense_model(name, 2 if name.startswith("keypoint") else 11, SIZE))
+    cnn = build_dense_model(name, 2 if name.startswith("keypoint") else 11, SIZE)
     images = _scenes("detection", 6, noise=0.05)
+    if name.startswith("fasterrcnn"):
+        reestimate_batchnorm(cnn, [(_scenes("detection", 12, noise=0.05), None)], 1)
+    cnn = score_spread(cnn, rcnn_logits=30.0 if name.startswith("fasterrcnn") else 10.0)
     path = export_onnx(cnn, tmp_path / "cnn.onnx", images[4:6])
-    assert _detection_parity(cnn, path, images[4:]) >= (0 if name.startswith("fasterrcnn") else 5)
+    assert _detection_parity(cnn, path, images[4:]) >= 5
     adder = _adder(cnn, [list(images[:4])], reconstruct_method=None)
     path = export_onnx(adder, tmp_path / "adder.onnx", images[4:6])
     assert {n.op_type for n in onnx.load(str(path)).graph.node if n.domain == DOMAIN} == {"FusedAdderConv"}
