@@ -197,7 +197,7 @@ def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, wor
         probe = copy.deepcopy(model).train()
         batch = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=1, collate_fn=task.collate_fn)))
         try:
-            task.step(probe, batch, None, _teacher_config(config, 1), torch.device("cpu"))  # a training forward
+            task.step(probe, batch, None, TrainConfig(kd=False), torch.device("cpu"))  # a training forward
         except ValueError as e:
             raise RunInputError(
                 f"--batch-size {config.batch_size}: {config.model} has BatchNorm layers that see one value per channel "
