@@ -443,11 +443,9 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     if main:
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary, metric), main)
-        if config.finetune and classifier:
+        if config.finetune:
             html, _ = write_report(out)
             _log(f"cost report: {html}", main)
-        elif config.finetune:
-            _log(f"cost report: skipped: the report of {splits.task} models is not available yet")
     return summary
 
 
