@@ -25,7 +25,7 @@ from torch import nn
 
 from adderconvert.data import IGNORE_INDEX, collate_detection
 from adderconvert.metrics import coco_map, confusion_matrix, segmentation_scores
-from adderconvert.train.distill import distillation_loss
+from adderconvert.train.distill import distillation_loss, feature_map_loss
 from adderconvert.train.loop import CLASSIFICATION, Task, TrainConfig
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "BackboneDistillation",
     "DetectionTask",
     "SegmentationTask",
-    "feature_map_loss",
     "segmentation_loss",
     "training_task",
 ]
@@ -48,7 +47,6 @@ AUX_WEIGHT = 0.5  # the auxiliary classifier's loss weight, torchvision's refere
 # 34.80% mIoU with weight 5.0, 38.85% with 0.5, 40.15% with 0 and 40.01% without any distillation (one seed each,
 # Intel Xeon, 2026-12-06). A longer-trained CNN may want more: --feature-kd sets it.
 FEATURE_SCALE = 0.1
-_EPS = 1e-5
 
 
 def segmentation_loss(
@@ -67,20 +65,6 @@ def segmentation_loss(
     if outputs.get("aux") is not None:
         loss = loss + AUX_WEIGHT * F.cross_entropy(outputs["aux"].float(), masks, ignore_index=IGNORE_INDEX)
     return loss
-
-
-def feature_map_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean over the feature maps of ``teacher`` (name -> ``(N, C, H, W)``) of the student's mean squared
-    difference from each, divided by the teacher map's variance (per channel over the batch and positions, averaged
-    over the channels): the feature distillation of :class:`~adderconvert.train.distill.FeatureDistillation` for
-    maps that no norm has scaled (an FPN level), so that one weight suits every map. A per-map, not per-channel,
-    scale keeps a channel that hardly varies (a dead one) from weighing more than the others."""
-    terms = []
-    for name, target in teacher.items():
-        target = target.detach().float()
-        variance = target.var(dim=(0, 2, 3), unbiased=False).mean().clamp_min(_EPS)
-        terms.append(F.mse_loss(student[name].float(), target) / variance)
-    return torch.stack(terms).mean()
 
 
 class BackboneDistillation:

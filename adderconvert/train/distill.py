@@ -8,13 +8,14 @@ from torch import nn
 
 from adderconvert.conversion import norms_after_adders
 
-__all__ = ["KD_ALPHA", "KD_TEMPERATURE", "FeatureDistillation", "distillation_loss"]
+__all__ = ["KD_ALPHA", "KD_TEMPERATURE", "FeatureDistillation", "distillation_loss", "feature_map_loss"]
 
 # The recipe's logit-distillation defaults (TrainConfig takes them). Temperature 4.0 until 2026-12-03, alpha 0.5
 # until 2026-12-05; the screens that chose 2.0 and 0.2: docs/results/archive/recipe_history.md and
 # docs/results/recipes_cpu_amd_alpha02.md.
 KD_ALPHA = 0.2
 KD_TEMPERATURE = 2.0
+_EPS = 1e-5  # the smallest variance a feature map is divided by
 
 
 def distillation_loss(
@@ -46,6 +47,21 @@ def distillation_loss(
     return (1 - alpha) * ce + alpha * t * t * kl
 
 
+def feature_map_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over the feature maps of ``teacher`` (name -> ``(N, C, ...)``) of the student's mean squared difference
+    from each, divided by the teacher map's variance (per channel over the batch and positions, averaged over the
+    channels), so that one weight suits every map whatever its scale: a BatchNorm's learned scale or an FPN level's.
+    A per-map, not per-channel, scale keeps a channel that hardly varies (a dead one) from weighing more than the
+    others."""
+    terms = []
+    for name, target in teacher.items():
+        target = target.detach().float()
+        dims = [0, *range(2, target.dim())]
+        variance = target.var(dim=dims, unbiased=False).mean().clamp_min(_EPS)
+        terms.append(F.mse_loss(student[name].float(), target) / variance)
+    return torch.stack(terms).mean()
+
+
 class FeatureDistillation:
     """Matches the student's normalised features to the teacher's, layer by layer.
 
@@ -55,7 +71,8 @@ class FeatureDistillation:
     teacher; a BatchNorm the conversion inserted (conv ``name`` became ``name.0``, its norm ``name.1``) is
     matched to the teacher's conv ``name``, standardised per channel over the batch as an untrained
     BatchNorm would. Forward hooks record both outputs; :meth:`loss` is the mean over pairs of their mean
-    squared difference. Normalised outputs have unit scale, so one weight suits every layer.
+    squared difference over the teacher's variance (:func:`feature_map_loss`): a norm's learned scale sets its output's,
+    and EfficientNet-B0's reach a variance of 30 where MobileNetV3's and ResNet's stay near 1.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, example_input: torch.Tensor | None = None) -> None:
@@ -87,11 +104,11 @@ class FeatureDistillation:
         ]
 
     def loss(self) -> torch.Tensor:
-        """Mean squared difference of the features recorded by the last student and teacher forwards."""
-        terms = [F.mse_loss(self._student[n], self._teacher[n].detach()) for n in self.names]
+        """:func:`feature_map_loss` of the features recorded by the last student and teacher forwards."""
+        loss = feature_map_loss({n: self._student[n] for n in self.names}, {n: self._teacher[n] for n in self.names})
         self._student.clear()
         self._teacher.clear()
-        return torch.stack(terms).mean()
+        return loss
 
     def remove(self) -> None:
         for hook in self._hooks:

@@ -3,13 +3,14 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
 from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.nn import AdderConv2d
-from adderconvert.train.distill import FeatureDistillation, distillation_loss
+from adderconvert.train.distill import FeatureDistillation, distillation_loss, feature_map_loss
 
 
 def test_distillation_loss_matches_hand_computation():
@@ -57,22 +58,24 @@ def test_feature_pairs_are_the_batchnorms_after_adder_layers():
     assert names[0] == "layer1.0.bn1" and "layer2.0.downsample.1" in names and "bn1" not in names
 
 
-def test_feature_loss_is_the_mean_squared_difference():
+def test_feature_loss_is_the_squared_difference_over_the_teachers_variance():
     student, teacher = _pair()
     teacher = copy.deepcopy(student)  # identical features: zero loss
     features = FeatureDistillation(student, teacher)
     x = torch.randn(2, 3, 32, 32)
     student(x), teacher(x)  # the student's features are recorded in a forward with gradients
     assert float(features.loss()) == 0.0
-    # Shift the last matched BatchNorm's output by delta: only that pair differs, by delta everywhere.
+    # Shift the first matched BatchNorm's output by delta: only that pair differs, by delta everywhere.
     delta = 0.5
     with torch.no_grad():
-        student.get_submodule(features.names[-1]).bias += delta
+        student.get_submodule(features.names[0]).bias += delta
         student(x)
     assert not features._student  # a forward without gradients (evaluation) records nothing
     student(x), teacher(x)
+    first = features._teacher[features.names[0]].double()
+    variance = float(first.var(dim=(0, 2, 3), unbiased=False).mean())  # per channel, averaged over the channels
     loss = float(features.loss())
-    assert loss == pytest.approx(delta**2 / len(features.names), rel=1e-5)
+    assert loss == pytest.approx(delta**2 / variance / len(features.names), rel=1e-5)
 
 
 def test_feature_loss_gradient_reaches_the_adder_weights():
@@ -133,7 +136,8 @@ def test_inserted_batchnorms_take_part_in_feature_distillation():
         mean, var = conv.mean((0, 2, 3), keepdim=True), conv.var((0, 2, 3), unbiased=False, keepdim=True)
         standardised = (conv - mean) / torch.sqrt(var + 1e-5)
         torch.testing.assert_close(features._teacher[f"{d.name}.1"].double(), standardised, rtol=1e-4, atol=1e-4)
-        expected_terms.append(((features._student[f"{d.name}.1"].double() - standardised) ** 2).mean())
+        scale = standardised.var((0, 2, 3), unbiased=False).mean()  # just under 1: the eps in the standardisation
+        expected_terms.append(((features._student[f"{d.name}.1"].double() - standardised) ** 2).mean() / scale)
     loss = features.loss()
     assert float(loss) == pytest.approx(float(torch.stack(expected_terms).mean()), rel=1e-4)
 
@@ -148,3 +152,22 @@ def test_inserted_batchnorm_features_train_the_adder_weights():
     features.loss().backward()
     adder = student.features[3][0]
     assert isinstance(adder, AdderConv2d) and adder.weight.grad.abs().sum() > 0
+
+
+def test_feature_map_loss_against_a_reference():
+    gen = torch.Generator().manual_seed(1)
+    teacher = {"0": torch.randn(3, 4, 5, 5, generator=gen) * 7, "pool": torch.randn(3, 2, 2, 2, generator=gen)}
+    student = {name: value + torch.randn(value.shape, generator=gen) for name, value in teacher.items()}
+    terms = []
+    for name, t in teacher.items():
+        t64, s64 = t.double().numpy(), student[name].double().numpy()
+        variance = t64.transpose(1, 0, 2, 3).reshape(t64.shape[1], -1).var(axis=1).mean()
+        terms.append(((s64 - t64) ** 2).mean() / variance)
+    assert math.isclose(float(feature_map_loss(student, teacher)), float(np.mean(terms)), rel_tol=1e-5)
+    assert float(feature_map_loss(teacher, teacher)) == 0.0
+    # any number of positions: a pooled (N, C) vector is one position per image
+    vector = torch.randn(8, 3, generator=gen)
+    reference = ((vector + 1 - vector) ** 2).mean() / vector.double().numpy().var(axis=0).mean()
+    assert math.isclose(float(feature_map_loss({"v": vector + 1}, {"v": vector})), float(reference), rel_tol=1e-5)
+    # a constant teacher map (a dead channel everywhere) does not divide by zero
+    assert math.isfinite(float(feature_map_loss({"0": torch.ones(2, 1, 2, 2)}, {"0": torch.zeros(2, 1, 2, 2)})))
