@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -293,6 +294,8 @@ def convert_command(
     if str(values.get("weights")).lower() == "none":
         values["weights"] = None
     values["progress"] = not quiet
+    if isinstance(values.get("data"), str):  # config.yaml keeps the folder for `export --int8` run from elsewhere
+        values["data"] = os.path.abspath(values["data"])
     try:
         config = validate_config(values)
     except ConfigError as e:

@@ -23,8 +23,16 @@ import yaml
 from torch import nn
 
 from adderconvert.app.outputs import check_output_file, write_through
-from adderconvert.app.saved_models import SessionModel, _dataset_for, deployment_metadata, onnx_logits
-from adderconvert.checkpoint import CheckpointMeta, load, read_meta
+from adderconvert.app.saved_models import (
+    SessionModel,
+    count_images,
+    dataset_for,
+    deployment_metadata,
+    onnx_logits,
+    read_checkpoint_meta,
+    recorded_seed,
+)
+from adderconvert.checkpoint import CheckpointMeta, load
 from adderconvert.data_formats import FORMATS
 from adderconvert.deploy.dense import model_task
 from adderconvert.deploy.export import export_onnx
@@ -110,13 +118,28 @@ def export_int8(
 
 def _data_folder(checkpoint: Path, meta: CheckpointMeta) -> str | None:
     """The COCO or VOC folder the run of ``checkpoint`` trained on, from its run folder's ``config.yaml`` (the
-    checkpoint records the data set's name, not its folder); None where that is not there."""
-    config = checkpoint.parent / "config.yaml"
+    checkpoint records the data set's name, not its folder), a relative path there taken from the run folder; None
+    where that is not there. ValueError, asking for ``--data``, where config.yaml cannot be read or names a folder
+    that does not exist."""
+    run = checkpoint.parent
+    config = run / "config.yaml"
     if meta.dataset not in FORMATS or not config.is_file():
         return None
-    values = yaml.safe_load(config.read_text())
-    same_run = isinstance(values, dict) and values.get("dataset") == meta.dataset
-    return values.get("data") if same_run else None
+    try:
+        values = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read config.yaml in {run} ({type(e).__name__}): pass --data DIR") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config.yaml in {run} holds a {type(values).__name__}, not options: pass --data DIR")
+    data = values.get("data")
+    if values.get("dataset") != meta.dataset or data is None:  # another run's, or one without a folder
+        return None
+    if not isinstance(data, str):
+        raise ValueError(f"config.yaml in {run} names data folder {data!r}, not a path: pass --data DIR")
+    folder = run / data  # an absolute path stays as it is
+    if not folder.is_dir():
+        raise ValueError(f"config.yaml in {run} names data folder {data}, which does not exist: pass --data DIR")
+    return str(folder)
 
 
 def export_checkpoint_int8(
@@ -130,14 +153,15 @@ def export_checkpoint_int8(
     overwrite: bool = False,
 ) -> Path:
     """``adderconvert export CHECKPOINT --int8``: the INT8 ONNX model of an adder checkpoint (default
-    ``MODEL_adder_int8.onnx`` beside it), calibrated on its training data set (``data``: its folder). A
+    ``MODEL_adder_int8.onnx`` beside it), calibrated on its training data set (``data``: its folder) in the order
+    of its run's seed, as its main job's ``--int8`` was (:func:`~adderconvert.app.saved_models.recorded_seed`). A
     segmentation or detection model calibrates on its task's data: the built-in scenes of its run's seed, or the
     COCO or VOC folder of ``data`` (by default the one its run folder's ``config.yaml`` names). An existing output
     is replaced only with ``overwrite``; the checkpoint itself never."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no such file: {checkpoint}")
-    meta: CheckpointMeta = read_meta(checkpoint)
+    meta = read_checkpoint_meta(checkpoint, "export")
     if meta.image_size is None:
         raise ValueError(f"{checkpoint} does not record its input size; quantise it from Python")
     if meta.stage != "adder":
@@ -149,9 +173,10 @@ def export_checkpoint_int8(
     output = Path(output) if output is not None else int8_path(checkpoint.parent, meta.official_arch or meta.model_name)
     check_output_file(output, overwrite=overwrite, inputs=[checkpoint])  # app/outputs.py's policy
     data = data if data is not None else _data_folder(checkpoint, meta)
-    _, splits = _dataset_for(meta, None, data, meta.image_size)
+    _, splits = dataset_for(meta, None, data, meta.image_size)
     check_calibration_batches(batches, len(splits.train))
-    batches_ = calibration_batches(splits.train, batches, task=splits.task)
+    # the run's seed: the batches its main job calibrated on with --int8
+    batches_ = calibration_batches(splits.train, batches, recorded_seed(meta), splits.task)
     model = load(checkpoint)
     metadata = deployment_metadata(meta)
     return write_through(output, lambda tmp: export_int8(model, tmp, batches_, metadata, method, dynamic_hw=dynamic_hw))
@@ -176,7 +201,7 @@ def compare_onnx(
         scores = training_task(task).evaluate(
             session, test_set, batch_size=batch_size, workers=workers, max_batches=max_batches
         )
-        images = len(test_set) if max_batches is None else min(len(test_set), batch_size * max_batches)
+        images = count_images(test_set, batch_size, max_batches)
         return {**{f"int8_{k}": v for k, v in scores.items()}, "int8_agreement": None, "int8_images": images}
     sessions = [make_session(int8)] + ([make_session(fp32)] if fp32 else [])
     loader = torch.utils.data.DataLoader(test_set, batch_size=batch_size, num_workers=workers)

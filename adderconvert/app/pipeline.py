@@ -37,6 +37,7 @@ from adderconvert.app.outputs import (
     write_through,
 )
 from adderconvert.app.report import write_report
+from adderconvert.app.report.stages import STAGES
 from adderconvert.app.resume import default_pretrain_epochs
 from adderconvert.app.saved_models import deployment_metadata, evaluate_file, load_data
 from adderconvert.app.weights import check_weights, load_weights
@@ -437,7 +438,8 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
         summary.update(int8)
         agreement, what = int8["int8_agreement"], "images" if classifier else "pixels"
         same = f", same class as FP32 on {agreement:.2f}% of the {what}" if agreement is not None else ""
-        scores = {name[5:]: int8[name] for name in int8 if name[5:] in METRIC_NAMES}  # int8_miou -> miou
+        scores = {name.removeprefix("int8_"): value for name, value in int8.items()}  # int8_miou -> miou
+        scores = {name: value for name, value in scores.items() if name in METRIC_NAMES}
         _log(_describe("INT8 ONNX Runtime", scores) + same, main)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if main:
@@ -567,15 +569,13 @@ def _export_and_evaluate_int8(model, splits, out: Path, config: RunConfig, fp32_
 
 def _stage_table(summary: dict, metric: str = "top1") -> str:
     rows = [
-        ("CNN (teacher)", summary[f"cnn_{metric}"]),
-        ("AdderNet, zero steps", summary[f"zero_step_{metric}"]),
-        ("AdderNet (PyTorch)", summary[f"adder_{metric}"]),
-        ("AdderNet (ONNX Runtime)", summary.get(f"onnx_{metric}")),
+        (label, summary.get(f"{stage}_{metric}"))
+        for stage, label in STAGES
+        if stage != "int8" or summary.get(f"int8_{metric}") is not None  # INT8: a run with --int8
     ]
-    if summary[f"int8_{metric}"] is not None:  # a run with --int8
-        rows.append(("AdderNet INT8 (ONNX RT)", summary[f"int8_{metric}"]))
-    lines = [f"{'stage':<26}{METRIC_NAMES[metric]:>8}", "-" * 34]
-    lines += [f"{name:<26}{(f'{v:.2f}%' if v is not None else 'n/a'):>8}" for name, v in rows]
+    width = max(len(label) for _, label in STAGES) + 2
+    lines = [f"{'stage':<{width}}{METRIC_NAMES[metric]:>8}", "-" * (width + 8)]
+    lines += [f"{name:<{width}}{(f'{v:.2f}%' if v is not None else 'n/a'):>8}" for name, v in rows]
     lines.append(
         f"{summary['model']} on {summary['dataset']}, {summary['converted_layers']} adder layers, "
         f"{summary['seconds']:.0f}s"

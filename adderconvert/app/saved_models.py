@@ -28,11 +28,17 @@ from adderconvert.train.dense import training_task
 __all__ = [
     "ALL_DATASETS",
     "SessionModel",
+    "count_images",
+    "dataset_for",
     "deployment_metadata",
     "evaluate_file",
     "export_checkpoint",
+    "first_line",
     "is_onnx_model",
     "load_data",
+    "onnx_logits",
+    "read_checkpoint_meta",
+    "recorded_seed",
 ]
 
 ALL_DATASETS = (*DATASETS, *FORMATS)  # what --dataset takes
@@ -73,12 +79,23 @@ def load_data(
     return splits
 
 
-def _dataset_for(meta: CheckpointMeta, dataset: str | None, data: str | None, image_size: int | None):
+def dataset_for(
+    meta: CheckpointMeta, dataset: str | None, data: str | None, image_size: int | None
+) -> tuple[str, DatasetSplits]:
+    """The name and splits of the data set ``dataset`` (by default the one ``meta`` was trained on) from ``data`` at
+    ``image_size``, for the model of ``meta``: an official classifier's data set, else :func:`load_data`'s, whose
+    built-in scenes follow the run's seed (its recipe's)."""
     name = dataset or meta.dataset or "fashion-mnist"
     if meta.official_arch is not None:  # the official AdderNet code's classifiers, named by it
         return name, load_dataset(name, data, image_size)
-    seed = (meta.recipe or {}).get("seed", 0)  # the built-in scenes follow the run's seed
-    return name, load_data(name, data, image_size, meta.model_name, seed=seed)
+    # the built-in scenes follow the run's seed
+    return name, load_data(name, data, image_size, meta.model_name, seed=recorded_seed(meta))
+
+
+def recorded_seed(meta: CheckpointMeta) -> int:
+    """The seed of the run that wrote the checkpoint of ``meta`` (its recipe's; 0, the default, where it has none):
+    that of its built-in scenes and of the main job's INT8 calibration."""
+    return (meta.recipe or {}).get("seed", 0)
 
 
 def _check_classes(model_classes: int, splits, name: str, target) -> None:
@@ -109,13 +126,19 @@ def is_onnx_model(path: str | os.PathLike) -> bool:
     return len(model.graph.node) > 0 and len(model.graph.input) > 0
 
 
-def _read_checkpoint_meta(path: Path) -> CheckpointMeta:
+def read_checkpoint_meta(path: Path, command: str = "evaluate") -> CheckpointMeta:
+    """The meta of the checkpoint at ``path``; a :class:`CheckpointError` that says what to do when ``path`` holds
+    an ONNX model instead: ``evaluate`` reads it by its ``.onnx`` name, ``export`` (``command``) does not take it."""
     try:
         return read_meta(path)
     except CheckpointError:
-        if is_onnx_model(path):
-            raise CheckpointError(f"{path} is an ONNX model, not a checkpoint: name it .onnx") from None
-        raise
+        if not is_onnx_model(path):
+            raise
+        if command == "export":
+            message = f"{path} is already an ONNX model; export takes a .pt checkpoint (evaluate takes .onnx files)"
+        else:
+            message = f"{path} is an ONNX model, not a checkpoint: name it .onnx"
+        raise CheckpointError(message) from None
 
 
 def evaluate_file(
@@ -138,17 +161,17 @@ def evaluate_file(
         raise FileNotFoundError(f"no such file: {target}")
     if target.suffix == ".onnx":
         return _evaluate_onnx(target, dataset, data, image_size, batch_size, max_batches)
-    meta = _read_checkpoint_meta(target)
+    meta = read_checkpoint_meta(target)
     device = resolve_device(device)
     try:
         task = training_task("classification" if meta.official_arch else task_of(meta.model_name))
     except ValueError as e:
         raise CheckpointError(f"{target}: {e}") from None
-    name, splits = _dataset_for(meta, dataset, data, image_size or meta.image_size)
+    name, splits = dataset_for(meta, dataset, data, image_size or meta.image_size)
     _check_classes(meta.num_classes, splits, name, target)
     model = load(target).to(device)
     scores = task.evaluate(model, splits.test, batch_size=batch_size, device=device, max_batches=max_batches)
-    images = _count(splits.test, batch_size, max_batches)
+    images = count_images(splits.test, batch_size, max_batches)
     return {
         "target": str(target),
         "top1": scores.get("top1"),
@@ -160,7 +183,8 @@ def evaluate_file(
     }
 
 
-def _count(dataset, batch_size: int, max_batches: int | None) -> int:
+def count_images(dataset, batch_size: int, max_batches: int | None) -> int:
+    """How many images of ``dataset`` an evaluation in batches of ``batch_size`` scores (at most ``max_batches``)."""
     return len(dataset) if max_batches is None else min(len(dataset), batch_size * max_batches)
 
 
@@ -227,7 +251,8 @@ def _is_ort_error(error: Exception) -> bool:
     return type(error).__module__.startswith("onnxruntime") or isinstance(error, RuntimeError)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """The first line of ``error``'s message (ONNX Runtime's run to many lines), else its type's name."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
@@ -284,7 +309,7 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
     except Exception as e:
         if not _is_ort_error(e):
             raise
-        raise ValueError(f"ONNX Runtime cannot load {target}: {_first_line(e)}") from None
+        raise ValueError(f"ONNX Runtime cannot load {target}: {first_line(e)}") from None
     runtime = f"ONNX Runtime, {session.get_providers()[0]}"
     warnings = _data_warnings(target, metadata.get("dataset"), stored, name, splits.image_size)
     if task != "classification":
@@ -295,8 +320,8 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
         except Exception as e:
             if not _is_ort_error(e):
                 raise
-            raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {_first_line(e)}") from None
-        images = _count(splits.test, fixed_batch or batch_size, max_batches)
+            raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {first_line(e)}") from None
+        images = count_images(splits.test, fixed_batch or batch_size, max_batches)
         result = {"target": str(target), "top1": None, "scores": scores, "images": images, "dataset": name}
         return {**result, "runtime": runtime, "warnings": warnings}
     correct = total = 0
@@ -312,7 +337,7 @@ def _evaluate_onnx(target: Path, dataset, data, image_size, batch_size, max_batc
     except Exception as e:
         if not _is_ort_error(e):
             raise
-        raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {_first_line(e)}") from None
+        raise ValueError(f"ONNX Runtime cannot run {target} on {name}: {first_line(e)}") from None
     top1 = 100.0 * correct / max(total, 1)
     return {
         "target": str(target),
@@ -344,7 +369,7 @@ def export_checkpoint(
     output = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no such file: {checkpoint}")
-    meta = _read_checkpoint_meta(checkpoint)
+    meta = read_checkpoint_meta(checkpoint, "export")
     check_output_file(output, overwrite=overwrite, inputs=[checkpoint])
     if meta.image_size is None:
         raise ValueError(f"{checkpoint} does not record its input size; export it from Python with export_onnx")
@@ -367,5 +392,5 @@ def deployment_metadata(meta: CheckpointMeta, seed: int | None = None) -> dict[s
     )
     values["model_name"] = meta.official_arch or meta.model_name
     if meta.official_arch is None and meta.model_name in (*SEGMENTATION_MODELS, *DETECTION_MODELS):
-        values["seed"] = seed if seed is not None else (meta.recipe or {}).get("seed", 0)
+        values["seed"] = seed if seed is not None else recorded_seed(meta)
     return values

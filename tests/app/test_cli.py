@@ -362,3 +362,31 @@ def test_doctor_with_an_unknown_isa_says_it_once():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("ADDERCONVERT_CPU_ISA='bogus'") == 1, run.stderr
     assert run.stderr.startswith("Error: ") and "FAILED" not in run.stdout and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("flags", [[], ["--int8"]])
+def test_export_of_an_onnx_model_says_export_takes_a_checkpoint(tmp_path, flags):
+    from onnx import TensorProto, helper, save
+
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 8, 8]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", values[:1], values[1:])
+    save(helper.make_model(graph), tmp_path / "model.onnx")
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "model.onnx"), *flags])
+    _input_error(result, "is already an ONNX model; export takes a .pt checkpoint (evaluate takes .onnx files)")
+    assert "name it .onnx" not in result.output
+
+
+def test_the_main_job_keeps_its_data_folder_absolute(tmp_path, monkeypatch):
+    """config.yaml (the run's RunConfig) names --data from anywhere: `export --int8` finds the folder from the run."""
+    import adderconvert.app.pipeline as pipeline
+
+    configs = []
+
+    def run(config):  # the options the main job gets, without running it
+        configs.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", run)
+    monkeypatch.chdir(tmp_path)
+    CliRunner().invoke(main, ["resnet18", "--data", "fmnist", "--output", "out", "--quiet"])
+    assert configs[0].data == str(tmp_path / "fmnist") and configs[0].output == "out"

@@ -180,18 +180,63 @@ def test_a_dense_checkpoint_exports_int8_close_to_fp32(dense_runs, tmp_path, mon
     assert cli.exit_code == 0 and (out / f"{model}_adder_int8.onnx").is_file(), cli.output
 
 
-def test_a_dense_checkpoint_of_user_data_needs_its_folder(tmp_path):
-    """A COCO run's checkpoint calibrates on the run's folder (its config.yaml names it); without one, the error
-    asks for --data."""
+def test_a_dense_checkpoint_of_user_data_needs_its_folder(tmp_path, monkeypatch):
+    """A COCO run's checkpoint calibrates on the run's folder (its config.yaml names it, a relative path from the run
+    folder); without one, or with a config.yaml that cannot say, one error line asks for --data."""
+    run = tmp_path / "run"
+    run.mkdir()
     meta = CheckpointMeta(
         model_name="ssdlite320_mobilenet_v3_large", num_classes=3, stage="adder", dataset="coco", image_size=64
     )
-    save_checkpoint(tmp_path / "det.pt", {"meta": meta, "model": {}})
-    result = CliRunner().invoke(main, ["export", str(tmp_path / "det.pt"), "--int8"])
-    assert result.exit_code == 2 and "--dataset coco needs --data DIR" in result.output, result.output
-    (tmp_path / "config.yaml").write_text(f"dataset: coco\ndata: {tmp_path / 'gone'}\n")
-    result = CliRunner().invoke(main, ["export", str(tmp_path / "det.pt"), "--int8"])
-    assert result.exit_code == 2 and f"data folder {tmp_path / 'gone'} does not exist" in result.output, result.output
+    save_checkpoint(run / "det.pt", {"meta": meta, "model": {}})
+    monkeypatch.chdir(tmp_path)  # a relative data: is not taken from here
+
+    def error(config: str | None) -> str:
+        if config is not None:
+            (run / "config.yaml").write_text(config)
+        result = CliRunner().invoke(main, ["export", str(run / "det.pt"), "--int8"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+        return lines[0]
+
+    assert "--dataset coco needs --data DIR" in error(None)
+    assert f"config.yaml in {run} names data folder {run / 'gone'}, which does not exist: pass --data DIR" in error(
+        f"dataset: coco\ndata: {run / 'gone'}\n"
+    )
+    (tmp_path / "coco").mkdir()  # beside the working directory, not the run folder
+    assert f"config.yaml in {run} names data folder coco, which does not exist: pass --data DIR" in error(
+        "dataset: coco\ndata: coco\n"
+    )
+    (run / "coco").mkdir()  # the run's own: read (an empty folder, which the COCO reader refuses by its path)
+    assert str(run / "coco") in error(None)
+    assert f"config.yaml in {run} names data folder [1, 2], not a path: pass --data DIR" in error(
+        "dataset: coco\ndata: [1, 2]\n"
+    )
+    assert f"cannot read config.yaml in {run} (ScannerError): pass --data DIR" in error("dataset: coco\ndata: [\t\n")
+
+
+def test_export_calibrates_with_the_runs_seed(adder_checkpoint, tmp_path):
+    """`export --int8` draws the calibration batches of the run's seed (its recipe's), as the main job's --int8 did:
+    the same INT8 model, byte for byte."""
+    from dataclasses import replace
+
+    from adderconvert.app.int8 import export_int8
+    from adderconvert.app.saved_models import deployment_metadata
+    from adderconvert.checkpoint import load_checkpoint
+
+    checkpoint, data, model = adder_checkpoint
+    state = load_checkpoint(checkpoint)
+    meta = replace(state["meta"], recipe={"seed": 3})
+    seeded = save_checkpoint(tmp_path / "seed3.pt", {"meta": meta, "model": state["model"]})
+    exported = export_checkpoint_int8(seeded, tmp_path / "export.onnx", batches=1, method="minmax", data=str(data))
+    train = load_dataset("fashion-mnist", data, 28).train
+    metadata = deployment_metadata(meta)
+    runs = {
+        seed: export_int8(model, tmp_path / f"run{seed}.onnx", calibration_batches(train, 1, seed), metadata, "minmax")
+        for seed in (3, 0)
+    }
+    assert exported.read_bytes() == runs[3].read_bytes()
+    assert runs[0].read_bytes() != runs[3].read_bytes()  # the seed matters
 
 
 def test_calibration_batches_are_seeded_training_batches(adder_checkpoint):
@@ -224,7 +269,7 @@ def test_main_job_int8_summary_and_report(tmp_path):
     assert summary["int8_path"] == "resnet18_adder_int8.onnx" and (out / summary["int8_path"]).is_file()
     assert summary["int8_images"] == 64 and 0 <= summary["int8_top1"] <= 100
     assert 0 <= summary["int8_agreement"] <= 100
-    assert "AdderNet INT8 (ONNX RT)" in result.output and "INT8 ONNX Runtime top-1" in result.output
+    assert "AdderNet INT8 (ONNX Runtime)" in result.output and "INT8 ONNX Runtime top-1" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy"]["int8_top1"] == summary["int8_top1"]
     assert all(row["int8_ms"] > 0 and row["int8_ratio"] > 0 for row in report["latency_ms"])

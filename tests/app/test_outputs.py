@@ -555,7 +555,11 @@ def test_wrong_cause_messages(data, run_copy, tmp_path):
     onnx_as_pt = tmp_path / "model.pt"
     shutil.copyfile(run_copy / "official_resnet20_adder.onnx", onnx_as_pt)
     _input_error(CliRunner().invoke(main, ["evaluate", str(onnx_as_pt)]), "is an ONNX model")
-    _input_error(CliRunner().invoke(main, ["export", str(onnx_as_pt)]), "is an ONNX model")
+    _input_error(
+        CliRunner().invoke(main, ["export", str(onnx_as_pt)]),
+        "is already an ONNX model",
+        "export takes a .pt checkpoint",
+    )
     _input_error(
         CliRunner().invoke(main, ["evaluate", str(run_copy / "best.pt"), "--dataset", "foo"]), "unknown data set"
     )

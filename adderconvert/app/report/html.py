@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from adderconvert.app.report.costs import ENERGY_PJ, ENERGY_SOURCE
+from adderconvert.app.report.stages import STAGES
 from adderconvert.metrics import METRIC_NAMES
 
 __all__ = ["plots", "render_html"]
@@ -178,15 +179,12 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     energy_rows = [[p.upper(), _fmt(t["multiplication"]), _fmt(t["addition"])] for p, t in ENERGY_PJ.items()]
     accuracy, metric = r["accuracy"], r.get("metric", "top1")
     metric_name = METRIC_NAMES[metric]
-    counted = "images" if metric == "top1" else "pixels"  # a detector has no agreement: n/a
-    accuracy_rows = [
-        ["CNN (teacher, PyTorch)", _fmt(accuracy[f"cnn_{metric}"], suffix=" %")],
-        ["AdderNet before fine-tuning (PyTorch)", _fmt(accuracy.get(f"zero_step_{metric}"), suffix=" %")],
-        ["AdderNet (PyTorch)", _fmt(accuracy[f"adder_{metric}"], suffix=" %")],
-        ["AdderNet (ONNX Runtime)", _fmt(accuracy[f"onnx_{metric}"], suffix=" %")],
-        ["AdderNet INT8 (ONNX Runtime)", _fmt(accuracy.get(f"int8_{metric}"), suffix=" %")],
-        [f"AdderNet INT8: {counted} of the FP32 model's class", _fmt(accuracy.get("int8_agreement"), suffix=" %")],
-    ]
+    accuracy_rows = [[label, _fmt(accuracy.get(f"{stage}_{metric}"), suffix=" %")] for stage, label in STAGES]
+    if metric != "map":  # a detector's boxes have no class per image or pixel to agree on
+        counted = "images" if metric == "top1" else "pixels"
+        accuracy_rows.append(
+            [f"INT8: same class as FP32 (% of {counted})", _fmt(accuracy.get("int8_agreement"), suffix=" %")]
+        )
     part_rows = [
         [html.escape(part)]
         + [_fmt(pair.get(label, {}).get(key)) for label in ("cnn", "adder") for key in ("multiplications", "additions")]
@@ -196,7 +194,8 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     part_header = ["part", "CNN mult.", "CNN add.", "AdderNet mult.", "AdderNet add.", "CNN FP32", "AdderNet FP32"]
     parts = f"<h2>Per part (backbone, neck, head), per image</h2>{_table(part_header, part_rows)}" if part_rows else ""
     latency_rows = [
-        [row["provider"], str(row["batch"]), _fmt(row.get("cnn_ms")), _fmt(row.get("adder_ms")), _fmt(row["ratio"])]
+        [row["provider"], f"{row['batch']}{' (fixed)' if row.get('fixed_batch') else ''}"]
+        + [_fmt(row.get("cnn_ms")), _fmt(row.get("adder_ms")), _fmt(row["ratio"])]
         + [_fmt(row.get("int8_ms")), _fmt(row.get("int8_ratio"))]
         for row in r["latency_ms"]
     ]

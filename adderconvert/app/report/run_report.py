@@ -33,14 +33,14 @@ from adderconvert.app.report.costs import (
 )
 from adderconvert.app.report.html import plots, render_html
 from adderconvert.app.report.latency import LATENCY_BUDGET_S, latency_table, ratio
-from adderconvert.architectures.registry import build, part_of
+from adderconvert.app.report.stages import STAGES
+from adderconvert.architectures.registry import build, part_of, task_of
 from adderconvert.checkpoint import load, read_meta
+from adderconvert.data import TASKS
 from adderconvert.deploy.export import export_onnx
+from adderconvert.train.dense import training_task
 
 __all__ = ["build_report", "write_report"]
-
-# The stages whose metric summary.json holds (cnn_top1, ..., int8_miou).
-_STAGES = ("cnn", "zero_step", "adder", "onnx", "int8")
 
 
 def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -139,12 +139,40 @@ def _totals(counts: OperationCounts | None) -> dict[str, Any]:
     }
 
 
-def _parts(model_name: str | None, counts: dict[str, OperationCounts | None]) -> dict[str, Any] | None:
+def _task_and_metric(
+    summary: dict[str, Any], meta: dict[str, Any], model_name: Any, curves: list[list[dict[str, float]]]
+) -> tuple[str, str]:
+    """The run's task and metric: those summary.json names (a segmentation or detection run's); else (a classifier's
+    summary, or none: a run stopped before its end) those of its model's task, else of the ``test_`` column of its
+    metrics.csv, else a classifier's."""
+    by_metric = {training_task(task).metric: task for task in TASKS}
+    metric = summary.get("metric")
+    if metric in by_metric:
+        return by_metric[metric], metric
+    if meta.get("official_arch") is not None:
+        return "classification", "top1"
+    try:
+        task = task_of(model_name) if isinstance(model_name, str) else None
+    except ValueError:  # a model this version does not know
+        task = None
+    if task is None:
+        columns = [column for rows in curves if rows for column in rows[0]]
+        found = (column.removeprefix("test_") for column in columns if column.startswith("test_"))
+        task = next((by_metric[name] for name in found if name in by_metric), "classification")
+    return task, training_task(task).metric
+
+
+def _parts(task: str, model_name: Any, counts: dict[str, OperationCounts | None]) -> dict[str, Any] | None:
     """A segmentation or detection model's operations and FP32 energy per part (backbone, neck, head), per image:
     ``{part: {"cnn": {...}, "adder": {...}}}`` with ``macs``, ``multiplications``, ``additions``, ``energy_pj``;
-    None for a classifier or without counts."""
-    parts_of = part_of(model_name) if isinstance(model_name, str) and model_name else None
-    if parts_of is None or counts["adder"] is None:
+    None for a classifier, without counts or for a model this version does not know."""
+    if task == "classification" or counts["cnn"] is None or counts["adder"] is None:
+        return None
+    try:
+        parts_of = part_of(model_name)
+    except ValueError:  # a model this version does not know
+        parts_of = None
+    if parts_of is None:
         return None
     parts: dict[str, Any] = {}
     for label, count in counts.items():
@@ -227,12 +255,16 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         for precision in ENERGY_PJ
     }
     model_name = summary.get("model") or meta.get("model_name") or config.get("model")
-    metric = summary.get("metric", "top1")  # a segmentation or detection run's summary names its metric
+    curves = {
+        "cnn": _read_curve(run_dir / "teacher" / "metrics.csv", notes),
+        "adder": _read_curve(run_dir / "metrics.csv", notes),
+    }
+    task, metric = _task_and_metric(summary, meta, model_name, [curves["adder"], curves["cnn"]])
     report = {
         "run_dir": str(run_dir.resolve()),
         "model": model_name,
         "dataset": summary.get("dataset") or meta.get("dataset") or config.get("dataset"),
-        "task": summary.get("task", "classification"),
+        "task": task,
         "metric": metric,
         "image_size": image_size,
         "accounting": {
@@ -258,19 +290,16 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
         },
         "energy_pj_with_batchnorm": energies_bn["fp32"],
         "energy_ratio_with_batchnorm": ratio(energies_bn["fp32"]["cnn"], energies_bn["fp32"]["adder"]),
-        "parts": _parts(model_name if meta.get("official_arch") is None else None, counts),
+        "parts": _parts(task, model_name, counts),
         "parameters": parameters,
         "onnx_file_bytes": file_sizes,
         # the run's metric (top-1, mIoU, mAP) of: the CNN, the adder model before any fine-tuning step and after it,
         # in ONNX Runtime, its INT8 model (--int8); and the % of images (pixels) with the FP32 ONNX model's class
         "accuracy": {
-            **{f"{stage}_{metric}": summary.get(f"{stage}_{metric}") for stage in _STAGES},
+            **{f"{stage}_{metric}": summary.get(f"{stage}_{metric}") for stage, _ in STAGES},
             "int8_agreement": summary.get("int8_agreement"),
         },
-        "curves": {
-            "cnn": _read_curve(run_dir / "teacher" / "metrics.csv", notes),
-            "adder": _read_curve(run_dir / "metrics.csv", notes),
-        },
+        "curves": curves,
         "latency_ms": latency,
         "batch_size": batch_size,
         "layers": [asdict(layer) for layer in counts["adder"].layers] if counts["adder"] else [],
@@ -284,8 +313,8 @@ def write_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
     """Write ``report.html`` and ``report.json`` into ``run_dir`` and return their paths.
 
     Reads ``best.pt`` (else ``last.pt``), ``summary.json``, ``config.yaml`` (``batch_size`` sets the second
-    latency batch), ``metrics.csv``, ``teacher/metrics.csv`` and the adder ONNX model; what is missing
-    reads "n/a" and is listed under ``notes``.
+    latency batch; models of a fixed batch, an R-CNN's, are timed at theirs only), ``metrics.csv``,
+    ``teacher/metrics.csv`` and the adder ONNX model; what is missing reads "n/a" and is listed under ``notes``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

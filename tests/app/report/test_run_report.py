@@ -233,3 +233,65 @@ def test_the_report_finds_an_int8_model_that_export_wrote_and_notes_a_missing_on
         is None
     )
     assert notes == ["summary.json names resnet18_adder_int8.onnx, which is not in the run folder"]
+
+
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        ({"meta": "lraspp_mobilenet_v3_large"}, ("segmentation", "miou")),
+        ({"config": "ssdlite320_mobilenet_v3_large"}, ("detection", "map")),
+        ({"config": "a_model_of_another_version", "column": "test_miou"}, ("segmentation", "miou")),
+    ],
+)
+def test_a_dense_run_without_summary_keeps_its_metric(tmp_path, monkeypatch, names, expected):
+    """A run stopped during fine-tuning has no summary.json: its task and metric are its model's (the checkpoint's,
+    else config.yaml's), else those of its metrics.csv's test_ column; not a classifier's top-1."""
+    import adderconvert.app.report.run_report as run_report
+
+    meta = {"model_name": names["meta"]} if "meta" in names else {}
+    monkeypatch.setattr(run_report, "_load_models", lambda run_dir, notes: (None, None, meta))
+    if "config" in names:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": names["config"], "batch_size": 2}))
+    column = names.get("column", f"test_{expected[1]}")
+    (tmp_path / "metrics.csv").write_text(f"epoch,lr,train_loss,{column},seconds\n1,0.01,0.5,12.5,3.0\n")
+    html_path, json_path = write_report(tmp_path, latency_budget_s=0.1)
+    report = json.loads(json_path.read_text())
+    assert (report["task"], report["metric"]) == expected
+    assert [row[column] for row in report["curves"]["adder"]] == [12.5]
+    assert f"Accuracy (test {'mIoU' if expected[1] == 'miou' else 'mAP'})" in html_path.read_text()
+
+
+@pytest.mark.parametrize("model", ["official_resnet20", "a_model_of_another_version"])
+def test_a_run_of_a_model_the_registry_does_not_know_is_reported(tmp_path, model):
+    """A run folder whose model this version's registry does not name (import-official's, another torchvision's):
+    `adderconvert report` writes its report, what it cannot rebuild reading n/a with a note."""
+    from click.testing import CliRunner
+
+    from adderconvert.app.cli import main
+    from adderconvert.app.outputs import mark_run
+
+    mark_run(tmp_path, model, "train")
+    (tmp_path / "summary.json").write_text(json.dumps({"model": model, "dataset": "cifar10", "cnn_top1": 91.5}))
+    meta = CheckpointMeta(model, 10, stage="adder", dataset="cifar10", image_size=32)
+    save_checkpoint(tmp_path / "best.pt", {"meta": meta, "model": {}})
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["task"], report["metric"], report["parts"]) == ("classification", "top1", None)
+    assert report["multiplications"] == {"cnn": None, "adder": None}
+    assert any("could not rebuild the model from best.pt" in note for note in report["notes"]), report["notes"]
+    assert "91.50 %" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("metric, row", [("top1", "(% of images)"), ("miou", "(% of pixels)"), ("map", None)])
+def test_the_int8_agreement_row_names_what_it_counts(tmp_path, metric, row):
+    """The share of images (pixels) on which the INT8 model's class is the FP32 model's; a detector has none."""
+    task = {"top1": "classification", "miou": "segmentation", "map": "detection"}[metric]
+    summary = {"model": "m", "task": task, "metric": metric, f"int8_{metric}": 40.0, "int8_agreement": 97.25}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    text = write_report(tmp_path, latency_budget_s=0.1)[0].read_text()
+    assert "FP32 model's class" not in text and 'AdderNet INT8 (ONNX Runtime)</td><td class="num">40.00 %' in text
+    if row is None:
+        assert "same class as FP32" not in text and "97.25" not in text
+    else:
+        assert f'INT8: same class as FP32 {row}</td><td class="num">97.25 %' in text
