@@ -520,7 +520,7 @@ def test_evaluate_errors_name_the_cause(data, tmp_path):
     unloadable = _onnx_file(tmp_path / "u.onnx", [None, 3, None, None], reshape_to=[-1, 7, 1, 1])
     _input_error(CliRunner().invoke(main, [*ev, str(unloadable)]), "ONNX Runtime cannot load")
     wrong = _onnx_file(tmp_path / "k.onnx", [None, 3, None, None], classes=7)
-    _input_error(CliRunner().invoke(main, [*ev, str(wrong)]), "7 outputs", "10 classes")
+    _input_error(CliRunner().invoke(main, [*ev, str(wrong)]), "has 7 classes", "fashion-mnist has 10")
 
 
 def test_evaluate_runs_a_model_of_fixed_batch_and_warns_about_other_data(data, run_copy, tmp_path):
