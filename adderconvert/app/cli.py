@@ -22,6 +22,7 @@ from adderconvert.conversion import DEPLOYMENT_SIZE, INIT_CHOICES, KEEP_KINDS
 from adderconvert.data import DATASETS
 from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
+from adderconvert.train import TrainConfig
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
 # loading onnx, onnxscript, matplotlib and the training stack (start-up time).
@@ -205,7 +206,13 @@ def _interrupt_on_sigterm():
 )
 @click.option("--epochs", type=int, default=None, help=f"Fine-tuning epochs [{RunConfig.epochs}].")
 @click.option("--batch-size", type=int, default=None, help=f"Global batch size [{RunConfig.batch_size}].")
-@click.option("--lr", type=float, default=None, help=f"Learning rate [{RunConfig.lr}].")
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help=f"Learning rate of the CNN's own layers; adder weights take {TrainConfig.adder_lr_scale:g} times it "
+    f"[{RunConfig.lr}].",
+)
 @click.option("--eta", type=float, default=None, help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].")
 @click.option("--warmup-steps", type=int, default=None, help=f"Linear LR warm-up steps [{RunConfig.warmup_steps}].")
 @click.option("--kd/--no-kd", default=None, help=f"Distil from the CNN teacher [{_switch('kd', 'kd', 'no-kd')}].")

@@ -238,7 +238,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
                     num_classes=splits.num_classes,
                     image_size=splits.image_size,
                 )
-                check_same_schedule(state, train_config, path)
+                check_same_schedule(state, train_config, path, adders=stage == "adder")
     return _Prepared(splits, teacher, report, pretrain, out, device, task)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from adderconvert.checkpoint import CheckpointMeta, load_checkpoint
+from adderconvert.nn import AdderConv2d
 from adderconvert.train import TrainConfig, TrainingDiverged, build_optimizer, fit, reestimate_batchnorm
 from adderconvert.train import saver as saver_module
 from adderconvert.train.loop import eta_at
@@ -45,7 +46,7 @@ def test_schedule_warms_up_then_decays_by_cosine():
     optimizer, scheduler = build_optimizer(tiny_model(), config, total_steps=14)
     lrs = []
     for _ in range(14):
-        lrs.append(scheduler.get_last_lr()[0] / config.lr)
+        lrs.append(scheduler.get_last_lr()[0] / scheduler.base_lrs[0])  # every group the same factor
         optimizer.step()
         scheduler.step()
     expected = [0.25, 0.5, 0.75, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
@@ -120,6 +121,26 @@ def test_resume_with_a_longer_schedule_is_refused(tmp_path):
             meta=META,
             resume=tmp_path / "last.pt",
         )
+
+
+def test_the_adder_weights_settings_bind_only_a_model_with_adder_weights(tmp_path):
+    """A CNN teacher trained under other adder-weight defaults (adder_lr_scale, eta) resumes: it has no adder
+    weights, so its schedule is the same; an adder model's resume is refused."""
+    saved = TrainConfig(**{**CONFIG.__dict__, "max_steps": 2, "adder_lr_scale": 1.0, "eta": 4.0})
+    other = TrainConfig(**{**saved.__dict__, "adder_lr_scale": 5.0, "eta": 2.0})
+
+    def cnn() -> nn.Module:
+        stem = [m for m in tiny_model() if not isinstance(m, AdderConv2d)][:2]  # the tiny model's conv and norm
+        return nn.Sequential(*stem, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    fit(cnn(), tiny_data(), tiny_data(16, seed=2), saved, output=tmp_path / "cnn", meta=META)
+    history = fit(cnn(), tiny_data(), tiny_data(16, seed=2), other, output=tmp_path / "cnn", meta=META,
+                  resume=tmp_path / "cnn" / "last.pt")  # fmt: skip
+    assert [r.epoch for r in history] == [1, 2]
+    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), saved, output=tmp_path / "adder", meta=META)
+    with pytest.raises(ValueError, match=r"adder_lr_scale 1.0 -> 5.0; eta 4.0 -> 2.0"):
+        fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), other, output=tmp_path / "adder", meta=META,
+            resume=tmp_path / "adder" / "last.pt")  # fmt: skip
 
 
 def test_records_hold_the_lr_of_each_epochs_first_step(tmp_path):
