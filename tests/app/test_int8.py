@@ -134,22 +134,27 @@ _DENSE = {
 
 @pytest.fixture(scope="module")
 def dense_runs(tmp_path_factory):
-    """A segmentation and a detection run, trained in the test on few scenes of a fake Fashion-MNIST's items (64 px,
-    one CNN epoch and two adder steps of batch 4): task -> (run folder, data folder)."""
+    """Trains a segmentation or a detection run on first use, on few scenes of a fake Fashion-MNIST's items (64 px,
+    four CNN epochs and one adder epoch of batch 8): task -> (run folder, data folder). The fast tier trains the
+    segmentation run only."""
     root = tmp_path_factory.mktemp("dense_int8")
     data = _fake_fashion_mnist(root, n_train=64, n_test=16)
     runs = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data_scenes, "DEFAULT_COUNTS", _COUNTS)
-        patch.setattr(pipeline, "CALIBRATION_IMAGES", 16)
-        for task, (model, _) in _DENSE.items():
-            out = root / task
-            args = [model, "--data", str(data), "--weights", "none", "--pretrain-epochs", "4", "--image-size", "64"]
-            args += ["--epochs", "1", "--batch-size", "8", "--quiet", "--output", str(out), "--no-export"]
-            result = CliRunner().invoke(main, [*args, "--reconstruct", "none"])
-            assert result.exit_code == 0, result.output
+
+    def run(task: str) -> tuple:
+        if task not in runs:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(data_scenes, "DEFAULT_COUNTS", _COUNTS)
+                patch.setattr(pipeline, "CALIBRATION_IMAGES", 16)
+                out, model = root / task, _DENSE[task][0]
+                args = [model, "--data", str(data), "--weights", "none", "--pretrain-epochs", "4", "--image-size"]
+                args += ["64", "--epochs", "1", "--batch-size", "8", "--quiet", "--output", str(out), "--no-export"]
+                result = CliRunner().invoke(main, [*args, "--reconstruct", "none"])
+                assert result.exit_code == 0, result.output
             runs[task] = out, data
-    return runs
+        return runs[task]
+
+    return run
 
 
 @pytest.mark.parametrize("task", ["segmentation", pytest.param("detection", marks=pytest.mark.slow)])  # 45 s, 80 s
@@ -157,7 +162,7 @@ def test_a_dense_checkpoint_exports_int8_close_to_fp32(dense_runs, tmp_path, mon
     """`export --int8` calibrates a segmentation or detection model on its own scenes (the run's seed), exports
     QuantizedAdderConv layers (a detector with its post-processing graph), and ONNX Runtime scores it within
     DENSE_TOLERANCE of the FP32 export; a segmentation model's argmax agrees on MIN_PIXEL_AGREEMENT of the pixels."""
-    (out, data), (model, metric) = dense_runs[task], _DENSE[task]
+    (out, data), (model, metric) = dense_runs(task), _DENSE[task]
     monkeypatch.setattr(data_scenes, "DEFAULT_COUNTS", _COUNTS)  # the run's scenes
     int8 = export_checkpoint_int8(out / "best.pt", tmp_path / "int8.onnx", batches=1, data=str(data))
     fp32 = export_checkpoint(out / "best.pt", tmp_path / "fp32.onnx")
