@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--cnn-lr", type=float, default=0.05)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--eta", type=float, default=TrainConfig.eta)
-    parser.add_argument("--feature-kd", type=float, default=TrainConfig.feature_kd)
+    parser.add_argument("--feature-kd", type=float, default=5.0, help="the features mode's weight (the recipe: 0)")
     parser.add_argument("--max-steps", type=int, default=None, help="batches per epoch (for a quick look)")
     parser.add_argument("--inits", nargs="+", default=list(INIT_CHOICES), choices=INIT_CHOICES)
     parser.add_argument("--kd-modes", nargs="+", default=list(KD_MODES), choices=KD_MODES)

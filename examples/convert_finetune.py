@@ -1,6 +1,6 @@
 """The Python API in a plain training loop: convert a CNN with the one call (``adderconvert.convert``, as the main
 job does), evaluate it before any step, fine-tune it with the adaptive learning rate and distillation from the
-CNN (the recipe's settings, read from ``TrainConfig``), evaluate.
+CNN's logits (the recipe's settings, read from ``TrainConfig``), evaluate.
 
     python examples/convert_finetune.py --steps 300
 """
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 import adderconvert
 from adderconvert.data import load_dataset
-from adderconvert.train import FeatureDistillation, TrainConfig, distillation_loss, evaluate
+from adderconvert.train import TrainConfig, build_optimizer, distillation_loss, evaluate
 
 
 def main() -> None:
@@ -48,17 +48,16 @@ def main() -> None:
     adder = adderconvert.convert(cnn, calibration, log=lambda line: print(line.splitlines()[-1]))
     print(f"AdderNet top-1 before any step: {evaluate(adder, data.test):.2f}%")
 
-    # 3. Fine-tune: distillation of the CNN's logits and features, the adaptive LR applied to adder gradients
-    #    before each step. The settings are the recipe's (TrainConfig's defaults, which the main job uses).
+    # 3. Fine-tune: distillation of the CNN's logits, the adaptive LR applied to adder gradients before each step.
+    #    The settings are the recipe's (TrainConfig's defaults, which the main job uses); build_optimizer gives the
+    #    adder weights their own learning rate (adder_lr_scale times lr) and a warm-up + cosine schedule.
     recipe = TrainConfig()
-    features = FeatureDistillation(adder, cnn)
-    opt = torch.optim.SGD(adder.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
+    opt, schedule = build_optimizer(adder, recipe, total_steps=args.steps)
     adder.train()
     for step, (x, y) in zip(range(args.steps), batches()):
         with torch.no_grad():
             teacher_logits = cnn(x)
-        loss = distillation_loss(adder(x), y, teacher_logits) + recipe.feature_kd * features.loss()
+        loss = distillation_loss(adder(x), y, teacher_logits, recipe.kd_alpha, recipe.kd_temperature)
         opt.zero_grad()
         loss.backward()
         adderconvert.scale_adder_gradients_(adder, eta=recipe.eta)
@@ -66,7 +65,6 @@ def main() -> None:
         schedule.step()
         if step % 50 == 0:
             print(f"step {step}: loss {loss.item():.3f}")
-    features.remove()
     print(f"AdderNet top-1: {evaluate(adder, data.test):.2f}%")
 
 

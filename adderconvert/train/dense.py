@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 AUX_WEIGHT = 0.5  # the auxiliary classifier's loss weight, torchvision's reference training's
-# The backbone maps' distillation weight is TrainConfig.feature_kd times this: 0.5 at the default 5.0. Matched hard,
+# The backbone maps' distillation weight is TrainConfig.feature_kd (0 by default: off) times this. Matched hard,
 # the maps of a CNN trained briefly hold the adder model back: lraspp_mobilenet_v3_large at 64 px on the scenes (CNN
 # 44.16% mIoU after 2 epochs, adder model 25.27% at zero steps, 150 steps of batch 32, 256 test scenes) ended at
 # 34.80% mIoU with weight 5.0, 38.85% with 0.5, 40.15% with 0 and 40.01% without any distillation (one seed each,
