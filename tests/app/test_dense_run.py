@@ -182,6 +182,7 @@ def test_a_batch_of_one_is_refused_where_batchnorm_sees_one_value(small, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.slow  # 20 s
 def test_a_dense_run_scores_each_model_once(small, tmp_path, monkeypatch):
     """The CNN and the adder model are scored by fit() after their last epoch, and that score is the summary's: one
     evaluation per epoch and one of the zero-step model, none again."""

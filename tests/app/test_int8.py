@@ -135,8 +135,7 @@ _DENSE = {
 @pytest.fixture(scope="module")
 def dense_runs(tmp_path_factory):
     """Trains a segmentation or a detection run on first use, on few scenes of a fake Fashion-MNIST's items (64 px,
-    four CNN epochs and one adder epoch of batch 8): task -> (run folder, data folder). The fast tier trains the
-    segmentation run only."""
+    four CNN epochs and one adder epoch of batch 8): task -> (run folder, data folder)."""
     root = tmp_path_factory.mktemp("dense_int8")
     data = _fake_fashion_mnist(root, n_train=64, n_test=16)
     runs = {}
@@ -157,7 +156,8 @@ def dense_runs(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("task", ["segmentation", pytest.param("detection", marks=pytest.mark.slow)])  # 45 s, 80 s
+@pytest.mark.slow  # 45 s and 80 s; the fast tier checks INT8 on classifiers
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
 def test_a_dense_checkpoint_exports_int8_close_to_fp32(dense_runs, tmp_path, monkeypatch, task):
     """`export --int8` calibrates a segmentation or detection model on its own scenes (the run's seed), exports
     QuantizedAdderConv layers (a detector with its post-processing graph), and ONNX Runtime scores it within
