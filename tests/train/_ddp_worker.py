@@ -11,7 +11,8 @@ if __name__ == "__main__":
     out = sys.argv[1]
     ctx = init_distributed("cpu")
     model = tiny_model()
-    config = TrainConfig(epochs=2, batch_size=16, lr=0.05, kd=False, sync_bn=True, progress=False)
+    # Every weight at lr 0.05 (adder_lr_scale 1): the tolerance below holds for steps of that size.
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.05, adder_lr_scale=1.0, kd=False, sync_bn=True, progress=False)
     fit(model, tiny_data(), tiny_data(16, seed=2), config, ctx=ctx)
     if ctx.is_main:
         torch.save(model.state_dict(), out)
