@@ -98,11 +98,12 @@ arm64-ort: $(ARM64_TOOLS) install
 	cmake --build $(ARM64_ORT)/example
 
 # The fast tier: every module, one model per family, small budgets (tests marked `slow` wait for test-all).
+# Both tiers list their slowest tests at the end, so that the next one to slim (or move) is in every log.
 test: install $(FASHION_MNIST)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --durations=15
 
 test-all: install $(FASHION_MNIST) $(CHROMIUM) $(ARM64_TOOLS)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # CNN teacher trained offline (1 epoch), converted (sign init + reconstruction), fine-tuned 1 epoch with
 # distillation, exported, evaluated in PyTorch and ONNX Runtime; 395 s measured on the 2-core AMD EPYC, alone,

@@ -96,8 +96,9 @@ BUDGETS = {
         32, cnn_batch_size=64, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0
     ),
 }
-# TrainConfig fields the budget (or the benchmark) sets: --set may not change them.
-_BUDGET_FIELDS = ("epochs", "batch_size", "max_steps", "eval_max_batches", "progress", "log", "desc")
+# TrainConfig fields the budget (or the benchmark) sets: --set may not change them. (The batch size may change:
+# a probe of another default batch; the table states the one used.)
+_BUDGET_FIELDS = ("epochs", "max_steps", "eval_max_batches", "progress", "log", "desc")
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
@@ -408,7 +409,7 @@ def markdown_table(
     tests = budget.test_images or "all 10,000"
     lines = [
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
-        f"{budget.cnn_batch_size}, adder batch {RunConfig.batch_size}; "
+        f"{budget.cnn_batch_size}, adder batch {fine_tune_config(budget, overrides).batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder {budget.epochs} epoch(s) of {steps}; "
         f"{tests} test images. "
         + (

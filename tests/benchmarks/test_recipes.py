@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from adderconvert.app.config import RunConfig
@@ -29,6 +30,14 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     assert dataclasses.replace(config, progress=True, log=True) == main_job
     assert config.batch_size == RunConfig.batch_size and config.lr == TrainConfig.lr
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
+
+
+def test_set_may_change_the_batch_but_not_the_budgets_length():
+    assert recipes.parse_overrides(["batch_size=64", "kd_alpha=0.5"]) == {"batch_size": 64, "kd_alpha": 0.5}
+    assert recipes.fine_tune_config(recipes.BUDGETS["cpu"], {"batch_size": 64}).batch_size == 64
+    for item in ("epochs=2", "max_steps=5", "batch_size=sixty"):
+        with pytest.raises(SystemExit):
+            recipes.parse_overrides([item])
 
 
 def test_converted_share_at_the_deployment_size_counts_squeeze_excitation_at_224_px():
