@@ -446,7 +446,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
         write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         _log(_stage_table(summary, metric), main)
         if config.finetune:
-            html, _ = write_report(out)
+            html, _ = write_report(out, measure_latency=config.export)
             _log(f"cost report: {html}", main)
     return summary
 

@@ -201,7 +201,9 @@ def _energy(totals: dict[str, Any], precision: str, with_bn: bool = False) -> fl
     return energy_pj(mults, adds, precision)
 
 
-def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S) -> dict[str, Any]:
+def build_report(
+    run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S, measure_latency: bool = True
+) -> dict[str, Any]:
     """Everything :func:`write_report` writes to ``report.json``, computed from ``run_dir``."""
     run_dir = Path(run_dir)
     notes: list[str] = []
@@ -229,17 +231,19 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
                 counts[label] = count_operations(model, (3, image_size, image_size))
                 parameters[label] = sum(p.numel() for p in model.parameters())
             example = torch.zeros(2, 3, image_size, image_size)
-            if files["adder"] is None:
+            if not measure_latency:
+                notes.append("latency not measured: the run exported no ONNX model (`adderconvert report` measures it)")
+            elif files["adder"] is None:
                 notes.append("the run has no adder ONNX model: the report exported one to measure it")
             for label, model in (("cnn", cnn), ("adder", adder)):
-                if files[label] is None:
+                if files[label] is None and measure_latency:
                     try:
                         files[label] = export_onnx(model, Path(tmp) / f"{label}.onnx", example)
                     except Exception as e:  # an architecture the exporter cannot trace: no size or latency
                         notes.append(f"could not export the {label} model to ONNX: {type(e).__name__}: {e}")
             file_sizes = {k: p.stat().st_size if p is not None else None for k, p in files.items()}
             batches = sorted({1, int(batch_size)}) if isinstance(batch_size, int) and batch_size > 0 else [1]
-            latency = latency_table(files, image_size, batches, latency_budget_s, notes)
+            latency = latency_table(files, image_size, batches, latency_budget_s, notes) if measure_latency else []
             for row in latency:  # the INT8 adder model beside the FP32 one (None without --int8)
                 row["int8_ratio"] = ratio(row.get("int8_ms"), row.get("cnn_ms"))
                 row["int8_vs_fp32_adder"] = ratio(row.get("int8_ms"), row.get("adder_ms"))
@@ -309,8 +313,13 @@ def build_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
     return report
 
 
-def write_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S) -> tuple[Path, Path]:
+def write_report(
+    run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_BUDGET_S, measure_latency: bool = True
+) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.json`` into ``run_dir`` and return their paths.
+
+    ``measure_latency`` False leaves out the ONNX file sizes and latencies where that would mean exporting (the
+    main job's ``--no-export``: exporting both models for them takes longer than a small run itself).
 
     Reads ``best.pt`` (else ``last.pt``), ``summary.json``, ``config.yaml`` (``batch_size`` sets the second
     latency batch; models of a fixed batch, an R-CNN's, are timed at theirs only), ``metrics.csv``,
@@ -322,7 +331,7 @@ def write_report(run_dir: str | os.PathLike, latency_budget_s: float = LATENCY_B
     html_path, json_path = run_dir / "report.html", run_dir / "report.json"
     for path in (html_path, json_path):
         check_output_file(path, overwrite=True, what="report")  # before the work: a folder there, read-only
-    report = build_report(run_dir, latency_budget_s)
+    report = build_report(run_dir, latency_budget_s, measure_latency)
     write_text(json_path, json.dumps(report, indent=2) + "\n")
     write_text(html_path, render_html(report, plots(report)))
     return html_path, json_path

@@ -93,6 +93,20 @@ def test_run_report_numbers(run):
     assert "http://" not in text and "https://" not in text  # self-contained
 
 
+def test_a_run_without_onnx_files_is_reported_without_exporting(run, tmp_path, monkeypatch):
+    """The main job's --no-export: operations and energy from the checkpoints, no latency, and a note that says
+    how to measure it; nothing exported."""
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out, ignore=shutil.ignore_patterns("*.onnx", "report.*"))
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "onnx_path": None, "onnx_top1": None}))
+    monkeypatch.setattr("adderconvert.app.report.run_report.export_onnx", None)  # called: a TypeError
+    report = json.loads(write_report(out, measure_latency=False)[1].read_text())
+    assert report["multiplications"] == run[3]["multiplications"] and report["energy_ratio"] == run[3]["energy_ratio"]
+    assert report["latency_ms"] == [] and report["onnx_file_bytes"]["adder"] is None
+    assert any("latency not measured" in note and "adderconvert report" in note for note in report["notes"])
+
+
 def test_missing_pieces_read_na(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"model": "resnet18", "cnn_top1": 90.0}))
     html_path, json_path = write_report(tmp_path, latency_budget_s=0.1)
@@ -116,13 +130,14 @@ _DENSE = {
 }
 
 
-@pytest.mark.parametrize(  # 55 s, 63 s
-    "model_name", ["lraspp_mobilenet_v3_large", pytest.param("ssdlite320_mobilenet_v3_large", marks=pytest.mark.slow)]
+@pytest.mark.parametrize(  # the latency exports both models: 55 s, 63 s
+    ("model_name", "measure_latency"),
+    [("lraspp_mobilenet_v3_large", False), pytest.param("ssdlite320_mobilenet_v3_large", True, marks=pytest.mark.slow)],
 )
-def test_a_dense_run_is_reported_per_part_with_its_metric(tmp_path, model_name):
+def test_a_dense_run_is_reported_per_part_with_its_metric(tmp_path, model_name, measure_latency):
     """A segmentation or detection run folder (the model converted untrained at a small size, its summary as the
     main job writes it): the costs split into backbone, neck and head, adding up to the totals, and the task's
-    metric where a classifier's run shows top-1."""
+    metric where a classifier's run shows top-1; the latency where measured (a detector's in test-all)."""
     size, metric, parts = _DENSE[model_name]
     torch.manual_seed(0)
     model = build(model_name, 11, size).eval()
@@ -139,7 +154,7 @@ def test_a_dense_run_is_reported_per_part_with_its_metric(tmp_path, model_name):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": model_name, "batch_size": 2}))
     with open(tmp_path / "metrics.csv", "w") as f:
         f.write(f"epoch,lr,train_loss,test_{metric},seconds,images_per_second\n1,0.01,0.5,40.25,3.0,10.0\n")
-    html_path, json_path = write_report(tmp_path, latency_budget_s=0.1)
+    html_path, json_path = write_report(tmp_path, latency_budget_s=0.1, measure_latency=measure_latency)
     report = json.loads(json_path.read_text())
     assert report["task"] == task and report["metric"] == metric
     assert set(report["parts"]) == parts
@@ -157,7 +172,8 @@ def test_a_dense_run_is_reported_per_part_with_its_metric(tmp_path, model_name):
         f"{stage}_{metric}": summary.get(f"{stage}_{metric}") for stage in ("cnn", "zero_step", "adder", "onnx", "int8")
     } | {"int8_agreement": summary["int8_agreement"]}
     assert [r[f"test_{metric}"] for r in report["curves"]["adder"]] == [40.25]
-    assert all(r["cnn_ms"] > 0 and r["adder_ms"] > 0 for r in report["latency_ms"]), report["notes"]
+    if measure_latency:
+        assert report["latency_ms"] and all(r["cnn_ms"] > 0 and r["adder_ms"] > 0 for r in report["latency_ms"])
     text = html_path.read_text()
     name = {"miou": "mIoU", "map": "mAP"}[metric]
     assert f"Accuracy (test {name})" in text and "39.75 %" in text and "Per part (backbone, neck, head)" in text
