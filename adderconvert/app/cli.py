@@ -228,7 +228,8 @@ def _interrupt_on_sigterm():
 @click.option(
     "--export/--no-export",
     default=None,
-    help=f"Export to ONNX and evaluate with ONNX Runtime [{_switch('export', 'export', 'no-export')}].",
+    help="Export to ONNX and evaluate with ONNX Runtime (--no-export: the cost report without latency) "
+    f"[{_switch('export', 'export', 'no-export')}].",
 )
 @click.option(
     "--int8",
