@@ -278,7 +278,8 @@ def markdown_table(
         f"{RunConfig.pretrain_lr} after a linear warm-up over {recipes.CNN_WARMUP:.0%} of its steps. "
         f"Conversion: the main job's (init {RunConfig.init}, reconstruct "
         f"{RunConfig.reconstruct}, keep {', '.join(RunConfig().keep)}, keep_ceiling {RunConfig.keep_ceiling:g}). "
-        f"Adder: {budget.epochs} epoch(s) of {steps} at batch {RunConfig.batch_size}, {recipe}. Parity: ONNX Runtime "
+        f"Adder: {budget.epochs} epoch(s) of {steps} at batch {overrides.get('batch_size', RunConfig.batch_size)}, "
+        f"{recipe}. Parity: ONNX Runtime "
         f"against PyTorch on the test scenes (pixels with the same argmax; PyTorch's detections above "
         f"{parity_score} found again, IoU >= {PARITY_IOU}, score within {PARITY_SCORE_TOLERANCE:g}).",
         "",
