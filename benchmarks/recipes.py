@@ -232,9 +232,10 @@ def cached_fit(
     return result
 
 
-def fine_tune_config(budget: Budget, overrides: dict) -> TrainConfig:
-    """The CLI's own fine-tuning configuration (batch size included) at the budget's length, with ``overrides``."""
-    run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False)
+def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION) -> TrainConfig:
+    """The CLI's own fine-tuning configuration (the ``task``'s batch size included) at the budget's length, with
+    ``overrides``."""
+    run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False, batch_size=task.batch_size)
     return replace(adder_train_config(run), log=False, **overrides)
 
 
@@ -345,7 +346,7 @@ def fine_tune(
 ) -> tuple:
     """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1
     after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
-    config = fine_tune_config(budget, overrides)
+    config = fine_tune_config(budget, overrides, task)
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:

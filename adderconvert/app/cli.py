@@ -23,6 +23,7 @@ from adderconvert.data import DATASETS
 from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 from adderconvert.train import TrainConfig
+from adderconvert.train.dense import SEGMENTATION
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
 # loading onnx, onnxscript, matplotlib and the training stack (start-up time).
@@ -205,7 +206,12 @@ def _interrupt_on_sigterm():
     help=f"Fine-tune the adder model [{_switch('finetune', 'finetune', 'no-finetune')}].",
 )
 @click.option("--epochs", type=int, default=None, help=f"Fine-tuning epochs [{RunConfig.epochs}].")
-@click.option("--batch-size", type=int, default=None, help=f"Global batch size [{RunConfig.batch_size}].")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help=f"Global batch size [{RunConfig.batch_size}; segmentation and detection {SEGMENTATION.batch_size}].",
+)
 @click.option(
     "--lr",
     type=float,

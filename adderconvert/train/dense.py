@@ -104,9 +104,13 @@ class BackboneDistillation:
 
 
 class _DenseTask(Task):
-    """What segmentation and detection share: the backbone maps' distillation."""
+    """What segmentation and detection share: the backbone maps' distillation, and a smaller batch."""
 
     feature_scale = FEATURE_SCALE
+    # A scene's loss is over thousands of pixels or a few boxes: one epoch of few large batches leaves the adder
+    # model far from its CNN. lraspp_mobilenet_v3_large at 64 px, one epoch on the cpu budget's 5,000 scenes (CNN
+    # 48.86% mIoU): batch 128 (39 steps) 41.64%, 32 44.59%, 16 46.27%, 8 46.50% (docs/results/dense_cpu.md).
+    batch_size = 16
 
     def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
         return BackboneDistillation(model, teacher)

@@ -77,6 +77,19 @@ def test_another_init_runs_without_reconstruction_and_says_so():
     assert validate_config({}).reconstruct == RunConfig.reconstruct
 
 
+def test_the_batch_size_is_the_tasks_unless_given():
+    """Classifiers 128, segmentation and detection models their own smaller batch, recorded as a value (a resume
+    keeps it); a batch given wins."""
+    from adderconvert.train.dense import DETECTION, SEGMENTATION
+
+    assert validate_config({"model": "resnet18"}).batch_size == RunConfig.batch_size == TrainConfig.batch_size == 128
+    assert SEGMENTATION.batch_size == DETECTION.batch_size < RunConfig.batch_size
+    for model, task in (("lraspp_mobilenet_v3_large", SEGMENTATION), ("fcos_resnet50_fpn", DETECTION)):
+        assert validate_config({"model": model}).batch_size == task.batch_size, model
+        assert validate_config({"model": model, "batch_size": 64}).batch_size == 64
+    assert "batch_size: 16" in validate_config({"model": "ssdlite320_mobilenet_v3_large"}).to_yaml()
+
+
 def test_keep_none_converts_every_kind():
     assert validate_config({"keep": "none"}).keep == []
     assert validate_config({}).keep == ["depthwise", "squeeze_excitation"]

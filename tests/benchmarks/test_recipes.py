@@ -15,6 +15,7 @@ from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import load, read_meta
 from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.train import TrainConfig
+from adderconvert.train.dense import SEGMENTATION
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes.py"
 _spec = importlib.util.spec_from_file_location("recipes", _PATH)
@@ -30,6 +31,8 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     assert dataclasses.replace(config, progress=True, log=True) == main_job
     assert config.batch_size == RunConfig.batch_size and config.lr == TrainConfig.lr
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
+    dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
+    assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
 
 
 def test_set_may_change_the_batch_but_not_the_budgets_length():
