@@ -10,10 +10,13 @@ from adderconvert.conversion import norms_after_adders
 
 __all__ = ["KD_ALPHA", "KD_TEMPERATURE", "FeatureDistillation", "distillation_loss", "feature_map_loss"]
 
-# The recipe's logit-distillation defaults (TrainConfig takes them). Temperature 4.0 until 2026-12-03, alpha 0.5
-# until 2026-12-05; the screens that chose 2.0 and 0.2: docs/results/archive/recipe_history.md and
-# docs/results/recipes_cpu_amd_alpha02.md.
-KD_ALPHA = 0.2
+# The recipe's logit-distillation defaults (TrainConfig takes them). Temperature 4.0 until 2026-12-03 (the screen
+# that chose 2.0: docs/results/archive/recipe_history.md). Alpha 0.5 until 2026-12-05, then 0.2, chosen on one-epoch
+# teachers that their students beat (docs/results/recipes_cpu_amd_alpha02.md); since 2026-12-06 0.8, chosen on
+# teachers trained 8 epochs: RegNet-Y-400MF 89.11% at 0.2, 89.60% at 0.5, 89.64% at 0.8, 89.62% at 1.0,
+# MobileNetV3-Small 89.79%, 89.96%, 90.20% (docs/results/recipes_cpu_converged.md). A converged CNN's soft labels
+# carry more than the true ones.
+KD_ALPHA = 0.8
 KD_TEMPERATURE = 2.0
 _EPS = 1e-5  # the smallest variance a feature map is divided by
 
