@@ -236,7 +236,7 @@ def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATIO
     """The CLI's own fine-tuning configuration (the ``task``'s batch size included) at the budget's length, with
     ``overrides``."""
     run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False, batch_size=task.batch_size)
-    return replace(adder_train_config(run), log=False, **overrides)
+    return replace(adder_train_config(run, task), log=False, **overrides)
 
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:

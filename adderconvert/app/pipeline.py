@@ -65,7 +65,7 @@ from adderconvert.train import (
 )
 from adderconvert.train.dense import training_task
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
-from adderconvert.train.loop import Task, check_same_schedule
+from adderconvert.train.loop import CLASSIFICATION, Task, check_same_schedule
 from adderconvert.train.saver import seed_everything
 
 __all__ = [
@@ -226,7 +226,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
     if config.resume:
         for path, stage, train_config in (
             (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1))),
-            (out / "last.pt", "adder", adder_train_config(config)),
+            (out / "last.pt", "adder", adder_train_config(config, task)),
         ):
             if path.is_file():
                 state = load_checkpoint(path)
@@ -259,11 +259,13 @@ def _teacher_config(config: RunConfig, pretrain: int) -> TrainConfig:
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config))
 
 
-def adder_train_config(config: RunConfig) -> TrainConfig:
-    """How the main job fine-tunes the adder model of ``config``'s run (benchmarks/recipes.py uses it too)."""
+def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION) -> TrainConfig:
+    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` (benchmarks/recipes.py
+    uses it too)."""
     return TrainConfig(
         epochs=config.epochs,
         lr=config.lr,
+        adder_lr_scale=task.adder_lr_scale,
         eta=config.eta,
         warmup_steps=config.warmup_steps,
         kd=config.kd,
@@ -392,7 +394,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             student,
             splits.train,
             splits.test,
-            adder_train_config(config),
+            adder_train_config(config, task),
             teacher=teacher,
             output=out,
             meta=checkpoint_meta(config.model, config.dataset, splits, "adder", report),

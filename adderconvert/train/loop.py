@@ -127,6 +127,7 @@ class Task:
 
     metric = "top1"  # the name of the metric the checkpoints are chosen by (a key of :meth:`evaluate`'s result)
     batch_size = TrainConfig.batch_size  # the main job's default global batch for this task's models
+    adder_lr_scale = TrainConfig.adder_lr_scale  # the main job's default for this task's models
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
 

@@ -33,6 +33,7 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
     dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
     assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
+    assert dense.adder_lr_scale == SEGMENTATION.adder_lr_scale > config.adder_lr_scale == TrainConfig.adder_lr_scale
 
 
 def test_set_may_change_the_batch_but_not_the_budgets_length():
