@@ -412,9 +412,9 @@ def evaluate_command(target, dataset, data, image_size, batch_size, max_batches,
     from adderconvert.metrics import METRIC_NAMES
 
     scores = ", ".join(f"{METRIC_NAMES.get(k, k)} {v:.2f}%" for k, v in result["scores"].items())
-    click.echo(
-        f"{result['target']}: {scores} on {result['images']} {result['dataset']} test images ({result['runtime']})"
-    )
+    scenes = result["top1"] is None and result["dataset"] == "fashion-mnist"  # a dense model's built-in scenes
+    what = "built-in test scenes" if scenes else f"{result['dataset']} test images"
+    click.echo(f"{result['target']}: {scores} on {result['images']} {what} ({result['runtime']})")
 
 
 @main.command("export", context_settings=_HELP)

@@ -67,6 +67,7 @@ def test_a_dense_run_writes_its_metric(small, tmp_path, model, metric, other, ex
     # evaluate scores the checkpoint as the run did (the same scenes: the run's seed is in its recipe)
     evaluated = _run("evaluate", str(out / "last.pt"), "--data", str(small))
     assert f"{summary[f'adder_{metric}']:.2f}%" in evaluated.output, (evaluated.output, summary)
+    assert "on 8 built-in test scenes (PyTorch" in evaluated.output, evaluated.output
 
 
 @pytest.mark.slow  # the ONNX export (15-20 s each)
