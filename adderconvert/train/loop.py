@@ -58,9 +58,9 @@ class TrainConfig:
     from the teacher's logits (``kd_alpha`` 0.8, ``kd_temperature``, train/distill.py). On converged teachers
     (docs/results/recipes_cpu_converged.md) the CNN's own layers at lr 0.01 cost EfficientNet-B0 1.1 points of its
     one epoch; the adder weights at 0.005 rather than 0.01 (with ``kd_alpha`` 0.8) gain RegNet-Y-400MF 0.4 points
-    (0.0025: 0.5 fewer, 0.02: 1.0 fewer) and leave the other families within 0.1; matching features
-    (``feature_kd``, off by default) diverged on RegNet-Y-400MF and cost EfficientNet-B0 0.5 points of its epoch
-    (while gaining MobileNetV3-Large 0.5).
+    (0.0025: 0.5 fewer, 0.02: 1.0 fewer) and change MobileNetV3-Small by +0.07, EfficientNet-B0 by -0.12;
+    matching features (``feature_kd``, off by default) diverged on RegNet-Y-400MF and cost EfficientNet-B0 0.5 points
+    of its epoch (while gaining MobileNetV3-Large 0.5).
     """
 
     epochs: int = 1
