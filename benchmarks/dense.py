@@ -272,16 +272,15 @@ def markdown_table(
     """The rows as a markdown table, with the budget, the recipe and the goals met."""
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the main job's defaults"
-    tasks = sorted({training_task(r["task"]) for r in rows}, key=lambda t: t.metric)
-    adder_batches = " / ".join(sorted({str(recipes.fine_tune_config(budget, overrides, t).batch_size) for t in tasks}))
+    batches = {recipes.fine_tune_config(budget, overrides, training_task(r["task"])).batch_size for r in rows}
+    adder_batches = " / ".join(str(b) for b in sorted(batches))
     lines = [
         f"Budget `{budget_name}` on {machine}: the built-in scenes at {budget.image_size} px, {scenes['train']:,} "
         f"train / {scenes['test']:,} test scenes. CNN from scratch, batch {budget.cnn_batch_size}, lr "
         f"{RunConfig.pretrain_lr} after a linear warm-up over {recipes.CNN_WARMUP:.0%} of its steps. "
         f"Conversion: the main job's (init {RunConfig.init}, reconstruct "
         f"{RunConfig.reconstruct}, keep {', '.join(RunConfig().keep)}, keep_ceiling {RunConfig.keep_ceiling:g}). "
-        f"Adder: {budget.epochs} epoch(s) of {steps} at batch {adder_batches}, "
-        f"{recipe}. Parity: ONNX Runtime "
+        f"Adder: {budget.epochs} epoch(s) of {steps} at batch {adder_batches}, {recipe}. Parity: ONNX Runtime "
         f"against PyTorch on the test scenes (pixels with the same argmax; PyTorch's detections above "
         f"{parity_score} found again, IoU >= {PARITY_IOU}, score within {PARITY_SCORE_TOLERANCE:g}).",
         "",
