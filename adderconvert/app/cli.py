@@ -217,7 +217,7 @@ def _interrupt_on_sigterm():
     type=float,
     default=None,
     help=f"Learning rate of the CNN's own layers; adder weights take {TrainConfig.adder_lr_scale:g} times it "
-    f"(segmentation and detection {SEGMENTATION.adder_lr_scale:g}) [{RunConfig.lr}].",
+    f"(segmentation {SEGMENTATION.adder_lr_scale:g}) [{RunConfig.lr}].",
 )
 @click.option("--eta", type=float, default=None, help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].")
 @click.option("--warmup-steps", type=int, default=None, help=f"Linear LR warm-up steps [{RunConfig.warmup_steps}].")

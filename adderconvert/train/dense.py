@@ -111,10 +111,6 @@ class _DenseTask(Task):
     # model far from its CNN. lraspp_mobilenet_v3_large at 64 px, one epoch on the cpu budget's 5,000 scenes (CNN
     # 48.86% mIoU): batch 128 (39 steps) 41.64%, 32 44.59%, 16 46.27%, 8 46.50% (docs/results/dense_cpu.md).
     batch_size = 16
-    # Their converted models start further from the CNN (64% of LR-ASPP's mIoU at zero steps, 95% of a classifier's
-    # top-1): the adder weights keep the larger step classifiers had until 2026-12-06. The same LR-ASPP, batch 16,
-    # kd_alpha 0.8: adder weights at 5x the lr 46.22% mIoU, at 2.5x (the classifiers' default) 45.35%.
-    adder_lr_scale = 5.0
 
     def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
         return BackboneDistillation(model, teacher)
@@ -124,6 +120,10 @@ class SegmentationTask(_DenseTask):
     """torchvision's segmentation models (the module's docstring)."""
 
     metric = "miou"
+    # The adder weights keep the larger step classifiers had until 2026-12-06: LR-ASPP at 64 px, batch 16, kd_alpha
+    # 0.8, one epoch: at 5x the lr 46.22% mIoU, at 2.5x (the classifiers' default) 45.35%. Detection keeps 2.5x:
+    # SSDlite (16-epoch CNN) 31.75% mAP at 2.5x, 31.28% at 5x (docs/results/dense_cpu.md).
+    adder_lr_scale = 5.0
 
     def step(
         self, net: nn.Module, batch: Any, teacher: nn.Module | None, config: TrainConfig, device: torch.device

@@ -15,7 +15,7 @@ from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import load, read_meta
 from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.train import TrainConfig
-from adderconvert.train.dense import SEGMENTATION
+from adderconvert.train.dense import DETECTION, SEGMENTATION
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes.py"
 _spec = importlib.util.spec_from_file_location("recipes", _PATH)
@@ -34,6 +34,7 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
     assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
     assert dense.adder_lr_scale == SEGMENTATION.adder_lr_scale > config.adder_lr_scale == TrainConfig.adder_lr_scale
+    assert recipes.fine_tune_config(budget, {}, DETECTION).adder_lr_scale == TrainConfig.adder_lr_scale
 
 
 def test_set_may_change_the_batch_but_not_the_budgets_length():
