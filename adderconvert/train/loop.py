@@ -401,9 +401,10 @@ def fit(
         saver = CheckpointSaver(output, replace(meta, recipe=asdict(config)), metric=task.metric)
 
     start_epoch, best, history = 0, -math.inf, []
+    has_adder = next(adder_weights(model), None) is not None
     if resume is not None:
         state = load_checkpoint(resume)
-        check_same_schedule(state, config, resume, adders=next(adder_weights(model), None) is not None)
+        check_same_schedule(state, config, resume, adders=has_adder)
         load_state_dict(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -428,7 +429,7 @@ def fit(
                     teacher=teacher, features=features, watch=watch, task=task,
                 )  # fmt: skip
             except TrainingDiverged as e:
-                raise TrainingDiverged(_diverged_message(str(e), config, history, saver)) from None
+                raise TrainingDiverged(_diverged_message(str(e), config, history, saver, has_adder)) from None
             # Every rank runs the same batches count, so synchronised BatchNorm's collectives match up.
             images = ((task.images(batch), None) for batch in loader)
             reestimate_batchnorm(model, images, min(config.batchnorm_batches, steps), device)
@@ -462,6 +463,7 @@ def fit(
                         config,
                         history,
                         saver,
+                        has_adder,
                     )
                 )
             history.append(record)
@@ -527,7 +529,9 @@ def check_same_schedule(state: dict[str, Any], config: TrainConfig, path: str | 
         )
 
 
-def _diverged_message(problem: str, config: TrainConfig, history: list[EpochRecord], saver) -> str:
+def _diverged_message(
+    problem: str, config: TrainConfig, history: list[EpochRecord], saver, adders: bool = True
+) -> str:
     if saver is not None and history:
         kept = f"The last good checkpoint is kept: {saver.last} (epoch {history[-1].epoch})."
     elif saver is not None:
@@ -535,6 +539,6 @@ def _diverged_message(problem: str, config: TrainConfig, history: list[EpochReco
     else:
         kept = ""
     hint = f"Try a lower learning rate (--lr {config.lr / 3:.3g}; now {config.lr:.3g})"
-    if config.eta > 0.2:
+    if adders and config.eta > 0.2:  # eta scales adder weights' steps only
         hint += f" or a lower adaptive-LR eta (--eta {max(config.eta / 4, 0.2):.3g}; now {config.eta:.3g})"
     return f"{config.desc} training diverged: {problem}. {kept} {hint}.".replace("  ", " ")

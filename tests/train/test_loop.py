@@ -154,7 +154,13 @@ def test_per_epoch_lines_are_printed_without_progress_bars(capsys):
     assert "train epoch 1/1: loss" in capsys.readouterr().out
 
 
-def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def _cnn_of(model: nn.Module) -> nn.Module:
+    """``model`` with its adder layers swapped for convs of the same shape."""
+    return nn.Sequential(*(nn.Conv2d(8, 8, 3, padding=1) if isinstance(m, AdderConv2d) else m for m in model))
+
+
+@pytest.mark.parametrize("adders", [True, False])
+def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, adders):
     from adderconvert.train import loop
 
     real_build = loop.build_optimizer
@@ -166,10 +172,12 @@ def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_pat
 
     monkeypatch.setattr(loop, "build_optimizer", huge_lr_from_epoch_2)
     config = TrainConfig(**{**CONFIG.__dict__, "epochs": 3, "max_steps": 4})
+    model = tiny_model() if adders else _cnn_of(tiny_model())
     with pytest.raises(TrainingDiverged) as info:
-        fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), config, output=tmp_path, meta=META)
+        fit(model, tiny_data(), tiny_data(16, seed=2), config, output=tmp_path, meta=META)
     message = str(info.value)
     assert "diverged" in message and "--lr" in message and "epoch 2" in message
+    assert ("--eta" in message) == adders  # eta scales adder weights' steps: no advice about it for a CNN
     assert f"last good checkpoint is kept: {tmp_path / 'last.pt'} (epoch 1)" in message
     kept = load_checkpoint(tmp_path / "last.pt")
     assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
