@@ -237,7 +237,7 @@ def cached_fit(
 def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION) -> TrainConfig:
     """The CLI's own fine-tuning configuration (the ``task``'s batch size included) at the budget's length, with
     ``overrides``."""
-    run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False, batch_size=task.batch_size)
+    run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False)
     return replace(adder_train_config(run, task), log=False, **overrides)
 
 
@@ -377,7 +377,7 @@ def save_model(model: torch.nn.Module, report, splits, name: str, path: Path) ->
 
 def _diagnose(row, student, report, splits, budget, ctx, adder_top1, diverged, seconds) -> dict:
     row["adder_seconds"] = seconds
-    loader = DataLoader(splits.train, batch_size=RunConfig.batch_size)
+    loader = DataLoader(splits.train, batch_size=CLASSIFICATION.batch_size)
     layers = adder_weight_stats(student, itertools.islice(loader, STATS_BATCHES), ctx.device)
     summary = saturation_summary(layers)
     row.update(

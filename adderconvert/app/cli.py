@@ -210,7 +210,7 @@ def _interrupt_on_sigterm():
     "--batch-size",
     type=int,
     default=None,
-    help=f"Global batch size [{RunConfig.batch_size}; segmentation and detection {SEGMENTATION.batch_size}].",
+    help=f"Global batch size [{TrainConfig.batch_size}; segmentation and detection {SEGMENTATION.batch_size}].",
 )
 @click.option(
     "--lr",

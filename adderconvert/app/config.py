@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 
-from adderconvert.architectures.registry import task_of
 from adderconvert.conversion import (
     DEFAULT_INIT,
     DEFAULT_KEEP,
@@ -24,9 +23,8 @@ from adderconvert.data import DATASETS
 from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_CALIBRATION_BATCHES, DEFAULT_METHOD, METHODS
 from adderconvert.train import TrainConfig
-from adderconvert.train.dense import training_task
 
-__all__ = ["ConfigError", "RunConfig", "default_batch_size", "validate_config"]
+__all__ = ["ConfigError", "RunConfig", "validate_config"]
 
 
 @dataclass
@@ -40,7 +38,7 @@ class RunConfig:
     pretrain_lr: float = 0.05
     finetune: bool = True
     epochs: int = TrainConfig.epochs
-    batch_size: int = TrainConfig.batch_size  # a classifier's; validate_config gives other tasks theirs
+    batch_size: int | None = None  # None: the model's task's (Task.batch_size), resolved by the run
     lr: float = TrainConfig.lr  # the fine-tuning recipe's defaults are TrainConfig's
     eta: float = TrainConfig.eta
     warmup_steps: int = TrainConfig.warmup_steps
@@ -108,7 +106,7 @@ _RULES: dict[str, _Rule] = {
     "pretrain_lr": _Rule(float, low=0, low_open=True),
     "finetune": _Rule(bool),
     "epochs": _Rule(int, low=1),
-    "batch_size": _Rule(int, low=1),
+    "batch_size": _Rule(int, optional=True, low=1),
     "lr": _Rule(float, low=0, low_open=True),
     "eta": _Rule(float, low=0, low_open=True),
     "warmup_steps": _Rule(int, low=0),
@@ -190,16 +188,6 @@ def _check(key: str, value: Any, rule: _Rule) -> Any:
     return value
 
 
-def default_batch_size(model: str) -> int:
-    """The main job's global batch for ``model`` where none is given: its task's (``Task.batch_size``: 128 for
-    classifiers, 16 for segmentation and detection models); a name no task has gets the classifiers'."""
-    try:
-        task = task_of(model)
-    except ValueError:  # the run refuses the name later, with the models listed
-        return RunConfig.batch_size
-    return training_task(task).batch_size
-
-
 def validate_config(values: dict[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from ``values`` (unset keys take their defaults), every value checked;
     :class:`ConfigError` names the first bad key."""
@@ -209,8 +197,6 @@ def validate_config(values: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ConfigError(unknown[0], f"unknown option (known: {', '.join(_RULES)})")
     config = RunConfig(**{key: _check(key, value, _RULES[key]) for key, value in values.items()})
-    if "batch_size" not in values:
-        config.batch_size = default_batch_size(config.model)  # recorded as such: a resume keeps it
     if "none" in config.keep:
         if len(config.keep) > 1:
             raise ConfigError("keep", f"none converts every kind: it goes alone, got {config.keep}")

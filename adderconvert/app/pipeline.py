@@ -72,6 +72,7 @@ __all__ = [
     "RunConfig",
     "RunInputError",
     "adder_train_config",
+    "batch_size_of",
     "draw_calibration_images",
     "checkpoint_meta",
     "convert_trained",
@@ -206,12 +207,15 @@ def _check_batch(config: RunConfig, model: nn.Module, splits: DatasetSplits, wor
             ) from None
 
 
-def _prepare(config: RunConfig, world_size: int) -> _Prepared:
+def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
+    """``config`` with the defaults of the model's task filled in (written to config.yaml as such, so that a
+    resume keeps them), and what the run needs."""
     out = Path(config.output)
     _check_folder(config, out)
     device = resolve_device(config.device)
     splits, teacher, head_fits = _data_and_model(config, fetch=True)
     task = training_task(splits.task)
+    config = replace(config, batch_size=batch_size_of(config, task))
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
         try:
@@ -225,7 +229,7 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
         pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
     if config.resume:
         for path, stage, train_config in (
-            (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1))),
+            (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1), task)),
             (out / "last.pt", "adder", adder_train_config(config, task)),
         ):
             if path.is_file():
@@ -239,12 +243,18 @@ def _prepare(config: RunConfig, world_size: int) -> _Prepared:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path, adders=stage == "adder")
-    return _Prepared(splits, teacher, report, pretrain, out, device, task)
+    return config, _Prepared(splits, teacher, report, pretrain, out, device, task)
 
 
-def _common(config: RunConfig) -> dict:
+def batch_size_of(config: RunConfig, task: Task) -> int:
+    """The run's global batch: ``--batch-size``, or the default of its model's ``task`` (``Task.batch_size``: 128
+    for classifiers, 16 for segmentation and detection models)."""
+    return task.batch_size if config.batch_size is None else config.batch_size
+
+
+def _common(config: RunConfig, task: Task) -> dict:
     return dict(
-        batch_size=config.batch_size,
+        batch_size=batch_size_of(config, task),
         seed=config.seed,
         workers=config.workers,
         max_steps=config.max_steps,
@@ -255,8 +265,8 @@ def _common(config: RunConfig) -> dict:
     )
 
 
-def _teacher_config(config: RunConfig, pretrain: int) -> TrainConfig:
-    return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config))
+def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig:
+    return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config, task))
 
 
 def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION) -> TrainConfig:
@@ -271,7 +281,7 @@ def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION) -> TrainC
         kd=config.kd,
         feature_kd=config.feature_kd,
         desc="adder",
-        **_common(config),
+        **_common(config, task),
     )
 
 
@@ -283,7 +293,7 @@ def run(config: RunConfig) -> dict:
     """
     ctx = init_distributed(resolve_device(config.device))
     try:
-        prepared = _prepare(config, ctx.world_size)
+        config, prepared = _prepare(config, ctx.world_size)
         if ctx.enabled:  # every rank has checked the folder before the first one writes to it
             torch.distributed.barrier()
         summary = _run(config, prepared, ctx)
@@ -370,7 +380,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             teacher,
             splits.train,
             splits.test,
-            _teacher_config(config, prepared.pretrain_epochs),
+            _teacher_config(config, prepared.pretrain_epochs, prepared.task),
             output=teacher_dir,
             meta=checkpoint_meta(config.model, config.dataset, splits, "teacher", None),
             resume=resume,

@@ -529,9 +529,7 @@ def check_same_schedule(state: dict[str, Any], config: TrainConfig, path: str | 
         )
 
 
-def _diverged_message(
-    problem: str, config: TrainConfig, history: list[EpochRecord], saver, adders: bool = True
-) -> str:
+def _diverged_message(problem: str, config: TrainConfig, history: list[EpochRecord], saver, adders: bool = True) -> str:
     if saver is not None and history:
         kept = f"The last good checkpoint is kept: {saver.last} (epoch {history[-1].epoch})."
     elif saver is not None:

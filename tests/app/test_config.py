@@ -55,9 +55,10 @@ def test_not_a_mapping():
 
 
 def test_one_value_per_default():
-    """The main job's options that are TrainConfig's take TrainConfig's defaults: the recipe is written once."""
-    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(TrainConfig)}
-    assert {"epochs", "batch_size", "lr", "eta", "warmup_steps", "kd", "feature_kd", "seed"} <= shared
+    """The main job's options that are TrainConfig's take TrainConfig's defaults: the recipe is written once (the
+    batch size is the model's task's: test_the_batch_size_is_the_tasks_unless_given)."""
+    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(TrainConfig)} - {"batch_size"}
+    assert {"epochs", "lr", "eta", "warmup_steps", "kd", "feature_kd", "seed"} <= shared
     for name in shared:
         assert getattr(RunConfig, name) == getattr(TrainConfig, name), name
 
@@ -78,16 +79,20 @@ def test_another_init_runs_without_reconstruction_and_says_so():
 
 
 def test_the_batch_size_is_the_tasks_unless_given():
-    """Classifiers 128, segmentation and detection models their own smaller batch, recorded as a value (a resume
-    keeps it); a batch given wins."""
+    """Classifiers 128, segmentation and detection models their own smaller batch, whoever builds the RunConfig (the
+    CLI, a YAML file or a Python caller of the pipeline); a batch given wins."""
+    from adderconvert.app.pipeline import adder_train_config, batch_size_of
     from adderconvert.train.dense import DETECTION, SEGMENTATION
+    from adderconvert.train.loop import CLASSIFICATION
 
-    assert validate_config({"model": "resnet18"}).batch_size == RunConfig.batch_size == TrainConfig.batch_size == 128
-    assert SEGMENTATION.batch_size == DETECTION.batch_size < RunConfig.batch_size
-    for model, task in (("lraspp_mobilenet_v3_large", SEGMENTATION), ("fcos_resnet50_fpn", DETECTION)):
-        assert validate_config({"model": model}).batch_size == task.batch_size, model
-        assert validate_config({"model": model, "batch_size": 64}).batch_size == 64
-    assert "batch_size: 16" in validate_config({"model": "ssdlite320_mobilenet_v3_large"}).to_yaml()
+    assert validate_config({"model": "resnet18"}).batch_size is RunConfig.batch_size is None
+    assert CLASSIFICATION.batch_size == TrainConfig.batch_size == 128
+    assert SEGMENTATION.batch_size == DETECTION.batch_size < CLASSIFICATION.batch_size
+    for task in (CLASSIFICATION, SEGMENTATION, DETECTION):
+        assert batch_size_of(RunConfig(), task) == task.batch_size
+        assert batch_size_of(RunConfig(batch_size=64), task) == 64
+        assert adder_train_config(RunConfig(), task).batch_size == task.batch_size
+    assert validate_config({"model": "ssdlite320_mobilenet_v3_large", "batch_size": 64}).batch_size == 64
 
 
 def test_keep_none_converts_every_kind():

@@ -63,11 +63,23 @@ def test_a_dense_run_writes_its_metric(small, tmp_path, model, metric, other, ex
     assert f"test_{metric}" in header and "test_top1" not in header and "train_top1" not in header
     for folder in (out, out / "teacher"):
         assert {"last.pt", "best.pt", "metrics.csv"} <= {p.name for p in folder.iterdir()}
-    assert (out / "config.yaml").is_file()
+    assert "batch_size: 4\n" in (out / "config.yaml").read_text()
     # evaluate scores the checkpoint as the run did (the same scenes: the run's seed is in its recipe)
     evaluated = _run("evaluate", str(out / "last.pt"), "--data", str(small))
     assert f"{summary[f'adder_{metric}']:.2f}%" in evaluated.output, (evaluated.output, summary)
     assert "on 8 built-in test scenes (PyTorch" in evaluated.output, evaluated.output
+
+
+def test_a_run_built_in_python_takes_its_tasks_batch(small, tmp_path):
+    """A RunConfig without a batch (a Python caller of pipeline.run, as the CLI without --batch-size) trains a dense
+    model at its task's batch, the one config.yaml then records."""
+    from adderconvert.train.dense import SEGMENTATION
+
+    config = pipeline.RunConfig(
+        model="lraspp_mobilenet_v3_large", data=str(small), weights=None, image_size=64, output=str(tmp_path / "run")
+    )
+    resolved, prepared = pipeline._prepare(config, world_size=1)
+    assert config.batch_size is None and resolved.batch_size == SEGMENTATION.batch_size == prepared.task.batch_size
 
 
 @pytest.mark.slow  # the ONNX export (15-20 s each)

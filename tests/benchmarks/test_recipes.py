@@ -29,7 +29,7 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     config = recipes.fine_tune_config(budget, {})
     main_job = adder_train_config(RunConfig(epochs=budget.epochs, max_steps=budget.steps))
     assert dataclasses.replace(config, progress=True, log=True) == main_job
-    assert config.batch_size == RunConfig.batch_size and config.lr == TrainConfig.lr
+    assert config.batch_size == TrainConfig.batch_size and config.lr == TrainConfig.lr
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
     dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
     assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
