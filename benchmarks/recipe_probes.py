@@ -8,6 +8,9 @@ how far fine-tuning moved each adder layer's weights.
   python benchmarks/recipe_probes.py no-stochastic-depth RECIPES_ARGS...
       torchvision's StochasticDepth off (p = 0) in the converted model: its norm statistics, fine-tuning and
       BatchNorm re-estimation;
+  python benchmarks/recipe_probes.py fit-images [--images 1024] RECIPES_ARGS...
+      the reconstruction fitted on the first N calibration images (the conversion's default: the 256 planning
+      images; its plan and norm statistics unchanged);
   python benchmarks/recipe_probes.py displacement MODEL FOLDER
       per adder layer of FOLDER/MODEL.pt (a recipes.py output), the spread of its weights at zero steps
       (MODEL_cnn.pt converted again as the main job converts) and the RMS and relative size of what fine-tuning
@@ -29,6 +32,7 @@ from torchvision.ops import StochasticDepth
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes  # noqa: E402
 
+import adderconvert.conversion.recipe as conversion_recipe  # noqa: E402
 import adderconvert.train.loop as loop  # noqa: E402
 from adderconvert.app.pipeline import RunConfig, convert_trained  # noqa: E402
 from adderconvert.checkpoint import load_checkpoint  # noqa: E402
@@ -74,6 +78,28 @@ def no_stochastic_depth() -> None:
     recipes.convert_student = convert_student
 
 
+def fit_images(count: int) -> None:
+    """Patch the conversion for the ``fit-images`` probe: the reconstruction reads the first ``count`` calibration
+    images, not the planning ones."""
+    drawn = []
+    calibration_images, reconstruction_images = (
+        conversion_recipe.calibration_images,
+        conversion_recipe._reconstruction_images,
+    )
+
+    def keep_calibration(*args):
+        drawn.append(calibration_images(*args))
+        return drawn[-1]
+
+    def first_images(report, planning):
+        images = reconstruction_images(report, drawn[-1][:count])
+        print(f"reconstruction on {len(images)} of {len(drawn[-1])} calibration images", flush=True)
+        return images
+
+    conversion_recipe.calibration_images = keep_calibration
+    conversion_recipe._reconstruction_images = first_images
+
+
 def displacement(name: str, folder: Path) -> None:
     """Print, per adder layer, how far fine-tuning moved its weights against their zero-step spread."""
     splits = load_dataset("fashion-mnist", image_size=32)
@@ -94,8 +120,9 @@ def displacement(name: str, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=("step-scale", "no-stochastic-depth", "displacement"))
+    parser.add_argument("probe", choices=("step-scale", "no-stochastic-depth", "fit-images", "displacement"))
     parser.add_argument("--width-ref", type=float, default=48.0, help="step-scale: the input span of factor 1")
+    parser.add_argument("--images", type=int, default=1024, help="fit-images: calibration images the fit reads")
     args, rest = parser.parse_known_args()
     torch.set_num_threads(1)
     if args.probe == "displacement":
@@ -105,6 +132,8 @@ def main() -> None:
         return
     if args.probe == "step-scale":
         step_scale(args.width_ref)
+    elif args.probe == "fit-images":
+        fit_images(args.images)
     else:
         no_stochastic_depth()
     sys.argv = [sys.argv[0], *rest]

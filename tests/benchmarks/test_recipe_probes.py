@@ -51,3 +51,24 @@ def test_no_stochastic_depth_converts_a_teacher_without_it(monkeypatch):
     probes.no_stochastic_depth()
     probes.recipes.convert_student("any", teacher)
     assert seen == [teacher] and [m.p for m in teacher if isinstance(m, StochasticDepth)] == [0.0, 0.0]
+
+
+def test_fit_images_gives_the_reconstruction_the_first_calibration_images(monkeypatch):
+    import adderconvert.conversion.recipe as recipe
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    cnn = nn.Sequential(*cnn, nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    images = torch.randn(600, 3, 8, 8)
+    fitted = []
+    real = recipe.reconstruct
+    monkeypatch.setattr(
+        recipe, "reconstruct", lambda t, s, r, x, *a, **k: [fitted.append(x), real(t, s, r, x, *a, **k)][1]
+    )
+    monkeypatch.setattr(recipe, "calibration_images", recipe.calibration_images)  # restored after the test
+    monkeypatch.setattr(recipe, "_reconstruction_images", recipe._reconstruction_images)
+    recipe.convert(cnn.eval(), images)
+    assert len(fitted[-1]) == recipe.PLAN_IMAGES  # the default: the planning images
+    probes.fit_images(500)
+    recipe.convert(cnn.eval(), images)
+    assert torch.equal(fitted[-1], images[:500])
