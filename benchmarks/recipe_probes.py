@@ -11,6 +11,11 @@ how far fine-tuning moved each adder layer's weights.
   python benchmarks/recipe_probes.py fit-images [--images 1024] RECIPES_ARGS...
       the reconstruction fitted on the first N calibration images (the conversion's default: the 256 planning
       images; its plan and norm statistics unchanged);
+  python benchmarks/recipe_probes.py channel-edges RECIPES_ARGS...
+      after the conversion, every saturated adder weight moved from the layer's edge to its own input channel's
+      (that channel's range on the planning images, beyond it by the sign init's margin and gap): the same
+      binary-weight function (the norm after the layer takes the change of constant), with each weight as near
+      its inputs as the init allows, so that fine-tuning can move it into their range;
   python benchmarks/recipe_probes.py displacement MODEL FOLDER
       per adder layer of FOLDER/MODEL.pt (a recipes.py output), the spread of its weights at zero steps
       (MODEL_cnn.pt converted again as the main job converts) and the RMS and relative size of what fine-tuning
@@ -34,8 +39,9 @@ import recipes  # noqa: E402
 
 import adderconvert.conversion.recipe as conversion_recipe  # noqa: E402
 import adderconvert.train.loop as loop  # noqa: E402
-from adderconvert.app.pipeline import RunConfig, convert_trained  # noqa: E402
+from adderconvert.app.pipeline import RunConfig, convert_trained, draw_calibration_images  # noqa: E402
 from adderconvert.checkpoint import load_checkpoint  # noqa: E402
+from adderconvert.conversion import PLAN_IMAGES, SIGN_MARGIN, SIGN_MIN_GAP, norms_after_adders  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
 from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
@@ -100,6 +106,71 @@ def fit_images(count: int) -> None:
     conversion_recipe._reconstruction_images = first_images
 
 
+@torch.no_grad()
+def move_to_channel_edges(model: torch.nn.Module, images: torch.Tensor, margin: float = SIGN_MARGIN) -> int:
+    """Move each adder weight of ``model`` that lies beyond its input channel's range on ``images`` (zero, the
+    padding, included) to that channel's edge, ``margin`` of its span and at least SIGN_MIN_GAP beyond; the
+    running mean of the norm after the layer takes the change of constant, so that the model computes the same.
+    Returns the number of weights moved."""
+    lows, highs = {}, {}
+
+    def observe(name):
+        def hook(module, inputs):
+            x = inputs[0].transpose(0, 1).flatten(1)
+            low, high = x.amin(1), x.amax(1)
+            lows[name] = torch.minimum(lows.get(name, low), low)
+            highs[name] = torch.maximum(highs.get(name, high), high)
+
+        return hook
+
+    adders = {n: m for n, m in model.named_modules() if isinstance(m, AdderConv2d)}
+    hooks = [m.register_forward_pre_hook(observe(n)) for n, m in adders.items()]
+    model.eval()
+    for batch in images.split(128):
+        model(batch)
+    for h in hooks:
+        h.remove()
+    norms, modules, moved = norms_after_adders(model, images[:2]), dict(model.named_modules()), 0
+    for name, layer in adders.items():
+        if name not in lows:
+            continue
+        low, high = lows[name].clamp(max=0), highs[name].clamp(min=0)
+        gap = torch.clamp(margin * (high - low), min=SIGN_MIN_GAP)
+        per_group = layer.in_channels // layer.groups
+        group_of_output = torch.arange(layer.out_channels) // (layer.out_channels // layer.groups)
+        channel = group_of_output[:, None] * per_group + torch.arange(per_group)[None, :]  # (out, in per group)
+        lower, upper = (low - gap)[channel][..., None, None], (high + gap)[channel][..., None, None]
+        weight = layer.weight
+        new = torch.where(weight > upper, upper, torch.where(weight < lower, lower, weight))
+        moved += int((new != weight).sum())
+        # Saturated taps compute sign(w) x - |w|: the output rises by the sum of |w| given up.
+        rise = (weight.abs() - new.abs()).flatten(1).sum(1)
+        weight.copy_(new)
+        norm = modules.get(norms.get(name, ""))
+        if norm is None or not hasattr(norm, "running_mean"):
+            raise ValueError(f"{name}: no BatchNorm after it to take the change of constant")
+        norm.running_mean.add_(rise)
+    return moved
+
+
+def channel_edges() -> None:
+    """Patch recipes.py's conversion for the ``channel-edges`` probe."""
+    convert = recipes.convert_student
+
+    def convert_student(name, teacher, splits, test_set, ctx, conversion, *args, **kwargs):
+        student, report, row = convert(name, teacher, splits, test_set, ctx, conversion, *args, **kwargs)
+        images = draw_calibration_images(splits, RunConfig.seed, PLAN_IMAGES)
+        moved = move_to_channel_edges(student, images)
+        before = row["zero_step_top1"]
+        row["zero_step_top1"] = recipes.CLASSIFICATION.evaluate(student, test_set, device=ctx.device)["top1"]
+        total = sum(m.weight.numel() for m in student.modules() if isinstance(m, AdderConv2d))
+        print(f"channel edges: {moved} of {total} weights moved; zero steps {before:.2f}% -> "
+              f"{row['zero_step_top1']:.2f}%", flush=True)  # fmt: skip
+        return student, report, row
+
+    recipes.convert_student = convert_student
+
+
 def displacement(name: str, folder: Path) -> None:
     """Print, per adder layer, how far fine-tuning moved its weights against their zero-step spread."""
     splits = load_dataset("fashion-mnist", image_size=32)
@@ -120,7 +191,10 @@ def displacement(name: str, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=("step-scale", "no-stochastic-depth", "fit-images", "displacement"))
+    parser.add_argument(
+        "probe",
+        choices=("step-scale", "no-stochastic-depth", "fit-images", "channel-edges", "displacement"),
+    )
     parser.add_argument("--width-ref", type=float, default=48.0, help="step-scale: the input span of factor 1")
     parser.add_argument("--images", type=int, default=1024, help="fit-images: calibration images the fit reads")
     args, rest = parser.parse_known_args()
@@ -134,6 +208,8 @@ def main() -> None:
         step_scale(args.width_ref)
     elif args.probe == "fit-images":
         fit_images(args.images)
+    elif args.probe == "channel-edges":
+        channel_edges()
     else:
         no_stochastic_depth()
     sys.argv = [sys.argv[0], *rest]

@@ -72,3 +72,27 @@ def test_fit_images_gives_the_reconstruction_the_first_calibration_images(monkey
     probes.fit_images(500)
     recipe.convert(cnn.eval(), images)
     assert torch.equal(fitted[-1], images[:500])
+
+
+def test_channel_edges_keep_the_function_and_bring_each_weight_near_its_own_channel():
+    import adderconvert
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )  # fmt: skip
+    images = torch.randn(300, 3, 8, 8) * torch.tensor([1.0, 5.0, 0.2]).view(1, 3, 1, 1)  # channels of other spans
+    adder = adderconvert.convert(cnn.eval(), images, keep_stem=False).eval()
+    before = adder(images[:100])
+    spans = [float(m.weight.detach().abs().max()) for m in adder.modules() if isinstance(m, AdderConv2d)]
+    moved = probes.move_to_channel_edges(adder, images)
+    assert moved > 0
+    torch.testing.assert_close(adder(images[:100]), before, atol=1e-4, rtol=1e-4)  # the norms took the constants
+    first = adder[0].weight.detach()
+    for c in range(3):  # every weight of input channel c within that channel's edges
+        high, low = float(images[:, c].max().clamp(min=0)), float(images[:, c].min().clamp(max=0))
+        gap = max(probes.SIGN_MARGIN * (high - low), probes.SIGN_MIN_GAP)
+        assert low - gap - 1e-4 <= float(first[:, c].min()) and float(first[:, c].max()) <= high + gap + 1e-4
+    assert float(first[:, 2].abs().max()) < float(first[:, 1].abs().max()) <= spans[0]  # the narrow channel nearer 0
