@@ -230,20 +230,21 @@ def build_report(
             for label, model in (("cnn", cnn), ("adder", adder)):
                 counts[label] = count_operations(model, (3, image_size, image_size))
                 parameters[label] = sum(p.numel() for p in model.parameters())
-            example = torch.zeros(2, 3, image_size, image_size)
-            if not measure_latency:
+            if measure_latency:
+                if files["adder"] is None:
+                    notes.append("the run has no adder ONNX model: the report exported one to measure it")
+                example = torch.zeros(2, 3, image_size, image_size)
+                for label, model in (("cnn", cnn), ("adder", adder)):
+                    if files[label] is None:
+                        try:
+                            files[label] = export_onnx(model, Path(tmp) / f"{label}.onnx", example)
+                        except Exception as e:  # an architecture the exporter cannot trace: no size or latency
+                            notes.append(f"could not export the {label} model to ONNX: {type(e).__name__}: {e}")
+                batches = sorted({1, int(batch_size)}) if isinstance(batch_size, int) and batch_size > 0 else [1]
+                latency = latency_table(files, image_size, batches, latency_budget_s, notes)
+            else:
                 notes.append("latency not measured: the run exported no ONNX model (`adderconvert report` measures it)")
-            elif files["adder"] is None:
-                notes.append("the run has no adder ONNX model: the report exported one to measure it")
-            for label, model in (("cnn", cnn), ("adder", adder)):
-                if files[label] is None and measure_latency:
-                    try:
-                        files[label] = export_onnx(model, Path(tmp) / f"{label}.onnx", example)
-                    except Exception as e:  # an architecture the exporter cannot trace: no size or latency
-                        notes.append(f"could not export the {label} model to ONNX: {type(e).__name__}: {e}")
             file_sizes = {k: p.stat().st_size if p is not None else None for k, p in files.items()}
-            batches = sorted({1, int(batch_size)}) if isinstance(batch_size, int) and batch_size > 0 else [1]
-            latency = latency_table(files, image_size, batches, latency_budget_s, notes) if measure_latency else []
             for row in latency:  # the INT8 adder model beside the FP32 one (None without --int8)
                 row["int8_ratio"] = ratio(row.get("int8_ms"), row.get("cnn_ms"))
                 row["int8_vs_fp32_adder"] = ratio(row.get("int8_ms"), row.get("adder_ms"))
