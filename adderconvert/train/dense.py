@@ -6,10 +6,8 @@
   (KL at the config's temperature, weight ``kd_alpha``: :func:`~adderconvert.train.distill.distillation_loss`).
   Metric: mIoU, with pixel accuracy beside it (:mod:`adderconvert.metrics`).
 - **Detection** (``(images, targets)`` lists, :func:`adderconvert.data.collate_detection`): the sum of the
-  detector's own loss dictionary in training mode (classification, box regression, objectness, ...); for one-stage
-  detectors (SSD, SSDlite, RetinaNet, FCOS: a ``head`` on the backbone's maps) distillation of the CNN's raw head
-  outputs at every anchor, :func:`head_distillation_loss`, weight ``kd_alpha``. Metric: COCO mAP@[.5:.95], with
-  mAP@.5 beside it (pycocotools).
+  detector's own loss dictionary in training mode (classification, box regression, objectness, ...). Metric: COCO
+  mAP@[.5:.95], with mAP@.5 beside it (pycocotools).
 - **Feature distillation** (both, weight ``feature_kd`` times :data:`FEATURE_SCALE`): the backbone's outputs (a
   segmentation backbone's feature maps, a detector's FPN levels or SSD's feature maps) matched to the CNN's,
   :func:`feature_map_loss`.
@@ -37,7 +35,6 @@ __all__ = [
     "SEGMENTATION",
     "BackboneDistillation",
     "DetectionTask",
-    "head_distillation_loss",
     "SegmentationTask",
     "segmentation_loss",
     "training_task",
@@ -68,26 +65,6 @@ def segmentation_loss(
     if outputs.get("aux") is not None:
         loss = loss + AUX_WEIGHT * F.cross_entropy(outputs["aux"].float(), masks, ignore_index=IGNORE_INDEX)
     return loss
-
-
-def head_distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
-    """How far a one-stage detector's raw head outputs (``cls_logits``, ``bbox_regression``, ``bbox_ctrness``: name
-    -> ``(N, anchors, K)``) are from its CNN's: per output, the mean squared difference over the teacher's variance
-    (over the batch and the anchors, averaged over the K), averaged over the outputs. Class logits matched as values
-    (Ba and Caruana, 2014), not as distributions, suit the softmax of SSD and the per-class sigmoids of RetinaNet and
-    FCOS alike, and one weight suits every output whatever its scale."""
-    terms = []
-    for name, target in teacher.items():
-        target = target.detach().float()
-        variance = target.flatten(0, -2).var(0, unbiased=False).mean().clamp_min(1e-5)
-        terms.append(F.mse_loss(student[name].float(), target) / variance)
-    return torch.stack(terms).mean()
-
-
-def _head_outputs(detector: nn.Module, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A one-stage detector's raw head outputs for ``images``, as its forward computes them before decoding."""
-    features = detector.backbone(detector.transform(images)[0].tensors)
-    return detector.head(list(features.values()) if isinstance(features, dict) else [features])
 
 
 class BackboneDistillation:
@@ -185,25 +162,11 @@ class DetectionTask(_DenseTask):
     ) -> tuple[torch.Tensor, int, float | None]:
         images = [image.to(device) for image in batch[0]]
         targets = [{key: value.to(device) for key, value in target.items()} for target in batch[1]]
-        model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
-        distil_head = teacher is not None and config.kd and config.kd_alpha > 0 and hasattr(model, "head")
-        recorded: dict[str, torch.Tensor] = {}
-        hook = model.head.register_forward_hook(lambda m, i, out: recorded.update(out)) if distil_head else None
-        with torch.no_grad():  # its maps (the backbone's distillation records them) and head outputs: no detections
-            if distil_head:
-                teacher_head = _head_outputs(teacher, images)
-            elif teacher is not None and config.kd and config.feature_kd > 0:
+        if teacher is not None and config.kd and config.feature_kd > 0:  # its features only: no detections
+            with torch.no_grad():
                 teacher.backbone(teacher.transform(images)[0].tensors)
-        try:
-            losses = net(images, targets)
-        finally:
-            if hook is not None:
-                hook.remove()
-        loss = sum(losses.values())
-        if distil_head:
-            alpha = config.kd_alpha
-            loss = (1 - alpha) * loss + alpha * head_distillation_loss(recorded, teacher_head)
-        return loss, len(images), None
+        losses = net(images, targets)
+        return sum(losses.values()), len(images), None
 
     def batch_result(self, model: nn.Module, batch: Any, device: str | torch.device) -> tuple[list, list]:
         """The batch's detections (on the CPU) and targets."""

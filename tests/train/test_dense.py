@@ -18,7 +18,6 @@ from adderconvert.train.dense import (
     DETECTION,
     SEGMENTATION,
     BackboneDistillation,
-    head_distillation_loss,
     segmentation_loss,
     training_task,
 )
@@ -176,62 +175,6 @@ def test_detection_step_sums_the_loss_dictionary():
     loss, count, right = DETECTION.step(detector, batch, None, TrainConfig(), torch.device("cpu"))
     assert float(loss.detach()) == 2.0 * 2 + 4.0 and count == 2 and right is None
     assert DETECTION.images(batch).shape == (2, 3, 16, 16)
-
-
-def test_head_distillation_loss_against_a_written_out_reference():
-    gen = torch.Generator().manual_seed(0)
-    teacher = {
-        "cls_logits": torch.randn(2, 7, 4, generator=gen) * 5,
-        "bbox_regression": torch.randn(2, 7, 4, generator=gen),
-    }
-    student = {k: v + torch.randn(v.shape, generator=gen) for k, v in teacher.items()}
-    terms = []
-    for name, t in teacher.items():
-        t64, s64 = t.double().numpy().reshape(14, 4), student[name].double().numpy().reshape(14, 4)
-        terms.append(((s64 - t64) ** 2).mean() / t64.var(axis=0).mean())  # variance per output over all anchors
-    assert math.isclose(float(head_distillation_loss(student, teacher)), np.mean(terms), rel_tol=1e-5)
-    assert float(head_distillation_loss(teacher, teacher)) == 0.0
-
-
-def test_a_one_stage_detector_distils_its_cnns_head_outputs():
-    """SSD's step: (1 - alpha) times its loss dictionary plus alpha times the head outputs' distance from the
-    CNN's on the same images; without a teacher or with alpha 0 the loss dictionary alone; a few steps bring the
-    student's head outputs toward the teacher's."""
-    from tests.deploy._dense_models import small_ssd
-
-    torch.manual_seed(0)
-    teacher, student = small_ssd(32, 4).eval(), small_ssd(32, 4).train()
-    batch = DETECTION.collate_fn(_detection_samples())
-    images = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    batch = (tuple(images), batch[1])
-    config = TrainConfig(kd_alpha=0.8)
-    cpu = torch.device("cpu")
-
-    def head_outputs(model):
-        """On a copy, in the model's mode (the student's batch statistics as the step has them)."""
-        model = copy.deepcopy(model)
-        with torch.no_grad():
-            features = model.backbone(model.transform(images)[0].tensors)
-            return model.head(list(features.values()))
-
-    torch.manual_seed(1)
-    plain = float(DETECTION.step(student, batch, None, config, cpu)[0].detach())
-    torch.manual_seed(1)
-    assert float(DETECTION.step(student, batch, teacher, TrainConfig(kd_alpha=0.0), cpu)[0].detach()) == pytest.approx(
-        plain
-    )
-    distance = float(head_distillation_loss(head_outputs(student), head_outputs(teacher)))
-    torch.manual_seed(1)
-    loss = float(DETECTION.step(student, batch, teacher, config, cpu)[0].detach())
-    assert loss == pytest.approx(0.2 * plain + 0.8 * distance, rel=1e-4) and distance > 0
-    assert not student.head._forward_hooks  # the recording hook is gone
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.05)
-    for _ in range(20):
-        loss = DETECTION.step(student.train(), batch, teacher, TrainConfig(kd_alpha=1.0), cpu)[0]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert float(head_distillation_loss(head_outputs(student), head_outputs(teacher))) < 0.5 * distance
 
 
 def test_training_task_by_name():
