@@ -73,14 +73,14 @@ TEACHER_LR = {"vgg11_bn": 0.01, "resnet18": 0.02}
 @dataclass(frozen=True)
 class Budget:
     """How much each model gets: image size, the CNN's batch, epochs and steps per epoch (None: whole epochs) of
-    the CNN and of the adder fine-tuning (whose batch is the main job's), test images (None: all 10,000) and the
-    gap the recipe must meet."""
+    the CNN and of the adder fine-tuning (whose batch is the main job's, and epochs too where None: 2 for networks
+    with depthwise convs, else 1), test images (None: all 10,000) and the gap the recipe must meet."""
 
     image_size: int
     cnn_batch_size: int
     cnn_epochs: int
     cnn_steps: int | None
-    epochs: int
+    epochs: int | None
     steps: int | None
     test_images: int | None
     target_gap: float
@@ -88,14 +88,14 @@ class Budget:
 
 BUDGETS = {
     "gpu": Budget(
-        64, cnn_batch_size=128, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0
+        64, cnn_batch_size=128, cnn_epochs=1, cnn_steps=None, epochs=None, steps=None, test_images=None, target_gap=1.0
     ),
     # The CNN trains one whole epoch (937 steps): users convert converged CNNs, and 150 steps left VGG-11-BN at
-    # 24.6%. The adder fine-tuning is one whole epoch too, the CLI's default length (--steps N caps it). All
+    # 24.6%. The adder fine-tuning is the CLI's default length in whole epochs (--steps N caps them). All
     # 10,000 test images: on 2,000 the gap of three seeds of one model spread +0.20 to +1.25 pt against +1.11 to
     # +1.31 on the whole split (docs/results/archive/recipes_cpu_amd_eta.md), too much for a 1.0 pt goal.
     "cpu": Budget(
-        32, cnn_batch_size=64, cnn_epochs=1, cnn_steps=None, epochs=1, steps=None, test_images=None, target_gap=1.0
+        32, cnn_batch_size=64, cnn_epochs=1, cnn_steps=None, epochs=None, steps=None, test_images=None, target_gap=1.0
     ),
 }
 # TrainConfig fields the budget (or the benchmark) sets: --set may not change them. (The batch size may change:
@@ -234,11 +234,13 @@ def cached_fit(
     return result
 
 
-def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION) -> TrainConfig:
-    """The CLI's own fine-tuning configuration (the ``task``'s batch size included) at the budget's length, with
-    ``overrides``."""
+def fine_tune_config(
+    budget: Budget, overrides: dict, task: Task = CLASSIFICATION, model: torch.nn.Module | None = None
+) -> TrainConfig:
+    """The CLI's own fine-tuning configuration of ``model`` (the ``task``'s batch size included, and its epochs where
+    the budget leaves them to the CLI) at the budget's length, with ``overrides``."""
     run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False)
-    return replace(adder_train_config(run, task), log=False, **overrides)
+    return replace(adder_train_config(run, task, model), log=False, **overrides)
 
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
@@ -348,7 +350,7 @@ def fine_tune(
 ) -> tuple:
     """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1
     after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
-    config = fine_tune_config(budget, overrides, task)
+    config = fine_tune_config(budget, overrides, task, student)
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:
@@ -413,7 +415,8 @@ def markdown_table(
     lines = [
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
         f"{budget.cnn_batch_size}, adder batch {fine_tune_config(budget, overrides).batch_size}; "
-        f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder {budget.epochs} epoch(s) of {steps}; "
+        f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder "
+        f"{budget.epochs or 'the CLI default'} epoch(s) of {steps}; "
         f"{tests} test images. "
         + (
             "No fine-tuning step. "

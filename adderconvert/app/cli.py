@@ -24,6 +24,7 @@ from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 from adderconvert.train import TrainConfig
 from adderconvert.train.dense import SEGMENTATION
+from adderconvert.train.loop import CLASSIFICATION
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
 # loading onnx, onnxscript, matplotlib and the training stack (start-up time).
@@ -205,7 +206,13 @@ def _interrupt_on_sigterm():
     default=None,
     help=f"Fine-tune the adder model [{_switch('finetune', 'finetune', 'no-finetune')}].",
 )
-@click.option("--epochs", type=int, default=None, help=f"Fine-tuning epochs [{RunConfig.epochs}].")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help=f"Fine-tuning epochs [{TrainConfig.epochs}; classifiers with depthwise convs "
+    f"{CLASSIFICATION.depthwise_epochs}].",
+)
 @click.option(
     "--batch-size",
     type=int,

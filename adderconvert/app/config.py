@@ -37,7 +37,7 @@ class RunConfig:
     pretrain_epochs: int | None = None  # None: 1 when the classifier had to be resized, else 0
     pretrain_lr: float = 0.05
     finetune: bool = True
-    epochs: int = TrainConfig.epochs
+    epochs: int | None = None  # None: the model's default (pipeline.epochs_of), resolved by the run
     batch_size: int | None = None  # None: the model's task's (Task.batch_size), resolved by the run
     lr: float = TrainConfig.lr  # the fine-tuning recipe's defaults are TrainConfig's
     eta: float = TrainConfig.eta
@@ -105,7 +105,7 @@ _RULES: dict[str, _Rule] = {
     "pretrain_epochs": _Rule(int, optional=True, low=0),
     "pretrain_lr": _Rule(float, low=0, low_open=True),
     "finetune": _Rule(bool),
-    "epochs": _Rule(int, low=1),
+    "epochs": _Rule(int, optional=True, low=1),
     "batch_size": _Rule(int, optional=True, low=1),
     "lr": _Rule(float, low=0, low_open=True),
     "eta": _Rule(float, low=0, low_open=True),

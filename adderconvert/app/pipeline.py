@@ -54,6 +54,7 @@ from adderconvert.conversion import (
     plan_conversion,
     run_conversion,
 )
+from adderconvert.conversion.plan import is_depthwise
 from adderconvert.data import DatasetSplits
 from adderconvert.deploy.export import export_onnx
 from adderconvert.metrics import METRIC_NAMES
@@ -73,6 +74,7 @@ __all__ = [
     "RunInputError",
     "adder_train_config",
     "batch_size_of",
+    "epochs_of",
     "draw_calibration_images",
     "checkpoint_meta",
     "convert_trained",
@@ -171,6 +173,7 @@ class _Prepared:
     out: Path
     device: str
     task: Task  # what training and evaluation take from the model's task
+    epochs_note: str = ""  # why the fine-tuning has the epochs it has, where that is not plain
 
 
 def _check_folder(config: RunConfig, out: Path) -> None:
@@ -215,7 +218,11 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     device = resolve_device(config.device)
     splits, teacher, head_fits = _data_and_model(config, fetch=True)
     task = training_task(splits.task)
-    config = replace(config, batch_size=batch_size_of(config, task))
+    epochs = epochs_of(config, task, teacher)
+    epochs_note = ""
+    if config.epochs is None and epochs != TrainConfig.epochs:
+        epochs_note = f" (the default for a network with depthwise convs: {config.model}; --epochs sets it)"
+    config = replace(config, batch_size=batch_size_of(config, task), epochs=epochs)
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
         try:
@@ -243,13 +250,23 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path, adders=stage == "adder")
-    return config, _Prepared(splits, teacher, report, pretrain, out, device, task)
+    return config, _Prepared(splits, teacher, report, pretrain, out, device, task, epochs_note)
 
 
 def batch_size_of(config: RunConfig, task: Task) -> int:
     """The run's global batch: ``--batch-size``, or the default of its model's ``task`` (``Task.batch_size``: 128
     for classifiers, 16 for segmentation and detection models)."""
     return task.batch_size if config.batch_size is None else config.batch_size
+
+
+def epochs_of(config: RunConfig, task: Task, model: nn.Module | None = None) -> int:
+    """The run's fine-tuning epochs: ``--epochs``, or for a ``model`` with depthwise convs its ``task``'s
+    ``depthwise_epochs`` (2 for classifiers), else ``TrainConfig.epochs`` (1)."""
+    if config.epochs is not None:
+        return config.epochs
+    if model is not None and any(isinstance(m, nn.Conv2d) and is_depthwise(m) for m in model.modules()):
+        return task.depthwise_epochs
+    return TrainConfig.epochs
 
 
 def _common(config: RunConfig, task: Task) -> dict:
@@ -269,11 +286,11 @@ def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config, task))
 
 
-def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION) -> TrainConfig:
-    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` (benchmarks/recipes.py
-    uses it too)."""
+def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION, model: nn.Module | None = None) -> TrainConfig:
+    """How the main job fine-tunes the adder model of ``config``'s run, ``model`` of ``task`` (benchmarks/recipes.py
+    uses it too; its epochs: :func:`epochs_of`)."""
     return TrainConfig(
-        epochs=config.epochs,
+        epochs=epochs_of(config, task, model),
         lr=config.lr,
         adder_lr_scale=task.adder_lr_scale,
         eta=config.eta,
@@ -399,6 +416,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
 
     adder_history = []
     if config.finetune:
+        _log(f"adder: fine-tuning {config.epochs} epoch(s){prepared.epochs_note}", main)
         resume = out / "last.pt" if config.resume and (out / "last.pt").is_file() else None
         adder_history = fit(
             student,

@@ -37,6 +37,7 @@ __all__ = [
     "ConversionReport",
     "LayerDecision",
     "conv_macs_at",
+    "is_depthwise",
     "is_image_list",
     "norms_after_adders",
     "plan_conversion",
@@ -403,8 +404,13 @@ def _squeeze_excitation_convs(order) -> set[str]:
     return {name for name, module, *_, extra in order if isinstance(module, nn.Conv2d) and extra.get("pooled")}
 
 
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` is depthwise: one input channel per filter (groups equal to its input channels)."""
+    return conv.groups > 1 and conv.groups == conv.in_channels
+
+
 def _kind(conv: nn.Conv2d, name: str, squeeze_excitation: set[str]) -> str | None:
-    if conv.groups > 1 and conv.groups == conv.in_channels:
+    if is_depthwise(conv):
         return "depthwise"
     return "squeeze_excitation" if name in squeeze_excitation else None
 

@@ -56,9 +56,10 @@ def test_not_a_mapping():
 
 def test_one_value_per_default():
     """The main job's options that are TrainConfig's take TrainConfig's defaults: the recipe is written once (the
-    batch size is the model's task's: test_the_batch_size_is_the_tasks_unless_given)."""
-    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(TrainConfig)} - {"batch_size"}
-    assert {"epochs", "lr", "eta", "warmup_steps", "kd", "feature_kd", "seed"} <= shared
+    batch size and the epochs are the model's: test_the_batch_size_is_the_tasks_unless_given,
+    test_networks_with_depthwise_convs_fine_tune_longer)."""
+    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(TrainConfig)} - {"batch_size", "epochs"}
+    assert {"lr", "eta", "warmup_steps", "kd", "feature_kd", "seed"} <= shared
     for name in shared:
         assert getattr(RunConfig, name) == getattr(TrainConfig, name), name
 
@@ -69,8 +70,9 @@ def test_cli_help_reads_the_defaults():
     from adderconvert.app.cli import main
 
     text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
-    for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta), ("--epochs", RunConfig.epochs)):
+    for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
+    assert "[1; classifiers with depthwise convs 2]" in text.split("--epochs", 1)[1].split("--", 1)[0]
 
 
 def test_another_init_runs_without_reconstruction_and_says_so():
@@ -98,3 +100,23 @@ def test_the_batch_size_is_the_tasks_unless_given():
 def test_keep_none_converts_every_kind():
     assert validate_config({"keep": "none"}).keep == []
     assert validate_config({}).keep == ["depthwise", "squeeze_excitation"]
+
+
+def test_networks_with_depthwise_convs_fine_tune_longer():
+    """A classifier with depthwise convs fine-tunes CLASSIFICATION.depthwise_epochs (2) by default, any other model
+    TrainConfig's 1; dense models keep 1 (their budget); --epochs wins."""
+    from torchvision.models import mobilenet_v3_small, regnet_y_400mf, resnet18
+
+    from adderconvert.app.pipeline import adder_train_config, epochs_of
+    from adderconvert.train.dense import DETECTION, SEGMENTATION
+    from adderconvert.train.loop import CLASSIFICATION
+
+    assert validate_config({}).epochs is RunConfig.epochs is None and TrainConfig.epochs == 1
+    mobile, grouped, plain = mobilenet_v3_small(), regnet_y_400mf(), resnet18()  # grouped: not depthwise
+    assert epochs_of(RunConfig(), CLASSIFICATION, mobile) == CLASSIFICATION.depthwise_epochs == 2
+    assert epochs_of(RunConfig(), CLASSIFICATION, grouped) == epochs_of(RunConfig(), CLASSIFICATION, plain) == 1
+    assert epochs_of(RunConfig(), CLASSIFICATION) == 1  # no model to look at
+    for task in (SEGMENTATION, DETECTION):
+        assert epochs_of(RunConfig(), task, mobile) == 1
+    assert epochs_of(RunConfig(epochs=3), CLASSIFICATION, mobile) == epochs_of(RunConfig(epochs=3), CLASSIFICATION) == 3
+    assert adder_train_config(RunConfig(), CLASSIFICATION, mobile).epochs == 2

@@ -1,5 +1,7 @@
 """The main job's conversion steps."""
 
+from dataclasses import replace
+
 import torch
 import torchvision
 
@@ -50,8 +52,11 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
     )  # fmt: skip
     dry, note = plan_only(config)
     assert note is None  # the run trains no teacher: its head fits
-    prepared = _prepare(config, world_size=1)
+    resolved, prepared = _prepare(config, world_size=1)
     assert prepared.pretrain_epochs == 0
+    # A network with depthwise convs fine-tunes two epochs unless told, and the run says why.
+    assert config.epochs is None and resolved.epochs == 2 and "depthwise convs" in prepared.epochs_note
+    assert _prepare(replace(config, epochs=1), world_size=1)[0].epochs == 1
     splits = load_dataset("fashion-mnist", str(data), 32)
     run = convert_trained(prepared.teacher, splits, config, DistributedContext(), log=False).report
     assert [(d.name, d.convert, d.rule) for d in dry.layers] == [(d.name, d.convert, d.rule) for d in run.layers]

@@ -31,6 +31,12 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     assert dataclasses.replace(config, progress=True, log=True) == main_job
     assert config.batch_size == TrainConfig.batch_size and config.lr == TrainConfig.lr
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
+    # The CLI's epochs where the budget leaves them: two for a network with depthwise convs.
+    from torchvision.models import mobilenet_v3_small
+
+    assert budget.epochs is None and config.epochs == 1
+    assert recipes.fine_tune_config(budget, {}, model=mobilenet_v3_small()).epochs == 2
+    assert recipes.fine_tune_config(dataclasses.replace(budget, epochs=1), {}, model=mobilenet_v3_small()).epochs == 1
     dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
     assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
     assert dense.adder_lr_scale == SEGMENTATION.adder_lr_scale > config.adder_lr_scale == TrainConfig.adder_lr_scale
