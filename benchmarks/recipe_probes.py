@@ -132,6 +132,9 @@ def move_to_channel_edges(model: torch.nn.Module, images: torch.Tensor, margin: 
         h.remove()
     norms, modules, moved = norms_after_adders(model, images[:2]), dict(model.named_modules()), 0
     for name, layer in adders.items():
+        norm = modules.get(norms.get(name, ""))
+        if norm is None or not hasattr(norm, "running_mean"):
+            raise ValueError(f"{name}: no BatchNorm after it to take the change of constant")
         if name not in lows:
             continue
         low, high = lows[name].clamp(max=0), highs[name].clamp(min=0)
@@ -146,9 +149,6 @@ def move_to_channel_edges(model: torch.nn.Module, images: torch.Tensor, margin: 
         # Saturated taps compute sign(w) x - |w|: the output rises by the sum of |w| given up.
         rise = (weight.abs() - new.abs()).flatten(1).sum(1)
         weight.copy_(new)
-        norm = modules.get(norms.get(name, ""))
-        if norm is None or not hasattr(norm, "running_mean"):
-            raise ValueError(f"{name}: no BatchNorm after it to take the change of constant")
         norm.running_mean.add_(rise)
     return moved
 
@@ -159,7 +159,7 @@ def channel_edges() -> None:
 
     def convert_student(name, teacher, splits, test_set, ctx, conversion, *args, **kwargs):
         student, report, row = convert(name, teacher, splits, test_set, ctx, conversion, *args, **kwargs)
-        images = draw_calibration_images(splits, RunConfig.seed, PLAN_IMAGES)
+        images = draw_calibration_images(splits, RunConfig.seed, PLAN_IMAGES).to(ctx.device)
         moved = move_to_channel_edges(student, images)
         before = row["zero_step_top1"]
         row["zero_step_top1"] = recipes.CLASSIFICATION.evaluate(student, test_set, device=ctx.device)["top1"]

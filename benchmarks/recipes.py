@@ -350,7 +350,7 @@ def fine_tune(
 ) -> tuple:
     """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1
     after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
-    config = fine_tune_config(budget, overrides, task, student)
+    config = fine_tune_config(budget, overrides, task, teacher)  # the CLI decides the epochs on the CNN
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:
@@ -416,7 +416,7 @@ def markdown_table(
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
         f"{budget.cnn_batch_size}, adder batch {fine_tune_config(budget, overrides).batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder "
-        f"{budget.epochs or 'the CLI default'} epoch(s) of {steps}; "
+        f"{budget.epochs or 'the CLI default number of (1; 2 with depthwise convs)'} epoch(s) of {steps}; "
         f"{tests} test images. "
         + (
             "No fine-tuning step. "
@@ -493,7 +493,9 @@ def main() -> None:
         help="print the share of conv MACs the conversion's plan converts, at the budget's size and at 224 px",
     )
     parser.add_argument("--steps", type=int, default=None, help="adder fine-tuning steps (default: the budget's)")
-    parser.add_argument("--epochs", type=int, default=None, help="adder fine-tuning epochs (default: the budget's)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="adder fine-tuning epochs (default: the CLI's, 2 with depthwise convs)"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")

@@ -24,7 +24,7 @@ from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_CALIBRATION_BATCHES, DEFAULT_METHOD, METHODS
 from adderconvert.train import TrainConfig
 
-__all__ = ["ConfigError", "RunConfig", "validate_config"]
+__all__ = ["RESOLVED_BY_RUN", "ConfigError", "RunConfig", "validate_config"]
 
 
 @dataclass
@@ -94,6 +94,10 @@ class _Rule:
     pattern: str | None = None
     hint: str = ""
 
+
+# Options whose None the run resolves from the model (pipeline.epochs_of, batch_size_of) and writes to config.yaml
+# as the value it used.
+RESOLVED_BY_RUN = ("epochs", "batch_size")
 
 _DEVICE = r"auto|cpu|cuda(:\d+)?"
 _RULES: dict[str, _Rule] = {

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from adderconvert.app.config import ConfigError, RunConfig, validate_config
+from adderconvert.app.config import RESOLVED_BY_RUN, ConfigError, RunConfig, validate_config
 from adderconvert.checkpoint import CheckpointError, CheckpointMeta, check_compatible, read_meta
 
 __all__ = [
@@ -186,10 +186,15 @@ def resume_command(config: RunConfig) -> str | None:
     (no folder, or the run it replaced with ``--overwrite`` put back: another run's config.yaml)."""
     folder = Path(config.output)
     try:
-        ours = (folder / "config.yaml").read_text() == replace(config, resume=False, overwrite=False).to_yaml()
-    except OSError:
+        text = (folder / "config.yaml").read_text()
+        saved = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError):
         return None
-    if not ours:
+    # What config left to the run (None) the run wrote as the value it used.
+    resolved = (
+        {k: saved.get(k) for k in RESOLVED_BY_RUN if getattr(config, k) is None} if isinstance(saved, dict) else {}
+    )
+    if text != replace(config, resume=False, overwrite=False, **resolved).to_yaml():
         return None
     quiet = "" if config.progress else " --quiet"  # a flag of the command line, not an option config.yaml keeps
     return f"adderconvert {config.model} --resume{quiet} --output {shlex.quote(str(folder))}"

@@ -540,7 +540,9 @@ def _diverged_message(problem: str, config: TrainConfig, history: list[EpochReco
         kept = "No epoch finished, so no checkpoint was written."
     else:
         kept = ""
-    hint = f"Try a lower learning rate (--lr {config.lr / 3:.3g}; now {config.lr:.3g})"
+    # The main job's CNN trains at pretrain_lr, which a config file (-c) sets; the adder model at --lr.
+    option = "--lr" if adders else "pretrain_lr in a -c config file:"
+    hint = f"Try a lower learning rate ({option} {config.lr / 3:.3g}; now {config.lr:.3g})"
     if adders and config.eta > 0.2:  # eta scales adder weights' steps only
         hint += f" or a lower adaptive-LR eta (--eta {max(config.eta / 4, 0.2):.3g}; now {config.eta:.3g})"
     return f"{config.desc} training diverged: {problem}. {kept} {hint}.".replace("  ", " ")

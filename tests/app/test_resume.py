@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from adderconvert.app.cli import main
 from adderconvert.app.config import RunConfig
-from adderconvert.app.resume import ResumeError, resumed_options
+from adderconvert.app.resume import ResumeError, resume_command, resumed_options
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
 from tests.app.test_cli import _fake_fashion_mnist, _input_error
 
@@ -250,6 +250,23 @@ def test_interrupt_prints_a_resume_command_that_works(finished, tmp_path, signum
     assert result.exit_code == 0, result.output
     assert "all 1 epoch(s) already done" in result.output  # the CNN's
     assert (out / "teacher" / "last.pt").read_bytes() == teacher and (out / "last.pt").is_file()
+
+
+def test_the_resume_command_finds_a_run_that_resolved_its_epochs_and_batch(tmp_path):
+    """The CLI's config leaves the epochs and the batch to the run, which writes the values it used to config.yaml:
+    the interrupted run is still found as its own (another run's config.yaml is not)."""
+    from dataclasses import replace
+
+    config = RunConfig(model="mobilenet_v3_small", output=str(tmp_path / "run"), progress=False)
+    assert config.epochs is None and config.batch_size is None
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(replace(config, epochs=2, batch_size=128).to_yaml())
+    command = resume_command(config)
+    assert command == f"adderconvert mobilenet_v3_small --resume --quiet --output {tmp_path / 'run'}", command
+    assert resume_command(replace(config, epochs=3)) is None  # given 3, the folder holds a run of 2: not this one
+    assert resume_command(replace(config, lr=0.5)) is None
+    (tmp_path / "run" / "config.yaml").write_text("[unclosed")
+    assert resume_command(config) is None
 
 
 def test_resume_reads_the_cnn_epochs_the_run_trained(tmp_path):

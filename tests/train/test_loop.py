@@ -176,8 +176,9 @@ def test_divergence_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_pat
     with pytest.raises(TrainingDiverged) as info:
         fit(model, tiny_data(), tiny_data(16, seed=2), config, output=tmp_path, meta=META)
     message = str(info.value)
-    assert "diverged" in message and "--lr" in message and "epoch 2" in message
-    assert ("--eta" in message) == adders  # eta scales adder weights' steps: no advice about it for a CNN
+    assert "diverged" in message and "epoch 2" in message
+    # eta scales adder weights' steps: no advice about it for a CNN, whose lr is the main job's pretrain_lr
+    assert ("--eta" in message) == ("--lr" in message) == adders and ("pretrain_lr" in message) != adders
     assert f"last good checkpoint is kept: {tmp_path / 'last.pt'} (epoch 1)" in message
     kept = load_checkpoint(tmp_path / "last.pt")
     assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
