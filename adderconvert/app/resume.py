@@ -145,6 +145,12 @@ def _effective(folder: Path, saved: dict[str, Any], key: str, ran: Any) -> Any:
         if meta is not None:
             return default_pretrain_epochs(_normal("weights", saved.get("weights")), meta.num_classes)
         return _summary_value(folder, "pretrain_epochs")
+    if key in RESOLVED_BY_RUN:  # a config.yaml written by hand: what the checkpoints trained with
+        paths = [folder / "last.pt", *([folder / "teacher" / "last.pt"] if key == "batch_size" else [])]
+        for path in paths:
+            value = (read_meta(path).recipe or {}).get(key) if path.is_file() else None
+            if isinstance(value, int):
+                return value
     return None
 
 

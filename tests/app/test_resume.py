@@ -269,6 +269,20 @@ def test_the_resume_command_finds_a_run_that_resolved_its_epochs_and_batch(tmp_p
     assert resume_command(config) is None
 
 
+def test_resume_reads_the_epochs_and_batch_a_hand_written_config_left_unset(tmp_path):
+    """config.yaml with ``epochs: null`` (the run writes what it resolved; a user may not): the adder checkpoint's
+    recipe says what the run trained with, and a flag is compared with that."""
+    folder = _unset_run(tmp_path / "run", None, None)
+    recipe = {"epochs": 2, "batch_size": 64}
+    meta = CheckpointMeta(model_name="resnet18", num_classes=10, stage="adder", image_size=28, recipe=recipe)
+    save_checkpoint(folder / "last.pt", {"meta": meta, "model": {}})
+    assert resumed_options(folder, "resnet18", {"epochs": 2, "batch_size": 64})["epochs"] == 2
+    with pytest.raises(ResumeError, match="--epochs 2 -> 3"):
+        resumed_options(folder, "resnet18", {"epochs": 3})
+    with pytest.raises(ResumeError, match="--batch-size 64 -> 128"):
+        resumed_options(folder, "resnet18", {"batch_size": 128})
+
+
 def test_resume_reads_the_cnn_epochs_the_run_trained(tmp_path):
     """The CNN's epochs a run left unset came to what its teacher checkpoint records; a run with an adder checkpoint
     and no teacher one trained none (its --weights file's head fitted)."""
