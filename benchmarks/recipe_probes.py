@@ -41,9 +41,10 @@ import adderconvert.conversion.recipe as conversion_recipe  # noqa: E402
 import adderconvert.train.loop as loop  # noqa: E402
 from adderconvert.app.pipeline import RunConfig, convert_trained, draw_calibration_images  # noqa: E402
 from adderconvert.checkpoint import load_checkpoint  # noqa: E402
-from adderconvert.conversion import PLAN_IMAGES, SIGN_MARGIN, SIGN_MIN_GAP, norms_after_adders  # noqa: E402
+from adderconvert.conversion import PLAN_IMAGES, SIGN_MARGIN, SIGN_MIN_GAP, norms_after_adders, run_hooked  # noqa: E402
 from adderconvert.data import load_dataset  # noqa: E402
 from adderconvert.nn import AdderConv2d, scale_adder_gradients_  # noqa: E402
+from adderconvert.train.diagnostics import _per_weight  # noqa: E402 (the per-tap layout of a weight)
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
 
 
@@ -124,12 +125,7 @@ def move_to_channel_edges(model: torch.nn.Module, images: torch.Tensor, margin: 
         return hook
 
     adders = {n: m for n, m in model.named_modules() if isinstance(m, AdderConv2d)}
-    hooks = [m.register_forward_pre_hook(observe(n)) for n, m in adders.items()]
-    model.eval()
-    for batch in images.split(128):
-        model(batch)
-    for h in hooks:
-        h.remove()
+    run_hooked(model, images.split(128), [m.register_forward_pre_hook(observe(n)) for n, m in adders.items()])
     norms, modules, moved = norms_after_adders(model, images[:2]), dict(model.named_modules()), 0
     for name, layer in adders.items():
         norm = modules.get(norms.get(name, ""))
@@ -139,10 +135,8 @@ def move_to_channel_edges(model: torch.nn.Module, images: torch.Tensor, margin: 
             continue
         low, high = lows[name].clamp(max=0), highs[name].clamp(min=0)
         gap = torch.clamp(margin * (high - low), min=SIGN_MIN_GAP)
-        per_group = layer.in_channels // layer.groups
-        group_of_output = torch.arange(layer.out_channels) // (layer.out_channels // layer.groups)
-        channel = group_of_output[:, None] * per_group + torch.arange(per_group)[None, :]  # (out, in per group)
-        lower, upper = (low - gap)[channel][..., None, None], (high + gap)[channel][..., None, None]
+        taps = layer.kernel_size[0] * layer.kernel_size[1]  # per channel -> per tap, laid out like the weight
+        lower, upper = _per_weight(layer, (low - gap).repeat_interleave(taps), (high + gap).repeat_interleave(taps))
         weight = layer.weight
         new = torch.where(weight > upper, upper, torch.where(weight < lower, lower, weight))
         moved += int((new != weight).sum())
