@@ -16,6 +16,11 @@ how far fine-tuning moved each adder layer's weights.
       (that channel's range on the planning images, beyond it by the sign init's margin and gap): the same
       binary-weight function (the norm after the layer takes the change of constant), with each weight as near
       its inputs as the init allows, so that fine-tuning can move it into their range;
+  python benchmarks/recipe_probes.py equalize [--power 1.0] RECIPES_ARGS...
+      before the conversion, a copy of the CNN rescaled without changing its function: every input channel of a conv
+      that reads BatchNorm -> (ReLU) -> conv alone is scaled by its columns' mean magnitude (to the power --power),
+      the BatchNorm's scale and shift taking the inverse, so that the binary weights' per-row scale times it is a
+      rank-1 magnitude of the CNN's weights;
   python benchmarks/recipe_probes.py displacement MODEL FOLDER
       per adder layer of FOLDER/MODEL.pt (a recipes.py output), the spread of its weights at zero steps
       (MODEL_cnn.pt converted again as the main job converts) and the RMS and relative size of what fine-tuning
@@ -28,6 +33,7 @@ RECIPES_ARGS are benchmarks/recipes.py's (e.g. --budget cpu --threads 1 --teache
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -165,6 +171,81 @@ def channel_edges() -> None:
     recipes.convert_student = convert_student
 
 
+def _consumers(roots) -> dict:
+    """How many edges of the autograd graph under ``roots`` lead into each node."""
+    count, seen, stack = {}, set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                count[child] = count.get(child, 0) + 1
+                stack.append(child)
+    return count
+
+
+@torch.no_grad()
+def equalize_columns(model: torch.nn.Module, example: torch.Tensor, power: float = 1.0) -> list[str]:
+    """Rescale, in place and without changing the function, every conv of ``model`` whose input is a BatchNorm's
+    output (through a ReLU) read by nothing else: input channel c of the conv is multiplied by s_c (its weights
+    divided), the BatchNorm's scale and shift by s_c, with s_c the mean magnitude of the conv's weights reading
+    channel c to the power ``power`` (geometric mean 1). Returns the convs rescaled."""
+    norms, inputs = {}, {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            hooks.append(module.register_forward_hook(lambda m, i, o: norms.__setitem__(o.grad_fn, m)))
+        elif isinstance(module, torch.nn.Conv2d):
+            hooks.append(module.register_forward_pre_hook(lambda m, i, n=name: inputs.__setitem__(n, i[0].grad_fn)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(example.clone().requires_grad_())
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    count = _consumers([out.grad_fn])
+    done = []
+    for name, node in inputs.items():
+        if node is None or count.get(node, 0) != 1:
+            continue
+        if type(node).__name__.startswith("ReluBackward"):
+            node = node.next_functions[0][0]
+            if count.get(node, 0) != 1:
+                continue
+        norm = norms.get(node)
+        conv = model.get_submodule(name)
+        if norm is None or norm.num_features != conv.in_channels or conv.padding_mode != "zeros":
+            continue
+        groups, cin = conv.groups, conv.in_channels // conv.groups
+        w = conv.weight.view(groups, conv.out_channels // groups, cin, -1)  # (G, O/G, cin, kk)
+        magnitude = w.abs().mean((1, 3)).reshape(-1).clamp_min(1e-12) ** power  # per input channel
+        scale = magnitude / magnitude.log().mean().exp()
+        norm.weight.mul_(scale)
+        norm.bias.mul_(scale)
+        w.div_(scale.view(groups, 1, cin, 1))
+        done.append(name)
+    return done
+
+
+def equalize(power: float) -> None:
+    """Patch recipes.py's conversion for the ``equalize`` probe: the conversion reads an equalized copy of the CNN."""
+    convert = recipes.convert_student
+
+    def convert_student(name, teacher, *args, **kwargs):
+        equalized = copy.deepcopy(teacher)
+        example = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        done = equalize_columns(equalized, example.to(next(teacher.parameters()).device), power)
+        print(f"equalized {len(done)} convs: {done}", flush=True)
+        return convert(name, equalized, *args, **kwargs)
+
+    recipes.convert_student = convert_student
+
+
 def displacement(name: str, folder: Path) -> None:
     """Print, per adder layer, how far fine-tuning moved its weights against their zero-step spread."""
     splits = load_dataset("fashion-mnist", image_size=32)
@@ -187,9 +268,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "probe",
-        choices=("step-scale", "no-stochastic-depth", "fit-images", "channel-edges", "displacement"),
+        choices=("step-scale", "no-stochastic-depth", "fit-images", "channel-edges", "equalize", "displacement"),
     )
     parser.add_argument("--width-ref", type=float, default=48.0, help="step-scale: the input span of factor 1")
+    parser.add_argument("--power", type=float, default=1.0, help="equalize: the power of the columns' magnitude")
     parser.add_argument("--images", type=int, default=1024, help="fit-images: calibration images the fit reads")
     args, rest = parser.parse_known_args()
     torch.set_num_threads(1)
@@ -204,6 +286,8 @@ def main() -> None:
         fit_images(args.images)
     elif args.probe == "channel-edges":
         channel_edges()
+    elif args.probe == "equalize":
+        equalize(args.power)
     else:
         no_stochastic_depth()
     sys.argv = [sys.argv[0], *rest]
