@@ -96,3 +96,35 @@ def test_channel_edges_keep_the_function_and_bring_each_weight_near_its_own_chan
         gap = max(probes.SIGN_MARGIN * (high - low), probes.SIGN_MIN_GAP)
         assert low - gap - 1e-4 <= float(first[:, c].min()) and float(first[:, c].max()) <= high + gap + 1e-4
     assert float(first[:, 2].abs().max()) < float(first[:, 1].abs().max()) <= spans[0]  # the narrow channel nearer 0
+
+
+class _Residual(nn.Module):
+    """conv -> BN -> ReLU -> grouped conv, and a BN whose output a residual sum also reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.bn_b, self.c = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.bn_a(self.a(x))))
+        z = self.bn_b(y)
+        return self.c(z + y)
+
+
+def test_equalize_rescales_only_convs_a_batchnorm_feeds_alone_and_keeps_the_function():
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    for norm in (model.bn_a, model.bn_b):
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.normal_()
+    x = torch.randn(3, 4, 8, 8)
+    before = model(x)
+    weight = model.b.weight.detach().clone()
+    assert probes.equalize_columns(model, x) == ["b"]  # c reads z + y: bn_b's output is not its alone
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    magnitude = model.b.weight.detach().abs().view(2, 4, 4, 9).mean((1, 3))  # per input channel, per group
+    assert torch.allclose(magnitude / magnitude.mean(1, keepdim=True), torch.ones(2, 4), atol=1e-5)
+    assert not torch.equal(model.b.weight, weight)
