@@ -74,7 +74,7 @@ TEACHER_LR = {"vgg11_bn": 0.01, "resnet18": 0.02}
 class Budget:
     """How much each model gets: image size, the CNN's batch, epochs and steps per epoch (None: whole epochs) of
     the CNN and of the adder fine-tuning (whose batch is the main job's, and epochs too where None: 2 for networks
-    with depthwise convs, else 1), test images (None: all 10,000) and the gap the recipe must meet."""
+    with grouped or depthwise convs, else 1), test images (None: all 10,000) and the gap the recipe must meet."""
 
     image_size: int
     cnn_batch_size: int
@@ -416,7 +416,7 @@ def markdown_table(
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
         f"{budget.cnn_batch_size}, adder batch {fine_tune_config(budget, overrides).batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder "
-        f"{budget.epochs or 'the CLI default number of (1; 2 with depthwise convs)'} epoch(s) of {steps}; "
+        f"{budget.epochs or 'the CLI default number of (1; 2 with grouped or depthwise convs)'} epoch(s) of {steps}; "
         f"{tests} test images. "
         + (
             "No fine-tuning step. "
@@ -494,7 +494,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="adder fine-tuning steps (default: the budget's)")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="adder fine-tuning epochs (default: the CLI's, 2 with depthwise convs)"
+        "--epochs", type=int, default=None, help="adder fine-tuning epochs (default: the CLI's, 2 with grouped or depthwise convs)"
     )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

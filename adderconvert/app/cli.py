@@ -210,8 +210,8 @@ def _interrupt_on_sigterm():
     "--epochs",
     type=int,
     default=None,
-    help=f"Fine-tuning epochs [{TrainConfig.epochs}; classifiers with depthwise convs "
-    f"{CLASSIFICATION.depthwise_epochs}].",
+    help=f"Fine-tuning epochs [{TrainConfig.epochs}; classifiers with grouped or depthwise convs "
+    f"{CLASSIFICATION.grouped_epochs}].",
 )
 @click.option(
     "--batch-size",

@@ -54,7 +54,6 @@ from adderconvert.conversion import (
     plan_conversion,
     run_conversion,
 )
-from adderconvert.conversion.plan import is_depthwise
 from adderconvert.data import DatasetSplits
 from adderconvert.deploy.export import export_onnx
 from adderconvert.metrics import METRIC_NAMES
@@ -221,7 +220,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     epochs = epochs_of(config, task, teacher)
     epochs_note = ""
     if config.epochs is None and epochs != TrainConfig.epochs:
-        epochs_note = f" (the default for a network with depthwise convs: {config.model}; --epochs sets it)"
+        epochs_note = f" (the default for a network with grouped or depthwise convs: {config.model}; --epochs sets it)"
     config = replace(config, batch_size=batch_size_of(config, task), epochs=epochs)
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
@@ -260,12 +259,12 @@ def batch_size_of(config: RunConfig, task: Task) -> int:
 
 
 def epochs_of(config: RunConfig, task: Task, model: nn.Module | None = None) -> int:
-    """The run's fine-tuning epochs: ``--epochs``, or for a ``model`` with depthwise convs its ``task``'s
-    ``depthwise_epochs`` (2 for classifiers), else ``TrainConfig.epochs`` (1)."""
+    """The run's fine-tuning epochs: ``--epochs``, or for a ``model`` with grouped convs (depthwise ones included)
+    its ``task``'s ``grouped_epochs`` (2 for classifiers), else ``TrainConfig.epochs`` (1)."""
     if config.epochs is not None:
         return config.epochs
-    if model is not None and any(isinstance(m, nn.Conv2d) and is_depthwise(m) for m in model.modules()):
-        return task.depthwise_epochs
+    if model is not None and any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
+        return task.grouped_epochs
     return TrainConfig.epochs
 
 

@@ -111,7 +111,7 @@ class _DenseTask(Task):
     # model far from its CNN. lraspp_mobilenet_v3_large at 64 px, one epoch on the cpu budget's 5,000 scenes (CNN
     # 48.86% mIoU): batch 128 (39 steps) 41.64%, 32 44.59%, 16 46.27%, 8 46.50% (docs/results/dense_cpu.md).
     batch_size = 16
-    depthwise_epochs = TrainConfig.epochs  # issue 35's budget is one epoch; two are not measured on dense models
+    grouped_epochs = TrainConfig.epochs  # issue 35's budget is one epoch; two are not measured on dense models
 
     def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
         return BackboneDistillation(model, teacher)

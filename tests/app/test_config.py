@@ -72,7 +72,7 @@ def test_cli_help_reads_the_defaults():
     text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
     for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
-    assert "[1; classifiers with depthwise convs 2]" in text.split("--epochs", 1)[1].split("--", 1)[0]
+    assert "[1; classifiers with grouped or depthwise convs 2]" in text.split("--epochs", 1)[1].split("--", 1)[0]
 
 
 def test_another_init_runs_without_reconstruction_and_says_so():
@@ -102,9 +102,9 @@ def test_keep_none_converts_every_kind():
     assert validate_config({}).keep == ["depthwise", "squeeze_excitation"]
 
 
-def test_networks_with_depthwise_convs_fine_tune_longer():
-    """A classifier with depthwise convs fine-tunes CLASSIFICATION.depthwise_epochs (2) by default, any other model
-    TrainConfig's 1; dense models keep 1 (their budget); --epochs wins."""
+def test_networks_with_grouped_convs_fine_tune_longer():
+    """A classifier with grouped convs (depthwise ones included) fine-tunes CLASSIFICATION.grouped_epochs (2) by
+    default, any other model TrainConfig's 1; dense models keep 1 (their budget); --epochs wins."""
     from torchvision.models import mobilenet_v3_small, regnet_y_400mf, resnet18
 
     from adderconvert.app.pipeline import adder_train_config, epochs_of
@@ -113,8 +113,9 @@ def test_networks_with_depthwise_convs_fine_tune_longer():
 
     assert validate_config({}).epochs is RunConfig.epochs is None and TrainConfig.epochs == 1
     mobile, grouped, plain = mobilenet_v3_small(), regnet_y_400mf(), resnet18()  # grouped: not depthwise
-    assert epochs_of(RunConfig(), CLASSIFICATION, mobile) == CLASSIFICATION.depthwise_epochs == 2
-    assert epochs_of(RunConfig(), CLASSIFICATION, grouped) == epochs_of(RunConfig(), CLASSIFICATION, plain) == 1
+    assert epochs_of(RunConfig(), CLASSIFICATION, mobile) == CLASSIFICATION.grouped_epochs == 2
+    assert epochs_of(RunConfig(), CLASSIFICATION, grouped) == 2
+    assert epochs_of(RunConfig(), CLASSIFICATION, plain) == 1
     assert epochs_of(RunConfig(), CLASSIFICATION) == 1  # no model to look at
     for task in (SEGMENTATION, DETECTION):
         assert epochs_of(RunConfig(), task, mobile) == 1

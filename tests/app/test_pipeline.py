@@ -55,7 +55,7 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
     resolved, prepared = _prepare(config, world_size=1)
     assert prepared.pretrain_epochs == 0
     # A network with depthwise convs fine-tunes two epochs unless told, and the run says why.
-    assert config.epochs is None and resolved.epochs == 2 and "depthwise convs" in prepared.epochs_note
+    assert config.epochs is None and resolved.epochs == 2 and "grouped or depthwise convs" in prepared.epochs_note
     assert "epochs: 2\n" in resolved.to_yaml()  # what the run writes to config.yaml
     assert _prepare(replace(config, epochs=1), world_size=1)[0].epochs == 1
     splits = load_dataset("fashion-mnist", str(data), 32)

@@ -31,7 +31,7 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     assert dataclasses.replace(config, progress=True, log=True) == main_job
     assert config.batch_size == TrainConfig.batch_size and config.lr == TrainConfig.lr
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
-    # The CLI's epochs where the budget leaves them: two for a network with depthwise convs.
+    # The CLI's epochs where the budget leaves them: two for a network with grouped or depthwise convs.
     from torchvision.models import mobilenet_v3_small
 
     assert budget.epochs is None and config.epochs == 1
