@@ -494,7 +494,10 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="adder fine-tuning steps (default: the budget's)")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="adder fine-tuning epochs (default: the CLI's, 2 with grouped or depthwise convs)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="adder fine-tuning epochs (default: the CLI's, 2 with grouped or depthwise convs)",
     )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
