@@ -34,7 +34,7 @@ none above 0.3).
 
 Usage: python benchmarks/dense.py --budget cpu [--models lraspp_mobilenet_v3_large ssdlite320_mobilenet_v3_large]
        [--teacher-epochs N] [--epochs N] [--steps N (0: zero-step only)] [--image-size 128] [--scenes TRAIN TEST]
-       [--seed 0] [--set KEY=VALUE] [--threads N] [--parity-score 0.3] [--teachers-only]
+       [--seed 0] [--set KEY=VALUE] [--exclude PATTERN ...] [--threads N] [--parity-score 0.3] [--teachers-only]
        [--table docs/results/dense_cpu.md]
 """
 
@@ -200,8 +200,10 @@ def run_model(
     seed: int,
     out: Path,
     parity_score: float = PARITY_SCORE,
+    exclude: list[str] | None = None,
 ) -> dict:
-    """One row of the table (the module's docstring): teacher, conversion, fine-tuning, export and parity."""
+    """One row of the table (the module's docstring): teacher, conversion (the main job's, with the convs ``exclude``
+    matches kept multiplicative too), fine-tuning, export and parity."""
     task = training_task(splits.task)
     metric = task.metric
     started = time.perf_counter()
@@ -221,7 +223,7 @@ def run_model(
     print(f"{name}: CNN {_scores(row, 'cnn')} ({row['cnn_seconds']:.0f}s to train); converting", flush=True)
     size = deployment_size(name, splits.task)
     student, report, zero = recipes.convert_student(
-        name, teacher, splits, splits.test, ctx, {}, task, seed, deployment_size=size
+        name, teacher, splits, splits.test, ctx, {"exclude": exclude or []}, task, seed, deployment_size=size
     )
     row.update(zero, deployment_size=size)
     row["zero_step_share"] = row[f"zero_step_{metric}"] / row[f"cnn_{metric}"] if row[f"cnn_{metric}"] else None
@@ -268,6 +270,7 @@ def markdown_table(
     overrides: dict,
     scenes: dict[str, int],
     parity_score: float = PARITY_SCORE,
+    exclude: list[str] | None = None,
 ) -> str:
     """The rows as a markdown table, with the budget, the recipe and the goals met."""
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
@@ -279,7 +282,8 @@ def markdown_table(
         f"train / {scenes['test']:,} test scenes. CNN from scratch, batch {budget.cnn_batch_size}, lr "
         f"{RunConfig.pretrain_lr} after a linear warm-up over {recipes.CNN_WARMUP:.0%} of its steps. "
         f"Conversion: the main job's (init {RunConfig.init}, reconstruct "
-        f"{RunConfig.reconstruct}, keep {', '.join(RunConfig().keep)}, keep_ceiling {RunConfig.keep_ceiling:g}). "
+        f"{RunConfig.reconstruct}, keep {', '.join(RunConfig().keep)}, keep_ceiling {RunConfig.keep_ceiling:g}"
+        f"{', exclude ' + ' '.join(exclude) if exclude else ''}). "
         f"Adder: {budget.epochs} epoch(s) of {steps} at batch {adder_batches}, {recipe}. Parity: ONNX Runtime "
         f"against PyTorch on the test scenes (pixels with the same argmax; PyTorch's detections above "
         f"{parity_score} found again, IoU >= {PARITY_IOU}, score within {PARITY_SCORE_TOLERANCE:g}).",
@@ -340,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenes", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"), help="scene counts (the budget's)"
     )
+    parser.add_argument(
+        "--exclude",
+        nargs="*",
+        default=[],
+        metavar="PATTERN",
+        help="convs (wildcards on module names, the CLI's --exclude) also kept multiplicative",
+    )
     parser.add_argument("--seed", type=int, default=RunConfig.seed, help="the scenes', the CNN's and the conversion's")
     parser.add_argument(
         "--parity-score",
@@ -388,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             except TrainingDiverged as e:
                 print(f"{name}: the CNN diverged: {e}", flush=True)
             continue
-        row = run_model(name, budget, recipe, data[task], ctx, cache, args.seed, out, args.parity_score)
+        row = run_model(name, budget, recipe, data[task], ctx, cache, args.seed, out, args.parity_score, args.exclude)
         rows.append(row)
         print(
             f"{name}: the CNN diverged: {row['diverged']}"
@@ -410,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "threads": torch.get_num_threads(),
             "overrides": overrides,
+            "exclude": args.exclude,
             "rows": rows,
         }
-        table = markdown_table(rows, args.budget, budget, machine, overrides, scenes, args.parity_score)
+        table = markdown_table(rows, args.budget, budget, machine, overrides, scenes, args.parity_score, args.exclude)
         recipes.write_results(out, payload, table, args.table)
     if rows:
         print("\n" + table)

@@ -275,6 +275,7 @@ def convert_student(
         keep=list(conversion.get("keep", RunConfig().keep)),
         keep_ceiling=conversion.get("keep_ceiling", RunConfig.keep_ceiling),
         keep_mac_budget=conversion.get("keep_mac_budget", RunConfig.keep_mac_budget),
+        exclude=list(conversion.get("exclude", [])),
     )
     converted = convert_trained(
         teacher,

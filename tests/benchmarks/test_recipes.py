@@ -132,3 +132,21 @@ def test_fine_tuning_table_names_the_distillation_settings():
     table = recipes.markdown_table([row], "cpu", recipes.BUDGETS["cpu"], "a CPU", {"kd_temperature": 3.0})
     assert "Recipe: kd_temperature=3.0 (" in table and "kd_temperature 3.0," in table
     assert f"kd_alpha {recipes.TrainConfig().kd_alpha}," in table
+
+
+def test_convert_student_keeps_the_excluded_convs_multiplicative(monkeypatch):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def convert_trained(teacher, splits, config, *args, **kwargs):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(recipes, "convert_trained", convert_trained)
+    with pytest.raises(Stop):
+        recipes.convert_student("m", None, None, None, None, {"exclude": ["head.*"]})
+    with pytest.raises(Stop):
+        recipes.convert_student("m", None, None, None, None, {})
+    assert [config.exclude for config in seen] == [["head.*"], []]
