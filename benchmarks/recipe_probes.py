@@ -32,7 +32,8 @@ how far fine-tuning moved each adder layer's weights.
       changed.
 
 RECIPES_ARGS are benchmarks/recipes.py's (e.g. --budget cpu --threads 1 --teacher-epochs 8 --models efficientnet_b0
---output runs/recipes/probe). Results: docs/results/recipes_cpu_converged.md.
+--output runs/recipes/probe), or with --dense among them benchmarks/dense.py's. Results:
+docs/results/recipes_cpu_converged.md.
 """
 
 from __future__ import annotations
@@ -325,22 +326,17 @@ def add_second_bases(teacher: torch.nn.Module, student: torch.nn.Module, report,
 
 
 def two_bases() -> None:
-    """Patch recipes.py's conversion for the ``two-bases`` probe."""
-    convert = recipes.convert_student
+    """Patch the conversion for the ``two-bases`` probe: the second bases are fitted right after the reconstruction,
+    on its images (so the benchmark's zero-step score is the two-base model's)."""
+    reconstruct = conversion_recipe.reconstruct
 
-    def convert_student(name, teacher, splits, test_set, ctx, conversion, *args, **kwargs):
-        student, report, row = convert(name, teacher, splits, test_set, ctx, conversion, *args, **kwargs)
-        images = draw_calibration_images(splits, RunConfig.seed, PLAN_IMAGES).to(ctx.device)
-        images = conversion_recipe._reconstruction_images(report, images)
-        errors = add_second_bases(teacher, student, report, images)
-        before = row["zero_step_top1"]
-        row["zero_step_top1"] = recipes.CLASSIFICATION.evaluate(student, test_set, device=ctx.device)["top1"]
-        for layer, old, new in errors:
+    def reconstruct_and_add(teacher, student, report, images, *args, **kwargs):
+        result = reconstruct(teacher, student, report, images, *args, **kwargs)
+        for layer, old, new in add_second_bases(teacher, student, report, images):
             print(f"  {layer}: relative error {old:.3f} -> {new:.3f}", flush=True)
-        print(f"two bases: zero steps {before:.2f}% -> {row['zero_step_top1']:.2f}%", flush=True)
-        return student, report, row
+        return result
 
-    recipes.convert_student = convert_student
+    conversion_recipe.reconstruct = reconstruct_and_add
 
 
 def displacement(name: str, folder: Path) -> None:
@@ -397,6 +393,11 @@ def main() -> None:
         two_bases()
     else:
         no_stochastic_depth()
+    if "--dense" in rest:  # benchmarks/dense.py's arguments
+        rest.remove("--dense")
+        import dense  # benchmarks/dense.py, only for this
+
+        sys.exit(dense.main(rest))
     sys.argv = [sys.argv[0], *rest]
     recipes.main()
 
