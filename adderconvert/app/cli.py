@@ -169,6 +169,13 @@ def _interrupt_on_sigterm():
     f"included: the --keep kinds that binary weights fit best are converted beyond it [{RunConfig.keep_ceiling:g}].",
 )
 @click.option(
+    "--bases",
+    type=int,
+    default=None,
+    help=f"Binary bases per adder layer, 1-4: each more adds the additions of one more adder filter per output for a "
+    f"closer fit of the CNN [{CLASSIFICATION.bases}; segmentation and detection {SEGMENTATION.bases}].",
+)
+@click.option(
     "--keep-mac-budget",
     type=float,
     default=None,

@@ -54,6 +54,7 @@ class RunConfig:
     keep: list[str] = field(default_factory=lambda: list(DEFAULT_KEEP))  # kinds of conv kept multiplicative
     keep_ceiling: float = DEFAULT_KEEP_CEILING  # share of the conv MACs (at DEPLOYMENT_SIZE px) kept at most
     keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
+    bases: int | None = None  # binary bases per adder layer; None: the model's task's (Task.bases), resolved by the run
     sync_bn: bool = TrainConfig.sync_bn
     amp: bool = TrainConfig.amp
     export: bool = True
@@ -95,9 +96,9 @@ class _Rule:
     hint: str = ""
 
 
-# Options whose None the run resolves from the model (pipeline.epochs_of, batch_size_of) and writes to config.yaml
-# as the value it used.
-RESOLVED_BY_RUN = ("epochs", "batch_size")
+# Options whose None the run resolves from the model (pipeline.epochs_of, batch_size_of, bases_of) and writes to
+# config.yaml as the value it used.
+RESOLVED_BY_RUN = ("epochs", "batch_size", "bases")
 
 _DEVICE = r"auto|cpu|cuda(:\d+)?"
 _RULES: dict[str, _Rule] = {
@@ -125,6 +126,7 @@ _RULES: dict[str, _Rule] = {
     "keep": _Rule(list, choices=(*KEEP_KINDS, "none")),  # "none": every kind converts
     "keep_ceiling": _Rule(float, low=0, high=1),
     "keep_mac_budget": _Rule(float, low=0, high=1),
+    "bases": _Rule(int, optional=True, low=1, high=4),
     "sync_bn": _Rule(bool),
     "amp": _Rule(bool),
     "export": _Rule(bool),

@@ -72,6 +72,7 @@ __all__ = [
     "RunConfig",
     "RunInputError",
     "adder_train_config",
+    "bases_of",
     "batch_size_of",
     "epochs_of",
     "draw_calibration_images",
@@ -221,7 +222,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     epochs_note = ""
     if config.epochs is None and epochs != TrainConfig.epochs:
         epochs_note = f" (the default for a network with grouped or depthwise convs: {config.model}; --epochs sets it)"
-    config = replace(config, batch_size=batch_size_of(config, task), epochs=epochs)
+    config = replace(config, batch_size=batch_size_of(config, task), epochs=epochs, bases=bases_of(config, task))
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
         try:
@@ -256,6 +257,12 @@ def batch_size_of(config: RunConfig, task: Task) -> int:
     """The run's global batch: ``--batch-size``, or the default of its model's ``task`` (``Task.batch_size``: 128
     for classifiers, 16 for segmentation and detection models)."""
     return task.batch_size if config.batch_size is None else config.batch_size
+
+
+def bases_of(config: RunConfig, task: Task) -> int:
+    """The run's binary bases per adder layer: ``--bases``, or its model's ``task``'s default (``Task.bases``: 1 for
+    classifiers, 2 for segmentation and detection models)."""
+    return task.bases if config.bases is None else config.bases
 
 
 def epochs_of(config: RunConfig, task: Task, model: nn.Module | None = None) -> int:
@@ -513,6 +520,7 @@ def convert_trained(
             **_rules(config),
             sign_margin=sign_margin,
             inside=inside,
+            bases=bases_of(config, training_task(splits.task)),
             log=lambda message: _log(message, log),
         )
 

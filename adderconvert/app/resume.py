@@ -145,6 +145,11 @@ def _effective(folder: Path, saved: dict[str, Any], key: str, ran: Any) -> Any:
         if meta is not None:
             return default_pretrain_epochs(_normal("weights", saved.get("weights")), meta.num_classes)
         return _summary_value(folder, "pretrain_epochs")
+    if key == "bases":  # a config.yaml written by hand: the adder model's conversion records its layers' bases
+        path = folder / "last.pt"
+        layers = ((read_meta(path).conversion or {}).get("layers") or []) if path.is_file() else []
+        found = {row.get("bases", 1) for row in layers if row.get("convert")}
+        return found.pop() if len(found) == 1 else None
     if key in RESOLVED_BY_RUN:  # a config.yaml written by hand: what the checkpoints trained with
         paths = [folder / "last.pt", *([folder / "teacher" / "last.pt"] if key == "batch_size" else [])]
         for path in paths:

@@ -83,6 +83,8 @@ class LayerDecision:
     # The CNN's conv was frozen (requires_grad False, as pretrained detectors freeze early backbone layers): the
     # adder layer and its norm are trained all the same.
     frozen: bool = False
+    # Binary bases of the adder layer (AdderConv2d's ``bases``): 1, or 2 for twice the additions and a closer fit.
+    bases: int = 1
 
 
 @dataclass

@@ -151,6 +151,56 @@ def _forward(adder: AdderConv2d, x: torch.Tensor, weight: torch.Tensor | None = 
     return adder_conv2d(x, weight, adder.bias, adder.stride, adder.padding, adder.dilation, adder.groups)
 
 
+def _single_base(adder: AdderConv2d, base: int) -> AdderConv2d:
+    """A one-base copy of ``base`` of ``adder`` (with its bias for base 0): what the fits read and round."""
+    layer = AdderConv2d(
+        adder.in_channels, adder.out_channels, adder.kernel_size, adder.stride, adder.padding, adder.dilation,
+        adder.groups, bias=base == 0 and adder.bias is not None, device=adder.weight.device, dtype=adder.weight.dtype,
+    )  # fmt: skip
+    with torch.no_grad():
+        layer.weight.copy_(adder.base_weight(base))
+        if layer.bias is not None:
+            layer.bias.copy_(adder.bias)
+    return layer
+
+
+@torch.no_grad()
+def _fit_extra_base(unit: _Unit, x: torch.Tensor, y: torch.Tensor, base: int, fitted: int) -> float | None:
+    """Fit ``base`` (> 0) of ``unit.adder`` to what the layer's other bases and its norm leave of the CNN's output
+    ``y``: the least-squares weights from the inputs ``x`` to that residual, rounded to the layer's edges with error
+    feedback, and the base's per-channel scale and the shift. Kept only where the error on the images after the
+    first ``fitted`` falls; returns that error then (None: not kept)."""
+    layer = unit.adder
+    a, c = _eval_mapping(unit.norm)
+    current = a[:, None, None] * type(layer).forward(layer, x) + c[:, None, None]
+    safe = torch.where(a.abs() > 1e-12, a, torch.ones_like(a))
+    residual = (y - current) / safe[:, None, None]  # in the layer's output units
+    single = _single_base(layer, base)
+    cols = _patches(single, x[:fitted])  # (G, K, S)
+    target = _channels_last(residual[:fitted])  # (O, S): the same positions
+    centred = (cols - cols.mean(2, keepdim=True)).double()
+    target = (target - target.mean(1, keepdim=True)).double().view(layer.groups, -1, target.shape[1])
+    hessian = centred @ centred.transpose(1, 2) / cols.shape[2]
+    damp = DAMPING * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+    eye = torch.eye(hessian.shape[1], dtype=hessian.dtype, device=hessian.device)
+    cross = target @ centred.transpose(1, 2) / cols.shape[2]  # (G, O/G, K)
+    weight = torch.linalg.solve(hessian + damp[:, None, None] * eye, cross.transpose(1, 2)).transpose(1, 2)
+    chosen, _ = _error_feedback(weight, hessian, weight.abs().mean(2), None, None)
+    lower, upper = float(layer.base_weight(0).min()), float(layer.base_weight(0).max())
+    new = torch.where(chosen >= 0, upper, lower).to(layer.weight.dtype).reshape_as(single.weight)
+    z = _forward(single, x, new)
+    scale, shift, _ = _affine(_channels_last(z[:fitted]), _channels_last(residual[:fitted]))
+    truth, mapped = _channels_last(y[fitted:]), _channels_last(current[fitted:])
+    added = a[:, None] * (scale[:, None] * _channels_last(z[fitted:]) + shift[:, None])
+    before, after = _relative_error(mapped, truth), _relative_error(mapped + added, truth)
+    if after >= before:
+        return None
+    layer.set_base_weight(base, new)
+    layer.base_scale[base - 1].copy_(scale)
+    layer.base_shift.add_(shift)
+    return after
+
+
 def _patches(adder: AdderConv2d, x: torch.Tensor, limit: int = MAX_SAMPLES) -> torch.Tensor:
     """The layer's receptive fields as (groups, K, samples), K = in/groups * kh * kw (the weight's order)."""
     top, left, bottom, right = adder.pads
@@ -363,6 +413,11 @@ def reconstruct(
         if unit.name in done:  # run again (a head on each pyramid level): fitted on its first run's data
             return
         done.add(unit.name)
+        layer = unit.adder
+        if layer.bases > 1:  # the first base is fitted alone, as a one-base layer; the others after it
+            layer.base_scale.zero_()
+            layer.base_shift.zero_()
+            unit = _Unit(unit.name, _single_base(layer, 0), unit.norm, unit.target)
         y = targets[unit.target]
         z = _forward(unit.adder, x)
         everything = _channels_last(y)
@@ -383,6 +438,12 @@ def reconstruct(
         if kept != "none":
             a, c, after = _affine(_channels_last(z), everything)
             _set_mapping(unit.norm, _channels_last(z), a, c)
+        if layer.bases > 1:
+            layer.set_base_weight(0, unit.adder.weight)
+            unit = _Unit(unit.name, layer, unit.norm, unit.target)
+            for base in range(1, layer.bases) if method == "signs" else ():
+                error = _fit_extra_base(unit, x, y, base, fitted)
+                after = after if error is None else error
         result.layers.append(LayerFit(unit.name, before, after, kept, share if kept == "signs" else 0.0))
 
     hooks = [u.adder.register_forward_pre_hook(lambda m, inputs, u=u: fit(u, inputs[0])) for u in units]

@@ -16,6 +16,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from adderconvert.conversion.plan import ConversionReport, LayerDecision, plan_conversion
 from adderconvert.nn import AdderConv2d
+from adderconvert.nn.modules import stack_bases
 
 __all__ = ["DEFAULT_INIT", "INIT_CHOICES", "SIGN_MARGIN", "SIGN_MIN_GAP", "restore", "sign_edges", "swap_layers"]
 
@@ -54,7 +55,7 @@ def _init_weights(
             # A tap whose weight lies beyond every input it meets computes -|x - w| = sign(w) * x - |w|: the
             # layer is the conv's binary-weight twin plus a per-channel constant that the norm after it takes.
             lower, upper = sign_edges(decision, sign_margin)
-            layer.weight.copy_(torch.where(conv.weight >= 0, upper, lower))
+            layer.weight.copy_(stack_bases(torch.where(conv.weight >= 0, upper, lower), conv.groups, layer.bases))
         elif init == "fresh":
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             layer.weight.mul_(input_std / max(float(layer.weight.std()), 1e-12))
@@ -101,7 +102,7 @@ def swap_layers(
         raise TypeError(f"swap_layers follows the report it is given: its rules {sorted(rules)} would be ignored")
     for decision in report.converted:
         conv = model.get_submodule(decision.name)
-        layer = AdderConv2d.from_conv(conv).train(conv.training)
+        layer = AdderConv2d.from_conv(conv, bases=decision.bases).train(conv.training)
         _init_weights(layer, conv, init, decision, sign_margin)
         if decision.insert_bn:
             bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
@@ -137,7 +138,7 @@ def _match_conv_scale(bn: nn.BatchNorm2d, layer: AdderConv2d, conv: nn.Conv2d) -
     ``sign(W) * x - sum|w| + b`` to ``mean|W| * sign(W) * x + b``."""
     with torch.no_grad():
         scale = conv.weight.abs().flatten(1).mean(1)
-        constant = layer.weight.abs().flatten(1).sum(1)
+        constant = layer.base_weight(0).abs().flatten(1).sum(1)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
         bn.weight.copy_(scale)
         bn.bias.copy_(bias)

@@ -11,7 +11,30 @@ from torch import Tensor, nn
 from adderconvert.nn.functional import adder_conv2d
 from adderconvert.nn.geometry import pair, resolve_padding
 
-__all__ = ["AdderConv2d"]
+__all__ = ["AdderConv2d", "combine_bases", "stack_bases"]
+
+
+def stack_bases(weight: Tensor, groups: int, bases: int) -> Tensor:
+    """``weight`` (out, in/groups, kh, kw) repeated for each of ``bases`` in :class:`AdderConv2d`'s layout: per group,
+    the group's filters of base 0, then of base 1, ... (so that the stack is an ordinary grouped weight of
+    ``bases * out`` filters)."""
+    out = weight.shape[0]
+    per_group = weight.reshape(groups, 1, out // groups, *weight.shape[1:])
+    return per_group.expand(-1, bases, -1, *weight.shape[1:]).reshape(bases * out, *weight.shape[1:])
+
+
+def combine_bases(y: Tensor, groups: int, bases: int, scale: Tensor, shift: Tensor) -> Tensor:
+    """The output of :class:`AdderConv2d` with several bases from that of its stacked weight ``y`` (N, bases * out,
+    H, W): base 0 plus ``scale[b - 1]`` (per output channel) times base b, plus ``shift``."""
+    n, channels, *spatial = y.shape
+    out = channels // bases
+    parts = y.reshape(n, groups, bases, out // groups, *spatial)
+    combined = parts[:, :, 0].reshape(n, out, *spatial) + shift.view(1, out, *([1] * len(spatial)))
+    for b in range(1, bases):
+        combined = combined + scale[b - 1].view(1, out, *([1] * len(spatial))) * parts[:, :, b].reshape(
+            n, out, *spatial
+        )
+    return combined
 
 
 class AdderConv2d(nn.Module):
@@ -20,6 +43,11 @@ class AdderConv2d(nn.Module):
     ``Y = -sum |X - W| (+ bias)`` over each receptive field; see :mod:`adderconvert.nn.functional` for the
     training rule. A BatchNorm after the layer is needed for training (adder outputs are large and
     negative). Only ``padding_mode='zeros'`` is supported.
+
+    With ``bases`` > 1 the layer holds that many adder filters per output channel (``weight`` stacks them: see
+    :func:`stack_bases`) and adds them up, each after the first scaled per channel (``base_scale``, (bases - 1,
+    out)), plus ``base_shift``: a conv whose weights are approximated by several binary bases keeps more of its
+    function, for ``bases`` times the additions (and one multiplication per output and extra base).
     """
 
     def __init__(
@@ -35,8 +63,11 @@ class AdderConv2d(nn.Module):
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        bases: int = 1,
     ) -> None:
         super().__init__()
+        if bases < 1:
+            raise ValueError(f"bases must be a positive integer, got {bases}")
         if groups <= 0:
             raise ValueError("groups must be a positive integer")
         if in_channels % groups != 0:
@@ -58,8 +89,13 @@ class AdderConv2d(nn.Module):
         # Validates 'same' with stride, negative values and so on at construction, as Conv2d does.
         resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
+        self.bases = bases
+        shape = (bases * out_channels, in_channels // groups, *self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        if bases > 1:  # zero: the extra bases add nothing until fitted or trained
+            self.base_scale = nn.Parameter(torch.zeros(bases - 1, out_channels, **factory))
+            self.base_shift = nn.Parameter(torch.zeros(out_channels, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -71,8 +107,9 @@ class AdderConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, copy_weights: bool = True) -> AdderConv2d:
-        """Build an AdderConv2d with ``conv``'s geometry (and, by default, a copy of its weights and bias)."""
+    def from_conv(cls, conv: nn.Conv2d, copy_weights: bool = True, bases: int = 1) -> AdderConv2d:
+        """Build an AdderConv2d with ``conv``'s geometry and ``bases`` (and, by default, a copy of its weights, in
+        every base, and bias)."""
         layer = cls(
             conv.in_channels,
             conv.out_channels,
@@ -85,17 +122,33 @@ class AdderConv2d(nn.Module):
             padding_mode=conv.padding_mode,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
+            bases=bases,
         )
         if copy_weights:
             with torch.no_grad():
-                layer.weight.copy_(conv.weight)
+                layer.weight.copy_(stack_bases(conv.weight, conv.groups, bases))
                 if conv.bias is not None:
                     layer.bias.copy_(conv.bias)
         return layer
 
+    def base_weight(self, base: int) -> Tensor:
+        """The weights of one base, (out, in/groups, kh, kw): a copy where the layer has several."""
+        if self.bases == 1:
+            return self.weight
+        per_group = self.weight.reshape(
+            self.groups, self.bases, self.out_channels // self.groups, *self.weight.shape[1:]
+        )
+        return per_group[:, base].reshape(self.out_channels, *self.weight.shape[1:])
+
+    @torch.no_grad()
+    def set_base_weight(self, base: int, weight: Tensor) -> None:
+        """Set the weights of one base from ``weight`` (out, in/groups, kh, kw)."""
+        per_group = self.weight.view(self.groups, self.bases, self.out_channels // self.groups, *self.weight.shape[1:])
+        per_group[:, base].copy_(weight.reshape(self.groups, self.out_channels // self.groups, *weight.shape[1:]))
+
     def to_conv(self, copy_weights: bool = True) -> nn.Conv2d:
         """The ``nn.Conv2d`` of the same geometry (and, by default, a copy of the weights and bias): the inverse
-        of :meth:`from_conv`, e.g. the CNN an adder model stands for."""
+        of :meth:`from_conv`, e.g. the CNN an adder model stands for (with several bases, the first one's weights)."""
         conv = nn.Conv2d(
             self.in_channels,
             self.out_channels,
@@ -111,7 +164,7 @@ class AdderConv2d(nn.Module):
         )
         if copy_weights:
             with torch.no_grad():
-                conv.weight.copy_(self.weight)
+                conv.weight.copy_(self.base_weight(0))
                 if self.bias is not None:
                     conv.bias.copy_(self.bias)
         return conv
@@ -122,7 +175,11 @@ class AdderConv2d(nn.Module):
         return resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation)
 
     def forward(self, input: Tensor) -> Tensor:
-        return adder_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.bases == 1:
+            return adder_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        y = adder_conv2d(input, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        y = combine_bases(y, self.groups, self.bases, self.base_scale, self.base_shift)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -134,4 +191,6 @@ class AdderConv2d(nn.Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.bases != 1:
+            s += f", bases={self.bases}"
         return s

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from adderconvert.nn.functional import adder_conv2d
 from adderconvert.nn.geometry import output_size, pair
+from adderconvert.nn.modules import combine_bases
 
 __all__ = [
     "QuantizedAdderConv2d",
@@ -150,19 +151,28 @@ class QuantizedAdderConv2d(nn.Module):
         x_scale: float,
         x_zero_point: int,
         relu: bool = False,
+        bases: int = 1,
+        base_scale: Tensor | None = None,
+        base_shift: Tensor | None = None,
     ) -> None:
         super().__init__()
         if weight.dtype != torch.uint8 or weight.dim() != 4:
             raise ValueError(f"weight must be a 4-D uint8 tensor, got {weight.dtype} {list(weight.shape)}")
         x_scale = float(torch.tensor(x_scale, dtype=torch.float32))  # the attribute ONNX stores is float32
         _check_grid(x_scale, x_zero_point)
-        out_channels = weight.shape[0]
+        filters = weight.shape[0]
         for name, t in (("alpha", alpha), ("beta", beta)):
-            if t.shape != (out_channels,):
-                raise ValueError(f"{name} must have shape ({out_channels},), got {list(t.shape)}")
+            if t.shape != (filters,):
+                raise ValueError(f"{name} must have shape ({filters},), got {list(t.shape)}")
+        if bases < 1 or filters % bases or (bases > 1 and relu):
+            raise ValueError(f"bases must divide the {filters} filters (and exclude relu), got {bases}")
+        self.bases = int(bases)
         self.register_buffer("weight", weight.clone())
         self.register_buffer("alpha", alpha.detach().float().clone())
         self.register_buffer("beta", beta.detach().float().clone())
+        if bases > 1:  # AdderConv2d's extra bases: see adderconvert.nn.modules.combine_bases
+            self.register_buffer("base_scale", base_scale.detach().float().reshape(bases - 1, filters // bases))
+            self.register_buffer("base_shift", base_shift.detach().float().reshape(filters // bases))
         self.stride, self.dilation = pair(stride, "stride"), pair(dilation, "dilation")
         self.pads = tuple(int(p) for p in pads)
         self.groups = int(groups)
@@ -170,7 +180,7 @@ class QuantizedAdderConv2d(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        return self.weight.shape[0]
+        return self.weight.shape[0] // self.bases
 
     @property
     def in_channels(self) -> int:
@@ -195,7 +205,13 @@ class QuantizedAdderConv2d(nn.Module):
         excess = (w - clamped).abs().flatten(1).sum(1)
         q = quantize_values(clamped.float(), x_scale, x_zero_point).to(torch.uint8)
         beta = -excess
-        if layer.bias is not None:
+        bases = getattr(layer, "bases", 1)
+        extra = {}
+        if bases > 1:  # the bias is added once, after the bases are combined
+            shift = layer.base_shift.detach().double().cpu()
+            shift = shift + layer.bias.detach().double().cpu() if layer.bias is not None else shift
+            extra = {"bases": bases, "base_scale": layer.base_scale.detach().cpu(), "base_shift": shift}
+        elif layer.bias is not None:
             beta = beta + layer.bias.detach().double().cpu()
         alpha = torch.full((w.shape[0],), -x_scale, dtype=torch.float64)
         module = cls(
@@ -208,6 +224,7 @@ class QuantizedAdderConv2d(nn.Module):
             groups=layer.groups,
             x_scale=x_scale,
             x_zero_point=x_zero_point,
+            **extra,
         )
         return module.to(layer.weight.device)
 
@@ -219,7 +236,7 @@ class QuantizedAdderConv2d(nn.Module):
         )  # fmt: skip
 
     def forward(self, input: Tensor) -> Tensor:
-        return quantized_adder_conv2d(
+        y = quantized_adder_conv2d(
             input,
             self.weight,
             self.alpha,
@@ -232,6 +249,7 @@ class QuantizedAdderConv2d(nn.Module):
             self.x_zero_point,
             self.relu,
         )
+        return y if self.bases == 1 else combine_bases(y, self.groups, self.bases, self.base_scale, self.base_shift)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

@@ -100,3 +100,35 @@ def test_to_conv_is_the_inverse_of_from_conv():
     torch.testing.assert_close(back(x), conv(x))
     fresh = AdderConv2d.from_conv(conv).to_conv(copy_weights=False)
     assert fresh.weight.shape == conv.weight.shape and not torch.equal(fresh.weight, conv.weight)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_several_bases_add_up_their_single_base_layers(groups):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, groups=groups, bias=True)
+    layer = AdderConv2d.from_conv(conv, bases=2)
+    assert layer.weight.shape == (12, 4 // groups, 3, 3) and "bases=2" in repr(layer)
+    torch.testing.assert_close(layer.base_weight(1), conv.weight)  # every base a copy of the conv's weights
+    second = torch.randn_like(conv.weight)
+    layer.set_base_weight(1, second)
+    torch.testing.assert_close(layer.base_weight(0), conv.weight)
+    with torch.no_grad():
+        layer.base_scale.copy_(torch.randn(1, 6))
+        layer.base_shift.copy_(torch.randn(6))
+    x = torch.randn(2, 4, 5, 5)
+    first_alone = AdderConv2d.from_conv(conv)
+    second_alone = AdderConv2d.from_conv(conv)
+    with torch.no_grad():
+        second_alone.weight.copy_(second)
+    second_alone.bias = None
+    expected = first_alone(x) + layer.base_scale[0].view(1, -1, 1, 1) * second_alone(x)
+    torch.testing.assert_close(layer(x), expected + layer.base_shift.view(1, -1, 1, 1))
+    torch.testing.assert_close(layer.to_conv().weight, conv.weight)  # the CNN it stands for
+
+
+def test_extra_bases_add_nothing_until_fitted():
+    conv = torch.nn.Conv2d(3, 4, 1)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(AdderConv2d.from_conv(conv, bases=3)(x), AdderConv2d.from_conv(conv)(x))
+    with pytest.raises(ValueError, match="bases"):
+        AdderConv2d(3, 4, 1, bases=0)

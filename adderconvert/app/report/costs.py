@@ -93,10 +93,11 @@ def count_operations(model: nn.Module, input_shape: tuple[int, int, int]) -> Ope
         else:
             kind = "adder" if isinstance(module, AdderConv2d) else "conv"
             fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
-        macs = outputs * fan_in
+        bases = getattr(module, "bases", 1)  # an adder layer's binary bases: each one more output filter
+        macs = outputs * fan_in * bases
         bias = outputs if module.bias is not None else 0
-        if kind == "adder":
-            mults, adds = 0, 2 * macs + bias
+        if kind == "adder":  # |x - w| and its sum per tap; extra bases: a scale and a sum per output
+            mults, adds = outputs * (bases - 1), 2 * macs + bias + 2 * outputs * (bases - 1)
         else:
             mults, adds = macs, macs + bias
             foldable[id(output)] = output
@@ -149,6 +150,8 @@ def deployed_int8_energy_pj(counts: OperationCounts, quantized_kinds: tuple[str,
         operation = ENERGY_PJ["int8"]["addition" if adder else "multiplication"]
         bias = layer.additions - (2 if adder else 1) * layer.macs
         total += layer.macs * (operation + accumulate) + bias * accumulate
+        if adder:  # the per-channel scales of extra bases stay FP32
+            total += energy_pj(layer.multiplications, 0, "fp32")
     return total
 
 
