@@ -112,8 +112,10 @@ def _rules(config: RunConfig) -> dict:
     return {name: getattr(config, name) for name in names} | {"mac_size": DEPLOYMENT_SIZE}
 
 
-def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor) -> ConversionReport:
+def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor, task: Task) -> ConversionReport:
     report = plan_conversion(model, example, **_rules(config))
+    for decision in report.converted:
+        decision.bases = bases_of(config, task)
     if not report.converted:
         raise RunInputError(
             f"nothing was converted: no Conv2d of {config.model} is left to become an adder layer under these "
@@ -144,7 +146,7 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     ``config.image_size`` (default :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's
     transform set to that size."""
     splits, model, head_fits = _data_and_model(config, fetch=False)
-    report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES))
+    report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES), training_task(splits.task))
     pretrain = config.pretrain_epochs
     if pretrain is None:
         pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
@@ -229,7 +231,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
             check_calibration_batches(config.calibration_batches, len(splits.train))
         except ValueError as e:
             raise RunInputError(str(e)) from None
-    report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES))
+    report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.

@@ -137,6 +137,7 @@ class ConversionReport:
             kernel = "x".join(map(str, layer.kernel_size))
             stride = "x".join(map(str, layer.stride))
             action = "adder" if layer.convert else "kept" if layer.supported else "not supported"
+            action += f" x{layer.bases} bases" if layer.convert and layer.bases > 1 else ""
             bn = " +BN" if layer.insert_bn else ""
             thawed = ", frozen in the CNN: trained" if layer.convert and layer.frozen else ""
             lines.append(

@@ -253,6 +253,8 @@ class QuantizedAdderConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.bases != 1:
+            s += f", bases={self.bases}"
         if any(self.pads):
             s += f", pads={self.pads}"
         if self.dilation != (1, 1):

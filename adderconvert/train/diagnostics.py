@@ -96,10 +96,11 @@ def _range_recorder(ranges: dict[str, RangeObserver], name: str):
 
 
 def _per_weight(module: AdderConv2d, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tap ranges laid out like the weight: output channel o of group g reads that group's inputs."""
+    """Per-tap ranges laid out like the weight: filter o of group g reads that group's inputs."""
     groups, kernel = module.groups, module.kernel_size
     per_group = module.in_channels // groups
-    group_of_output = torch.arange(module.out_channels, device=low.device) // (module.out_channels // groups)
+    filters = module.weight.shape[0]  # out_channels times the layer's bases, each group's filters together
+    group_of_output = torch.arange(filters, device=low.device) // (filters // groups)
 
     def expand(bound: torch.Tensor) -> torch.Tensor:
         return bound.view(groups, per_group, *kernel)[group_of_output].to(module.weight.device)

@@ -4,7 +4,7 @@ from dataclasses import fields
 
 import pytest
 
-from adderconvert.app.config import ConfigError, RunConfig, validate_config
+from adderconvert.app.config import RESOLVED_BY_RUN, ConfigError, RunConfig, validate_config
 from adderconvert.train import TrainConfig
 
 
@@ -73,6 +73,7 @@ def test_cli_help_reads_the_defaults():
     for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
     assert "[1; classifiers with grouped or depthwise convs 2]" in text.split("--epochs", 1)[1].split("--", 1)[0]
+    assert "[1; segmentation and detection 2]" in text.split("--bases", 1)[1].split("--", 1)[0]
 
 
 def test_another_init_runs_without_reconstruction_and_says_so():
@@ -121,3 +122,16 @@ def test_networks_with_grouped_convs_fine_tune_longer():
         assert epochs_of(RunConfig(), task, mobile) == 1
     assert epochs_of(RunConfig(epochs=3), CLASSIFICATION, mobile) == epochs_of(RunConfig(epochs=3), CLASSIFICATION) == 3
     assert adder_train_config(RunConfig(), CLASSIFICATION, mobile).epochs == 2
+
+
+def test_segmentation_and_detection_models_convert_with_two_bases_by_default():
+    from adderconvert.app.pipeline import bases_of
+    from adderconvert.train.dense import DETECTION, SEGMENTATION
+    from adderconvert.train.loop import CLASSIFICATION
+
+    assert validate_config({}).bases is RunConfig.bases is None and "bases" in RESOLVED_BY_RUN
+    assert bases_of(RunConfig(), CLASSIFICATION) == 1
+    assert bases_of(RunConfig(), SEGMENTATION) == bases_of(RunConfig(), DETECTION) == 2
+    assert bases_of(RunConfig(bases=3), SEGMENTATION) == 3
+    with pytest.raises(ConfigError, match="bases"):
+        validate_config({"bases": 0})

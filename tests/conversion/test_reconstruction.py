@@ -142,3 +142,33 @@ def test_bad_method_is_rejected(cnn):
     student, report = _sign_student(cnn, calibration)
     with pytest.raises(ValueError, match="method must be one of"):
         reconstruct(cnn, student, report, calibration, method="adam")
+
+
+def _bases_student(model, calibration, bases):
+    student = copy.deepcopy(model)
+    report = plan_conversion(student, calibration)
+    for decision in report.converted:
+        decision.bases = bases
+    swap_layers(student, None, init="sign", report=report)
+    fit_norm_statistics(student, report, calibration)
+    return student.eval(), report
+
+
+def test_a_second_base_fits_what_the_first_leaves(cnn, tmp_path):
+    calibration, test = _images(256, 2), _images(256, 3)
+    one, report_one = _bases_student(cnn, calibration, 1)
+    two, report_two = _bases_student(cnn, calibration, 2)
+    x = _images(8, 4)
+    with torch.no_grad():  # before the fit the second base adds nothing: the same function as one base
+        torch.testing.assert_close(two(x), one(x))
+    fits_one = reconstruct(cnn, one, report_one, calibration).layers
+    fits_two = reconstruct(cnn, two, report_two, calibration).layers
+    assert all(b.error_after < 0.6 * a.error_after for a, b in zip(fits_one, fits_two))
+    assert _output_error(cnn, two, test) < 0.7 * _output_error(cnn, one, test)
+    for module in two.modules():
+        if isinstance(module, AdderConv2d):  # both bases at the layer's two edges, the second one scaled
+            assert module.bases == 2 and len(module.weight.unique()) == 2 and module.base_scale.abs().sum() > 0
+    again = restore(_RandomCNN(), report_two.to_dict())
+    again.load_state_dict(two.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), two(x))

@@ -285,3 +285,27 @@ def test_metadata_and_dynamic_height_width(tmp_path, portable):
 def test_metadata_may_not_override_export_keys(tmp_path):
     with pytest.raises(ValueError, match="adderconvert_version"):
         export_onnx(nn.Identity(), tmp_path / "x.onnx", torch.zeros(1, 3, 4, 4), metadata={"adderconvert_version": "9"})
+
+
+@pytest.mark.parametrize("form", ["custom", "portable", "int8"])
+def test_a_model_with_two_bases_exports_and_matches_in_onnx_runtime(tmp_path, form):
+    from adderconvert.conversion import run_conversion
+    from adderconvert.quantization import quantize
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, groups=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+    cnn.train()(torch.randn(64, 3, 12, 12))
+    x = torch.randn(32, 3, 12, 12)
+    model = run_conversion(cnn.eval(), x, bases=2).model.eval()
+    assert model[3].bases == 2 and model[3].base_scale.abs().sum() > 0  # the second base is fitted
+    if form == "int8":
+        model = quantize(model, x)
+    path = export_onnx(model, tmp_path / "two.onnx", x[:2], portable=form == "portable")
+    session = make_session(path) if form != "portable" else _plain_session(path)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-4)

@@ -49,3 +49,13 @@ def test_energy_table():
     assert ENERGY_PJ["int32"] == {"multiplication": 3.1, "addition": 0.1}
     assert energy_pj(10, 100) == pytest.approx(10 * 3.7 + 100 * 0.9)
     assert energy_pj(10, 100, "int8") == pytest.approx(10 * 0.2 + 100 * 0.03)
+
+
+def test_an_adder_layer_with_two_bases_counts_both_and_their_combination():
+    model = Tiny()
+    model.adder = AdderConv2d(4, 6, 3, stride=2, padding=1, groups=2, bases=2)
+    adder = {layer.name: layer for layer in count_operations(model, (3, 8, 8)).layers}["adder"]
+    # Twice the 1728 taps, two additions each; per output (96) one scale and two additions (scaled base, shift).
+    assert (adder.macs, adder.multiplications, adder.additions) == (3456, 96, 2 * 3456 + 2 * 96)
+    twin = {layer.name: layer for layer in count_operations(cnn_twin(model), (3, 8, 8)).layers}["adder"]
+    assert (twin.kind, twin.macs) == ("conv", 1728)  # the CNN it stands for has one filter per output
