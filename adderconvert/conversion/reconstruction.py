@@ -444,6 +444,9 @@ def reconstruct(
             for base in range(1, layer.bases) if method == "signs" else ():
                 error = _fit_extra_base(unit, x, y, base, fitted)
                 after = after if error is None else error
+            # The same mapping, with the statistics of the whole layer's output: training mode and a later
+            # re-estimation of the norm then compute what eval mode does.
+            _set_mapping(unit.norm, _channels_last(type(layer).forward(layer, x)), *_eval_mapping(unit.norm))
         result.layers.append(LayerFit(unit.name, before, after, kept, share if kept == "signs" else 0.0))
 
     hooks = [u.adder.register_forward_pre_hook(lambda m, inputs, u=u: fit(u, inputs[0])) for u in units]

@@ -172,3 +172,17 @@ def test_a_second_base_fits_what_the_first_leaves(cnn, tmp_path):
     again.load_state_dict(two.state_dict())
     with torch.no_grad():
         assert torch.equal(again.eval()(x), two(x))
+
+
+def test_a_two_base_layers_norm_holds_the_statistics_of_its_whole_output(cnn):
+    from adderconvert.conversion import reestimate_batchnorm
+
+    calibration = _images(256, 2)
+    two, report = _bases_student(cnn, calibration, 2)
+    reconstruct(cnn, two, report, calibration)
+    x = _images(64, 4)
+    with torch.no_grad():
+        before = two(x)
+    reestimate_batchnorm(two, [(calibration, None)], 1, "cpu")  # what fine-tuning's evaluations do
+    with torch.no_grad():
+        torch.testing.assert_close(two.eval()(x), before, rtol=0.05, atol=0.05 * float(before.abs().mean()))
