@@ -113,8 +113,8 @@ class _DenseTask(Task):
     batch_size = 16
     grouped_epochs = TrainConfig.epochs  # issue 35's budget is one epoch; two are not measured on dense models
     # A per-pixel or per-box output needs more of each layer's function than an argmax over classes: with two binary
-    # bases LR-ASPP keeps 89% of its CNN's mIoU at zero steps (77% with one) and ends one epoch 0.18 above it (2.80
-    # below), SSDlite 80% of its mAP (48%) (docs/results/dense_cpu.md), for twice the additions.
+    # bases LR-ASPP keeps 92% of its CNN's mIoU at zero steps (77% with one) and ends one epoch 0.60 below it (2.80),
+    # SSDlite 83% of its mAP (48%) and 4.20 below it (10.21) (docs/results/dense_cpu.md), for twice the additions.
     bases = 2
 
     def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
