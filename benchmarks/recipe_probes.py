@@ -21,19 +21,13 @@ how far fine-tuning moved each adder layer's weights.
       that reads BatchNorm -> (ReLU) -> conv alone is scaled by its columns' mean magnitude (to the power --power),
       the BatchNorm's scale and shift taking the inverse, so that the binary weights' per-row scale times it is a
       rank-1 magnitude of the CNN's weights;
-  python benchmarks/recipe_probes.py two-bases RECIPES_ARGS...
-      after the conversion, every adder layer followed by a BatchNorm gains a second adder layer on the same input,
-      scaled per channel and added to its output (TwoBases): the second one's binary weights fitted, in execution
-      order, to what the first leaves of the CNN's output (its least-squares weights rounded with error feedback),
-      so that each conv's weights are approximated by two binary bases, for twice the adder MACs;
   python benchmarks/recipe_probes.py displacement MODEL FOLDER
       per adder layer of FOLDER/MODEL.pt (a recipes.py output), the spread of its weights at zero steps
       (MODEL_cnn.pt converted again as the main job converts) and the RMS and relative size of what fine-tuning
       changed.
 
 RECIPES_ARGS are benchmarks/recipes.py's (e.g. --budget cpu --threads 1 --teacher-epochs 8 --models efficientnet_b0
---output runs/recipes/probe), or with --dense among them benchmarks/dense.py's. Results:
-docs/results/recipes_cpu_converged.md.
+--output runs/recipes/probe). Results: docs/results/recipes_cpu_converged.md.
 """
 
 from __future__ import annotations
@@ -50,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes  # noqa: E402
 
 import adderconvert.conversion.recipe as conversion_recipe  # noqa: E402
-import adderconvert.conversion.reconstruction as reconstruction  # noqa: E402
 import adderconvert.train.loop as loop  # noqa: E402
 from adderconvert.app.pipeline import RunConfig, convert_trained, draw_calibration_images  # noqa: E402
 from adderconvert.checkpoint import load_checkpoint  # noqa: E402
@@ -253,92 +246,6 @@ def equalize(power: float) -> None:
     recipes.convert_student = convert_student
 
 
-class TwoBases(torch.nn.Module):
-    """``first(x) + scale * second(x) + shift``, per output channel: an adder layer and a second one on its input."""
-
-    def __init__(self, first: AdderConv2d):
-        super().__init__()
-        self.first, self.second = first, copy.deepcopy(first)
-        self.scale = torch.nn.Parameter(torch.zeros(first.out_channels))
-        self.shift = torch.nn.Parameter(torch.zeros(first.out_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.first(x) + self.scale[:, None, None] * self.second(x) + self.shift[:, None, None]
-
-
-@torch.no_grad()
-def _fit_second_base(pair: TwoBases, norm, x: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Fit ``pair.second``'s binary weights and the per-channel scale and shift to what ``norm(pair.first(x))`` leaves
-    of ``target`` (the CNN's output of the norm); keep them only where the held-out error falls. Returns the
-    relative errors before and after."""
-    first, second = pair.first, pair.second
-    fitted = max(1, round(reconstruction.FIT_SHARE * len(x)))
-    a, c = reconstruction._eval_mapping(norm)
-    z1 = reconstruction._forward(first, x)
-    safe = torch.where(a.abs() > 1e-12, a, torch.ones_like(a))
-    residual = (target - (a[:, None, None] * z1 + c[:, None, None])) / safe[:, None, None]  # in z1's units
-    cols = reconstruction._patches(second, x[:fitted])  # (G, K, S)
-    r = reconstruction._channels_last(residual[:fitted])  # (O, S), the same positions
-    groups, k = second.groups, cols.shape[1]
-    centred = (cols - cols.mean(2, keepdim=True)).double()
-    r = (r - r.mean(1, keepdim=True)).double().view(groups, -1, r.shape[1])  # (G, O/G, S)
-    hessian = centred @ centred.transpose(1, 2) / cols.shape[2]
-    damp = reconstruction.DAMPING * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
-    eye = torch.eye(k, dtype=hessian.dtype)
-    weight = torch.linalg.solve(
-        hessian + damp[:, None, None] * eye, (r @ centred.transpose(1, 2) / cols.shape[2]).transpose(1, 2)
-    ).transpose(1, 2)  # (G, O/G, K): the least-squares map of the patches to the residual
-    chosen, _ = reconstruction._error_feedback(weight, hessian, weight.abs().mean(2), None, None)
-    lower, upper = float(first.weight.min()), float(first.weight.max())
-    second.weight.copy_(torch.where(chosen >= 0, upper, lower).to(second.weight.dtype).reshape_as(second.weight))
-    z2 = reconstruction._forward(second, x)
-    flat = reconstruction._channels_last
-    scale, shift, _ = reconstruction._affine(flat(z2[:fitted]), flat(residual[:fitted]))
-    y, mapped = flat(target[fitted:]), a[:, None] * flat(z1[fitted:]) + c[:, None]
-    before = reconstruction._relative_error(mapped, y)
-    added = a[:, None] * (scale[:, None] * flat(z2[fitted:]) + shift[:, None])
-    after = reconstruction._relative_error(mapped + added, y)
-    if after < before:
-        pair.scale.copy_(scale)
-        pair.shift.copy_(shift)
-    return before, min(before, after)
-
-
-def add_second_bases(teacher: torch.nn.Module, student: torch.nn.Module, report, images: torch.Tensor) -> list:
-    """Wrap every reconstructed adder layer of ``student`` in :class:`TwoBases` and fit the second bases in execution
-    order on ``images``, each on the student's own inputs. Returns (name, error before, after) per layer."""
-    units = reconstruction._units(student, report)
-    targets, _ = reconstruction._targets(teacher, [u.target for u in units], images)
-    pairs = {}
-    for unit in units:
-        parent, _, leaf = unit.name.rpartition(".")
-        pairs[unit.name] = TwoBases(unit.adder)
-        setattr(student.get_submodule(parent) if parent else student, leaf, pairs[unit.name])
-    errors = []
-
-    def fit(unit, x):
-        if unit.name not in {e[0] for e in errors}:
-            errors.append((unit.name, *_fit_second_base(pairs[unit.name], unit.norm, x, targets[unit.target])))
-
-    hooks = [pairs[u.name].register_forward_pre_hook(lambda m, i, u=u: fit(u, i[0])) for u in units]
-    run_hooked(student, images, hooks)
-    return errors
-
-
-def two_bases() -> None:
-    """Patch the conversion for the ``two-bases`` probe: the second bases are fitted right after the reconstruction,
-    on its images (so the benchmark's zero-step score is the two-base model's)."""
-    reconstruct = conversion_recipe.reconstruct
-
-    def reconstruct_and_add(teacher, student, report, images, *args, **kwargs):
-        result = reconstruct(teacher, student, report, images, *args, **kwargs)
-        for layer, old, new in add_second_bases(teacher, student, report, images):
-            print(f"  {layer}: relative error {old:.3f} -> {new:.3f}", flush=True)
-        return result
-
-    conversion_recipe.reconstruct = reconstruct_and_add
-
-
 def displacement(name: str, folder: Path) -> None:
     """Print, per adder layer, how far fine-tuning moved its weights against their zero-step spread."""
     splits = load_dataset("fashion-mnist", image_size=32)
@@ -367,7 +274,6 @@ def main() -> None:
             "fit-images",
             "channel-edges",
             "equalize",
-            "two-bases",
             "displacement",
         ),
     )
@@ -389,15 +295,8 @@ def main() -> None:
         channel_edges()
     elif args.probe == "equalize":
         equalize(args.power)
-    elif args.probe == "two-bases":
-        two_bases()
     else:
         no_stochastic_depth()
-    if "--dense" in rest:  # benchmarks/dense.py's arguments
-        rest.remove("--dense")
-        import dense  # benchmarks/dense.py, only for this
-
-        sys.exit(dense.main(rest))
     sys.argv = [sys.argv[0], *rest]
     recipes.main()
 

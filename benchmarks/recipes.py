@@ -276,6 +276,7 @@ def convert_student(
         keep_ceiling=conversion.get("keep_ceiling", RunConfig.keep_ceiling),
         keep_mac_budget=conversion.get("keep_mac_budget", RunConfig.keep_mac_budget),
         exclude=list(conversion.get("exclude", [])),
+        bases=conversion.get("bases"),
     )
     converted = convert_trained(
         teacher,
@@ -429,7 +430,8 @@ def markdown_table(
         f"keep_ceiling {conversion['keep_ceiling']:g} at {DEPLOYMENT_SIZE} px, "
         f"keep_mac_budget {conversion['keep_mac_budget']:g}, "
         f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}, reconstruct "
-        f"{conversion.get('reconstruct', 'none')}{' (inside)' if conversion.get('inside') else ''}.",
+        f"{conversion.get('reconstruct', 'none')}{' (inside)' if conversion.get('inside') else ''}"
+        f"{', bases ' + str(conversion['bases']) if conversion.get('bases') else ''}.",
         "",
         f"| model | CNN epochs | CNN top-1 | zero-step adder (% of CNN) | MACs converted ({budget.image_size} / "
         f"{DEPLOYMENT_SIZE} px) | adder top-1 | gap | CNN s | adder s | adder weight std (mean / max) "
@@ -518,6 +520,7 @@ def main() -> None:
         help="layer-wise reconstruction after the sign init (adderconvert.conversion.reconstruction) [the main job's]",
     )
     parser.add_argument("--inside", action="store_true", help="--reconstruct signs may place weights inside the range")
+    parser.add_argument("--bases", type=int, default=None, help="binary bases per adder layer [the main job's]")
     args = parser.parse_args()
     conversion = {
         "init": args.init,
@@ -526,7 +529,7 @@ def main() -> None:
         "sign_margin": args.sign_margin,
     }
     conversion["keep"] = list(args.keep)
-    conversion.update(reconstruct=args.reconstruct, inside=args.inside)
+    conversion.update(reconstruct=args.reconstruct, inside=args.inside, bases=args.bases)
     overrides = parse_overrides(args.overrides)
     budget = BUDGETS[args.budget]
     if args.steps is not None:

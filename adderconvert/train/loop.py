@@ -133,9 +133,9 @@ class Task:
     # EfficientNet-B0 from 0.94 (two seeds) to 0.41, MobileNetV3-Small from 1.28 to 1.09, RegNet-Y-400MF (grouped 3x3
     # convs of 8 channels) from 1.16 (three seeds) to 0.61 (docs/results/recipes_cpu_converged.md).
     grouped_epochs = 2
-    # Binary bases per adder layer (AdderConv2d's ``bases``) by default. A second one doubles the additions; on the
-    # classifiers one more epoch does what it does (MobileNetV3-Small: 85.33% -> 89.38% at zero steps, 90.54% after
-    # one epoch against 90.46% after two with one base; docs/results/recipes_cpu_converged.md).
+    # Binary bases per adder layer (AdderConv2d's ``bases``) by default. A second one doubles the additions of every
+    # inference; it brought MobileNetV3-Small to 0.68 pt of its CNN in one epoch, where one base needs three
+    # (docs/results/recipes_cpu_converged.md), but the other families are not measured with it yet.
     bases = 1
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
