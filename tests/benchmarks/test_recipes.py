@@ -134,7 +134,7 @@ def test_fine_tuning_table_names_the_distillation_settings():
     assert f"kd_alpha {recipes.TrainConfig().kd_alpha}," in table
 
 
-def test_convert_student_keeps_the_excluded_convs_multiplicative(monkeypatch):
+def test_convert_student_takes_the_excluded_convs_and_the_bases(monkeypatch):
     seen = []
 
     class Stop(Exception):
@@ -146,7 +146,7 @@ def test_convert_student_keeps_the_excluded_convs_multiplicative(monkeypatch):
 
     monkeypatch.setattr(recipes, "convert_trained", convert_trained)
     with pytest.raises(Stop):
-        recipes.convert_student("m", None, None, None, None, {"exclude": ["head.*"]})
+        recipes.convert_student("m", None, None, None, None, {"exclude": ["head.*"], "bases": 2})
     with pytest.raises(Stop):
         recipes.convert_student("m", None, None, None, None, {})
-    assert [config.exclude for config in seen] == [["head.*"], []]
+    assert [(config.exclude, config.bases) for config in seen] == [(["head.*"], 2), ([], None)]
