@@ -174,6 +174,9 @@ def resumed_options(folder: Path, model: str, given: dict[str, Any]) -> dict[str
             f"--resume: {folder} holds a run of {saved['model']} ({config_path}), not of {model}; "
             f"resume it as `adderconvert {saved['model']} --resume --output {shlex.quote(str(folder))}`"
         )
+    if "bases" not in saved and (folder / "last.pt").is_file():
+        # A run from before --bases: its adder checkpoint holds the bases its conversion report records (one).
+        saved = {**saved, "bases": _effective(folder, saved, "bases", None) or 1}
     changed = []
     for key, value in given.items():
         if key in RUNTIME_OPTIONS or key not in saved:  # an option a hand-written config.yaml leaves out: taken

@@ -297,3 +297,18 @@ def test_resume_reads_the_cnn_epochs_the_run_trained(tmp_path):
     adder = CheckpointMeta(model_name="resnet18", num_classes=10, stage="adder", image_size=28)
     save_checkpoint(fitted / "last.pt", {"meta": adder, "model": {}})
     assert resumed_options(fitted, "resnet18", {"pretrain_epochs": 0})["pretrain_epochs"] == 0
+
+
+def test_a_run_from_before_bases_resumes_with_the_bases_its_checkpoint_holds(tmp_path):
+    """A config.yaml without ``bases`` (written before the option) of a segmentation run: the adder checkpoint
+    holds one base, whatever today's default for its task; --bases 2 would change the run."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    text = RunConfig(model="lraspp_mobilenet_v3_large", weights=None, pretrain_epochs=1).to_yaml()
+    (folder / "config.yaml").write_text("".join(line for line in text.splitlines(True) if not line.startswith("bases")))
+    report = {"model": "LRASPP", "layers": [{"name": "backbone.1.0", "convert": True}]}  # no bases: one
+    meta = CheckpointMeta(model_name="lraspp_mobilenet_v3_large", num_classes=11, conversion=report)
+    save_checkpoint(folder / "last.pt", {"meta": meta, "model": {}})
+    assert resumed_options(folder, "lraspp_mobilenet_v3_large", {})["bases"] == 1
+    with pytest.raises(ResumeError, match="--bases 1 -> 2"):
+        resumed_options(folder, "lraspp_mobilenet_v3_large", {"bases": 2})
