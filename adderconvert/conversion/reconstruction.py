@@ -151,6 +151,14 @@ def _forward(adder: AdderConv2d, x: torch.Tensor, weight: torch.Tensor | None = 
     return adder_conv2d(x, weight, adder.bias, adder.stride, adder.padding, adder.dilation, adder.groups)
 
 
+def _damped_solve(hessian: torch.Tensor, rhs: torch.Tensor, damping: float) -> torch.Tensor:
+    """``rhs (H + d I)^-1`` per group, ``d`` being ``damping`` times H's mean diagonal: hessian (G, K, K), rhs
+    (G, O, K)."""
+    damp = damping * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+    eye = torch.eye(hessian.shape[1], dtype=hessian.dtype, device=hessian.device)
+    return torch.linalg.solve(hessian + damp[:, None, None] * eye, rhs.transpose(1, 2)).transpose(1, 2)
+
+
 def _single_base(adder: AdderConv2d, base: int) -> AdderConv2d:
     """A one-base copy of ``base`` of ``adder`` (with its bias for base 0): what the fits read and round."""
     layer = AdderConv2d(
@@ -181,10 +189,8 @@ def _fit_extra_base(unit: _Unit, x: torch.Tensor, y: torch.Tensor, base: int, fi
     centred = (cols - cols.mean(2, keepdim=True)).double()
     target = (target - target.mean(1, keepdim=True)).double().view(layer.groups, -1, target.shape[1])
     hessian = centred @ centred.transpose(1, 2) / cols.shape[2]
-    damp = DAMPING * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
-    eye = torch.eye(hessian.shape[1], dtype=hessian.dtype, device=hessian.device)
     cross = target @ centred.transpose(1, 2) / cols.shape[2]  # (G, O/G, K)
-    weight = torch.linalg.solve(hessian + damp[:, None, None] * eye, cross.transpose(1, 2)).transpose(1, 2)
+    weight = _damped_solve(hessian, cross, DAMPING)
     chosen, _ = _error_feedback(weight, hessian, weight.abs().mean(2), None, None)
     lower, upper = float(layer.base_weight(0).min()), float(layer.base_weight(0).max())
     new = torch.where(chosen >= 0, upper, lower).to(layer.weight.dtype).reshape_as(single.weight)
@@ -300,9 +306,7 @@ def _fit_signs(
         theirs = _patches(adder, x_teacher)
         cross = ((theirs - theirs.mean(2, keepdim=True)) @ centred.transpose(1, 2)).double() / cols.shape[2]
         damp = CORRECTION_DAMPING * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
-        eye = torch.eye(k, dtype=hessian.dtype, device=hessian.device)
-        rhs = weight @ cross + damp[:, None, None] * weight  # (G, O, K)
-        weight = torch.linalg.solve(hessian + damp[:, None, None] * eye, rhs.transpose(1, 2)).transpose(1, 2)
+        weight = _damped_solve(hessian, weight @ cross + damp[:, None, None] * weight, CORRECTION_DAMPING)
         del theirs, cross
     del cols, centred
     scale = weight.abs().mean(2)
