@@ -34,8 +34,8 @@ none above 0.3).
 
 Usage: python benchmarks/dense.py --budget cpu [--models lraspp_mobilenet_v3_large ssdlite320_mobilenet_v3_large]
        [--teacher-epochs N] [--epochs N] [--steps N (0: zero-step only)] [--image-size 128] [--scenes TRAIN TEST]
-       [--seed 0] [--set KEY=VALUE] [--exclude PATTERN ...] [--threads N] [--parity-score 0.3] [--teachers-only]
-       [--table docs/results/dense_cpu.md]
+       [--seed 0] [--set KEY=VALUE] [--exclude PATTERN ...] [--bases N] [--threads N] [--parity-score 0.3]
+       [--teachers-only] [--table docs/results/dense_cpu.md]
 """
 
 from __future__ import annotations
@@ -200,10 +200,10 @@ def run_model(
     seed: int,
     out: Path,
     parity_score: float = PARITY_SCORE,
-    exclude: list[str] | None = None,
+    conversion: dict | None = None,
 ) -> dict:
-    """One row of the table (the module's docstring): teacher, conversion (the main job's, with the convs ``exclude``
-    matches kept multiplicative too), fine-tuning, export and parity."""
+    """One row of the table (the module's docstring): teacher, conversion (the main job's, with ``conversion``'s
+    choices: ``exclude``, convs also kept multiplicative, and ``bases``), fine-tuning, export and parity."""
     task = training_task(splits.task)
     metric = task.metric
     started = time.perf_counter()
@@ -223,7 +223,7 @@ def run_model(
     print(f"{name}: CNN {_scores(row, 'cnn')} ({row['cnn_seconds']:.0f}s to train); converting", flush=True)
     size = deployment_size(name, splits.task)
     student, report, zero = recipes.convert_student(
-        name, teacher, splits, splits.test, ctx, {"exclude": exclude or []}, task, seed, deployment_size=size
+        name, teacher, splits, splits.test, ctx, conversion or {}, task, seed, deployment_size=size
     )
     row.update(zero, deployment_size=size)
     row["zero_step_share"] = row[f"zero_step_{metric}"] / row[f"cnn_{metric}"] if row[f"cnn_{metric}"] else None
@@ -270,11 +270,12 @@ def markdown_table(
     overrides: dict,
     scenes: dict[str, int],
     parity_score: float = PARITY_SCORE,
-    exclude: list[str] | None = None,
+    conversion: dict | None = None,
 ) -> str:
     """The rows as a markdown table, with the budget, the recipe and the goals met."""
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     recipe = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the main job's defaults"
+    exclude, bases = (conversion or {}).get("exclude"), (conversion or {}).get("bases")
     batches = {recipes.fine_tune_config(budget, overrides, training_task(r["task"])).batch_size for r in rows}
     adder_batches = " / ".join(str(b) for b in sorted(batches))
     lines = [
@@ -283,7 +284,7 @@ def markdown_table(
         f"{RunConfig.pretrain_lr} after a linear warm-up over {recipes.CNN_WARMUP:.0%} of its steps. "
         f"Conversion: the main job's (init {RunConfig.init}, reconstruct "
         f"{RunConfig.reconstruct}, keep {', '.join(RunConfig().keep)}, keep_ceiling {RunConfig.keep_ceiling:g}"
-        f"{', exclude ' + ' '.join(exclude) if exclude else ''}). "
+        f"{', exclude ' + ' '.join(exclude) if exclude else ''}{f', {bases} bases' if bases else ''}). "
         f"Adder: {budget.epochs} epoch(s) of {steps} at batch {adder_batches}, {recipe}. Parity: ONNX Runtime "
         f"against PyTorch on the test scenes (pixels with the same argmax; PyTorch's detections above "
         f"{parity_score} found again, IoU >= {PARITY_IOU}, score within {PARITY_SCORE_TOLERANCE:g}).",
@@ -351,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATTERN",
         help="convs (wildcards on module names, the CLI's --exclude) also kept multiplicative",
     )
+    parser.add_argument("--bases", type=int, default=None, help="binary bases per adder layer [the main job's]")
     parser.add_argument("--seed", type=int, default=RunConfig.seed, help="the scenes', the CNN's and the conversion's")
     parser.add_argument(
         "--parity-score",
@@ -378,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     overrides = recipes.parse_overrides(args.overrides)
+    conversion = {"exclude": args.exclude, "bases": args.bases}
     recipe = {"seed": args.seed, **overrides}  # the fine-tuning's: --seed unless --set seed= says otherwise
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -399,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             except TrainingDiverged as e:
                 print(f"{name}: the CNN diverged: {e}", flush=True)
             continue
-        row = run_model(name, budget, recipe, data[task], ctx, cache, args.seed, out, args.parity_score, args.exclude)
+        row = run_model(name, budget, recipe, data[task], ctx, cache, args.seed, out, args.parity_score, conversion)
         rows.append(row)
         print(
             f"{name}: the CNN diverged: {row['diverged']}"
@@ -422,9 +425,10 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "overrides": overrides,
             "exclude": args.exclude,
+            "bases": args.bases,
             "rows": rows,
         }
-        table = markdown_table(rows, args.budget, budget, machine, overrides, scenes, args.parity_score, args.exclude)
+        table = markdown_table(rows, args.budget, budget, machine, overrides, scenes, args.parity_score, conversion)
         recipes.write_results(out, payload, table, args.table)
     if rows:
         print("\n" + table)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from adderconvert.checkpoint import CheckpointMeta, load_checkpoint, load_state_dict
 from adderconvert.conversion.norms import reestimate_batchnorm
-from adderconvert.nn import adder_weights, scale_adder_gradients_
+from adderconvert.nn import AdderConv2d, adder_weights, scale_adder_gradients_
 from adderconvert.train.distill import KD_ALPHA, KD_TEMPERATURE, FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import DistributedContext, convert_sync_batchnorm
 from adderconvert.train.saver import CheckpointSaver, rng_state, set_rng_state
@@ -214,13 +214,17 @@ def evaluate(model: nn.Module, dataset: Dataset, **options: Any) -> float:
 def build_optimizer(
     model: nn.Module, config: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD (Nesterov) over three groups, adder weights / other weights / 1-d parameters (no weight decay),
+    """SGD (Nesterov) over three groups, adder weights / other weights / 1-d parameters and the scales of adder
+    layers' extra bases (no weight decay),
     and a per-step schedule: linear warm-up over ``warmup_steps``, then cosine decay to zero."""
     adder = {id(p) for p in adder_weights(model)}
+    # The per-channel scales of adder layers' extra bases are (bases - 1, out): scales, as a norm's, not weights.
+    scales = {id(m.base_scale) for m in model.modules() if isinstance(m, AdderConv2d) and m.bases > 1}
     groups: dict[str, list[nn.Parameter]] = {"adder": [], "decay": [], "no_decay": []}
     for p in model.parameters():
         if p.requires_grad:
-            groups["adder" if id(p) in adder else "decay" if p.dim() > 1 else "no_decay"].append(p)
+            decay = p.dim() > 1 and id(p) not in scales
+            groups["adder" if id(p) in adder else "decay" if decay else "no_decay"].append(p)
     adder_decay = config.weight_decay if config.adder_weight_decay is None else config.adder_weight_decay
     settings = {
         "adder": (config.lr * config.adder_lr_scale, adder_decay),

@@ -43,6 +43,7 @@ def test_results_hold_every_field_in_range(run):
     tmp, results = run
     assert results["machine"].endswith("CPU, 1 thread") and results["threads"] == 1
     assert (results["image_size"], results["scenes"], results["parity_score"]) == (32, {"train": 128, "test": 16}, 0.05)
+    assert (results["exclude"], results["bases"]) == ([], None)  # the main job's conversion
     rows = {row["model"]: row for row in results["rows"]}
     assert list(rows) == [SEGMENTER, DETECTOR]
     for row, task, metrics, size in (

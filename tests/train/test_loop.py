@@ -65,6 +65,15 @@ def test_adder_weights_get_their_own_lr_and_weight_decay():
     assert n == len(list(model.parameters()))
 
 
+def test_the_scales_of_extra_bases_get_no_weight_decay():
+    model = nn.Sequential(AdderConv2d(3, 4, 3, bases=2), nn.BatchNorm2d(4))
+    optimizer, _ = build_optimizer(model, TrainConfig(weight_decay=5e-4), total_steps=10)
+    groups = {g["name"]: [id(p) for p in g["params"]] for g in optimizer.param_groups}
+    assert groups["adder"] == [id(model[0].weight)]
+    assert {id(model[0].base_scale), id(model[0].base_shift)} <= set(groups["no_decay"])
+    assert "decay" not in groups
+
+
 def test_eta_schedule():
     config = TrainConfig(eta=2.0, eta_final=0.2)
     assert eta_at(config, 0, 100) == pytest.approx(2.0)

@@ -54,6 +54,8 @@ class LayerCost:
     macs: int
     multiplications: int
     additions: int
+    # Of ``additions``, those combining an adder layer's extra bases (FP32 in every deployment).
+    combine_additions: int = 0
 
 
 @dataclass
@@ -96,12 +98,15 @@ def count_operations(model: nn.Module, input_shape: tuple[int, int, int]) -> Ope
         bases = getattr(module, "bases", 1)  # an adder layer's binary bases: each one more output filter
         macs = outputs * fan_in * bases
         bias = outputs if module.bias is not None else 0
-        if kind == "adder":  # |x - w| and its sum per tap; extra bases: a scale and a sum per output
-            mults, adds = outputs * (bases - 1), 2 * macs + bias + 2 * outputs * (bases - 1)
+        combine = 0
+        if kind == "adder":  # |x - w| and its sum per tap; per output, each extra base a scale and a sum, one shift
+            combine = outputs * bases if bases > 1 else 0
+            mults, adds = outputs * (bases - 1), 2 * macs + bias + combine
         else:
             mults, adds = macs, macs + bias
             foldable[id(output)] = output
-        layers.append(LayerCost(names[module], kind, list(module.weight.shape), per_image, macs, mults, adds))
+        shape = list(module.weight.shape)
+        layers.append(LayerCost(names[module], kind, shape, per_image, macs, mults, adds, combine))
 
     def on_batchnorm(module: nn.Module, inputs, output: torch.Tensor) -> None:
         if id(inputs[0]) not in foldable:
@@ -148,10 +153,10 @@ def deployed_int8_energy_pj(counts: OperationCounts, quantized_kinds: tuple[str,
             continue
         adder = layer.kind == "adder"
         operation = ENERGY_PJ["int8"]["addition" if adder else "multiplication"]
-        bias = layer.additions - (2 if adder else 1) * layer.macs
+        bias = layer.additions - (2 if adder else 1) * layer.macs - layer.combine_additions
         total += layer.macs * (operation + accumulate) + bias * accumulate
-        if adder:  # the per-channel scales of extra bases stay FP32
-            total += energy_pj(layer.multiplications, 0, "fp32")
+        if adder:  # the combination of extra bases (per-channel scales, sums, shift) stays FP32
+            total += energy_pj(layer.multiplications, layer.combine_additions, "fp32")
     return total
 
 

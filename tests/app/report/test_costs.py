@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from adderconvert.app.report.costs import ENERGY_PJ, cnn_twin, count_operations, energy_pj
+from adderconvert.app.report.costs import ENERGY_PJ, cnn_twin, count_operations, deployed_int8_energy_pj, energy_pj
 from adderconvert.nn import AdderConv2d
 
 
@@ -57,5 +57,21 @@ def test_an_adder_layer_with_two_bases_counts_both_and_their_combination():
     adder = {layer.name: layer for layer in count_operations(model, (3, 8, 8)).layers}["adder"]
     # Twice the 1728 taps, two additions each; per output (96) one scale and two additions (scaled base, shift).
     assert (adder.macs, adder.multiplications, adder.additions) == (3456, 96, 2 * 3456 + 2 * 96)
+    assert adder.combine_additions == 2 * 96
     twin = {layer.name: layer for layer in count_operations(cnn_twin(model), (3, 8, 8)).layers}["adder"]
     assert (twin.kind, twin.macs) == ("conv", 1728)  # the CNN it stands for has one filter per output
+
+
+def test_three_bases_add_two_scaled_bases_and_one_shift_and_combine_in_fp32_under_int8():
+    model = nn.Sequential(AdderConv2d(4, 2, 1, bases=3), nn.Flatten())
+    (adder,) = count_operations(model, (4, 2, 2)).layers
+    outputs, macs = 2 * 2 * 2, 3 * 2 * 2 * 2 * 4
+    # Per output: two extra bases, each a scale and a sum, and one shift.
+    assert (adder.macs, adder.multiplications, adder.combine_additions) == (macs, 2 * outputs, 3 * outputs)
+    assert adder.additions == 2 * macs + 3 * outputs
+    fp32, int8, int32 = ENERGY_PJ["fp32"], ENERGY_PJ["int8"], ENERGY_PJ["int32"]
+    counts = count_operations(model, (4, 2, 2))
+    # |x - w| on 8 bits with a 32-bit sum; the bases' combination after dequantisation in FP32.
+    expected = macs * (int8["addition"] + int32["addition"]) + 2 * outputs * fp32["multiplication"]
+    expected += 3 * outputs * fp32["addition"]
+    assert deployed_int8_energy_pj(counts, ("adder",)) == pytest.approx(expected)
