@@ -134,8 +134,8 @@ class Task:
     # convs of 8 channels) from 1.16 (three seeds) to 0.61 (docs/results/recipes_cpu_converged.md).
     grouped_epochs = 2
     # Binary bases per adder layer (AdderConv2d's ``bases``) by default. A second one doubles the additions of every
-    # inference; it brought MobileNetV3-Small to 0.68 pt of its CNN in one epoch, where one base needs three
-    # (docs/results/recipes_cpu_converged.md), but the other families are not measured with it yet.
+    # inference; with it the five grouped families measured end one epoch within 0.4-0.82 pt of their CNN, where one
+    # base needs two epochs (docs/results/recipes_cpu_converged.md).
     bases = 1
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
