@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from adderconvert.conversion.plan import ConversionReport, takes_targets
-from adderconvert.nn import RunningStatsBatchNorm2d
 
 __all__ = ["fit_norm_statistics", "reestimate_batchnorm"]
 
@@ -21,27 +20,18 @@ def _inserted_norms(model: nn.Module, report: ConversionReport) -> list[nn.modul
 
 
 @contextlib.contextmanager
-def _averaging(model: nn.Module, fixed: bool = False):
+def _averaging(model: nn.Module):
     """``model`` in training mode with every tracking BatchNorm's statistics reset to a plain (cumulative) average
-    of the batches run inside, a :class:`~adderconvert.nn.RunningStatsBatchNorm2d`'s only with ``fixed`` (at
-    conversion); the momenta and the model's mode come back afterwards, whatever happened. Dropout
+    of the batches run inside; the momenta and the model's mode come back afterwards, whatever happened. Dropout
     stays off (a BatchNorm after it, as in DeepLab's head, takes the statistics of the model as it evaluates). A
     model holding a detector (:func:`takes_targets`: in training mode it would ask for targets) runs in eval mode
     with its BatchNorms alone in training mode."""
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and m.track_running_stats
-        and (fixed or not isinstance(m, RunningStatsBatchNorm2d))
-    ]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in norms]
     was_training = model.training
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-        if isinstance(m, RunningStatsBatchNorm2d):
-            m.estimating = True
     model.train()
     if any(takes_targets(m) for m in model.modules()):
         model.eval()
@@ -56,8 +46,6 @@ def _averaging(model: nn.Module, fixed: bool = False):
         model.train(was_training)
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-            if isinstance(m, RunningStatsBatchNorm2d):
-                m.estimating = False
 
 
 @torch.no_grad()
@@ -97,7 +85,7 @@ def fit_norm_statistics(model: nn.Module, report: ConversionReport, images: torc
 
     hooks = [m.register_forward_pre_hook(fold) for m in mappings]
     try:
-        with _averaging(model, fixed=True):
+        with _averaging(model):
             model(images)
     finally:
         for h in hooks:
@@ -112,7 +100,7 @@ def fit_norm_statistics(model: nn.Module, report: ConversionReport, images: torc
 @torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, batches, steps: int, device: str | torch.device = "cpu") -> None:
     """Re-estimate every BatchNorm's running statistics as plain averages over the first ``steps`` of
-    ``batches`` (``(images, labels)`` pairs); a :class:`~adderconvert.nn.RunningStatsBatchNorm2d` keeps its own.
+    ``batches`` (``(images, labels)`` pairs).
 
     Adder weights move fast under the adaptive learning rate, so the running averages kept during
     training trail the current weights; evaluating (and checkpointing) after this pass uses statistics

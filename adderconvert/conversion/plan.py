@@ -85,9 +85,6 @@ class LayerDecision:
     frozen: bool = False
     # Binary bases of the adder layer (AdderConv2d's ``bases``): 1, or 2 for twice the additions and a closer fit.
     bases: int = 1
-    # Times the conv runs in one forward (a detection head's conv: once per pyramid level). A norm inserted after
-    # one that runs more than once is a RunningStatsBatchNorm2d (adderconvert.nn.norms says why).
-    runs: int = 1
 
 
 @dataclass
@@ -141,7 +138,7 @@ class ConversionReport:
             stride = "x".join(map(str, layer.stride))
             action = "adder" if layer.convert else "kept" if layer.supported else "not supported"
             action += f" x{layer.bases} bases" if layer.convert and layer.bases > 1 else ""
-            bn = (" +BN, running statistics" if layer.runs > 1 else " +BN") if layer.insert_bn else ""
+            bn = " +BN" if layer.insert_bn else ""
             thawed = ", frozen in the CNN: trained" if layer.convert and layer.frozen else ""
             lines.append(
                 f"{layer.name:<40} {shape:>14} {kernel:>7} {stride:>6} {layer.groups:>6} "
@@ -501,7 +498,6 @@ def plan_conversion(
         # A conv run again (a head on each pyramid level) is planned once: MACs summed, ranges joined.
         if name in planned:
             again = planned[name]
-            again.runs += 1
             again.macs += _macs(conv, in_shape, out_shape)
             again.input_min = min(again.input_min, low)
             if again.input_max is not None and "input_max" in extra:

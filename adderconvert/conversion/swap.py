@@ -1,7 +1,6 @@
 """The layer swap: replace the convs a plan converts with :class:`~adderconvert.nn.AdderConv2d` layers, their
 weights set by an init (:data:`INIT_CHOICES`), and insert a ``BatchNorm2d`` where a converted conv has no norm
-after it: the conv ``name`` becomes ``nn.Sequential(adder, bn)`` (``name.0``, ``name.1``; a
-:class:`~adderconvert.nn.RunningStatsBatchNorm2d` where the model runs the conv more than once per forward). A
+after it: the conv ``name`` becomes ``nn.Sequential(adder, bn)`` (``name.0``, ``name.1``). A
 ``FrozenBatchNorm2d`` after a converted conv becomes the ``BatchNorm2d`` it stands for, and the adder layer and its
 norm are trainable whatever the CNN's conv was: an adder layer is trained, never left frozen.
 
@@ -16,7 +15,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from adderconvert.conversion.plan import ConversionReport, LayerDecision, plan_conversion
-from adderconvert.nn import AdderConv2d, RunningStatsBatchNorm2d
+from adderconvert.nn import AdderConv2d
 from adderconvert.nn.modules import stack_bases
 
 __all__ = ["DEFAULT_INIT", "INIT_CHOICES", "SIGN_MARGIN", "SIGN_MIN_GAP", "restore", "sign_edges", "swap_layers"]
@@ -106,8 +105,7 @@ def swap_layers(
         layer = AdderConv2d.from_conv(conv, bases=decision.bases).train(conv.training)
         _init_weights(layer, conv, init, decision, sign_margin)
         if decision.insert_bn:
-            norm = RunningStatsBatchNorm2d if decision.runs > 1 else nn.BatchNorm2d
-            bn = norm(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
+            bn = nn.BatchNorm2d(conv.out_channels).to(device=conv.weight.device, dtype=conv.weight.dtype)
             bn.train(conv.training)
             if init == "sign":
                 _match_conv_scale(bn, layer, conv)

@@ -16,9 +16,9 @@ from torch import nn
 from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from adderconvert.conversion import calibration_images, plan_conversion, reestimate_batchnorm, restore, run_conversion
+from adderconvert.conversion import calibration_images, plan_conversion, run_conversion
 from adderconvert.deploy.export import export_onnx
-from adderconvert.nn import AdderConv2d, RunningStatsBatchNorm2d
+from adderconvert.nn import AdderConv2d
 from tests.conversion._dense import freeze_like_pretrained, scenes, small_fcos
 
 SIZE = 64
@@ -105,35 +105,6 @@ def test_every_kind_of_norm_after_a_conv_keeps_the_function(trained):
         pair = adder.get_submodule(name)
         assert isinstance(pair[0], AdderConv2d) and isinstance(pair[1], nn.BatchNorm2d), name
     assert isinstance(adder.get_submodule("head.classification_head.conv.1"), nn.GroupNorm)  # after the inserted one
-
-
-def test_the_norm_after_a_head_shared_by_the_pyramid_levels_keeps_fixed_statistics(trained):
-    """The head runs on each of the four levels: the norm inserted after its adder layers maps alike in training and
-    evaluation, and keeps what the conversion fitted through a BatchNorm re-estimation; the feature pyramid's
-    convs (one run each) get a plain BatchNorm. ``restore`` rebuilds both."""
-    cnn, conversion, (images, _, _) = trained
-    adder, decisions = conversion.model, {d.name: d for d in conversion.report.layers}
-    shared = [d.name for d in conversion.report.converted if d.name.startswith("head.")]
-    assert shared and all(decisions[name].runs == 4 for name in shared)
-    assert all(type(adder.get_submodule(name)[1]) is RunningStatsBatchNorm2d for name in shared)
-    assert decisions["backbone.fpn.layer_blocks.0.0"].runs == 1
-    assert type(adder.get_submodule("backbone.fpn.layer_blocks.0.0")[1]) is nn.BatchNorm2d
-    assert "+BN, running statistics" in conversion.report.table()
-    with torch.no_grad():
-        features = list(adder.eval().backbone(adder.transform(list(images[:8]))[0].tensors).values())
-        evaluated = adder.head(features)
-        trained_mode = adder.head.train()(features)
-        adder.head.eval()
-        for key in evaluated:
-            torch.testing.assert_close(trained_mode[key], evaluated[key])
-        reestimate_batchnorm(adder, [(images[:16], None), (images[16:32], None)], 2)
-        after = adder.head(list(adder.backbone(adder.transform(list(images[:8]))[0].tensors).values()))
-    for key in evaluated:  # the backbone's norms are re-estimated; the head's are not
-        cosine = float(nn.functional.cosine_similarity(after[key].flatten(), evaluated[key].flatten(), 0))
-        assert cosine > 0.99, (key, cosine)
-    rebuilt = restore(small_fcos(SIZE), conversion.report.to_dict())
-    rebuilt.load_state_dict(adder.state_dict())
-    assert all(type(rebuilt.get_submodule(name)[1]) is RunningStatsBatchNorm2d for name in shared)
 
 
 def test_a_frozen_layer_is_converted_and_trained(trained):
