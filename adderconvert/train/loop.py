@@ -215,8 +215,8 @@ def build_optimizer(
     model: nn.Module, config: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """SGD (Nesterov) over three groups, adder weights / other weights / 1-d parameters and the scales of adder
-    layers' extra bases (no weight decay),
-    and a per-step schedule: linear warm-up over ``warmup_steps``, then cosine decay to zero."""
+    layers' extra bases (no weight decay), and a per-step schedule: linear warm-up over ``warmup_steps``, then
+    cosine decay to zero."""
     adder = {id(p) for p in adder_weights(model)}
     # The per-channel scales of adder layers' extra bases are (bases - 1, out): scales, as a norm's, not weights.
     scales = {id(m.base_scale) for m in model.modules() if isinstance(m, AdderConv2d) and m.bases > 1}
