@@ -424,8 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "threads": torch.get_num_threads(),
             "overrides": overrides,
-            "exclude": args.exclude,
-            "bases": args.bases,
+            **conversion,
             "rows": rows,
         }
         table = markdown_table(rows, args.budget, budget, machine, overrides, scenes, args.parity_score, conversion)

@@ -151,10 +151,14 @@ def _forward(adder: AdderConv2d, x: torch.Tensor, weight: torch.Tensor | None = 
     return adder_conv2d(x, weight, adder.bias, adder.stride, adder.padding, adder.dilation, adder.groups)
 
 
-def _damped_solve(hessian: torch.Tensor, rhs: torch.Tensor, damping: float) -> torch.Tensor:
-    """``rhs (H + d I)^-1`` per group, ``d`` being ``damping`` times H's mean diagonal: hessian (G, K, K), rhs
+def _damping(hessian: torch.Tensor, factor: float) -> torch.Tensor:
+    """Per group, ``factor`` times the mean diagonal of ``hessian`` (G, K, K): the ridge its solves add."""
+    return factor * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+
+
+def _damped_solve(hessian: torch.Tensor, rhs: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+    """``rhs (H + d I)^-1`` per group, ``d`` the group's ``damp`` (:func:`_damping`): hessian (G, K, K), rhs
     (G, O, K)."""
-    damp = damping * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
     eye = torch.eye(hessian.shape[1], dtype=hessian.dtype, device=hessian.device)
     return torch.linalg.solve(hessian + damp[:, None, None] * eye, rhs.transpose(1, 2)).transpose(1, 2)
 
@@ -190,7 +194,7 @@ def _fit_extra_base(unit: _Unit, x: torch.Tensor, y: torch.Tensor, base: int, fi
     target = (target - target.mean(1, keepdim=True)).double().view(layer.groups, -1, target.shape[1])
     hessian = centred @ centred.transpose(1, 2) / cols.shape[2]
     cross = target @ centred.transpose(1, 2) / cols.shape[2]  # (G, O/G, K)
-    weight = _damped_solve(hessian, cross, DAMPING)
+    weight = _damped_solve(hessian, cross, _damping(hessian, DAMPING))
     chosen, _ = _error_feedback(weight, hessian, weight.abs().mean(2), None, None)
     lower, upper = float(layer.base_weight(0).min()), float(layer.base_weight(0).max())
     new = torch.where(chosen >= 0, upper, lower).to(layer.weight.dtype).reshape_as(single.weight)
@@ -246,7 +250,7 @@ def _error_feedback(
     groups, rows, k = weight.shape
     w = weight.clone()
     diag = hessian.diagonal(dim1=1, dim2=2)
-    damp = DAMPING * diag.mean(1).clamp_min(1e-12)
+    damp = _damping(hessian, DAMPING)
     h = hessian + damp[:, None, None] * torch.eye(k, dtype=hessian.dtype, device=hessian.device)
     dead = diag <= 0
     h[dead.unsqueeze(1).expand_as(h) & dead.unsqueeze(2).expand_as(h)] = 0
@@ -305,8 +309,8 @@ def _fit_signs(
         # weights W C_ts H^-1 (C_ts the cross moments), pulled towards W by the damping.
         theirs = _patches(adder, x_teacher)
         cross = ((theirs - theirs.mean(2, keepdim=True)) @ centred.transpose(1, 2)).double() / cols.shape[2]
-        damp = CORRECTION_DAMPING * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
-        weight = _damped_solve(hessian, weight @ cross + damp[:, None, None] * weight, CORRECTION_DAMPING)
+        damp = _damping(hessian, CORRECTION_DAMPING)
+        weight = _damped_solve(hessian, weight @ cross + damp[:, None, None] * weight, damp)
         del theirs, cross
     del cols, centred
     scale = weight.abs().mean(2)
