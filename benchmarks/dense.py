@@ -17,7 +17,8 @@ and the others by name) on the task's built-in scenes (data_scenes.load_scenes) 
    on every test scene beside PyTorch: the ONNX Runtime scores and the parity, for segmentation the share of pixels
    with the same argmax, for detection the share of PyTorch's detections above score 0.3 that ONNX Runtime has too
    (same label, IoU >= 0.99, score within 1e-4; a box clipped to no area matches by its corners instead, within
-   0.5% of its length).
+   0.5% of its length). An NMS tie counts as found, and is counted: two boxes of one label with scores within 1e-4
+   and an IoU above the detector's NMS threshold, of which PyTorch keeps one and ONNX Runtime the other.
 
 Per model: the CNN's epochs and scores, the zero-step scores and their share of the CNN's, the metric after each
 adder epoch, the gap (CNN - adder, in points), the share of conv MACs converted at the benchmark's size and at the
@@ -123,28 +124,48 @@ def train_teacher(name: str, budget: Budget, splits: DatasetSplits, ctx, cache: 
     return teacher, result
 
 
-def matched_detections(expected: list[dict], got: list[dict], threshold: float = PARITY_SCORE) -> tuple[int, int]:
+def _unused(fits: torch.Tensor, used: set[int]) -> int | None:
+    """The first index where ``fits`` holds that is not in ``used``, added to it; None if there is none."""
+    index = next((j for j in fits.nonzero().flatten().tolist() if j not in used), None)
+    if index is not None:
+        used.add(index)
+    return index
+
+
+def matched_detections(
+    expected: list[dict], got: list[dict], threshold: float = PARITY_SCORE, nms_iou: float = 1.0
+) -> tuple[int, int, int]:
     """How many of ``expected``'s detections above ``threshold`` (per image ``boxes``, ``scores``, ``labels``) have
-    their match in ``got`` (same label, IoU >= PARITY_IOU, score within PARITY_SCORE_TOLERANCE; each used once),
-    and how many there are."""
-    matched = total = 0
+    their match in ``got`` (same label, IoU >= PARITY_IOU, score within PARITY_SCORE_TOLERANCE; each used once), how
+    many there are, and how many of the matches are NMS ties: two boxes of one label whose scores lie within the
+    tolerance and whose IoU is above the detector's ``nms_iou`` suppress each other, so which one survives follows from
+    a score difference below the tolerance. A tie is an unmatched detection of ``expected`` whose place ``got`` gives
+    to an unused box of that kind; it counts as found."""
+    matched = total = ties = 0
     for a, b in zip(expected, got, strict=True):
         ious = box_iou(a["boxes"], b["boxes"])
         sides = (a["boxes"][:, 2:] - a["boxes"][:, :2]).amax(-1, keepdim=True).clamp(min=1.0)
-        ious[(a["boxes"][:, None] - b["boxes"][None]).abs().amax(-1) <= BOX_TOLERANCE * sides] = 1.0
+        same = ious.clone()
+        same[(a["boxes"][:, None] - b["boxes"][None]).abs().amax(-1) <= BOX_TOLERANCE * sides] = 1.0
+        close = (b["labels"][None] == a["labels"][:, None]) & (
+            (b["scores"][None] - a["scores"][:, None]).abs() <= PARITY_SCORE_TOLERANCE
+        )
+        above = (a["scores"] > threshold).nonzero().flatten().tolist()
         used: set[int] = set()
-        for i in (a["scores"] > threshold).nonzero().flatten().tolist():
-            fits = (
-                (b["labels"] == a["labels"][i])
-                & ((b["scores"] - a["scores"][i]).abs() <= PARITY_SCORE_TOLERANCE)
-                & (ious[i] >= PARITY_IOU)
-            )
-            match = next((j for j in fits.nonzero().flatten().tolist() if j not in used), None)
-            if match is not None:
-                used.add(match)
-                matched += 1
-            total += 1
-    return matched, total
+        missed = []
+        for i in above:
+            match = _unused(close[i] & (same[i] >= PARITY_IOU), used)
+            if match is None:
+                missed.append(i)
+        ties += sum(_unused(close[i] & (ious[i] > nms_iou), used) is not None for i in missed)
+        matched, total = matched + len(above) - len(missed), total + len(above)
+    return matched + ties, total, ties
+
+
+def nms_threshold(detector: torch.nn.Module) -> float:
+    """The IoU above which ``detector``'s NMS keeps only the higher-scored of two boxes of one label (a two-stage
+    detector's is its second stage's)."""
+    return float(getattr(detector, "roi_heads", detector).nms_thresh)
 
 
 def export_and_compare(
@@ -163,7 +184,7 @@ def export_and_compare(
     exported = time.perf_counter()
     session = make_session(path, intra_op_num_threads=torch.get_num_threads())
     loader = DataLoader(splits.test, batch_size=PARITY_BATCH, collate_fn=task.collate_fn)
-    in_torch, in_onnx, same, count = [], [], 0, 0
+    in_torch, in_onnx, same, count, ties = [], [], 0, 0, 0
     for batch in loader:
         images, truth = task.images(batch), batch[1]
         got = run_dense(session, images)
@@ -175,8 +196,8 @@ def export_and_compare(
             for scores, logits in ((in_torch, expected), (in_onnx, got)):
                 scores.append(confusion_matrix(logits.argmax(1), truth, splits.num_classes))
         else:
-            matched, total = matched_detections(expected, got, parity_score)
-            same, count = same + matched, count + total
+            matched, total, tied = matched_detections(expected, got, parity_score, nms_threshold(model))
+            same, count, ties = same + matched, count + total, ties + tied
             in_torch.append((expected, list(truth)))
             in_onnx.append((got, list(truth)))
     return {
@@ -184,6 +205,7 @@ def export_and_compare(
         **{f"onnx_{k}": v for k, v in task.scores(in_onnx).items()},
         "parity": same / count if count else None,
         "parity_count": count,
+        "parity_ties": ties,
         "onnx_path": path.name,
         "export_seconds": exported - started,
         "onnx_seconds": time.perf_counter() - exported,
@@ -258,8 +280,11 @@ def _metric_cell(row: dict, stage: str) -> str:
 def _parity_cell(row: dict, score: float) -> str:
     if row["parity"] is None:
         return f"n/a (no detection above {score})"
-    what = "pixels" if row["task"] == "segmentation" else "detections"
-    return f"{100 * row['parity']:.2f}% of {row['parity_count']:,} {what}"
+    if row["task"] == "segmentation":
+        return f"{100 * row['parity']:.2f}% of {row['parity_count']:,} pixels"
+    ties = row.get("parity_ties", 0)  # results written before ties were counted have none
+    tied = f" ({ties} NMS tie{'s' * (ties != 1)})" if ties else ""
+    return f"{100 * row['parity']:.2f}% of {row['parity_count']:,} detections{tied}"
 
 
 def markdown_table(
@@ -287,7 +312,8 @@ def markdown_table(
         f"{', exclude ' + ' '.join(exclude) if exclude else ''}{f', {bases} bases' if bases else ''}). "
         f"Adder: {budget.epochs} epoch(s) of {steps} at batch {adder_batches}, {recipe}. Parity: ONNX Runtime "
         f"against PyTorch on the test scenes (pixels with the same argmax; PyTorch's detections above "
-        f"{parity_score} found again, IoU >= {PARITY_IOU}, score within {PARITY_SCORE_TOLERANCE:g}).",
+        f"{parity_score} found again, IoU >= {PARITY_IOU}, score within {PARITY_SCORE_TOLERANCE:g}, or an NMS tie: "
+        "the other of two boxes whose scores lie within it and which suppress each other).",
         "",
         f"| model | metric | CNN epochs | CNN | zero-step (% of CNN) | adder by epoch | gap | MACs converted "
         f"({budget.image_size} px / deployed) | ONNX Runtime | parity | CNN s | convert s | adder s | export + ONNX s "

@@ -74,8 +74,8 @@ TEACHER_LR = {"vgg11_bn": 0.01, "resnet18": 0.02, "resnet50": 0.02}
 @dataclass(frozen=True)
 class Budget:
     """How much each model gets: image size, the CNN's batch, epochs and steps per epoch (None: whole epochs) of
-    the CNN and of the adder fine-tuning (whose batch is the main job's, and epochs too where None: 2 for networks
-    with grouped or depthwise convs, else 1), test images (None: all 10,000) and the gap the recipe must meet."""
+    the CNN and of the adder fine-tuning (whose batch is the main job's, and epochs too where None: 1), test images
+    (None: all 10,000) and the gap the recipe must meet."""
 
     image_size: int
     cnn_batch_size: int
@@ -235,13 +235,11 @@ def cached_fit(
     return result
 
 
-def fine_tune_config(
-    budget: Budget, overrides: dict, task: Task = CLASSIFICATION, model: torch.nn.Module | None = None
-) -> TrainConfig:
-    """The CLI's own fine-tuning configuration of ``model`` (the ``task``'s batch size included, and its epochs where
+def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION) -> TrainConfig:
+    """The CLI's own fine-tuning configuration of a model of ``task`` (its batch size included, and the epochs where
     the budget leaves them to the CLI) at the budget's length, with ``overrides``."""
     run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False)
-    return replace(adder_train_config(run, task, model), log=False, **overrides)
+    return replace(adder_train_config(run, task), log=False, **overrides)
 
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
@@ -291,6 +289,7 @@ def convert_student(
     zero = task.evaluate(student, test_set, device=ctx.device)
     row = {
         **{f"zero_step_{k}": v for k, v in zero.items()},
+        "bases": report.converted[0].bases,  # the main job's for this model, or conversion's
         "convert_seconds": time.perf_counter() - started,
         "reconstruct_seconds": fitted.seconds if fitted is not None else 0.0,
         "converted_macs_share": report.converted_macs / max(report.total_macs, 1),
@@ -353,7 +352,7 @@ def fine_tune(
 ) -> tuple:
     """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1
     after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
-    config = fine_tune_config(budget, overrides, task, teacher)  # the CLI decides the epochs on the CNN
+    config = fine_tune_config(budget, overrides, task)
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:
@@ -412,6 +411,7 @@ def markdown_table(
         "keep_mac_budget": RunConfig.keep_mac_budget,
         **(conversion or {}),
     }
+    bases = conversion.get("bases") or "the main job's (1; 2 with grouped or depthwise convs)"
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
     tests = budget.test_images or "all 10,000"
@@ -419,7 +419,7 @@ def markdown_table(
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
         f"{budget.cnn_batch_size}, adder batch {fine_tune_config(budget, overrides).batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder "
-        f"{budget.epochs or 'the CLI default number of (1; 2 with grouped or depthwise convs)'} epoch(s) of {steps}; "
+        f"{budget.epochs or 'the CLI default number of (1)'} epoch(s) of {steps}; "
         f"{tests} test images. "
         + (
             "No fine-tuning step. "
@@ -431,7 +431,7 @@ def markdown_table(
         f"keep_mac_budget {conversion['keep_mac_budget']:g}, "
         f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}, reconstruct "
         f"{conversion.get('reconstruct', 'none')}{' (inside)' if conversion.get('inside') else ''}"
-        f"{', bases ' + str(conversion['bases']) if conversion.get('bases') else ''}.",
+        f", bases {bases}.",
         "",
         f"| model | CNN epochs | CNN top-1 | zero-step adder (% of CNN) | MACs converted ({budget.image_size} / "
         f"{DEPLOYMENT_SIZE} px) | adder top-1 | gap | CNN s | adder s | adder weight std (mean / max) "
@@ -501,7 +501,7 @@ def main() -> None:
         "--epochs",
         type=int,
         default=None,
-        help="adder fine-tuning epochs (default: the CLI's, 2 with grouped or depthwise convs)",
+        help="adder fine-tuning epochs (default: the CLI's, 1)",
     )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

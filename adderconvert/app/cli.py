@@ -173,7 +173,8 @@ def _interrupt_on_sigterm():
     type=int,
     default=None,
     help=f"Binary bases per adder layer, 1-4: each more adds the additions of one more adder filter per output for a "
-    f"closer fit of the CNN [{CLASSIFICATION.bases}; segmentation and detection {SEGMENTATION.bases}].",
+    f"closer fit of the CNN [{CLASSIFICATION.bases}; classifiers with grouped or depthwise convs "
+    f"{CLASSIFICATION.grouped_bases}; segmentation and detection {SEGMENTATION.bases}].",
 )
 @click.option(
     "--keep-mac-budget",
@@ -217,8 +218,7 @@ def _interrupt_on_sigterm():
     "--epochs",
     type=int,
     default=None,
-    help=f"Fine-tuning epochs [{TrainConfig.epochs}; classifiers with grouped or depthwise convs "
-    f"{CLASSIFICATION.grouped_epochs}].",
+    help=f"Fine-tuning epochs [{TrainConfig.epochs}].",
 )
 @click.option(
     "--batch-size",

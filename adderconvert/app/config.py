@@ -37,7 +37,7 @@ class RunConfig:
     pretrain_epochs: int | None = None  # None: 1 when the classifier had to be resized, else 0
     pretrain_lr: float = 0.05
     finetune: bool = True
-    epochs: int | None = None  # None: the model's default (pipeline.epochs_of), resolved by the run
+    epochs: int | None = None  # None: TrainConfig.epochs (pipeline.epochs_of), resolved by the run
     batch_size: int | None = None  # None: the model's task's (Task.batch_size), resolved by the run
     lr: float = TrainConfig.lr  # the fine-tuning recipe's defaults are TrainConfig's
     eta: float = TrainConfig.eta
@@ -54,7 +54,7 @@ class RunConfig:
     keep: list[str] = field(default_factory=lambda: list(DEFAULT_KEEP))  # kinds of conv kept multiplicative
     keep_ceiling: float = DEFAULT_KEEP_CEILING  # share of the conv MACs (at DEPLOYMENT_SIZE px) kept at most
     keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
-    bases: int | None = None  # binary bases per adder layer; None: the model's task's (Task.bases), resolved by the run
+    bases: int | None = None  # binary bases per adder layer; None: the model's (pipeline.bases_of), resolved by the run
     sync_bn: bool = TrainConfig.sync_bn
     amp: bool = TrainConfig.amp
     export: bool = True

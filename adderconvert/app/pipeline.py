@@ -115,7 +115,7 @@ def _rules(config: RunConfig) -> dict:
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor, task: Task) -> ConversionReport:
     report = plan_conversion(model, example, **_rules(config))
     for decision in report.converted:
-        decision.bases = bases_of(config, task)
+        decision.bases = bases_of(config, task, model)
     if not report.converted:
         raise RunInputError(
             f"nothing was converted: no Conv2d of {config.model} is left to become an adder layer under these "
@@ -175,7 +175,7 @@ class _Prepared:
     out: Path
     device: str
     task: Task  # what training and evaluation take from the model's task
-    epochs_note: str = ""  # why the fine-tuning has the epochs it has, where that is not plain
+    bases_note: str = ""  # why the adder layers have the bases they have, where that is not the task's plain default
 
 
 def _check_folder(config: RunConfig, out: Path) -> None:
@@ -220,11 +220,14 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     device = resolve_device(config.device)
     splits, teacher, head_fits = _data_and_model(config, fetch=True)
     task = training_task(splits.task)
-    epochs = epochs_of(config, task, teacher)
-    epochs_note = ""
-    if config.epochs is None and epochs != TrainConfig.epochs:
-        epochs_note = f" (the default for a network with grouped or depthwise convs: {config.model}; --epochs sets it)"
-    config = replace(config, batch_size=batch_size_of(config, task), epochs=epochs, bases=bases_of(config, task))
+    bases = bases_of(config, task, teacher)
+    bases_note = ""
+    if config.bases is None and bases != task.bases:
+        bases_note = (
+            f"conversion: {bases} binary bases per adder layer, the default for a network with grouped or depthwise "
+            f"convs ({config.model}): {bases}x the additions of {task.bases}, for a closer fit; --bases sets it"
+        )
+    config = replace(config, batch_size=batch_size_of(config, task), epochs=epochs_of(config), bases=bases)
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
         try:
@@ -252,7 +255,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path, adders=stage == "adder")
-    return config, _Prepared(splits, teacher, report, pretrain, out, device, task, epochs_note)
+    return config, _Prepared(splits, teacher, report, pretrain, out, device, task, bases_note)
 
 
 def batch_size_of(config: RunConfig, task: Task) -> int:
@@ -261,20 +264,23 @@ def batch_size_of(config: RunConfig, task: Task) -> int:
     return task.batch_size if config.batch_size is None else config.batch_size
 
 
-def bases_of(config: RunConfig, task: Task) -> int:
-    """The run's binary bases per adder layer: ``--bases``, or its model's ``task``'s default (``Task.bases``: 1 for
-    classifiers, 2 for segmentation and detection models)."""
-    return task.bases if config.bases is None else config.bases
+def _has_grouped_convs(model: nn.Module) -> bool:
+    """Whether ``model`` has a conv of more than one group (depthwise ones included)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 
-def epochs_of(config: RunConfig, task: Task, model: nn.Module | None = None) -> int:
-    """The run's fine-tuning epochs: ``--epochs``, or for a ``model`` with grouped convs (depthwise ones included)
-    its ``task``'s ``grouped_epochs`` (2 for classifiers), else ``TrainConfig.epochs`` (1)."""
-    if config.epochs is not None:
-        return config.epochs
-    if model is not None and any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
-        return task.grouped_epochs
-    return TrainConfig.epochs
+def bases_of(config: RunConfig, task: Task, model: nn.Module) -> int:
+    """The run's binary bases per adder layer: ``--bases``, or the default of its ``model``'s ``task``:
+    ``Task.grouped_bases`` for a model with grouped convs, else ``Task.bases`` (classifiers 2 and 1, segmentation and
+    detection models 2)."""
+    if config.bases is not None:
+        return config.bases
+    return task.grouped_bases if _has_grouped_convs(model) else task.bases
+
+
+def epochs_of(config: RunConfig) -> int:
+    """The run's fine-tuning epochs: ``--epochs``, else ``TrainConfig.epochs`` (1)."""
+    return TrainConfig.epochs if config.epochs is None else config.epochs
 
 
 def _common(config: RunConfig, task: Task) -> dict:
@@ -294,11 +300,11 @@ def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config, task))
 
 
-def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION, model: nn.Module | None = None) -> TrainConfig:
-    """How the main job fine-tunes the adder model of ``config``'s run, ``model`` of ``task`` (benchmarks/recipes.py
+def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION) -> TrainConfig:
+    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` (benchmarks/recipes.py
     uses it too; its epochs: :func:`epochs_of`)."""
     return TrainConfig(
-        epochs=epochs_of(config, task, model),
+        epochs=epochs_of(config),
         lr=config.lr,
         adder_lr_scale=task.adder_lr_scale,
         eta=config.eta,
@@ -417,6 +423,8 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     cnn = _scores(cnn_history, teacher, splits.test, ctx, config, "CNN eval", task)
     _log(_describe("CNN", cnn), main)
 
+    if prepared.bases_note:
+        _log(prepared.bases_note, main)
     conversion = convert_trained(teacher, splits, config, ctx, log=main)
     student, report = conversion.model, conversion.report
     zero_step = _scores([], student, splits.test, ctx, config, "adder eval (zero steps)", task)
@@ -424,7 +432,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
 
     adder_history = []
     if config.finetune:
-        _log(f"adder: fine-tuning {config.epochs} epoch(s){prepared.epochs_note}", main)
+        _log(f"adder: fine-tuning {config.epochs} epoch(s)", main)
         resume = out / "last.pt" if config.resume and (out / "last.pt").is_file() else None
         adder_history = fit(
             student,
@@ -522,7 +530,7 @@ def convert_trained(
             **_rules(config),
             sign_margin=sign_margin,
             inside=inside,
-            bases=bases_of(config, training_task(splits.task)),
+            bases=bases_of(config, training_task(splits.task), teacher),
             log=lambda message: _log(message, log),
         )
 

@@ -111,11 +111,10 @@ class _DenseTask(Task):
     # model far from its CNN. lraspp_mobilenet_v3_large at 64 px, one epoch on the cpu budget's 5,000 scenes (CNN
     # 48.86% mIoU): batch 128 (39 steps) 41.64%, 32 44.59%, 16 46.27%, 8 46.50% (docs/results/dense_cpu.md).
     batch_size = 16
-    grouped_epochs = TrainConfig.epochs  # issue 35's budget is one epoch; two are not measured on dense models
     # A per-pixel or per-box output needs more of each layer's function than an argmax over classes: with two binary
     # bases LR-ASPP keeps 92% of its CNN's mIoU at zero steps (77% with one) and ends one epoch 0.60 below it (2.80),
     # SSDlite 83% of its mAP (48%) and 4.20 below it (10.21) (docs/results/dense_cpu.md), for twice the additions.
-    bases = 2
+    bases = grouped_bases = 2
 
     def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
         return BackboneDistillation(model, teacher)

@@ -128,15 +128,14 @@ class Task:
     metric = "top1"  # the name of the metric the checkpoints are chosen by (a key of :meth:`evaluate`'s result)
     batch_size = TrainConfig.batch_size  # the main job's default global batch for this task's models
     adder_lr_scale = TrainConfig.adder_lr_scale  # the main job's default for this task's models
-    # The main job's fine-tuning epochs for a network with grouped convs, depthwise ones included (others:
-    # TrainConfig.epochs). On 8-epoch teachers a second epoch brings MobileNetV3-Large from 1.23 to 0.66 pt of its CNN,
-    # EfficientNet-B0 from 0.94 (two seeds) to 0.41, MobileNetV3-Small from 1.28 to 1.09, RegNet-Y-400MF (grouped 3x3
-    # convs of 8 channels) from 1.16 (three seeds) to 0.61 (docs/results/recipes_cpu_converged.md).
-    grouped_epochs = 2
-    # Binary bases per adder layer (AdderConv2d's ``bases``) by default. A second one doubles the additions of every
-    # inference; with it the five grouped families measured end one epoch within 0.4-0.82 pt of their CNN, where one
-    # base needs two epochs (docs/results/recipes_cpu_converged.md).
+    # Binary bases per adder layer (AdderConv2d's ``bases``) by default: ``bases`` for a network of dense convs,
+    # ``grouped_bases`` for one with grouped convs, depthwise ones included. A second base doubles the additions of
+    # every inference. On 8-epoch teachers one base holds ResNet-18 within 1 pt of its CNN after one epoch, but the
+    # grouped families end 0.9-1.3 pt short (MobileNetV3-Small still 1.09 after two epochs); with two bases all five
+    # measured end one epoch 0.40-0.82 pt short: MobileNetV3-Small and -Large, RegNet-Y-400MF, EfficientNet-B0,
+    # MobileNetV2 (docs/results/recipes_cpu_converged.md).
     bases = 1
+    grouped_bases = 2
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
 

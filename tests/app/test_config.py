@@ -72,8 +72,9 @@ def test_cli_help_reads_the_defaults():
     text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
     for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
-    assert "[1; classifiers with grouped or depthwise convs 2]" in text.split("--epochs", 1)[1].split("--", 1)[0]
-    assert "[1; segmentation and detection 2]" in text.split("--bases", 1)[1].split("--", 1)[0]
+    assert "[1]" in text.split("--epochs", 1)[1].split("--", 1)[0]
+    bases = "[1; classifiers with grouped or depthwise convs 2; segmentation and detection 2]"
+    assert bases in text.split("--bases", 1)[1].split("--", 1)[0]
 
 
 def test_another_init_runs_without_reconstruction_and_says_so():
@@ -103,35 +104,33 @@ def test_keep_none_converts_every_kind():
     assert validate_config({}).keep == ["depthwise", "squeeze_excitation"]
 
 
-def test_networks_with_grouped_convs_fine_tune_longer():
-    """A classifier with grouped convs (depthwise ones included) fine-tunes CLASSIFICATION.grouped_epochs (2) by
-    default, any other model TrainConfig's 1; dense models keep 1 (their budget); --epochs wins."""
-    from torchvision.models import mobilenet_v3_small, regnet_y_400mf, resnet18
-
+def test_every_model_fine_tunes_one_epoch_by_default():
     from adderconvert.app.pipeline import adder_train_config, epochs_of
-    from adderconvert.train.dense import DETECTION, SEGMENTATION
-    from adderconvert.train.loop import CLASSIFICATION
+    from adderconvert.train.dense import SEGMENTATION
 
     assert validate_config({}).epochs is RunConfig.epochs is None and TrainConfig.epochs == 1
-    mobile, grouped, plain = mobilenet_v3_small(), regnet_y_400mf(), resnet18()  # grouped: not depthwise
-    assert epochs_of(RunConfig(), CLASSIFICATION, mobile) == CLASSIFICATION.grouped_epochs == 2
-    assert epochs_of(RunConfig(), CLASSIFICATION, grouped) == 2
-    assert epochs_of(RunConfig(), CLASSIFICATION, plain) == 1
-    assert epochs_of(RunConfig(), CLASSIFICATION) == 1  # no model to look at
-    for task in (SEGMENTATION, DETECTION):
-        assert epochs_of(RunConfig(), task, mobile) == 1
-    assert epochs_of(RunConfig(epochs=3), CLASSIFICATION, mobile) == epochs_of(RunConfig(epochs=3), CLASSIFICATION) == 3
-    assert adder_train_config(RunConfig(), CLASSIFICATION, mobile).epochs == 2
+    assert epochs_of(RunConfig()) == adder_train_config(RunConfig(), SEGMENTATION).epochs == 1
+    assert epochs_of(RunConfig(epochs=3)) == adder_train_config(RunConfig(epochs=3)).epochs == 3
 
 
-def test_segmentation_and_detection_models_convert_with_two_bases_by_default():
+def test_grouped_classifiers_and_dense_models_convert_with_two_bases_by_default():
+    """A classifier with grouped convs (depthwise ones included) gets CLASSIFICATION.grouped_bases (2), one with
+    dense convs only CLASSIFICATION.bases (1); segmentation and detection models 2 whatever their convs; --bases
+    wins."""
+    from torchvision.models import mobilenet_v3_small, regnet_y_400mf, resnet18
+
     from adderconvert.app.pipeline import bases_of
     from adderconvert.train.dense import DETECTION, SEGMENTATION
     from adderconvert.train.loop import CLASSIFICATION
 
     assert validate_config({}).bases is RunConfig.bases is None and "bases" in RESOLVED_BY_RUN
-    assert bases_of(RunConfig(), CLASSIFICATION) == 1
-    assert bases_of(RunConfig(), SEGMENTATION) == bases_of(RunConfig(), DETECTION) == 2
-    assert bases_of(RunConfig(bases=3), SEGMENTATION) == 3
+    mobile, grouped, plain = mobilenet_v3_small(), regnet_y_400mf(), resnet18()  # grouped: not depthwise
+    assert bases_of(RunConfig(), CLASSIFICATION, mobile) == CLASSIFICATION.grouped_bases == 2
+    assert bases_of(RunConfig(), CLASSIFICATION, grouped) == 2
+    assert bases_of(RunConfig(), CLASSIFICATION, plain) == CLASSIFICATION.bases == 1
+    for task in (SEGMENTATION, DETECTION):
+        assert bases_of(RunConfig(), task, plain) == bases_of(RunConfig(), task, mobile) == 2
+    assert bases_of(RunConfig(bases=3), SEGMENTATION, mobile) == 3
+    assert bases_of(RunConfig(bases=1), CLASSIFICATION, mobile) == 1
     with pytest.raises(ConfigError, match="bases"):
         validate_config({"bases": 0})

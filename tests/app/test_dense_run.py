@@ -80,9 +80,9 @@ def test_a_run_built_in_python_takes_its_tasks_batch(small, tmp_path):
     )
     resolved, prepared = pipeline._prepare(config, world_size=1)
     assert config.batch_size is None and resolved.batch_size == SEGMENTATION.batch_size == prepared.task.batch_size
-    # A dense model keeps one epoch though its backbone has depthwise convs; config.yaml gets the values used.
-    assert resolved.epochs == 1 and prepared.epochs_note == ""
-    assert "batch_size: 16\n" in resolved.to_yaml() and "epochs: 1\n" in resolved.to_yaml()
+    # A dense model has two bases whatever its convs (no note: its task's plain default); config.yaml gets the values.
+    assert (resolved.epochs, resolved.bases) == (1, 2) and prepared.bases_note == ""
+    assert all(f"{key}\n" in resolved.to_yaml() for key in ("batch_size: 16", "epochs: 1", "bases: 2"))
 
 
 @pytest.mark.slow  # the ONNX export (15-20 s each)

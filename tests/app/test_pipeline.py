@@ -54,10 +54,13 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
     assert note is None  # the run trains no teacher: its head fits
     resolved, prepared = _prepare(config, world_size=1)
     assert prepared.pretrain_epochs == 0
-    # A network with depthwise convs fine-tunes two epochs unless told, and the run says why.
-    assert config.epochs is None and resolved.epochs == 2 and "grouped or depthwise convs" in prepared.epochs_note
-    assert "epochs: 2\n" in resolved.to_yaml()  # what the run writes to config.yaml
-    assert _prepare(replace(config, epochs=1), world_size=1)[0].epochs == 1
+    # A network with depthwise convs converts with two bases unless told, and the run says why; one epoch.
+    assert config.bases is None and resolved.bases == 2 and "grouped or depthwise convs" in prepared.bases_note
+    assert resolved.epochs == 1 and "bases: 2\n" in resolved.to_yaml()  # what the run writes to config.yaml
+    assert {d.bases for d in prepared.report.converted} == {2}
+    told, told_prepared = _prepare(replace(config, bases=1), world_size=1)
+    assert told.bases == 1 and told_prepared.bases_note == ""
+    assert {d.bases for d in told_prepared.report.converted} == {1}
     splits = load_dataset("fashion-mnist", str(data), 32)
     run = convert_trained(prepared.teacher, splits, config, DistributedContext(), log=False).report
     assert [(d.name, d.convert, d.rule) for d in dry.layers] == [(d.name, d.convert, d.rule) for d in run.layers]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 _BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(_BENCHMARKS))
@@ -73,6 +74,7 @@ def test_onnx_runtime_matches_pytorch(run):
     segmenter, detector = rows[SEGMENTER], rows[DETECTOR]
     assert segmenter["parity_count"] == 16 * 32 * 32 and segmenter["parity"] >= 0.999
     assert detector["parity_count"] > 100 and detector["parity"] == 1.0
+    assert detector["parity_ties"] <= 0.01 * detector["parity_count"]  # near-equal scores of untrained heads
     assert detector["onnx_map"] == pytest.approx(detector["adder_map"], abs=0.01)
 
 
@@ -113,14 +115,40 @@ def test_the_teacher_key_holds_the_scene_counts():
 def test_matched_detections_counts_what_onnx_runtime_finds_again():
     boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [5, 5, 9, 9]])
     expected = [{"boxes": boxes, "scores": torch.tensor([0.9, 0.5, 0.1]), "labels": torch.tensor([1, 2, 3])}]
-    assert dense.matched_detections(expected, expected) == (2, 2)  # the one below 0.3 is not compared
+    assert dense.matched_detections(expected, expected) == (2, 2, 0)  # the one below 0.3 is not compared
     for change in ({"labels": torch.tensor([1, 3, 3])}, {"scores": torch.tensor([0.9, 0.501, 0.1])}):
-        assert dense.matched_detections(expected, [expected[0] | change]) == (1, 2)
-    assert dense.matched_detections(expected, [expected[0] | {"boxes": boxes + 1}]) == (0, 2)
+        assert dense.matched_detections(expected, [expected[0] | change]) == (1, 2, 0)
+    assert dense.matched_detections(expected, [expected[0] | {"boxes": boxes + 1}]) == (0, 2, 0)
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
-    assert dense.matched_detections(expected, [empty]) == (0, 2)
+    assert dense.matched_detections(expected, [empty]) == (0, 2, 0)
     clipped = [{"boxes": torch.tensor([[0.0, 0, 0, 10]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
-    assert dense.matched_detections(clipped, clipped) == (1, 1)  # a box of no area: no IoU, same corners
+    assert dense.matched_detections(clipped, clipped) == (1, 1, 0)  # a box of no area: no IoU, same corners
+
+
+def test_an_nms_tie_counts_as_found_and_is_counted():
+    """PyTorch keeps box A, ONNX Runtime box B of the same label: their scores differ by less than the tolerance and
+    their IoU (0.9) is above the NMS threshold, so each would suppress the other."""
+    one, other = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[0.0, 0, 10, 9]])  # IoU 0.9
+    torch_side = [{"boxes": one, "scores": torch.tensor([0.50001]), "labels": torch.tensor([1])}]
+    ort_side = [{"boxes": other, "scores": torch.tensor([0.50002]), "labels": torch.tensor([1])}]
+    assert dense.matched_detections(torch_side, ort_side, nms_iou=0.55) == (1, 1, 1)
+    assert dense.matched_detections(torch_side, ort_side, nms_iou=0.95) == (0, 1, 0)  # they would both survive
+    far = [ort_side[0] | {"scores": torch.tensor([0.5003])}]  # outside the score tolerance: not a tie
+    assert dense.matched_detections(torch_side, far, nms_iou=0.55) == (0, 1, 0)
+    relabelled = [ort_side[0] | {"labels": torch.tensor([2])}]
+    assert dense.matched_detections(torch_side, relabelled, nms_iou=0.55) == (0, 1, 0)
+    # the box both sides keep is matched first, so it is not taken as the tie of another
+    both = [
+        {"boxes": torch.cat([one, other]), "scores": torch.tensor([0.50001, 0.50002]), "labels": torch.tensor([1, 1])}
+    ]
+    assert dense.matched_detections(both, [both[0]], nms_iou=0.55) == (2, 2, 0)
+
+
+def test_nms_threshold_is_the_detectors_own():
+    ssd = torchvision.models.get_model(DETECTOR, weights=None, weights_backbone=None, num_classes=3)
+    rcnn = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None)
+    assert dense.nms_threshold(ssd) == ssd.nms_thresh == 0.55
+    assert dense.nms_threshold(rcnn) == rcnn.roi_heads.nms_thresh == 0.5
 
 
 @pytest.mark.parametrize(
