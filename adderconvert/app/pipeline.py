@@ -271,8 +271,8 @@ def _has_grouped_convs(model: nn.Module) -> bool:
 
 def bases_of(config: RunConfig, task: Task, model: nn.Module) -> int:
     """The run's binary bases per adder layer: ``--bases``, or the default of its ``model``'s ``task``:
-    ``Task.grouped_bases`` for a model with grouped convs, else ``Task.bases`` (classifiers 2 and 1, segmentation and
-    detection models 2)."""
+    ``Task.grouped_bases`` for a model with grouped convs (depthwise ones included), else ``Task.bases``. Classifiers:
+    2 with grouped convs, else 1; segmentation and detection models: 2."""
     if config.bases is not None:
         return config.bases
     return task.grouped_bases if _has_grouped_convs(model) else task.bases

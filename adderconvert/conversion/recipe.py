@@ -123,7 +123,8 @@ def run_conversion(
     :func:`~adderconvert.conversion.reconstruct`) choose the steps; ``bases`` (1 or more) gives every adder layer
     that many binary bases (:class:`~adderconvert.nn.AdderConv2d`), the extra ones fitted by the reconstruction to
     what the first leaves (2: twice the additions; on the built-in scenes LR-ASPP keeps 92% of its CNN's mIoU at
-    zero steps instead of 77%, docs/results/dense_cpu.md). ``log`` receives a line per step (the plan's
+    zero steps instead of 77%, docs/results/dense_cpu.md; the main job gives 2 to networks with grouped convs and to
+    segmentation and detection models, docs/usage.md "Bases"). ``log`` receives a line per step (the plan's
     table, the reconstruction's summary).
     """
     if not isinstance(model, nn.Module):
