@@ -282,7 +282,7 @@ def _parity_cell(row: dict, score: float) -> str:
         return f"n/a (no detection above {score})"
     if row["task"] == "segmentation":
         return f"{100 * row['parity']:.2f}% of {row['parity_count']:,} pixels"
-    ties = row.get("parity_ties", 0)  # results written before ties were counted have none
+    ties = row["parity_ties"]
     tied = f" ({ties} NMS tie{'s' * (ties != 1)})" if ties else ""
     return f"{100 * row['parity']:.2f}% of {row['parity_count']:,} detections{tied}"
 

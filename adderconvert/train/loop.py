@@ -131,9 +131,9 @@ class Task:
     # Binary bases per adder layer (AdderConv2d's ``bases``) by default: ``bases`` for a network of dense convs,
     # ``grouped_bases`` for one with grouped convs, depthwise ones included. A second base doubles the additions of
     # every inference. On 8-epoch teachers one base holds ResNet-18 within 1 pt of its CNN after one epoch, but the
-    # grouped families end 0.9-1.3 pt short (MobileNetV3-Small still 1.09 after two epochs); with two bases all five
-    # measured end one epoch 0.40-0.82 pt short: MobileNetV3-Small and -Large, RegNet-Y-400MF, EfficientNet-B0,
-    # MobileNetV2 (docs/results/recipes_cpu_converged.md).
+    # grouped families end 0.9-1.3 pt short (MobileNetV3-Small still 1.09 after two epochs); with two bases
+    # MobileNetV3-Large, RegNet-Y-400MF, EfficientNet-B0 and MobileNetV2 end one epoch 0.32-0.82 pt short, and
+    # MobileNetV3-Small 0.68 and 1.37 on two teachers (0.92 after two epochs; docs/results/recipes_cpu_converged.md).
     bases = 1
     grouped_bases = 2
     collate_fn: Callable | None = None  # the DataLoader's

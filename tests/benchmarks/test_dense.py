@@ -144,6 +144,13 @@ def test_an_nms_tie_counts_as_found_and_is_counted():
     assert dense.matched_detections(both, [both[0]], nms_iou=0.55) == (2, 2, 0)
 
 
+def test_the_parity_cell_names_the_ties():
+    row = {"task": "detection", "parity": 1.0, "parity_count": 1204, "parity_ties": 2}
+    assert dense._parity_cell(row, 0.3) == "100.00% of 1,204 detections (2 NMS ties)"
+    assert dense._parity_cell(row | {"parity_ties": 0}, 0.3) == "100.00% of 1,204 detections"
+    assert dense._parity_cell(row | {"parity": None}, 0.3) == "n/a (no detection above 0.3)"
+
+
 def test_nms_threshold_is_the_detectors_own():
     ssd = torchvision.models.get_model(DETECTOR, weights=None, weights_backbone=None, num_classes=3)
     rcnn = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None)
