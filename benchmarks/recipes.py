@@ -411,7 +411,9 @@ def markdown_table(
         "keep_mac_budget": RunConfig.keep_mac_budget,
         **(conversion or {}),
     }
-    bases = conversion.get("bases") or "the main job's (1; 2 with grouped or depthwise convs)"
+    grouped = CLASSIFICATION.grouped_bases
+    main_job = f"the main job's ({CLASSIFICATION.bases}; {grouped} with grouped or depthwise convs)"
+    bases = conversion.get("bases") or main_job
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
     tests = budget.test_images or "all 10,000"
