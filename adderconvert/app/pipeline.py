@@ -144,9 +144,11 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     Segmentation and detection models are planned on their task's data (Fashion-MNIST's default stands for the
     built-in scenes, :func:`~adderconvert.data_scenes.load_scenes`; data of another task is refused) at
     ``config.image_size`` (default :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's
-    transform set to that size."""
+    transform set to that size. The note also says why the adder layers get more bases than the task's plain
+    default, where they do."""
     splits, model, head_fits = _data_and_model(config, fetch=False)
-    report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES), training_task(splits.task))
+    task = training_task(splits.task)
+    report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
     pretrain = config.pretrain_epochs
     if pretrain is None:
         pretrain = default_pretrain_epochs(config.weights, splits.num_classes, head_fits)
@@ -161,7 +163,20 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
             f"note: planned on random weights (--dry-run does not download --weights {config.weights}); the run "
             "plans on them, so what --keep-ceiling converts and --keep-mac-budget keeps may differ"
         )
-    return report, note
+    notes = [line for line in (_bases_note(config, task, model), note) if line]
+    return report, "\n".join(notes) or None
+
+
+def _bases_note(config: RunConfig, task: Task, model: nn.Module) -> str:
+    """Why ``model``'s adder layers get more bases than ``task``'s plain default, where they do by default; else
+    ``""``."""
+    bases = bases_of(config, task, model)
+    if config.bases is not None or bases == task.bases:
+        return ""
+    return (
+        f"conversion: {bases} binary bases per adder layer, the default for a network with grouped or depthwise "
+        f"convs ({config.model}): {bases}x the additions of {task.bases}, for a closer fit; --bases sets it"
+    )
 
 
 @dataclass
@@ -220,14 +235,10 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     device = resolve_device(config.device)
     splits, teacher, head_fits = _data_and_model(config, fetch=True)
     task = training_task(splits.task)
-    bases = bases_of(config, task, teacher)
-    bases_note = ""
-    if config.bases is None and bases != task.bases:
-        bases_note = (
-            f"conversion: {bases} binary bases per adder layer, the default for a network with grouped or depthwise "
-            f"convs ({config.model}): {bases}x the additions of {task.bases}, for a closer fit; --bases sets it"
-        )
-    config = replace(config, batch_size=batch_size_of(config, task), epochs=epochs_of(config), bases=bases)
+    bases_note = _bases_note(config, task, teacher)
+    config = replace(
+        config, batch_size=batch_size_of(config, task), epochs=epochs_of(config), bases=bases_of(config, task, teacher)
+    )
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
         try:

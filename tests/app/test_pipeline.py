@@ -51,7 +51,7 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
         image_size=32, output=str(tmp_path / "run"),
     )  # fmt: skip
     dry, note = plan_only(config)
-    assert note is None  # the run trains no teacher: its head fits
+    assert note == _prepare(config, world_size=1)[1].bases_note  # only why two bases: the run trains no teacher
     resolved, prepared = _prepare(config, world_size=1)
     assert prepared.pretrain_epochs == 0
     # A network with depthwise convs converts with two bases unless told, and the run says why; one epoch.
