@@ -114,8 +114,9 @@ def _rules(config: RunConfig) -> dict:
 
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor, task: Task) -> ConversionReport:
     report = plan_conversion(model, example, **_rules(config))
+    bases = bases_of(config, task, model)  # once: without --bases it scans the model's convs
     for decision in report.converted:
-        decision.bases = bases_of(config, task, model)
+        decision.bases = bases
     if not report.converted:
         raise RunInputError(
             f"nothing was converted: no Conv2d of {config.model} is left to become an adder layer under these "

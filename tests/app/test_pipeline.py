@@ -51,8 +51,8 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
         image_size=32, output=str(tmp_path / "run"),
     )  # fmt: skip
     dry, note = plan_only(config)
-    assert note == _prepare(config, world_size=1)[1].bases_note  # only why two bases: the run trains no teacher
     resolved, prepared = _prepare(config, world_size=1)
+    assert note == prepared.bases_note  # only why two bases: the run trains no teacher
     assert prepared.pretrain_epochs == 0
     # A network with depthwise convs converts with two bases unless told, and the run says why; one epoch.
     assert config.bases is None and resolved.bases == 2 and "grouped or depthwise convs" in prepared.bases_note
