@@ -45,10 +45,12 @@ from adderconvert.architectures.registry import build  # noqa: E402
 from adderconvert.checkpoint import save_checkpoint  # noqa: E402
 from adderconvert.conversion import (  # noqa: E402
     DEPLOYMENT_SIZE,
+    GROUPED_BASES,
     INIT_CHOICES,
     KEEP_KINDS,
     RECONSTRUCT_METHODS,
     SIGN_MARGIN,
+    ConversionReport,
     plan_conversion,
 )
 from adderconvert.conversion.plan import conv_macs_at  # noqa: E402
@@ -74,7 +76,7 @@ TEACHER_LR = {"vgg11_bn": 0.01, "resnet18": 0.02, "resnet50": 0.02}
 @dataclass(frozen=True)
 class Budget:
     """How much each model gets: image size, the CNN's batch, epochs and steps per epoch (None: whole epochs) of
-    the CNN and of the adder fine-tuning (whose batch is the main job's, and epochs too where None: 1), test images
+    the CNN and of the adder fine-tuning (whose batch is the main job's, and epochs too where None), test images
     (None: all 10,000) and the gap the recipe must meet."""
 
     image_size: int
@@ -235,11 +237,13 @@ def cached_fit(
     return result
 
 
-def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION) -> TrainConfig:
-    """The CLI's own fine-tuning configuration of a model of ``task`` (its batch size included, and the epochs where
-    the budget leaves them to the CLI) at the budget's length, with ``overrides``."""
+def fine_tune_config(
+    budget: Budget, overrides: dict, task: Task = CLASSIFICATION, report: ConversionReport | None = None
+) -> TrainConfig:
+    """The CLI's own fine-tuning configuration of a model of ``task`` converted by ``report``'s plan (its batch size
+    included, and the epochs where the budget leaves them to the CLI) at the budget's length, with ``overrides``."""
     run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False)
-    return replace(adder_train_config(run, task), log=False, **overrides)
+    return replace(adder_train_config(run, task, report), log=False, **overrides)
 
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
@@ -332,7 +336,7 @@ def run_model(
         adder_top1, diverged, seconds = row["zero_step_top1"], None, 0.0
     else:
         adder_top1, diverged, seconds, row["adder_top1_by_epoch"] = fine_tune(
-            student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx
+            student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx, report=report
         )
     if save is not None:
         save_model(student, report, splits, name, save)
@@ -349,10 +353,11 @@ def fine_tune(
     test_set,
     ctx,
     task: Task = CLASSIFICATION,
+    report: ConversionReport | None = None,
 ) -> tuple:
-    """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1
-    after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
-    config = fine_tune_config(budget, overrides, task)
+    """Fine-tunes ``student`` (converted by ``report``'s plan) in place with the recipe: (adder top-1, why it
+    diverged or None, seconds, top-1 after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
+    config = fine_tune_config(budget, overrides, task, report)
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:
@@ -411,8 +416,7 @@ def markdown_table(
         "keep_mac_budget": RunConfig.keep_mac_budget,
         **(conversion or {}),
     }
-    grouped = CLASSIFICATION.grouped_bases
-    main_job = f"the main job's ({CLASSIFICATION.bases}; {grouped} with grouped or depthwise convs)"
+    main_job = f"the main job's (1; {GROUPED_BASES} with grouped or depthwise convs)"
     bases = conversion.get("bases") or main_job
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
@@ -421,7 +425,8 @@ def markdown_table(
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
         f"{budget.cnn_batch_size}, adder batch {fine_tune_config(budget, overrides).batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder "
-        f"{budget.epochs or 'the CLI default number of (1)'} epoch(s) of {steps}; "
+        f"{budget.epochs or 'the CLI default number of (1; 2 where the plan converts depthwise convs)'} epoch(s) of "
+        f"{steps}; "
         f"{tests} test images. "
         + (
             "No fine-tuning step. "
@@ -436,21 +441,21 @@ def markdown_table(
         f", bases {bases}.",
         "",
         f"| model | CNN epochs | CNN top-1 | zero-step adder (% of CNN) | MACs converted ({budget.image_size} / "
-        f"{DEPLOYMENT_SIZE} px) | adder top-1 | gap | CNN s | adder s | adder weight std (mean / max) "
+        f"{DEPLOYMENT_SIZE} px) | adder epochs | adder top-1 | gap | CNN s | adder s | adder weight std (mean / max) "
         "| weights at the range edge | diverged |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if "adder_top1" not in r:
             lines.append(
-                f"| {r['model']} | | n/a | n/a | | n/a | n/a | {r['cnn_seconds']:.0f} | | | | {r['diverged']} |"
+                f"| {r['model']} | | n/a | n/a | | | n/a | n/a | {r['cnn_seconds']:.0f} | | | | {r['diverged']} |"
             )
             continue
         lines.append(
             f"| {r['model']} | {r.get('cnn_epochs', budget.cnn_epochs)} | {r['cnn_top1']:.2f}% | "
             f"{r['zero_step_top1']:.2f}% ({100 * r['zero_step_top1'] / r['cnn_top1']:.0f}%) | "
             f"{100 * r['converted_macs_share']:.0f}% / {_share(r, f'converted_macs_share_{DEPLOYMENT_SIZE}')} | "
-            f"{r['adder_top1']:.2f}% | {r['gap']:+.2f} | "
+            f"{len(r.get('adder_top1_by_epoch') or [])} | {r['adder_top1']:.2f}% | {r['gap']:+.2f} | "
             f"{r['cnn_seconds']:.0f} | {r['adder_seconds']:.0f} | {r['mean_weight_std']:.2f} / "
             f"{r['max_weight_std']:.2f} | {100 * r['saturated_fraction']:.1f}% | {r['diverged'] or 'no'} |"
         )
@@ -503,7 +508,7 @@ def main() -> None:
         "--epochs",
         type=int,
         default=None,
-        help="adder fine-tuning epochs (default: the CLI's, 1)",
+        help="adder fine-tuning epochs (default: the CLI's: 1, 2 where the plan converts depthwise convs)",
     )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

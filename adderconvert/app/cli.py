@@ -18,7 +18,7 @@ import click
 import yaml
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
-from adderconvert.conversion import DEPLOYMENT_SIZE, INIT_CHOICES, KEEP_KINDS
+from adderconvert.conversion import DEPLOYMENT_SIZE, GROUPED_BASES, INIT_CHOICES, KEEP_KINDS
 from adderconvert.data import DATASETS
 from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
@@ -173,8 +173,8 @@ def _interrupt_on_sigterm():
     type=int,
     default=None,
     help=f"Binary bases per adder layer, 1-4: each more adds the additions of one more adder filter per output for a "
-    f"closer fit of the CNN [{CLASSIFICATION.bases}; classifiers with grouped or depthwise convs "
-    f"{CLASSIFICATION.grouped_bases}; segmentation and detection {SEGMENTATION.bases}].",
+    f"closer fit of the CNN [1; classifiers with grouped or depthwise convs {GROUPED_BASES}; segmentation and "
+    f"detection {SEGMENTATION.bases}].",
 )
 @click.option(
     "--keep-mac-budget",
@@ -218,7 +218,8 @@ def _interrupt_on_sigterm():
     "--epochs",
     type=int,
     default=None,
-    help=f"Fine-tuning epochs [{TrainConfig.epochs}].",
+    help=f"Fine-tuning epochs [{TrainConfig.epochs}; {CLASSIFICATION.converted_depthwise_epochs} for a classifier "
+    "whose plan converts depthwise convs].",
 )
 @click.option(
     "--batch-size",

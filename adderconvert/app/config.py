@@ -37,7 +37,7 @@ class RunConfig:
     pretrain_epochs: int | None = None  # None: 1 when the classifier had to be resized, else 0
     pretrain_lr: float = 0.05
     finetune: bool = True
-    epochs: int | None = None  # None: TrainConfig.epochs (pipeline.epochs_of), resolved by the run
+    epochs: int | None = None  # None: the model's and its plan's (pipeline.epochs_of), resolved by the run
     batch_size: int | None = None  # None: the model's task's (Task.batch_size), resolved by the run
     lr: float = TrainConfig.lr  # the fine-tuning recipe's defaults are TrainConfig's
     eta: float = TrainConfig.eta

@@ -51,6 +51,7 @@ from adderconvert.conversion import (
     SIGN_MARGIN,
     Conversion,
     ConversionReport,
+    default_bases,
     plan_conversion,
     run_conversion,
 )
@@ -65,7 +66,7 @@ from adderconvert.train import (
 )
 from adderconvert.train.dense import training_task
 from adderconvert.train.diagnostics import adder_weight_stats, saturation_summary
-from adderconvert.train.loop import CLASSIFICATION, Task, check_same_schedule
+from adderconvert.train.loop import Task, check_same_schedule
 from adderconvert.train.saver import seed_everything
 
 __all__ = [
@@ -145,8 +146,8 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     Segmentation and detection models are planned on their task's data (Fashion-MNIST's default stands for the
     built-in scenes, :func:`~adderconvert.data_scenes.load_scenes`; data of another task is refused) at
     ``config.image_size`` (default :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's
-    transform set to that size. The note also says why the adder layers get more bases than the task's plain
-    default, where they do."""
+    transform set to that size. The note also says why the run converts with more than one base or fine-tunes more
+    than one epoch, where the defaults choose that."""
     splits, model, head_fits = _data_and_model(config, fetch=False)
     task = training_task(splits.task)
     report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
@@ -164,20 +165,29 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
             f"note: planned on random weights (--dry-run does not download --weights {config.weights}); the run "
             "plans on them, so what --keep-ceiling converts and --keep-mac-budget keeps may differ"
         )
-    notes = [line for line in (_bases_note(config, task, model), note) if line]
+    notes = [line for line in (_defaults_note(config, task, model, report), note) if line]
     return report, "\n".join(notes) or None
 
 
-def _bases_note(config: RunConfig, task: Task, model: nn.Module) -> str:
-    """Why ``model``'s adder layers get more bases than ``task``'s plain default, where they do by default; else
-    ``""``."""
+def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> str:
+    """Why the run converts ``model`` with more than one base, or fine-tunes it longer than one epoch, where the
+    defaults for its convs and its plan (``report``) choose that; else ``""``."""
+    lines = []
     bases = bases_of(config, task, model)
-    if config.bases is not None or bases == task.bases:
-        return ""
-    return (
-        f"conversion: {bases} binary bases per adder layer, the default for a network with grouped or depthwise "
-        f"convs ({config.model}): {bases}x the additions of {task.bases}, for a closer fit; --bases sets it"
-    )
+    if config.bases is None and task.bases is None and bases > 1:
+        lines.append(
+            f"conversion: {bases} binary bases per adder layer, the default for a network with grouped or depthwise "
+            f"convs ({config.model}): {bases}x the additions of one, for a closer fit; --bases sets it"
+        )
+    epochs = epochs_of(config, task, report)
+    if config.epochs is None and epochs != TrainConfig.epochs:
+        converted = sum(layer.depthwise for layer in report.converted)
+        total = sum(layer.depthwise for layer in report.layers)
+        lines.append(
+            f"fine-tuning: {epochs} epochs, the default where the plan converts depthwise convs ({converted} of "
+            f"{config.model}'s {total}), whose binary copies need a longer fine-tune; --epochs sets it"
+        )
+    return "\n".join(lines)
 
 
 @dataclass
@@ -191,7 +201,8 @@ class _Prepared:
     out: Path
     device: str
     task: Task  # what training and evaluation take from the model's task
-    bases_note: str = ""  # why the adder layers have the bases they have, where that is not the task's plain default
+    defaults_note: str = ""  # why the bases or epochs differ from 1, where the model's convs and plan chose that
+    default_epochs: bool = False  # the epochs are the default for the first plan (--epochs not given)
 
 
 def _check_folder(config: RunConfig, out: Path) -> None:
@@ -236,10 +247,8 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     device = resolve_device(config.device)
     splits, teacher, head_fits = _data_and_model(config, fetch=True)
     task = training_task(splits.task)
-    bases_note = _bases_note(config, task, teacher)
-    config = replace(
-        config, batch_size=batch_size_of(config, task), epochs=epochs_of(config), bases=bases_of(config, task, teacher)
-    )
+    given = config  # what the user chose, for the note on what the defaults chose
+    config = replace(config, batch_size=batch_size_of(config, task), bases=bases_of(config, task, teacher))
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
         try:
@@ -247,6 +256,8 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
         except ValueError as e:
             raise RunInputError(str(e)) from None
     report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
+    defaults_note = _defaults_note(given, task, teacher, report)
+    config = replace(config, epochs=epochs_of(config, task, report))
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
@@ -254,7 +265,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     if config.resume:
         for path, stage, train_config in (
             (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1), task)),
-            (out / "last.pt", "adder", adder_train_config(config, task)),
+            (out / "last.pt", "adder", adder_train_config(config, task, report)),
         ):
             if path.is_file():
                 state = load_checkpoint(path)
@@ -267,7 +278,8 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path, adders=stage == "adder")
-    return config, _Prepared(splits, teacher, report, pretrain, out, device, task, bases_note)
+    prepared = _Prepared(splits, teacher, report, pretrain, out, device, task, defaults_note, given.epochs is None)
+    return config, prepared
 
 
 def batch_size_of(config: RunConfig, task: Task) -> int:
@@ -276,23 +288,24 @@ def batch_size_of(config: RunConfig, task: Task) -> int:
     return task.batch_size if config.batch_size is None else config.batch_size
 
 
-def _has_grouped_convs(model: nn.Module) -> bool:
-    """Whether ``model`` has a conv of more than one group (depthwise ones included)."""
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
-
-
 def bases_of(config: RunConfig, task: Task, model: nn.Module) -> int:
-    """The run's binary bases per adder layer: ``--bases``, or the default of its ``model``'s ``task``:
-    ``Task.grouped_bases`` for a model with grouped convs (depthwise ones included), else ``Task.bases``. Classifiers:
-    2 with grouped convs, else 1; segmentation and detection models: 2."""
+    """The run's binary bases per adder layer: ``--bases``, else its ``model``'s ``task``'s (``Task.bases``: 2 for
+    segmentation and detection models), else the conversion's :func:`~adderconvert.conversion.default_bases` (2 for a
+    classifier with grouped or depthwise convs, else 1)."""
     if config.bases is not None:
         return config.bases
-    return task.grouped_bases if _has_grouped_convs(model) else task.bases
+    return default_bases(model) if task.bases is None else task.bases
 
 
-def epochs_of(config: RunConfig) -> int:
-    """The run's fine-tuning epochs: ``--epochs``, else ``TrainConfig.epochs`` (1)."""
-    return TrainConfig.epochs if config.epochs is None else config.epochs
+def epochs_of(config: RunConfig, task: Task, report: ConversionReport | None) -> int:
+    """The run's fine-tuning epochs: ``--epochs``, else ``Task.converted_depthwise_epochs`` of its model's ``task``
+    where its plan (``report``, the run's first: on the CNN as given, before any teacher training) converts a
+    depthwise conv (2 for classifiers), else ``TrainConfig.epochs`` (1; also where there is no plan, ``None``)."""
+    if config.epochs is not None:
+        return config.epochs
+    if report is not None and _converts_depthwise(report):
+        return task.converted_depthwise_epochs
+    return TrainConfig.epochs
 
 
 def _common(config: RunConfig, task: Task) -> dict:
@@ -312,11 +325,15 @@ def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config, task))
 
 
-def adder_train_config(config: RunConfig, task: Task = CLASSIFICATION) -> TrainConfig:
-    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` (benchmarks/recipes.py
-    uses it too; its epochs: :func:`epochs_of`)."""
+def _converts_depthwise(report: ConversionReport) -> bool:
+    return any(layer.depthwise for layer in report.converted)
+
+
+def adder_train_config(config: RunConfig, task: Task, report: ConversionReport | None) -> TrainConfig:
+    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` converted by ``report``'s
+    plan (benchmarks/recipes.py uses it too; its epochs: :func:`epochs_of`)."""
     return TrainConfig(
-        epochs=epochs_of(config),
+        epochs=epochs_of(config, task, report),
         lr=config.lr,
         adder_lr_scale=task.adder_lr_scale,
         eta=config.eta,
@@ -435,10 +452,17 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     cnn = _scores(cnn_history, teacher, splits.test, ctx, config, "CNN eval", task)
     _log(_describe("CNN", cnn), main)
 
-    if prepared.bases_note:
-        _log(prepared.bases_note, main)
+    if prepared.defaults_note:
+        _log(prepared.defaults_note, main)
     conversion = convert_trained(teacher, splits, config, ctx, log=main)
     student, report = conversion.model, conversion.report
+    if prepared.default_epochs and _converts_depthwise(report) != _converts_depthwise(prepared.report):
+        _log(
+            f"note: the trained CNN's plan converts {sum(d.depthwise for d in report.converted)} depthwise convs, "
+            f"the first plan (the epochs' default) {sum(d.depthwise for d in prepared.report.converted)}; "
+            f"fine-tuning keeps {config.epochs} epoch(s) (--epochs sets it)",
+            main,
+        )
     zero_step = _scores([], student, splits.test, ctx, config, "adder eval (zero steps)", task)
     _log(_describe("adder", zero_step).replace(":", " before fine-tuning (zero steps):", 1), main)
 
@@ -450,7 +474,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             student,
             splits.train,
             splits.test,
-            adder_train_config(config, task),
+            adder_train_config(config, task, prepared.report),
             teacher=teacher,
             output=out,
             meta=checkpoint_meta(config.model, config.dataset, splits, "adder", report),

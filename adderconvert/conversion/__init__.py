@@ -29,9 +29,11 @@ from adderconvert.conversion.recipe import (
     DEFAULT_KEEP_CEILING,
     DEFAULT_RECONSTRUCT,
     DEPLOYMENT_SIZE,
+    GROUPED_BASES,
     PLAN_IMAGES,
     Conversion,
     convert,
+    default_bases,
     run_conversion,
 )
 from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, ReconstructionResult, reconstruct
@@ -53,6 +55,7 @@ __all__ = [
     "DEFAULT_KEEP_CEILING",
     "DEFAULT_RECONSTRUCT",
     "DEPLOYMENT_SIZE",
+    "GROUPED_BASES",
     "INIT_CHOICES",
     "KEEP_KINDS",
     "PLAN_IMAGES",
@@ -67,6 +70,7 @@ __all__ = [
     "ReconstructionResult",
     "calibration_images",
     "convert",
+    "default_bases",
     "fit_norm_statistics",
     "norms_after_adders",
     "plan_conversion",

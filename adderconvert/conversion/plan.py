@@ -86,6 +86,11 @@ class LayerDecision:
     # Binary bases of the adder layer (AdderConv2d's ``bases``): 1, or 2 for twice the additions and a closer fit.
     bases: int = 1
 
+    @property
+    def depthwise(self) -> bool:
+        """Whether the conv is depthwise (:func:`is_depthwise`)."""
+        return is_depthwise(self)
+
 
 @dataclass
 class ConversionReport:
@@ -407,8 +412,9 @@ def _squeeze_excitation_convs(order) -> set[str]:
     return {name for name, module, *_, extra in order if isinstance(module, nn.Conv2d) and extra.get("pooled")}
 
 
-def is_depthwise(conv: nn.Conv2d) -> bool:
-    """Whether ``conv`` is depthwise: one input channel per filter (groups equal to its input channels)."""
+def is_depthwise(conv: nn.Conv2d | LayerDecision) -> bool:
+    """Whether ``conv`` (or the conv a decision is about) is depthwise: one input channel per filter (groups equal to
+    its input channels)."""
     return conv.groups > 1 and conv.groups == conv.in_channels
 
 

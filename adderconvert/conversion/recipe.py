@@ -33,11 +33,13 @@ __all__ = [
     "DEFAULT_KEEP_CEILING",
     "DEPLOYMENT_SIZE",
     "DEFAULT_RECONSTRUCT",
+    "GROUPED_BASES",
     "NORM_BATCH",
     "PLAN_IMAGES",
     "RECONSTRUCT_BYTES",
     "Conversion",
     "convert",
+    "default_bases",
     "run_conversion",
 ]
 
@@ -64,6 +66,19 @@ DEPLOYMENT_SIZE = 224
 # RECONSTRUCT_MIN_IMAGES; a fit reads at most reconstruction.MAX_SAMPLES positions per layer anyway).
 RECONSTRUCT_BYTES = 2 * 2**30
 RECONSTRUCT_MIN_IMAGES = 8
+# Binary bases per adder layer (AdderConv2d's ``bases``) of a network with grouped convs, depthwise ones included;
+# other networks get one. A second base doubles the additions of every inference. On 8-epoch teachers one base holds
+# ResNet-18 within 1 pt of its CNN after one epoch, but the grouped families end 0.9-1.3 pt short (MobileNetV3-Small
+# still 1.09 after two epochs); with two bases MobileNetV3-Large, RegNet-Y-400MF, EfficientNet-B0 and MobileNetV2 end
+# one epoch 0.32-0.82 pt short (docs/results/recipes_cpu_converged.md).
+GROUPED_BASES = 2
+
+
+def default_bases(model: nn.Module) -> int:
+    """The binary bases per adder layer the recipe gives ``model``: :data:`GROUPED_BASES` where it has a conv of more
+    than one group (depthwise ones included), else 1."""
+    grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+    return GROUPED_BASES if grouped else 1
 
 
 @dataclass
@@ -100,7 +115,7 @@ def run_conversion(
     keep_mac_budget: float = 0.0,
     sign_margin: float = SIGN_MARGIN,
     inside: bool = False,
-    bases: int = 1,
+    bases: int | None = None,
     max_images: int = CALIBRATION_IMAGES,
     log: Callable[[str], None] | None = None,
 ) -> Conversion:
@@ -122,17 +137,20 @@ def run_conversion(
     :func:`~adderconvert.conversion.sign_edges`) and ``inside`` (see
     :func:`~adderconvert.conversion.reconstruct`) choose the steps; ``bases`` (1 or more) gives every adder layer
     that many binary bases (:class:`~adderconvert.nn.AdderConv2d`), the extra ones fitted by the reconstruction to
-    what the first leaves (2: twice the additions; on the built-in scenes LR-ASPP keeps 92% of its CNN's mIoU at
-    zero steps instead of 77%, docs/results/dense_cpu.md; the main job gives 2 to networks with grouped convs and to
-    segmentation and detection models, docs/usage.md "Bases"). ``log`` receives a line per step (the plan's
-    table, the reconstruction's summary).
+    what the first leaves (2: twice the additions, for a closer fit); None, the default, is
+    :func:`default_bases`: 2 for a network with grouped or depthwise convs, else 1 (the main job gives segmentation
+    and detection models 2 whatever their convs: on the built-in scenes LR-ASPP keeps 92% of its CNN's mIoU at zero
+    steps instead of 77%, docs/results/dense_cpu.md; docs/usage.md "Bases"). ``log`` receives a line per step (the
+    plan's table, the reconstruction's summary).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (the trained CNN), got {type(model).__name__}")
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
+    if bases is None:
+        bases = default_bases(model)
     if isinstance(bases, bool) or not isinstance(bases, int) or bases < 1:
-        raise ValueError(f"bases must be a positive integer, got {bases!r}")
+        raise ValueError(f"bases must be None or a positive integer, got {bases!r}")
     if reconstruct_method not in (None, *RECONSTRUCT_METHODS):
         raise ValueError(f"reconstruct_method must be None or one of {RECONSTRUCT_METHODS}, got {reconstruct_method!r}")
     if calibration is None and init == "sign":

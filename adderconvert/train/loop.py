@@ -128,14 +128,15 @@ class Task:
     metric = "top1"  # the name of the metric the checkpoints are chosen by (a key of :meth:`evaluate`'s result)
     batch_size = TrainConfig.batch_size  # the main job's default global batch for this task's models
     adder_lr_scale = TrainConfig.adder_lr_scale  # the main job's default for this task's models
-    # Binary bases per adder layer (AdderConv2d's ``bases``) by default: ``bases`` for a network of dense convs,
-    # ``grouped_bases`` for one with grouped convs, depthwise ones included. A second base doubles the additions of
-    # every inference. On 8-epoch teachers one base holds ResNet-18 within 1 pt of its CNN after one epoch, but the
-    # grouped families end 0.9-1.3 pt short (MobileNetV3-Small still 1.09 after two epochs); with two bases
-    # MobileNetV3-Large, RegNet-Y-400MF, EfficientNet-B0 and MobileNetV2 end one epoch 0.32-0.82 pt short, and
-    # MobileNetV3-Small 0.68 and 1.37 on two teachers (0.92 after two epochs; docs/results/recipes_cpu_converged.md).
-    bases = 1
-    grouped_bases = 2
+    # Binary bases per adder layer (AdderConv2d's ``bases``) for this task's models; None: the conversion's own
+    # default for the model (conversion.default_bases: 2 with grouped or depthwise convs, else 1).
+    bases: int | None = None
+    # Fine-tuning epochs by default where the plan converts a depthwise conv (TrainConfig.epochs elsewhere). Only where
+    # its keep ceiling makes the plan convert depthwise convs, a nine-weight channel's binary copy: MobileNetV3-Small,
+    # whose kept kinds would be a quarter of its MACs, alone of the families measured. On 8-epoch teachers it ends one
+    # epoch 0.68 and 1.37 pt short of its CNN (two teachers), two epochs 0.92 on the second; the other grouped families
+    # 0.32-0.82 after one (docs/results/recipes_cpu_converged.md).
+    converted_depthwise_epochs = 2
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
 

@@ -8,14 +8,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torchvision.models import mobilenet_v3_small
 
 from adderconvert.app.config import RunConfig
-from adderconvert.app.pipeline import adder_train_config
+from adderconvert.app.pipeline import _rules, adder_train_config
 from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import load, read_meta
 from adderconvert.conversion import plan_conversion, swap_layers
 from adderconvert.train import TrainConfig
 from adderconvert.train.dense import DETECTION, SEGMENTATION
+from adderconvert.train.loop import CLASSIFICATION
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes.py"
 _spec = importlib.util.spec_from_file_location("recipes", _PATH)
@@ -27,12 +29,17 @@ _spec.loader.exec_module(recipes)
 def test_fine_tunes_with_the_main_jobs_configuration():
     budget = recipes.BUDGETS["cpu"]
     config = recipes.fine_tune_config(budget, {})
-    main_job = adder_train_config(RunConfig(epochs=budget.epochs, max_steps=budget.steps))
+    main_job = adder_train_config(RunConfig(epochs=budget.epochs, max_steps=budget.steps), CLASSIFICATION, None)
     assert dataclasses.replace(config, progress=True, log=True) == main_job
     assert config.batch_size == TrainConfig.batch_size and config.lr == TrainConfig.lr
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
     assert budget.epochs is None and config.epochs == 1  # the CLI's epochs where the budget leaves them
     assert recipes.fine_tune_config(dataclasses.replace(budget, epochs=2), {}).epochs == 2
+    # A plan that converts depthwise convs (MobileNetV3-Small's, under the keep ceiling) gets the CLI's two epochs.
+    small = plan_conversion(mobilenet_v3_small(num_classes=10).eval(), torch.randn(2, 3, 32, 32), **_rules(RunConfig()))
+    assert any(d.depthwise for d in small.converted)
+    assert recipes.fine_tune_config(budget, {}, CLASSIFICATION, small).epochs == 2
+    assert recipes.fine_tune_config(budget, {}, SEGMENTATION, small).epochs == 1
     dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
     assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
     assert dense.adder_lr_scale == SEGMENTATION.adder_lr_scale > config.adder_lr_scale == TrainConfig.adder_lr_scale
@@ -88,7 +95,7 @@ def test_zero_step_table():
     }
     table = recipes.markdown_table([row], "cpu", budget, "a CPU", {}, {"init": "sign", "keep_mac_budget": 0.05})
     assert "No fine-tuning step" in table and "keep_mac_budget 0.05" in table
-    assert "| resnet18 | 1 | 80.00% | 60.00% (75%) | 90% / n/a | 60.00% | +20.00 |" in table
+    assert "| resnet18 | 1 | 80.00% | 60.00% (75%) | 90% / n/a | 0 | 60.00% | +20.00 |" in table
     row["converted_macs_share_224"], row["cnn_epochs"] = 0.85, 8
     assert "| resnet18 | 8 | 80.00% | 60.00% (75%) | 90% / 85% |" in recipes.markdown_table(
         [row], "cpu", budget, "a CPU", {}, {"init": "sign"}

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import adderconvert
-from adderconvert.conversion import plan_conversion, run_conversion
+from adderconvert.conversion import GROUPED_BASES, default_bases, plan_conversion, run_conversion
 from adderconvert.conversion.recipe import RECONSTRUCT_BYTES, RECONSTRUCT_MIN_IMAGES, _reconstruction_images
 from adderconvert.data import load_dataset
 from adderconvert.nn import AdderConv2d
@@ -64,12 +64,27 @@ def test_one_call_keeps_the_cnns_function_before_any_step(trained):
     agreement = float((_predictions(adder, images) == _predictions(cnn, images)).float().mean())
     assert cnn_top1 > 0.7  # the CNN learned the task
     assert adder_top1 >= 0.9 * cnn_top1 and agreement >= 0.85, (cnn_top1, adder_top1, agreement)
-    # All but the stem and the depthwise conv (kept multiplicative by default: DEFAULT_KEEP).
-    assert sum(isinstance(m, AdderConv2d) for m in adder.modules()) == 3
+    # All but the stem and the depthwise conv (kept multiplicative by default: DEFAULT_KEEP), with the default bases
+    # of a network with a depthwise conv (default_bases: the main job's too).
+    assert [m.bases for m in adder.modules() if isinstance(m, AdderConv2d)] == [GROUPED_BASES] * 3 == [2] * 3
     # The CNN is left as it was: weights, statistics and mode.
     assert not cnn.training and not any(isinstance(m, AdderConv2d) for m in cnn.modules())
     for key, value in cnn.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_the_default_bases_follow_the_convs():
+    """Two bases for a network with a grouped or depthwise conv, one for a network of dense convs; ``bases`` wins."""
+    dense, grouped = _small_cnn(), _small_cnn()
+    dense[6] = nn.Conv2d(32, 32, 3, 1, 1, bias=False)  # the depthwise conv made dense
+    grouped[6] = nn.Conv2d(32, 32, 3, 1, 1, groups=4, bias=False)
+    assert (default_bases(dense), default_bases(grouped), default_bases(_small_cnn())) == (1, 2, 2)
+    images = torch.randn(64, 3, 16, 16)
+    for model, bases, want in ((dense, None, 1), (dense, 3, 3), (_small_cnn(), 1, 1)):
+        adder = adderconvert.convert(model.eval(), images, reconstruct_method=None, bases=bases)
+        assert {m.bases for m in adder.modules() if isinstance(m, AdderConv2d)} == {want}, (bases, want)
+    with pytest.raises(ValueError, match="bases must be None or a positive integer"):
+        adderconvert.convert(dense, images, bases=0)
 
 
 def test_a_cnn_in_training_mode_is_left_as_it_was(trained):
