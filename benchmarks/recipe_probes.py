@@ -137,6 +137,8 @@ def move_to_channel_edges(model: torch.nn.Module, images: torch.Tensor, margin: 
         norm = modules.get(norms.get(name, ""))
         if norm is None or not hasattr(norm, "running_mean"):
             raise ValueError(f"{name}: no BatchNorm after it to take the change of constant")
+        if layer.bases != 1:
+            raise ValueError(f"{name}: the channel-edges probe moves the weights of one-base adder layers only")
         if name not in lows:
             continue
         low, high = lows[name].clamp(max=0), highs[name].clamp(min=0)

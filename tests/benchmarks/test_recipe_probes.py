@@ -84,7 +84,7 @@ def test_channel_edges_keep_the_function_and_bring_each_weight_near_its_own_chan
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
     )  # fmt: skip
     images = torch.randn(300, 3, 8, 8) * torch.tensor([1.0, 5.0, 0.2]).view(1, 3, 1, 1)  # channels of other spans
-    adder = adderconvert.convert(cnn.eval(), images, keep_stem=False).eval()
+    adder = adderconvert.convert(cnn.eval(), images, keep_stem=False, bases=1).eval()  # the probe's: one base
     before = adder(images[:100])
     spans = [float(m.weight.detach().abs().max()) for m in adder.modules() if isinstance(m, AdderConv2d)]
     moved = probes.move_to_channel_edges(adder, images)
