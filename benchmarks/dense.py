@@ -42,11 +42,14 @@ Usage: python benchmarks/dense.py --budget cpu [--models lraspp_mobilenet_v3_lar
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
 
+import onnxruntime
 import torch
 import torchvision
 from torch.utils.data import DataLoader
@@ -59,6 +62,7 @@ from recipes import Budget  # noqa: E402
 from adderconvert.app.pipeline import RunConfig, checkpoint_meta  # noqa: E402
 from adderconvert.app.saved_models import deployment_metadata  # noqa: E402
 from adderconvert.architectures.registry import build, task_of  # noqa: E402
+from adderconvert.checkpoint import load  # noqa: E402
 from adderconvert.conversion import DEPLOYMENT_SIZE  # noqa: E402
 from adderconvert.data import DatasetSplits  # noqa: E402
 from adderconvert.data_scenes import DEFAULT_COUNTS, load_scenes  # noqa: E402
@@ -86,6 +90,13 @@ TARGET_PARITY = {"segmentation": 0.999, "detection": 1.0}
 PARITY_SCORE, PARITY_IOU, PARITY_SCORE_TOLERANCE = 0.3, 0.99, 1e-4
 BOX_TOLERANCE = 0.005  # of a box's length (at least 1 px): a box clipped to no area has no IoU
 PARITY_BATCH = 32
+# ONNX Runtime's optimization levels the parity is measured at, by the row fields' suffix: its default (all, the
+# NCHWc layout optimizations of its convs included) and without the layout optimizations, whose float32 sums land
+# nearer PyTorch's. A trained adder detector's scores move by up to 2e-4 between such float32 sums, as far as
+# PyTorch's own are from float64 (docs/results/dense_cpu.md, "Parity and float32 rounding").
+PARITY_LEVELS = {"": "ORT_ENABLE_ALL", "_no_layout": "ORT_ENABLE_EXTENDED"}
+# export_and_compare's parity shares against PyTorch's float32 model, then against its float64 one (with float64).
+PARITY_FIELDS = ("parity", "parity_no_layout", "float64_parity_torch", "float64_parity", "float64_parity_no_layout")
 _METRICS = {"segmentation": ("miou",), "detection": ("map", "map_50")}  # the table's scores of each task
 
 
@@ -168,48 +179,95 @@ def nms_threshold(detector: torch.nn.Module) -> float:
     return float(getattr(detector, "roi_heads", detector).nms_thresh)
 
 
+def _agreement(task: str, expected, got, parity_score: float, nms_iou: float) -> tuple[int, int, int]:
+    """(same, compared, NMS ties) of ``got`` against ``expected`` on one batch: pixels with the same argmax, or
+    :func:`matched_detections`."""
+    if task == "segmentation":
+        return int((got.argmax(1) == expected.argmax(1)).sum()), got.argmax(1).numel(), 0
+    return matched_detections(expected, got, parity_score, nms_iou)
+
+
 def export_and_compare(
-    name: str, student, splits: DatasetSplits, out: Path, seed: int, parity_score: float = PARITY_SCORE
+    name: str,
+    student,
+    splits: DatasetSplits,
+    out: Path,
+    seed: int,
+    parity_score: float = PARITY_SCORE,
+    float64: bool = False,
 ) -> dict:
     """``student`` exported to ``out/NAME_adder.onnx`` and run on every test scene in PyTorch (on the CPU, eval
-    mode) and ONNX Runtime: the scores of both (``adder_*``, ``onnx_*``), the parity (the module's docstring, PyTorch's
-    detections above ``parity_score``; None where there is nothing to compare), what it compared (``parity_count``:
-    pixels or detections) and the seconds."""
+    mode) and ONNX Runtime at each of :data:`PARITY_LEVELS`: the scores of PyTorch and of ONNX Runtime's default
+    (``adder_*``, ``onnx_*``), the parity at each level (``parity``, ``parity_no_layout``: the module's docstring,
+    PyTorch's detections above ``parity_score``; None where there is nothing to compare), what it compared
+    (``parity_count``: pixels or detections), the NMS ties (``parity_ties``, ...) and the seconds. With ``float64``
+    also the parity of PyTorch's float32 model and of each ONNX Runtime level against PyTorch's float64 one
+    (``float64_parity_torch``, ``float64_parity``, ``float64_parity_no_layout``; ties counted as found). ONNX Runtime's
+    seconds at each level (``onnx_run_seconds``, ``onnx_run_seconds_no_layout``) are measured batch by batch side by
+    side."""
     started = time.perf_counter()
     task = training_task(splits.task)
     model = student.cpu().eval()
+    exact = copy.deepcopy(model).double() if float64 else None
     metadata = deployment_metadata(checkpoint_meta(name, "fashion-mnist", splits, "adder", None), seed=seed)
     example = torch.stack([splits.test[i][0] for i in range(2)])
     path = export_onnx(model, out / f"{name}_adder.onnx", example, metadata=metadata)
     exported = time.perf_counter()
-    session = make_session(path, intra_op_num_threads=torch.get_num_threads())
+    sessions = {
+        suffix: make_session(
+            path,
+            intra_op_num_threads=torch.get_num_threads(),
+            graph_optimization_level=getattr(onnxruntime.GraphOptimizationLevel, level),
+        )
+        for suffix, level in PARITY_LEVELS.items()
+    }
+    nms_iou = nms_threshold(model) if splits.task == "detection" else 1.0
     loader = DataLoader(splits.test, batch_size=PARITY_BATCH, collate_fn=task.collate_fn)
-    in_torch, in_onnx, same, count, ties = [], [], 0, 0, 0
+    in_torch, in_onnx = [], []
+    counts: dict[str, list[int]] = {}  # "parity" + suffix or "float64_parity" + suffix -> [same, compared, ties]
+    run_seconds: dict[str, float] = {}  # each level's, batch by batch side by side
+
+    def count(key: str, expected, got) -> None:
+        totals = counts.setdefault(key, [0, 0, 0])
+        for i, value in enumerate(_agreement(splits.task, expected, got, parity_score, nms_iou)):
+            totals[i] += value
+
+    def forward(net: torch.nn.Module, images: torch.Tensor):
+        with torch.no_grad():
+            return net(images)["out"] if splits.task == "segmentation" else net(list(images))
+
     for batch in loader:
         images, truth = task.images(batch), batch[1]
-        got = run_dense(session, images)
-        with torch.no_grad():
-            expected = model(images)["out"] if splits.task == "segmentation" else model(list(images))
-        if splits.task == "segmentation":
-            same += int((got.argmax(1) == expected.argmax(1)).sum())
-            count += got.argmax(1).numel()
-            for scores, logits in ((in_torch, expected), (in_onnx, got)):
-                scores.append(confusion_matrix(logits.argmax(1), truth, splits.num_classes))
-        else:
-            matched, total, tied = matched_detections(expected, got, parity_score, nms_threshold(model))
-            same, count, ties = same + matched, count + total, ties + tied
-            in_torch.append((expected, list(truth)))
-            in_onnx.append((got, list(truth)))
-    return {
+        expected = forward(model, images)
+        reference = forward(exact, images.double()) if exact is not None else None
+        if reference is not None:
+            count("float64_parity_torch", reference, expected)
+        for suffix, session in sessions.items():
+            run_started = time.perf_counter()
+            got = run_dense(session, images)
+            run_seconds[suffix] = run_seconds.get(suffix, 0.0) + time.perf_counter() - run_started
+            count(f"parity{suffix}", expected, got)
+            if reference is not None:
+                count(f"float64_parity{suffix}", reference, got)
+            if suffix == "":
+                if splits.task == "segmentation":
+                    in_torch.append(confusion_matrix(expected.argmax(1), truth, splits.num_classes))
+                    in_onnx.append(confusion_matrix(got.argmax(1), truth, splits.num_classes))
+                else:
+                    in_torch.append((expected, list(truth)))
+                    in_onnx.append((got, list(truth)))
+    row = {
         **{f"adder_{k}": v for k, v in task.scores(in_torch).items()},
         **{f"onnx_{k}": v for k, v in task.scores(in_onnx).items()},
-        "parity": same / count if count else None,
-        "parity_count": count,
-        "parity_ties": ties,
+        "parity_count": counts["parity"][1],
         "onnx_path": path.name,
         "export_seconds": exported - started,
         "onnx_seconds": time.perf_counter() - exported,
     }
+    for key, (same, compared, ties) in counts.items():
+        row[key], row[f"{key}_ties"] = (same / compared if compared else None), ties
+    row.update({f"onnx_run_seconds{suffix}": seconds for suffix, seconds in run_seconds.items()})
+    return row
 
 
 def run_model(
@@ -278,13 +336,39 @@ def _metric_cell(row: dict, stage: str) -> str:
 
 
 def _parity_cell(row: dict, score: float) -> str:
+    """The parity at ONNX Runtime's default optimizations, and without its layout optimizations where it differs."""
     if row["parity"] is None:
         return f"n/a (no detection above {score})"
+    plain = row.get("parity_no_layout", row["parity"])
+    other = f" ({100 * plain:.2f}% without layout optimizations)" if plain != row["parity"] else ""
     if row["task"] == "segmentation":
-        return f"{100 * row['parity']:.2f}% of {row['parity_count']:,} pixels"
+        return f"{100 * row['parity']:.2f}%{other} of {row['parity_count']:,} pixels"
     ties = row["parity_ties"]
     tied = f" ({ties} NMS tie{'s' * (ties != 1)})" if ties else ""
-    return f"{100 * row['parity']:.2f}% of {row['parity_count']:,} detections{tied}"
+    return f"{100 * row['parity']:.2f}%{other} of {row['parity_count']:,} detections{tied}"
+
+
+def parity_of_run(run: Path) -> list[dict]:
+    """The parity of a finished run's adder models (``RUN/results.json``, ``RUN/MODEL.pt``) measured again, on the
+    same scenes, with PyTorch's float64 model as a reference too (:func:`export_and_compare` with ``float64``);
+    written to ``RUN/parity.json``."""
+    payload = json.loads((run / "results.json").read_text())
+    rows = []
+    for row in payload["rows"]:
+        if "gap" not in row:
+            continue
+        seed = payload["seed"]
+        splits = load_scenes(row["task"], image_size=payload["image_size"], seed=seed, counts=payload["scenes"])
+        student = load(run / f"{row['model']}.pt")
+        print(f"{row['model']}: exporting and comparing on {len(splits.test)} test scenes", flush=True)
+        result = export_and_compare(row["model"], student, splits, run, seed, payload["parity_score"], float64=True)
+        rows.append({"model": row["model"], "task": row["task"], **result})
+        shares = [(k, result[k]) for k in PARITY_FIELDS if result[k] is not None]
+        ratio = result["onnx_run_seconds_no_layout"] / result["onnx_run_seconds"]
+        print(f"{row['model']}: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in shares), flush=True)
+        print(f"{row['model']}: ONNX Runtime without layout optimizations takes {ratio:.2f}x its default's time")
+    (run / "parity.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
 
 
 def markdown_table(
@@ -387,8 +471,23 @@ def main(argv: list[str] | None = None) -> int:
         help=f"detection parity compares PyTorch's detections above this score (default {PARITY_SCORE}, the issue's)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: torch's)")
+    parser.add_argument(
+        "--parity-of",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="only measure the parity of a finished run's models again, float64 included (RUN/parity.json)",
+    )
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.parity_of is not None:
+        if not (args.parity_of / "results.json").is_file():
+            print(f"Error: {args.parity_of} has no results.json of a benchmarks/dense.py run", file=sys.stderr)
+            return 2
+        parity_of_run(args.parity_of)
+        return 0
     budget = BUDGETS[args.budget]
     changes = {
         "steps": args.steps,
@@ -408,8 +507,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = recipes.parse_overrides(args.overrides)
     conversion = {"exclude": args.exclude, "bases": args.bases}
     recipe = {"seed": args.seed, **overrides}  # the fine-tuning's: --seed unless --set seed= says otherwise
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     ctx = DistributedContext(device=torch.device(args.device))
     machine = recipes.machine_name(ctx.device)
     out = Path(args.output or f"runs/dense/{args.budget}")

@@ -76,6 +76,27 @@ def test_onnx_runtime_matches_pytorch(run):
     assert detector["parity_count"] > 100 and detector["parity"] == 1.0
     assert detector["parity_ties"] <= 0.01 * detector["parity_count"]  # near-equal scores of untrained heads
     assert detector["onnx_map"] == pytest.approx(detector["adder_map"], abs=0.01)
+    # Without ONNX Runtime's layout optimizations too, of the same PyTorch pixels and detections.
+    assert segmenter["parity_no_layout"] >= 0.999 and detector["parity_no_layout"] == 1.0
+    assert "float64_parity" not in detector  # only --parity-of measures against float64
+
+
+@pytest.mark.slow
+def test_the_parity_of_a_finished_run_is_measured_again_against_float64(run, capsys):
+    tmp, results = run
+    assert dense.main(["--parity-of", str(tmp / "out"), "--threads", "1"]) == 0
+    again = {row["model"]: row for row in json.loads((tmp / "out" / "parity.json").read_text())}
+    for row in results["rows"]:
+        measured = again[row["model"]]
+        for key in ("parity", "parity_no_layout", "parity_count", "parity_ties", "onnx_map", "adder_map"):
+            if key in row:
+                assert measured[key] == pytest.approx(row[key]), key  # the same model, scenes and sessions
+        for key in ("float64_parity_torch", "float64_parity", "float64_parity_no_layout"):
+            assert 0.99 <= measured[key] <= 1.0, (row["model"], key)
+        assert measured["onnx_run_seconds"] > 0 and measured["onnx_run_seconds_no_layout"] > 0
+    assert f"{DETECTOR}: parity 100.00%" in capsys.readouterr().out
+    assert dense.main(["--parity-of", str(tmp / "teachers")]) == 2
+    assert "has no results.json" in capsys.readouterr().err
 
 
 @pytest.mark.slow
