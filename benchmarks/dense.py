@@ -18,7 +18,9 @@ and the others by name) on the task's built-in scenes (data_scenes.load_scenes) 
    with the same argmax, for detection the share of PyTorch's detections above score 0.3 that ONNX Runtime has too
    (same label, IoU >= 0.99, score within 1e-4; a box clipped to no area matches by its corners instead, within
    0.5% of its length). An NMS tie counts as found, and is counted: two boxes of one label with scores within 1e-4
-   and an IoU above the detector's NMS threshold, of which PyTorch keeps one and ONNX Runtime the other.
+   and an IoU above the detector's NMS threshold, of which PyTorch keeps one and ONNX Runtime the other. The parity
+   is measured at ONNX Runtime's default optimizations and without its layout optimizations (PARITY_LEVELS), whose
+   float32 convs land nearer PyTorch's.
 
 Per model: the CNN's epochs and scores, the zero-step scores and their share of the CNN's, the metric after each
 adder epoch, the gap (CNN - adder, in points), the share of conv MACs converted at the benchmark's size and at the
@@ -31,12 +33,14 @@ Budgets: scenes of 128 px; the CNN at batch 32 for 8 epochs, a guess to be check
 gain less than 0.5 point (rerun with --teacher-epochs 16; each count is a teacher of its own in the cache). `gpu` has
 the package's 10,000 train and 1,000 test scenes, `cpu` 5,000 and 500 (--scenes 10000 1000 gives the package's).
 --parity-score lowers the detection parity's score to compare more detections (the test's untrained detectors have
-none above 0.3).
+none above 0.3). --parity-of RUN measures a finished run's parity again (RUN/MODEL.pt on its scenes), against PyTorch's
+float64 model too, with both levels' ONNX Runtime times side by side: RUN/parity.json.
 
 Usage: python benchmarks/dense.py --budget cpu [--models lraspp_mobilenet_v3_large ssdlite320_mobilenet_v3_large]
        [--teacher-epochs N] [--epochs N] [--steps N (0: zero-step only)] [--image-size 128] [--scenes TRAIN TEST]
        [--seed 0] [--set KEY=VALUE] [--exclude PATTERN ...] [--bases N] [--threads N] [--parity-score 0.3]
        [--teachers-only] [--table docs/results/dense_cpu.md]
+       python benchmarks/dense.py --parity-of runs/dense/cpu [--threads N]
 """
 
 from __future__ import annotations
