@@ -482,9 +482,11 @@ def fit(
             history.append(record)
             train = "" if record.train_top1 is None else f"train top-1 {record.train_top1:.2f}%, "
             test = "top-1" if task.metric == "top1" else task.metric
+            last_lr = config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch - 1)  # at the epoch's last step
             _log(
                 f"{config.desc} epoch {record.epoch}/{config.epochs}: loss {record.train_loss:.4f}, "
-                f"{train}test {test} {record.test_top1:.2f}%, lr {record.lr:.4g} ({record.seconds:.0f}s)",
+                f"{train}test {test} {record.test_top1:.2f}%, lr {record.lr:.4g} -> {last_lr:.4g} "
+                f"({record.seconds:.0f}s)",
                 config.log and ctx.is_main,
             )
             if saver is not None:

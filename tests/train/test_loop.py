@@ -1,6 +1,7 @@
 """The training loop: schedule, parameter groups, BatchNorm re-estimation, exact resume, refused resumes,
 the divergence guard and the per-epoch records."""
 
+import dataclasses
 import math
 
 import pytest
@@ -155,6 +156,17 @@ def test_the_adder_weights_settings_bind_only_a_model_with_adder_weights(tmp_pat
 def test_records_hold_the_lr_of_each_epochs_first_step(tmp_path):
     history = fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), CONFIG)
     assert [r.lr for r in history] == pytest.approx([0.05, 0.05 * 0.5 * (1 + math.cos(math.pi * 4 / 8))])
+
+
+def test_each_epochs_line_gives_the_lr_of_its_first_and_last_step(capsys):
+    """Under a warm-up the first step's lr alone reads like a wrong lr: the line gives where the epoch ended too."""
+    fit(tiny_model(), tiny_data(), tiny_data(16, seed=2), dataclasses.replace(CONFIG, log=True))
+    out = capsys.readouterr().out
+
+    def at(step: int) -> str:  # the cosine schedule over CONFIG's 8 steps, 4 per epoch
+        return f"{0.05 * 0.5 * (1 + math.cos(math.pi * step / 8)):.4g}"
+
+    assert "epoch 1/2: " in out and f"lr {at(0)} -> {at(3)} (" in out and f"lr {at(4)} -> {at(7)} (" in out
 
 
 def test_per_epoch_lines_are_printed_without_progress_bars(capsys):
