@@ -357,12 +357,15 @@ def parity_of_run(run: Path) -> list[dict]:
     same scenes, with PyTorch's float64 model as a reference too (:func:`export_and_compare` with ``float64``);
     written to ``RUN/parity.json``."""
     payload = json.loads((run / "results.json").read_text())
-    rows = []
+    seed, rows, scenes = payload["seed"], [], {}  # scenes: each task's, built once
     for row in payload["rows"]:
         if "gap" not in row:
             continue
-        seed = payload["seed"]
-        splits = load_scenes(row["task"], image_size=payload["image_size"], seed=seed, counts=payload["scenes"])
+        if row["task"] not in scenes:
+            scenes[row["task"]] = load_scenes(
+                row["task"], image_size=payload["image_size"], seed=seed, counts=payload["scenes"]
+            )
+        splits = scenes[row["task"]]
         student = load(run / f"{row['model']}.pt")
         print(f"{row['model']}: exporting and comparing on {len(splits.test)} test scenes", flush=True)
         result = export_and_compare(row["model"], student, splits, run, seed, payload["parity_score"], float64=True)
