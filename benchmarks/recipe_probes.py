@@ -21,6 +21,10 @@ how far fine-tuning moved each adder layer's weights.
       that reads BatchNorm -> (ReLU) -> conv alone is scaled by its columns' mean magnitude (to the power --power),
       the BatchNorm's scale and shift taking the inverse, so that the binary weights' per-row scale times it is a
       rank-1 magnitude of the CNN's weights;
+  python benchmarks/recipe_probes.py depthwise-bases [--count 4] RECIPES_ARGS...
+      every converted depthwise conv gets COUNT binary bases, the other adder layers the recipe's (a depthwise
+      channel's binary copy keeps nine signs; these layers are a small share of the MACs, so their extra bases
+      cost few additions);
   python benchmarks/recipe_probes.py displacement MODEL FOLDER
       per adder layer of FOLDER/MODEL.pt (a recipes.py output), the spread of its weights at zero steps
       (MODEL_cnn.pt converted again as the main job converts) and the RMS and relative size of what fine-tuning
@@ -248,6 +252,20 @@ def equalize(power: float) -> None:
     recipes.convert_student = convert_student
 
 
+def depthwise_bases(count: int) -> None:
+    """Patch the conversion for the ``depthwise-bases`` probe: converted depthwise convs get ``count`` bases."""
+    swap = conversion_recipe.swap_layers
+
+    def swap_layers(model, *args, report, **kwargs):
+        changed = [d.name for d in report.converted if d.depthwise]
+        for decision in report.converted:
+            decision.bases = count if decision.depthwise else decision.bases
+        print(f"{count} bases on {len(changed)} depthwise adder layers: {changed}", flush=True)
+        return swap(model, *args, report=report, **kwargs)
+
+    conversion_recipe.swap_layers = swap_layers
+
+
 def displacement(name: str, folder: Path) -> None:
     """Print, per adder layer, how far fine-tuning moved its weights against their zero-step spread."""
     splits = load_dataset("fashion-mnist", image_size=32)
@@ -276,12 +294,14 @@ def main() -> None:
             "fit-images",
             "channel-edges",
             "equalize",
+            "depthwise-bases",
             "displacement",
         ),
     )
     parser.add_argument("--width-ref", type=float, default=48.0, help="step-scale: the input span of factor 1")
     parser.add_argument("--power", type=float, default=1.0, help="equalize: the power of the columns' magnitude")
     parser.add_argument("--images", type=int, default=1024, help="fit-images: calibration images the fit reads")
+    parser.add_argument("--count", type=int, default=4, help="depthwise-bases: bases per depthwise adder layer")
     args, rest = parser.parse_known_args()
     torch.set_num_threads(1)
     if args.probe == "displacement":
@@ -297,6 +317,8 @@ def main() -> None:
         channel_edges()
     elif args.probe == "equalize":
         equalize(args.power)
+    elif args.probe == "depthwise-bases":
+        depthwise_bases(args.count)
     else:
         no_stochastic_depth()
     sys.argv = [sys.argv[0], *rest]

@@ -74,6 +74,24 @@ def test_fit_images_gives_the_reconstruction_the_first_calibration_images(monkey
     assert torch.equal(fitted[-1], images[:500])
 
 
+def test_depthwise_bases_gives_only_depthwise_adder_layers_more_bases(monkeypatch):
+    import adderconvert.conversion.recipe as recipe
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    cnn = nn.Sequential(*cnn, nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+    cnn = nn.Sequential(*cnn, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    cnn[3].groups, cnn[3].weight = 8, nn.Parameter(torch.randn(8, 1, 3, 3))  # depthwise
+    images = torch.randn(64, 3, 8, 8)
+    monkeypatch.setattr(recipe, "swap_layers", recipe.swap_layers)  # restored after the test
+    probes.depthwise_bases(4)
+    adder = recipe.run_conversion(cnn.eval(), images, keep=()).model
+    assert adder[3].bases == 4 and adder[6].bases == 2  # the network's default (it has a grouped conv): 2
+    with torch.no_grad():  # the function kept: closer to the CNN than a fresh adder model of the same plan
+        fresh = recipe.run_conversion(cnn.eval(), images, keep=(), init="fresh").model
+        kept = (adder.eval()(images) - cnn(images)).pow(2).mean()
+        assert kept < 0.5 * (fresh.eval()(images) - cnn(images)).pow(2).mean()
+
 def test_channel_edges_keep_the_function_and_bring_each_weight_near_its_own_channel():
     import adderconvert
 
