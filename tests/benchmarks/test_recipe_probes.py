@@ -92,6 +92,7 @@ def test_depthwise_bases_gives_only_depthwise_adder_layers_more_bases(monkeypatc
         kept = (adder.eval()(images) - cnn(images)).pow(2).mean()
         assert kept < 0.5 * (fresh.eval()(images) - cnn(images)).pow(2).mean()
 
+
 def test_channel_edges_keep_the_function_and_bring_each_weight_near_its_own_channel():
     import adderconvert
 
