@@ -99,8 +99,11 @@ arm64-ort: $(ARM64_TOOLS) install
 
 # The fast tier: every module, one model per family, small budgets (tests marked `slow` wait for test-all).
 # Both tiers list their slowest tests at the end, so that the next one to slim (or move) is in every log.
+# The fast tier runs its test files in TEST_WORKERS processes (pytest-xdist; a file's tests share one process and its
+# fixtures); the full tier, whose slow tests build native code and run benchmarks, in one.
+TEST_WORKERS ?= 2
 test: install $(FASHION_MNIST)
-	$(PY) -m pytest -m "not slow" --durations=15
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-all: install $(FASHION_MNIST) $(CHROMIUM) $(ARM64_TOOLS)
 	$(PY) -m pytest --durations=25

@@ -44,13 +44,13 @@ from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.architectures.registry import build  # noqa: E402
 from adderconvert.checkpoint import save_checkpoint  # noqa: E402
 from adderconvert.conversion import (  # noqa: E402
+    CONVERTED_DEPTHWISE_BASES,
     DEPLOYMENT_SIZE,
     GROUPED_BASES,
     INIT_CHOICES,
     KEEP_KINDS,
     RECONSTRUCT_METHODS,
     SIGN_MARGIN,
-    ConversionReport,
     plan_conversion,
 )
 from adderconvert.conversion.plan import conv_macs_at  # noqa: E402
@@ -237,13 +237,11 @@ def cached_fit(
     return result
 
 
-def fine_tune_config(
-    budget: Budget, overrides: dict, task: Task = CLASSIFICATION, report: ConversionReport | None = None
-) -> TrainConfig:
-    """The CLI's own fine-tuning configuration of a model of ``task`` converted by ``report``'s plan (its batch size
-    included, and the epochs where the budget leaves them to the CLI) at the budget's length, with ``overrides``."""
-    run = RunConfig(epochs=budget.epochs, max_steps=budget.steps, progress=False)
-    return replace(adder_train_config(run, task, report), log=False, **overrides)
+def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION) -> TrainConfig:
+    """The CLI's own fine-tuning configuration of a model of ``task`` (its batch size included, and the epochs where
+    the budget leaves them to the CLI) at the budget's length, with ``overrides``."""
+    run = RunConfig(epochs=budget.epochs or RunConfig.epochs, max_steps=budget.steps, progress=False)
+    return replace(adder_train_config(run, task), log=False, **overrides)
 
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
@@ -336,7 +334,7 @@ def run_model(
         adder_top1, diverged, seconds = row["zero_step_top1"], None, 0.0
     else:
         adder_top1, diverged, seconds, row["adder_top1_by_epoch"] = fine_tune(
-            student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx, report=report
+            student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx
         )
     if save is not None:
         save_model(student, report, splits, name, save)
@@ -353,11 +351,10 @@ def fine_tune(
     test_set,
     ctx,
     task: Task = CLASSIFICATION,
-    report: ConversionReport | None = None,
 ) -> tuple:
-    """Fine-tunes ``student`` (converted by ``report``'s plan) in place with the recipe: (adder top-1, why it
-    diverged or None, seconds, top-1 after each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
-    config = fine_tune_config(budget, overrides, task, report)
+    """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1 after
+    each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
+    config = fine_tune_config(budget, overrides, task)
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:
@@ -416,7 +413,10 @@ def markdown_table(
         "keep_mac_budget": RunConfig.keep_mac_budget,
         **(conversion or {}),
     }
-    main_job = f"the main job's (1; {GROUPED_BASES} with grouped or depthwise convs)"
+    main_job = (
+        f"the main job's (1; {GROUPED_BASES} with grouped or depthwise convs, {CONVERTED_DEPTHWISE_BASES} where the "
+        "plan converts depthwise convs)"
+    )
     bases = conversion.get("bases") or main_job
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
     cnn_steps = f"{budget.cnn_steps} steps" if budget.cnn_steps else "whole epochs"
@@ -425,7 +425,7 @@ def markdown_table(
         f"Budget `{budget_name}` on {machine}: Fashion-MNIST at {budget.image_size} px, CNN batch "
         f"{budget.cnn_batch_size}, adder batch {fine_tune_config(budget, overrides).batch_size}; "
         f"CNN {budget.cnn_epochs} epoch(s) of {cnn_steps} from scratch, adder "
-        f"{budget.epochs or 'the CLI default number of (1; 2 where the plan converts depthwise convs)'} epoch(s) of "
+        f"{budget.epochs or f'the CLI default number of ({RunConfig.epochs})'} epoch(s) of "
         f"{steps}; "
         f"{tests} test images. "
         + (

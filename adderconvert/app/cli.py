@@ -18,13 +18,18 @@ import click
 import yaml
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
-from adderconvert.conversion import DEPLOYMENT_SIZE, GROUPED_BASES, INIT_CHOICES, KEEP_KINDS
+from adderconvert.conversion import (
+    CONVERTED_DEPTHWISE_BASES,
+    DEPLOYMENT_SIZE,
+    GROUPED_BASES,
+    INIT_CHOICES,
+    KEEP_KINDS,
+)
 from adderconvert.data import DATASETS
 from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 from adderconvert.train import TrainConfig
 from adderconvert.train.dense import SEGMENTATION
-from adderconvert.train.loop import CLASSIFICATION
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
 # loading onnx, onnxscript, matplotlib and the training stack (start-up time).
@@ -173,8 +178,9 @@ def _interrupt_on_sigterm():
     type=int,
     default=None,
     help=f"Binary bases per adder layer, 1-4: each more adds the additions of one more adder filter per output for a "
-    f"closer fit of the CNN [1; classifiers with grouped or depthwise convs {GROUPED_BASES}; segmentation and "
-    f"detection {SEGMENTATION.bases}].",
+    f"closer fit of the CNN [1; classifiers with grouped or depthwise convs {GROUPED_BASES}, "
+    f"{CONVERTED_DEPTHWISE_BASES} where the plan converts depthwise convs; segmentation and detection "
+    f"{SEGMENTATION.bases}].",
 )
 @click.option(
     "--keep-mac-budget",
@@ -218,8 +224,7 @@ def _interrupt_on_sigterm():
     "--epochs",
     type=int,
     default=None,
-    help=f"Fine-tuning epochs [{TrainConfig.epochs}; {CLASSIFICATION.converted_depthwise_epochs} for a classifier "
-    "whose plan converts depthwise convs].",
+    help=f"Fine-tuning epochs [{TrainConfig.epochs}].",
 )
 @click.option(
     "--batch-size",

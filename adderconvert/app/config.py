@@ -37,7 +37,7 @@ class RunConfig:
     pretrain_epochs: int | None = None  # None: 1 when the classifier had to be resized, else 0
     pretrain_lr: float = 0.05
     finetune: bool = True
-    epochs: int | None = None  # None: the model's and its plan's (pipeline.epochs_of), resolved by the run
+    epochs: int = TrainConfig.epochs
     batch_size: int | None = None  # None: the model's task's (Task.batch_size), resolved by the run
     lr: float = TrainConfig.lr  # the fine-tuning recipe's defaults are TrainConfig's
     eta: float = TrainConfig.eta
@@ -96,9 +96,9 @@ class _Rule:
     hint: str = ""
 
 
-# Options whose None the run resolves from the model (pipeline.epochs_of, batch_size_of, bases_of) and writes to
-# config.yaml as the value it used.
-RESOLVED_BY_RUN = ("epochs", "batch_size", "bases")
+# Options whose None the run resolves from the model (pipeline.batch_size_of, bases_of) and writes to config.yaml as
+# the value it used.
+RESOLVED_BY_RUN = ("batch_size", "bases")
 
 _DEVICE = r"auto|cpu|cuda(:\d+)?"
 _RULES: dict[str, _Rule] = {
@@ -110,7 +110,7 @@ _RULES: dict[str, _Rule] = {
     "pretrain_epochs": _Rule(int, optional=True, low=0),
     "pretrain_lr": _Rule(float, low=0, low_open=True),
     "finetune": _Rule(bool),
-    "epochs": _Rule(int, optional=True, low=1),
+    "epochs": _Rule(int, low=1),
     "batch_size": _Rule(int, optional=True, low=1),
     "lr": _Rule(float, low=0, low_open=True),
     "eta": _Rule(float, low=0, low_open=True),

@@ -75,7 +75,6 @@ __all__ = [
     "adder_train_config",
     "bases_of",
     "batch_size_of",
-    "epochs_of",
     "draw_calibration_images",
     "checkpoint_meta",
     "convert_trained",
@@ -115,7 +114,7 @@ def _rules(config: RunConfig) -> dict:
 
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor, task: Task) -> ConversionReport:
     report = plan_conversion(model, example, **_rules(config))
-    bases = bases_of(config, task, model)  # once: without --bases it scans the model's convs
+    bases = bases_of(config, task, model, report)  # once: without --bases it scans the model's convs and plan
     for decision in report.converted:
         decision.bases = bases
     if not report.converted:
@@ -146,8 +145,8 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     Segmentation and detection models are planned on their task's data (Fashion-MNIST's default stands for the
     built-in scenes, :func:`~adderconvert.data_scenes.load_scenes`; data of another task is refused) at
     ``config.image_size`` (default :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's
-    transform set to that size. The note also says why the run converts with more than one base or fine-tunes more
-    than one epoch, where the defaults choose that."""
+    transform set to that size. The note also says why the run converts with more than one base, where the defaults
+    choose that."""
     splits, model, head_fits = _data_and_model(config, fetch=False)
     task = training_task(splits.task)
     report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
@@ -165,29 +164,29 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
             f"note: planned on random weights (--dry-run does not download --weights {config.weights}); the run "
             "plans on them, so what --keep-ceiling converts and --keep-mac-budget keeps may differ"
         )
-    notes = [line for line in (_defaults_note(config, task, model, report), note) if line]
+    notes = [line for line in (_bases_note(config, task, model, report), note) if line]
     return report, "\n".join(notes) or None
 
 
-def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> str:
-    """Why the run converts ``model`` with more than one base, or fine-tunes it longer than one epoch, where the
-    defaults for its convs and its plan (``report``) choose that; else ``""``."""
-    lines = []
-    bases = bases_of(config, task, model)
-    if config.bases is None and task.bases is None and bases > 1:
-        lines.append(
-            f"conversion: {bases} binary bases per adder layer, the default for a network with grouped or depthwise "
-            f"convs ({config.model}): {bases}x the additions of one, for a closer fit; --bases sets it"
-        )
-    epochs = epochs_of(config, task, report)
-    if config.epochs is None and epochs != TrainConfig.epochs:
+def _bases_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> str:
+    """Why the run converts ``model`` with more than one base, where the defaults for its convs and its plan
+    (``report``) choose that; else ``""``."""
+    bases = bases_of(config, task, model, report)
+    if config.bases is not None or task.bases is not None or bases == 1:
+        return ""
+    if _converts_depthwise(report):
         converted = sum(layer.depthwise for layer in report.converted)
         total = sum(layer.depthwise for layer in report.layers)
-        lines.append(
-            f"fine-tuning: {epochs} epochs, the default where the plan converts depthwise convs ({converted} of "
-            f"{config.model}'s {total}), whose binary copies need a longer fine-tune; --epochs sets it"
+        why = (
+            f"where the plan converts depthwise convs ({converted} of {config.model}'s {total}: the keep ceiling "
+            "binds), whose binary copies need a closer fit"
         )
-    return "\n".join(lines)
+    else:
+        why = f"for a network with grouped or depthwise convs ({config.model}), for a closer fit"
+    return (
+        f"conversion: {bases} binary bases per adder layer, the default {why}: {bases}x the additions of one; "
+        "--bases sets it"
+    )
 
 
 @dataclass
@@ -201,8 +200,8 @@ class _Prepared:
     out: Path
     device: str
     task: Task  # what training and evaluation take from the model's task
-    defaults_note: str = ""  # why the bases or epochs differ from 1, where the model's convs and plan chose that
-    default_epochs: bool = False  # the epochs are the default for the first plan (--epochs not given)
+    bases_note: str = ""  # why the bases differ from 1, where the model's convs and plan chose that
+    default_bases: bool = False  # the bases are the default for the first plan (--bases not given)
 
 
 def _check_folder(config: RunConfig, out: Path) -> None:
@@ -248,7 +247,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     splits, teacher, head_fits = _data_and_model(config, fetch=True)
     task = training_task(splits.task)
     given = config  # what the user chose, for the note on what the defaults chose
-    config = replace(config, batch_size=batch_size_of(config, task), bases=bases_of(config, task, teacher))
+    config = replace(config, batch_size=batch_size_of(config, task))
     _check_batch(config, teacher, splits, world_size, task)
     if config.int8:
         try:
@@ -256,8 +255,8 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
         except ValueError as e:
             raise RunInputError(str(e)) from None
     report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
-    defaults_note = _defaults_note(given, task, teacher, report)
-    config = replace(config, epochs=epochs_of(config, task, report))
+    bases_note = _bases_note(given, task, teacher, report)
+    config = replace(config, bases=bases_of(config, task, teacher, report))
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
@@ -265,7 +264,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     if config.resume:
         for path, stage, train_config in (
             (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1), task)),
-            (out / "last.pt", "adder", adder_train_config(config, task, report)),
+            (out / "last.pt", "adder", adder_train_config(config, task)),
         ):
             if path.is_file():
                 state = load_checkpoint(path)
@@ -278,7 +277,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path, adders=stage == "adder")
-    prepared = _Prepared(splits, teacher, report, pretrain, out, device, task, defaults_note, given.epochs is None)
+    prepared = _Prepared(splits, teacher, report, pretrain, out, device, task, bases_note, given.bases is None)
     return config, prepared
 
 
@@ -288,24 +287,14 @@ def batch_size_of(config: RunConfig, task: Task) -> int:
     return task.batch_size if config.batch_size is None else config.batch_size
 
 
-def bases_of(config: RunConfig, task: Task, model: nn.Module) -> int:
+def bases_of(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> int:
     """The run's binary bases per adder layer: ``--bases``, else its ``model``'s ``task``'s (``Task.bases``: 2 for
-    segmentation and detection models), else the conversion's :func:`~adderconvert.conversion.default_bases` (2 for a
-    classifier with grouped or depthwise convs, else 1)."""
+    segmentation and detection models), else the conversion's :func:`~adderconvert.conversion.default_bases` for
+    ``model`` and its plan ``report`` (the run's first: on the CNN as given, before any teacher training): 3 for a
+    classifier whose plan converts depthwise convs, 2 for one with grouped or depthwise convs, else 1."""
     if config.bases is not None:
         return config.bases
-    return default_bases(model) if task.bases is None else task.bases
-
-
-def epochs_of(config: RunConfig, task: Task, report: ConversionReport | None) -> int:
-    """The run's fine-tuning epochs: ``--epochs``, else ``Task.converted_depthwise_epochs`` of its model's ``task``
-    where its plan (``report``, the run's first: on the CNN as given, before any teacher training) converts a
-    depthwise conv (2 for classifiers), else ``TrainConfig.epochs`` (1; also where there is no plan, ``None``)."""
-    if config.epochs is not None:
-        return config.epochs
-    if report is not None and _converts_depthwise(report):
-        return task.converted_depthwise_epochs
-    return TrainConfig.epochs
+    return default_bases(model, report) if task.bases is None else task.bases
 
 
 def _common(config: RunConfig, task: Task) -> dict:
@@ -329,11 +318,11 @@ def _converts_depthwise(report: ConversionReport) -> bool:
     return any(layer.depthwise for layer in report.converted)
 
 
-def adder_train_config(config: RunConfig, task: Task, report: ConversionReport | None) -> TrainConfig:
-    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` converted by ``report``'s
-    plan (benchmarks/recipes.py uses it too; its epochs: :func:`epochs_of`)."""
+def adder_train_config(config: RunConfig, task: Task) -> TrainConfig:
+    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` (benchmarks/recipes.py
+    uses it too)."""
     return TrainConfig(
-        epochs=epochs_of(config, task, report),
+        epochs=config.epochs,
         lr=config.lr,
         adder_lr_scale=task.adder_lr_scale,
         eta=config.eta,
@@ -452,15 +441,15 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     cnn = _scores(cnn_history, teacher, splits.test, ctx, config, "CNN eval", task)
     _log(_describe("CNN", cnn), main)
 
-    if prepared.defaults_note:
-        _log(prepared.defaults_note, main)
+    if prepared.bases_note:
+        _log(prepared.bases_note, main)
     conversion = convert_trained(teacher, splits, config, ctx, log=main)
     student, report = conversion.model, conversion.report
-    if prepared.default_epochs and _converts_depthwise(report) != _converts_depthwise(prepared.report):
+    if prepared.default_bases and _converts_depthwise(report) != _converts_depthwise(prepared.report):
         _log(
             f"note: the trained CNN's plan converts {sum(d.depthwise for d in report.converted)} depthwise convs, "
-            f"the first plan (the epochs' default) {sum(d.depthwise for d in prepared.report.converted)}; "
-            f"fine-tuning keeps {config.epochs} epoch(s) (--epochs sets it)",
+            f"the first plan (the bases' default) {sum(d.depthwise for d in prepared.report.converted)}; "
+            f"the conversion keeps {config.bases} base(s) (--bases sets it)",
             main,
         )
     zero_step = _scores([], student, splits.test, ctx, config, "adder eval (zero steps)", task)
@@ -474,7 +463,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             student,
             splits.train,
             splits.test,
-            adder_train_config(config, task, prepared.report),
+            adder_train_config(config, task),
             teacher=teacher,
             output=out,
             meta=checkpoint_meta(config.model, config.dataset, splits, "adder", report),
@@ -566,7 +555,8 @@ def convert_trained(
             **_rules(config),
             sign_margin=sign_margin,
             inside=inside,
-            bases=bases_of(config, training_task(splits.task), teacher),
+            # None: the conversion's default for the trained CNN and its plan (the main job has resolved its own)
+            bases=config.bases if config.bases is not None else training_task(splits.task).bases,
             log=lambda message: _log(message, log),
         )
 

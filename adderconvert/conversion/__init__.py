@@ -25,6 +25,7 @@ from adderconvert.conversion.plan import (
     run_hooked,
 )
 from adderconvert.conversion.recipe import (
+    CONVERTED_DEPTHWISE_BASES,
     DEFAULT_KEEP,
     DEFAULT_KEEP_CEILING,
     DEFAULT_RECONSTRUCT,
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_KEEP_CEILING",
     "DEFAULT_RECONSTRUCT",
     "DEPLOYMENT_SIZE",
+    "CONVERTED_DEPTHWISE_BASES",
     "GROUPED_BASES",
     "INIT_CHOICES",
     "KEEP_KINDS",

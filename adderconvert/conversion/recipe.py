@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_KEEP_CEILING",
     "DEPLOYMENT_SIZE",
     "DEFAULT_RECONSTRUCT",
+    "CONVERTED_DEPTHWISE_BASES",
     "GROUPED_BASES",
     "NORM_BATCH",
     "PLAN_IMAGES",
@@ -72,11 +73,20 @@ RECONSTRUCT_MIN_IMAGES = 8
 # still 1.09 after two epochs); with two bases MobileNetV3-Large, RegNet-Y-400MF, EfficientNet-B0 and MobileNetV2 end
 # one epoch 0.32-0.82 pt short (docs/results/recipes_cpu_converged.md).
 GROUPED_BASES = 2
+# Bases of a network whose plan converts depthwise convs: where the keep ceiling binds, as on MobileNetV3-Small, whose
+# kept kinds would be a quarter of its MACs (alone of the families measured). With two bases it ends 0.9-1.4 pt short
+# of its CNN after one to three epochs (depthwise convs kept instead: 0.63 after two, but 76% of the MACs converted;
+# four bases on the depthwise convs alone: no gain), with three it keeps 99% at zero steps and ends one epoch
+# 0.48-0.95 pt short (docs/results/recipes_cpu_converged.md), for 1.5 times the additions of two.
+CONVERTED_DEPTHWISE_BASES = 3
 
 
-def default_bases(model: nn.Module) -> int:
-    """The binary bases per adder layer the recipe gives ``model``: :data:`GROUPED_BASES` where it has a conv of more
-    than one group (depthwise ones included), else 1."""
+def default_bases(model: nn.Module, report: ConversionReport | None = None) -> int:
+    """The binary bases per adder layer the recipe gives ``model``: :data:`CONVERTED_DEPTHWISE_BASES` where its plan
+    (``report``) converts a depthwise conv, else :data:`GROUPED_BASES` where it has a conv of more than one group
+    (depthwise ones included), else 1."""
+    if report is not None and any(decision.depthwise for decision in report.converted):
+        return CONVERTED_DEPTHWISE_BASES
     grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
     return GROUPED_BASES if grouped else 1
 
@@ -138,7 +148,8 @@ def run_conversion(
     :func:`~adderconvert.conversion.reconstruct`) choose the steps; ``bases`` (1 or more) gives every adder layer
     that many binary bases (:class:`~adderconvert.nn.AdderConv2d`), the extra ones fitted by the reconstruction to
     what the first leaves (2: twice the additions, for a closer fit); None, the default, is
-    :func:`default_bases`: 2 for a network with grouped or depthwise convs, else 1 (the main job gives segmentation
+    :func:`default_bases`: 3 where the plan converts a depthwise conv, 2 for a network with grouped or depthwise
+    convs, else 1 (the main job gives segmentation
     and detection models 2 whatever their convs: on the built-in scenes LR-ASPP keeps 92% of its CNN's mIoU at zero
     steps instead of 77%, docs/results/dense_cpu.md; docs/usage.md "Bases"). ``log`` receives a line per step (the
     plan's table, the reconstruction's summary).
@@ -147,9 +158,7 @@ def run_conversion(
         raise TypeError(f"model must be a torch.nn.Module (the trained CNN), got {type(model).__name__}")
     if init not in INIT_CHOICES:
         raise ValueError(f"init must be one of {INIT_CHOICES}, got {init!r}")
-    if bases is None:
-        bases = default_bases(model)
-    if isinstance(bases, bool) or not isinstance(bases, int) or bases < 1:
+    if bases is not None and (isinstance(bases, bool) or not isinstance(bases, int) or bases < 1):
         raise ValueError(f"bases must be None or a positive integer, got {bases!r}")
     if reconstruct_method not in (None, *RECONSTRUCT_METHODS):
         raise ValueError(f"reconstruct_method must be None or one of {RECONSTRUCT_METHODS}, got {reconstruct_method!r}")
@@ -178,6 +187,7 @@ def run_conversion(
             f"nothing to convert: no Conv2d of {type(model).__name__} becomes an adder layer under these rules "
             "(include, exclude, keep_stem, keep_classifier, keep, keep_mac_budget); see plan_conversion(...).table()"
         )
+    bases = default_bases(model, report) if bases is None else bases
     for decision in report.converted:
         decision.bases = bases
     say(report.table())

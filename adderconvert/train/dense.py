@@ -115,7 +115,6 @@ class _DenseTask(Task):
     # bases LR-ASPP keeps 92% of its CNN's mIoU at zero steps (77% with one) and ends one epoch 0.60 below it (2.80),
     # SSDlite 83% of its mAP (48%) and 4.20 below it (10.21) (docs/results/dense_cpu.md), for twice the additions.
     bases = 2
-    converted_depthwise_epochs = TrainConfig.epochs  # the budget: one epoch of fine-tuning
 
     def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
         return BackboneDistillation(model, teacher)

@@ -129,14 +129,9 @@ class Task:
     batch_size = TrainConfig.batch_size  # the main job's default global batch for this task's models
     adder_lr_scale = TrainConfig.adder_lr_scale  # the main job's default for this task's models
     # Binary bases per adder layer (AdderConv2d's ``bases``) for this task's models; None: the conversion's own
-    # default for the model (conversion.default_bases: 2 with grouped or depthwise convs, else 1).
+    # default for the model and its plan (conversion.default_bases: 3 where the plan converts depthwise convs, 2 with
+    # grouped or depthwise convs, else 1).
     bases: int | None = None
-    # Fine-tuning epochs by default where the plan converts a depthwise conv (TrainConfig.epochs elsewhere). Only where
-    # its keep ceiling makes the plan convert depthwise convs, a nine-weight channel's binary copy: MobileNetV3-Small,
-    # whose kept kinds would be a quarter of its MACs, alone of the families measured. On 8-epoch teachers it ends one
-    # epoch 0.68 and 1.37 pt short of its CNN (two teachers), two 0.92 and 1.16 on the second (nearer, not yet within
-    # 1 pt); the other grouped families 0.32-0.82 after one (docs/results/recipes_cpu_converged.md).
-    converted_depthwise_epochs = 2
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
 

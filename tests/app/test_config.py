@@ -71,11 +71,12 @@ def test_cli_help_reads_the_defaults():
     from adderconvert.app.cli import main
 
     text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
-    for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta)):
+    for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta), ("--epochs", RunConfig.epochs)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
-    epochs = "[1; 2 for a classifier whose plan converts depthwise convs]"
-    assert epochs in text.split("--epochs", 1)[1].split("--", 1)[0]
-    bases = "[1; classifiers with grouped or depthwise convs 2; segmentation and detection 2]"
+    bases = (
+        "[1; classifiers with grouped or depthwise convs 2, 3 where the plan converts depthwise convs; segmentation "
+        "and detection 2]"
+    )
     assert bases in text.split("--bases", 1)[1].split("--", 1)[0]
 
 
@@ -97,7 +98,7 @@ def test_the_batch_size_is_the_tasks_unless_given():
     for task in (CLASSIFICATION, SEGMENTATION, DETECTION):
         assert batch_size_of(RunConfig(), task) == task.batch_size
         assert batch_size_of(RunConfig(batch_size=64), task) == 64
-        assert adder_train_config(RunConfig(), task, None).batch_size == task.batch_size
+        assert adder_train_config(RunConfig(), task).batch_size == task.batch_size
     assert validate_config({"model": "ssdlite320_mobilenet_v3_large", "batch_size": 64}).batch_size == 64
 
 
@@ -106,59 +107,41 @@ def test_keep_none_converts_every_kind():
     assert validate_config({}).keep == ["depthwise", "squeeze_excitation"]
 
 
-def test_one_epoch_by_default_two_for_a_classifier_whose_plan_converts_depthwise_convs():
-    """The plan decides: MobileNetV3-Small's kept kinds exceed the keep ceiling, so depthwise convs become adder
-    layers and it fine-tunes two epochs; MobileNetV3-Large keeps all of them and ResNet-18 has none (one epoch);
-    segmentation and detection models one epoch whatever their plan; --epochs wins."""
-    from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, resnet18
-
-    from adderconvert.app.pipeline import _rules, adder_train_config, epochs_of
-    from adderconvert.conversion import plan_conversion
-    from adderconvert.train.dense import DETECTION, SEGMENTATION
-    from adderconvert.train.loop import CLASSIFICATION
-
-    assert validate_config({}).epochs is RunConfig.epochs is None and TrainConfig.epochs == 1
-    assert (
-        epochs_of(RunConfig(), CLASSIFICATION, None) == adder_train_config(RunConfig(), SEGMENTATION, None).epochs == 1
-    )
-    assert epochs_of(RunConfig(epochs=3), CLASSIFICATION, None) == 3
-    example = torch.randn(2, 3, 32, 32)
-    plans = {
-        build.__name__: plan_conversion(build(num_classes=10).eval(), example, **_rules(RunConfig()))
-        for build in (mobilenet_v3_small, mobilenet_v3_large, resnet18)
-    }
-    depthwise = {name: sum(d.depthwise for d in plan.converted) for name, plan in plans.items()}
-    assert depthwise["mobilenet_v3_small"] > 0 and depthwise["mobilenet_v3_large"] == depthwise["resnet18"] == 0
-    small = plans["mobilenet_v3_small"]
-    assert epochs_of(RunConfig(), CLASSIFICATION, small) == CLASSIFICATION.converted_depthwise_epochs == 2
-    assert adder_train_config(RunConfig(), CLASSIFICATION, small).epochs == 2
-    assert epochs_of(RunConfig(), CLASSIFICATION, plans["mobilenet_v3_large"]) == 1
-    assert epochs_of(RunConfig(), CLASSIFICATION, plans["resnet18"]) == 1
-    for task in (SEGMENTATION, DETECTION):
-        assert epochs_of(RunConfig(), task, small) == 1
-    assert epochs_of(RunConfig(epochs=1), CLASSIFICATION, small) == 1
-    assert adder_train_config(RunConfig(epochs=3), CLASSIFICATION, small).epochs == 3
-
-
-def test_grouped_classifiers_and_dense_models_convert_with_two_bases_by_default():
+def test_default_bases_follow_the_convs_and_the_plan():
     """A classifier with grouped convs (depthwise ones included) gets the conversion's GROUPED_BASES (2), one with
-    dense convs only 1, as the library's convert does (default_bases); segmentation and detection models 2 whatever
-    their convs; --bases wins."""
-    from torchvision.models import mobilenet_v3_small, regnet_y_400mf, resnet18
+    dense convs only 1, and one whose plan converts depthwise convs (MobileNetV3-Small: its kept kinds exceed the keep
+    ceiling) CONVERTED_DEPTHWISE_BASES (3), as the library's convert does (default_bases); segmentation and detection
+    models 2 whatever their convs; --bases wins. Every model fine-tunes one epoch unless told."""
+    from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, regnet_y_400mf, resnet18
 
-    from adderconvert.app.pipeline import bases_of
-    from adderconvert.conversion import GROUPED_BASES, default_bases
+    from adderconvert.app.pipeline import _rules, adder_train_config, bases_of
+    from adderconvert.conversion import CONVERTED_DEPTHWISE_BASES, GROUPED_BASES, default_bases, plan_conversion
     from adderconvert.train.dense import DETECTION, SEGMENTATION
     from adderconvert.train.loop import CLASSIFICATION
 
     assert validate_config({}).bases is RunConfig.bases is None and "bases" in RESOLVED_BY_RUN
-    mobile, grouped, plain = mobilenet_v3_small(), regnet_y_400mf(), resnet18()  # grouped: not depthwise
-    assert bases_of(RunConfig(), CLASSIFICATION, mobile) == default_bases(mobile) == GROUPED_BASES == 2
-    assert bases_of(RunConfig(), CLASSIFICATION, grouped) == default_bases(grouped) == 2
-    assert bases_of(RunConfig(), CLASSIFICATION, plain) == default_bases(plain) == 1
+    example = torch.randn(2, 3, 32, 32)
+    models = {build.__name__: build(num_classes=10).eval() for build in (mobilenet_v3_small, mobilenet_v3_large)}
+    models |= {build.__name__: build(num_classes=10).eval() for build in (regnet_y_400mf, resnet18)}
+    plans = {name: plan_conversion(model, example, **_rules(RunConfig())) for name, model in models.items()}
+    depthwise = {name: sum(d.depthwise for d in plan.converted) for name, plan in plans.items()}
+    assert depthwise["mobilenet_v3_small"] > 0 and depthwise["mobilenet_v3_large"] == depthwise["resnet18"] == 0
+
+    def bases(name, task=CLASSIFICATION, config=None):
+        return bases_of(config or RunConfig(), task, models[name], plans[name])
+
+    small = models["mobilenet_v3_small"]
+    assert bases("mobilenet_v3_small") == default_bases(small, plans["mobilenet_v3_small"]) == 3
+    assert CONVERTED_DEPTHWISE_BASES == 3 and default_bases(small) == GROUPED_BASES == 2  # no plan: the convs alone
+    assert bases("mobilenet_v3_large") == bases("regnet_y_400mf") == 2  # RegNet's grouped convs are not depthwise
+    assert bases("resnet18") == 1
     for task in (SEGMENTATION, DETECTION):
-        assert bases_of(RunConfig(), task, plain) == bases_of(RunConfig(), task, mobile) == 2
-    assert bases_of(RunConfig(bases=3), SEGMENTATION, mobile) == 3
-    assert bases_of(RunConfig(bases=1), CLASSIFICATION, mobile) == 1
+        assert bases("resnet18", task) == bases("mobilenet_v3_small", task) == 2
+    assert bases("mobilenet_v3_small", SEGMENTATION, RunConfig(bases=3)) == 3
+    assert bases("mobilenet_v3_small", CLASSIFICATION, RunConfig(bases=1)) == 1
+    assert RunConfig.epochs == TrainConfig.epochs == 1 and validate_config({}).epochs == 1
+    for task in (CLASSIFICATION, SEGMENTATION, DETECTION):
+        assert adder_train_config(RunConfig(), task).epochs == 1
+    assert adder_train_config(RunConfig(epochs=3), CLASSIFICATION).epochs == 3
     with pytest.raises(ConfigError, match="bases"):
         validate_config({"bases": 0})

@@ -252,32 +252,33 @@ def test_interrupt_prints_a_resume_command_that_works(finished, tmp_path, signum
     assert (out / "teacher" / "last.pt").read_bytes() == teacher and (out / "last.pt").is_file()
 
 
-def test_the_resume_command_finds_a_run_that_resolved_its_epochs_and_batch(tmp_path):
-    """The CLI's config leaves the epochs and the batch to the run, which writes the values it used to config.yaml:
+def test_the_resume_command_finds_a_run_that_resolved_its_batch_and_bases(tmp_path):
+    """The CLI's config leaves the batch and the bases to the run, which writes the values it used to config.yaml:
     the interrupted run is still found as its own (another run's config.yaml is not)."""
     from dataclasses import replace
 
     config = RunConfig(model="mobilenet_v3_small", output=str(tmp_path / "run"), progress=False)
-    assert config.epochs is None and config.batch_size is None
+    assert config.batch_size is None and config.bases is None and config.epochs == 1
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text(replace(config, epochs=2, batch_size=128).to_yaml())
+    (tmp_path / "run" / "config.yaml").write_text(replace(config, batch_size=128, bases=3).to_yaml())
     command = resume_command(config)
     assert command == f"adderconvert mobilenet_v3_small --resume --quiet --output {tmp_path / 'run'}", command
-    assert resume_command(replace(config, epochs=3)) is None  # given 3, the folder holds a run of 2: not this one
+    assert resume_command(replace(config, epochs=3)) is None  # given 3, the folder holds a run of 1: not this one
+    assert resume_command(replace(config, bases=2)) is None
     assert resume_command(replace(config, lr=0.5)) is None
     (tmp_path / "run" / "config.yaml").write_text("[unclosed")
     assert resume_command(config) is None
 
 
-def test_resume_reads_the_epochs_and_batch_a_hand_written_config_left_unset(tmp_path):
-    """config.yaml with ``epochs: null`` (the run writes what it resolved; a user may not): the adder checkpoint's
+def test_resume_reads_the_batch_a_hand_written_config_left_unset(tmp_path):
+    """config.yaml with ``batch_size: null`` (the run writes what it resolved; a user may not): the adder checkpoint's
     recipe says what the run trained with, and a flag is compared with that."""
     folder = _unset_run(tmp_path / "run", None, None)
-    recipe = {"epochs": 2, "batch_size": 64}
+    recipe = {"epochs": 1, "batch_size": 64}
     meta = CheckpointMeta(model_name="resnet18", num_classes=10, stage="adder", image_size=28, recipe=recipe)
     save_checkpoint(folder / "last.pt", {"meta": meta, "model": {}})
-    assert resumed_options(folder, "resnet18", {"epochs": 2, "batch_size": 64})["epochs"] == 2
-    with pytest.raises(ResumeError, match="--epochs 2 -> 3"):
+    assert resumed_options(folder, "resnet18", {"batch_size": 64})["batch_size"] == 64
+    with pytest.raises(ResumeError, match="--epochs 1 -> 3"):
         resumed_options(folder, "resnet18", {"epochs": 3})
     with pytest.raises(ResumeError, match="--batch-size 64 -> 128"):
         resumed_options(folder, "resnet18", {"batch_size": 128})

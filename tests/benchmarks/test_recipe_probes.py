@@ -86,7 +86,7 @@ def test_depthwise_bases_gives_only_depthwise_adder_layers_more_bases(monkeypatc
     monkeypatch.setattr(recipe, "swap_layers", recipe.swap_layers)  # restored after the test
     probes.depthwise_bases(4)
     adder = recipe.run_conversion(cnn.eval(), images, keep=()).model
-    assert adder[3].bases == 4 and adder[6].bases == 2  # the network's default (it has a grouped conv): 2
+    assert adder[3].bases == 4 and adder[6].bases == 3  # the recipe's default (its plan converts a depthwise conv)
     with torch.no_grad():  # the function kept: closer to the CNN than a fresh adder model of the same plan
         fresh = recipe.run_conversion(cnn.eval(), images, keep=(), init="fresh").model
         kept = (adder.eval()(images) - cnn(images)).pow(2).mean()

@@ -10,7 +10,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import adderconvert
-from adderconvert.conversion import GROUPED_BASES, default_bases, plan_conversion, run_conversion
+from adderconvert.conversion import (
+    CONVERTED_DEPTHWISE_BASES,
+    GROUPED_BASES,
+    default_bases,
+    plan_conversion,
+    run_conversion,
+)
 from adderconvert.conversion.recipe import RECONSTRUCT_BYTES, RECONSTRUCT_MIN_IMAGES, _reconstruction_images
 from adderconvert.data import load_dataset
 from adderconvert.nn import AdderConv2d
@@ -73,16 +79,21 @@ def test_one_call_keeps_the_cnns_function_before_any_step(trained):
         assert torch.equal(value, before[key]), key
 
 
-def test_the_default_bases_follow_the_convs():
-    """Two bases for a network with a grouped or depthwise conv, one for a network of dense convs; ``bases`` wins."""
+def test_the_default_bases_follow_the_convs_and_the_plan():
+    """Two bases for a network with a grouped or depthwise conv, one for a network of dense convs, three where the
+    plan converts a depthwise conv; ``bases`` wins."""
     dense, grouped = _small_cnn(), _small_cnn()
     dense[6] = nn.Conv2d(32, 32, 3, 1, 1, bias=False)  # the depthwise conv made dense
     grouped[6] = nn.Conv2d(32, 32, 3, 1, 1, groups=4, bias=False)
     assert (default_bases(dense), default_bases(grouped), default_bases(_small_cnn())) == (1, 2, 2)
     images = torch.randn(64, 3, 16, 16)
-    for model, bases, want in ((dense, None, 1), (dense, 3, 3), (_small_cnn(), 1, 1)):
-        adder = adderconvert.convert(model.eval(), images, reconstruct_method=None, bases=bases)
-        assert {m.bases for m in adder.modules() if isinstance(m, AdderConv2d)} == {want}, (bases, want)
+    converts_depthwise = plan_conversion(_small_cnn().eval(), images, keep=())
+    assert default_bases(_small_cnn(), converts_depthwise) == CONVERTED_DEPTHWISE_BASES == 3
+    cases = ((dense, None, {}, 1), (dense, 3, {}, 3), (_small_cnn(), 1, {}, 1), (_small_cnn(), None, {}, 2))
+    cases += ((_small_cnn(), None, {"keep": ()}, 3), (_small_cnn(), 2, {"keep": ()}, 2))
+    for model, bases, rules, want in cases:
+        adder = adderconvert.convert(model.eval(), images, reconstruct_method=None, bases=bases, **rules)
+        assert {m.bases for m in adder.modules() if isinstance(m, AdderConv2d)} == {want}, (bases, rules, want)
     with pytest.raises(ValueError, match="bases must be None or a positive integer"):
         adderconvert.convert(dense, images, bases=0)
 
@@ -143,8 +154,8 @@ def test_keeping_the_depthwise_conv_keeps_the_cnns_function(trained):
     reference = _predictions(cnn, images)
     agreement = {}
     cases = {"all": ({"keep": ()}, 4), "keep": ({"keep": ("depthwise",)}, 3), "ceiling": ({"keep_ceiling": 0.05}, 4)}
-    for case, (options, adder_layers) in cases.items():
-        adder = adderconvert.convert(cnn, calibration, **options)
+    for case, (options, adder_layers) in cases.items():  # the same bases, whatever the plan converts
+        adder = adderconvert.convert(cnn, calibration, **options, bases=GROUPED_BASES)
         assert sum(isinstance(m, AdderConv2d) for m in adder.modules()) == adder_layers, case
         agreement[case] = float((_predictions(adder, images) == reference).float().mean())
     assert agreement["keep"] >= agreement["all"] - 0.01 and agreement["keep"] >= 0.85, agreement
