@@ -177,15 +177,13 @@ def _bases_note(config: RunConfig, task: Task, model: nn.Module, report: Convers
     if _converts_depthwise(report):
         converted = sum(layer.depthwise for layer in report.converted)
         total = sum(layer.depthwise for layer in report.layers)
-        why = (
-            f"where the plan converts depthwise convs ({converted} of {config.model}'s {total}: the keep ceiling "
-            "binds), whose binary copies need a closer fit"
-        )
+        ceiling = "the keep ceiling binds"
+        why = f"where the plan converts depthwise convs ({converted} of {config.model}'s {total}: {ceiling})"
     else:
-        why = f"for a network with grouped or depthwise convs ({config.model}), for a closer fit"
+        why = f"for a network with grouped or depthwise convs ({config.model})"
     return (
-        f"conversion: {bases} binary bases per adder layer, the default {why}: {bases}x the additions of one; "
-        "--bases sets it"
+        f"conversion: {bases} binary bases per adder layer, the default {why}: {bases}x the additions of one, for a "
+        "closer fit; --bases sets it"
     )
 
 
