@@ -317,7 +317,16 @@ def run_model(
     else:
         print(f"{name}: fine-tuning", flush=True)
         _, diverged, seconds, by_epoch = recipes.fine_tune(
-            student, teacher, row[f"cnn_{metric}"], budget, overrides, splits, splits.test, ctx, task
+            student,
+            teacher,
+            row[f"cnn_{metric}"],
+            budget,
+            overrides,
+            splits,
+            splits.test,
+            ctx,
+            task,
+            recipes.max_bases(report),
         )
     row.update(adder_by_epoch=by_epoch, adder_seconds=seconds, diverged=diverged)
     recipes.save_model(student, report, splits, name, out / f"{name}.pt")

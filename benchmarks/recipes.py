@@ -51,6 +51,7 @@ from adderconvert.conversion import (  # noqa: E402
     KEEP_KINDS,
     RECONSTRUCT_METHODS,
     SIGN_MARGIN,
+    ConversionReport,
     plan_conversion,
 )
 from adderconvert.conversion.plan import conv_macs_at  # noqa: E402
@@ -237,11 +238,17 @@ def cached_fit(
     return result
 
 
-def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION) -> TrainConfig:
-    """The CLI's own fine-tuning configuration of a model of ``task`` (its batch size included, and the epochs where
-    the budget leaves them to the CLI) at the budget's length, with ``overrides``."""
+def fine_tune_config(budget: Budget, overrides: dict, task: Task = CLASSIFICATION, bases: int = 1) -> TrainConfig:
+    """The CLI's own fine-tuning configuration of a model of ``task`` whose adder layers have ``bases`` binary bases
+    (its batch size and lr included, and the epochs where the budget leaves them to the CLI) at the budget's length,
+    with ``overrides``."""
     run = RunConfig(epochs=budget.epochs or RunConfig.epochs, max_steps=budget.steps, progress=False)
-    return replace(adder_train_config(run, task), log=False, **overrides)
+    return replace(adder_train_config(run, task, bases), log=False, **overrides)
+
+
+def max_bases(report: ConversionReport) -> int:
+    """The most binary bases of an adder layer in ``report``'s plan (the main job's lr follows them)."""
+    return max((decision.bases for decision in report.converted), default=1)
 
 
 def converted_share_at(name: str, num_classes: int, report, size: int = DEPLOYMENT_SIZE) -> float:
@@ -334,7 +341,7 @@ def run_model(
         adder_top1, diverged, seconds = row["zero_step_top1"], None, 0.0
     else:
         adder_top1, diverged, seconds, row["adder_top1_by_epoch"] = fine_tune(
-            student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx
+            student, teacher, row["cnn_top1"], budget, overrides, splits, test_set, ctx, bases=max_bases(report)
         )
     if save is not None:
         save_model(student, report, splits, name, save)
@@ -351,10 +358,12 @@ def fine_tune(
     test_set,
     ctx,
     task: Task = CLASSIFICATION,
+    bases: int = 1,
 ) -> tuple:
-    """Fine-tunes ``student`` in place with the recipe: (adder top-1, why it diverged or None, seconds, top-1 after
-    each epoch); of another ``task``, its metric (``cnn_top1`` the CNN's)."""
-    config = fine_tune_config(budget, overrides, task)
+    """Fine-tunes ``student`` (its adder layers of ``bases`` binary bases at most) in place with the recipe: (adder
+    top-1, why it diverged or None, seconds, top-1 after each epoch); of another ``task``, its metric (``cnn_top1``
+    the CNN's)."""
+    config = fine_tune_config(budget, overrides, task, bases)
     started = time.perf_counter()
     diverged, by_epoch = None, []
     try:
@@ -407,6 +416,10 @@ def markdown_table(
         k: getattr(fine_tune_config(budget, overrides), k)
         for k in ("lr", "eta", "weight_decay", "kd_alpha", "kd_temperature", "feature_kd")
     }
+    if "lr" not in overrides:  # the main job's lr follows the bases
+        settings["lr"] = (
+            f"{settings['lr']} ({fine_tune_config(budget, overrides, bases=3).lr} with three or more bases)"
+        )
     conversion = {
         "init": RunConfig.init,
         "keep_ceiling": RunConfig.keep_ceiling,

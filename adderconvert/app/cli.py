@@ -28,7 +28,7 @@ from adderconvert.conversion import (
 from adderconvert.data import DATASETS
 from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
-from adderconvert.train import TrainConfig
+from adderconvert.train import MANY_BASES_LR, TrainConfig
 from adderconvert.train.dense import SEGMENTATION
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
@@ -237,7 +237,8 @@ def _interrupt_on_sigterm():
     type=float,
     default=None,
     help=f"Learning rate of the CNN's own layers; adder weights take {TrainConfig.adder_lr_scale:g} times it "
-    f"(segmentation {SEGMENTATION.adder_lr_scale:g}) [{RunConfig.lr}].",
+    f"(segmentation {SEGMENTATION.adder_lr_scale:g}) [{TrainConfig.lr}; {MANY_BASES_LR} where the adder layers have "
+    "three or more bases].",
 )
 @click.option("--eta", type=float, default=None, help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].")
 @click.option("--warmup-steps", type=int, default=None, help=f"Linear LR warm-up steps [{RunConfig.warmup_steps}].")

@@ -39,7 +39,7 @@ class RunConfig:
     finetune: bool = True
     epochs: int = TrainConfig.epochs
     batch_size: int | None = None  # None: the model's task's (Task.batch_size), resolved by the run
-    lr: float = TrainConfig.lr  # the fine-tuning recipe's defaults are TrainConfig's
+    lr: float | None = None  # None: the bases' (pipeline.lr_of), resolved by the run; the recipe's are TrainConfig's
     eta: float = TrainConfig.eta
     warmup_steps: int = TrainConfig.warmup_steps
     kd: bool = TrainConfig.kd
@@ -96,9 +96,9 @@ class _Rule:
     hint: str = ""
 
 
-# Options whose None the run resolves from the model (pipeline.batch_size_of, bases_of) and writes to config.yaml as
-# the value it used.
-RESOLVED_BY_RUN = ("batch_size", "bases")
+# Options whose None the run resolves from the model (pipeline.batch_size_of, bases_of, lr_of) and writes to
+# config.yaml as the value it used.
+RESOLVED_BY_RUN = ("batch_size", "bases", "lr")
 
 _DEVICE = r"auto|cpu|cuda(:\d+)?"
 _RULES: dict[str, _Rule] = {
@@ -112,7 +112,7 @@ _RULES: dict[str, _Rule] = {
     "finetune": _Rule(bool),
     "epochs": _Rule(int, low=1),
     "batch_size": _Rule(int, optional=True, low=1),
-    "lr": _Rule(float, low=0, low_open=True),
+    "lr": _Rule(float, optional=True, low=0, low_open=True),
     "eta": _Rule(float, low=0, low_open=True),
     "warmup_steps": _Rule(int, low=0),
     "kd": _Rule(bool),

@@ -59,6 +59,7 @@ from adderconvert.data import DatasetSplits
 from adderconvert.deploy.export import export_onnx
 from adderconvert.metrics import METRIC_NAMES
 from adderconvert.train import (
+    MANY_BASES_LR,
     TrainConfig,
     finish_distributed,
     fit,
@@ -74,6 +75,7 @@ __all__ = [
     "RunInputError",
     "adder_train_config",
     "bases_of",
+    "lr_of",
     "batch_size_of",
     "draw_calibration_images",
     "checkpoint_meta",
@@ -164,14 +166,24 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
             f"note: planned on random weights (--dry-run does not download --weights {config.weights}); the run "
             "plans on them, so what --keep-ceiling converts and --keep-mac-budget keeps may differ"
         )
-    notes = [line for line in (_bases_note(config, task, model, report), note) if line]
+    notes = [line for line in (_defaults_note(config, task, model, report), note) if line]
     return report, "\n".join(notes) or None
 
 
-def _bases_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> str:
-    """Why the run converts ``model`` with more than one base, where the defaults for its convs and its plan
-    (``report``) choose that; else ``""``."""
+def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> str:
+    """Why the run converts ``model`` with more than one base, and fine-tunes it at another lr than
+    ``TrainConfig.lr``, where the defaults for its convs and its plan (``report``) choose that; else ``""``."""
     bases = bases_of(config, task, model, report)
+    lines = [_bases_note(config, task, model, report, bases)]
+    if config.lr is None and lr_of(config, bases) != TrainConfig.lr:
+        lines.append(
+            f"fine-tuning: lr {lr_of(config, bases):g}, the default for adder layers of three or more bases (else "
+            f"{TrainConfig.lr:g}), whose closer fit a larger step undoes in part; --lr sets it"
+        )
+    return "\n".join(line for line in lines if line)
+
+
+def _bases_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport, bases: int) -> str:
     if config.bases is not None or task.bases is not None or bases == 1:
         return ""
     if _converts_depthwise(report):
@@ -198,7 +210,7 @@ class _Prepared:
     out: Path
     device: str
     task: Task  # what training and evaluation take from the model's task
-    bases_note: str = ""  # why the bases differ from 1, where the model's convs and plan chose that
+    defaults_note: str = ""  # why the bases differ from 1 and the lr from TrainConfig's, where the defaults chose that
     default_bases: bool = False  # the bases are the default for the first plan (--bases not given)
 
 
@@ -253,8 +265,9 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
         except ValueError as e:
             raise RunInputError(str(e)) from None
     report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
-    bases_note = _bases_note(given, task, teacher, report)
+    defaults_note = _defaults_note(given, task, teacher, report)
     config = replace(config, bases=bases_of(config, task, teacher, report))
+    config = replace(config, lr=lr_of(config, config.bases))
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
@@ -262,7 +275,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     if config.resume:
         for path, stage, train_config in (
             (out / "teacher" / "last.pt", "teacher", _teacher_config(config, max(pretrain, 1), task)),
-            (out / "last.pt", "adder", adder_train_config(config, task)),
+            (out / "last.pt", "adder", adder_train_config(config, task, config.bases)),
         ):
             if path.is_file():
                 state = load_checkpoint(path)
@@ -275,7 +288,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
                     image_size=splits.image_size,
                 )
                 check_same_schedule(state, train_config, path, adders=stage == "adder")
-    prepared = _Prepared(splits, teacher, report, pretrain, out, device, task, bases_note, given.bases is None)
+    prepared = _Prepared(splits, teacher, report, pretrain, out, device, task, defaults_note, given.bases is None)
     return config, prepared
 
 
@@ -308,6 +321,14 @@ def _common(config: RunConfig, task: Task) -> dict:
     )
 
 
+def lr_of(config: RunConfig, bases: int) -> float:
+    """The run's fine-tuning lr: ``--lr``, else :data:`~adderconvert.train.MANY_BASES_LR` where its adder layers
+    have three or more binary bases (``bases``: :func:`bases_of`), else ``TrainConfig.lr``."""
+    if config.lr is not None:
+        return config.lr
+    return MANY_BASES_LR if bases >= 3 else TrainConfig.lr
+
+
 def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig:
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config, task))
 
@@ -316,12 +337,12 @@ def _converts_depthwise(report: ConversionReport) -> bool:
     return any(layer.depthwise for layer in report.converted)
 
 
-def adder_train_config(config: RunConfig, task: Task) -> TrainConfig:
-    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` (benchmarks/recipes.py
-    uses it too)."""
+def adder_train_config(config: RunConfig, task: Task, bases: int) -> TrainConfig:
+    """How the main job fine-tunes the adder model of ``config``'s run, a model of ``task`` whose adder layers have
+    ``bases`` binary bases (at most; benchmarks/recipes.py uses it too)."""
     return TrainConfig(
         epochs=config.epochs,
-        lr=config.lr,
+        lr=lr_of(config, bases),
         adder_lr_scale=task.adder_lr_scale,
         eta=config.eta,
         warmup_steps=config.warmup_steps,
@@ -439,8 +460,8 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
     cnn = _scores(cnn_history, teacher, splits.test, ctx, config, "CNN eval", task)
     _log(_describe("CNN", cnn), main)
 
-    if prepared.bases_note:
-        _log(prepared.bases_note, main)
+    if prepared.defaults_note:
+        _log(prepared.defaults_note, main)
     conversion = convert_trained(teacher, splits, config, ctx, log=main)
     student, report = conversion.model, conversion.report
     if prepared.default_bases and _converts_depthwise(report) != _converts_depthwise(prepared.report):
@@ -461,7 +482,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
             student,
             splits.train,
             splits.test,
-            adder_train_config(config, task),
+            adder_train_config(config, task, config.bases),
             teacher=teacher,
             output=out,
             meta=checkpoint_meta(config.model, config.dataset, splits, "adder", report),

@@ -154,7 +154,7 @@ def _effective(folder: Path, saved: dict[str, Any], key: str, ran: Any) -> Any:
         paths = [folder / "last.pt", *([folder / "teacher" / "last.pt"] if key == "batch_size" else [])]
         for path in paths:
             value = (read_meta(path).recipe or {}).get(key) if path.is_file() else None
-            if isinstance(value, int):
+            if isinstance(value, int | float) and not isinstance(value, bool):  # lr: a float
                 return value
     return None
 

@@ -9,6 +9,7 @@ from adderconvert.train.distributed import (
     init_distributed,
 )
 from adderconvert.train.loop import (
+    MANY_BASES_LR,
     EpochRecord,
     TrainConfig,
     TrainingDiverged,
@@ -20,6 +21,7 @@ from adderconvert.train.loop import (
 from adderconvert.train.saver import CheckpointSaver
 
 __all__ = [
+    "MANY_BASES_LR",
     "CheckpointSaver",
     "EpochRecord",
     "FeatureDistillation",

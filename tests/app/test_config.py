@@ -57,10 +57,10 @@ def test_not_a_mapping():
 
 def test_one_value_per_default():
     """The main job's options that are TrainConfig's take TrainConfig's defaults: the recipe is written once (the
-    batch size and the epochs are the model's: test_the_batch_size_is_the_tasks_unless_given,
-    test_networks_with_depthwise_convs_fine_tune_longer)."""
-    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(TrainConfig)} - {"batch_size", "epochs"}
-    assert {"lr", "eta", "warmup_steps", "kd", "feature_kd", "seed"} <= shared
+    batch size is the model's task's and the lr follows the bases: test_the_batch_size_is_the_tasks_unless_given,
+    test_the_default_lr_follows_the_bases)."""
+    shared = {f.name for f in fields(RunConfig)} & {f.name for f in fields(TrainConfig)} - {"batch_size", "lr"}
+    assert {"epochs", "eta", "warmup_steps", "kd", "feature_kd", "seed"} <= shared
     for name in shared:
         assert getattr(RunConfig, name) == getattr(TrainConfig, name), name
 
@@ -71,8 +71,10 @@ def test_cli_help_reads_the_defaults():
     from adderconvert.app.cli import main
 
     text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
-    for flag, value in (("--lr", RunConfig.lr), ("--eta", RunConfig.eta), ("--epochs", RunConfig.epochs)):
+    for flag, value in (("--eta", RunConfig.eta), ("--epochs", RunConfig.epochs)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
+    lr = "[0.002; 0.001 where the adder layers have three or more bases]"
+    assert lr in text.split("--lr", 1)[1].split("--", 1)[0]
     bases = (
         "[1; classifiers with grouped or depthwise convs 2, 3 where the plan converts depthwise convs; segmentation "
         "and detection 2]"
@@ -98,7 +100,7 @@ def test_the_batch_size_is_the_tasks_unless_given():
     for task in (CLASSIFICATION, SEGMENTATION, DETECTION):
         assert batch_size_of(RunConfig(), task) == task.batch_size
         assert batch_size_of(RunConfig(batch_size=64), task) == 64
-        assert adder_train_config(RunConfig(), task).batch_size == task.batch_size
+        assert adder_train_config(RunConfig(), task, 1).batch_size == task.batch_size
     assert validate_config({"model": "ssdlite320_mobilenet_v3_large", "batch_size": 64}).batch_size == 64
 
 
@@ -141,7 +143,25 @@ def test_default_bases_follow_the_convs_and_the_plan():
     assert bases("mobilenet_v3_small", CLASSIFICATION, RunConfig(bases=1)) == 1
     assert RunConfig.epochs == TrainConfig.epochs == 1 and validate_config({}).epochs == 1
     for task in (CLASSIFICATION, SEGMENTATION, DETECTION):
-        assert adder_train_config(RunConfig(), task).epochs == 1
-    assert adder_train_config(RunConfig(epochs=3), CLASSIFICATION).epochs == 3
+        assert adder_train_config(RunConfig(), task, 2).epochs == 1
+    assert adder_train_config(RunConfig(epochs=3), CLASSIFICATION, 2).epochs == 3
+
+
+def test_the_default_lr_follows_the_bases():
+    """TrainConfig.lr up to two bases, MANY_BASES_LR (half of it) from three; --lr wins."""
+    from adderconvert.app.pipeline import adder_train_config, lr_of
+    from adderconvert.train import MANY_BASES_LR
+    from adderconvert.train.dense import DETECTION
+    from adderconvert.train.loop import CLASSIFICATION
+
+    assert validate_config({}).lr is RunConfig.lr is None and "lr" in RESOLVED_BY_RUN
+    assert lr_of(RunConfig(), 1) == lr_of(RunConfig(), 2) == TrainConfig.lr == 0.002
+    assert lr_of(RunConfig(), 3) == lr_of(RunConfig(), 4) == MANY_BASES_LR == 0.001
+    assert lr_of(RunConfig(lr=0.01), 3) == 0.01
+    assert adder_train_config(RunConfig(), CLASSIFICATION, 3).lr == adder_train_config(RunConfig(), DETECTION, 3).lr
+    assert adder_train_config(RunConfig(), CLASSIFICATION, 3).lr == MANY_BASES_LR
+    assert adder_train_config(RunConfig(lr=0.004), CLASSIFICATION, 3).lr == 0.004
+    with pytest.raises(ConfigError, match="lr"):
+        validate_config({"lr": 0})
     with pytest.raises(ConfigError, match="bases"):
         validate_config({"bases": 0})

@@ -81,7 +81,7 @@ def test_a_run_built_in_python_takes_its_tasks_batch(small, tmp_path):
     resolved, prepared = pipeline._prepare(config, world_size=1)
     assert config.batch_size is None and resolved.batch_size == SEGMENTATION.batch_size == prepared.task.batch_size
     # A dense model has two bases whatever its convs (no note: its task's plain default); config.yaml gets the values.
-    assert (resolved.epochs, resolved.bases) == (1, 2) and prepared.bases_note == ""
+    assert (resolved.epochs, resolved.bases) == (1, 2) and prepared.defaults_note == ""
     assert all(f"{key}\n" in resolved.to_yaml() for key in ("batch_size: 16", "epochs: 1", "bases: 2"))
 
 

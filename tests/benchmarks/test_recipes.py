@@ -14,7 +14,7 @@ from adderconvert.app.pipeline import adder_train_config
 from adderconvert.architectures.cnn import build_model
 from adderconvert.checkpoint import load, read_meta
 from adderconvert.conversion import plan_conversion, swap_layers
-from adderconvert.train import TrainConfig
+from adderconvert.train import MANY_BASES_LR, TrainConfig
 from adderconvert.train.dense import DETECTION, SEGMENTATION
 from adderconvert.train.loop import CLASSIFICATION
 
@@ -28,12 +28,13 @@ _spec.loader.exec_module(recipes)
 def test_fine_tunes_with_the_main_jobs_configuration():
     budget = recipes.BUDGETS["cpu"]
     config = recipes.fine_tune_config(budget, {})
-    main_job = adder_train_config(RunConfig(max_steps=budget.steps), CLASSIFICATION)
+    main_job = adder_train_config(RunConfig(max_steps=budget.steps), CLASSIFICATION, 1)
     assert dataclasses.replace(config, progress=True, log=True) == main_job
     assert config.batch_size == TrainConfig.batch_size and config.lr == TrainConfig.lr
     assert recipes.fine_tune_config(budget, {"kd_alpha": 0.9}).kd_alpha == 0.9
     assert budget.epochs is None and config.epochs == 1  # the CLI's epochs where the budget leaves them
     assert recipes.fine_tune_config(dataclasses.replace(budget, epochs=2), {}).epochs == 2
+    assert recipes.fine_tune_config(budget, {}, CLASSIFICATION, 3).lr == MANY_BASES_LR < config.lr  # the main job's
     dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
     assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
     assert dense.adder_lr_scale == SEGMENTATION.adder_lr_scale > config.adder_lr_scale == TrainConfig.adder_lr_scale
