@@ -22,6 +22,7 @@ from adderconvert.app.cli import main
 from adderconvert.app.config import RunConfig
 from adderconvert.app.resume import ResumeError, resume_command, resumed_options
 from adderconvert.checkpoint import CheckpointMeta, save_checkpoint
+from adderconvert.train import TrainConfig
 from tests.app.test_cli import _fake_fashion_mnist, _input_error
 
 OFFICIAL = Path(__file__).parents[1] / "data" / "ResNet20-AdderNet.pth"
@@ -82,7 +83,7 @@ def test_bare_resume_continues_with_the_runs_own_options(finished, tmp_path, off
     "flags, named",
     [
         (["--image-size", "32"], "--image-size 28 -> 32"),  # Why 7; the run used the data set's own 28px
-        (["--epochs", "2", "--lr", "0.05"], f"--epochs 1 -> 2, --lr {RunConfig.lr} -> 0.05"),
+        (["--epochs", "2", "--lr", "0.05"], f"--epochs 1 -> 2, --lr {TrainConfig.lr} -> 0.05"),
         (["--weights", "DEFAULT"], "--weights none -> DEFAULT"),
         (["--no-kd"], "--kd true -> false"),
         (["--pretrain-epochs", "2"], "--pretrain-epochs 1 -> 2"),
