@@ -147,8 +147,8 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
     Segmentation and detection models are planned on their task's data (Fashion-MNIST's default stands for the
     built-in scenes, :func:`~adderconvert.data_scenes.load_scenes`; data of another task is refused) at
     ``config.image_size`` (default :data:`~adderconvert.architectures.dense.DEFAULT_IMAGE_SIZE`), a detector's
-    transform set to that size. The note also says why the run converts with more than one base, where the defaults
-    choose that."""
+    transform set to that size. The note also says why the run converts with more than one base and fine-tunes at
+    another lr than ``TrainConfig.lr``, where the defaults choose that."""
     splits, model, head_fits = _data_and_model(config, fetch=False)
     task = training_task(splits.task)
     report = _plan(config, model, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
