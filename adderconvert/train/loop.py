@@ -92,8 +92,9 @@ class TrainConfig:
 
 # The fine-tuning lr (TrainConfig.lr's place) of an adder model whose layers have three or more binary bases: their
 # closer conversion is what the default step undoes in part. With three bases, one epoch at 0.001 rather than 0.002
-# ends MNASNet-0.5 0.79 pt short of its CNN on average against 1.12 (two seeds), ShuffleNet-V2 x0.5 1.28 against 1.44
-# and MobileNetV3-Small 0.76 against 0.76 (three seeds each); SSDlite keeps more of its three bases the lower the lr
+# ends MNASNet-0.5 0.79 pt short of its CNN on average against 1.12 (two seeds each; a third at 0.001: 0.87),
+# ShuffleNet-V2 x0.5 1.28 against 1.44 and MobileNetV3-Small 0.76 against 0.76 (three seeds each); SSDlite keeps more
+# of its three bases the lower the lr
 # (docs/results/recipes_cpu_converged.md, dense_cpu.md).
 MANY_BASES_LR = 0.001
 
