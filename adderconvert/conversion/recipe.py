@@ -77,7 +77,8 @@ GROUPED_BASES = 2
 # kept kinds would be a quarter of its MACs (alone of the families measured). With two bases it ends 0.9-1.4 pt short
 # of its CNN after one to three epochs (depthwise convs kept instead: 0.63 after two, but 76% of the MACs converted;
 # four bases on the depthwise convs alone: no gain), with three it keeps 99% at zero steps and ends one epoch
-# 0.48-0.95 pt short (docs/results/recipes_cpu_converged.md), for 1.5 times the additions of two.
+# 0.48-0.95 pt short at lr 0.002, 0.55-0.88 at train.MANY_BASES_LR (three seeds each;
+# docs/results/recipes_cpu_converged.md), for 1.5 times the additions of two.
 CONVERTED_DEPTHWISE_BASES = 3
 
 
