@@ -25,6 +25,10 @@ how far fine-tuning moved each adder layer's weights.
       every converted depthwise conv gets COUNT binary bases, the other adder layers the recipe's (a depthwise
       channel's binary copy keeps nine signs; these layers are a small share of the MACs, so their extra bases
       cost few additions);
+  python benchmarks/recipe_probes.py bases-fidelity --models M... [--counts 1 2 3 4] [--teacher-epochs 8]
+      per model (its CNN from the recipes' teacher cache, trained there if missing), converted as the main job
+      converts with each count of binary bases: the zero-step top-1, and how often the adder model's top-1 class is
+      the CNN's on the calibration images the conversion read and on as many training images it did not;
   python benchmarks/recipe_probes.py displacement MODEL FOLDER
       per adder layer of FOLDER/MODEL.pt (a recipes.py output), the spread of its weights at zero steps
       (MODEL_cnn.pt converted again as the main job converts) and the RMS and relative size of what fine-tuning
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -266,6 +271,44 @@ def depthwise_bases(count: int) -> None:
     conversion_recipe.swap_layers = swap_layers
 
 
+@torch.no_grad()
+def _agreement(student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor) -> float:
+    """The share of ``images`` on which the two models' top-1 classes agree."""
+    same = sum(int((student(batch).argmax(1) == teacher(batch).argmax(1)).sum()) for batch in images.split(256))
+    return same / len(images)
+
+
+def bases_fidelity(names: list[str], counts: list[int], teacher_epochs: int, teachers: Path) -> None:
+    """Print, per model of ``names`` (its CNN from the recipes' cache, ``teacher_epochs`` epochs at the cpu budget)
+    and per count of ``counts``, the main job's conversion with that many bases: zero-step top-1, the top-1
+    agreement with the CNN on the calibration images and on as many unseen training images, the MACs converted."""
+    budget = dataclasses.replace(recipes.BUDGETS["cpu"], cnn_epochs=teacher_epochs)
+    splits = load_dataset("fashion-mnist", image_size=budget.image_size)
+    ctx = DistributedContext()
+    calibration = draw_calibration_images(splits, RunConfig.seed)
+    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(RunConfig.seed))
+    unseen = torch.stack([splits.train[int(i)][0] for i in order[len(calibration) : 2 * len(calibration)]])
+    print(
+        "| model | bases | CNN | zero steps (% of CNN) | top-1 agreement, calibration images | unseen training "
+        "images | MACs converted, 224 px |\n|---|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    for name in names:
+        teacher, row = recipes.train_teacher(name, budget, splits, splits.test, ctx, teachers)
+        teacher.eval()
+        for count in counts:
+            student, _, zero = recipes.convert_student(name, teacher, splits, splits.test, ctx, {"bases": count})
+            student.eval()
+            print(
+                f"| {name} | {count} | {row['cnn_top1']:.2f}% | {zero['zero_step_top1']:.2f}% "
+                f"({100 * zero['zero_step_top1'] / row['cnn_top1']:.1f}%) | "
+                f"{100 * _agreement(student, teacher, calibration):.2f}% | "
+                f"{100 * _agreement(student, teacher, unseen):.2f}% | "
+                f"{100 * zero[f'converted_macs_share_{recipes.DEPLOYMENT_SIZE}']:.0f}% |",
+                flush=True,
+            )
+
+
 def displacement(name: str, folder: Path) -> None:
     """Print, per adder layer, how far fine-tuning moved its weights against their zero-step spread."""
     splits = load_dataset("fashion-mnist", image_size=32)
@@ -295,6 +338,7 @@ def main() -> None:
             "channel-edges",
             "equalize",
             "depthwise-bases",
+            "bases-fidelity",
             "displacement",
         ),
     )
@@ -302,8 +346,17 @@ def main() -> None:
     parser.add_argument("--power", type=float, default=1.0, help="equalize: the power of the columns' magnitude")
     parser.add_argument("--images", type=int, default=1024, help="fit-images: calibration images the fit reads")
     parser.add_argument("--count", type=int, default=4, help="depthwise-bases: bases per depthwise adder layer")
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3, 4], help="bases-fidelity: bases counts")
     args, rest = parser.parse_known_args()
     torch.set_num_threads(1)
+    if args.probe == "bases-fidelity":
+        probe = argparse.ArgumentParser(prog="bases-fidelity")
+        probe.add_argument("--models", nargs="+", required=True)
+        probe.add_argument("--teacher-epochs", type=int, default=8)
+        probe.add_argument("--teachers", type=Path, default=Path.home() / ".cache" / "adderconvert" / "teachers")
+        known = probe.parse_args(rest)
+        bases_fidelity(known.models, args.counts, known.teacher_epochs, known.teachers)
+        return
     if args.probe == "displacement":
         if len(rest) != 2:
             parser.error("displacement takes MODEL FOLDER")

@@ -44,7 +44,7 @@ from adderconvert.architectures.cnn import build_model  # noqa: E402
 from adderconvert.architectures.registry import build  # noqa: E402
 from adderconvert.checkpoint import save_checkpoint  # noqa: E402
 from adderconvert.conversion import (  # noqa: E402
-    CONVERTED_DEPTHWISE_BASES,
+    CEILING_BASES,
     DEPLOYMENT_SIZE,
     GROUPED_BASES,
     INIT_CHOICES,
@@ -279,6 +279,7 @@ def convert_student(
         seed=seed,
         init=conversion.get("init", RunConfig.init),
         reconstruct=conversion.get("reconstruct", RunConfig.reconstruct),
+        keep_stem=conversion.get("keep_stem", RunConfig.keep_stem),
         keep=list(conversion.get("keep", RunConfig().keep)),
         keep_ceiling=conversion.get("keep_ceiling", RunConfig.keep_ceiling),
         keep_mac_budget=conversion.get("keep_mac_budget", RunConfig.keep_mac_budget),
@@ -427,8 +428,8 @@ def markdown_table(
         **(conversion or {}),
     }
     main_job = (
-        f"the main job's (1; {GROUPED_BASES} with grouped or depthwise convs, {CONVERTED_DEPTHWISE_BASES} where the "
-        "plan converts depthwise convs)"
+        f"the main job's (1; {GROUPED_BASES} with grouped or depthwise convs, {CEILING_BASES} where the "
+        "plan converts depthwise convs or a stem past the keep ceiling)"
     )
     bases = conversion.get("bases") or main_job
     steps = "no steps" if budget.steps == 0 else f"{budget.steps} steps" if budget.steps else "whole epochs"
@@ -541,12 +542,14 @@ def main() -> None:
     )
     parser.add_argument("--inside", action="store_true", help="--reconstruct signs may place weights inside the range")
     parser.add_argument("--bases", type=int, default=None, help="binary bases per adder layer [the main job's]")
+    parser.add_argument("--convert-stem", action="store_true", help="convert the first conv too (keep_stem False)")
     args = parser.parse_args()
     conversion = {
         "init": args.init,
         "keep_ceiling": args.keep_ceiling,
         "keep_mac_budget": args.keep_mac_budget,
         "sign_margin": args.sign_margin,
+        "keep_stem": not args.convert_stem,
     }
     conversion["keep"] = list(args.keep)
     conversion.update(reconstruct=args.reconstruct, inside=args.inside, bases=args.bases)

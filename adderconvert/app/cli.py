@@ -19,7 +19,7 @@ import yaml
 
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
 from adderconvert.conversion import (
-    CONVERTED_DEPTHWISE_BASES,
+    CEILING_BASES,
     DEPLOYMENT_SIZE,
     GROUPED_BASES,
     INIT_CHOICES,
@@ -178,8 +178,8 @@ def _interrupt_on_sigterm():
     type=int,
     default=None,
     help=f"Binary bases per adder layer, 1-4: each more adds the additions of one more adder filter per output for a "
-    f"closer fit of the CNN [1; classifiers with grouped or depthwise convs {GROUPED_BASES}, "
-    f"{CONVERTED_DEPTHWISE_BASES} where the plan converts depthwise convs; segmentation and detection "
+    f"closer fit of the CNN [1; classifiers with grouped or depthwise convs {GROUPED_BASES}, {CEILING_BASES} where "
+    f"the plan converts depthwise convs or a stem past the keep ceiling; segmentation and detection "
     f"{SEGMENTATION.bases}].",
 )
 @click.option(

@@ -186,11 +186,13 @@ def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: Conv
 def _bases_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport, bases: int) -> str:
     if config.bases is not None or task.bases is not None or bases == 1:
         return ""
-    if _converts_depthwise(report):
+    if any(layer.depthwise for layer in report.converted):
         converted = sum(layer.depthwise for layer in report.converted)
         total = sum(layer.depthwise for layer in report.layers)
         ceiling = "the keep ceiling binds"
         why = f"where the plan converts depthwise convs ({converted} of {config.model}'s {total}: {ceiling})"
+    elif any(layer.stem_over_ceiling for layer in report.converted):
+        why = f"where the plan converts the stem ({config.model}'s alone passes the keep ceiling)"
     else:
         why = f"for a network with grouped or depthwise convs ({config.model})"
     return (
@@ -333,8 +335,15 @@ def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config, task))
 
 
-def _converts_depthwise(report: ConversionReport) -> bool:
-    return any(layer.depthwise for layer in report.converted)
+def _takes_ceiling_bases(report: ConversionReport) -> bool:
+    """Whether ``report`` converts what gives it the conversion's default of conversion.CEILING_BASES."""
+    return any(layer.depthwise or layer.stem_over_ceiling for layer in report.converted)
+
+
+def _ceiling_bound(report: ConversionReport) -> str:
+    """What ``report`` converts of what gives the default of conversion.CEILING_BASES, in words."""
+    stem = " and the stem" if any(layer.stem_over_ceiling for layer in report.converted) else ""
+    return f"{sum(layer.depthwise for layer in report.converted)} depthwise convs{stem}"
 
 
 def adder_train_config(config: RunConfig, task: Task, bases: int) -> TrainConfig:
@@ -464,11 +473,10 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
         _log(prepared.defaults_note, main)
     conversion = convert_trained(teacher, splits, config, ctx, log=main)
     student, report = conversion.model, conversion.report
-    if prepared.default_bases and _converts_depthwise(report) != _converts_depthwise(prepared.report):
+    if prepared.default_bases and _takes_ceiling_bases(report) != _takes_ceiling_bases(prepared.report):
         _log(
-            f"note: the trained CNN's plan converts {sum(d.depthwise for d in report.converted)} depthwise convs, "
-            f"the first plan (the bases' default) {sum(d.depthwise for d in prepared.report.converted)}; "
-            f"the conversion keeps {config.bases} base(s) (--bases sets it)",
+            f"note: the trained CNN's plan converts {_ceiling_bound(report)}, the first plan (the bases' default) "
+            f"{_ceiling_bound(prepared.report)}; the conversion keeps {config.bases} base(s) (--bases sets it)",
             main,
         )
     zero_step = _scores([], student, splits.test, ctx, config, "adder eval (zero steps)", task)

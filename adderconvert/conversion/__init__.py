@@ -25,7 +25,7 @@ from adderconvert.conversion.plan import (
     run_hooked,
 )
 from adderconvert.conversion.recipe import (
-    CONVERTED_DEPTHWISE_BASES,
+    CEILING_BASES,
     DEFAULT_KEEP,
     DEFAULT_KEEP_CEILING,
     DEFAULT_RECONSTRUCT,
@@ -56,7 +56,7 @@ __all__ = [
     "DEFAULT_KEEP_CEILING",
     "DEFAULT_RECONSTRUCT",
     "DEPLOYMENT_SIZE",
-    "CONVERTED_DEPTHWISE_BASES",
+    "CEILING_BASES",
     "GROUPED_BASES",
     "INIT_CHOICES",
     "KEEP_KINDS",

@@ -91,6 +91,11 @@ class LayerDecision:
         """Whether the conv is depthwise (:func:`is_depthwise`)."""
         return is_depthwise(self)
 
+    @property
+    def stem_over_ceiling(self) -> bool:
+        """Whether this is a stem converted because it alone passes the keep ceiling (:func:`plan_conversion`)."""
+        return self.rule.startswith(STEM_OVER_CEILING)
+
 
 @dataclass
 class ConversionReport:
@@ -403,6 +408,8 @@ def _macs(conv: nn.modules.conv._ConvNd, in_shape: torch.Size, out_shape: torch.
 # has nine weights, whose binary copy loses most of its function) and a squeeze-excitation conv (on a globally
 # pooled vector: few MACs at deployment sizes, yet it scales every channel of its block).
 KEEP_KINDS = ("depthwise", "squeeze_excitation")
+# The rule of a stem converted because it alone passes the keep ceiling (LayerDecision.stem_over_ceiling).
+STEM_OVER_CEILING = "stem over keep_ceiling"
 
 
 def _squeeze_excitation_convs(order) -> set[str]:
@@ -463,7 +470,8 @@ def plan_conversion(
     the conv MACs left multiplicative, counted at ``mac_size`` px (a square input; ``None``: the example's size),
     at that share: together with the stem, the classifier and prediction convs, the convs of the kept kinds whose
     binary-weight twin matches them worst per MAC stay, the others are converted (what ``include``/``exclude``
-    leave multiplicative is the user's choice: it neither counts nor is converted). Count at the size
+    leave multiplicative is the user's choice: it neither counts nor is converted). A stem that alone passes the
+    ceiling (ShuffleNet-V2 x0.5's is 21% of its MACs at 224 px) is converted too. Count at the size
     the model is deployed at: a squeeze-excitation conv's MACs do not grow with the image, so its share at 32 px is
     many times its share at 224.
 
@@ -496,7 +504,9 @@ def plan_conversion(
 
     report = ConversionReport(model=type(model).__name__)
     planned: dict[str, LayerDecision] = {}
-    kept_kinds: dict[str, bool] = {}  # conv kept by its kind -> whether converting it would insert a norm
+    # conv kept by its kind, or the stem kept by default -> whether converting it would insert a norm
+    kept_kinds: dict[str, bool] = {}
+    kept_stem: dict[str, bool] = {}
     kept_by_default: set[str] = set()  # the stem, the classifier and prediction convs
     for index, (name, conv, std, low, in_shape, out_shape, extra) in enumerate(order):
         if not isinstance(conv, nn.modules.conv._ConvNd):
@@ -538,8 +548,12 @@ def plan_conversion(
         needs_bn = do and insert_bn and following is None
         if rule.endswith("kept (keep)") and (not include or _matches(name, include)):  # else not included anyway
             kept_kinds[name] = insert_bn and following is None
+        elif rule.endswith("(keep_stem)") and (_matches(name, exclude) or (include and not _matches(name, include))):
+            pass  # a stem the user leaves out by name: their choice, neither counted nor converted by the ceiling
         elif rule.endswith(("(keep_stem)", "(keep_classifier)")):
             kept_by_default.add(name)
+            if rule.endswith("(keep_stem)"):
+                kept_stem[name] = insert_bn and following is None
         planned[name] = LayerDecision(
             name=name,
             in_channels=conv.in_channels,
@@ -560,9 +574,9 @@ def plan_conversion(
             frozen=not all(p.requires_grad for p in conv.parameters()),
         )
         report.layers.append(planned[name])
-    if kept_kinds and keep_ceiling < 1.0:
+    if (kept_kinds or kept_stem) and keep_ceiling < 1.0:
         at_size = _conv_macs_at(model, used, mac_size)
-        _keep_kinds_within(report, kept_kinds, kept_by_default, keep_ceiling, at_size, mac_size)
+        _keep_within_ceiling(report, kept_kinds, kept_stem, kept_by_default, keep_ceiling, at_size, mac_size)
     if keep_mac_budget > 0:
         _keep_within_budget(report, keep_mac_budget)
     return report
@@ -590,9 +604,10 @@ def conv_macs_at(model: nn.Module, size: int, example: torch.Tensor | None = Non
     return macs
 
 
-def _keep_kinds_within(
+def _keep_within_ceiling(
     report: ConversionReport,
     kept_kinds: dict[str, bool],
+    kept_stem: dict[str, bool],
     kept_by_default: set[str],
     ceiling: float,
     at_size: dict[str, int] | None,
@@ -600,19 +615,25 @@ def _keep_kinds_within(
 ) -> None:
     """Convert the convs kept by their kind where they and the convs kept by default (the stem, the classifier,
     prediction convs) would pass ``ceiling`` of the conv MACs (``at_size``'s counts, or the report's), keeping those
-    whose binary-weight error per MAC is highest. What ``include``/``exclude`` leave out does not count: the user
-    chose it."""
+    whose binary-weight error per MAC is highest; first the stem, where the convs kept by default alone pass it.
+    What ``include``/``exclude`` leave out does not count: the user chose it. ``kept_kinds`` and ``kept_stem`` map
+    each candidate to whether converting it inserts a norm."""
 
     def macs(decision: LayerDecision) -> int:
         return at_size.get(decision.name, decision.macs) if at_size is not None else decision.macs
 
-    allowed = ceiling * sum(macs(d) for d in report.layers) - sum(
-        macs(d) for d in report.layers if d.name in kept_by_default
-    )
+    where = f" at {size} px" if at_size is not None else ""
+    total = sum(macs(d) for d in report.layers)
+    by_default = [d for d in report.layers if d.name in kept_by_default]
+    if sum(macs(d) for d in by_default) > ceiling * total:
+        for decision in (d for d in by_default if d.name in kept_stem):
+            decision.convert, decision.insert_bn = True, kept_stem[decision.name]
+            decision.rule = f"{STEM_OVER_CEILING} {ceiling:g} of the MACs{where}: converted"
+            by_default.remove(decision)
+    allowed = ceiling * total - sum(macs(d) for d in by_default)
     kept = [d for d in report.layers if d.name in kept_kinds]
     kept.sort(key=lambda d: (d.sign_error or 0.0) / max(macs(d), 1), reverse=True)
     spent = 0
-    where = f" at {size} px" if at_size is not None else ""
     for decision in kept:
         if spent + macs(decision) <= allowed:
             spent += macs(decision)

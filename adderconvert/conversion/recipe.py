@@ -33,7 +33,7 @@ __all__ = [
     "DEFAULT_KEEP_CEILING",
     "DEPLOYMENT_SIZE",
     "DEFAULT_RECONSTRUCT",
-    "CONVERTED_DEPTHWISE_BASES",
+    "CEILING_BASES",
     "GROUPED_BASES",
     "NORM_BATCH",
     "PLAN_IMAGES",
@@ -73,21 +73,21 @@ RECONSTRUCT_MIN_IMAGES = 8
 # still 1.09 after two epochs); with two bases MobileNetV3-Large, RegNet-Y-400MF, EfficientNet-B0 and MobileNetV2 end
 # one epoch 0.32-0.82 pt short (docs/results/recipes_cpu_converged.md).
 GROUPED_BASES = 2
-# Bases of a network whose plan converts depthwise convs: where the keep ceiling binds, as on MobileNetV3-Small, whose
-# kept kinds would be a quarter of its MACs (alone of the families measured). With two bases it ends 0.9-1.4 pt short
-# of its CNN after one to three epochs (depthwise convs kept instead: 0.63 after two, but 76% of the MACs converted;
-# four bases on the depthwise convs alone: no gain), with three it keeps 99% at zero steps and ends one epoch
-# 0.48-0.95 pt short at lr 0.002, 0.55-0.88 at train.MANY_BASES_LR (three seeds each;
-# docs/results/recipes_cpu_converged.md), for 1.5 times the additions of two.
-CONVERTED_DEPTHWISE_BASES = 3
+# Bases of a network whose plan converts what the recipe keeps multiplicative where the keep ceiling lets it: a
+# depthwise conv, or a stem that alone passes the ceiling. So it is on the small mobile networks measured
+# (MobileNetV3-Small, MNASNet-0.5, ShuffleNet-V2 x0.5), whose binary pointwise convs fit worst. Two bases ended them
+# one epoch 1.4-1.7 pt short of their CNNs (8-epoch teachers), three 0.5-1.5 (MobileNetV3-Small 0.76 and MNASNet-0.5
+# 0.81 on the mean of three seeds, ShuffleNet-V2 x0.5 1.08-1.28); four keep 99% at zero steps on all three
+# (docs/results/recipes_cpu_converged.md), for twice the additions of two.
+CEILING_BASES = 4
 
 
 def default_bases(model: nn.Module, report: ConversionReport | None = None) -> int:
-    """The binary bases per adder layer the recipe gives ``model``: :data:`CONVERTED_DEPTHWISE_BASES` where its plan
-    (``report``) converts a depthwise conv, else :data:`GROUPED_BASES` where it has a conv of more than one group
-    (depthwise ones included), else 1."""
-    if report is not None and any(decision.depthwise for decision in report.converted):
-        return CONVERTED_DEPTHWISE_BASES
+    """The binary bases per adder layer the recipe gives ``model``: :data:`CEILING_BASES` where its plan
+    (``report``) converts a depthwise conv or a stem past the keep ceiling, else :data:`GROUPED_BASES` where it has
+    a conv of more than one group (depthwise ones included), else 1."""
+    if report is not None and any(d.depthwise or d.stem_over_ceiling for d in report.converted):
+        return CEILING_BASES
     grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
     return GROUPED_BASES if grouped else 1
 
@@ -149,8 +149,8 @@ def run_conversion(
     :func:`~adderconvert.conversion.reconstruct`) choose the steps; ``bases`` (1 or more) gives every adder layer
     that many binary bases (:class:`~adderconvert.nn.AdderConv2d`), the extra ones fitted by the reconstruction to
     what the first leaves (2: twice the additions, for a closer fit); None, the default, is
-    :func:`default_bases`: 3 where the plan converts a depthwise conv, 2 for a network with grouped or depthwise
-    convs, else 1 (the main job gives segmentation
+    :func:`default_bases`: 4 where the plan converts a depthwise conv or a stem past the keep ceiling, 2 for a
+    network with grouped or depthwise convs, else 1 (the main job gives segmentation
     and detection models 2 whatever their convs: on the built-in scenes LR-ASPP keeps 92% of its CNN's mIoU at zero
     steps instead of 77%, docs/results/dense_cpu.md; docs/usage.md "Bases"). ``log`` receives a line per step (the
     plan's table, the reconstruction's summary).

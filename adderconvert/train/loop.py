@@ -138,8 +138,8 @@ class Task:
     batch_size = TrainConfig.batch_size  # the main job's default global batch for this task's models
     adder_lr_scale = TrainConfig.adder_lr_scale  # the main job's default for this task's models
     # Binary bases per adder layer (AdderConv2d's ``bases``) for this task's models; None: the conversion's own
-    # default for the model and its plan (conversion.default_bases: 3 where the plan converts depthwise convs, 2 with
-    # grouped or depthwise convs, else 1).
+    # default for the model and its plan (conversion.default_bases: 4 where the plan converts depthwise convs or a
+    # stem past the keep ceiling, 2 with grouped or depthwise convs, else 1).
     bases: int | None = None
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this

@@ -76,8 +76,8 @@ def test_cli_help_reads_the_defaults():
     lr = "[0.002; 0.001 where the adder layers have three or more bases]"
     assert lr in text.split("--lr", 1)[1].split("--", 1)[0]
     bases = (
-        "[1; classifiers with grouped or depthwise convs 2, 3 where the plan converts depthwise convs; segmentation "
-        "and detection 2]"
+        "[1; classifiers with grouped or depthwise convs 2, 4 where the plan converts depthwise convs or a stem past "
+        "the keep ceiling; segmentation and detection 2]"
     )
     assert bases in text.split("--bases", 1)[1].split("--", 1)[0]
 
@@ -112,12 +112,12 @@ def test_keep_none_converts_every_kind():
 def test_default_bases_follow_the_convs_and_the_plan():
     """A classifier with grouped convs (depthwise ones included) gets the conversion's GROUPED_BASES (2), one with
     dense convs only 1, and one whose plan converts depthwise convs (MobileNetV3-Small: its kept kinds exceed the keep
-    ceiling) CONVERTED_DEPTHWISE_BASES (3), as the library's convert does (default_bases); segmentation and detection
+    ceiling) CEILING_BASES (4), as the library's convert does (default_bases); segmentation and detection
     models 2 whatever their convs; --bases wins. Every model fine-tunes one epoch unless told."""
     from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, regnet_y_400mf, resnet18
 
     from adderconvert.app.pipeline import _rules, adder_train_config, bases_of
-    from adderconvert.conversion import CONVERTED_DEPTHWISE_BASES, GROUPED_BASES, default_bases, plan_conversion
+    from adderconvert.conversion import CEILING_BASES, GROUPED_BASES, default_bases, plan_conversion
     from adderconvert.train.dense import DETECTION, SEGMENTATION
     from adderconvert.train.loop import CLASSIFICATION
 
@@ -133,8 +133,8 @@ def test_default_bases_follow_the_convs_and_the_plan():
         return bases_of(config or RunConfig(), task, models[name], plans[name])
 
     small = models["mobilenet_v3_small"]
-    assert bases("mobilenet_v3_small") == default_bases(small, plans["mobilenet_v3_small"]) == 3
-    assert CONVERTED_DEPTHWISE_BASES == 3 and default_bases(small) == GROUPED_BASES == 2  # no plan: the convs alone
+    assert bases("mobilenet_v3_small") == default_bases(small, plans["mobilenet_v3_small"]) == 4
+    assert CEILING_BASES == 4 and default_bases(small) == GROUPED_BASES == 2  # no plan: the convs alone
     assert bases("mobilenet_v3_large") == bases("regnet_y_400mf") == 2  # RegNet's grouped convs are not depthwise
     assert bases("resnet18") == 1
     for task in (SEGMENTATION, DETECTION):

@@ -52,15 +52,15 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
     )  # fmt: skip
     dry, note = plan_only(config)
     resolved, prepared = _prepare(config, world_size=1)
-    assert note == prepared.defaults_note  # only why three bases and their lr: the run trains no teacher
+    assert note == prepared.defaults_note  # only why four bases and their lr: the run trains no teacher
     assert prepared.pretrain_epochs == 0
-    # Its keep ceiling converts depthwise convs, so it converts with three bases unless told, fine-tunes at their lr,
+    # Its keep ceiling converts depthwise convs, so it converts with four bases unless told, fine-tunes at their lr,
     # and the run says why.
     assert any(d.depthwise for d in prepared.report.converted)
-    assert config.bases is None and resolved.bases == 3 and "plan converts depthwise convs" in prepared.defaults_note
+    assert config.bases is None and resolved.bases == 4 and "plan converts depthwise convs" in prepared.defaults_note
     assert config.lr is None and resolved.lr == 0.001 and "fine-tuning: lr 0.001" in prepared.defaults_note
-    assert "bases: 3\n" in resolved.to_yaml() and "lr: 0.001\n" in resolved.to_yaml()  # what config.yaml records
-    assert resolved.epochs == 1 and {d.bases for d in prepared.report.converted} == {3}
+    assert "bases: 4\n" in resolved.to_yaml() and "lr: 0.001\n" in resolved.to_yaml()  # what config.yaml records
+    assert resolved.epochs == 1 and {d.bases for d in prepared.report.converted} == {4}
     told, told_prepared = _prepare(replace(config, bases=1), world_size=1)
     assert (told.bases, told.lr, told_prepared.defaults_note) == (1, 0.002, "")
     assert {d.bases for d in told_prepared.report.converted} == {1}

@@ -74,7 +74,7 @@ def test_fit_images_gives_the_reconstruction_the_first_calibration_images(monkey
     assert torch.equal(fitted[-1], images[:500])
 
 
-def test_depthwise_bases_gives_only_depthwise_adder_layers_more_bases(monkeypatch):
+def test_depthwise_bases_gives_only_depthwise_adder_layers_their_count(monkeypatch):
     import adderconvert.conversion.recipe as recipe
 
     torch.manual_seed(0)
@@ -84,13 +84,25 @@ def test_depthwise_bases_gives_only_depthwise_adder_layers_more_bases(monkeypatc
     cnn[3].groups, cnn[3].weight = 8, nn.Parameter(torch.randn(8, 1, 3, 3))  # depthwise
     images = torch.randn(64, 3, 8, 8)
     monkeypatch.setattr(recipe, "swap_layers", recipe.swap_layers)  # restored after the test
-    probes.depthwise_bases(4)
+    probes.depthwise_bases(2)
     adder = recipe.run_conversion(cnn.eval(), images, keep=()).model
-    assert adder[3].bases == 4 and adder[6].bases == 3  # the recipe's default (its plan converts a depthwise conv)
+    assert adder[3].bases == 2 and adder[6].bases == 4  # the recipe's default (its plan converts a depthwise conv)
     with torch.no_grad():  # the function kept: closer to the CNN than a fresh adder model of the same plan
         fresh = recipe.run_conversion(cnn.eval(), images, keep=(), init="fresh").model
         kept = (adder.eval()(images) - cnn(images)).pow(2).mean()
         assert kept < 0.5 * (fresh.eval()(images) - cnn(images)).pow(2).mean()
+
+
+def test_bases_fidelity_agreement_counts_the_images_whose_top1_classes_match():
+    """The share of images on which two models' top-1 classes agree, over batches of 256 (600 images: three)."""
+    torch.manual_seed(0)
+    images = torch.randn(600, 5)
+    teacher = nn.Linear(5, 3)
+    student = nn.Linear(5, 3)
+    want = int((student(images).argmax(1) == teacher(images).argmax(1)).sum()) / len(images)
+    assert 0.0 < want < 1.0  # two random classifiers agree on some images only
+    assert math.isclose(probes._agreement(student, teacher, images), want)
+    assert probes._agreement(teacher, teacher, images) == 1.0
 
 
 def test_channel_edges_keep_the_function_and_bring_each_weight_near_its_own_channel():

@@ -96,7 +96,10 @@ def test_zero_step_table():
         [row], "cpu", budget, "a CPU", {}, {"init": "sign"}
     )
     assert "of no steps" in table
-    main_job = "(1; 2 with grouped or depthwise convs, 3 where the plan converts depthwise convs)."
+    main_job = (
+        "(1; 2 with grouped or depthwise convs, 4 where the plan converts depthwise convs or a stem past the keep "
+        "ceiling)."
+    )
     assert f"reconstruct none, bases the main job's {main_job}" in table
     conversion = {"init": "sign", "keep_mac_budget": 0.0, "reconstruct": "signs", "inside": True, "bases": 3}
     table = recipes.markdown_table([row], "cpu", budget, "a CPU", {}, conversion)

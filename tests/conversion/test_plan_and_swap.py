@@ -488,10 +488,10 @@ def test_keep_ceiling_converts_the_kept_kinds_that_binarise_best_beyond_it():
     at_32 = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15)
     assert sum(d.macs for d in at_32.layers if not d.convert) <= 0.15 * at_32.total_macs
     assert len(at_32.converted) > len(capped.converted)
-    # A ceiling the kept convs fit under changes nothing; ResNet-18 keeps its stem only.
+    # A ceiling the kept convs fit under changes nothing; at 0 nothing is kept, ResNet-18's stem included.
     loose = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.3, mac_size=224)
     assert [d.convert for d in loose.layers] == [d.convert for d in uncapped.layers]
-    assert len(plan_conversion(_resnet18(), X, keep=KEEP_KINDS, keep_ceiling=0.0).converted) == 19
+    assert len(plan_conversion(_resnet18(), X, keep=KEEP_KINDS, keep_ceiling=0.0).converted) == 20
     # What include/exclude leave multiplicative is the user's choice: it neither counts against the ceiling nor
     # makes it convert depthwise convs that the include rule leaves out.
     last = [d.name for d in uncapped.layers if d.convert][-1]
@@ -502,6 +502,38 @@ def test_keep_ceiling_converts_the_kept_kinds_that_binarise_best_beyond_it():
     for bad in ({"keep_ceiling": -0.1}, {"keep_ceiling": 2}, {"mac_size": 0}, {"mac_size": 22.4}):
         with pytest.raises(ValueError, match="keep_ceiling|mac_size"):
             plan_conversion(model, x, **bad)
+
+
+@pytest.mark.parametrize(
+    ("builder", "norm_follows"),
+    [(torchvision.models.shufflenet_v2_x0_5, True), (torchvision.models.squeezenet1_0, False)],
+)
+def test_keep_ceiling_converts_a_stem_that_alone_passes_it(builder, norm_follows):
+    """ShuffleNet-V2 x0.5's stem is 21% of its conv MACs at 224 px and SqueezeNet 1.0's 23%: under a 15% ceiling
+    the stem is converted (with a BatchNorm inserted where none follows it) and the ceiling's room goes to the kept
+    kinds; under a ceiling the stem fits, or with no ceiling, it stays."""
+    model = builder(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    stem = plan_conversion(model, x).layers[0]
+    assert stem.rule == "stem kept (keep_stem)"
+    at_224 = {d.name: d.macs for d in plan_conversion(model, torch.zeros(1, 3, 224, 224)).layers}
+    total = sum(at_224.values())
+    assert at_224[stem.name] > 0.15 * total
+    capped = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15, mac_size=224)
+    converted_stem = capped.layers[0]
+    assert (
+        converted_stem.convert and converted_stem.rule == "stem over keep_ceiling 0.15 of the MACs at 224 px: converted"
+    )
+    assert converted_stem.insert_bn is not norm_follows
+    assert sum(at_224[d.name] for d in capped.layers if not d.convert) <= 0.15 * total
+    uncapped = plan_conversion(model, x, keep=KEEP_KINDS)
+    # The room the stem leaves keeps every depthwise conv (ShuffleNet's are a few percent of its MACs).
+    assert [d.name for d in capped.layers if not d.convert] == [d.name for d in uncapped.layers[1:] if not d.convert]
+    roomy = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.3, mac_size=224)
+    assert not roomy.layers[0].convert
+    # A stem the user keeps by name stays: excluded, it neither counts nor is converted.
+    excluded = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15, mac_size=224, exclude=[stem.name])
+    assert not excluded.layers[0].convert
 
 
 @pytest.mark.parametrize("size", [32, 64])  # at 32 px the last maps are 1x1, as pooled vectors are

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 import adderconvert
 from adderconvert.conversion import (
-    CONVERTED_DEPTHWISE_BASES,
+    CEILING_BASES,
     GROUPED_BASES,
     default_bases,
     plan_conversion,
@@ -80,17 +80,20 @@ def test_one_call_keeps_the_cnns_function_before_any_step(trained):
 
 
 def test_the_default_bases_follow_the_convs_and_the_plan():
-    """Two bases for a network with a grouped or depthwise conv, one for a network of dense convs, three where the
-    plan converts a depthwise conv; ``bases`` wins."""
+    """Two bases for a network with a grouped or depthwise conv, one for a network of dense convs, four where the
+    plan converts a depthwise conv or a stem past the keep ceiling; ``bases`` wins."""
     dense, grouped = _small_cnn(), _small_cnn()
     dense[6] = nn.Conv2d(32, 32, 3, 1, 1, bias=False)  # the depthwise conv made dense
     grouped[6] = nn.Conv2d(32, 32, 3, 1, 1, groups=4, bias=False)
     assert (default_bases(dense), default_bases(grouped), default_bases(_small_cnn())) == (1, 2, 2)
     images = torch.randn(64, 3, 16, 16)
     converts_depthwise = plan_conversion(_small_cnn().eval(), images, keep=())
-    assert default_bases(_small_cnn(), converts_depthwise) == CONVERTED_DEPTHWISE_BASES == 3
+    assert default_bases(_small_cnn(), converts_depthwise) == CEILING_BASES == 4
+    # A stem past the ceiling: at 0 nothing may stay multiplicative; converted by the user's rule, it does not count.
+    assert default_bases(dense, plan_conversion(dense.eval(), images, keep_ceiling=0.0)) == CEILING_BASES
+    assert default_bases(dense, plan_conversion(dense.eval(), images, keep_stem=False)) == 1
     cases = ((dense, None, {}, 1), (dense, 3, {}, 3), (_small_cnn(), 1, {}, 1), (_small_cnn(), None, {}, 2))
-    cases += ((_small_cnn(), None, {"keep": ()}, 3), (_small_cnn(), 2, {"keep": ()}, 2))
+    cases += ((_small_cnn(), None, {"keep": ()}, 4), (_small_cnn(), 2, {"keep": ()}, 2))
     for model, bases, rules, want in cases:
         adder = adderconvert.convert(model.eval(), images, reconstruct_method=None, bases=bases, **rules)
         assert {m.bases for m in adder.modules() if isinstance(m, AdderConv2d)} == {want}, (bases, rules, want)
