@@ -504,9 +504,8 @@ def plan_conversion(
 
     report = ConversionReport(model=type(model).__name__)
     planned: dict[str, LayerDecision] = {}
-    # conv kept by its kind, or the stem kept by default -> whether converting it would insert a norm
-    kept_kinds: dict[str, bool] = {}
-    kept_stem: dict[str, bool] = {}
+    kept_kinds: dict[str, bool] = {}  # conv kept by its kind -> whether converting it would insert a norm
+    kept_stem: dict[str, bool] = {}  # the stem kept by default -> the same
     kept_by_default: set[str] = set()  # the stem, the classifier and prediction convs
     for index, (name, conv, std, low, in_shape, out_shape, extra) in enumerate(order):
         if not isinstance(conv, nn.modules.conv._ConvNd):
@@ -615,22 +614,20 @@ def _keep_within_ceiling(
 ) -> None:
     """Convert the convs kept by their kind where they and the convs kept by default (the stem, the classifier,
     prediction convs) would pass ``ceiling`` of the conv MACs (``at_size``'s counts, or the report's), keeping those
-    whose binary-weight error per MAC is highest; first the stem, where the convs kept by default alone pass it.
-    What ``include``/``exclude`` leave out does not count: the user chose it. ``kept_kinds`` and ``kept_stem`` map
-    each candidate to whether converting it inserts a norm."""
+    whose binary-weight error per MAC is highest; first the stem, where it alone passes ``ceiling``. What
+    ``include``/``exclude`` leave out does not count: the user chose it. ``kept_kinds`` and ``kept_stem`` map each
+    candidate to whether converting it inserts a norm."""
 
     def macs(decision: LayerDecision) -> int:
         return at_size.get(decision.name, decision.macs) if at_size is not None else decision.macs
 
     where = f" at {size} px" if at_size is not None else ""
     total = sum(macs(d) for d in report.layers)
-    by_default = [d for d in report.layers if d.name in kept_by_default]
-    if sum(macs(d) for d in by_default) > ceiling * total:
-        for decision in (d for d in by_default if d.name in kept_stem):
+    for decision in report.layers:
+        if decision.name in kept_stem and macs(decision) > ceiling * total:
             decision.convert, decision.insert_bn = True, kept_stem[decision.name]
             decision.rule = f"{STEM_OVER_CEILING} {ceiling:g} of the MACs{where}: converted"
-            by_default.remove(decision)
-    allowed = ceiling * total - sum(macs(d) for d in by_default)
+    allowed = ceiling * total - sum(macs(d) for d in report.layers if d.name in kept_by_default and not d.convert)
     kept = [d for d in report.layers if d.name in kept_kinds]
     kept.sort(key=lambda d: (d.sign_error or 0.0) / max(macs(d), 1), reverse=True)
     spent = 0
