@@ -54,6 +54,7 @@ from adderconvert.conversion import (
     default_bases,
     plan_conversion,
     run_conversion,
+    takes_ceiling_bases,
 )
 from adderconvert.data import DatasetSplits
 from adderconvert.deploy.export import export_onnx
@@ -335,11 +336,6 @@ def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig
     return TrainConfig(epochs=pretrain, lr=config.pretrain_lr, kd=False, desc="CNN", **_common(config, task))
 
 
-def _takes_ceiling_bases(report: ConversionReport) -> bool:
-    """Whether ``report`` converts what gives it the conversion's default of conversion.CEILING_BASES."""
-    return any(layer.depthwise or layer.stem_over_ceiling for layer in report.converted)
-
-
 def _ceiling_bound(report: ConversionReport) -> str:
     """What ``report`` converts of what gives the default of conversion.CEILING_BASES, in words."""
     stem = " and the stem" if any(layer.stem_over_ceiling for layer in report.converted) else ""
@@ -473,7 +469,7 @@ def _stages(config: RunConfig, prepared: _Prepared, ctx, started: float, replace
         _log(prepared.defaults_note, main)
     conversion = convert_trained(teacher, splits, config, ctx, log=main)
     student, report = conversion.model, conversion.report
-    if prepared.default_bases and _takes_ceiling_bases(report) != _takes_ceiling_bases(prepared.report):
+    if prepared.default_bases and takes_ceiling_bases(report) != takes_ceiling_bases(prepared.report):
         _log(
             f"note: the trained CNN's plan converts {_ceiling_bound(report)}, the first plan (the bases' default) "
             f"{_ceiling_bound(prepared.report)}; the conversion keeps {config.bases} base(s) (--bases sets it)",

@@ -36,6 +36,7 @@ from adderconvert.conversion.recipe import (
     convert,
     default_bases,
     run_conversion,
+    takes_ceiling_bases,
 )
 from adderconvert.conversion.reconstruction import RECONSTRUCT_METHODS, ReconstructionResult, reconstruct
 from adderconvert.conversion.swap import (
@@ -55,8 +56,8 @@ __all__ = [
     "DEFAULT_KEEP",
     "DEFAULT_KEEP_CEILING",
     "DEFAULT_RECONSTRUCT",
-    "DEPLOYMENT_SIZE",
     "CEILING_BASES",
+    "DEPLOYMENT_SIZE",
     "GROUPED_BASES",
     "INIT_CHOICES",
     "KEEP_KINDS",
@@ -84,4 +85,5 @@ __all__ = [
     "run_hooked",
     "sign_edges",
     "swap_layers",
+    "takes_ceiling_bases",
 ]

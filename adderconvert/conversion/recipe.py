@@ -42,6 +42,7 @@ __all__ = [
     "convert",
     "default_bases",
     "run_conversion",
+    "takes_ceiling_bases",
 ]
 
 # The first calibration images planning measures input ranges on (and the norms are fitted and the layers
@@ -82,11 +83,17 @@ GROUPED_BASES = 2
 CEILING_BASES = 4
 
 
+def takes_ceiling_bases(report: ConversionReport) -> bool:
+    """Whether the plan ``report`` converts a depthwise conv or a stem past the keep ceiling: what gives a model
+    :data:`CEILING_BASES` by default."""
+    return any(decision.depthwise or decision.stem_over_ceiling for decision in report.converted)
+
+
 def default_bases(model: nn.Module, report: ConversionReport | None = None) -> int:
     """The binary bases per adder layer the recipe gives ``model``: :data:`CEILING_BASES` where its plan
-    (``report``) converts a depthwise conv or a stem past the keep ceiling, else :data:`GROUPED_BASES` where it has
-    a conv of more than one group (depthwise ones included), else 1."""
-    if report is not None and any(d.depthwise or d.stem_over_ceiling for d in report.converted):
+    (``report``) converts a depthwise conv or a stem past the keep ceiling (:func:`takes_ceiling_bases`), else
+    :data:`GROUPED_BASES` where it has a conv of more than one group (depthwise ones included), else 1."""
+    if report is not None and takes_ceiling_bases(report):
         return CEILING_BASES
     grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
     return GROUPED_BASES if grouped else 1

@@ -16,6 +16,7 @@ from adderconvert.conversion import (
     default_bases,
     plan_conversion,
     run_conversion,
+    takes_ceiling_bases,
 )
 from adderconvert.conversion.recipe import RECONSTRUCT_BYTES, RECONSTRUCT_MIN_IMAGES, _reconstruction_images
 from adderconvert.data import load_dataset
@@ -89,6 +90,7 @@ def test_the_default_bases_follow_the_convs_and_the_plan():
     images = torch.randn(64, 3, 16, 16)
     converts_depthwise = plan_conversion(_small_cnn().eval(), images, keep=())
     assert default_bases(_small_cnn(), converts_depthwise) == CEILING_BASES == 4
+    assert takes_ceiling_bases(converts_depthwise) and not takes_ceiling_bases(plan_conversion(dense.eval(), images))
     # A stem past the ceiling: at 0 nothing may stay multiplicative; converted by the user's rule, it does not count.
     assert default_bases(dense, plan_conversion(dense.eval(), images, keep_ceiling=0.0)) == CEILING_BASES
     assert default_bases(dense, plan_conversion(dense.eval(), images, keep_stem=False)) == 1
