@@ -449,6 +449,7 @@ def markdown_table(
         )
         + f"Conversion: init {conversion['init']}, keep {', '.join(conversion.get('keep', [])) or 'none'}, "
         f"keep_ceiling {conversion['keep_ceiling']:g} at {DEPLOYMENT_SIZE} px, "
+        f"{'stem kept' if conversion.get('keep_stem', RunConfig.keep_stem) else 'stem converted'}, "
         f"keep_mac_budget {conversion['keep_mac_budget']:g}, "
         f"sign_margin {conversion.get('sign_margin', SIGN_MARGIN):g}, reconstruct "
         f"{conversion.get('reconstruct', 'none')}{' (inside)' if conversion.get('inside') else ''}"

@@ -151,7 +151,8 @@ def _interrupt_on_sigterm():
 @click.option(
     "--keep-stem/--convert-stem",
     default=None,
-    help=f"Keep the first conv multiplicative [{_switch('keep_stem', 'keep', 'convert')}].",
+    help="Keep the first conv multiplicative, unless it alone passes --keep-ceiling "
+    f"[{_switch('keep_stem', 'keep', 'convert')}].",
 )
 @click.option(
     "--keep-classifier/--convert-classifier",
@@ -171,7 +172,8 @@ def _interrupt_on_sigterm():
     type=float,
     default=None,
     help=f"Keep at most this share of the conv MACs (counted at {DEPLOYMENT_SIZE} px) multiplicative, the stem "
-    f"included: the --keep kinds that binary weights fit best are converted beyond it [{RunConfig.keep_ceiling:g}].",
+    f"included: the --keep kinds that binary weights fit best are converted beyond it, and a stem that alone passes "
+    f"it [{RunConfig.keep_ceiling:g}].",
 )
 @click.option(
     "--bases",

@@ -187,13 +187,8 @@ def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: Conv
 def _bases_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport, bases: int) -> str:
     if config.bases is not None or task.bases is not None or bases == 1:
         return ""
-    if any(layer.depthwise for layer in report.converted):
-        converted = sum(layer.depthwise for layer in report.converted)
-        total = sum(layer.depthwise for layer in report.layers)
-        ceiling = "the keep ceiling binds"
-        why = f"where the plan converts depthwise convs ({converted} of {config.model}'s {total}: {ceiling})"
-    elif any(layer.stem_over_ceiling for layer in report.converted):
-        why = f"where the plan converts the stem ({config.model}'s alone passes the keep ceiling)"
+    if takes_ceiling_bases(report):
+        why = f"where the plan converts {_ceiling_bound(report)} of {config.model}"
     else:
         why = f"for a network with grouped or depthwise convs ({config.model})"
     return (
@@ -338,8 +333,11 @@ def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig
 
 def _ceiling_bound(report: ConversionReport) -> str:
     """What ``report`` converts of what gives the default of conversion.CEILING_BASES, in words."""
-    stem = " and the stem" if any(layer.stem_over_ceiling for layer in report.converted) else ""
-    return f"{sum(layer.depthwise for layer in report.converted)} depthwise convs{stem}"
+    converted, total = (sum(layer.depthwise for layer in layers) for layers in (report.converted, report.layers))
+    parts = [f"{converted} of the {total} depthwise convs"] if converted else []
+    if any(layer.stem_over_ceiling for layer in report.converted):
+        parts.append("the stem (alone past the keep ceiling)")
+    return " and ".join(parts) or "no depthwise conv and not the stem"
 
 
 def adder_train_config(config: RunConfig, task: Task, bases: int) -> TrainConfig:

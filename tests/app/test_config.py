@@ -114,9 +114,9 @@ def test_default_bases_follow_the_convs_and_the_plan():
     dense convs only 1, and one whose plan converts depthwise convs (MobileNetV3-Small: its kept kinds exceed the keep
     ceiling) CEILING_BASES (4), as the library's convert does (default_bases); segmentation and detection
     models 2 whatever their convs; --bases wins. Every model fine-tunes one epoch unless told."""
-    from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, regnet_y_400mf, resnet18
+    from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, regnet_y_400mf, resnet18, shufflenet_v2_x0_5
 
-    from adderconvert.app.pipeline import _rules, adder_train_config, bases_of
+    from adderconvert.app.pipeline import _bases_note, _rules, adder_train_config, bases_of
     from adderconvert.conversion import CEILING_BASES, GROUPED_BASES, default_bases, plan_conversion
     from adderconvert.train.dense import DETECTION, SEGMENTATION
     from adderconvert.train.loop import CLASSIFICATION
@@ -124,7 +124,7 @@ def test_default_bases_follow_the_convs_and_the_plan():
     assert validate_config({}).bases is RunConfig.bases is None and "bases" in RESOLVED_BY_RUN
     example = torch.randn(2, 3, 32, 32)
     models = {build.__name__: build(num_classes=10).eval() for build in (mobilenet_v3_small, mobilenet_v3_large)}
-    models |= {build.__name__: build(num_classes=10).eval() for build in (regnet_y_400mf, resnet18)}
+    models |= {build.__name__: build(num_classes=10).eval() for build in (regnet_y_400mf, resnet18, shufflenet_v2_x0_5)}
     plans = {name: plan_conversion(model, example, **_rules(RunConfig())) for name, model in models.items()}
     depthwise = {name: sum(d.depthwise for d in plan.converted) for name, plan in plans.items()}
     assert depthwise["mobilenet_v3_small"] > 0 and depthwise["mobilenet_v3_large"] == depthwise["resnet18"] == 0
@@ -137,6 +137,12 @@ def test_default_bases_follow_the_convs_and_the_plan():
     assert CEILING_BASES == 4 and default_bases(small) == GROUPED_BASES == 2  # no plan: the convs alone
     assert bases("mobilenet_v3_large") == bases("regnet_y_400mf") == 2  # RegNet's grouped convs are not depthwise
     assert bases("resnet18") == 1
+    # ShuffleNet-V2 x0.5's stem alone passes the keep ceiling: converted, it gives the network four bases too.
+    shufflenet = plans["shufflenet_v2_x0_5"]
+    assert shufflenet.layers[0].stem_over_ceiling and bases("shufflenet_v2_x0_5") == CEILING_BASES
+    shuffle_config = RunConfig(model="shufflenet_v2_x0_5")
+    note = _bases_note(shuffle_config, CLASSIFICATION, models["shufflenet_v2_x0_5"], shufflenet, 4)
+    assert "where the plan converts the stem (alone past the keep ceiling) of shufflenet_v2_x0_5" in note
     for task in (SEGMENTATION, DETECTION):
         assert bases("resnet18", task) == bases("mobilenet_v3_small", task) == 2
     assert bases("mobilenet_v3_small", SEGMENTATION, RunConfig(bases=3)) == 3

@@ -57,7 +57,9 @@ def test_dry_run_plans_what_the_run_plans(tmp_path):
     # Its keep ceiling converts depthwise convs, so it converts with four bases unless told, fine-tunes at their lr,
     # and the run says why.
     assert any(d.depthwise for d in prepared.report.converted)
-    assert config.bases is None and resolved.bases == 4 and "plan converts depthwise convs" in prepared.defaults_note
+    converted = sum(d.depthwise for d in prepared.report.converted)
+    assert config.bases is None and resolved.bases == 4
+    assert f"the default where the plan converts {converted} of the 11 depthwise convs of" in prepared.defaults_note
     assert config.lr is None and resolved.lr == 0.001 and "fine-tuning: lr 0.001" in prepared.defaults_note
     assert "bases: 4\n" in resolved.to_yaml() and "lr: 0.001\n" in resolved.to_yaml()  # what config.yaml records
     assert resolved.epochs == 1 and {d.bases for d in prepared.report.converted} == {4}

@@ -101,9 +101,10 @@ def test_zero_step_table():
         "ceiling)."
     )
     assert f"reconstruct none, bases the main job's {main_job}" in table
+    assert "at 224 px, stem kept, keep_mac_budget" in table
     conversion = {"init": "sign", "keep_mac_budget": 0.0, "reconstruct": "signs", "inside": True, "bases": 3}
-    table = recipes.markdown_table([row], "cpu", budget, "a CPU", {}, conversion)
-    assert "reconstruct signs (inside), bases 3." in table
+    table = recipes.markdown_table([row], "cpu", budget, "a CPU", {}, {**conversion, "keep_stem": False})
+    assert "reconstruct signs (inside), bases 3." in table and "stem converted" in table
 
 
 def test_saved_student_and_cnn_are_checkpoints_that_load_back(tmp_path):

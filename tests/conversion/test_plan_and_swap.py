@@ -534,6 +534,8 @@ def test_keep_ceiling_converts_a_stem_that_alone_passes_it(builder, norm_follows
     # A stem the user keeps by name stays: excluded, it neither counts nor is converted.
     excluded = plan_conversion(model, x, keep=KEEP_KINDS, keep_ceiling=0.15, mac_size=224, exclude=[stem.name])
     assert not excluded.layers[0].convert
+    assert [d.convert for d in excluded.layers[1:]] == [d.convert for d in capped.layers[1:]]  # had it counted, the
+    # kinds would have had no room left
 
 
 @pytest.mark.parametrize("size", [32, 64])  # at 32 px the last maps are 1x1, as pooled vectors are
