@@ -272,10 +272,14 @@ def depthwise_bases(count: int) -> None:
 
 
 @torch.no_grad()
-def _agreement(student: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor) -> float:
-    """The share of ``images`` on which the two models' top-1 classes agree."""
-    same = sum(int((student(batch).argmax(1) == teacher(batch).argmax(1)).sum()) for batch in images.split(256))
-    return same / len(images)
+def _top1(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model``'s top-1 class of each of ``images``, in batches of 256."""
+    return torch.cat([model(batch).argmax(1) for batch in images.split(256)])
+
+
+def _agreement(student: torch.nn.Module, reference: torch.Tensor, images: torch.Tensor) -> float:
+    """The share of ``images`` on which ``student``'s top-1 class is ``reference``'s (another model's :func:`_top1`)."""
+    return int((_top1(student, images) == reference).sum()) / len(images)
 
 
 def bases_fidelity(names: list[str], counts: list[int], teacher_epochs: int, teachers: Path) -> None:
@@ -296,14 +300,15 @@ def bases_fidelity(names: list[str], counts: list[int], teacher_epochs: int, tea
     for name in names:
         teacher, row = recipes.train_teacher(name, budget, splits, splits.test, ctx, teachers)
         teacher.eval()
+        references = _top1(teacher, calibration), _top1(teacher, unseen)
         for count in counts:
             student, _, zero = recipes.convert_student(name, teacher, splits, splits.test, ctx, {"bases": count})
             student.eval()
             print(
                 f"| {name} | {count} | {row['cnn_top1']:.2f}% | {zero['zero_step_top1']:.2f}% "
                 f"({100 * zero['zero_step_top1'] / row['cnn_top1']:.1f}%) | "
-                f"{100 * _agreement(student, teacher, calibration):.2f}% | "
-                f"{100 * _agreement(student, teacher, unseen):.2f}% | "
+                f"{100 * _agreement(student, references[0], calibration):.2f}% | "
+                f"{100 * _agreement(student, references[1], unseen):.2f}% | "
                 f"{100 * zero[f'converted_macs_share_{recipes.DEPLOYMENT_SIZE}']:.0f}% |",
                 flush=True,
             )

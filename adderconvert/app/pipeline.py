@@ -174,11 +174,11 @@ def plan_only(config: RunConfig) -> tuple[ConversionReport, str | None]:
 def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> str:
     """Why the run converts ``model`` with more than one base, and fine-tunes it at another lr than
     ``TrainConfig.lr``, where the defaults for its convs and its plan (``report``) choose that; else ``""``."""
-    bases = bases_of(config, task, model, report)
+    bases = report.converted[0].bases  # _plan gave every converted layer the run's bases (bases_of)
     lines = [_bases_note(config, task, model, report, bases)]
-    if config.lr is None and lr_of(config, bases) != TrainConfig.lr:
+    if config.lr is None and (lr := lr_of(config, bases)) != TrainConfig.lr:
         lines.append(
-            f"fine-tuning: lr {lr_of(config, bases):g}, the default for adder layers of three or more bases (else "
+            f"fine-tuning: lr {lr:g}, the default for adder layers of three or more bases (else "
             f"{TrainConfig.lr:g}), whose closer fit a larger step undoes in part; --lr sets it"
         )
     return "\n".join(line for line in lines if line)
@@ -264,7 +264,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
             raise RunInputError(str(e)) from None
     report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
     defaults_note = _defaults_note(given, task, teacher, report)
-    config = replace(config, bases=bases_of(config, task, teacher, report))
+    config = replace(config, bases=report.converted[0].bases)  # _plan's: bases_of, resolved once
     config = replace(config, lr=lr_of(config, config.bases))
     pretrain = config.pretrain_epochs
     if pretrain is None:

@@ -94,7 +94,8 @@ class TrainConfig:
 # closer conversion is what the default step undoes in part. With three bases, one epoch at 0.001 rather than 0.002
 # ends MNASNet-0.5 0.79 pt short of its CNN on average against 1.12 (two seeds each; a third at 0.001: 0.87),
 # ShuffleNet-V2 x0.5 1.28 against 1.44 and MobileNetV3-Small 0.76 against 0.76 (three seeds each); SSDlite keeps more
-# of its three bases the lower the lr
+# of its three bases the lower the lr. With four bases (conversion.CEILING_BASES) half of it again was no better on
+# MNASNet-0.5 and ShuffleNet-V2 x0.5 (one seed each: +0.61 against +0.76, +0.95 against +0.73)
 # (docs/results/recipes_cpu_converged.md, dense_cpu.md).
 MANY_BASES_LR = 0.001
 
