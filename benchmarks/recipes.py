@@ -523,7 +523,7 @@ def main() -> None:
         "--epochs",
         type=int,
         default=None,
-        help="adder fine-tuning epochs (default: the CLI's: 1, 2 where the plan converts depthwise convs)",
+        help=f"adder fine-tuning epochs (default: the CLI's, {RunConfig.epochs})",
     )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="CNN epochs (default: the budget's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -2,7 +2,9 @@
 
 With ``fuse_bn`` (the default) every ``AdderConv -> BatchNormalization [-> Relu]`` chain whose
 BatchNorm feeds nothing else is folded into one ``FusedAdderConv`` node: BatchNorm's scale cannot be
-folded into adder weights, so the kernel applies it in its FP32 epilogue.
+folded into adder weights, so the kernel applies it in its FP32 epilogue. An adder layer of several bases exports
+as one ``AdderConv`` of all its bases' filters and the grouped 1x1 ``Conv`` that adds them up
+(:func:`combine_bases_by_conv`).
 
 With ``portable`` every ``AdderConv`` is written with standard ONNX ops instead (:func:`make_portable`),
 for runtimes that cannot load the custom-op library. Model metadata (input size, normalisation, class
@@ -50,9 +52,18 @@ from adderconvert.deploy.ops import (
     register_schemas,
 )
 from adderconvert.nn import AdderConv2d
+from adderconvert.nn.modules import combining_conv, interleaved_bases
 from adderconvert.nn.quantized import QuantizedAdderConv2d
 
-__all__ = ["dynamic_hw_sizes", "export_onnx", "fuse_batchnorm", "input_metadata", "make_portable", "read_metadata"]
+__all__ = [
+    "combine_bases_by_conv",
+    "dynamic_hw_sizes",
+    "export_onnx",
+    "fuse_batchnorm",
+    "input_metadata",
+    "make_portable",
+    "read_metadata",
+]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -223,6 +234,58 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
         for name in node.input:
             users.setdefault(name, []).append(node)
     return users
+
+
+def _single_base(layer: AdderConv2d | QuantizedAdderConv2d, order: torch.Tensor) -> torch.nn.Module:
+    """The adder layer of one base over ``layer``'s stacked filters taken in ``order``, without its bias."""
+    if isinstance(layer, QuantizedAdderConv2d):
+        return QuantizedAdderConv2d(
+            layer.weight[order],
+            layer.alpha[order],
+            layer.beta[order],
+            stride=layer.stride,
+            pads=layer.pads,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            x_scale=layer.x_scale,
+            x_zero_point=layer.x_zero_point,
+        )
+    single = AdderConv2d(
+        layer.in_channels,
+        layer.bases * layer.out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        device=layer.weight.device,
+        dtype=layer.weight.dtype,
+    )
+    with torch.no_grad():
+        single.weight.copy_(layer.weight[order])
+    return single
+
+
+def combine_bases_by_conv(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``, or a copy of it whose adder layers of several bases are each an adder layer of one base over
+    their filters in :func:`~adderconvert.nn.modules.interleaved_bases` order followed by the grouped 1x1 conv that
+    adds the bases up (:func:`~adderconvert.nn.modules.combining_conv`): the same function, exported as one
+    ``Conv`` (into which ONNX Runtime folds a following BatchNorm and ReLU) where the traced
+    :func:`~adderconvert.nn.modules.combine_bases` is some twenty slicing and elementwise nodes per layer."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (AdderConv2d, QuantizedAdderConv2d)) and m.bases > 1]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        layer = model.get_submodule(name)
+        order = interleaved_bases(layer.groups, layer.bases, layer.out_channels).to(layer.weight.device)
+        shift = layer.base_shift.detach()
+        if isinstance(layer, AdderConv2d) and layer.bias is not None:
+            shift = shift + layer.bias.detach()
+        model.set_submodule(
+            name, torch.nn.Sequential(_single_base(layer, order), combining_conv(layer.base_scale.detach(), shift))
+        )
+    return model
 
 
 def fuse_batchnorm(model: onnx.ModelProto) -> int:
@@ -631,13 +694,14 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        module, input_name, output_names, heads, rcnn = model, INPUT_NAME, [OUTPUT_NAME], None, None
+        exported = combine_bases_by_conv(model)
+        module, input_name, output_names, heads, rcnn = exported, INPUT_NAME, [OUTPUT_NAME], None, None
         if task == "segmentation":
-            module, input_name, output_names = SegmentationLogits(model).eval(), IMAGES, [LOGITS]
+            module, input_name, output_names = SegmentationLogits(exported).eval(), IMAGES, [LOGITS]
         elif isinstance(model, GeneralizedRCNN):
-            rcnn = RCNNDetections(model, tuple(inputs[0].shape[-2:])).eval()
+            rcnn = RCNNDetections(exported, tuple(inputs[0].shape[-2:])).eval()
         elif task == "detection":
-            heads = DetectionHeads(model, tuple(inputs[0].shape[-2:])).eval()
+            heads = DetectionHeads(exported, tuple(inputs[0].shape[-2:])).eval()
             module, input_name, output_names = heads, IMAGES, [RAW_BOXES, RAW_SCORES]
         min_size = dynamic_hw_sizes(module, inputs[0]) if dynamic_hw else None
         dims = {0: torch.export.Dim.DYNAMIC} if dynamic_batch else {}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from adderconvert.nn.functional import adder_conv2d
 from adderconvert.nn.geometry import pair, resolve_padding
 
-__all__ = ["AdderConv2d", "combine_bases", "stack_bases"]
+__all__ = ["AdderConv2d", "combine_bases", "combining_conv", "interleaved_bases", "stack_bases"]
 
 
 def stack_bases(weight: Tensor, groups: int, bases: int) -> Tensor:
@@ -35,6 +35,28 @@ def combine_bases(y: Tensor, groups: int, bases: int, scale: Tensor, shift: Tens
             n, out, *spatial
         )
     return combined
+
+
+def interleaved_bases(groups: int, bases: int, out: int) -> Tensor:
+    """Indices into a stacked weight (:func:`stack_bases`'s layout) that put each output channel's bases side by
+    side: entry ``c * bases + b`` is the filter of output channel ``c`` in base ``b``. Each group's filters stay in
+    their group, so the reordered weight is still a grouped weight of ``groups`` groups."""
+    per_group = out // groups
+    channel = torch.arange(out)
+    group, offset = channel // per_group, channel % per_group
+    base = torch.arange(bases)
+    return ((group[:, None] * bases + base[None, :]) * per_group + offset[:, None]).reshape(-1)
+
+
+def combining_conv(scale: Tensor, shift: Tensor) -> nn.Conv2d:
+    """The grouped 1x1 conv that is :func:`combine_bases` on outputs in :func:`interleaved_bases` order: one group
+    per output channel, base 0 at weight 1, base b at ``scale[b - 1]``, bias ``shift``."""
+    extra, out = scale.shape
+    conv = nn.Conv2d((extra + 1) * out, out, 1, groups=out, bias=True, device=scale.device, dtype=scale.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([torch.ones_like(scale[:1]), scale]).t().reshape(out, extra + 1, 1, 1))
+        conv.bias.copy_(shift)
+    return conv
 
 
 class AdderConv2d(nn.Module):

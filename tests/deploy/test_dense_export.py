@@ -373,7 +373,7 @@ def test_torchvision_two_stage_detectors_export(name, tmp_path):
     adder = _adder(cnn, [list(images[:4])], reconstruct_method=None)
     path = export_onnx(adder, tmp_path / "adder.onnx", images[4:6])
     # A one-base layer's norm folds into FusedAdderConv; a layer of more bases (the default for the MobileNetV3
-    # backbone's grouped convs) sums its bases in standard ops first, so its AdderConv keeps the norm apart.
+    # backbone's grouped convs) adds its bases up in a grouped 1x1 Conv first, so its AdderConv keeps the norm apart.
     ops = {"AdderConv" if m.bases > 1 else "FusedAdderConv" for m in adder.modules() if isinstance(m, AdderConv2d)}
     assert {n.op_type for n in onnx.load(str(path)).graph.node if n.domain == DOMAIN} == ops
     got = run_dense(make_session(path, intra_op_num_threads=1), images[4:])

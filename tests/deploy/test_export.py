@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from adderconvert.conversion import swap_layers
-from adderconvert.deploy.export import export_onnx, input_metadata, make_portable, read_metadata
+from adderconvert.deploy.export import combine_bases_by_conv, export_onnx, input_metadata, make_portable, read_metadata
 from adderconvert.deploy.ops import DOMAIN, AdderConv, FusedAdderConv, adder_conv_reference, single_node_model
 from adderconvert.deploy.runtime import make_session
 from adderconvert.nn import AdderConv2d
@@ -287,8 +287,9 @@ def test_metadata_may_not_override_export_keys(tmp_path):
         export_onnx(nn.Identity(), tmp_path / "x.onnx", torch.zeros(1, 3, 4, 4), metadata={"adderconvert_version": "9"})
 
 
+@pytest.mark.parametrize("bases", [2, 3])
 @pytest.mark.parametrize("form", ["custom", "portable", "int8"])
-def test_a_model_with_two_bases_exports_and_matches_in_onnx_runtime(tmp_path, form):
+def test_a_model_of_several_bases_exports_and_matches_in_onnx_runtime(tmp_path, form, bases):
     from adderconvert.conversion import run_conversion
     from adderconvert.quantization import quantize
 
@@ -300,12 +301,37 @@ def test_a_model_with_two_bases_exports_and_matches_in_onnx_runtime(tmp_path, fo
     )  # fmt: skip
     cnn.train()(torch.randn(64, 3, 12, 12))
     x = torch.randn(32, 3, 12, 12)
-    model = run_conversion(cnn.eval(), x, bases=2).model.eval()
-    assert model[3].bases == 2 and model[3].base_scale.abs().sum() > 0  # the second base is fitted
+    model = run_conversion(cnn.eval(), x, bases=bases).model.eval()
+    assert model[3].bases == bases and model[3].base_scale.abs().sum() > 0  # the extra bases are fitted
     if form == "int8":
         model = quantize(model, x)
-    path = export_onnx(model, tmp_path / "two.onnx", x[:2], portable=form == "portable")
+    # From one image, as a user may give it: the file still takes any batch.
+    path = export_onnx(model, tmp_path / "several.onnx", x[:1], portable=form == "portable")
     session = make_session(path) if form != "portable" else _plain_session(path)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-4)
+    if form != "portable":  # the bases add up in one grouped 1x1 Conv after the adder node: no slicing nodes
+        graph = onnx.load(str(path)).graph
+        weights = {t.name: t.dims for t in graph.initializer}
+        (adder,) = [n for n in graph.node if n.domain == DOMAIN and weights[n.input[1]][0] == bases * 16]
+        after = [n for n in graph.node if adder.output[0] in n.input]
+        assert [n.op_type for n in after] == ["Conv"]
+        assert next(a.i for a in after[0].attribute if a.name == "group") == 16
+        assert not {"Gather", "Split", "Slice", "Squeeze"} & {n.op_type for n in graph.node}
+
+
+def test_combining_bases_by_conv_keeps_the_function_and_leaves_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(AdderConv2d(4, 6, 3, padding=1, groups=2, bias=True, bases=3), nn.BatchNorm2d(6)).eval()
+    with torch.no_grad():
+        model[0].base_scale.normal_()
+        model[0].base_shift.normal_()
+    x = torch.randn(2, 4, 7, 7)
+    combined = combine_bases_by_conv(model)
+    assert combined is not model and model[0].bases == 3 and isinstance(model[0], AdderConv2d)
+    assert [type(m).__name__ for m in combined[0]] == ["AdderConv2d", "Conv2d"] and combined[0][0].bases == 1
+    with torch.no_grad():
+        torch.testing.assert_close(combined(x), model(x))
+    single = nn.Sequential(AdderConv2d(4, 6, 3), nn.ReLU())
+    assert combine_bases_by_conv(single) is single  # nothing to combine: no copy

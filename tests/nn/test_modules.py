@@ -6,6 +6,7 @@ from torch import nn
 
 from adderconvert.nn import AdderConv2d
 from adderconvert.nn.functional import adder_conv2d
+from adderconvert.nn.modules import combining_conv, interleaved_bases
 from adderconvert.nn.reference import reference_adder_conv2d
 
 
@@ -124,6 +125,29 @@ def test_several_bases_add_up_their_single_base_layers(groups):
     expected = first_alone(x) + layer.base_scale[0].view(1, -1, 1, 1) * second_alone(x)
     torch.testing.assert_close(layer(x), expected + layer.base_shift.view(1, -1, 1, 1))
     torch.testing.assert_close(layer.to_conv().weight, conv.weight)  # the CNN it stands for
+
+
+def test_interleaved_bases_put_each_channels_bases_side_by_side_within_its_group():
+    # Stacked layout, groups 2, bases 2, 2 channels per group: g0 b0 (c0, c1), g0 b1 (c0, c1), g1 b0 (c2, c3), ...
+    assert interleaved_bases(2, 2, 4).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    assert interleaved_bases(1, 3, 2).tolist() == [0, 2, 4, 1, 3, 5]
+    assert interleaved_bases(1, 1, 3).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("groups, bases", [(1, 2), (2, 3), (6, 4)])
+def test_the_combining_conv_on_interleaved_filters_is_the_layer(groups, bases):
+    torch.manual_seed(0)
+    layer = AdderConv2d(6, 6, 3, padding=1, groups=groups, bias=True, bases=bases)
+    with torch.no_grad():
+        layer.base_scale.normal_()
+        layer.base_shift.normal_()
+    single = AdderConv2d(6, bases * 6, 3, padding=1, groups=groups)
+    with torch.no_grad():
+        single.weight.copy_(layer.weight[interleaved_bases(groups, bases, 6)])
+    combine = combining_conv(layer.base_scale.detach(), (layer.base_shift + layer.bias).detach())
+    x = torch.randn(2, 6, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(combine(single(x)), layer(x))
 
 
 def test_extra_bases_add_nothing_until_fitted():
