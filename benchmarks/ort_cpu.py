@@ -1,6 +1,7 @@
 """ONNX Runtime CPU latency: AdderConv vs ORT's own Conv on ResNet-50 layer shapes (1 thread and all
 threads), whole-model adder vs CNN ResNet-50, and batch-1 latency of whole models (ResNet-18 at 28x28,
-ResNet-50 at 224x224, 1 and all threads), side by side in one run.
+ResNet-50 at 224x224, 1 and all threads), and MobileNetV3-Small by its adder layers' bases (1, 2, 4) beside its
+CNN, side by side in one run.
 
 ``--baseline-library PATH`` also times the adder models of the batch-1 table with another build of the
 custom-op library (for example one built from an older revision into its own folder), run for run
@@ -11,6 +12,7 @@ shared with other work a spinning thread takes a core from the one that computes
 
 Usage: python benchmarks/ort_cpu.py [--batch 4] [--repeats 10] [--skip-model] [--skip-layers]
                                     [--batch1-repeats 30] [--baseline-library PATH] [--no-spin]
+                                    [--skip-bases | --bases-only]
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from adderconvert.deploy.ops import single_node_model  # noqa: E402
 from adderconvert.deploy.runtime import CPU_PROVIDER, build_info, get_library_path, make_session  # noqa: E402
 from benchmarks._measure import interleaved_latency_ms, ort_cpu_session  # noqa: E402
 
+# The bases of the table by bases: one, two (segmentation, detection, grouped convs) and four (the small mobile
+# networks' default).
+BASES = (1, 2, 4)
 # (name, channels in, channels out, kernel, size): ResNet-50's 3x3 convs per stage and a 1x1 reduction.
 LAYERS = [
     ("stage1 3x3", 64, 64, 3, 56),
@@ -154,6 +159,31 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bo
             )
 
 
+def bases_table(repeats: int, tmp: Path, spin: bool) -> None:
+    """What the bases of an adder layer cost at inference: MobileNetV3-Small at 224x224 converted by
+    ``adderconvert.convert`` (its default plan) with 1, 2 and 4 bases, beside its CNN, batch 1, one thread."""
+    import torch
+    import torchvision
+
+    from adderconvert import convert
+    from adderconvert.deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 224, 224)
+    cnn = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    paths = {"CNN": export_onnx(cnn, tmp / "bases_cnn.onnx", x[:1])}
+    for bases in BASES:
+        adder = convert(cnn, x, bases=bases).eval()
+        paths[f"{bases} bases"] = export_onnx(adder, tmp / f"bases_{bases}.onnx", x[:1])
+    sessions = {k: ort_cpu_session(p, None if k == "CNN" else get_library_path(), 1, spin) for k, p in paths.items()}
+    ms = interleaved_latency_ms(sessions, {"input": x[:1].numpy()}, repeats)
+    print(f"\nMobileNetV3-Small, 224x224, batch 1, 1 thread, FP32 (median of {repeats}, runs interleaved)\n")
+    print("| model | ms | ratio to the CNN |")
+    print("|---|---:|---:|")
+    for name, value in ms.items():
+        print(f"| {name} | {value:.2f} | {value / ms['CNN']:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
@@ -163,6 +193,8 @@ def main() -> None:
     parser.add_argument("--batch1-repeats", type=int, default=30)
     parser.add_argument("--baseline-library", type=Path, help="another build of libadderconvert_ort.so to compare")
     parser.add_argument("--no-spin", action="store_true", help="batch-1 table: idle ORT threads sleep, not spin")
+    parser.add_argument("--skip-bases", action="store_true", help="no table of MobileNetV3-Small by bases")
+    parser.add_argument("--bases-only", action="store_true", help="only the table of MobileNetV3-Small by bases")
     args = parser.parse_args()
     if args.baseline_library is not None and not args.baseline_library.is_file():
         parser.error(f"--baseline-library: no such file: {args.baseline_library}")
@@ -170,12 +202,17 @@ def main() -> None:
 
     print(f"onnxruntime {onnxruntime.__version__}, AdderConv CPU kernel ISA {build_info()['cpu_isa']}\n")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.bases_only:
+            bases_table(args.batch1_repeats, Path(tmp), spin=not args.no_spin)
+            return
         if not args.skip_layers:
             layer_table(args.batch, args.repeats, Path(tmp))
         if not args.skip_model:
             model_table(args.batch, max(3, args.repeats // 3), Path(tmp))
         baseline = str(args.baseline_library) if args.baseline_library else None
         batch1_table(args.batch1_repeats, Path(tmp), baseline, spin=not args.no_spin)
+        if not args.skip_bases:
+            bases_table(args.batch1_repeats, Path(tmp), spin=not args.no_spin)
 
 
 if __name__ == "__main__":

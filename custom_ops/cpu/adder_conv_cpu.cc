@@ -566,12 +566,93 @@ void ScatterItem(void* data, size_t item) {
   }
 }
 
+// Convs that read one input channel per group (depthwise convs and their stacks of bases) sum kChannelBlock
+// groups side by side: tiles would pack every tap for a single row of W. Each item is one (image, block of
+// groups): its input, zero-padded and channel-minor, then per filter and output row the direct sums |x - w|
+// (the reference's own form, so infinities and NaN need no second pass).
+template <typename T>
+struct DepthwiseJob {
+  const ConvShape* shape;
+  const T* x;
+  const T* w_blocked;      // [block][filter of the group][tap][kChannelBlock groups], zero past the last group
+  const int64_t* offsets;  // per tap, into the channel-minor padded input
+  Epilogue<T> epilogue;
+  T* y;
+  int64_t blocks, padded_h, padded_w;
+};
+
+template <typename T>
+void DepthwiseItem(void* data, size_t item) {
+  const auto& job = *static_cast<const DepthwiseJob<T>*>(data);
+  const ConvShape& s = *job.shape;
+  const ConvAttributes& a = s.attrs;
+  const int64_t n = static_cast<int64_t>(item) / job.blocks, block = static_cast<int64_t>(item) % job.blocks;
+  const int64_t g0 = block * kChannelBlock, count = std::min(kChannelBlock, a.group - g0);
+  const int64_t rows = s.OutPerGroup(), taps = s.kernel_h * s.kernel_w, cb = kChannelBlock;
+  thread_local std::vector<T> packed, sums;
+  packed.assign(job.padded_h * job.padded_w * cb, T(0));
+  sums.resize(s.out_w * cb);
+  for (int64_t c = 0; c < count; ++c) {
+    const T* in = job.x + (n * s.in_channels + g0 + c) * s.in_h * s.in_w;
+    for (int64_t h = 0; h < s.in_h; ++h) {
+      T* dst = packed.data() + ((h + a.pads[0]) * job.padded_w + a.pads[1]) * cb + c;
+      for (int64_t w = 0; w < s.in_w; ++w) dst[w * cb] = in[h * s.in_w + w];
+    }
+  }
+  const Epilogue<T>& e = job.epilogue;
+  for (int64_t o = 0; o < rows; ++o) {
+    const T* w = job.w_blocked + (block * rows + o) * taps * cb;
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const T* x = packed.data() + oh * a.strides[0] * job.padded_w * cb;
+      Tiles<T>().abs_sum_channels(x, job.offsets, a.strides[1] * cb, w, taps, s.out_w, sums.data());
+      for (int64_t c = 0; c < count; ++c) {
+        const int64_t m = (g0 + c) * rows + o;
+        const double scale = e.scale ? e.scale[m] : 1.0, shift = e.shift ? e.shift[m] : 0.0;
+        T* y = job.y + ((n * s.out_channels + m) * s.out_h + oh) * s.out_w;
+        for (int64_t ow = 0; ow < s.out_w; ++ow) {
+          const double v = scale * -static_cast<double>(sums[ow * cb + c]) + shift;
+          y[ow] = static_cast<T>(e.relu && v < 0.0 ? 0.0 : v);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void DepthwiseForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
+                      const ParallelFor& parallel) {
+  const ConvAttributes& a = s.attrs;
+  const int64_t rows = s.OutPerGroup(), taps = s.kernel_h * s.kernel_w, cb = kChannelBlock;
+  const int64_t blocks = (a.group + cb - 1) / cb;
+  std::vector<T> w_blocked(blocks * rows * taps * cb, T(0));
+  for (int64_t g = 0; g < a.group; ++g) {
+    for (int64_t o = 0; o < rows; ++o) {
+      for (int64_t k = 0; k < taps; ++k) {
+        w_blocked[((g / cb * rows + o) * taps + k) * cb + g % cb] = w[(g * rows + o) * taps + k];
+      }
+    }
+  }
+  const int64_t padded_w = s.in_w + a.pads[1] + a.pads[3];
+  std::vector<int64_t> offsets(taps);
+  for (int64_t i = 0; i < s.kernel_h; ++i) {
+    for (int64_t j = 0; j < s.kernel_w; ++j) {
+      offsets[i * s.kernel_w + j] = (i * a.dilations[0] * padded_w + j * a.dilations[1]) * cb;
+    }
+  }
+  DepthwiseJob<T> job{&s,      x, w_blocked.data(), offsets.data(), epilogue, y, blocks, s.in_h + a.pads[0] + a.pads[2],
+                      padded_w};
+  parallel.Run(static_cast<size_t>(s.batch * blocks), &DepthwiseItem<T>, &job);
+}
+
 }  // namespace
 
 template <typename T>
 void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
                       const ParallelFor& parallel, WeightCache* cache) {
   if (s.batch * s.Positions() == 0) return;
+  // Fewer groups leave most of a block's channels empty (a one-channel stem's filters tile well instead).
+  if (s.InPerGroup() == 1 && s.attrs.group >= kChannelBlock / 4)
+    return DepthwiseForward(s, x, w, epilogue, y, parallel);
   const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/true, parallel, cache);
   const int64_t rows = s.OutPerGroup();
   const int64_t splits = SplitsFor(tiling.tiles * s.attrs.group, rows, 4 * kRowsPerBlock, parallel.Threads());

@@ -32,19 +32,23 @@ T XAt(const ConvShape& s, const std::vector<T>& x, int64_t n, int64_t c, int64_t
 
 // `small_maps`: large batches of 1-4 pixel feature maps, where the kernel tiles by output position.
 // `specials`: x holds -inf and NaN and w +inf; the forward pass must give what the naive loop gives.
+// `depthwise`: one input channel per group, many groups, 1-4 filters each (a depthwise conv, or its bases).
 template <typename T>
-bool CheckOne(std::mt19937& rng, bool fused, bool small_maps, bool specials) {
+bool CheckOne(std::mt19937& rng, bool fused, bool small_maps, bool specials, bool depthwise = false) {
   std::uniform_int_distribution<int> small(1, 3), chans(1, 3), size(1, 9), pick(0, 1), map(1, 4), batch(40, 130);
+  std::uniform_int_distribution<int> groups(4, 40), multiplier(1, 4);
   ConvAttributes a;
-  a.group = small(rng);
+  a.group = depthwise ? groups(rng) : small(rng);
   a.strides[0] = small(rng);
   a.strides[1] = small(rng);
   a.dilations[0] = small(rng);
   a.dilations[1] = small(rng);
   for (auto& p : a.pads) p = small(rng) - 1;
-  const int64_t x_dims[4] = {small_maps ? batch(rng) : small(rng), chans(rng) * a.group,
+  const int64_t x_dims[4] = {small_maps ? batch(rng) : small(rng), (depthwise ? 1 : chans(rng)) * a.group,
                              small_maps ? map(rng) : size(rng) + 4, small_maps ? map(rng) : size(rng) + 4};
-  const int64_t w_dims[4] = {(chans(rng) + pick(rng) * 5) * a.group, x_dims[1] / a.group, small(rng), small(rng)};
+  const int64_t filters = depthwise ? multiplier(rng) : chans(rng) + pick(rng) * 5;
+  const int64_t w_dims[4] = {filters * a.group, x_dims[1] / a.group, small(rng) + 2 * pick(rng),
+                             small(rng) + 2 * pick(rng)};
   ConvShape s;
   if (!adderconvert::ResolveShape(x_dims, 4, w_dims, 4, a, &s).empty()) return true;  // kernel too big: skip
 
@@ -257,6 +261,12 @@ int main() {
     const bool ok = (trial % 2 == 0) ? CheckOne<float>(rng, trial % 4 == 0, small_maps, specials)
                                      : CheckOne<double>(rng, trial % 3 == 0, small_maps, specials);
     Check(ok, "trial " + std::to_string(trial));
+  }
+  for (int trial = 0; trial < 80; ++trial) {  // one input channel per group: the direct plane sums
+    const bool small_maps = trial % 4 == 3, specials = trial % 5 == 4;
+    const bool ok = (trial % 2 == 0) ? CheckOne<float>(rng, trial % 4 == 0, small_maps, specials, true)
+                                     : CheckOne<double>(rng, trial % 3 == 0, small_maps, specials, true);
+    Check(ok, "depthwise trial " + std::to_string(trial));
   }
   std::printf("%d passed, %d failed (kernel isa: %s)\n", passed, failed, adderconvert::cpu::KernelIsa());
   return failed == 0 ? 0 : 1;
