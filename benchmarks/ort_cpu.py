@@ -3,7 +3,7 @@ threads), whole-model adder vs CNN ResNet-50, and batch-1 latency of whole model
 ResNet-50 at 224x224, 1 and all threads), and MobileNetV3-Small by its adder layers' bases (1, 2, 4) beside its
 CNN, side by side in one run.
 
-``--baseline-library PATH`` also times the adder models of the batch-1 table with another build of the
+``--baseline-library PATH`` also times the adder models of the batch-1 and bases tables with another build of the
 custom-op library (for example one built from an older revision into its own folder), run for run
 beside this checkout's build, so a change to the kernel is measured under the same load.
 
@@ -159,9 +159,10 @@ def batch1_table(repeats: int, tmp: Path, baseline_library: str | None, spin: bo
             )
 
 
-def bases_table(repeats: int, tmp: Path, spin: bool) -> None:
+def bases_table(repeats: int, tmp: Path, spin: bool, baseline_library: str | None) -> None:
     """What the bases of an adder layer cost at inference: MobileNetV3-Small at 224x224 converted by
-    ``adderconvert.convert`` (its default plan) with 1, 2 and 4 bases, beside its CNN, batch 1, one thread."""
+    ``adderconvert.convert`` (its default plan) with 1, 2 and 4 bases, beside its CNN, batch 1, one thread (and
+    each adder model with ``baseline_library`` too, where given)."""
     import torch
     import torchvision
 
@@ -174,14 +175,19 @@ def bases_table(repeats: int, tmp: Path, spin: bool) -> None:
     paths = {"CNN": export_onnx(cnn, tmp / "bases_cnn.onnx", x[:1])}
     for bases in BASES:
         adder = convert(cnn, x, bases=bases).eval()
-        paths[f"{bases} bases"] = export_onnx(adder, tmp / f"bases_{bases}.onnx", x[:1])
+        paths[bases] = export_onnx(adder, tmp / f"bases_{bases}.onnx", x[:1])
     sessions = {k: ort_cpu_session(p, None if k == "CNN" else get_library_path(), 1, spin) for k, p in paths.items()}
+    if baseline_library:
+        sessions.update({(b, "baseline"): ort_cpu_session(paths[b], baseline_library, 1, spin) for b in BASES})
     ms = interleaved_latency_ms(sessions, {"input": x[:1].numpy()}, repeats)
+    baseline = " | baseline lib ms | ratio" if baseline_library else ""
     print(f"\nMobileNetV3-Small, 224x224, batch 1, 1 thread, FP32 (median of {repeats}, runs interleaved)\n")
-    print("| model | ms | ratio to the CNN |")
-    print("|---|---:|---:|")
-    for name, value in ms.items():
-        print(f"| {name} | {value:.2f} | {value / ms['CNN']:.2f}x |", flush=True)
+    print(f"| model | ms | ratio to the CNN{baseline} |")
+    print("|---|---:|---:|" + ("---:|---:|" if baseline_library else ""))
+    print(f"| CNN | {ms['CNN']:.2f} | 1.00x" + (" | | |" if baseline_library else " |"))
+    for b in BASES:
+        extra = f" | {ms[b, 'baseline']:.2f} | {ms[b, 'baseline'] / ms['CNN']:.2f}x" if baseline_library else ""
+        print(f"| adder, {b} base{'s' * (b > 1)} | {ms[b]:.2f} | {ms[b] / ms['CNN']:.2f}x{extra} |", flush=True)
 
 
 def main() -> None:
@@ -201,18 +207,18 @@ def main() -> None:
     import onnxruntime
 
     print(f"onnxruntime {onnxruntime.__version__}, AdderConv CPU kernel ISA {build_info()['cpu_isa']}\n")
+    baseline = str(args.baseline_library) if args.baseline_library else None
     with tempfile.TemporaryDirectory() as tmp:
         if args.bases_only:
-            bases_table(args.batch1_repeats, Path(tmp), spin=not args.no_spin)
+            bases_table(args.batch1_repeats, Path(tmp), not args.no_spin, baseline)
             return
         if not args.skip_layers:
             layer_table(args.batch, args.repeats, Path(tmp))
         if not args.skip_model:
             model_table(args.batch, max(3, args.repeats // 3), Path(tmp))
-        baseline = str(args.baseline_library) if args.baseline_library else None
         batch1_table(args.batch1_repeats, Path(tmp), baseline, spin=not args.no_spin)
         if not args.skip_bases:
-            bases_table(args.batch1_repeats, Path(tmp), spin=not args.no_spin)
+            bases_table(args.batch1_repeats, Path(tmp), not args.no_spin, baseline)
 
 
 if __name__ == "__main__":
