@@ -269,22 +269,30 @@ def _single_base(layer: AdderConv2d | QuantizedAdderConv2d, order: torch.Tensor)
 def combine_bases_by_conv(model: torch.nn.Module) -> torch.nn.Module:
     """``model``, or a copy of it whose adder layers of several bases are each an adder layer of one base over
     their filters in :func:`~adderconvert.nn.modules.interleaved_bases` order followed by the grouped 1x1 conv that
-    adds the bases up (:func:`~adderconvert.nn.modules.combining_conv`): the same function, exported as one
-    ``Conv`` (into which ONNX Runtime folds a following BatchNorm and ReLU) where the traced
-    :func:`~adderconvert.nn.modules.combine_bases` is some twenty slicing and elementwise nodes per layer."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (AdderConv2d, QuantizedAdderConv2d)) and m.bases > 1]
+    adds the bases up (:func:`~adderconvert.nn.modules.combining_conv`), in the layer's train or eval mode: the same
+    function, exported as one ``Conv`` (into which a following BatchNorm folds) where the traced
+    :func:`~adderconvert.nn.modules.combine_bases` is some twenty slicing and elementwise nodes per layer.
+    Torch's random state is left as it was."""
+    names = [
+        n
+        for n, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, (AdderConv2d, QuantizedAdderConv2d)) and m.bases > 1
+    ]
     if not names:
         return model
     model = copy.deepcopy(model)
-    for name in names:
-        layer = model.get_submodule(name)
-        order = interleaved_bases(layer.groups, layer.bases, layer.out_channels).to(layer.weight.device)
-        shift = layer.base_shift.detach()
-        if isinstance(layer, AdderConv2d) and layer.bias is not None:
-            shift = shift + layer.bias.detach()
-        model.set_submodule(
-            name, torch.nn.Sequential(_single_base(layer, order), combining_conv(layer.base_scale.detach(), shift))
-        )
+    with torch.random.fork_rng(devices=[]):  # the new layers' own initialisation is overwritten
+        for name in names:
+            layer = model.get_submodule(name)
+            order = interleaved_bases(layer.groups, layer.bases, layer.out_channels).to(layer.weight.device)
+            shift = layer.base_shift.detach()
+            if isinstance(layer, AdderConv2d) and layer.bias is not None:
+                shift = shift + layer.bias.detach()
+            combined = torch.nn.Sequential(_single_base(layer, order), combining_conv(layer.base_scale.detach(), shift))
+            combined.train(layer.training)
+            if not name:  # the model is the layer
+                return combined
+            model.set_submodule(name, combined)
     return model
 
 

@@ -568,17 +568,20 @@ void ScatterItem(void* data, size_t item) {
 
 // Convs that read one input channel per group (depthwise convs and their stacks of bases) sum kChannelBlock
 // groups side by side: tiles would pack every tap for a single row of W. Each item is one (image, block of
-// groups): its input, zero-padded and channel-minor, then per filter and output row the direct sums |x - w|
-// (the reference's own form, so infinities and NaN need no second pass).
+// groups, band of output rows): the input rows the band reads, zero-padded and channel-minor, then per filter and
+// output row the direct sums |x - w| (the reference's own form, so infinities and NaN need no second pass).
+constexpr int64_t kBandRows = 8;
+
 template <typename T>
 struct DepthwiseJob {
   const ConvShape* shape;
+  const TileKernels<T>* kernels;
   const T* x;
   const T* w_blocked;      // [block][filter of the group][tap][kChannelBlock groups], zero past the last group
-  const int64_t* offsets;  // per tap, into the channel-minor padded input
+  const int64_t* offsets;  // per tap, into the channel-minor padded rows
   Epilogue<T> epilogue;
   T* y;
-  int64_t blocks, padded_h, padded_w;
+  int64_t blocks, bands, padded_w;
 };
 
 template <typename T>
@@ -586,25 +589,32 @@ void DepthwiseItem(void* data, size_t item) {
   const auto& job = *static_cast<const DepthwiseJob<T>*>(data);
   const ConvShape& s = *job.shape;
   const ConvAttributes& a = s.attrs;
-  const int64_t n = static_cast<int64_t>(item) / job.blocks, block = static_cast<int64_t>(item) % job.blocks;
+  const int64_t band = static_cast<int64_t>(item) % job.bands;
+  const int64_t block = static_cast<int64_t>(item) / job.bands % job.blocks;
+  const int64_t n = static_cast<int64_t>(item) / job.bands / job.blocks;
   const int64_t g0 = block * kChannelBlock, count = std::min(kChannelBlock, a.group - g0);
   const int64_t rows = s.OutPerGroup(), taps = s.kernel_h * s.kernel_w, cb = kChannelBlock;
+  const int64_t oh0 = band * kBandRows, oh1 = std::min(s.out_h, oh0 + kBandRows);
+  // Padded input rows [r0, r1) feed output rows [oh0, oh1).
+  const int64_t r0 = oh0 * a.strides[0], r1 = (oh1 - 1) * a.strides[0] + (s.kernel_h - 1) * a.dilations[0] + 1;
   thread_local std::vector<T> packed, sums;
-  packed.assign(job.padded_h * job.padded_w * cb, T(0));
+  packed.assign((r1 - r0) * job.padded_w * cb, T(0));
   sums.resize(s.out_w * cb);
   for (int64_t c = 0; c < count; ++c) {
     const T* in = job.x + (n * s.in_channels + g0 + c) * s.in_h * s.in_w;
-    for (int64_t h = 0; h < s.in_h; ++h) {
-      T* dst = packed.data() + ((h + a.pads[0]) * job.padded_w + a.pads[1]) * cb + c;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t h = r - a.pads[0];
+      if (h < 0 || h >= s.in_h) continue;
+      T* dst = packed.data() + ((r - r0) * job.padded_w + a.pads[1]) * cb + c;
       for (int64_t w = 0; w < s.in_w; ++w) dst[w * cb] = in[h * s.in_w + w];
     }
   }
   const Epilogue<T>& e = job.epilogue;
   for (int64_t o = 0; o < rows; ++o) {
     const T* w = job.w_blocked + (block * rows + o) * taps * cb;
-    for (int64_t oh = 0; oh < s.out_h; ++oh) {
-      const T* x = packed.data() + oh * a.strides[0] * job.padded_w * cb;
-      Tiles<T>().abs_sum_channels(x, job.offsets, a.strides[1] * cb, w, taps, s.out_w, sums.data());
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const T* x = packed.data() + (oh * a.strides[0] - r0) * job.padded_w * cb;
+      job.kernels->abs_sum_channels(x, job.offsets, a.strides[1] * cb, w, taps, s.out_w, sums.data());
       for (int64_t c = 0; c < count; ++c) {
         const int64_t m = (g0 + c) * rows + o;
         const double scale = e.scale ? e.scale[m] : 1.0, shift = e.shift ? e.shift[m] : 0.0;
@@ -618,12 +628,20 @@ void DepthwiseItem(void* data, size_t item) {
   }
 }
 
+// Whether a conv takes the depthwise path: one input channel per group, enough groups to fill a quarter of a
+// block, and few filters per group (many share their taps better in the tiles' register blocks, as a one-channel
+// stem's do).
+bool TakesDepthwisePath(const ConvShape& s) {
+  return s.InPerGroup() == 1 && s.attrs.group >= kChannelBlock / 4 && s.OutPerGroup() <= kChannelBlock;
+}
+
 template <typename T>
 void DepthwiseForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
                       const ParallelFor& parallel) {
+  const TileKernels<T>& kernels = Tiles<T>();  // on the calling thread: an unknown ISA throws here
   const ConvAttributes& a = s.attrs;
   const int64_t rows = s.OutPerGroup(), taps = s.kernel_h * s.kernel_w, cb = kChannelBlock;
-  const int64_t blocks = (a.group + cb - 1) / cb;
+  const int64_t blocks = (a.group + cb - 1) / cb, bands = (s.out_h + kBandRows - 1) / kBandRows;
   std::vector<T> w_blocked(blocks * rows * taps * cb, T(0));
   for (int64_t g = 0; g < a.group; ++g) {
     for (int64_t o = 0; o < rows; ++o) {
@@ -639,9 +657,8 @@ void DepthwiseForward(const ConvShape& s, const T* x, const T* w, const Epilogue
       offsets[i * s.kernel_w + j] = (i * a.dilations[0] * padded_w + j * a.dilations[1]) * cb;
     }
   }
-  DepthwiseJob<T> job{&s,      x, w_blocked.data(), offsets.data(), epilogue, y, blocks, s.in_h + a.pads[0] + a.pads[2],
-                      padded_w};
-  parallel.Run(static_cast<size_t>(s.batch * blocks), &DepthwiseItem<T>, &job);
+  DepthwiseJob<T> job{&s, &kernels, x, w_blocked.data(), offsets.data(), epilogue, y, blocks, bands, padded_w};
+  parallel.Run(static_cast<size_t>(s.batch * blocks * bands), &DepthwiseItem<T>, &job);
 }
 
 }  // namespace
@@ -650,9 +667,7 @@ template <typename T>
 void AdderConvForward(const ConvShape& s, const T* x, const T* w, const Epilogue<T>& epilogue, T* y,
                       const ParallelFor& parallel, WeightCache* cache) {
   if (s.batch * s.Positions() == 0) return;
-  // Fewer groups leave most of a block's channels empty (a one-channel stem's filters tile well instead).
-  if (s.InPerGroup() == 1 && s.attrs.group >= kChannelBlock / 4)
-    return DepthwiseForward(s, x, w, epilogue, y, parallel);
+  if (TakesDepthwisePath(s)) return DepthwiseForward(s, x, w, epilogue, y, parallel);
   const Tiling<T> tiling = PlanTiles(s, w, /*forward=*/true, parallel, cache);
   const int64_t rows = s.OutPerGroup();
   const int64_t splits = SplitsFor(tiling.tiles * s.attrs.group, rows, 4 * kRowsPerBlock, parallel.Threads());

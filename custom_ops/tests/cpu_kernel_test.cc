@@ -215,6 +215,20 @@ bool TilesAgree(const adderconvert::cpu::TileKernels<float>& k, const adderconve
     for (int64_t o = 0; o < rows; ++o) worst = std::max(worst, std::fabs(column_k[o] - sums_g[o * ng]) / scale);
     for (int64_t o = 0; o < rows; ++o) worst = std::max(worst, std::fabs(column_g[o] - sums_g[o * ng]) / scale);
   }
+  using adderconvert::cpu::kChannelBlock;  // the depthwise sums: random taps at random offsets, 1-2 columns apart
+  std::uniform_int_distribution<int> count_of(1, 30), offset_of(0, 60), stride_of(1, 2), positions_of(1, 11);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int64_t taps = count_of(rng), positions = positions_of(rng), step = stride_of(rng) * kChannelBlock;
+    std::vector<int64_t> offsets(taps);
+    for (auto& o : offsets) o = offset_of(rng) * kChannelBlock;
+    std::vector<float> x((61 + positions * 2) * kChannelBlock), w(taps * kChannelBlock);
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : w) v = normal(rng);
+    std::vector<float> sums_k(positions * kChannelBlock), sums_g(sums_k.size());
+    k.abs_sum_channels(x.data(), offsets.data(), step, w.data(), taps, positions, sums_k.data());
+    generic.abs_sum_channels(x.data(), offsets.data(), step, w.data(), taps, positions, sums_g.data());
+    for (size_t i = 0; i < sums_k.size(); ++i) worst = std::max(worst, std::fabs(sums_k[i] - sums_g[i]) / (4.0 * taps));
+  }
   if (worst > 1e-6) std::printf("  %s tiles differ from generic by %g (relative)\n", k.isa, worst);
   return worst <= 1e-6;
 }
@@ -262,8 +276,8 @@ int main() {
                                      : CheckOne<double>(rng, trial % 3 == 0, small_maps, specials);
     Check(ok, "trial " + std::to_string(trial));
   }
-  for (int trial = 0; trial < 80; ++trial) {  // one input channel per group: the direct plane sums
-    const bool small_maps = trial % 4 == 3, specials = trial % 5 == 4;
+  for (int trial = 0; trial < 80; ++trial) {  // one input channel per group: the depthwise path
+    const bool small_maps = trial % 8 >= 6, specials = trial % 5 == 4;
     const bool ok = (trial % 2 == 0) ? CheckOne<float>(rng, trial % 4 == 0, small_maps, specials, true)
                                      : CheckOne<double>(rng, trial % 3 == 0, small_maps, specials, true);
     Check(ok, "depthwise trial " + std::to_string(trial));
