@@ -416,6 +416,8 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
     const int64_t col = columns.first + n * columns.stride;
     y_offsets[n] = col / positions * s.out_channels * positions + col % positions;
   }
+  // By image, a tile's columns are mostly consecutive positions of one image: stored as one run.
+  const bool one_run = columns.count > 0 && y_offsets[columns.count - 1] - y_offsets[0] == columns.count - 1;
   const T* w_packed = set.w_packed.data() + (g * rows + r0) * taps;
   if (taps > 0 && few_columns) {
     thread_local std::vector<T> x_rep;
@@ -440,7 +442,15 @@ void ForwardTile(const ForwardJob<T>& job, int64_t g, const TileColumns& columns
     const T* ms = min_sums.data() + (o - r0) * nr;
     T* y = job.y + m * positions;
     const auto store = [&](int64_t n, double v) { y[y_offsets[n]] = static_cast<T>(e.relu && v < 0.0 ? 0.0 : v); };
-    for (int64_t n = 0; n < columns.count; ++n) store(n, scale * (2.0 * ms[n] - col_sums[n]) + shift);
+    if (one_run) {
+      T* __restrict out = y + y_offsets[0];
+      for (int64_t n = 0; n < columns.count; ++n) {
+        const double v = scale * (2.0 * ms[n] - col_sums[n]) + shift;
+        out[n] = static_cast<T>(e.relu && v < 0.0 ? 0.0 : v);
+      }
+    } else {
+      for (int64_t n = 0; n < columns.count; ++n) store(n, scale * (2.0 * ms[n] - col_sums[n]) + shift);
+    }
     const bool row_finite = std::isfinite(set.w_offset[m]);
     if (row_finite && columns_finite) continue;
     for (int64_t n = 0; n < columns.count; ++n) {
