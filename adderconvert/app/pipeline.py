@@ -299,8 +299,9 @@ def batch_size_of(config: RunConfig, task: Task) -> int:
 def bases_of(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> int:
     """The run's binary bases per adder layer: ``--bases``, else its ``model``'s ``task``'s (``Task.bases``: 2 for
     segmentation and detection models), else the conversion's :func:`~adderconvert.conversion.default_bases` for
-    ``model`` and its plan ``report`` (the run's first: on the CNN as given, before any teacher training): 3 for a
-    classifier whose plan converts depthwise convs, 2 for one with grouped or depthwise convs, else 1."""
+    ``model`` and its plan ``report`` (the run's first: on the CNN as given, before any teacher training):
+    ``CEILING_BASES`` for a classifier whose plan converts a depthwise conv or a stem past the keep ceiling,
+    ``GROUPED_BASES`` for one with grouped or depthwise convs, else 1."""
     if config.bases is not None:
         return config.bases
     return default_bases(model, report) if task.bases is None else task.bases

@@ -12,7 +12,7 @@ __all__ = ["KD_ALPHA", "KD_TEMPERATURE", "FeatureDistillation", "distillation_lo
 
 # The recipe's logit-distillation defaults (TrainConfig takes them). Temperature 4.0 until 2026-12-03 (the screen
 # that chose 2.0: docs/results/archive/recipe_history.md). Alpha 0.5 until 2026-12-05, then 0.2, chosen on one-epoch
-# teachers that their students beat (docs/results/recipes_cpu_amd_alpha02.md); since 2026-12-06 0.8, chosen on
+# teachers that their students beat (docs/results/archive/recipes_cpu_amd_alpha02.md); since 2026-12-06 0.8, chosen on
 # teachers trained 8 epochs: RegNet-Y-400MF 89.11% at 0.2, 89.60% at 0.5, 89.64% at 0.8, 89.62% at 1.0,
 # MobileNetV3-Small 89.79%, 89.96%, 90.20% (docs/results/recipes_cpu_converged.md). A converged CNN's soft labels
 # carry more than the true ones.
