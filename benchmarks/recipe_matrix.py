@@ -27,10 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipes import BUDGETS  # noqa: E402
 
 from adderconvert.architectures.cnn import build_model  # noqa: E402
+from adderconvert.conversion import DEPLOYMENT_SIZE  # noqa: E402
+from adderconvert.conversion.plan import is_depthwise  # noqa: E402
 
 TARGET_GAP = BUDGETS["cpu"].target_gap  # points below the CNN after the default fine-tuning
 ZERO_STEP_SHARE = 0.90  # of the CNN's top-1, before any step
-CONVERTED_SHARE = {False: 0.90, True: 0.85}  # of the conv MACs at 224 px, by "has depthwise convs"
+CONVERTED_SHARE = {False: 0.90, True: 0.85}  # of the conv MACs at DEPLOYMENT_SIZE px, by "has depthwise convs"
+SHARE_KEY = f"converted_macs_share_{DEPLOYMENT_SIZE}"  # recipes.py's row key for it
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,17 @@ def read_runs(paths: list[Path]) -> list[Run]:
             rows, machine = payload["rows"], payload["machine"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SystemExit(f"Error: {path}: not a benchmarks/recipes.py results file ({error})") from None
-        conversion = {k: v for k, v in payload.get("conversion", {}).items() if k == "bases" and v is not None}
-        options = ", ".join(f"{k}={v}" for k, v in {**payload.get("overrides", {}), **conversion}.items())
+        options = dict(payload.get("overrides", {}))
+        if payload.get("conversion", {}).get("bases") is not None:  # --bases
+            options["bases"] = payload["conversion"]["bases"]
+        options = ", ".join(f"{k}={v}" for k, v in options.items())
         runs += [Run(path.name, machine, options, row) for row in rows if "adder_top1" in row]
     return runs
 
 
 def has_depthwise(name: str) -> bool:
-    """Whether torchvision's ``name`` has a depthwise conv (one input channel per group, several groups)."""
-    convs = (m for m in build_model(name, 10).modules() if isinstance(m, nn.Conv2d))
-    return any(c.groups > 1 and c.groups == c.in_channels for c in convs)
+    """Whether torchvision's ``name`` has a depthwise conv."""
+    return any(is_depthwise(m) for m in build_model(name, 10).modules() if isinstance(m, nn.Conv2d))
 
 
 def _percent(share: float | None) -> str:
@@ -73,7 +77,7 @@ def matrix_table(runs: list[Run]) -> str:
     """The per-run table and the per-family verdict, in markdown."""
     lines = [
         "| family | file | machine | options | CNN epochs | CNN top-1 | zero steps (% of CNN) | bases | MACs "
-        "converted, 32 / 224 px | adder epochs | adder top-1 | gap | CNN s | adder s |",
+        f"converted, 32 / {DEPLOYMENT_SIZE} px | adder epochs | adder top-1 | gap | CNN s | adder s |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
@@ -82,12 +86,13 @@ def matrix_table(runs: list[Run]) -> str:
             f"| {r['model']} | {run.file} | {run.machine} | {run.options or 'defaults'} | {r.get('cnn_epochs', '')} "
             f"| {r['cnn_top1']:.2f}% | {r['zero_step_top1']:.2f}% ({100 * r['zero_step_top1'] / r['cnn_top1']:.0f}%) "
             f"| {r.get('bases', '')} | {_percent(r['converted_macs_share'])} / "
-            f"{_percent(r.get('converted_macs_share_224'))} | {len(r.get('adder_top1_by_epoch') or [])} "
+            f"{_percent(r.get(SHARE_KEY))} | {len(r.get('adder_top1_by_epoch') or [])} "
             f"| {r['adder_top1']:.2f}% | {r['gap']:+.2f} | {r['cnn_seconds']:.0f} | {r['adder_seconds']:.0f} |"
         )
     lines += [
         "",
-        "| family | runs | gaps | mean gap | zero steps, least | MACs converted at 224 px, least | verdict |",
+        "| family | runs | gaps | mean gap | zero steps, least | "
+        f"MACs converted at {DEPLOYMENT_SIZE} px, least | verdict |",
         "|---|---:|---|---:|---:|---:|---|",
     ]
     families: dict[str, list[dict]] = {}
@@ -96,7 +101,7 @@ def matrix_table(runs: list[Run]) -> str:
     for name, rows in families.items():
         gaps = [r["gap"] for r in rows]
         zero = min(r["zero_step_top1"] / r["cnn_top1"] for r in rows)
-        shares = [r["converted_macs_share_224"] for r in rows if "converted_macs_share_224" in r]
+        shares = [r[SHARE_KEY] for r in rows if SHARE_KEY in r]
         share = min(shares) if shares else None
         floor = CONVERTED_SHARE[has_depthwise(name)]
         misses = [
@@ -116,7 +121,7 @@ def matrix_table(runs: list[Run]) -> str:
         "",
         f"Gap = CNN - adder top-1 (negative: above the CNN). Goals: zero steps at least {ZERO_STEP_SHARE:.0%} of the "
         f"CNN, every run within {TARGET_GAP} pt, at least {CONVERTED_SHARE[False]:.0%} of the conv MACs converted at "
-        f"224 px ({CONVERTED_SHARE[True]:.0%} with depthwise convs), none diverged.",
+        f"{DEPLOYMENT_SIZE} px ({CONVERTED_SHARE[True]:.0%} with depthwise convs), none diverged.",
     ]
     return "\n".join(lines) + "\n"
 
