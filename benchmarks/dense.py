@@ -74,7 +74,7 @@ from adderconvert.deploy.export import export_onnx  # noqa: E402
 from adderconvert.deploy.runtime import make_session, run_dense  # noqa: E402
 from adderconvert.metrics import METRIC_NAMES, confusion_matrix  # noqa: E402
 from adderconvert.train import TrainingDiverged  # noqa: E402
-from adderconvert.train.dense import training_task  # noqa: E402
+from adderconvert.train.dense import DETECTION, SEGMENTATION, training_task  # noqa: E402
 from adderconvert.train.distributed import DistributedContext  # noqa: E402
 from adderconvert.train.saver import seed_everything  # noqa: E402
 
@@ -408,7 +408,8 @@ def markdown_table(
         f"train / {scenes['test']:,} test scenes. CNN from scratch, batch {budget.cnn_batch_size}, lr "
         f"{RunConfig.pretrain_lr} after a linear warm-up over {recipes.CNN_WARMUP:.0%} of its steps. "
         f"Conversion: the main job's (init {RunConfig.init}, reconstruct "
-        f"{RunConfig.reconstruct}, keep {', '.join(RunConfig().keep)}, keep_ceiling {RunConfig.keep_ceiling:g}"
+        f"{RunConfig.reconstruct}, keep {', '.join(RunConfig().keep)}, keep_ceiling {SEGMENTATION.keep_ceiling:g}, "
+        f"detection {DETECTION.keep_ceiling:g}"
         f"{', exclude ' + ' '.join(exclude) if exclude else ''}{f', {bases} bases' if bases else ''}). "
         f"Adder: {budget.epochs} epoch(s) of {steps} at batch {adder_batches}, {recipe}. Parity: ONNX Runtime "
         f"against PyTorch on the test scenes (pixels with the same argmax; PyTorch's detections above "

@@ -425,7 +425,7 @@ def markdown_table(
         )
     conversion = {
         "init": RunConfig.init,
-        "keep_ceiling": RunConfig.keep_ceiling,
+        "keep_ceiling": CLASSIFICATION.keep_ceiling,
         "keep_mac_budget": RunConfig.keep_mac_budget,
         **(conversion or {}),
     }
@@ -534,7 +534,7 @@ def main() -> None:
     parser.add_argument(
         "--keep", nargs="*", default=RunConfig().keep, choices=KEEP_KINDS, help="see plan_conversion (none: --keep)"
     )
-    parser.add_argument("--keep-ceiling", type=float, default=RunConfig.keep_ceiling, help="see plan_conversion")
+    parser.add_argument("--keep-ceiling", type=float, default=CLASSIFICATION.keep_ceiling, help="see plan_conversion")
     parser.add_argument("--keep-mac-budget", type=float, default=RunConfig.keep_mac_budget, help="see plan_conversion")
     parser.add_argument("--sign-margin", type=float, default=SIGN_MARGIN, help="see conversion.sign_edges")
     parser.add_argument(

@@ -20,6 +20,7 @@ import yaml
 from adderconvert.app.config import ConfigError, RunConfig, validate_config
 from adderconvert.conversion import (
     CEILING_BASES,
+    DEFAULT_KEEP_CEILING,
     DEPLOYMENT_SIZE,
     GROUPED_BASES,
     INIT_CHOICES,
@@ -29,7 +30,7 @@ from adderconvert.data import DATASETS
 from adderconvert.data_formats import FORMATS
 from adderconvert.quantization import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 from adderconvert.train import MANY_BASES_LR, TrainConfig
-from adderconvert.train.dense import SEGMENTATION
+from adderconvert.train.dense import DENSE_BASES, DETECTION, SEGMENTATION
 
 # Each command imports what it needs when it runs, so that `--help`, `list` and bad input answer without
 # loading onnx, onnxscript, matplotlib and the training stack (start-up time).
@@ -173,7 +174,7 @@ def _interrupt_on_sigterm():
     default=None,
     help=f"Keep at most this share of the conv MACs (counted at {DEPLOYMENT_SIZE} px) multiplicative, the stem "
     f"included: the --keep kinds that binary weights fit best are converted beyond it, and a stem that alone passes "
-    f"it [{RunConfig.keep_ceiling:g}].",
+    f"it [{DEFAULT_KEEP_CEILING:g}; detection models {DETECTION.keep_ceiling:g}: every conv of those kinds kept].",
 )
 @click.option(
     "--bases",
@@ -181,8 +182,8 @@ def _interrupt_on_sigterm():
     default=None,
     help=f"Binary bases per adder layer, 1-4: each more adds the additions of one more adder filter per output for a "
     f"closer fit of the CNN [1; classifiers with grouped or depthwise convs {GROUPED_BASES}, {CEILING_BASES} where "
-    f"the plan converts depthwise convs or a stem past the keep ceiling; segmentation and detection "
-    f"{SEGMENTATION.bases}].",
+    f"the plan converts depthwise convs or a stem past the keep ceiling; segmentation and detection {DENSE_BASES}, "
+    f"detectors with depthwise convs {CEILING_BASES}].",
 )
 @click.option(
     "--keep-mac-budget",
@@ -239,8 +240,8 @@ def _interrupt_on_sigterm():
     type=float,
     default=None,
     help=f"Learning rate of the CNN's own layers; adder weights take {TrainConfig.adder_lr_scale:g} times it "
-    f"(segmentation {SEGMENTATION.adder_lr_scale:g}) [{TrainConfig.lr}; {MANY_BASES_LR} where the adder layers have "
-    "three or more bases].",
+    f"(segmentation {SEGMENTATION.adder_lr_scale:g}, detection {DETECTION.adder_lr_scale:g}) [{TrainConfig.lr}; "
+    f"{MANY_BASES_LR} where the adder layers have three or more bases, except detection models'].",
 )
 @click.option("--eta", type=float, default=None, help=f"Adaptive-LR eta for adder weights [{RunConfig.eta}].")
 @click.option("--warmup-steps", type=int, default=None, help=f"Linear LR warm-up steps [{RunConfig.warmup_steps}].")

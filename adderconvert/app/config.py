@@ -13,7 +13,6 @@ import yaml
 from adderconvert.conversion import (
     DEFAULT_INIT,
     DEFAULT_KEEP,
-    DEFAULT_KEEP_CEILING,
     DEFAULT_RECONSTRUCT,
     INIT_CHOICES,
     KEEP_KINDS,
@@ -52,7 +51,9 @@ class RunConfig:
     keep_stem: bool = True
     keep_classifier: bool = True
     keep: list[str] = field(default_factory=lambda: list(DEFAULT_KEEP))  # kinds of conv kept multiplicative
-    keep_ceiling: float = DEFAULT_KEEP_CEILING  # share of the conv MACs (at DEPLOYMENT_SIZE px) kept at most
+    # Share of the conv MACs (at DEPLOYMENT_SIZE px) kept at most; None: the model's task's (pipeline.keep_ceiling_of),
+    # resolved by the run.
+    keep_ceiling: float | None = None
     keep_mac_budget: float = 0.0  # share of the conv MACs kept multiplicative where binary weights fit worst
     bases: int | None = None  # binary bases per adder layer; None: the model's (pipeline.bases_of), resolved by the run
     sync_bn: bool = TrainConfig.sync_bn
@@ -96,9 +97,9 @@ class _Rule:
     hint: str = ""
 
 
-# Options whose None the run resolves from the model (pipeline.batch_size_of, bases_of, lr_of) and writes to
-# config.yaml as the value it used.
-RESOLVED_BY_RUN = ("batch_size", "bases", "lr")
+# Options whose None the run resolves from the model (pipeline.batch_size_of, bases_of, lr_of, keep_ceiling_of) and
+# writes to config.yaml as the value it used.
+RESOLVED_BY_RUN = ("batch_size", "bases", "lr", "keep_ceiling")
 
 _DEVICE = r"auto|cpu|cuda(:\d+)?"
 _RULES: dict[str, _Rule] = {
@@ -124,7 +125,7 @@ _RULES: dict[str, _Rule] = {
     "keep_stem": _Rule(bool),
     "keep_classifier": _Rule(bool),
     "keep": _Rule(list, choices=(*KEEP_KINDS, "none")),  # "none": every kind converts
-    "keep_ceiling": _Rule(float, low=0, high=1),
+    "keep_ceiling": _Rule(float, optional=True, low=0, high=1),
     "keep_mac_budget": _Rule(float, low=0, high=1),
     "bases": _Rule(int, optional=True, low=1, high=4),
     "sync_bn": _Rule(bool),

@@ -109,14 +109,16 @@ def draw_calibration_images(splits: DatasetSplits, seed: int, count: int = CALIB
         return torch.stack([splits.train[int(i)][0] for i in order[: min(count, CALIBRATION_IMAGES)]])
 
 
-def _rules(config: RunConfig) -> dict:
-    """The run's conversion rules, as plan_conversion and run_conversion take them."""
-    names = ("include", "exclude", "keep_stem", "keep_classifier", "keep", "keep_ceiling", "keep_mac_budget")
-    return {name: getattr(config, name) for name in names} | {"mac_size": DEPLOYMENT_SIZE}
+def _rules(config: RunConfig, task: Task) -> dict:
+    """The run's conversion rules, as plan_conversion and run_conversion take them (``--keep-ceiling``, else the
+    model's ``task``'s)."""
+    names = ("include", "exclude", "keep_stem", "keep_classifier", "keep", "keep_mac_budget")
+    rules = {name: getattr(config, name) for name in names}
+    return rules | {"keep_ceiling": keep_ceiling_of(config, task), "mac_size": DEPLOYMENT_SIZE}
 
 
 def _plan(config: RunConfig, model: nn.Module, example: torch.Tensor, task: Task) -> ConversionReport:
-    report = plan_conversion(model, example, **_rules(config))
+    report = plan_conversion(model, example, **_rules(config, task))
     bases = bases_of(config, task, model, report)  # once: without --bases it scans the model's convs and plan
     for decision in report.converted:
         decision.bases = bases
@@ -176,7 +178,7 @@ def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: Conv
     ``TrainConfig.lr``, where the defaults for its convs and its plan (``report``) choose that; else ``""``."""
     bases = report.converted[0].bases  # _plan gave every converted layer the run's bases (bases_of)
     lines = [_bases_note(config, task, model, report, bases)]
-    if config.lr is None and (lr := lr_of(config, bases)) != TrainConfig.lr:
+    if config.lr is None and task.lr is None and (lr := lr_of(config, bases, task)) != TrainConfig.lr:
         lines.append(
             f"fine-tuning: lr {lr:g}, the default for adder layers of three or more bases (else "
             f"{TrainConfig.lr:g}), whose closer fit a larger step undoes in part; --lr sets it"
@@ -185,7 +187,7 @@ def _defaults_note(config: RunConfig, task: Task, model: nn.Module, report: Conv
 
 
 def _bases_note(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport, bases: int) -> str:
-    if config.bases is not None or task.bases is not None or bases == 1:
+    if config.bases is not None or task.bases(model) is not None or bases == 1:
         return ""
     if takes_ceiling_bases(report):
         why = f"where the plan converts {_ceiling_bound(report)} of {config.model}"
@@ -265,7 +267,7 @@ def _prepare(config: RunConfig, world_size: int) -> tuple[RunConfig, _Prepared]:
     report = _plan(config, teacher, draw_calibration_images(splits, config.seed, PLAN_IMAGES), task)
     defaults_note = _defaults_note(given, task, teacher, report)
     config = replace(config, bases=report.converted[0].bases)  # _plan's: bases_of, resolved once
-    config = replace(config, lr=lr_of(config, config.bases))
+    config = replace(config, lr=lr_of(config, config.bases, task), keep_ceiling=keep_ceiling_of(config, task))
     pretrain = config.pretrain_epochs
     if pretrain is None:
         # torchvision's pretrained heads have ImageNet's 1000 classes; a resized head must be trained.
@@ -298,13 +300,15 @@ def batch_size_of(config: RunConfig, task: Task) -> int:
 
 def bases_of(config: RunConfig, task: Task, model: nn.Module, report: ConversionReport) -> int:
     """The run's binary bases per adder layer: ``--bases``, else its ``model``'s ``task``'s (``Task.bases``: 2 for
-    segmentation and detection models), else the conversion's :func:`~adderconvert.conversion.default_bases` for
+    segmentation and detection models, 4 for detectors with depthwise convs), else the conversion's
+    :func:`~adderconvert.conversion.default_bases` for
     ``model`` and its plan ``report`` (the run's first: on the CNN as given, before any teacher training):
     ``CEILING_BASES`` for a classifier whose plan converts a depthwise conv or a stem past the keep ceiling,
     ``GROUPED_BASES`` for one with grouped or depthwise convs, else 1."""
     if config.bases is not None:
         return config.bases
-    return default_bases(model, report) if task.bases is None else task.bases
+    bases = task.bases(model)
+    return default_bases(model, report) if bases is None else bases
 
 
 def _common(config: RunConfig, task: Task) -> dict:
@@ -320,12 +324,21 @@ def _common(config: RunConfig, task: Task) -> dict:
     )
 
 
-def lr_of(config: RunConfig, bases: int) -> float:
-    """The run's fine-tuning lr: ``--lr``, else :data:`~adderconvert.train.MANY_BASES_LR` where its adder layers
-    have three or more binary bases (``bases``: :func:`bases_of`), else ``TrainConfig.lr``."""
+def lr_of(config: RunConfig, bases: int, task: Task) -> float:
+    """The run's fine-tuning lr: ``--lr``, else its model's ``task``'s (``Task.lr``: detection models'), else
+    :data:`~adderconvert.train.MANY_BASES_LR` where its adder layers have three or more binary bases (``bases``:
+    :func:`bases_of`), else ``TrainConfig.lr``."""
     if config.lr is not None:
         return config.lr
+    if task.lr is not None:
+        return task.lr
     return MANY_BASES_LR if bases >= 3 else TrainConfig.lr
+
+
+def keep_ceiling_of(config: RunConfig, task: Task) -> float:
+    """The run's keep ceiling: ``--keep-ceiling``, else its model's ``task``'s (``Task.keep_ceiling``:
+    :data:`~adderconvert.conversion.DEFAULT_KEEP_CEILING`, none for detection models)."""
+    return task.keep_ceiling if config.keep_ceiling is None else config.keep_ceiling
 
 
 def _teacher_config(config: RunConfig, pretrain: int, task: Task) -> TrainConfig:
@@ -346,7 +359,7 @@ def adder_train_config(config: RunConfig, task: Task, bases: int) -> TrainConfig
     ``bases`` binary bases (at most; benchmarks/recipes.py uses it too)."""
     return TrainConfig(
         epochs=config.epochs,
-        lr=lr_of(config, bases),
+        lr=lr_of(config, bases, task),
         adder_lr_scale=task.adder_lr_scale,
         eta=config.eta,
         warmup_steps=config.warmup_steps,
@@ -565,6 +578,7 @@ def convert_trained(
     teacher always gives the same adder model, in a fresh process (a resumed run, a cached teacher) as after
     training."""
     images = draw_calibration_images(splits, config.seed)
+    task = training_task(splits.task)
     cuda = ctx.device.type == "cuda"
     index = (torch.cuda.current_device() if ctx.device.index is None else ctx.device.index) if cuda else None
     with torch.random.fork_rng(devices=[index] if cuda else []):
@@ -574,11 +588,11 @@ def convert_trained(
             images,
             init=config.init,
             reconstruct_method=None if config.reconstruct == "none" else config.reconstruct,
-            **_rules(config),
+            **_rules(config, task),
             sign_margin=sign_margin,
             inside=inside,
             # None: the conversion's default for the trained CNN and its plan (the main job has resolved its own)
-            bases=config.bases if config.bases is not None else training_task(splits.task).bases,
+            bases=config.bases if config.bases is not None else task.bases(teacher),
             log=lambda message: _log(message, log),
         )
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adderconvert.conversion.plan import is_depthwise
+from adderconvert.conversion.recipe import CEILING_BASES
 from adderconvert.data import IGNORE_INDEX, collate_detection
 from adderconvert.metrics import coco_map, confusion_matrix, segmentation_scores
 from adderconvert.train.distill import distillation_loss, feature_map_loss
@@ -30,6 +32,7 @@ from adderconvert.train.loop import CLASSIFICATION, Task, TrainConfig
 
 __all__ = [
     "AUX_WEIGHT",
+    "DENSE_BASES",
     "DETECTION",
     "FEATURE_SCALE",
     "SEGMENTATION",
@@ -103,6 +106,12 @@ class BackboneDistillation:
             hook.remove()
 
 
+# A per-pixel or per-box output needs more of each layer's function than an argmax over classes: with two binary
+# bases LR-ASPP keeps 92% of its CNN's mIoU at zero steps (77% with one) and ends one epoch 0.60 below it (2.80),
+# SSDlite 83% of its mAP (48%) and 4.20 below it (10.21) (docs/results/dense_cpu.md), for twice the additions.
+DENSE_BASES = 2
+
+
 class _DenseTask(Task):
     """What segmentation and detection share: the backbone maps' distillation, and a smaller batch."""
 
@@ -111,10 +120,10 @@ class _DenseTask(Task):
     # model far from its CNN. lraspp_mobilenet_v3_large at 64 px, one epoch on the cpu budget's 5,000 scenes (CNN
     # 48.86% mIoU): batch 128 (39 steps) 41.64%, 32 44.59%, 16 46.27%, 8 46.50% (docs/results/dense_cpu.md).
     batch_size = 16
-    # A per-pixel or per-box output needs more of each layer's function than an argmax over classes: with two binary
-    # bases LR-ASPP keeps 92% of its CNN's mIoU at zero steps (77% with one) and ends one epoch 0.60 below it (2.80),
-    # SSDlite 83% of its mAP (48%) and 4.20 below it (10.21) (docs/results/dense_cpu.md), for twice the additions.
-    bases = 2
+
+    def bases(self, model: nn.Module) -> int | None:
+        """:data:`DENSE_BASES`."""
+        return DENSE_BASES
 
     def features(self, model: nn.Module, teacher: nn.Module) -> BackboneDistillation:
         return BackboneDistillation(model, teacher)
@@ -157,6 +166,23 @@ class DetectionTask(_DenseTask):
 
     metric = "map"
     collate_fn = staticmethod(collate_detection)
+    # A detector keeps every conv of the kept kinds (depthwise, squeeze-excitation): no keep ceiling. SSDlite at
+    # four bases on a 16-epoch CNN (41.10 mAP, 64 px scenes): with its depthwise convs kept it keeps 98% at zero steps
+    # (97% with the ceiling converting them) and ends one epoch 0.56 / 0.86 short on two data orders (0.89 / 1.42),
+    # converting 79% of its conv MACs at 320 px instead of 87% (docs/results/dense_cpu.md).
+    keep_ceiling = 1.0
+    # The adder weights nearly still, the CNN's layers at TrainConfig.lr whatever the bases: the adder weights' step
+    # is what cost SSDlite its epoch (at the four-base default, lr 0.001 x 2.5, it ended 2.09 short, with depthwise
+    # convs kept 1.22; at lr 0.002 x 0.05 0.89 and 0.56; with nothing learning it keeps zero steps).
+    lr = TrainConfig.lr
+    adder_lr_scale = 0.05
+
+    def bases(self, model: nn.Module) -> int | None:
+        """:data:`~adderconvert.conversion.CEILING_BASES` for a detector with depthwise convs (SSDlite, Faster R-CNN
+        on MobileNetV3), else :data:`DENSE_BASES`. SSDlite with its depthwise convs kept: two bases keep 94% of its
+        mAP at zero steps and end one epoch 1.95 short, four 98% and 0.56."""
+        depthwise = any(isinstance(m, nn.Conv2d) and is_depthwise(m) for m in model.modules())
+        return CEILING_BASES if depthwise else DENSE_BASES
 
     def images(self, batch: Any) -> torch.Tensor:
         return torch.stack(list(batch[0]))

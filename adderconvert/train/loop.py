@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from adderconvert.checkpoint import CheckpointMeta, load_checkpoint, load_state_dict
 from adderconvert.conversion.norms import reestimate_batchnorm
+from adderconvert.conversion.recipe import DEFAULT_KEEP_CEILING
 from adderconvert.nn import AdderConv2d, adder_weights, scale_adder_gradients_
 from adderconvert.train.distill import KD_ALPHA, KD_TEMPERATURE, FeatureDistillation, distillation_loss
 from adderconvert.train.distributed import DistributedContext, convert_sync_batchnorm
@@ -138,12 +139,19 @@ class Task:
     metric = "top1"  # the name of the metric the checkpoints are chosen by (a key of :meth:`evaluate`'s result)
     batch_size = TrainConfig.batch_size  # the main job's default global batch for this task's models
     adder_lr_scale = TrainConfig.adder_lr_scale  # the main job's default for this task's models
-    # Binary bases per adder layer (AdderConv2d's ``bases``) for this task's models; None: the conversion's own
-    # default for the model and its plan (conversion.default_bases: 4 where the plan converts depthwise convs or a
-    # stem past the keep ceiling, 2 with grouped or depthwise convs, else 1).
-    bases: int | None = None
+    # The main job's fine-tuning lr for this task's models; None: the rule of app.pipeline.lr_of (TrainConfig.lr, or
+    # MANY_BASES_LR where the adder layers have three or more bases).
+    lr: float | None = None
+    # The main job's keep ceiling (conversion.plan_conversion's keep_ceiling) for this task's models.
+    keep_ceiling = DEFAULT_KEEP_CEILING
     collate_fn: Callable | None = None  # the DataLoader's
     feature_scale = 1.0  # the feature distillation's weight is TrainConfig.feature_kd times this
+
+    def bases(self, model: nn.Module) -> int | None:
+        """Binary bases per adder layer (AdderConv2d's ``bases``) the main job gives ``model``, a model of this
+        task; None: the conversion's own default for the model and its plan (conversion.default_bases: 4 where the
+        plan converts depthwise convs or a stem past the keep ceiling, 2 with grouped or depthwise convs, else 1)."""
+        return None
 
     def images(self, batch: Any) -> torch.Tensor:
         """The batch's images as one tensor (N, C, H, W)."""

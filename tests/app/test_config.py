@@ -73,13 +73,15 @@ def test_cli_help_reads_the_defaults():
     text = " ".join(CliRunner().invoke(main, ["convert", "--help"], terminal_width=400).output.split())
     for flag, value in (("--eta", RunConfig.eta), ("--epochs", RunConfig.epochs)):
         assert f"[{value}]" in text.split(flag, 1)[1].split("--", 1)[0], flag
-    lr = "[0.002; 0.001 where the adder layers have three or more bases]"
+    lr = "[0.002; 0.001 where the adder layers have three or more bases, except detection models']"
     assert lr in text.split("--lr", 1)[1].split("--", 1)[0]
     bases = (
         "[1; classifiers with grouped or depthwise convs 2, 4 where the plan converts depthwise convs or a stem past "
-        "the keep ceiling; segmentation and detection 2]"
+        "the keep ceiling; segmentation and detection 2, detectors with depthwise convs 4]"
     )
     assert bases in text.split("--bases", 1)[1].split("--", 1)[0]
+    ceiling = "[0.15; detection models 1: every conv of those kinds kept]"
+    assert ceiling in text.split("--keep-ceiling FLOAT", 1)[1].split(" --bases", 1)[0]
 
 
 def test_another_init_runs_without_reconstruction_and_says_so():
@@ -125,7 +127,9 @@ def test_default_bases_follow_the_convs_and_the_plan():
     example = torch.randn(2, 3, 32, 32)
     models = {build.__name__: build(num_classes=10).eval() for build in (mobilenet_v3_small, mobilenet_v3_large)}
     models |= {build.__name__: build(num_classes=10).eval() for build in (regnet_y_400mf, resnet18, shufflenet_v2_x0_5)}
-    plans = {name: plan_conversion(model, example, **_rules(RunConfig())) for name, model in models.items()}
+    plans = {
+        name: plan_conversion(model, example, **_rules(RunConfig(), CLASSIFICATION)) for name, model in models.items()
+    }
     depthwise = {name: sum(d.depthwise for d in plan.converted) for name, plan in plans.items()}
     assert depthwise["mobilenet_v3_small"] > 0 and depthwise["mobilenet_v3_large"] == depthwise["resnet18"] == 0
 
@@ -143,8 +147,9 @@ def test_default_bases_follow_the_convs_and_the_plan():
     shuffle_config = RunConfig(model="shufflenet_v2_x0_5")
     note = _bases_note(shuffle_config, CLASSIFICATION, models["shufflenet_v2_x0_5"], shufflenet, 4)
     assert "where the plan converts the stem (alone past the keep ceiling) of shufflenet_v2_x0_5" in note
-    for task in (SEGMENTATION, DETECTION):
-        assert bases("resnet18", task) == bases("mobilenet_v3_small", task) == 2
+    assert bases("resnet18", SEGMENTATION) == bases("mobilenet_v3_small", SEGMENTATION) == 2
+    # a detector with depthwise convs (SSDlite, Faster R-CNN on MobileNetV3) four, another two
+    assert bases("resnet18", DETECTION) == 2 and bases("mobilenet_v3_small", DETECTION) == CEILING_BASES
     assert bases("mobilenet_v3_small", SEGMENTATION, RunConfig(bases=3)) == 3
     assert bases("mobilenet_v3_small", CLASSIFICATION, RunConfig(bases=1)) == 1
     assert RunConfig.epochs == TrainConfig.epochs == 1 and validate_config({}).epochs == 1
@@ -153,18 +158,42 @@ def test_default_bases_follow_the_convs_and_the_plan():
     assert adder_train_config(RunConfig(epochs=3), CLASSIFICATION, 2).epochs == 3
 
 
+def test_the_keep_ceiling_is_the_tasks_unless_given():
+    """Detection models keep every conv of the kept kinds (no ceiling); the others 15% of the MACs; --keep-ceiling
+    wins. The run writes the value it used to config.yaml."""
+    from adderconvert.app.pipeline import keep_ceiling_of
+    from adderconvert.conversion import DEFAULT_KEEP_CEILING
+    from adderconvert.train.dense import DETECTION, SEGMENTATION
+    from adderconvert.train.loop import CLASSIFICATION
+
+    assert validate_config({}).keep_ceiling is RunConfig.keep_ceiling is None and "keep_ceiling" in RESOLVED_BY_RUN
+    assert keep_ceiling_of(RunConfig(), CLASSIFICATION) == keep_ceiling_of(RunConfig(), SEGMENTATION)
+    assert keep_ceiling_of(RunConfig(), SEGMENTATION) == DEFAULT_KEEP_CEILING == 0.15
+    assert keep_ceiling_of(RunConfig(), DETECTION) == 1.0
+    assert (
+        keep_ceiling_of(RunConfig(keep_ceiling=0.3), DETECTION)
+        == keep_ceiling_of(RunConfig(keep_ceiling=0.3), CLASSIFICATION)
+        == 0.3
+    )
+    with pytest.raises(ConfigError, match="keep_ceiling"):
+        validate_config({"keep_ceiling": 1.5})
+
+
 def test_the_default_lr_follows_the_bases():
-    """TrainConfig.lr up to two bases, MANY_BASES_LR (half of it) from three; --lr wins."""
+    """TrainConfig.lr up to two bases, MANY_BASES_LR (half of it) from three, but TrainConfig.lr for detection
+    models whatever their bases (their adder weights take a fiftieth of it); --lr wins."""
     from adderconvert.app.pipeline import adder_train_config, lr_of
     from adderconvert.train import MANY_BASES_LR
-    from adderconvert.train.dense import DETECTION
+    from adderconvert.train.dense import DETECTION, SEGMENTATION
     from adderconvert.train.loop import CLASSIFICATION
 
     assert validate_config({}).lr is RunConfig.lr is None and "lr" in RESOLVED_BY_RUN
-    assert lr_of(RunConfig(), 1) == lr_of(RunConfig(), 2) == TrainConfig.lr == 0.002
-    assert lr_of(RunConfig(), 3) == lr_of(RunConfig(), 4) == MANY_BASES_LR == 0.001
-    assert lr_of(RunConfig(lr=0.01), 3) == 0.01
-    assert adder_train_config(RunConfig(), CLASSIFICATION, 3).lr == adder_train_config(RunConfig(), DETECTION, 3).lr
+    assert lr_of(RunConfig(), 1, CLASSIFICATION) == lr_of(RunConfig(), 2, CLASSIFICATION) == TrainConfig.lr == 0.002
+    assert lr_of(RunConfig(), 3, CLASSIFICATION) == lr_of(RunConfig(), 4, SEGMENTATION) == MANY_BASES_LR == 0.001
+    assert lr_of(RunConfig(lr=0.01), 3, CLASSIFICATION) == lr_of(RunConfig(lr=0.01), 4, DETECTION) == 0.01
+    assert adder_train_config(RunConfig(), DETECTION, 4).lr == TrainConfig.lr
+    detection = adder_train_config(RunConfig(), DETECTION, 4)
+    assert detection.lr * detection.adder_lr_scale == pytest.approx(0.0001)
     assert adder_train_config(RunConfig(), CLASSIFICATION, 3).lr == MANY_BASES_LR
     assert adder_train_config(RunConfig(lr=0.004), CLASSIFICATION, 3).lr == 0.004
     with pytest.raises(ConfigError, match="lr"):

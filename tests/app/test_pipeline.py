@@ -80,6 +80,7 @@ def test_a_detector_is_run_only_as_the_conversion_needs(tmp_path):
     from adderconvert.app.pipeline import _rules, draw_calibration_images
     from adderconvert.conversion import run_conversion
     from adderconvert.data_scenes import load_scenes
+    from adderconvert.train.dense import DETECTION
     from tests.app.test_cli import _fake_fashion_mnist
     from tests.deploy._dense_models import small_ssd
 
@@ -93,7 +94,7 @@ def test_a_detector_is_run_only_as_the_conversion_needs(tmp_path):
     convert_trained(teacher, splits, config, DistributedContext(), log=False)
     run, forwards[:] = sum(forwards), []
     images = draw_calibration_images(splits, config.seed)
-    run_conversion(teacher, images, init=config.init, reconstruct_method=None, **_rules(config))
+    run_conversion(teacher, images, init=config.init, reconstruct_method=None, **_rules(config, DETECTION))
     assert run == sum(forwards) > 0
 
 

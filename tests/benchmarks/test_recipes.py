@@ -38,7 +38,8 @@ def test_fine_tunes_with_the_main_jobs_configuration():
     dense = recipes.fine_tune_config(budget, {}, SEGMENTATION)  # benchmarks/dense.py's: the task's batch
     assert dense.batch_size == SEGMENTATION.batch_size < config.batch_size
     assert dense.adder_lr_scale == SEGMENTATION.adder_lr_scale > config.adder_lr_scale == TrainConfig.adder_lr_scale
-    assert recipes.fine_tune_config(budget, {}, DETECTION).adder_lr_scale == TrainConfig.adder_lr_scale
+    detection = recipes.fine_tune_config(budget, {}, DETECTION, bases=4)
+    assert (detection.adder_lr_scale, detection.lr) == (DETECTION.adder_lr_scale, DETECTION.lr)
 
 
 def test_set_may_change_the_batch_but_not_the_budgets_length():
