@@ -168,19 +168,20 @@ class DetectionTask(_DenseTask):
     collate_fn = staticmethod(collate_detection)
     # A detector keeps every conv of the kept kinds (depthwise, squeeze-excitation): no keep ceiling. SSDlite at
     # four bases on a 16-epoch CNN (41.10 mAP, 64 px scenes): with its depthwise convs kept it keeps 98% at zero steps
-    # (97% with the ceiling converting them) and ends one epoch 0.56 / 0.86 short on two data orders (0.89 / 1.42),
-    # converting 79% of its conv MACs at 320 px instead of 87% (docs/results/dense_cpu.md).
+    # (97% with the ceiling converting them) and ends one epoch 0.71 / 1.19 short on two data orders (0.89 / 1.42),
+    # converting 80% of its conv MACs at 320 px instead of 87% (docs/results/dense_cpu.md).
     keep_ceiling = 1.0
     # The adder weights nearly still, the CNN's layers at TrainConfig.lr whatever the bases: the adder weights' step
-    # is what cost SSDlite its epoch (at the four-base default, lr 0.001 x 2.5, it ended 2.09 short, with depthwise
-    # convs kept 1.22; at lr 0.002 x 0.05 0.89 and 0.56; with nothing learning it keeps zero steps).
+    # is what cost SSDlite its epoch: at the classifiers' four-base step (lr 0.001 x 2.5) it ended 2.09 short, 1.22
+    # with its depthwise convs kept; at lr 0.002 x 0.05 0.89 and 0.56 (the same data order); with nothing learning
+    # it keeps zero steps.
     lr = TrainConfig.lr
     adder_lr_scale = 0.05
 
     def bases(self, model: nn.Module) -> int | None:
         """:data:`~adderconvert.conversion.CEILING_BASES` for a detector with depthwise convs (SSDlite, Faster R-CNN
         on MobileNetV3), else :data:`DENSE_BASES`. SSDlite with its depthwise convs kept: two bases keep 94% of its
-        mAP at zero steps and end one epoch 1.95 short, four 98% and 0.56."""
+        mAP at zero steps and end one epoch 1.95 short, four 98% and 0.56 (the same data order)."""
         depthwise = any(isinstance(m, nn.Conv2d) and is_depthwise(m) for m in model.modules())
         return CEILING_BASES if depthwise else DENSE_BASES
 
