@@ -158,10 +158,10 @@ def run_conversion(
     that many binary bases (:class:`~adderconvert.nn.AdderConv2d`), the extra ones fitted by the reconstruction to
     what the first leaves (2: twice the additions, for a closer fit); None, the default, is
     :func:`default_bases`: 4 where the plan converts a depthwise conv or a stem past the keep ceiling, 2 for a
-    network with grouped or depthwise convs, else 1 (the main job gives segmentation
-    and detection models 2 whatever their convs: on the built-in scenes LR-ASPP keeps 92% of its CNN's mIoU at zero
-    steps instead of 77%, docs/results/dense_cpu.md; docs/usage.md "Bases"). ``log`` receives a line per step (the
-    plan's table, the reconstruction's summary).
+    network with grouped or depthwise convs, else 1 (the main job gives segmentation and detection models 2
+    whatever their convs, detectors with depthwise convs 4: on the built-in scenes LR-ASPP keeps 92% of its CNN's
+    mIoU at zero steps instead of 77%, docs/results/dense_cpu.md; docs/usage.md "Bases"). ``log`` receives a line
+    per step (the plan's table, the reconstruction's summary).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (the trained CNN), got {type(model).__name__}")
