@@ -73,11 +73,13 @@ def test_onnx_runtime_matches_pytorch(run):
     rows = {row["model"]: row for row in run[1]["rows"]}
     segmenter, detector = rows[SEGMENTER], rows[DETECTOR]
     assert segmenter["parity_count"] == 16 * 32 * 32 and segmenter["parity"] >= 0.999
-    assert detector["parity_count"] > 100 and detector["parity"] == 1.0
-    assert detector["parity_ties"] <= 0.01 * detector["parity_count"]  # near-equal scores of untrained heads
+    # An untrained detector's near-equal scores: a detection in a thousand may differ by float32 rounding (the next
+    # test checks that ONNX Runtime is as near PyTorch's float64 model as PyTorch's float32 one is).
+    assert detector["parity_count"] > 100 and detector["parity"] >= 0.999
+    assert detector["parity_ties"] <= 0.01 * detector["parity_count"]
     assert detector["onnx_map"] == pytest.approx(detector["adder_map"], abs=0.01)
     # Without ONNX Runtime's layout optimizations too, of the same PyTorch pixels and detections.
-    assert segmenter["parity_no_layout"] >= 0.999 and detector["parity_no_layout"] == 1.0
+    assert segmenter["parity_no_layout"] >= 0.999 and detector["parity_no_layout"] >= 0.997
     assert "float64_parity" not in detector  # only --parity-of measures against float64
 
 
@@ -93,8 +95,12 @@ def test_the_parity_of_a_finished_run_is_measured_again_against_float64(run, cap
                 assert measured[key] == pytest.approx(row[key]), key  # the same model, scenes and sessions
         for key in ("float64_parity_torch", "float64_parity", "float64_parity_no_layout"):
             assert 0.99 <= measured[key] <= 1.0, (row["model"], key)
+        # ONNX Runtime is as near the float64 model as PyTorch's float32 model is (or within a detection or pixel in a
+        # thousand of it): what differs between ONNX Runtime and PyTorch is float32 rounding
+        assert measured["float64_parity"] >= min(measured["float64_parity_torch"], 0.999), row["model"]
         assert measured["onnx_run_seconds"] > 0 and measured["onnx_run_seconds_no_layout"] > 0
-    assert f"{DETECTOR}: parity 100.00%" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{DETECTOR}: parity {100 * again[DETECTOR]['parity']:.2f}%" in printed
     assert dense.main(["--parity-of", str(tmp / "teachers")]) == 2
     assert "has no results.json" in capsys.readouterr().err
 
