@@ -31,13 +31,14 @@ def test_list_groups_models_by_task():
 
 
 @pytest.mark.parametrize(
-    ("model", "size", "parts"),
+    ("model", "size", "parts", "bases"),
     [
-        ("fcn_resnet50", 16, ("backbone", "head")),
-        ("fasterrcnn_mobilenet_v3_large_320_fpn", 32, ("backbone", "neck", "head")),
+        ("fcn_resnet50", 16, ("backbone", "head"), 2),
+        # a detector with depthwise convs: four bases, and every depthwise conv kept (no keep ceiling)
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", 32, ("backbone", "neck", "head"), 4),
     ],
 )
-def test_dry_run_shows_the_macs_of_each_part(tmp_path, model, size, parts):
+def test_dry_run_shows_the_macs_of_each_part(tmp_path, model, size, parts, bases):
     data = _fake_fashion_mnist(tmp_path)
     args = [model, "--dry-run", "--weights", "none", "--image-size", str(size), "--data", str(data)]
     result = CliRunner().invoke(main, args)
@@ -46,6 +47,8 @@ def test_dry_run_shows_the_macs_of_each_part(tmp_path, model, size, parts):
     for part in parts:
         assert any(line.startswith(f"{part}:") and "multiply-accumulates" in line for line in lines), part
     assert "prediction conv kept (keep_classifier)" in result.output or "classifier kept" in result.output
+    assert f"adder x{bases} bases" in result.output and "over keep_ceiling" not in result.output
+    assert ("depthwise kept (keep)" in result.output) == (bases == 4)
     # --weights none: the run trains the CNN first (one epoch by default), and the note says so
     assert "note: planned on the CNN before its 1 epoch(s) of training" in result.output
 

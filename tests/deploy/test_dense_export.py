@@ -108,8 +108,8 @@ def _matched(
                         & (b["scores"] >= a["scores"][i] - score_tolerance)
                         & ((box_iou(a["boxes"][i : i + 1], b["boxes"])[0] - nms_thresh).abs() <= nms_edge)
                     )
-                    edges += bool(suppressor.any())
                     if suppressor.any():
+                        edges += 1
                         continue
                 assert match is not None, f"image {image}: detection {i} {a['boxes'][i].tolist()} unmatched"
                 used.add(match)
